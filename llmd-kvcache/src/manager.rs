@@ -1,0 +1,253 @@
+//! Per-request block tables over a [`BlockPool`]: the operations vLLM's
+//! `KVCacheManager` gives its scheduler.
+//!
+//! A request is a [`Sequence`]: its token ids and the hashes of its full blocks,
+//! extended as tokens arrive. The manager finds the request's cached prefix, allocates
+//! slots for new tokens (all or nothing), caches blocks as they fill, and frees a
+//! request's blocks tail first so its least useful blocks are evicted first.
+
+use std::collections::HashMap;
+
+use crate::error::{KvCacheError, Result};
+use crate::events::{EventSink, NullSink};
+use crate::extra_keys::{ExtraKey, RequestKeys, to_event_extra_keys};
+use crate::hash::{BlockHash, BlockHasher};
+use crate::pool::{BlockId, BlockPool, StoredInfo};
+
+/// A request's tokens and the hashes of its full blocks.
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    id: String,
+    tokens: Vec<u32>,
+    hashes: Vec<BlockHash>,
+    block_keys: Vec<Option<Vec<ExtraKey>>>,
+    keys: RequestKeys,
+    block_size: usize,
+}
+
+impl Sequence {
+    /// A sequence for request `id` with prompt `tokens`, hashed with `hasher`.
+    pub fn new(
+        id: impl Into<String>,
+        tokens: Vec<u32>,
+        keys: RequestKeys,
+        block_size: usize,
+        hasher: &BlockHasher,
+    ) -> Result<Self> {
+        let mut s = Sequence {
+            id: id.into(),
+            tokens: Vec::new(),
+            hashes: Vec::new(),
+            block_keys: Vec::new(),
+            keys,
+            block_size,
+        };
+        s.extend(&tokens, hasher)?;
+        Ok(s)
+    }
+
+    /// Appends tokens (e.g. a sampled one), hashing any blocks they complete.
+    pub fn extend(&mut self, tokens: &[u32], hasher: &BlockHasher) -> Result<()> {
+        self.tokens.extend_from_slice(tokens);
+        hasher.extend_hashes(
+            &mut self.hashes,
+            Some(&mut self.block_keys),
+            &self.tokens,
+            self.block_size,
+            &self.keys,
+        )
+    }
+
+    /// The request id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// All token ids so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Hashes of the full blocks so far.
+    pub fn block_hashes(&self) -> &[BlockHash] {
+        &self.hashes
+    }
+
+    /// The request's extra-key inputs.
+    pub fn keys(&self) -> &RequestKeys {
+        &self.keys
+    }
+}
+
+/// The cached prefix found for a new request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ComputedBlocks {
+    /// Blocks holding the prefix, in order.
+    pub blocks: Vec<BlockId>,
+    /// Tokens they cover.
+    pub num_tokens: usize,
+}
+
+#[derive(Debug, Default)]
+struct RequestState {
+    blocks: Vec<BlockId>,
+    num_tokens: usize,
+    num_cached: usize,
+}
+
+/// Block tables for running requests over one pool.
+#[derive(Debug)]
+pub struct KvCacheManager<S: EventSink = NullSink> {
+    pool: BlockPool<S>,
+    requests: HashMap<String, RequestState>,
+    caching: bool,
+}
+
+impl KvCacheManager<NullSink> {
+    /// A manager over `num_blocks` blocks of `block_size` tokens, without events.
+    pub fn new(num_blocks: usize, block_size: usize) -> Result<Self> {
+        Ok(Self::with_pool(BlockPool::new(num_blocks, block_size)?))
+    }
+}
+
+impl<S: EventSink> KvCacheManager<S> {
+    /// A manager over an existing pool (with its sink, medium and tier).
+    pub fn with_pool(pool: BlockPool<S>) -> Self {
+        KvCacheManager {
+            pool,
+            requests: HashMap::new(),
+            caching: true,
+        }
+    }
+
+    /// Turns prefix caching off (no lookups, no hashes registered) or on.
+    pub fn set_prefix_caching(&mut self, on: bool) {
+        self.caching = on;
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &BlockPool<S> {
+        &self.pool
+    }
+
+    /// The pool, mutably (to drain its sink).
+    pub fn pool_mut(&mut self) -> &mut BlockPool<S> {
+        &mut self.pool
+    }
+
+    /// Tokens per block.
+    pub fn block_size(&self) -> usize {
+        self.pool.block_size()
+    }
+
+    /// A request's block table.
+    pub fn block_table(&self, request_id: &str) -> Option<&[BlockId]> {
+        self.requests.get(request_id).map(|r| r.blocks.as_slice())
+    }
+
+    /// Requests holding blocks.
+    pub fn num_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// The longest cached prefix of a new request. At least one prompt token is always
+    /// left to compute, since the model needs it to produce the next token's logits.
+    pub fn computed_blocks(&mut self, seq: &Sequence) -> ComputedBlocks {
+        if !self.caching || seq.tokens.is_empty() {
+            return ComputedBlocks::default();
+        }
+        let max_blocks = (seq.tokens.len() - 1) / self.block_size();
+        let hashes = &seq.hashes[..seq.hashes.len().min(max_blocks)];
+        let blocks = self.pool.find_cached_prefix(hashes);
+        let num_tokens = blocks.len() * self.block_size();
+        ComputedBlocks { blocks, num_tokens }
+    }
+
+    /// Makes room for `num_new_tokens` more tokens of `seq` beyond those already
+    /// allocated, taking `computed` (from [`computed_blocks`](Self::computed_blocks);
+    /// only on a request's first call) as its prefix. Newly full blocks are cached.
+    /// Returns the request's block table. All or nothing: on `OutOfBlocks` nothing
+    /// changed and the request can be retried later.
+    pub fn allocate_slots(
+        &mut self,
+        seq: &Sequence,
+        num_new_tokens: usize,
+        computed: ComputedBlocks,
+    ) -> Result<&[BlockId]> {
+        let bs = self.block_size();
+        let (have_blocks, have_tokens) = match self.requests.get(&seq.id) {
+            Some(_) if !computed.blocks.is_empty() => {
+                return Err(KvCacheError::LengthMismatch {
+                    what: "computed blocks for a running request",
+                    expected: 0,
+                    got: computed.blocks.len(),
+                });
+            }
+            Some(r) => (r.blocks.len(), r.num_tokens),
+            None => (computed.blocks.len(), computed.num_tokens),
+        };
+        let total_tokens = have_tokens + num_new_tokens;
+        let need = total_tokens.div_ceil(bs).saturating_sub(have_blocks);
+        // Computed blocks nobody holds leave the free list when touched.
+        let mut revived = 0;
+        for &b in &computed.blocks {
+            if self.pool.ref_count(b)? == 0 {
+                revived += 1;
+            }
+        }
+        let available = self.pool.num_free() - revived;
+        if need > available {
+            return Err(KvCacheError::OutOfBlocks {
+                requested: need,
+                free: available,
+            });
+        }
+        self.pool.touch(&computed.blocks)?;
+        let new = self.pool.allocate(need)?;
+        let state = self.requests.entry(seq.id.clone()).or_default();
+        if state.blocks.is_empty() {
+            state.num_cached = computed.blocks.len();
+        }
+        state.blocks.extend(computed.blocks);
+        state.blocks.extend(new);
+        state.num_tokens = total_tokens;
+
+        if self.caching {
+            let full = (total_tokens.min(seq.tokens.len()) / bs).min(seq.hashes.len());
+            if full > state.num_cached {
+                let (from, to) = (state.num_cached, full);
+                let info = StoredInfo {
+                    parent: from.checked_sub(1).map(|p| seq.hashes[p]),
+                    token_ids: &seq.tokens[from * bs..to * bs],
+                    lora_name: seq.keys.lora().map(|l| l.name.as_str()),
+                    lora_id: seq.keys.lora().and_then(|l| l.id),
+                    extra_keys: if self.pool.sink().enabled() {
+                        to_event_extra_keys(&seq.block_keys[from..to])
+                    } else {
+                        None
+                    },
+                };
+                self.pool
+                    .cache_blocks(&state.blocks[from..to], &seq.hashes[from..to], info)?;
+                state.num_cached = to;
+            }
+        }
+        Ok(&state.blocks)
+    }
+
+    /// Releases a finished or aborted request's blocks, tail first.
+    pub fn free(&mut self, request_id: &str) -> Result<()> {
+        let state = self
+            .requests
+            .remove(request_id)
+            .ok_or_else(|| KvCacheError::UnknownRequest(request_id.to_string()))?;
+        let mut blocks = state.blocks;
+        blocks.reverse();
+        self.pool.free(&blocks)
+    }
+
+    /// Drops every cached hash if no request holds blocks; returns whether it did.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        self.pool.reset_prefix_cache()
+    }
+}

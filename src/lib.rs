@@ -1,0 +1,19 @@
+//! llmd: Kubernetes-native distributed LLM inference, in Rust.
+//!
+//! This facade re-exports each llmd crate behind a cargo feature of the same name (all
+//! on by default), so `llmd::kvcache::BlockHasher` and `llmd_kvcache::BlockHasher` are
+//! the same item. Depend on a single crate (`cargo add llmd-kvcache`) to take one piece
+//! alone.
+
+#[cfg(feature = "autoscale")]
+pub use llmd_autoscale as autoscale;
+#[cfg(feature = "engine")]
+pub use llmd_engine as engine;
+#[cfg(feature = "k8s")]
+pub use llmd_k8s as k8s;
+#[cfg(feature = "kvcache")]
+pub use llmd_kvcache as kvcache;
+#[cfg(feature = "scheduler")]
+pub use llmd_scheduler as scheduler;
+#[cfg(feature = "transfer")]
+pub use llmd_transfer as transfer;

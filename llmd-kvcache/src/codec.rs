@@ -24,6 +24,10 @@ use crate::hash::BlockHash;
 const BLOCK_STORED_MAX_FIELDS: usize = 16;
 const BLOCK_REMOVED_MAX_FIELDS: usize = 6;
 
+// A batch nests about six levels deep (batch, events, event, extra_keys, block, tuple).
+// A low cap keeps hostile input from exhausting the stack while decoding.
+const MAX_NESTING: usize = 32;
+
 /// Encodes a batch as vLLM 0.33 does.
 pub fn encode_batch(batch: &KvEventBatch) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(64 + batch.events.len() * 128);
@@ -250,7 +254,8 @@ impl Writer<'_> {
 /// Decodes a batch from vLLM (0.33 map-form events or older array-form events).
 pub fn decode_batch(bytes: &[u8]) -> Result<KvEventBatch> {
     let mut rd = bytes;
-    let v = rmpv::decode::read_value(&mut rd).map_err(|e| err("batch", &e.to_string()))?;
+    let v = rmpv::decode::read_value_with_max_depth(&mut rd, MAX_NESTING)
+        .map_err(|e| err("batch", &e.to_string()))?;
     if !rd.is_empty() {
         return Err(err(
             "batch",
@@ -607,10 +612,21 @@ mod tests {
             b"\xc0",
             b"\x92\xcb\0\0\0\0\0\0\0\0\x91\x05",
             b"\x93\x01\x90\xc0\xc0",
+            // Lengths claiming 4 GiB of elements or bytes that are not there.
+            b"\x93\x01\xdd\xff\xff\xff\xff",
+            b"\x93\x01\x91\xc6\xff\xff\xff\xff",
         ] {
             let e = decode_batch(bytes).unwrap_err();
             assert!(matches!(e, KvCacheError::Decode(_)), "{e}");
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_without_overflowing_the_stack() {
+        let mut bytes = vec![0x93, 0x01];
+        bytes.extend(std::iter::repeat_n(0x91, 200_000));
+        bytes.push(0xc0);
+        assert!(matches!(decode_batch(&bytes), Err(KvCacheError::Decode(_))));
     }
 
     #[test]

@@ -260,10 +260,7 @@ impl BlockHasher {
         // (parent_block_hash, tuple(token_ids), extra_keys)
         cbor::array(buf, 3);
         cbor::bytes(buf, parent.unwrap_or(&self.none_hash).as_bytes());
-        cbor::array(buf, tokens.len());
-        for &t in tokens {
-            cbor::uint(buf, u64::from(t));
-        }
+        cbor::u32_array(buf, tokens);
         match extra_keys {
             // vLLM passes None, never an empty tuple, for "no extra keys".
             None | Some([]) => cbor::null(buf),

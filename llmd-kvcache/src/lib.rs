@@ -40,6 +40,11 @@
 //! # }
 //! ```
 
+// The README's example runs as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod cbor;
 pub mod codec;
 mod error;

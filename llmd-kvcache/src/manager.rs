@@ -186,6 +186,13 @@ impl<S: EventSink> KvCacheManager<S> {
             Some(r) => (r.blocks.len(), r.num_tokens),
             None => (computed.blocks.len(), computed.num_tokens),
         };
+        if computed.num_tokens != computed.blocks.len() * bs {
+            return Err(KvCacheError::LengthMismatch {
+                what: "tokens covered by computed blocks",
+                expected: computed.blocks.len() * bs,
+                got: computed.num_tokens,
+            });
+        }
         let total_tokens = have_tokens + num_new_tokens;
         let need = total_tokens.div_ceil(bs).saturating_sub(have_blocks);
         // Computed blocks nobody holds leave the free list when touched.
@@ -195,7 +202,7 @@ impl<S: EventSink> KvCacheManager<S> {
                 revived += 1;
             }
         }
-        let available = self.pool.num_free() - revived;
+        let available = self.pool.num_free().saturating_sub(revived);
         if need > available {
             return Err(KvCacheError::OutOfBlocks {
                 requested: need,

@@ -3,10 +3,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+mod common;
+
+use common::{kv_json, tagged_json};
+
 use llmd_kvcache::codec::{decode_batch, encode_batch};
 use llmd_kvcache::{
-    BlockHash, BlockHasher, ExternalBlockHash, ExtraKey, HashAlgo, KeyValue, KvEvent, KvEventBatch,
-    LoraKey, MmSpan, RequestKeys, prompt_embeds_digest, to_event_extra_keys,
+    BlockHash, BlockHasher, ExternalBlockHash, HashAlgo, KvEvent, KvEventBatch, LoraKey, MmSpan,
+    RequestKeys, prompt_embeds_digest, to_event_extra_keys,
 };
 use serde_json::{Value, json};
 
@@ -20,25 +24,35 @@ fn hex_bytes(v: &Value) -> Vec<u8> {
     hex::decode(v.as_str().unwrap()).unwrap()
 }
 
-fn tagged_json(k: &ExtraKey) -> Value {
-    match k {
-        ExtraKey::Lora { name, path } => json!(["lora", name, path]),
-        ExtraKey::Mm { identifier, offset } => json!(["mm", identifier, offset]),
-        ExtraKey::CacheSalt(s) => json!(["cache_salt", s]),
-        ExtraKey::PromptEmbeds(d) => json!(["prompt_embeds", {"hex": hex::encode(d)}]),
-    }
+/// The parts of a hash case every test needs.
+struct Case<'a> {
+    name: &'a str,
+    hasher: BlockHasher,
+    block_size: usize,
+    tokens: Vec<u32>,
+    want: Vec<&'a str>,
 }
 
-fn kv_json(v: &KeyValue) -> Value {
-    match v {
-        KeyValue::Nil => Value::Null,
-        KeyValue::Bool(b) => json!(b),
-        KeyValue::Int(i) => json!(i),
-        KeyValue::UInt(u) => json!(u),
-        KeyValue::Float(f) => json!(f),
-        KeyValue::Str(s) => json!(s),
-        KeyValue::Bytes(b) => json!({"hex": hex::encode(b)}),
-        KeyValue::Array(a) => Value::Array(a.iter().map(kv_json).collect()),
+fn case(c: &Value) -> Case<'_> {
+    let algo: HashAlgo = c["hash_fn"].as_str().unwrap().parse().unwrap();
+    let nums = |k: &str| -> Vec<u64> {
+        c[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect()
+    };
+    Case {
+        name: c["name"].as_str().unwrap(),
+        hasher: BlockHasher::resolve(algo, c["seed"].as_str(), [0; 32]),
+        block_size: c["block_size"].as_u64().unwrap() as usize,
+        tokens: nums("tokens").into_iter().map(|t| t as u32).collect(),
+        want: c["hashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap())
+            .collect(),
     }
 }
 
@@ -86,30 +100,20 @@ fn block_hashes_match_vllm() {
     let cases = golden["cases"].as_array().unwrap();
     assert!(cases.len() >= 100, "only {} cases", cases.len());
     let mut blocks_checked = 0;
-    for case in cases {
-        let name = case["name"].as_str().unwrap();
-        let algo: HashAlgo = case["hash_fn"].as_str().unwrap().parse().unwrap();
-        let hasher = BlockHasher::resolve(algo, case["seed"].as_str(), [0; 32]);
+    for c in cases {
+        let Case {
+            name,
+            hasher,
+            block_size,
+            tokens,
+            want,
+        } = case(c);
         assert_eq!(
             hasher.none_hash().to_hex(),
-            case["none_hash"].as_str().unwrap(),
+            c["none_hash"].as_str().unwrap(),
             "{name}: NONE_HASH"
         );
-
-        let block_size = case["block_size"].as_u64().unwrap() as usize;
-        let tokens: Vec<u32> = case["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_u64().unwrap() as u32)
-            .collect();
-        let want: Vec<&str> = case["hashes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h.as_str().unwrap())
-            .collect();
-        let keys = request_keys(case, block_size, want.len());
+        let keys = request_keys(c, block_size, want.len());
 
         let mut hashes = Vec::new();
         let mut extra = Vec::new();
@@ -127,7 +131,7 @@ fn block_hashes_match_vllm() {
             .collect();
         assert_eq!(
             Value::Array(got_extra),
-            case["extra_keys"],
+            c["extra_keys"],
             "{name}: extra keys"
         );
 
@@ -144,14 +148,14 @@ fn block_hashes_match_vllm() {
             )
         });
         assert_eq!(
-            got_event_keys, case["event_extra_keys"],
+            got_event_keys, c["event_extra_keys"],
             "{name}: event extra keys"
         );
 
         let got: Vec<String> = hashes.iter().map(BlockHash::to_hex).collect();
         assert_eq!(got, want, "{name}: block hashes");
         let got_u64: Vec<u64> = hashes.iter().map(BlockHash::to_u64).collect();
-        let want_u64: Vec<u64> = case["hashes_u64"]
+        let want_u64: Vec<u64> = c["hashes_u64"]
             .as_array()
             .unwrap()
             .iter()
@@ -176,22 +180,20 @@ fn block_hashes_match_vllm() {
 #[test]
 fn incremental_hashing_matches_vllm_one_token_at_a_time() {
     let golden = load("hashes.json");
-    for case in golden["cases"]
+    for c in golden["cases"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|c| c.get("mm").is_some())
     {
-        let algo: HashAlgo = case["hash_fn"].as_str().unwrap().parse().unwrap();
-        let hasher = BlockHasher::resolve(algo, case["seed"].as_str(), [0; 32]);
-        let block_size = case["block_size"].as_u64().unwrap() as usize;
-        let tokens: Vec<u32> = case["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_u64().unwrap() as u32)
-            .collect();
-        let keys = request_keys(case, block_size, 0);
+        let Case {
+            name,
+            hasher,
+            block_size,
+            tokens,
+            want,
+        } = case(c);
+        let keys = request_keys(c, block_size, 0);
         let mut hashes = Vec::new();
         for n in 0..=tokens.len() {
             hasher
@@ -199,13 +201,7 @@ fn incremental_hashing_matches_vllm_one_token_at_a_time() {
                 .unwrap();
         }
         let got: Vec<String> = hashes.iter().map(BlockHash::to_hex).collect();
-        let want: Vec<&str> = case["hashes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h.as_str().unwrap())
-            .collect();
-        assert_eq!(got, want, "{}", case["name"]);
+        assert_eq!(got, want, "{name}");
     }
 }
 

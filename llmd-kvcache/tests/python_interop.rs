@@ -9,16 +9,20 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+mod common;
+
+use common::tagged_json;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use llmd_kvcache::codec::encode_batch;
 use llmd_kvcache::{
-    BlockHasher, BlockPool, EventBatcher, ExtraKey, HashAlgo, KvCacheManager, LoraKey, MmSpan,
-    RequestKeys, Sequence,
+    BlockHasher, BlockPool, EventBatcher, HashAlgo, KvCacheManager, LoraKey, MmSpan, RequestKeys,
+    Sequence,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn python() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("LLMD_PYTHON") {
@@ -41,15 +45,6 @@ impl Rng {
 
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
-    }
-}
-
-fn tagged(k: &ExtraKey) -> Value {
-    match k {
-        ExtraKey::Lora { name, path } => json!(["lora", name, path]),
-        ExtraKey::Mm { identifier, offset } => json!(["mm", identifier, offset]),
-        ExtraKey::CacheSalt(s) => json!(["cache_salt", s]),
-        ExtraKey::PromptEmbeds(d) => json!(["prompt_embeds", {"hex": hex::encode(d)}]),
     }
 }
 
@@ -134,7 +129,7 @@ fn hashes_and_events_agree_with_vllms_python_libraries() {
             "seed": seed,
             "block_size": block_size,
             "tokens": tokens,
-            "extra_keys": extra.iter().map(|k| k.as_ref().map(|ks| ks.iter().map(tagged).collect::<Vec<_>>())).collect::<Vec<_>>(),
+            "extra_keys": extra.iter().map(|k| k.as_ref().map(|ks| ks.iter().map(tagged_json).collect::<Vec<_>>())).collect::<Vec<_>>(),
             "hashes": hashes.iter().map(|h| h.to_hex()).collect::<Vec<_>>(),
         }));
     }

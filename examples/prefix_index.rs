@@ -41,11 +41,11 @@ impl Pod {
         ts: f64,
     ) -> Result<Option<Vec<u8>>> {
         let seq = Sequence::new(id, prompt.to_vec(), RequestKeys::new(), BLOCK, hasher)?;
-        let hit = self.kv.computed_blocks(&seq);
-        let new = seq.tokens().len() - hit.num_tokens;
+        let hit = self.kv.computed_blocks(&seq)?;
+        let new = seq.tokens().len() - hit.num_tokens();
         self.kv.allocate_slots(&seq, new, hit)?;
         self.kv.free(id)?;
-        Ok(match self.kv.pool_mut().sink_mut().flush(ts) {
+        Ok(match self.kv.sink_mut().flush(ts) {
             Some(batch) => Some(encode_batch(&batch)?),
             None => None,
         })

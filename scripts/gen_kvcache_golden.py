@@ -98,6 +98,9 @@ def hash_case(case):
         os.environ["PYTHONHASHSEED"] = case["seed"]
     kcu.init_none_hash(fn)
     req = make_request(case)
+    if case.get("output_tokens"):
+        # Generated tokens: blocks past the prompt still get prompt-embeds keys.
+        req.append_output_token_ids(case["output_tokens"])
     bs = case["block_size"]
     hasher = kcu.get_request_block_hasher(bs, fn)
     hashes = hasher(req)
@@ -120,6 +123,7 @@ def hash_case(case):
         # The raw float32 embeddings, so the Rust side can recompute vLLM's per-block
         # digests (`tensor_data` of each block's rows) before hashing.
         out["tokens"] = list(req.all_token_ids)
+        out["prompt_len"] = req.num_prompt_tokens
         out["prompt_embeds_dim"] = case["prompt_embeds_dim"]
         out["prompt_embeds_f32_hex"] = bytes(kcu.tensor_data(req.prompt_embeds)).hex()
     out["none_hash"] = kcu.NONE_HASH.hex()
@@ -167,6 +171,8 @@ def hash_cases():
              "lora": {"name": "chat", "id": 9, "path": "/l/chat"}, "cache_salt": "s",
              "mm": [{"identifier": "m1", "offset": 10, "length": 30}]},
             {**base, "name": f"embeds-{hash_fn}", "tokens": tokens(40), "prompt_embeds_dim": 8},
+            {**base, "name": f"embeds-decode-{hash_fn}", "tokens": tokens(20), "prompt_embeds_dim": 8,
+             "output_tokens": tokens(45, start=9)},
         ]
     return cases
 

@@ -62,6 +62,47 @@ pub enum KvCacheError {
         got: usize,
     },
 
+    /// A block size above what the pool supports.
+    #[error("block size {0} is too large (at most {max})", max = u32::MAX)]
+    BlockSizeTooLarge(usize),
+
+    /// A sequence hashed with a block size other than the manager's.
+    #[error("sequence {id:?} uses block size {sequence}, the manager {manager}")]
+    BlockSizeMismatch {
+        /// The request.
+        id: String,
+        /// The sequence's block size.
+        sequence: usize,
+        /// The manager's block size.
+        manager: usize,
+    },
+
+    /// A sequence extended with a hasher other than the one that started it.
+    #[error("sequence {0:?} was extended with a different hash algorithm or seed")]
+    HasherMismatch(String),
+
+    /// Computed blocks that no longer hold the sequence's prefix (another request
+    /// reused them since the lookup), or that repeat a block.
+    #[error(
+        "computed block {block} no longer holds block {index} of request {id:?}; look the prefix up again"
+    )]
+    StaleComputedBlocks {
+        /// The request.
+        id: String,
+        /// Position in the prefix.
+        index: usize,
+        /// The block.
+        block: BlockId,
+    },
+
+    /// An allocation of zero tokens for a request with nothing computed.
+    #[error("request {0:?}: nothing to allocate (zero new tokens and no computed blocks)")]
+    EmptyAllocation(String),
+
+    /// A count that would overflow.
+    #[error("{0} overflows")]
+    Overflow(&'static str),
+
     /// A request id the manager does not know.
     #[error("unknown request {0:?}")]
     UnknownRequest(String),

@@ -168,6 +168,15 @@ impl RequestKeys {
     /// Sets the multimodal items; they must be sorted by offset and not overlap, as
     /// vLLM's processor guarantees.
     pub fn with_mm(mut self, spans: Vec<MmSpan>) -> Result<Self> {
+        if let Some(m) = spans
+            .iter()
+            .find(|m| m.offset.checked_add(m.length).is_none())
+        {
+            return Err(KvCacheError::BadMultimodalSpans(format!(
+                "{:?} ends past usize::MAX",
+                m.identifier
+            )));
+        }
         for w in spans.windows(2) {
             if w[0].offset + w[0].length > w[1].offset {
                 return Err(KvCacheError::BadMultimodalSpans(format!(
@@ -187,8 +196,10 @@ impl RequestKeys {
         self
     }
 
-    /// Sets per-full-block prompt-embedding digests (see [`prompt_embeds_digest`]);
-    /// entry `i` belongs to block `i`.
+    /// Marks the request as prompted with embeddings, given the digest of each block's
+    /// slice of them, the last (partial) block included — see
+    /// [`prompt_embeds_block_digests`]. Blocks past the prompt (generated tokens) get the
+    /// digest of an empty slice, as in vLLM.
     pub fn with_prompt_embeds(mut self, per_block_digests: Vec<[u8; 32]>) -> Self {
         self.prompt_embeds = per_block_digests;
         self
@@ -215,7 +226,7 @@ impl RequestKeys {
 
     /// The extra keys of the block `[start, end)` (block number `block_index`), advancing
     /// the multimodal cursor `mm_idx` exactly as `generate_block_hash_extra_keys` does.
-    pub fn block_keys(
+    pub(crate) fn block_keys(
         &self,
         block_index: usize,
         start: usize,
@@ -238,8 +249,13 @@ impl RequestKeys {
                 keys.push(ExtraKey::CacheSalt(s.clone()));
             }
         }
-        if let Some(d) = self.prompt_embeds.get(block_index) {
-            keys.push(ExtraKey::PromptEmbeds(*d));
+        if !self.prompt_embeds.is_empty() {
+            let d = self
+                .prompt_embeds
+                .get(block_index)
+                .copied()
+                .unwrap_or(EMPTY_SHA256);
+            keys.push(ExtraKey::PromptEmbeds(d));
         }
         (!keys.is_empty()).then_some(keys)
     }
@@ -274,12 +290,29 @@ impl RequestKeys {
     }
 }
 
+/// SHA-256 of no bytes: the prompt-embeds key of blocks past the prompt.
+const EMPTY_SHA256: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
 /// vLLM's digest of one block's prompt embeddings: SHA-256 of the tensor slice's raw
 /// bytes in row-major order and its own dtype (`tensor_data(embeds[start:end])`).
 pub fn prompt_embeds_digest(raw_bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(&Sha256::digest(raw_bytes));
     out
+}
+
+/// Per-block digests of a prompt's embeddings (`raw_bytes`: all rows, `row_bytes` each),
+/// the last partial block included, for [`RequestKeys::with_prompt_embeds`].
+pub fn prompt_embeds_block_digests(
+    raw_bytes: &[u8],
+    row_bytes: usize,
+    block_size: usize,
+) -> Vec<[u8; 32]> {
+    let chunk = row_bytes.saturating_mul(block_size).max(1);
+    raw_bytes.chunks(chunk).map(prompt_embeds_digest).collect()
 }
 
 #[cfg(test)]
@@ -313,6 +346,11 @@ mod tests {
         );
         assert_eq!(k.block_keys(1, 4, 8, &mut i), None);
         assert!(RequestKeys::new().with_cache_salt("").is_empty());
+    }
+
+    #[test]
+    fn empty_digest_constant_is_sha256_of_nothing() {
+        assert_eq!(prompt_embeds_digest(&[]), EMPTY_SHA256);
     }
 
     #[test]

@@ -30,12 +30,12 @@
 //! let mut kv = KvCacheManager::new(64, 16)?;
 //! for id in ["a", "b"] {
 //!     let seq = Sequence::new(id, prompt.clone(), RequestKeys::new(), 16, &hasher)?;
-//!     let hit = kv.computed_blocks(&seq);
-//!     let new_tokens = prompt.len() - hit.num_tokens;
+//!     let hit = kv.computed_blocks(&seq)?;
+//!     let new_tokens = prompt.len() - hit.num_tokens();
 //!     kv.allocate_slots(&seq, new_tokens, hit)?;
 //!     kv.free(id)?;
 //! }
-//! assert_eq!(kv.pool().stats().hits, 2);
+//! assert_eq!(kv.prefix_stats().hits, 32); // tokens: 2 blocks of 16
 //! # Ok(())
 //! # }
 //! ```
@@ -61,9 +61,10 @@ pub use events::{
     NullSink,
 };
 pub use extra_keys::{
-    ExtraKey, KeyValue, LoraKey, MmSpan, RequestKeys, prompt_embeds_digest, to_event_extra_keys,
+    ExtraKey, KeyValue, LoraKey, MmSpan, RequestKeys, prompt_embeds_block_digests,
+    prompt_embeds_digest, to_event_extra_keys,
 };
 pub use hash::{BlockHash, BlockHasher, DEFAULT_NONE_HASH_SEED, HashAlgo};
-pub use manager::{ComputedBlocks, KvCacheManager, Sequence};
+pub use manager::{ComputedBlocks, KvCacheManager, PrefixCacheStats, Sequence};
 pub use pool::{BlockId, BlockPool, PoolStats, StoredInfo};
 pub use tier::Tier;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use crate::error::{KvCacheError, Result};
 use crate::events::{EventSink, NullSink};
 use crate::extra_keys::{ExtraKey, RequestKeys, to_event_extra_keys};
-use crate::hash::{BlockHash, BlockHasher};
+use crate::hash::{BlockHash, BlockHasher, HashAlgo};
 use crate::pool::{BlockId, BlockPool, StoredInfo};
 
 /// A request's tokens and the hashes of its full blocks.
@@ -23,6 +23,8 @@ pub struct Sequence {
     block_keys: Vec<Option<Vec<ExtraKey>>>,
     keys: RequestKeys,
     block_size: usize,
+    // Which hasher the chain was built with: extending with another corrupts it.
+    hasher: (HashAlgo, BlockHash),
 }
 
 impl Sequence {
@@ -41,13 +43,18 @@ impl Sequence {
             block_keys: Vec::new(),
             keys,
             block_size,
+            hasher: (hasher.algo(), hasher.none_hash()),
         };
         s.extend(&tokens, hasher)?;
         Ok(s)
     }
 
-    /// Appends tokens (e.g. a sampled one), hashing any blocks they complete.
+    /// Appends tokens (e.g. a sampled one), hashing any blocks they complete. The hasher
+    /// must be the one the sequence was created with.
     pub fn extend(&mut self, tokens: &[u32], hasher: &BlockHasher) -> Result<()> {
+        if (hasher.algo(), hasher.none_hash()) != self.hasher {
+            return Err(KvCacheError::HasherMismatch(self.id.clone()));
+        }
         self.tokens.extend_from_slice(tokens);
         hasher.extend_hashes(
             &mut self.hashes,
@@ -77,15 +84,45 @@ impl Sequence {
     pub fn keys(&self) -> &RequestKeys {
         &self.keys
     }
+
+    /// Tokens per block of the hash chain.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
 }
 
-/// The cached prefix found for a new request.
+/// Prefix-cache counters in tokens, as vLLM reports them
+/// (`vllm:prefix_cache_queries`, `vllm:prefix_cache_hits`): each request counts once,
+/// when its first blocks are allocated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixCacheStats {
+    /// Requests admitted.
+    pub requests: u64,
+    /// Prompt tokens looked up.
+    pub queries: u64,
+    /// Of those, tokens found cached.
+    pub hits: u64,
+}
+
+/// The cached prefix found for a new request. Pass it to
+/// [`KvCacheManager::allocate_slots`] before other allocations can evict it; a stale one
+/// is rejected there.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ComputedBlocks {
+    blocks: Vec<BlockId>,
+    num_tokens: usize,
+}
+
+impl ComputedBlocks {
     /// Blocks holding the prefix, in order.
-    pub blocks: Vec<BlockId>,
+    pub fn blocks(&self) -> &[BlockId] {
+        &self.blocks
+    }
+
     /// Tokens they cover.
-    pub num_tokens: usize,
+    pub fn num_tokens(&self) -> usize {
+        self.num_tokens
+    }
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +138,7 @@ pub struct KvCacheManager<S: EventSink = NullSink> {
     pool: BlockPool<S>,
     requests: HashMap<String, RequestState>,
     caching: bool,
+    prefix_stats: PrefixCacheStats,
 }
 
 impl KvCacheManager<NullSink> {
@@ -117,6 +155,7 @@ impl<S: EventSink> KvCacheManager<S> {
             pool,
             requests: HashMap::new(),
             caching: true,
+            prefix_stats: PrefixCacheStats::default(),
         }
     }
 
@@ -130,9 +169,35 @@ impl<S: EventSink> KvCacheManager<S> {
         &self.pool
     }
 
-    /// The pool, mutably (to drain its sink).
-    pub fn pool_mut(&mut self) -> &mut BlockPool<S> {
-        &mut self.pool
+    /// The pool's event sink, mutably (to drain or flush events).
+    pub fn sink_mut(&mut self) -> &mut S {
+        self.pool.sink_mut()
+    }
+
+    /// Prefix-cache counters in tokens.
+    pub fn prefix_stats(&self) -> PrefixCacheStats {
+        self.prefix_stats
+    }
+
+    /// Fraction of blocks in use (vLLM's `kv_cache_usage_perc`).
+    pub fn usage(&self) -> f64 {
+        self.pool.usage()
+    }
+
+    /// Tokens a request has slots for.
+    pub fn num_tokens(&self, request_id: &str) -> Option<usize> {
+        self.requests.get(request_id).map(|r| r.num_tokens)
+    }
+
+    fn check_block_size(&self, seq: &Sequence) -> Result<()> {
+        if seq.block_size != self.block_size() {
+            return Err(KvCacheError::BlockSizeMismatch {
+                id: seq.id.clone(),
+                sequence: seq.block_size,
+                manager: self.block_size(),
+            });
+        }
+        Ok(())
     }
 
     /// Tokens per block.
@@ -152,15 +217,17 @@ impl<S: EventSink> KvCacheManager<S> {
 
     /// The longest cached prefix of a new request. At least one prompt token is always
     /// left to compute, since the model needs it to produce the next token's logits.
-    pub fn computed_blocks(&mut self, seq: &Sequence) -> ComputedBlocks {
+    /// Looking up changes nothing, so a waiting request may look up again each step.
+    pub fn computed_blocks(&self, seq: &Sequence) -> Result<ComputedBlocks> {
+        self.check_block_size(seq)?;
         if !self.caching || seq.tokens.is_empty() {
-            return ComputedBlocks::default();
+            return Ok(ComputedBlocks::default());
         }
         let max_blocks = (seq.tokens.len() - 1) / self.block_size();
         let hashes = &seq.hashes[..seq.hashes.len().min(max_blocks)];
-        let blocks = self.pool.find_cached_prefix(hashes);
+        let blocks = self.pool.peek_cached_prefix(hashes);
         let num_tokens = blocks.len() * self.block_size();
-        ComputedBlocks { blocks, num_tokens }
+        Ok(ComputedBlocks { blocks, num_tokens })
     }
 
     /// Makes room for `num_new_tokens` more tokens of `seq` beyond those already
@@ -174,7 +241,9 @@ impl<S: EventSink> KvCacheManager<S> {
         num_new_tokens: usize,
         computed: ComputedBlocks,
     ) -> Result<&[BlockId]> {
+        self.check_block_size(seq)?;
         let bs = self.block_size();
+        let is_new = !self.requests.contains_key(&seq.id);
         let (have_blocks, have_tokens) = match self.requests.get(&seq.id) {
             Some(_) if !computed.blocks.is_empty() => {
                 return Err(KvCacheError::LengthMismatch {
@@ -186,14 +255,27 @@ impl<S: EventSink> KvCacheManager<S> {
             Some(r) => (r.blocks.len(), r.num_tokens),
             None => (computed.blocks.len(), computed.num_tokens),
         };
-        if computed.num_tokens != computed.blocks.len() * bs {
-            return Err(KvCacheError::LengthMismatch {
-                what: "tokens covered by computed blocks",
-                expected: computed.blocks.len() * bs,
-                got: computed.num_tokens,
-            });
+        if num_new_tokens == 0 && have_tokens == 0 {
+            return Err(KvCacheError::EmptyAllocation(seq.id.clone()));
         }
-        let total_tokens = have_tokens + num_new_tokens;
+        // The prefix must still be what the lookup found: a block another request has
+        // since reused would splice its KV into this one.
+        for (i, &b) in computed.blocks.iter().enumerate() {
+            let holds = seq
+                .hashes
+                .get(i)
+                .is_some_and(|h| self.pool.block_hash(b).ok().flatten() == Some(*h));
+            if !holds || computed.blocks[..i].contains(&b) {
+                return Err(KvCacheError::StaleComputedBlocks {
+                    id: seq.id.clone(),
+                    index: i,
+                    block: b,
+                });
+            }
+        }
+        let total_tokens = have_tokens
+            .checked_add(num_new_tokens)
+            .ok_or(KvCacheError::Overflow("token count"))?;
         let need = total_tokens.div_ceil(bs).saturating_sub(have_blocks);
         // Computed blocks nobody holds leave the free list when touched.
         let mut revived = 0;
@@ -208,6 +290,11 @@ impl<S: EventSink> KvCacheManager<S> {
                 requested: need,
                 free: available,
             });
+        }
+        if is_new {
+            self.prefix_stats.requests += 1;
+            self.prefix_stats.queries += seq.tokens.len() as u64;
+            self.prefix_stats.hits += computed.num_tokens as u64;
         }
         self.pool.touch(&computed.blocks)?;
         let new = self.pool.allocate(need)?;

@@ -101,7 +101,11 @@ pub struct BlockPool<S: EventSink = NullSink> {
     head: u32,
     tail: u32,
     num_free: usize,
+    // The block lookups return for each cached hash.
     cached: HashIndex<BlockId>,
+    // Further blocks holding a hash already in `cached` (two requests computed the same
+    // block at once). Kept so the hash survives its first copy's eviction.
+    dups: HashIndex<Vec<BlockId>>,
     block_size: u32,
     medium: String,
     int_hashes: bool,
@@ -139,13 +143,15 @@ impl<S: EventSink> BlockPool<S> {
         if block_size == 0 {
             return Err(KvCacheError::ZeroBlockSize);
         }
-        let block_size = u32::try_from(block_size).map_err(|_| KvCacheError::ZeroBlockSize)?;
+        let block_size =
+            u32::try_from(block_size).map_err(|_| KvCacheError::BlockSizeTooLarge(block_size))?;
         let mut pool = BlockPool {
             blocks: Vec::with_capacity(capacity),
             head: NIL,
             tail: NIL,
             num_free: 0,
             cached: HashIndex::default(),
+            dups: HashIndex::default(),
             block_size,
             medium: MEDIUM_GPU.to_string(),
             int_hashes: false,
@@ -207,7 +213,7 @@ impl<S: EventSink> BlockPool<S> {
         self.num_free
     }
 
-    /// Blocks currently carrying a hash.
+    /// Distinct hashes currently cached.
     pub fn num_cached(&self) -> usize {
         self.cached.len()
     }
@@ -302,12 +308,12 @@ impl<S: EventSink> BlockPool<S> {
             let b = &mut self.blocks[id as usize];
             b.ref_cnt = 1;
             if let Some(h) = b.hash.take() {
-                self.cached.remove(&h);
                 self.stats.evictions += 1;
                 if let Some(t) = self.tier.as_mut() {
                     t.offload(id, &h);
                 }
-                if self.sink.enabled() {
+                // Only the last copy of a hash leaving makes it "removed".
+                if self.uncache(id, &h) && self.sink.enabled() {
                     evicted.push(ExternalBlockHash::from_hash(&h, self.int_hashes));
                 }
             }
@@ -324,9 +330,37 @@ impl<S: EventSink> BlockPool<S> {
         Ok(out)
     }
 
+    /// Drops `id`'s claim on `h`; returns whether no block holds `h` any more.
+    fn uncache(&mut self, id: BlockId, h: &BlockHash) -> bool {
+        if self.cached.get(h) == Some(&id) {
+            match self.dups.get_mut(h).and_then(Vec::pop) {
+                Some(next) => {
+                    self.cached.insert(*h, next);
+                    if self.dups.get(h).is_some_and(Vec::is_empty) {
+                        self.dups.remove(h);
+                    }
+                    false
+                }
+                None => {
+                    self.cached.remove(h);
+                    true
+                }
+            }
+        } else {
+            if let Some(copies) = self.dups.get_mut(h) {
+                copies.retain(|&b| b != id);
+                if copies.is_empty() {
+                    self.dups.remove(h);
+                }
+            }
+            false
+        }
+    }
+
     /// Marks held, full blocks as caching `hashes` (pairwise) and emits one
-    /// `BlockStored` for them. A hash another block already caches is left with that
-    /// block (first copy wins); this block then stays uncached.
+    /// `BlockStored` for them. A hash another block already caches is recorded as a
+    /// second copy: lookups keep finding the first, and the hash stays cached until the
+    /// last copy is evicted.
     pub fn cache_blocks(
         &mut self,
         ids: &[BlockId],
@@ -350,9 +384,16 @@ impl<S: EventSink> BlockPool<S> {
             }
         }
         for (&id, h) in ids.iter().zip(hashes) {
-            if self.blocks[id as usize].hash.is_none() && !self.cached.contains_key(h) {
+            if self.blocks[id as usize].hash.is_none() {
                 self.blocks[id as usize].hash = Some(*h);
-                self.cached.insert(*h, id);
+                match self.cached.entry(*h) {
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(id);
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        self.dups.entry(*h).or_default().push(id)
+                    }
+                }
             }
         }
         if self.sink.enabled() && !ids.is_empty() {
@@ -418,6 +459,7 @@ impl<S: EventSink> BlockPool<S> {
         }
         self.rebuild_free_list(self.blocks.len());
         self.cached.clear();
+        self.dups.clear();
         self.sink.emit(KvEvent::AllBlocksCleared);
         true
     }
@@ -521,11 +563,26 @@ impl<S: EventSink> BlockPool<S> {
                 ));
             }
             if let Some(h) = b.hash {
-                if self.cached.get(&h) != Some(&(i as u32)) {
+                let id = i as u32;
+                let primary = self.cached.get(&h) == Some(&id);
+                let copy = self.dups.get(&h).is_some_and(|c| c.contains(&id));
+                if primary == copy {
                     return Err(format!(
-                        "block {i} carries hash {h} that the index does not map to it"
+                        "block {i} carries hash {h} but is indexed {} times",
+                        u8::from(primary) + u8::from(copy)
                     ));
                 }
+            }
+        }
+        for (h, copies) in &self.dups {
+            if copies.is_empty() || !self.cached.contains_key(h) {
+                return Err(format!("second copies of {h} without a first"));
+            }
+            if copies
+                .iter()
+                .any(|&c| self.blocks.get(c as usize).and_then(|b| b.hash) != Some(*h))
+            {
+                return Err(format!("a second copy of {h} does not carry it"));
             }
         }
         for (h, &id) in &self.cached {
@@ -626,6 +683,31 @@ mod tests {
             panic!("{ev:?}")
         };
         assert_eq!(r.block_hashes, vec![ExternalBlockHash::Int(h(1).to_u64())]);
+    }
+
+    #[test]
+    fn a_hash_stays_cached_until_its_last_copy_is_evicted() {
+        let mut p = BlockPool::with_sink(3, 1, Vec::new()).unwrap();
+        let a = p.allocate(1).unwrap();
+        let b = p.allocate(1).unwrap();
+        p.cache_blocks(&a, &[h(1)], StoredInfo::default()).unwrap();
+        p.cache_blocks(&b, &[h(1)], StoredInfo::default()).unwrap();
+        p.free(&a).unwrap();
+        p.free(&b).unwrap();
+        p.check_invariants().unwrap();
+        p.allocate(2).unwrap(); // the uncached block, then the first copy
+        assert_eq!(p.lookup(&h(1)), Some(b[0]));
+        let removed = |p: &mut BlockPool<Vec<KvEvent>>| {
+            std::mem::take(p.sink_mut())
+                .iter()
+                .filter(|e| matches!(e, KvEvent::BlockRemoved(_)))
+                .count()
+        };
+        assert_eq!(removed(&mut p), 0);
+        p.allocate(1).unwrap();
+        assert_eq!(p.lookup(&h(1)), None);
+        assert_eq!(removed(&mut p), 1);
+        p.check_invariants().unwrap();
     }
 
     #[test]

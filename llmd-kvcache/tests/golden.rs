@@ -10,7 +10,7 @@ use common::{kv_json, tagged_json};
 use llmd_kvcache::codec::{decode_batch, encode_batch};
 use llmd_kvcache::{
     BlockHash, BlockHasher, ExternalBlockHash, HashAlgo, KvEvent, KvEventBatch, LoraKey, MmSpan,
-    RequestKeys, prompt_embeds_digest, to_event_extra_keys,
+    RequestKeys, prompt_embeds_block_digests, to_event_extra_keys,
 };
 use serde_json::{Value, json};
 
@@ -56,7 +56,7 @@ fn case(c: &Value) -> Case<'_> {
     }
 }
 
-fn request_keys(case: &Value, block_size: usize, num_blocks: usize) -> RequestKeys {
+fn request_keys(case: &Value, block_size: usize) -> RequestKeys {
     let mut keys = RequestKeys::new();
     if let Some(l) = case.get("lora") {
         keys = keys.with_lora(LoraKey {
@@ -82,12 +82,10 @@ fn request_keys(case: &Value, block_size: usize, num_blocks: usize) -> RequestKe
         keys = keys.with_cache_salt(s.as_str().unwrap());
     }
     if let Some(raw) = case.get("prompt_embeds_f32_hex") {
-        // Recompute vLLM's per-block digests from the raw float32 rows.
+        // Recompute vLLM's per-block digests from the raw float32 rows of the prompt.
         let raw = hex_bytes(raw);
         let row = case["prompt_embeds_dim"].as_u64().unwrap() as usize * 4;
-        let digests = (0..num_blocks)
-            .map(|i| prompt_embeds_digest(&raw[i * block_size * row..(i + 1) * block_size * row]))
-            .collect();
+        let digests = prompt_embeds_block_digests(&raw, row, block_size);
         keys = keys.with_prompt_embeds(digests);
     }
     keys
@@ -113,7 +111,7 @@ fn block_hashes_match_vllm() {
             c["none_hash"].as_str().unwrap(),
             "{name}: NONE_HASH"
         );
-        let keys = request_keys(c, block_size, want.len());
+        let keys = request_keys(c, block_size);
 
         let mut hashes = Vec::new();
         let mut extra = Vec::new();
@@ -193,7 +191,7 @@ fn incremental_hashing_matches_vllm_one_token_at_a_time() {
             tokens,
             want,
         } = case(c);
-        let keys = request_keys(c, block_size, 0);
+        let keys = request_keys(c, block_size);
         let mut hashes = Vec::new();
         for n in 0..=tokens.len() {
             hasher

@@ -19,8 +19,8 @@ fn seq(id: &str, tokens: Vec<u32>, keys: RequestKeys) -> Sequence {
 }
 
 fn run_prompt(kv: &mut KvCacheManager<impl llmd_kvcache::EventSink>, s: &Sequence) -> usize {
-    let hit = kv.computed_blocks(s);
-    let n = hit.num_tokens;
+    let hit = kv.computed_blocks(s).unwrap();
+    let n = hit.num_tokens();
     kv.allocate_slots(s, s.tokens().len() - n, hit).unwrap();
     n
 }
@@ -74,7 +74,7 @@ fn out_of_blocks_changes_nothing_and_decode_grows_the_table() {
     assert_eq!(kv.block_table("a").unwrap().len(), 2);
 
     let big = seq("big", (50..70).collect(), RequestKeys::new());
-    let hit = kv.computed_blocks(&big);
+    let hit = kv.computed_blocks(&big).unwrap();
     assert_eq!(
         kv.allocate_slots(&big, 20, hit),
         Err(KvCacheError::OutOfBlocks {
@@ -115,7 +115,7 @@ fn freed_requests_lose_their_tail_blocks_first() {
     let b = seq("b", (100..108).collect(), RequestKeys::new());
     run_prompt(&mut kv, &b);
     let again = seq("a2", (0..13).collect(), RequestKeys::new());
-    assert_eq!(kv.computed_blocks(&again).num_tokens, 8);
+    assert_eq!(kv.computed_blocks(&again).unwrap().num_tokens(), 8);
     assert_eq!(kv.pool().stats().evictions, 1);
 }
 
@@ -151,8 +151,8 @@ proptest! {
             let toks: Vec<u32> = (0..len as u32).map(|t| family as u32 * 1000 + t).collect();
             let id = format!("r{i}");
             let mut s = Sequence::new(id.clone(), toks, RequestKeys::new(), BS, &hasher).unwrap();
-            let hit = kv.computed_blocks(&s);
-            let n = s.tokens().len() - hit.num_tokens;
+            let hit = kv.computed_blocks(&s).unwrap();
+            let n = s.tokens().len() - hit.num_tokens();
             match kv.allocate_slots(&s, n, hit) {
                 Ok(_) => {
                     for t in 0..decode as u32 {
@@ -171,7 +171,7 @@ proptest! {
                 kv.free(&victim).unwrap();
             }
             ts += 1.0;
-            if let Some(batch) = kv.pool_mut().sink_mut().flush(ts) {
+            if let Some(batch) = kv.sink_mut().flush(ts) {
                 let wire = decode_batch(&encode_batch(&batch).unwrap()).unwrap();
                 prop_assert_eq!(&wire, &batch);
                 apply(&mut index, wire.events);
@@ -223,4 +223,67 @@ proptest! {
         prop_assert_eq!(got, want);
         let _: BlockHash = want;
     }
+}
+
+#[test]
+fn stale_or_foreign_computed_blocks_are_rejected() {
+    let mut kv = KvCacheManager::new(4, BS).unwrap();
+    let a = seq("a", (0..9).collect(), RequestKeys::new());
+    run_prompt(&mut kv, &a);
+    kv.free("a").unwrap();
+    // "b" finds a's two cached blocks, but before it allocates, "c" takes every block.
+    let b = seq("b", (0..9).collect(), RequestKeys::new());
+    let hit = kv.computed_blocks(&b).unwrap();
+    assert_eq!(hit.blocks().len(), 2);
+    let c = seq("c", (100..116).collect(), RequestKeys::new());
+    run_prompt(&mut kv, &c);
+    kv.free("c").unwrap();
+    let err = kv.allocate_slots(&b, 1, hit).unwrap_err();
+    assert!(
+        matches!(err, KvCacheError::StaleComputedBlocks { index: 0, .. }),
+        "{err}"
+    );
+    assert!(kv.block_table("b").is_none());
+    kv.pool().check_invariants().unwrap();
+}
+
+#[test]
+fn mismatched_sequences_and_empty_allocations_are_errors() {
+    let mut kv = KvCacheManager::new(8, BS).unwrap();
+    let hasher = BlockHasher::default();
+    let wide = Sequence::new("w", (0..16).collect(), RequestKeys::new(), 8, &hasher).unwrap();
+    assert!(matches!(
+        kv.computed_blocks(&wide),
+        Err(KvCacheError::BlockSizeMismatch {
+            sequence: 8,
+            manager: 4,
+            ..
+        })
+    ));
+    let mut s = seq("s", vec![1, 2], RequestKeys::new());
+    let other = BlockHasher::new(llmd_kvcache::HashAlgo::XxHashCbor, "1");
+    assert_eq!(
+        s.extend(&[3], &other),
+        Err(KvCacheError::HasherMismatch("s".into()))
+    );
+    assert_eq!(
+        kv.allocate_slots(&s, 0, Default::default()),
+        Err(KvCacheError::EmptyAllocation("s".into()))
+    );
+    assert_eq!(kv.num_requests(), 0);
+}
+
+#[test]
+fn prefix_stats_count_tokens_once_per_request() {
+    let mut kv = KvCacheManager::new(16, BS).unwrap();
+    let a = seq("a", (0..12).collect(), RequestKeys::new());
+    run_prompt(&mut kv, &a);
+    let b = seq("b", (0..12).collect(), RequestKeys::new());
+    // Looking up repeatedly (a waiting request) counts nothing.
+    for _ in 0..3 {
+        kv.computed_blocks(&b).unwrap();
+    }
+    run_prompt(&mut kv, &b);
+    let st = kv.prefix_stats();
+    assert_eq!((st.requests, st.queries, st.hits), (2, 24, 8));
 }

@@ -148,8 +148,8 @@ fn hashes_and_events_agree_with_vllms_python_libraries() {
             let tokens: Vec<u32> = (0..len as u32).map(|t| family * 7919 + t).collect();
             let keys = random_keys(&mut rng, len, len / 4);
             let seq = Sequence::new(format!("r{r}"), tokens, keys, 4, &hasher).unwrap();
-            let hit = kv.computed_blocks(&seq);
-            let n = seq.tokens().len() - hit.num_tokens;
+            let hit = kv.computed_blocks(&seq).unwrap();
+            let n = seq.tokens().len() - hit.num_tokens();
             if kv.allocate_slots(&seq, n, hit).is_ok() && rng.below(2) == 0 {
                 kv.free(seq.id()).unwrap();
             }
@@ -161,11 +161,7 @@ fn hashes_and_events_agree_with_vllms_python_libraries() {
                     assert!(kv.reset_prefix_cache());
                 }
             }
-            if let Some(b) = kv
-                .pool_mut()
-                .sink_mut()
-                .flush(1_700_000_000.0 + r as f64 / 8.0)
-            {
+            if let Some(b) = kv.sink_mut().flush(1_700_000_000.0 + r as f64 / 8.0) {
                 event_batches.push(hex::encode(encode_batch(&b).unwrap()));
             }
         }

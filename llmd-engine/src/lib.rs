@@ -1,9 +1,26 @@
 //! The llmd model server.
 //!
-//! **Not built yet.** This crate will hold a Llama-family model runner, paged-attention
-//! kernels (the CPU kernel as the reference; CUDA and ROCm behind features), continuous
-//! batching with chunked prefill over the `llmd-kvcache` block pool, an OpenAI-compatible
-//! HTTP API talking to a `Backend` trait, vLLM-named Prometheus metrics, KV events, and
-//! prefill/decode roles.
+//! Built so far: the model runner — a Llama-family decoder (Llama, Mistral, Qwen2
+//! layouts: RMSNorm, RoPE with linear / dynamic / llama3 / YaRN scaling, grouped-query
+//! attention, SwiGLU, tied or untied embeddings) loading Hugging Face checkpoints
+//! (`config.json`, single or sharded `safetensors` in f32/f16/bf16, `tokenizer.json`,
+//! chat templates), running over a paged KV cache whose block tables come from
+//! `llmd-kvcache`, with a CPU attention kernel behind the [`AttentionBackend`] trait; and
+//! a built-in model that needs no files.
 //!
-//! Nothing is exported yet.
+//! Still to come in this crate: continuous batching with chunked prefill, sampling, the
+//! OpenAI-compatible HTTP API, vLLM-named metrics, KV event publishing, P/D roles and the
+//! simulated backend.
+
+pub mod attention;
+pub mod builtin;
+mod error;
+pub mod kv;
+pub mod model;
+pub mod tokenizer;
+
+pub use attention::{AttentionBackend, AttentionInput, CpuAttention, QueryPos};
+pub use error::{EngineError, Result};
+pub use kv::{KvDtype, KvShape, PagedKvCache};
+pub use model::{LlamaModel, LogitsWanted, ModelConfig, SeqInput};
+pub use tokenizer::{ByteTokenizer, ChatMessage, ChatTemplate, HfTokenizer, Tokenize};

@@ -1,0 +1,64 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `llmd-engine`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+
+    /// A model or tokenizer config that is malformed or unsupported.
+    #[error("{file}: {field}: {reason}")]
+    Config {
+        /// The file (e.g. `config.json`).
+        file: String,
+        /// The offending field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A checkpoint missing a tensor, or with one of the wrong shape or type.
+    #[error("weights: {0}")]
+    Weights(String),
+
+    /// Tokenizer loading, encoding, decoding or chat-template failures.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// Inputs to a forward pass that do not fit the model or the KV cache.
+    #[error("invalid model input: {0}")]
+    Input(String),
+
+    /// An error from the KV block manager.
+    #[error(transparent)]
+    KvCache(#[from] llmd_kvcache::KvCacheError),
+}
+
+impl EngineError {
+    pub(crate) fn config(file: &str, field: &str, reason: impl Into<String>) -> Self {
+        EngineError::Config {
+            file: file.into(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        EngineError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,337 @@
+//! The Llama-family decoder (Llama, Mistral, Qwen2) over a paged KV cache.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::config::ModelConfig;
+use super::layers::{Linear, rms_norm, silu};
+use super::rope::Rope;
+use super::weights::{Tensor, Weights};
+use crate::attention::{AttentionBackend, AttentionInput, QueryPos};
+use crate::error::{EngineError, Result};
+use crate::kv::PagedKvCache;
+
+struct Layer {
+    input_norm: Vec<f32>,
+    post_norm: Vec<f32>,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Which logits a sequence wants back from a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsWanted {
+    /// None (a prefill chunk that does not end the prompt).
+    None,
+    /// The last token's (to sample the next token).
+    Last,
+    /// Every token's (prompt logprobs, tests).
+    All,
+}
+
+/// One sequence's part of a forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqInput<'a> {
+    /// New tokens to run.
+    pub tokens: &'a [u32],
+    /// Tokens of this sequence already in the KV cache (position of `tokens[0]`).
+    pub start: usize,
+    /// Blocks holding the sequence, enough for `start + tokens.len()` tokens.
+    pub block_table: &'a [u32],
+    /// Logits to return.
+    pub logits: LogitsWanted,
+}
+
+/// A Llama-family model with `f32` weights.
+pub struct LlamaModel {
+    config: ModelConfig,
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    lm_head: Option<Linear>,
+    rope: Rope,
+}
+
+impl std::fmt::Debug for LlamaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaModel")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LlamaModel {
+    /// Loads `config.json` and the safetensors weights of a checkpoint directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config = ModelConfig::from_dir(dir)?;
+        let weights = Weights::load_dir(dir)?;
+        Self::from_weights(config, weights)
+    }
+
+    /// Builds the model from a config and named weights (Hugging Face names).
+    pub fn from_weights(config: ModelConfig, mut w: Weights) -> Result<Self> {
+        let c = &config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (qd, kvd) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let linear =
+            |w: &mut Weights, name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+                let weight = w.take(&format!("{name}.weight"), &[out, inp])?;
+                let b = if bias {
+                    Some(w.take(&format!("{name}.bias"), &[out])?)
+                } else {
+                    None
+                };
+                Linear::new(weight, b)
+            };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_norm: w.take(&format!("{p}.input_layernorm.weight"), &[h])?.data,
+                post_norm: w
+                    .take(&format!("{p}.post_attention_layernorm.weight"), &[h])?
+                    .data,
+                q: linear(
+                    &mut w,
+                    &format!("{p}.self_attn.q_proj"),
+                    qd,
+                    h,
+                    c.attention_bias,
+                )?,
+                k: linear(
+                    &mut w,
+                    &format!("{p}.self_attn.k_proj"),
+                    kvd,
+                    h,
+                    c.attention_bias,
+                )?,
+                v: linear(
+                    &mut w,
+                    &format!("{p}.self_attn.v_proj"),
+                    kvd,
+                    h,
+                    c.attention_bias,
+                )?,
+                o: linear(&mut w, &format!("{p}.self_attn.o_proj"), h, qd, false)?,
+                gate: linear(
+                    &mut w,
+                    &format!("{p}.mlp.gate_proj"),
+                    c.intermediate_size,
+                    h,
+                    c.mlp_bias,
+                )?,
+                up: linear(
+                    &mut w,
+                    &format!("{p}.mlp.up_proj"),
+                    c.intermediate_size,
+                    h,
+                    c.mlp_bias,
+                )?,
+                down: linear(
+                    &mut w,
+                    &format!("{p}.mlp.down_proj"),
+                    h,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                )?,
+            });
+        }
+        let embed = w.take("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let lm_head = match w.take_opt("lm_head.weight", &[c.vocab_size, h])? {
+            Some(t) => Some(Linear::new(t, None)?),
+            None if c.tie_word_embeddings => None,
+            None => {
+                return Err(EngineError::Weights(
+                    "missing tensor lm_head.weight (embeddings are not tied)".into(),
+                ));
+            }
+        };
+        Ok(LlamaModel {
+            rope: Rope::new(c),
+            norm: w.take("model.norm.weight", &[h])?.data,
+            embed: embed.data,
+            layers,
+            lm_head,
+            config,
+        })
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn check(&self, seqs: &[SeqInput<'_>], cache: &PagedKvCache) -> Result<()> {
+        let shape = cache.shape();
+        if cache.num_layers() != self.layers.len()
+            || shape.kv_heads != self.config.num_key_value_heads
+            || shape.head_dim != self.config.head_dim
+        {
+            return Err(EngineError::Input(format!(
+                "KV cache {shape:?} does not fit this model"
+            )));
+        }
+        for (i, s) in seqs.iter().enumerate() {
+            if let Some(&t) = s
+                .tokens
+                .iter()
+                .find(|&&t| t as usize >= self.config.vocab_size)
+            {
+                return Err(EngineError::Input(format!(
+                    "token id {t} is outside the vocabulary ({})",
+                    self.config.vocab_size
+                )));
+            }
+            let need = (s.start + s.tokens.len()).div_ceil(shape.block_size);
+            if s.block_table.len() < need {
+                return Err(EngineError::Input(format!(
+                    "sequence {i}: {} blocks for {} tokens",
+                    s.block_table.len(),
+                    s.start + s.tokens.len()
+                )));
+            }
+            if let Some(&b) = s.block_table[..need]
+                .iter()
+                .find(|&&b| b as usize >= shape.num_blocks)
+            {
+                return Err(EngineError::Input(format!(
+                    "sequence {i}: block {b} is outside the cache"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs new tokens of several sequences through the model, writing their keys and
+    /// values into `cache`. Returns, per sequence, the requested logits rows (each
+    /// `vocab_size` long, concatenated).
+    pub fn forward(
+        &self,
+        seqs: &[SeqInput<'_>],
+        cache: &mut PagedKvCache,
+        attn: &dyn AttentionBackend,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.check(seqs, cache)?;
+        let c = &self.config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+        let shape = cache.shape();
+        let bs = shape.block_size;
+        let t: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+
+        // Per token: its sequence, position, cache slot.
+        let mut queries = Vec::with_capacity(t);
+        let mut slots = Vec::with_capacity(t);
+        let mut seq_len_of = Vec::with_capacity(t);
+        for s in seqs {
+            let seq_len = s.start + s.tokens.len();
+            for i in 0..s.tokens.len() {
+                let pos = s.start + i;
+                let window_start = c.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                queries.push(QueryPos {
+                    block_table: s.block_table,
+                    pos,
+                    window_start,
+                });
+                slots.push(s.block_table[pos / bs] as usize * bs + pos % bs);
+                seq_len_of.push(seq_len);
+            }
+        }
+
+        let mut x = Vec::with_capacity(t * h);
+        for s in seqs {
+            for &tok in s.tokens {
+                x.extend_from_slice(&self.embed[tok as usize * h..(tok as usize + 1) * h]);
+            }
+        }
+        let eps = c.rms_norm_eps as f32;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut normed = vec![0f32; t * h];
+        let mut q = vec![0f32; t * nh * hd];
+        let mut k = vec![0f32; t * nkv * hd];
+        let mut v = vec![0f32; t * nkv * hd];
+        let mut attn_out = vec![0f32; t * nh * hd];
+        let mut proj = vec![0f32; t * h];
+        let mut gate = vec![0f32; t * c.intermediate_size];
+        let mut up = vec![0f32; t * c.intermediate_size];
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(&x, &layer.input_norm, eps, &mut normed);
+            layer.q.forward(&normed, t, &mut q);
+            layer.k.forward(&normed, t, &mut k);
+            layer.v.forward(&normed, t, &mut v);
+            q.par_chunks_mut(nh * hd)
+                .zip(k.par_chunks_mut(nkv * hd))
+                .zip(queries.par_iter().zip(seq_len_of.par_iter()))
+                .for_each(|((qt, kt), (qp, &len))| {
+                    self.rope.apply(qt, nh, qp.pos, len);
+                    self.rope.apply(kt, nkv, qp.pos, len);
+                });
+            attn.write_kv(&shape, cache.layer_mut(li), &slots, &k, &v);
+            let input = AttentionInput {
+                heads: nh,
+                scale,
+                q: &q,
+                queries: &queries,
+            };
+            attn.attend(&shape, cache.layer(li), &input, &mut attn_out);
+            layer.o.forward(&attn_out, t, &mut proj);
+            for (a, b) in x.iter_mut().zip(&proj) {
+                *a += b;
+            }
+
+            rms_norm(&x, &layer.post_norm, eps, &mut normed);
+            layer.gate.forward(&normed, t, &mut gate);
+            layer.up.forward(&normed, t, &mut up);
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = silu(*g) * u;
+            }
+            layer.down.forward(&gate, t, &mut proj);
+            for (a, b) in x.iter_mut().zip(&proj) {
+                *a += b;
+            }
+        }
+
+        // Logits only for the rows asked for.
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for s in seqs {
+            let n = s.tokens.len();
+            let rows: Vec<usize> = match s.logits {
+                LogitsWanted::None => vec![],
+                LogitsWanted::Last if n > 0 => vec![row + n - 1],
+                LogitsWanted::Last => vec![],
+                LogitsWanted::All => (row..row + n).collect(),
+            };
+            row += n;
+            let mut hidden = Vec::with_capacity(rows.len() * h);
+            for r in &rows {
+                hidden.extend_from_slice(&x[r * h..(r + 1) * h]);
+            }
+            let mut hn = vec![0f32; hidden.len()];
+            rms_norm(&hidden, &self.norm, eps, &mut hn);
+            let mut logits = vec![0f32; rows.len() * c.vocab_size];
+            match &self.lm_head {
+                Some(head) => head.forward(&hn, rows.len(), &mut logits),
+                None => {
+                    let tied = Linear::new(
+                        Tensor {
+                            shape: vec![c.vocab_size, h],
+                            data: self.embed.clone(),
+                        },
+                        None,
+                    )?;
+                    tied.forward(&hn, rows.len(), &mut logits);
+                }
+            }
+            out.push(logits);
+        }
+        Ok(out)
+    }
+}

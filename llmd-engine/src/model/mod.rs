@@ -1,0 +1,12 @@
+//! The model runner: config, weights, RoPE, layers and the Llama-family decoder.
+
+pub mod config;
+mod layers;
+mod llama;
+mod rope;
+pub mod weights;
+
+pub use config::{ModelConfig, RopeScaling};
+pub use layers::Linear;
+pub use llama::{LlamaModel, LogitsWanted, SeqInput};
+pub use rope::Rope;

@@ -27,7 +27,9 @@ pub fn config() -> ModelConfig {
         rope_theta: 10_000.0,
         rope_scaling: RopeScaling::Default,
         max_position_embeddings: 4096,
-        tie_word_embeddings: true,
+        // Untied: with tied random embeddings the logit of the input token dominates and
+        // the model just repeats it.
+        tie_word_embeddings: false,
         attention_bias: false,
         mlp_bias: false,
         sliding_window: None,
@@ -72,6 +74,8 @@ pub fn model(seed: u64) -> Result<LlamaModel> {
         1.0,
         0.0,
     )?;
+    // Logits with a spread of a few units: greedy varies, sampling is not one-hot.
+    add("lm_head.weight".into(), vec![c.vocab_size, h], 0.3, 0.0)?;
     add("model.norm.weight".into(), vec![h], 0.1, 1.0)?;
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}");

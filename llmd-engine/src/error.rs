@@ -38,6 +38,38 @@ pub enum EngineError {
     #[error("invalid model input: {0}")]
     Input(String),
 
+    /// A request parameter out of range (an OpenAI `invalid_request_error`).
+    #[error("{param}: {message}")]
+    InvalidParam {
+        /// The parameter, as the API names it.
+        param: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A prompt that cannot fit the model's context.
+    #[error(
+        "this model's maximum context length is {max} tokens, but the request needs {needed} ({prompt} prompt + {max_tokens} to generate)"
+    )]
+    ContextTooLong {
+        /// `max_model_len`.
+        max: usize,
+        /// Prompt tokens.
+        prompt: usize,
+        /// Tokens requested.
+        max_tokens: usize,
+        /// Total.
+        needed: usize,
+    },
+
+    /// A request id already in use.
+    #[error("request id {0:?} is already in use")]
+    DuplicateRequest(String),
+
+    /// The engine stopped (its loop exited or the backend failed).
+    #[error("engine is not running: {0}")]
+    EngineDead(String),
+
     /// An error from the KV block manager.
     #[error(transparent)]
     KvCache(#[from] llmd_kvcache::KvCacheError),

@@ -13,14 +13,25 @@
 //! simulated backend.
 
 pub mod attention;
+pub mod backend;
 pub mod builtin;
+pub mod clock;
+mod detok;
+pub mod engine;
 mod error;
 pub mod kv;
+pub mod metrics;
 pub mod model;
+pub mod sampling;
 pub mod tokenizer;
 
 pub use attention::{AttentionBackend, AttentionInput, CpuAttention, QueryPos};
+pub use backend::{Backend, ModelBackend, StepLogits};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::{Engine, EngineConfig, FinishReason, NewRequest, RequestOutput};
 pub use error::{EngineError, Result};
 pub use kv::{KvDtype, KvShape, PagedKvCache};
+pub use metrics::EngineMetrics;
 pub use model::{LlamaModel, LogitsWanted, ModelConfig, SeqInput};
+pub use sampling::{Sampled, SamplingParams, TokenLogprob};
 pub use tokenizer::{ByteTokenizer, ChatMessage, ChatTemplate, HfTokenizer, Tokenize};

@@ -1,0 +1,49 @@
+//! Incremental detokenization: turns each new token into the text it adds, holding back
+//! bytes that do not yet form whole UTF-8 characters (byte-level BPE splits them).
+
+use crate::error::Result;
+use crate::tokenizer::Tokenize;
+
+/// Per-request decoding state.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IncrementalDecoder {
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl IncrementalDecoder {
+    /// Text added by the last token of `ids` (empty while a character is incomplete).
+    pub(crate) fn step(&mut self, tok: &dyn Tokenize, ids: &[u32]) -> Result<String> {
+        let prefix = tok.decode(&ids[self.prefix_offset..self.read_offset], true)?;
+        let full = tok.decode(&ids[self.prefix_offset..], true)?;
+        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
+            if let Some(delta) = full.get(prefix.len()..) {
+                let delta = delta.to_string();
+                self.prefix_offset = self.read_offset;
+                self.read_offset = ids.len();
+                return Ok(delta);
+            }
+        }
+        Ok(String::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::ByteTokenizer;
+
+    #[test]
+    fn multibyte_characters_come_out_whole() {
+        let text = "a é 東 ✓";
+        let ids = ByteTokenizer.encode(text, false).unwrap();
+        let mut d = IncrementalDecoder::default();
+        let mut out = String::new();
+        for n in 1..=ids.len() {
+            let piece = d.step(&ByteTokenizer, &ids[..n]).unwrap();
+            assert!(!piece.contains('\u{FFFD}'));
+            out.push_str(&piece);
+        }
+        assert_eq!(out, text);
+    }
+}

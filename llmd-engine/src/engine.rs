@@ -1,0 +1,635 @@
+//! The engine core: continuous batching with chunked prefill over the `llmd-kvcache`
+//! block manager, sampling, stop conditions, streaming outputs, metrics and KV events.
+//!
+//! Synchronous and deterministic: [`Engine::step`] schedules one batch under the token
+//! budget, runs it on the [`Backend`], samples, and returns what each request produced.
+//! The HTTP server drives it from a thread; tests drive it directly.
+//!
+//! Scheduling follows vLLM's v1 scheduler: running requests first (decode or the next
+//! prefill chunk), then waiting requests in arrival order while the budget,
+//! `max_num_seqs` and free blocks allow. When blocks run out, the most recently
+//! admitted running request is preempted: its blocks are freed and it is recomputed
+//! later (its prefix usually still cached).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmd_kvcache::{
+    BlockHasher, BlockPool, EventBatcher, KvCacheError, KvCacheManager, KvEventBatch, RequestKeys,
+    Sequence,
+};
+
+use crate::backend::{Backend, StepLogits};
+use crate::clock::Clock;
+use crate::detok::IncrementalDecoder;
+use crate::error::{EngineError, Result};
+use crate::kv::KvDtype;
+use crate::metrics::{EngineMetrics, FinishLabel};
+use crate::model::{LogitsWanted, SeqInput};
+use crate::sampling::{Rng, Sampled, SamplingParams, sample};
+use crate::tokenizer::Tokenize;
+
+/// Engine limits and cache layout.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Name the model is served under (the `model` field of API requests).
+    pub model_name: String,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// KV blocks.
+    pub num_blocks: usize,
+    /// Most requests in one batch.
+    pub max_num_seqs: usize,
+    /// Most tokens (prefill + decode) in one step.
+    pub max_num_batched_tokens: usize,
+    /// Longest prompt + output.
+    pub max_model_len: usize,
+    /// Reuse cached prefixes.
+    pub enable_prefix_caching: bool,
+    /// Element type of the KV cache (reported in metrics).
+    pub kv_dtype: KvDtype,
+    /// Block hashing (vLLM-compatible).
+    pub hasher: BlockHasher,
+    /// Seed for requests that do not bring one.
+    pub seed: u64,
+    /// Data-parallel rank stamped on KV event batches.
+    pub data_parallel_rank: Option<i64>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            model_name: crate::builtin::BUILTIN_MODEL_NAME.into(),
+            block_size: 16,
+            num_blocks: 1024,
+            max_num_seqs: 64,
+            max_num_batched_tokens: 2048,
+            max_model_len: 4096,
+            enable_prefix_caching: true,
+            kv_dtype: KvDtype::F16,
+            hasher: BlockHasher::default(),
+            seed: 0,
+            data_parallel_rank: None,
+        }
+    }
+}
+
+/// A request as the engine takes it.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    /// Unique id.
+    pub id: String,
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Sampling and stopping.
+    pub params: SamplingParams,
+    /// Extra hash keys (LoRA, cache salt).
+    pub keys: RequestKeys,
+}
+
+/// Why a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS, a stop token or a stop string.
+    Stop,
+    /// `max_tokens` or the context limit.
+    Length,
+    /// Cancelled (client gone) or failed.
+    Abort,
+}
+
+impl FinishReason {
+    /// The OpenAI / vLLM spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+        }
+    }
+}
+
+/// What one request produced in one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestOutput {
+    /// Request id.
+    pub id: String,
+    /// Tokens generated this step.
+    pub token_ids: Vec<u32>,
+    /// Text they add (stop strings removed; may lag tokens by an incomplete character).
+    pub text: String,
+    /// Logprobs per new token, when requested.
+    pub logprobs: Vec<Sampled>,
+    /// Set on the request's last output.
+    pub finished: Option<FinishReason>,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Tokens generated so far.
+    pub completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug)]
+struct ReqState {
+    seq: Sequence,
+    params: SamplingParams,
+    prompt_len: usize,
+    num_computed: usize,
+    cached_tokens: usize,
+    output: Vec<u32>,
+    decoder: IncrementalDecoder,
+    text: String,
+    emitted: usize,
+    rng: Rng,
+    arrival: Duration,
+    scheduled_at: Option<Duration>,
+    last_token_at: Option<Duration>,
+}
+
+/// The engine.
+pub struct Engine {
+    cfg: EngineConfig,
+    backend: Box<dyn Backend>,
+    tokenizer: Arc<dyn Tokenize>,
+    eos: Vec<u32>,
+    kv: KvCacheManager<EventBatcher>,
+    waiting: VecDeque<String>,
+    running: Vec<String>,
+    reqs: HashMap<String, ReqState>,
+    clock: Arc<dyn Clock>,
+    rng: Rng,
+    metrics: Arc<EngineMetrics>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model", &self.cfg.model_name)
+            .field("running", &self.running.len())
+            .field("waiting", &self.waiting.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine over `backend`, whose KV cache must have `cfg.num_blocks` blocks of
+    /// `cfg.block_size` tokens.
+    pub fn new(
+        cfg: EngineConfig,
+        backend: Box<dyn Backend>,
+        tokenizer: Arc<dyn Tokenize>,
+        eos: Vec<u32>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        if cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 {
+            return Err(EngineError::config(
+                "engine",
+                "max_num_seqs",
+                "limits must be positive",
+            ));
+        }
+        if cfg.num_blocks * cfg.block_size < cfg.max_model_len {
+            return Err(EngineError::config(
+                "engine",
+                "num_blocks",
+                format!(
+                    "{} blocks of {} tokens cannot hold one request of max_model_len {}",
+                    cfg.num_blocks, cfg.block_size, cfg.max_model_len
+                ),
+            ));
+        }
+        let pool = BlockPool::with_sink(
+            cfg.num_blocks,
+            cfg.block_size,
+            EventBatcher::new(cfg.data_parallel_rank),
+        )?;
+        let mut kv = KvCacheManager::with_pool(pool);
+        kv.set_prefix_caching(cfg.enable_prefix_caching);
+        let metrics = Arc::new(EngineMetrics::new(&cfg.model_name));
+        let dtype = match cfg.kv_dtype {
+            KvDtype::F32 => "float32",
+            KvDtype::F16 => "float16",
+            KvDtype::BF16 => "bfloat16",
+        };
+        metrics.set_cache_config(
+            cfg.block_size,
+            cfg.num_blocks,
+            dtype,
+            cfg.enable_prefix_caching,
+        );
+        Ok(Engine {
+            rng: Rng::new(cfg.seed),
+            cfg,
+            backend,
+            tokenizer,
+            eos,
+            kv,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            reqs: HashMap::new(),
+            clock,
+            metrics,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The metrics (register them with a Prometheus registry to export).
+    pub fn metrics(&self) -> Arc<EngineMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> Arc<dyn Tokenize> {
+        self.tokenizer.clone()
+    }
+
+    /// Requests running and waiting.
+    pub fn num_requests(&self) -> (usize, usize) {
+        (self.running.len(), self.waiting.len())
+    }
+
+    /// Whether a step would do anything.
+    pub fn has_work(&self) -> bool {
+        !self.running.is_empty() || !self.waiting.is_empty()
+    }
+
+    /// KV cache usage (0..1).
+    pub fn kv_usage(&self) -> f64 {
+        self.kv.usage()
+    }
+
+    /// The KV events since the last call, as one batch.
+    pub fn take_events(&mut self) -> Option<KvEventBatch> {
+        let ts = self.clock.unix_time();
+        self.kv.sink_mut().flush(ts)
+    }
+
+    /// Checks a request against the model's limits without admitting it.
+    pub fn validate(&self, r: &NewRequest) -> Result<()> {
+        r.params.validate()?;
+        if r.prompt.is_empty() {
+            return Err(EngineError::InvalidParam {
+                param: "prompt".into(),
+                message: "the prompt is empty".into(),
+            });
+        }
+        let vocab = self.backend.vocab_size();
+        if let Some(&t) = r.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidParam {
+                param: "prompt".into(),
+                message: format!("token id {t} is out of vocabulary (size {vocab})"),
+            });
+        }
+        let max = self.cfg.max_model_len.min(self.backend.max_context());
+        let needed = r.prompt.len().saturating_add(r.params.max_tokens);
+        if needed > max {
+            return Err(EngineError::ContextTooLong {
+                max,
+                prompt: r.prompt.len(),
+                max_tokens: r.params.max_tokens,
+                needed,
+            });
+        }
+        if self.reqs.contains_key(&r.id) {
+            return Err(EngineError::DuplicateRequest(r.id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Queues a request.
+    pub fn add_request(&mut self, r: NewRequest) -> Result<()> {
+        self.validate(&r)?;
+        let seq = Sequence::new(
+            r.id.clone(),
+            r.prompt.clone(),
+            r.keys,
+            self.cfg.block_size,
+            &self.cfg.hasher,
+        )?;
+        let rng = Rng::new(r.params.seed.unwrap_or_else(|| self.rng.next_u64()));
+        self.reqs.insert(
+            r.id.clone(),
+            ReqState {
+                seq,
+                prompt_len: r.prompt.len(),
+                params: r.params,
+                num_computed: 0,
+                cached_tokens: 0,
+                output: Vec::new(),
+                decoder: IncrementalDecoder::default(),
+                text: String::new(),
+                emitted: 0,
+                rng,
+                arrival: self.clock.now(),
+                scheduled_at: None,
+                last_token_at: None,
+            },
+        );
+        self.waiting.push_back(r.id);
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Cancels a request, freeing its blocks; returns its final output if it existed.
+    pub fn abort(&mut self, id: &str) -> Option<RequestOutput> {
+        let st = self.reqs.get(id)?;
+        let out = RequestOutput {
+            id: id.to_string(),
+            token_ids: Vec::new(),
+            text: String::new(),
+            logprobs: Vec::new(),
+            finished: Some(FinishReason::Abort),
+            prompt_tokens: st.prompt_len,
+            completion_tokens: st.output.len(),
+            cached_tokens: st.cached_tokens,
+        };
+        self.finish(id, FinishReason::Abort);
+        Some(out)
+    }
+
+    fn finish(&mut self, id: &str, reason: FinishReason) {
+        self.waiting.retain(|w| w != id);
+        self.running.retain(|r| r != id);
+        // A request that never got blocks is unknown to the KV manager; nothing to free.
+        let _ = self.kv.free(id);
+        if let Some(st) = self.reqs.remove(id) {
+            let label = FinishLabel {
+                model_name: self.cfg.model_name.clone(),
+                finished_reason: reason.as_str().into(),
+            };
+            self.metrics.request_success.get_or_create(&label).inc();
+            let e2e = self.clock.now().saturating_sub(st.arrival);
+            self.metrics
+                .e2e
+                .get_or_create(self.metrics.label())
+                .observe(e2e.as_secs_f64());
+        }
+        self.update_gauges();
+    }
+
+    fn preempt(&mut self, id: &str) {
+        let _ = self.kv.free(id);
+        if let Some(st) = self.reqs.get_mut(id) {
+            st.num_computed = 0;
+        }
+        self.running.retain(|r| r != id);
+        self.waiting.push_front(id.to_string());
+        self.metrics
+            .preemptions
+            .get_or_create(self.metrics.label())
+            .inc();
+        tracing::debug!(request = id, "preempted: out of KV blocks");
+    }
+
+    fn update_gauges(&self) {
+        let l = self.metrics.label();
+        self.metrics
+            .running
+            .get_or_create(l)
+            .set(self.running.len() as i64);
+        self.metrics
+            .waiting
+            .get_or_create(l)
+            .set(self.waiting.len() as i64);
+        self.metrics.kv_usage.get_or_create(l).set(self.kv.usage());
+    }
+
+    /// Chooses this step's work: `(request, tokens to run)`.
+    fn schedule(&mut self) -> Result<Vec<(String, usize)>> {
+        let mut budget = self.cfg.max_num_batched_tokens;
+        let mut sched: Vec<(String, usize)> = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let id = self.running[i].clone();
+            let st = &self.reqs[&id];
+            let n = (st.seq.tokens().len() - st.num_computed).min(budget);
+            let have = self.kv.num_tokens(&id).unwrap_or(0);
+            let need = (st.num_computed + n).saturating_sub(have);
+            match self.kv.allocate_slots(&st.seq, need, Default::default()) {
+                Ok(_) => {
+                    sched.push((id, n));
+                    budget -= n;
+                    i += 1;
+                }
+                Err(KvCacheError::OutOfBlocks { .. }) => {
+                    // Free the most recently admitted request and retry; if that is this
+                    // request itself, it waits.
+                    let victim = self.running.last().cloned().unwrap_or_default();
+                    self.preempt(&victim);
+                    if victim == id {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Requests preempted above may have been scheduled already this step.
+        sched.retain(|(id, _)| self.running.contains(id));
+        budget = self.cfg.max_num_batched_tokens - sched.iter().map(|s| s.1).sum::<usize>();
+
+        while budget > 0 && self.running.len() < self.cfg.max_num_seqs {
+            let Some(id) = self.waiting.front().cloned() else {
+                break;
+            };
+            let st = &self.reqs[&id];
+            let hit = self.kv.computed_blocks(&st.seq)?;
+            let cached = hit.num_tokens();
+            let n = (st.seq.tokens().len() - cached).min(budget);
+            match self.kv.allocate_slots(&st.seq, n, hit) {
+                Ok(_) => {
+                    self.waiting.pop_front();
+                    let now = self.clock.now();
+                    let st = self
+                        .reqs
+                        .get_mut(&id)
+                        .ok_or_else(|| EngineError::EngineDead("lost request".into()))?;
+                    st.num_computed = cached;
+                    if st.scheduled_at.is_none() {
+                        st.scheduled_at = Some(now);
+                        st.cached_tokens = cached;
+                        self.metrics
+                            .queue_time
+                            .get_or_create(self.metrics.label())
+                            .observe(now.saturating_sub(st.arrival).as_secs_f64());
+                    }
+                    self.running.push(id.clone());
+                    sched.push((id, n));
+                    budget -= n;
+                }
+                Err(KvCacheError::OutOfBlocks { .. }) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(sched)
+    }
+
+    /// Runs one step; returns the outputs of every request that produced tokens or
+    /// finished.
+    pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
+        let sched = self.schedule()?;
+        if sched.is_empty() {
+            self.update_gauges();
+            return Ok(Vec::new());
+        }
+        let inputs: Vec<SeqInput<'_>> = sched
+            .iter()
+            .map(|(id, n)| {
+                let st = &self.reqs[id];
+                let end = st.num_computed + n;
+                SeqInput {
+                    tokens: &st.seq.tokens()[st.num_computed..end],
+                    start: st.num_computed,
+                    block_table: self.kv.block_table(id).unwrap_or(&[]),
+                    logits: if end == st.seq.tokens().len() {
+                        LogitsWanted::Last
+                    } else {
+                        LogitsWanted::None
+                    },
+                }
+            })
+            .collect();
+        let results = match self.backend.execute(&inputs) {
+            Ok(r) => r,
+            Err(e) => {
+                // The batch's KV may be garbage: fail its requests rather than serve it.
+                tracing::error!(error = %e, "backend step failed; aborting the batch");
+                let ids: Vec<String> = sched.iter().map(|s| s.0.clone()).collect();
+                let mut outs = Vec::new();
+                for id in ids {
+                    outs.extend(self.abort(&id));
+                }
+                return Ok(outs);
+            }
+        };
+        drop(inputs);
+
+        let now = self.clock.now();
+        let mut outputs = Vec::new();
+        for ((id, n), result) in sched.into_iter().zip(results) {
+            let Some(st) = self.reqs.get_mut(&id) else {
+                continue;
+            };
+            st.num_computed += n;
+            let sampled = match result {
+                StepLogits::None => continue,
+                StepLogits::Dense(logits) => sample(&logits, &st.params, &mut st.rng),
+                StepLogits::Token(t) => Sampled {
+                    token: t,
+                    logprob: None,
+                    top: Vec::new(),
+                },
+            };
+            let token = sampled.token;
+            st.seq.extend(&[token], &self.cfg.hasher)?;
+            st.output.push(token);
+            self.metrics
+                .generation_tokens
+                .get_or_create(self.metrics.label())
+                .inc();
+            match st.last_token_at {
+                None => {
+                    let l = self.metrics.label();
+                    self.metrics
+                        .ttft
+                        .get_or_create(l)
+                        .observe(now.saturating_sub(st.arrival).as_secs_f64());
+                    self.metrics
+                        .prompt_tokens
+                        .get_or_create(l)
+                        .inc_by(st.prompt_len as u64);
+                }
+                Some(t) => self
+                    .metrics
+                    .itl
+                    .get_or_create(self.metrics.label())
+                    .observe(now.saturating_sub(t).as_secs_f64()),
+            }
+            st.last_token_at = Some(now);
+
+            let is_eos = !st.params.ignore_eos && self.eos.contains(&token);
+            let is_stop_token = is_eos || st.params.stop_token_ids.contains(&token);
+            let mut finished = None;
+            if !is_stop_token {
+                let piece = st.decoder.step(self.tokenizer.as_ref(), &st.output)?;
+                st.text.push_str(&piece);
+                if let Some(pos) = find_stop(&st.text, &st.params.stop, st.text.len() - piece.len())
+                {
+                    st.text.truncate(pos);
+                    finished = Some(FinishReason::Stop);
+                }
+            } else {
+                finished = Some(FinishReason::Stop);
+            }
+            if finished.is_none()
+                && (st.output.len() >= st.params.max_tokens
+                    || st.seq.tokens().len() >= self.cfg.max_model_len)
+            {
+                finished = Some(FinishReason::Length);
+            }
+            // Hold back text that could still turn out to start a stop string.
+            let hold = if finished.is_some() {
+                0
+            } else {
+                st.params
+                    .stop
+                    .iter()
+                    .map(|s| s.len().saturating_sub(1))
+                    .max()
+                    .unwrap_or(0)
+            };
+            let mut safe = st.text.len().saturating_sub(hold).max(st.emitted);
+            while !st.text.is_char_boundary(safe) {
+                safe -= 1;
+            }
+            let text = st.text[st.emitted..safe].to_string();
+            st.emitted = safe;
+            outputs.push(RequestOutput {
+                id: id.clone(),
+                token_ids: vec![token],
+                text,
+                logprobs: if st.params.logprobs.is_some() {
+                    vec![sampled]
+                } else {
+                    Vec::new()
+                },
+                finished,
+                prompt_tokens: st.prompt_len,
+                completion_tokens: st.output.len(),
+                cached_tokens: st.cached_tokens,
+            });
+            if let Some(reason) = finished {
+                self.finish(&id, reason);
+            }
+        }
+        let stats = self.kv.prefix_stats();
+        let l = self.metrics.label();
+        // Counters mirror the manager's running totals.
+        let q = self.metrics.prefix_queries.get_or_create(l);
+        q.inc_by(stats.queries.saturating_sub(q.get()));
+        let h = self.metrics.prefix_hits.get_or_create(l);
+        h.inc_by(stats.hits.saturating_sub(h.get()));
+        self.update_gauges();
+        Ok(outputs)
+    }
+}
+
+/// Byte offset of the first stop string ending in the text after `from` (minus the
+/// longest stop's length, so matches spanning the boundary are found).
+fn find_stop(text: &str, stops: &[String], from: usize) -> Option<usize> {
+    stops
+        .iter()
+        .filter_map(|s| {
+            let mut start = from.saturating_sub(s.len());
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            text[start..].find(s.as_str()).map(|p| p + start)
+        })
+        .min()
+}

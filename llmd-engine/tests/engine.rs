@@ -1,0 +1,309 @@
+//! The engine core on the built-in model: batching, chunked prefill, prefix reuse,
+//! preemption, stop conditions, aborts, bad input, metrics and events.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use llmd_engine::builtin;
+use llmd_engine::{
+    ByteTokenizer, Engine, EngineConfig, EngineError, FinishReason, KvDtype, ManualClock,
+    ModelBackend, NewRequest, RequestOutput, SamplingParams, Tokenize,
+};
+use llmd_kvcache::{KvEvent, RequestKeys};
+
+fn engine(num_blocks: usize, max_batched: usize, max_model_len: usize) -> Engine {
+    let cfg = EngineConfig {
+        block_size: 4,
+        num_blocks,
+        max_num_batched_tokens: max_batched,
+        max_model_len,
+        kv_dtype: KvDtype::F32,
+        ..Default::default()
+    };
+    let backend =
+        ModelBackend::new(builtin::model(7).unwrap(), num_blocks, 4, KvDtype::F32).unwrap();
+    Engine::new(
+        cfg,
+        Box::new(backend),
+        Arc::new(ByteTokenizer),
+        vec![ByteTokenizer::EOS],
+        Arc::new(ManualClock::new()),
+    )
+    .unwrap()
+}
+
+fn greedy(max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        max_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+fn req(id: &str, prompt: &str, params: SamplingParams) -> NewRequest {
+    NewRequest {
+        id: id.into(),
+        prompt: ByteTokenizer.encode(prompt, true).unwrap(),
+        params,
+        keys: RequestKeys::new(),
+    }
+}
+
+/// Runs to completion; returns each request's tokens, text and final output.
+fn run(e: &mut Engine) -> HashMap<String, (Vec<u32>, String, RequestOutput)> {
+    let mut acc: HashMap<String, (Vec<u32>, String, RequestOutput)> = HashMap::new();
+    let mut steps = 0;
+    while e.has_work() {
+        for o in e.step().unwrap() {
+            let entry = acc
+                .entry(o.id.clone())
+                .or_insert_with(|| (Vec::new(), String::new(), o.clone()));
+            entry.0.extend(&o.token_ids);
+            entry.1.push_str(&o.text);
+            entry.2 = o;
+        }
+        steps += 1;
+        assert!(steps < 10_000, "engine did not finish");
+    }
+    acc
+}
+
+const PROMPTS: [&str; 4] = [
+    "The quick brown fox jumps over the lazy dog",
+    "Hello",
+    "Kubernetes schedules pods onto nodes; the gateway picks a replica.",
+    "Paged attention",
+];
+
+fn solo(prompt: &str, n: usize) -> Vec<u32> {
+    let mut e = engine(256, 4096, 256);
+    e.add_request(req("solo", prompt, greedy(n))).unwrap();
+    run(&mut e).remove("solo").unwrap().0
+}
+
+#[test]
+fn batched_chunked_and_preempted_runs_match_solo_runs() {
+    let want: Vec<Vec<u32>> = PROMPTS.iter().map(|p| solo(p, 12)).collect();
+    // (blocks, token budget): roomy; tiny budget forcing chunked prefill; too few blocks
+    // for all four at once, forcing preemption.
+    for (blocks, budget) in [(256, 4096), (256, 5), (24, 64)] {
+        let mut e = engine(blocks, budget, 80);
+        for (i, p) in PROMPTS.iter().enumerate() {
+            e.add_request(req(&format!("r{i}"), p, greedy(12))).unwrap();
+        }
+        let got = run(&mut e);
+        for (i, w) in want.iter().enumerate() {
+            let (tokens, _, last) = &got[&format!("r{i}")];
+            assert_eq!(
+                tokens, w,
+                "request {i} with {blocks} blocks, budget {budget}"
+            );
+            assert_eq!(last.finished, Some(FinishReason::Length));
+        }
+        let preemptions = metric(
+            &prometheus_text(&e),
+            "vllm:num_preemptions_total{model_name=\"llmd-tiny\"}",
+        );
+        if blocks == 24 {
+            assert!(preemptions > 0.0, "expected preemptions with {blocks} blocks");
+        } else {
+            assert_eq!(preemptions, 0.0);
+        }
+        assert_eq!(e.kv_usage(), 0.0, "all blocks returned");
+    }
+}
+
+#[test]
+fn a_prefix_cache_hit_gives_the_same_tokens_as_a_cold_run() {
+    let mut e = engine(256, 4096, 256);
+    let prompt = PROMPTS[2];
+    e.add_request(req("cold", prompt, greedy(10))).unwrap();
+    let cold = run(&mut e).remove("cold").unwrap();
+    assert_eq!(cold.2.cached_tokens, 0);
+    e.add_request(req("warm", prompt, greedy(10))).unwrap();
+    let warm = run(&mut e).remove("warm").unwrap();
+    assert!(
+        warm.2.cached_tokens >= 60,
+        "cached {}",
+        warm.2.cached_tokens
+    );
+    assert_eq!(warm.0, cold.0);
+    let text = prometheus_text(&e);
+    assert!(
+        text.contains("vllm:prefix_cache_hits_total{model_name=\"llmd-tiny\"} 64"),
+        "{text}"
+    );
+}
+
+#[test]
+fn stop_strings_stop_tokens_and_seeds() {
+    let mut e = engine(256, 4096, 256);
+    // Find what greedy produces, then stop on a piece of it.
+    e.add_request(req("probe", "Hello", greedy(20))).unwrap();
+    let (tokens, text, _) = run(&mut e).remove("probe").unwrap();
+    assert_eq!(ByteTokenizer.decode(&tokens, true).unwrap(), text);
+    let stop: String = text.chars().skip(5).take(2).collect();
+    let cut = text.find(&stop).unwrap();
+    e.add_request(req(
+        "s",
+        "Hello",
+        SamplingParams {
+            stop: vec![stop.clone()],
+            ..greedy(20)
+        },
+    ))
+    .unwrap();
+    let (_, t, last) = run(&mut e).remove("s").unwrap();
+    assert_eq!(
+        (t.as_str(), last.finished),
+        (&text[..cut], Some(FinishReason::Stop))
+    );
+
+    e.add_request(req(
+        "t",
+        "Hello",
+        SamplingParams {
+            stop_token_ids: vec![tokens[3]],
+            ..greedy(20)
+        },
+    ))
+    .unwrap();
+    let (toks, _, last) = run(&mut e).remove("t").unwrap();
+    let first = tokens.iter().position(|&x| x == tokens[3]).unwrap();
+    assert_eq!(
+        (toks.len(), last.finished),
+        (first + 1, Some(FinishReason::Stop))
+    );
+
+    let sampled = |e: &mut Engine, id: &str, seed| {
+        let p = SamplingParams {
+            temperature: 1.0,
+            seed: Some(seed),
+            max_tokens: 16,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        e.add_request(req(id, "Hello", p)).unwrap();
+        run(e).remove(id).unwrap().0
+    };
+    assert_eq!(sampled(&mut e, "a", 5), sampled(&mut e, "b", 5));
+    assert_ne!(sampled(&mut e, "c", 5), sampled(&mut e, "d", 6));
+}
+
+#[test]
+fn abort_frees_blocks_and_bad_requests_are_refused() {
+    let mut e = engine(64, 4096, 128);
+    e.add_request(req("a", PROMPTS[0], greedy(50))).unwrap();
+    e.step().unwrap();
+    assert!(e.kv_usage() > 0.0);
+    let out = e.abort("a").unwrap();
+    assert_eq!(out.finished, Some(FinishReason::Abort));
+    assert_eq!(e.kv_usage(), 0.0);
+    assert!(!e.has_work());
+    assert!(e.abort("a").is_none());
+
+    let cases: Vec<(NewRequest, &str)> = vec![
+        (
+            NewRequest {
+                prompt: vec![],
+                ..req("x", "", greedy(1))
+            },
+            "prompt",
+        ),
+        (req("x", &"y".repeat(120), greedy(20)), "context"),
+        (
+            NewRequest {
+                prompt: vec![9999],
+                ..req("x", "", greedy(1))
+            },
+            "prompt",
+        ),
+        (
+            req(
+                "x",
+                "hi",
+                SamplingParams {
+                    temperature: -1.0,
+                    ..greedy(1)
+                },
+            ),
+            "temperature",
+        ),
+    ];
+    for (r, what) in cases {
+        let err = e.add_request(r).unwrap_err();
+        match (&err, what) {
+            (EngineError::InvalidParam { param, .. }, p) => assert_eq!(param, p),
+            (EngineError::ContextTooLong { max: 128, .. }, "context") => {}
+            _ => panic!("{what}: {err:?}"),
+        }
+    }
+    e.add_request(req("dup", "hi", greedy(5))).unwrap();
+    assert!(matches!(
+        e.add_request(req("dup", "hi", greedy(5))),
+        Err(EngineError::DuplicateRequest(_))
+    ));
+}
+
+#[test]
+fn kv_events_announce_cached_prompt_blocks() {
+    let mut e = engine(64, 4096, 128);
+    e.add_request(req("a", "0123456789abcdef", greedy(1)))
+        .unwrap();
+    run(&mut e);
+    let batch = e.take_events().expect("events after a prefill");
+    let stored: usize = batch
+        .events
+        .iter()
+        .map(|ev| match ev {
+            KvEvent::BlockStored(s) => s.block_hashes.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(
+        stored, 4,
+        "17 prompt tokens + 1 generated = 4 full blocks of 4"
+    );
+    assert!(e.take_events().is_none());
+}
+
+/// The value of the sample whose name and labels are `series` (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn prometheus_text(e: &Engine) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    e.metrics().register(&mut registry);
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+    out
+}
+
+#[test]
+fn metrics_carry_vllm_names() {
+    let mut e = engine(64, 4096, 128);
+    e.add_request(req("a", "hello", greedy(3))).unwrap();
+    run(&mut e);
+    let text = prometheus_text(&e);
+    for name in [
+        "vllm:num_requests_running{model_name=\"llmd-tiny\"} 0",
+        "vllm:num_requests_waiting{model_name=\"llmd-tiny\"} 0",
+        "vllm:kv_cache_usage_perc{model_name=\"llmd-tiny\"} 0.0",
+        "vllm:prompt_tokens_total{model_name=\"llmd-tiny\"} 6",
+        "vllm:generation_tokens_total{model_name=\"llmd-tiny\"} 3",
+        "vllm:request_success_total{model_name=\"llmd-tiny\",finished_reason=\"length\"} 1",
+        "vllm:time_to_first_token_seconds_count{model_name=\"llmd-tiny\"} 1",
+        "vllm:inter_token_latency_seconds_count{model_name=\"llmd-tiny\"} 2",
+        "vllm:e2e_request_latency_seconds_count{model_name=\"llmd-tiny\"} 1",
+        "vllm:cache_config_info{block_size=\"4\",num_gpu_blocks=\"64\"",
+        "vllm:prefix_cache_queries_total{model_name=\"llmd-tiny\"} 6",
+    ] {
+        assert!(text.contains(name), "missing {name:?} in\n{text}");
+    }
+}

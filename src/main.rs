@@ -65,12 +65,45 @@ struct ServeArgs {
     /// Model checkpoint directory (default: the built-in tiny model).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Name clients use in the `model` field (default: the directory name, or llmd-tiny).
+    #[arg(long)]
+    served_model_name: Option<String>,
     /// Disaggregation role.
     #[arg(long, value_enum, default_value_t = Role::Both)]
     role: Role,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
     /// HTTP port.
     #[arg(long, default_value_t = 8001)]
     port: u16,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// KV blocks (default: as many as --kv-cache-mib holds).
+    #[arg(long)]
+    num_blocks: Option<usize>,
+    /// KV cache memory budget in MiB, used when --num-blocks is not given.
+    #[arg(long, default_value_t = 512)]
+    kv_cache_mib: usize,
+    /// KV cache element type: f32, f16 or bf16.
+    #[arg(long, default_value = "f16")]
+    kv_cache_dtype: String,
+    /// Most requests per batch.
+    #[arg(long, default_value_t = 64)]
+    max_num_seqs: usize,
+    /// Most tokens per step (chunked prefill budget).
+    #[arg(long, default_value_t = 2048)]
+    max_num_batched_tokens: usize,
+    /// Longest prompt + output (default: the model's limit, capped at 8192).
+    #[arg(long)]
+    max_model_len: Option<usize>,
+    /// Turn prefix caching off.
+    #[arg(long)]
+    no_enable_prefix_caching: bool,
+    /// Seed for built-in weights and for requests without a seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -158,7 +191,7 @@ fn main() -> Result<()> {
         Command::Kv(KvCommand::Hash(a)) => kv_hash(a),
         Command::Kv(KvCommand::DecodeEvents { file }) => kv_decode(file),
         Command::Up(_) => not_yet("up", "the engine and scheduler"),
-        Command::Serve(_) => not_yet("serve", "the engine"),
+        Command::Serve(a) => serve(a),
         Command::Epp(_) => not_yet("epp", "the scheduler"),
         Command::Sidecar(_) => not_yet("sidecar", "the P/D sidecar"),
         Command::Autoscale(_) => not_yet("autoscale", "the autoscaler"),
@@ -224,4 +257,94 @@ fn kv_decode(file: PathBuf) -> Result<()> {
     let batch = llmd::kvcache::codec::decode_batch(&bytes)?;
     println!("{batch:#?}");
     Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    use std::sync::Arc;
+
+    use llmd::engine::server::{Server, ServerConfig};
+    use llmd::engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
+    use llmd::engine::{
+        ByteTokenizer, ChatTemplate, Engine, EngineConfig, HfTokenizer, KvDtype, LlamaModel,
+        ModelBackend, SystemClock, Tokenize, builtin,
+    };
+
+    if !matches!(a.role, Role::Both) {
+        bail!(
+            "--role prefill/decode needs the KV transfer path, which is not built yet; use --role both"
+        );
+    }
+    let kv_dtype: KvDtype = a.kv_cache_dtype.parse().map_err(anyhow::Error::msg)?;
+    let (model, tokenizer, template, name): (LlamaModel, Arc<dyn Tokenize>, ChatTemplate, String) =
+        match &a.model {
+            None => (
+                builtin::model(a.seed)?,
+                Arc::new(ByteTokenizer),
+                ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
+                builtin::BUILTIN_MODEL_NAME.to_string(),
+            ),
+            Some(dir) => {
+                tracing::info!(dir = %dir.display(), "loading checkpoint");
+                let model =
+                    LlamaModel::load(dir).with_context(|| format!("loading {}", dir.display()))?;
+                let tok = HfTokenizer::from_file(&dir.join("tokenizer.json"))?;
+                let template = ChatTemplate::from_dir(dir)?
+                    .unwrap_or_else(|| ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "", ""));
+                let name = dir
+                    .file_name()
+                    .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+                (model, Arc::new(tok), template, name)
+            }
+        };
+    let eos = model.config().eos_token_ids.clone();
+    let max_model_len = a
+        .max_model_len
+        .unwrap_or(model.config().max_position_embeddings.min(8192));
+    let num_blocks = match a.num_blocks {
+        Some(n) => n,
+        None => {
+            let per_block = ModelBackend::kv_bytes(&model, 1, a.block_size, kv_dtype);
+            (a.kv_cache_mib << 20) / per_block.max(1)
+        }
+    };
+    let cfg = EngineConfig {
+        model_name: a.served_model_name.clone().unwrap_or(name),
+        block_size: a.block_size,
+        num_blocks,
+        max_num_seqs: a.max_num_seqs,
+        max_num_batched_tokens: a.max_num_batched_tokens,
+        max_model_len,
+        enable_prefix_caching: !a.no_enable_prefix_caching,
+        kv_dtype,
+        seed: a.seed,
+        ..Default::default()
+    };
+    let backend = ModelBackend::new(model, num_blocks, a.block_size, kv_dtype)?;
+    let engine = Engine::new(
+        cfg.clone(),
+        Box::new(backend),
+        tokenizer,
+        eos,
+        Arc::new(SystemClock::default()),
+    )?;
+    let server = Server::start(engine, template, ServerConfig::default())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(
+            model = %cfg.model_name, blocks = cfg.num_blocks, block_size = cfg.block_size, max_model_len = cfg.max_model_len,
+            "engine ready"
+        );
+        println!("llmd serve: OpenAI-compatible API at http://{local}/v1 (model {:?})", cfg.model_name);
+        server
+            .serve(listener, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("serving")
+    })
 }

@@ -119,5 +119,18 @@ pub fn model(seed: u64) -> Result<LlamaModel> {
             0.0,
         )?;
     }
+    // Keep output readable: bytes other than printable ASCII and newline (and the
+    // BOS/PAD specials) are all but ruled out; EOS stays possible.
+    let bias = (0..c.vocab_size as u32)
+        .map(|t| match t {
+            10 | 32..=126 => 0.0,
+            ByteTokenizer::EOS => -2.0,
+            _ => -30.0,
+        })
+        .collect();
+    tensors.insert(
+        "lm_head.bias".into(),
+        Tensor::new(vec![c.vocab_size], bias)?,
+    );
     LlamaModel::from_weights(c, Weights::from_tensors(tensors))
 }

@@ -66,6 +66,13 @@ pub enum EngineError {
     #[error("request id {0:?} is already in use")]
     DuplicateRequest(String),
 
+    /// Too many requests waiting; retry later (HTTP 429).
+    #[error("server is overloaded: {waiting} requests already waiting")]
+    Overloaded {
+        /// Requests waiting.
+        waiting: usize,
+    },
+
     /// The engine stopped (its loop exited or the backend failed).
     #[error("engine is not running: {0}")]
     EngineDead(String),

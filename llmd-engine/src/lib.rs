@@ -23,6 +23,8 @@ pub mod kv;
 pub mod metrics;
 pub mod model;
 pub mod sampling;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod tokenizer;
 
 pub use attention::{AttentionBackend, AttentionInput, CpuAttention, QueryPos};

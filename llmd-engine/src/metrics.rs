@@ -131,67 +131,67 @@ impl EngineMetrics {
     pub fn register(&self, r: &mut Registry) {
         r.register(
             "vllm:num_requests_running",
-            "Number of requests in model execution batches.",
+            "Number of requests in model execution batches",
             self.running.clone(),
         );
         r.register(
             "vllm:num_requests_waiting",
-            "Number of requests waiting to be processed.",
+            "Number of requests waiting to be processed",
             self.waiting.clone(),
         );
         r.register(
             "vllm:kv_cache_usage_perc",
-            "KV-cache usage. 1 means 100 percent usage.",
+            "KV-cache usage. 1 means 100 percent usage",
             self.kv_usage.clone(),
         );
         r.register(
             "vllm:prefix_cache_queries",
-            "Prefix cache queries, in terms of number of queried tokens.",
+            "Prefix cache queries, in terms of number of queried tokens",
             self.prefix_queries.clone(),
         );
         r.register(
             "vllm:prefix_cache_hits",
-            "Prefix cache hits, in terms of number of cached tokens.",
+            "Prefix cache hits, in terms of number of cached tokens",
             self.prefix_hits.clone(),
         );
         r.register(
             "vllm:num_preemptions",
-            "Cumulative number of preemption from the engine.",
+            "Cumulative number of preemption from the engine",
             self.preemptions.clone(),
         );
         r.register(
             "vllm:prompt_tokens",
-            "Number of prefill tokens processed.",
+            "Number of prefill tokens processed",
             self.prompt_tokens.clone(),
         );
         r.register(
             "vllm:generation_tokens",
-            "Number of generation tokens processed.",
+            "Number of generation tokens processed",
             self.generation_tokens.clone(),
         );
         r.register(
             "vllm:request_success",
-            "Count of successfully processed requests.",
+            "Count of successfully processed requests",
             self.request_success.clone(),
         );
         r.register(
             "vllm:time_to_first_token_seconds",
-            "Histogram of time to first token in seconds.",
+            "Histogram of time to first token in seconds",
             self.ttft.clone(),
         );
         r.register(
             "vllm:inter_token_latency_seconds",
-            "Histogram of inter-token latency in seconds.",
+            "Histogram of inter-token latency in seconds",
             self.itl.clone(),
         );
         r.register(
             "vllm:e2e_request_latency_seconds",
-            "Histogram of e2e request latency in seconds.",
+            "Histogram of e2e request latency in seconds",
             self.e2e.clone(),
         );
         r.register(
             "vllm:request_queue_time_seconds",
-            "Histogram of time spent in WAITING phase for request.",
+            "Histogram of time spent in WAITING phase for request",
             self.queue_time.clone(),
         );
         r.register(

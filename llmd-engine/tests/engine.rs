@@ -108,7 +108,10 @@ fn batched_chunked_and_preempted_runs_match_solo_runs() {
             "vllm:num_preemptions_total{model_name=\"llmd-tiny\"}",
         );
         if blocks == 24 {
-            assert!(preemptions > 0.0, "expected preemptions with {blocks} blocks");
+            assert!(
+                preemptions > 0.0,
+                "expected preemptions with {blocks} blocks"
+            );
         } else {
             assert_eq!(preemptions, 0.0);
         }

@@ -144,7 +144,10 @@ impl LlamaModel {
         }
         let embed = w.take("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let lm_head = match w.take_opt("lm_head.weight", &[c.vocab_size, h])? {
-            Some(t) => Some(Linear::new(t, None)?),
+            Some(t) => Some(Linear::new(
+                t,
+                w.take_opt("lm_head.bias", &[c.vocab_size])?,
+            )?),
             None if c.tie_word_embeddings => None,
             None => {
                 return Err(EngineError::Weights(

@@ -1,0 +1,612 @@
+//! Route handlers: parse and validate, hand the request to the engine thread, and turn
+//! its outputs into OpenAI responses or SSE streams. Errors are OpenAI-style bodies
+//! `{"error": {"message", "type", "param", "code"}}` with a fitting status.
+
+// Handlers bail out with a ready `Response`; it is large, but only on the error path.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc as tmpsc, oneshot};
+
+use super::openai::*;
+use super::{AppState, Command};
+use crate::engine::{NewRequest, RequestOutput};
+use crate::error::EngineError;
+use crate::sampling::{Sampled, SamplingParams};
+use crate::tokenizer::ChatMessage;
+use llmd_kvcache::RequestKeys;
+
+type Shared = State<Arc<AppState>>;
+
+/// An OpenAI-style error response.
+pub(crate) fn error(
+    status: StatusCode,
+    kind: &str,
+    message: impl Into<String>,
+    param: Option<&str>,
+) -> Response {
+    let body = json!({"error": {"message": message.into(), "type": kind, "param": param, "code": status.as_u16()}});
+    (status, axum::Json(body)).into_response()
+}
+
+fn bad_request(message: impl Into<String>, param: Option<&str>) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        message,
+        param,
+    )
+}
+
+fn engine_error(e: EngineError) -> Response {
+    match e {
+        EngineError::InvalidParam { param, message } => bad_request(message, Some(&param)),
+        e @ EngineError::ContextTooLong { .. } => bad_request(e.to_string(), Some("messages")),
+        e @ EngineError::Overloaded { .. } => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            e.to_string(),
+            None,
+        ),
+        e @ EngineError::EngineDead(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            e.to_string(),
+            None,
+        ),
+        e @ EngineError::Tokenizer(_) => bad_request(e.to_string(), None),
+        e => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_server_error",
+            e.to_string(),
+            None,
+        ),
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        let msg = if e.is_syntax() || e.is_eof() {
+            format!("request body is not valid JSON: {e}")
+        } else {
+            format!("invalid request: {e}")
+        };
+        bad_request(msg, None)
+    })
+}
+
+fn check_common(s: &AppState, c: &Common) -> Result<(), Response> {
+    if let Some(m) = &c.model {
+        if m != &s.model_name {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                format!("The model `{m}` does not exist."),
+                Some("model"),
+            ));
+        }
+    }
+    if c.n.is_some_and(|n| n != 1) {
+        return Err(bad_request("only n=1 is supported", Some("n")));
+    }
+    if !s.alive.load(Ordering::SeqCst) {
+        return Err(engine_error(EngineError::EngineDead(
+            "the engine loop has stopped".into(),
+        )));
+    }
+    Ok(())
+}
+
+fn sampling(c: &Common, max_tokens: usize, logprobs: Option<usize>) -> SamplingParams {
+    SamplingParams {
+        max_tokens,
+        temperature: c.temperature.unwrap_or(1.0),
+        top_k: c.top_k.unwrap_or(0),
+        top_p: c.top_p.unwrap_or(1.0),
+        seed: c.seed,
+        stop_token_ids: c.stop_token_ids.clone(),
+        stop: c.stop.clone().map(Stop::into_vec).unwrap_or_default(),
+        ignore_eos: c.ignore_eos,
+        logprobs,
+    }
+}
+
+/// Aborts the request in the engine when dropped before it finished (client gone).
+struct AbortOnDrop {
+    id: String,
+    commands: std::sync::mpsc::Sender<Command>,
+    finished: bool,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.commands.send(Command::Abort(self.id.clone()));
+        }
+    }
+}
+
+async fn submit(
+    s: &AppState,
+    req: NewRequest,
+) -> Result<(tmpsc::UnboundedReceiver<RequestOutput>, AbortOnDrop), Response> {
+    let (out, rx) = tmpsc::unbounded_channel();
+    let (ack, ack_rx) = oneshot::channel();
+    let id = req.id.clone();
+    let dead = || {
+        engine_error(EngineError::EngineDead(
+            "the engine loop has stopped".into(),
+        ))
+    };
+    s.commands
+        .send(Command::Add { req: Box::new(req), out, ack })
+        .map_err(|_| dead())?;
+    match ack_rx.await {
+        Ok(Ok(())) => Ok((
+            rx,
+            AbortOnDrop {
+                id,
+                commands: s.commands.clone(),
+                finished: false,
+            },
+        )),
+        Ok(Err(e)) => Err(engine_error(e)),
+        Err(_) => Err(dead()),
+    }
+}
+
+fn token_text(s: &AppState, id: u32) -> String {
+    s.tokenizer.decode(&[id], false).unwrap_or_default()
+}
+
+fn completion_logprobs(
+    s: &AppState,
+    items: &[(u32, Sampled)],
+    offset: usize,
+) -> CompletionLogprobs {
+    let mut lp = CompletionLogprobs::default();
+    let mut at = offset;
+    for (tok, smp) in items {
+        let text = token_text(s, *tok);
+        lp.text_offset.push(at);
+        at += text.len();
+        lp.tokens.push(text);
+        lp.token_logprobs.push(smp.logprob.unwrap_or(0.0));
+        lp.top_logprobs.push(
+            smp.top
+                .iter()
+                .map(|t| (token_text(s, t.token), Value::from(f64::from(t.logprob))))
+                .collect(),
+        );
+    }
+    lp
+}
+
+fn chat_logprobs(s: &AppState, items: &[(u32, Sampled)]) -> ChatLogprobs {
+    ChatLogprobs {
+        content: items
+            .iter()
+            .map(|(tok, smp)| {
+                let token = token_text(s, *tok);
+                ChatTokenLogprob {
+                    bytes: token.as_bytes().to_vec(),
+                    logprob: smp.logprob.unwrap_or(0.0),
+                    top_logprobs: smp
+                        .top
+                        .iter()
+                        .map(|t| {
+                            let token = token_text(s, t.token);
+                            TopLogprob {
+                                bytes: token.as_bytes().to_vec(),
+                                token,
+                                logprob: t.logprob,
+                            }
+                        })
+                        .collect(),
+                    token,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn sampled_pairs(o: &RequestOutput) -> Vec<(u32, Sampled)> {
+    o.token_ids
+        .iter()
+        .copied()
+        .zip(o.logprobs.iter().cloned())
+        .collect()
+}
+
+/// Collects a request's outputs to the end.
+async fn collect(
+    rx: &mut tmpsc::UnboundedReceiver<RequestOutput>,
+    guard: &mut AbortOnDrop,
+) -> Result<(String, Vec<(u32, Sampled)>, RequestOutput), Response> {
+    let mut text = String::new();
+    let mut lps = Vec::new();
+    while let Some(o) = rx.recv().await {
+        text.push_str(&o.text);
+        lps.extend(sampled_pairs(&o));
+        if o.finished.is_some() {
+            guard.finished = true;
+            return Ok((text, lps, o));
+        }
+    }
+    guard.finished = true;
+    Err(engine_error(EngineError::EngineDead(
+        "the engine stopped while serving the request".into(),
+    )))
+}
+
+fn sse_json<T: Serialize>(v: &T) -> Event {
+    Event::default().data(
+        serde_json::to_string(v).unwrap_or_else(|e| json!({"error": e.to_string()}).to_string()),
+    )
+}
+
+/// Streams `first`, then `render(output)` for each output, then `[DONE]`. A task moves
+/// events into the response body; when the client goes away its send fails and the
+/// guard aborts the request.
+fn sse_stream(
+    mut rx: tmpsc::UnboundedReceiver<RequestOutput>,
+    guard: AbortOnDrop,
+    first: Vec<Event>,
+    mut render: impl FnMut(&RequestOutput) -> Vec<Event> + Send + 'static,
+) -> Response {
+    let (tx, events) = tmpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        // Bind the whole guard: a closure capturing only `guard.finished` would leave
+        // the guard behind, and its drop would abort the request at once.
+        let mut guard = guard;
+        for e in first {
+            if tx.send(e).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let Some(o) = rx.recv().await else {
+                guard.finished = true;
+                let e = json!({"error": {"message": "the engine stopped while streaming", "type": "service_unavailable", "param": null, "code": 503}});
+                let _ = tx.send(Event::default().data(e.to_string())).await;
+                return;
+            };
+            let done = o.finished.is_some();
+            guard.finished |= done;
+            for e in render(&o) {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+            if done {
+                let _ = tx.send(Event::default().data("[DONE]")).await;
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(events, |mut r| async move {
+        r.recv().await.map(|e| (Ok::<Event, Infallible>(e), r))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn include_usage(c: &Common) -> bool {
+    c.stream_options.as_ref().is_some_and(|o| o.include_usage)
+}
+
+/// `POST /v1/completions`.
+pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
+    let req: CompletionRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if let Err(resp) = check_common(&s, &req.common) {
+        return resp;
+    }
+    let prompt = match req.prompt {
+        Prompt::Text(t) => s.tokenizer.encode(&t, true),
+        Prompt::Texts(v) if v.is_empty() => {
+            return bad_request("the prompt is empty", Some("prompt"));
+        }
+        Prompt::Tokens(ids) => Ok(ids),
+        Prompt::Texts(mut v) if v.len() == 1 => s.tokenizer.encode(&v.remove(0), true),
+        Prompt::TokenLists(mut v) if v.len() == 1 => Ok(v.remove(0)),
+        _ => {
+            return bad_request(
+                "batched prompts are not supported; send one prompt per request",
+                Some("prompt"),
+            );
+        }
+    };
+    let prompt = match prompt {
+        Ok(p) => p,
+        Err(e) => return engine_error(e),
+    };
+    if req.echo {
+        return bad_request("echo is not supported", Some("echo"));
+    }
+    let max_tokens = req.max_tokens.unwrap_or(16);
+    let params = sampling(&req.common, max_tokens, req.logprobs);
+    let keys =
+        RequestKeys::new().with_cache_salt(req.common.cache_salt.clone().unwrap_or_default());
+    let id = s.request_id("cmpl");
+    let new = NewRequest {
+        id: id.clone(),
+        prompt,
+        params,
+        keys,
+    };
+    let (mut rx, mut guard) = match submit(&s, new).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let model = s.model_name.clone();
+    let created = s.created;
+    let want_logprobs = req.logprobs.is_some();
+    if !req.common.stream {
+        let (text, lps, last) = match collect(&mut rx, &mut guard).await {
+            Ok(x) => x,
+            Err(resp) => return resp,
+        };
+        let resp = CompletionResponse {
+            id,
+            object: "text_completion",
+            created,
+            model,
+            choices: vec![CompletionChoice {
+                index: 0,
+                text,
+                logprobs: want_logprobs.then(|| completion_logprobs(&s, &lps, 0)),
+                finish_reason: last.finished.map(|f| f.as_str()),
+            }],
+            usage: Some(Usage::new(
+                last.prompt_tokens,
+                last.completion_tokens,
+                last.cached_tokens,
+            )),
+        };
+        return axum::Json(resp).into_response();
+    }
+    let usage = include_usage(&req.common);
+    let st = s.clone();
+    let mut offset = 0;
+    sse_stream(rx, guard, Vec::new(), move |o| {
+        let lp = want_logprobs.then(|| completion_logprobs(&st, &sampled_pairs(o), offset));
+        offset += o.text.len();
+        let chunk = |choices, usage| CompletionResponse {
+            id: id.clone(),
+            object: "text_completion",
+            created,
+            model: model.clone(),
+            choices,
+            usage,
+        };
+        let mut events = Vec::new();
+        if !o.text.is_empty() || o.finished.is_some() || lp.is_some() {
+            let choice = CompletionChoice {
+                index: 0,
+                text: o.text.clone(),
+                logprobs: lp,
+                finish_reason: o.finished.map(|f| f.as_str()),
+            };
+            events.push(sse_json(&chunk(vec![choice], None)));
+        }
+        if usage && o.finished.is_some() {
+            let u = Usage::new(o.prompt_tokens, o.completion_tokens, o.cached_tokens);
+            events.push(sse_json(&chunk(Vec::new(), Some(u))));
+        }
+        events
+    })
+}
+
+fn chat_messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, Response> {
+    if req.messages.is_empty() {
+        return Err(bad_request("messages must not be empty", Some("messages")));
+    }
+    req.messages
+        .iter()
+        .map(|m| {
+            let content = match &m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t.clone(),
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for p in parts {
+                        match (
+                            p.get("type").and_then(Value::as_str),
+                            p.get("text").and_then(Value::as_str),
+                        ) {
+                            (Some("text"), Some(t)) => text.push_str(t),
+                            (kind, _) => {
+                                return Err(bad_request(
+                                    format!(
+                                        "content part type {kind:?} is not supported (only text)"
+                                    ),
+                                    Some("messages"),
+                                ));
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            Ok(ChatMessage {
+                role: m.role.clone(),
+                content,
+            })
+        })
+        .collect()
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
+    let req: ChatRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if let Err(resp) = check_common(&s, &req.common) {
+        return resp;
+    }
+    let messages = match chat_messages(&req) {
+        Ok(m) => m,
+        Err(resp) => return resp,
+    };
+    let prompt = match s
+        .template
+        .render(&messages, req.add_generation_prompt)
+        .and_then(|text| s.tokenizer.encode(&text, false))
+    {
+        Ok(p) => p,
+        Err(e) => return engine_error(e),
+    };
+    let max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or_else(|| s.max_model_len.saturating_sub(prompt.len()).max(1));
+    let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
+    let params = sampling(&req.common, max_tokens, logprobs);
+    let keys =
+        RequestKeys::new().with_cache_salt(req.common.cache_salt.clone().unwrap_or_default());
+    let id = s.request_id("chatcmpl");
+    let new = NewRequest {
+        id: id.clone(),
+        prompt,
+        params,
+        keys,
+    };
+    let (mut rx, mut guard) = match submit(&s, new).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let model = s.model_name.clone();
+    let created = s.created;
+    if !req.common.stream {
+        let (text, lps, last) = match collect(&mut rx, &mut guard).await {
+            Ok(x) => x,
+            Err(resp) => return resp,
+        };
+        let resp = ChatResponse {
+            id,
+            object: "chat.completion",
+            created,
+            model,
+            choices: vec![ChatChoice {
+                index: 0,
+                message: OutMessage {
+                    role: "assistant",
+                    content: text,
+                },
+                logprobs: req.logprobs.then(|| chat_logprobs(&s, &lps)),
+                finish_reason: last.finished.map(|f| f.as_str()),
+            }],
+            usage: Usage::new(
+                last.prompt_tokens,
+                last.completion_tokens,
+                last.cached_tokens,
+            ),
+        };
+        return axum::Json(resp).into_response();
+    }
+    let usage = include_usage(&req.common);
+    let want_logprobs = req.logprobs;
+    let chunk = move |choices, usage| ChatChunk {
+        id: id.clone(),
+        object: "chat.completion.chunk",
+        created,
+        model: model.clone(),
+        choices,
+        usage,
+    };
+    let role = ChatChunkChoice {
+        index: 0,
+        delta: Delta {
+            role: Some("assistant"),
+            content: Some(String::new()),
+        },
+        logprobs: None,
+        finish_reason: None,
+    };
+    let first = vec![sse_json(&chunk(vec![role], None))];
+    let st = s.clone();
+    sse_stream(rx, guard, first, move |o| {
+        let mut events = Vec::new();
+        if !o.text.is_empty() || o.finished.is_some() {
+            let choice = ChatChunkChoice {
+                index: 0,
+                delta: Delta {
+                    role: None,
+                    content: (!o.text.is_empty()).then(|| o.text.clone()),
+                },
+                logprobs: want_logprobs.then(|| chat_logprobs(&st, &sampled_pairs(o))),
+                finish_reason: o.finished.map(|f| f.as_str()),
+            };
+            events.push(sse_json(&chunk(vec![choice], None)));
+        }
+        if usage && o.finished.is_some() {
+            let u = Usage::new(o.prompt_tokens, o.completion_tokens, o.cached_tokens);
+            events.push(sse_json(&chunk(Vec::new(), Some(u))));
+        }
+        events
+    })
+}
+
+/// `GET /v1/models`.
+pub(crate) async fn models(State(s): Shared) -> Response {
+    axum::Json(json!({
+        "object": "list",
+        "data": [{
+            "id": s.model_name,
+            "object": "model",
+            "created": s.created,
+            "owned_by": "llmd",
+            "root": s.model_name,
+            "max_model_len": s.max_model_len,
+        }]
+    }))
+    .into_response()
+}
+
+/// `GET /health`: 200 while the engine loop runs, 503 after it stopped.
+pub(crate) async fn health(State(s): Shared) -> Response {
+    if s.alive.load(Ordering::SeqCst) {
+        StatusCode::OK.into_response()
+    } else {
+        engine_error(EngineError::EngineDead(
+            "the engine loop has stopped".into(),
+        ))
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+pub(crate) async fn metrics(State(s): Shared) -> Response {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_server_error",
+            e.to_string(),
+            None,
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

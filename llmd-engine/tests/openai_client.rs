@@ -1,0 +1,89 @@
+//! The official `openai` Python client against a real server on 127.0.0.1
+//! (`scripts/interop/openai_client_check.py`): models, completions and chat, plain and
+//! streaming, logprobs, usage, and typed errors.
+//!
+//! Needs a Python with `scripts/interop/requirements.txt`: `$LLMD_PYTHON`, or the
+//! workspace `.venv` that `.ci/run` creates. Without one the test prints why and passes,
+//! except under CI (`CI` set), where that is a failure.
+
+#![cfg(feature = "server")]
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use llmd_engine::builtin;
+use llmd_engine::server::{Server, ServerConfig};
+use llmd_engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
+use llmd_engine::{
+    ByteTokenizer, ChatTemplate, Engine, EngineConfig, KvDtype, ModelBackend, SystemClock,
+};
+
+fn python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LLMD_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    venv.exists().then_some(venv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_client_works() {
+    let Some(python) = python() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide the interop Python (.ci/run creates .venv)"
+        );
+        eprintln!(
+            "skipping openai client test: no $LLMD_PYTHON and no .venv (run .ci/run, or set LLMD_PYTHON)"
+        );
+        return;
+    };
+    let cfg = EngineConfig {
+        block_size: 16,
+        num_blocks: 256,
+        max_model_len: 1024,
+        ..Default::default()
+    };
+    let backend = ModelBackend::new(builtin::model(0).unwrap(), 256, 16, KvDtype::F16).unwrap();
+    let engine = Engine::new(
+        cfg,
+        Box::new(backend),
+        Arc::new(ByteTokenizer),
+        vec![ByteTokenizer::EOS],
+        Arc::new(SystemClock::default()),
+    )
+    .unwrap();
+    let server = Server::start(
+        engine,
+        ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
+        ServerConfig::default(),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/interop/openai_client_check.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(&base)
+        .arg(builtin::BUILTIN_MODEL_NAME)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "openai client check failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+    let _ = stop.send(());
+    serving.await.unwrap().unwrap();
+}

@@ -1,0 +1,280 @@
+//! The HTTP server end to end over real sockets on 127.0.0.1: the OpenAI routes,
+//! streaming, every bad-input case with its status and error body, overload, metrics,
+//! and a client that disconnects mid-stream.
+
+#![cfg(feature = "server")]
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::sync::Arc;
+
+use llmd_engine::builtin;
+use llmd_engine::server::{Server, ServerConfig};
+use llmd_engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
+use llmd_engine::{
+    ByteTokenizer, ChatTemplate, Engine, EngineConfig, KvDtype, ModelBackend, SystemClock,
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn start(max_queued: usize) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let cfg = EngineConfig {
+        block_size: 16,
+        num_blocks: 64,
+        max_model_len: 512,
+        kv_dtype: KvDtype::F32,
+        ..Default::default()
+    };
+    let backend = ModelBackend::new(builtin::model(1).unwrap(), 64, 16, KvDtype::F32).unwrap();
+    let engine = Engine::new(
+        cfg,
+        Box::new(backend),
+        Arc::new(ByteTokenizer),
+        vec![ByteTokenizer::EOS],
+        Arc::new(SystemClock::default()),
+    )
+    .unwrap();
+    let server = Server::start(
+        engine,
+        ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
+        ServerConfig {
+            max_queued_requests: max_queued,
+        },
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(listener, async move {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
+/// One HTTP/1.1 exchange; returns status and body.
+async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let status = raw[9..12].parse().unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+async fn post(addr: &str, path: &str, body: Value) -> (u16, Value) {
+    let (status, text) = http(addr, "POST", path, &body.to_string()).await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// `data:` payloads of an SSE body.
+fn sse(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_and_completions_work_streaming_and_not() {
+    let (addr, _stop) = start(100).await;
+    let (status, v) = post(
+        &addr,
+        "/v1/chat/completions",
+        json!({"model": "llmd-tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["usage"]["completion_tokens"], 8);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+
+    let body = json!({"prompt": "Once upon", "max_tokens": 12, "temperature": 0, "logprobs": 2});
+    let (status, plain) = post(&addr, "/v1/completions", body.clone()).await;
+    assert_eq!(status, 200, "{plain}");
+    let text = plain["choices"][0]["text"].as_str().unwrap().to_string();
+    assert_eq!(
+        plain["choices"][0]["logprobs"]["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        12
+    );
+
+    let mut streaming = body.clone();
+    streaming["stream"] = json!(true);
+    streaming["stream_options"] = json!({"include_usage": true});
+    let (status, raw) = http(&addr, "POST", "/v1/completions", &streaming.to_string()).await;
+    assert_eq!(status, 200);
+    let events = sse(&raw);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, text, "streamed text equals the non-streamed text");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 12);
+
+    let mut chat_stream = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "max_tokens": 5, "stream": true});
+    chat_stream["temperature"] = json!(0);
+    let (status, raw) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &chat_stream.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let events = sse(&raw);
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test]
+async fn bad_input_gets_openai_errors_with_the_right_status() {
+    let (addr, _stop) = start(100).await;
+    let long = "x".repeat(600);
+    let cases: Vec<(&str, String, u16, Option<&str>)> = vec![
+        ("/v1/completions", "{not json".into(), 400, None),
+        ("/v1/completions", json!({"prompt": 5}).to_string(), 400, None),
+        ("/v1/completions", json!({"model": "gpt-9", "prompt": "hi"}).to_string(), 404, Some("model")),
+        ("/v1/completions", json!({"prompt": long}).to_string(), 400, Some("messages")),
+        ("/v1/completions", json!({"prompt": "hi", "temperature": -2}).to_string(), 400, Some("temperature")),
+        ("/v1/completions", json!({"prompt": "hi", "top_p": 0}).to_string(), 400, Some("top_p")),
+        ("/v1/completions", json!({"prompt": "hi", "max_tokens": 0}).to_string(), 400, Some("max_tokens")),
+        ("/v1/completions", json!({"prompt": "hi", "n": 3}).to_string(), 400, Some("n")),
+        ("/v1/completions", json!({"prompt": [999999]}).to_string(), 400, Some("prompt")),
+        ("/v1/completions", json!({"prompt": []}).to_string(), 400, Some("prompt")),
+        ("/v1/chat/completions", json!({"messages": []}).to_string(), 400, Some("messages")),
+        ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).to_string(), 400, Some("messages")),
+        ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 50}).to_string(), 400, Some("logprobs")),
+    ];
+    for (path, body, want, param) in cases {
+        let (status, text) = http(&addr, "POST", path, &body).await;
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{body}: non-JSON error {text}"));
+        assert_eq!(status, want, "{body} -> {v}");
+        assert_eq!(v["error"]["code"], want, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+        assert!(v["error"]["type"].is_string(), "{v}");
+        if let Some(p) = param {
+            assert_eq!(v["error"]["param"], p, "{body} -> {v}");
+        }
+    }
+    // The server is still healthy after all of that.
+    assert_eq!(http(&addr, "GET", "/health", "").await.0, 200);
+}
+
+#[tokio::test]
+async fn overload_is_a_429() {
+    let (addr, _stop) = start(0).await;
+    let (status, v) = post(&addr, "/v1/completions", json!({"prompt": "hi"})).await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+}
+
+#[tokio::test]
+async fn models_health_and_metrics() {
+    let (addr, _stop) = start(100).await;
+    let (status, models) = http(&addr, "GET", "/v1/models", "").await;
+    assert_eq!(status, 200);
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(models["data"][0]["id"], "llmd-tiny");
+    post(
+        &addr,
+        "/v1/completions",
+        json!({"prompt": "hello", "max_tokens": 2}),
+    )
+    .await;
+    let (status, text) = http(&addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    for name in [
+        "vllm:num_requests_running",
+        "vllm:kv_cache_usage_perc",
+        "vllm:generation_tokens_total",
+        "vllm:cache_config_info",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_frees_its_blocks() {
+    let (addr, _stop) = start(100).await;
+    let body =
+        json!({"prompt": "a long story", "max_tokens": 400, "stream": true, "ignore_eos": true})
+            .to_string();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    // The abort reaches the engine thread asynchronously: poll, bounded.
+    let mut last = String::new();
+    for _ in 0..200 {
+        let (_, text) = http(&addr, "GET", "/metrics", "").await;
+        let running = metric(&text, "vllm:num_requests_running{model_name=\"llmd-tiny\"}");
+        let usage = metric(&text, "vllm:kv_cache_usage_perc{model_name=\"llmd-tiny\"}");
+        let aborted = metric(
+            &text,
+            "vllm:request_success_total{model_name=\"llmd-tiny\",finished_reason=\"abort\"}",
+        );
+        if running == Some(0.0) && usage == Some(0.0) && aborted == Some(1.0) {
+            return;
+        }
+        last = text;
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("request was not aborted after the client left:\n{last}");
+}

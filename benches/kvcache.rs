@@ -19,9 +19,7 @@ use sha2::{Digest, Sha256};
 const BLOCK: usize = 16;
 
 fn tokens(n: usize, salt: u32) -> Vec<u32> {
-    (0..n as u32)
-        .map(|i| i.wrapping_mul(2_654_435_761).wrapping_add(salt) % 128_000)
-        .collect()
+    (0..n as u32).map(|i| i.wrapping_mul(2_654_435_761).wrapping_add(salt) % 128_000).collect()
 }
 
 fn hashing(c: &mut Criterion) {
@@ -73,11 +71,9 @@ fn alloc_free(c: &mut Criterion) {
         let mut pool = BlockPool::new(cap, BLOCK).expect("pool");
         // Make the pool realistic: half the blocks cached and free, half in use.
         let all = pool.allocate(cap).expect("alloc");
-        let hashes = BlockHasher::new(HashAlgo::XxHashCbor, "0")
-            .hash_tokens(&tokens(cap / 2 * BLOCK, 2), BLOCK)
-            .expect("hash");
-        pool.cache_blocks(&all[..cap / 2], &hashes, StoredInfo::default())
-            .expect("cache");
+        let hashes =
+            BlockHasher::new(HashAlgo::XxHashCbor, "0").hash_tokens(&tokens(cap / 2 * BLOCK, 2), BLOCK).expect("hash");
+        pool.cache_blocks(&all[..cap / 2], &hashes, StoredInfo::default()).expect("cache");
         pool.free(&all[..cap / 2]).expect("free");
         g.bench_function(BenchmarkId::new("pool_16_blocks", cap), |b| {
             b.iter(|| {
@@ -104,11 +100,8 @@ fn cached_pool(cap: usize) -> (BlockPool, Vec<BlockHash>) {
     let chain_len = 1024;
     let mut first_chain = Vec::new();
     for (c, chunk) in ids.chunks(chain_len).enumerate() {
-        let hashes = hasher
-            .hash_tokens(&tokens(chunk.len() * BLOCK, c as u32 * 7 + 3), BLOCK)
-            .expect("hash");
-        pool.cache_blocks(chunk, &hashes, StoredInfo::default())
-            .expect("cache");
+        let hashes = hasher.hash_tokens(&tokens(chunk.len() * BLOCK, c as u32 * 7 + 3), BLOCK).expect("hash");
+        pool.cache_blocks(chunk, &hashes, StoredInfo::default()).expect("cache");
         if c == 0 {
             first_chain = hashes;
         }

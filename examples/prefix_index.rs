@@ -11,8 +11,7 @@ use std::collections::{HashMap, HashSet};
 use anyhow::Result;
 use llmd::kvcache::codec::{decode_batch, encode_batch};
 use llmd::kvcache::{
-    BlockHasher, BlockPool, EventBatcher, ExternalBlockHash, KvCacheManager, KvEvent, RequestKeys,
-    Sequence,
+    BlockHasher, BlockPool, EventBatcher, ExternalBlockHash, KvCacheManager, KvEvent, RequestKeys, Sequence,
 };
 
 const BLOCK: usize = 16;
@@ -26,20 +25,11 @@ struct Pod {
 impl Pod {
     fn new(name: &'static str) -> Result<Self> {
         let pool = BlockPool::with_sink(256, BLOCK, EventBatcher::new(None))?;
-        Ok(Pod {
-            name,
-            kv: KvCacheManager::with_pool(pool),
-        })
+        Ok(Pod { name, kv: KvCacheManager::with_pool(pool) })
     }
 
     /// Serves a prompt (prefill only) and returns the step's events as wire bytes.
-    fn serve(
-        &mut self,
-        id: &str,
-        prompt: &[u32],
-        hasher: &BlockHasher,
-        ts: f64,
-    ) -> Result<Option<Vec<u8>>> {
+    fn serve(&mut self, id: &str, prompt: &[u32], hasher: &BlockHasher, ts: f64) -> Result<Option<Vec<u8>>> {
         let seq = Sequence::new(id, prompt.to_vec(), RequestKeys::new(), BLOCK, hasher)?;
         let hit = self.kv.computed_blocks(&seq)?;
         let new = seq.tokens().len() - hit.num_tokens();
@@ -79,15 +69,7 @@ impl Index {
         let mut scores: Vec<_> = self
             .pods
             .iter()
-            .map(|(pod, held)| {
-                (
-                    *pod,
-                    prompt_hashes
-                        .iter()
-                        .take_while(|h| held.contains(h))
-                        .count(),
-                )
-            })
+            .map(|(pod, held)| (*pod, prompt_hashes.iter().take_while(|h| held.contains(h)).count()))
             .collect();
         scores.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         scores
@@ -111,21 +93,11 @@ fn main() -> Result<()> {
 
     // A follow-up question about document A: same system prompt, same document.
     let question: Vec<u32> = doc_a.iter().copied().chain(9000..9010).collect();
-    let hashes: Vec<ExternalBlockHash> = hasher
-        .hash_tokens(&question, BLOCK)?
-        .into_iter()
-        .map(ExternalBlockHash::from)
-        .collect();
-    println!(
-        "prompt: {} tokens, {} full blocks",
-        question.len(),
-        hashes.len()
-    );
+    let hashes: Vec<ExternalBlockHash> =
+        hasher.hash_tokens(&question, BLOCK)?.into_iter().map(ExternalBlockHash::from).collect();
+    println!("prompt: {} tokens, {} full blocks", question.len(), hashes.len());
     for (pod, blocks) in index.score(&hashes) {
-        println!(
-            "  {pod}: {blocks} cached prefix blocks ({} tokens)",
-            blocks * BLOCK
-        );
+        println!("  {pod}: {blocks} cached prefix blocks ({} tokens)", blocks * BLOCK);
     }
     Ok(())
 }

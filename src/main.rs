@@ -104,6 +104,19 @@ struct ServeArgs {
     /// Seed for built-in weights and for requests without a seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Simulate the model: real scheduling, blocks, metrics and events; compute replaced
+    /// by a latency model.
+    #[arg(long)]
+    sim: bool,
+    /// ZMQ endpoint for KV events (vLLM's default).
+    #[arg(long, default_value = "tcp://*:5557")]
+    kv_events_endpoint: String,
+    /// Topic frame of KV event messages.
+    #[arg(long, default_value = "")]
+    kv_events_topic: String,
+    /// Do not publish KV events.
+    #[arg(long)]
+    no_kv_events: bool,
 }
 
 #[derive(Args, Debug)]
@@ -175,15 +188,9 @@ struct HashArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let filter = cli
-        .log
-        .clone()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".into());
+    let filter = cli.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".into());
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).context("bad --log filter")?,
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("bad --log filter")?)
         .with_writer(std::io::stderr)
         .init();
 
@@ -210,25 +217,15 @@ fn kv_hash(a: HashArgs) -> Result<()> {
         .tokens
         .iter()
         .flat_map(|s| s.split_whitespace())
-        .map(|t| {
-            t.parse::<u32>()
-                .with_context(|| format!("token id {t:?} is not a 32-bit unsigned integer"))
-        })
+        .map(|t| t.parse::<u32>().with_context(|| format!("token id {t:?} is not a 32-bit unsigned integer")))
         .collect::<Result<Vec<_>>>()?;
     let hasher = match (&a.seed, algo.is_cryptographic()) {
         (Some(seed), _) => BlockHasher::new(algo, seed),
         (None, true) => BlockHasher::default(),
-        (None, false) => bail!(
-            "{algo} needs --seed (vLLM seeds it randomly per process unless PYTHONHASHSEED is set)"
-        ),
+        (None, false) => bail!("{algo} needs --seed (vLLM seeds it randomly per process unless PYTHONHASHSEED is set)"),
     };
     let hashes = hasher.hash_tokens(&tokens, a.block_size)?;
-    println!(
-        "# algo={algo} seed={:?} block_size={} none_hash={}",
-        hasher.seed(),
-        a.block_size,
-        hasher.none_hash()
-    );
+    println!("# algo={algo} seed={:?} block_size={} none_hash={}", hasher.seed(), a.block_size, hasher.none_hash());
     for (i, h) in hashes.iter().enumerate() {
         if a.int {
             println!("{i}\t{}", h.to_u64());
@@ -248,9 +245,7 @@ fn kv_hash(a: HashArgs) -> Result<()> {
 fn kv_decode(file: PathBuf) -> Result<()> {
     let mut bytes = Vec::new();
     if file.as_os_str() == "-" {
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("reading stdin")?;
+        std::io::stdin().read_to_end(&mut bytes).context("reading stdin")?;
     } else {
         bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
     }
@@ -262,50 +257,58 @@ fn kv_decode(file: PathBuf) -> Result<()> {
 fn serve(a: ServeArgs) -> Result<()> {
     use std::sync::Arc;
 
-    use llmd::engine::server::{Server, ServerConfig};
+    use llmd::engine::server::{KvEventsConfig, Server, ServerConfig};
     use llmd::engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
     use llmd::engine::{
-        ByteTokenizer, ChatTemplate, Engine, EngineConfig, HfTokenizer, KvDtype, LlamaModel,
-        ModelBackend, SystemClock, Tokenize, builtin,
+        Backend, ByteTokenizer, ChatTemplate, Clock, Engine, EngineConfig, HfTokenizer, KvDtype, LatencyModel,
+        LlamaModel, ModelBackend, SimBackend, SystemClock, Tokenize, builtin,
     };
 
     if !matches!(a.role, Role::Both) {
-        bail!(
-            "--role prefill/decode needs the KV transfer path, which is not built yet; use --role both"
-        );
+        bail!("--role prefill/decode needs the KV transfer path, which is not built yet; use --role both");
     }
     let kv_dtype: KvDtype = a.kv_cache_dtype.parse().map_err(anyhow::Error::msg)?;
-    let (model, tokenizer, template, name): (LlamaModel, Arc<dyn Tokenize>, ChatTemplate, String) =
-        match &a.model {
-            None => (
-                builtin::model(a.seed)?,
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
+    let (model, tokenizer, template, name): (Option<LlamaModel>, Arc<dyn Tokenize>, ChatTemplate, String) =
+        match (&a.model, a.sim) {
+            (Some(_), true) => bail!("--sim simulates the built-in model; drop --model"),
+            (None, sim) => (
+                (!sim).then(|| builtin::model(a.seed)).transpose()?,
                 Arc::new(ByteTokenizer),
                 ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
-                builtin::BUILTIN_MODEL_NAME.to_string(),
+                if sim { "llmd-sim".to_string() } else { builtin::BUILTIN_MODEL_NAME.to_string() },
             ),
-            Some(dir) => {
+            (Some(dir), false) => {
                 tracing::info!(dir = %dir.display(), "loading checkpoint");
-                let model =
-                    LlamaModel::load(dir).with_context(|| format!("loading {}", dir.display()))?;
+                let model = LlamaModel::load(dir).with_context(|| format!("loading {}", dir.display()))?;
                 let tok = HfTokenizer::from_file(&dir.join("tokenizer.json"))?;
-                let template = ChatTemplate::from_dir(dir)?
-                    .unwrap_or_else(|| ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "", ""));
-                let name = dir
-                    .file_name()
-                    .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-                (model, Arc::new(tok), template, name)
+                let template =
+                    ChatTemplate::from_dir(dir)?.unwrap_or_else(|| ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "", ""));
+                let name = dir.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+                (Some(model), Arc::new(tok), template, name)
             }
         };
-    let eos = model.config().eos_token_ids.clone();
-    let max_model_len = a
-        .max_model_len
-        .unwrap_or(model.config().max_position_embeddings.min(8192));
-    let num_blocks = match a.num_blocks {
-        Some(n) => n,
-        None => {
-            let per_block = ModelBackend::kv_bytes(&model, 1, a.block_size, kv_dtype);
-            (a.kv_cache_mib << 20) / per_block.max(1)
-        }
+    let (eos, max_ctx) = match &model {
+        Some(m) => (m.config().eos_token_ids.clone(), m.config().max_position_embeddings),
+        None => (vec![ByteTokenizer::EOS], 8192),
+    };
+    let max_model_len = a.max_model_len.unwrap_or(max_ctx.min(8192));
+    let num_blocks = match (a.num_blocks, &model) {
+        (Some(n), _) => n,
+        (None, Some(m)) => (a.kv_cache_mib << 20) / ModelBackend::kv_bytes(m, 1, a.block_size, kv_dtype).max(1),
+        // The simulator holds no KV memory; size it like a mid-sized accelerator.
+        (None, None) => 8192,
+    };
+    let backend: Box<dyn Backend> = match model {
+        Some(m) => Box::new(ModelBackend::new(m, num_blocks, a.block_size, kv_dtype)?),
+        None => Box::new(SimBackend::new(
+            LatencyModel::default(),
+            clock.clone(),
+            ByteTokenizer::VOCAB,
+            max_ctx,
+            32..127,
+            a.seed,
+        )),
     };
     let cfg = EngineConfig {
         model_name: a.served_model_name.clone().unwrap_or(name),
@@ -319,24 +322,25 @@ fn serve(a: ServeArgs) -> Result<()> {
         seed: a.seed,
         ..Default::default()
     };
-    let backend = ModelBackend::new(model, num_blocks, a.block_size, kv_dtype)?;
-    let engine = Engine::new(
-        cfg.clone(),
-        Box::new(backend),
-        tokenizer,
-        eos,
-        Arc::new(SystemClock::default()),
-    )?;
-    let server = Server::start(engine, template, ServerConfig::default())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let engine = Engine::new(cfg.clone(), backend, tokenizer, eos, clock)?;
+    let server_cfg = ServerConfig {
+        kv_events: (!a.no_kv_events)
+            .then(|| KvEventsConfig { endpoint: a.kv_events_endpoint.clone(), topic: a.kv_events_topic.clone() }),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        let server = Server::start(engine, template, server_cfg).await?;
         let addr = format!("{}:{}", a.host, a.port);
         let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
         tracing::info!(
-            model = %cfg.model_name, blocks = cfg.num_blocks, block_size = cfg.block_size, max_model_len = cfg.max_model_len,
+            model = %cfg.model_name,
+            sim = a.sim,
+            blocks = cfg.num_blocks,
+            block_size = cfg.block_size,
+            max_model_len = cfg.max_model_len,
+            kv_events = server.kv_events_endpoint().unwrap_or("off"),
             "engine ready"
         );
         println!("llmd serve: OpenAI-compatible API at http://{local}/v1 (model {:?})", cfg.model_name);

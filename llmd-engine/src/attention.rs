@@ -56,89 +56,67 @@ fn write<T: KvElem>(dst: &mut [T], slot_len: usize, slots: &[usize], src: &[f32]
     }
 }
 
-fn attend_typed<T: KvElem>(
-    shape: &KvShape,
-    kbuf: &[T],
-    vbuf: &[T],
-    input: &AttentionInput<'_>,
-    out: &mut [f32],
-) {
-    let AttentionInput {
-        heads,
-        scale,
-        q,
-        queries,
-    } = *input;
+fn attend_typed<T: KvElem>(shape: &KvShape, kbuf: &[T], vbuf: &[T], input: &AttentionInput<'_>, out: &mut [f32]) {
+    let AttentionInput { heads, scale, q, queries } = *input;
     let hd = shape.head_dim;
     let kvh = shape.kv_heads;
     let group = heads / kvh;
     let slot_len = shape.slot_len();
     let bs = shape.block_size;
-    out.par_chunks_mut(heads * hd)
-        .zip(q.par_chunks(heads * hd))
-        .zip(queries.par_iter())
-        .for_each(|((o, qv), qp)| {
-            let n = qp.pos + 1 - qp.window_start;
-            let mut scores = vec![0f32; group * n];
-            let mut krow = vec![0f32; hd];
-            for kh in 0..kvh {
-                // Scores for the query heads sharing this key head.
-                for (j, p) in (qp.window_start..=qp.pos).enumerate() {
-                    let slot = qp.block_table[p / bs] as usize * bs + p % bs;
-                    let base = slot * slot_len + kh * hd;
-                    for (d, s) in krow.iter_mut().zip(&kbuf[base..base + hd]) {
-                        *d = s.to_f32();
-                    }
-                    for g in 0..group {
-                        let h = kh * group + g;
-                        let qh = &qv[h * hd..(h + 1) * hd];
-                        scores[g * n + j] =
-                            qh.iter().zip(&krow).map(|(a, b)| a * b).sum::<f32>() * scale;
-                    }
-                }
-                for g in 0..group {
-                    let s = &mut scores[g * n..(g + 1) * n];
-                    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for x in s.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
-                    for x in s.iter_mut() {
-                        *x /= sum;
-                    }
+    out.par_chunks_mut(heads * hd).zip(q.par_chunks(heads * hd)).zip(queries.par_iter()).for_each(|((o, qv), qp)| {
+        let n = qp.pos + 1 - qp.window_start;
+        let mut scores = vec![0f32; group * n];
+        let mut krow = vec![0f32; hd];
+        for kh in 0..kvh {
+            // Scores for the query heads sharing this key head.
+            for (j, p) in (qp.window_start..=qp.pos).enumerate() {
+                let slot = qp.block_table[p / bs] as usize * bs + p % bs;
+                let base = slot * slot_len + kh * hd;
+                for (d, s) in krow.iter_mut().zip(&kbuf[base..base + hd]) {
+                    *d = s.to_f32();
                 }
                 for g in 0..group {
                     let h = kh * group + g;
-                    o[h * hd..(h + 1) * hd].fill(0.0);
+                    let qh = &qv[h * hd..(h + 1) * hd];
+                    scores[g * n + j] = qh.iter().zip(&krow).map(|(a, b)| a * b).sum::<f32>() * scale;
                 }
-                for (j, p) in (qp.window_start..=qp.pos).enumerate() {
-                    let slot = qp.block_table[p / bs] as usize * bs + p % bs;
-                    let base = slot * slot_len + kh * hd;
-                    for (d, s) in krow.iter_mut().zip(&vbuf[base..base + hd]) {
-                        *d = s.to_f32();
-                    }
-                    for g in 0..group {
-                        let h = kh * group + g;
-                        let w = scores[g * n + j];
-                        for (acc, v) in o[h * hd..(h + 1) * hd].iter_mut().zip(&krow) {
-                            *acc += w * v;
-                        }
+            }
+            for g in 0..group {
+                let s = &mut scores[g * n..(g + 1) * n];
+                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for x in s.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                for x in s.iter_mut() {
+                    *x /= sum;
+                }
+            }
+            for g in 0..group {
+                let h = kh * group + g;
+                o[h * hd..(h + 1) * hd].fill(0.0);
+            }
+            for (j, p) in (qp.window_start..=qp.pos).enumerate() {
+                let slot = qp.block_table[p / bs] as usize * bs + p % bs;
+                let base = slot * slot_len + kh * hd;
+                for (d, s) in krow.iter_mut().zip(&vbuf[base..base + hd]) {
+                    *d = s.to_f32();
+                }
+                for g in 0..group {
+                    let h = kh * group + g;
+                    let w = scores[g * n + j];
+                    for (acc, v) in o[h * hd..(h + 1) * hd].iter_mut().zip(&krow) {
+                        *acc += w * v;
                     }
                 }
             }
-        });
+        }
+    });
 }
 
 impl AttentionBackend for CpuAttention {
-    fn write_kv(
-        &self,
-        shape: &KvShape,
-        layer: &mut LayerKv,
-        slots: &[usize],
-        k: &[f32],
-        v: &[f32],
-    ) {
+    fn write_kv(&self, shape: &KvShape, layer: &mut LayerKv, slots: &[usize], k: &[f32], v: &[f32]) {
         let sl = shape.slot_len();
         match layer.parts_mut() {
             (KvBuf::F32(kb), KvBuf::F32(vb)) => {
@@ -157,13 +135,7 @@ impl AttentionBackend for CpuAttention {
         }
     }
 
-    fn attend(
-        &self,
-        shape: &KvShape,
-        layer: &LayerKv,
-        input: &AttentionInput<'_>,
-        out: &mut [f32],
-    ) {
+    fn attend(&self, shape: &KvShape, layer: &LayerKv, input: &AttentionInput<'_>, out: &mut [f32]) {
         match layer.parts() {
             (KvBuf::F32(k), KvBuf::F32(v)) => attend_typed(shape, k, v, input, out),
             (KvBuf::F16(k), KvBuf::F16(v)) => attend_typed(shape, k, v, input, out),

@@ -36,35 +36,18 @@ pub struct ModelBackend {
 
 impl std::fmt::Debug for ModelBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelBackend")
-            .field("model", &self.model)
-            .field("kv", &self.cache.shape())
-            .finish()
+        f.debug_struct("ModelBackend").field("model", &self.model).field("kv", &self.cache.shape()).finish()
     }
 }
 
 impl ModelBackend {
     /// A backend with a cache of `num_blocks` blocks of `block_size` tokens, using the
     /// CPU attention kernel.
-    pub fn new(
-        model: LlamaModel,
-        num_blocks: usize,
-        block_size: usize,
-        dtype: KvDtype,
-    ) -> Result<Self> {
+    pub fn new(model: LlamaModel, num_blocks: usize, block_size: usize, dtype: KvDtype) -> Result<Self> {
         let c = model.config();
-        let shape = KvShape {
-            num_blocks,
-            block_size,
-            kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-        };
+        let shape = KvShape { num_blocks, block_size, kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
         let cache = PagedKvCache::new(c.num_hidden_layers, shape, dtype)?;
-        Ok(ModelBackend {
-            model,
-            cache,
-            attention: Box::new(CpuAttention),
-        })
+        Ok(ModelBackend { model, cache, attention: Box::new(CpuAttention) })
     }
 
     /// Replaces the attention kernel (e.g. a GPU one).
@@ -74,20 +57,10 @@ impl ModelBackend {
     }
 
     /// Bytes the KV cache of `num_blocks` blocks takes for this model.
-    pub fn kv_bytes(
-        model: &LlamaModel,
-        num_blocks: usize,
-        block_size: usize,
-        dtype: KvDtype,
-    ) -> usize {
+    pub fn kv_bytes(model: &LlamaModel, num_blocks: usize, block_size: usize, dtype: KvDtype) -> usize {
         let c = model.config();
-        KvShape {
-            num_blocks,
-            block_size,
-            kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-        }
-        .bytes(c.num_hidden_layers, dtype)
+        KvShape { num_blocks, block_size, kv_heads: c.num_key_value_heads, head_dim: c.head_dim }
+            .bytes(c.num_hidden_layers, dtype)
     }
 
     /// The model.
@@ -98,19 +71,8 @@ impl ModelBackend {
 
 impl Backend for ModelBackend {
     fn execute(&mut self, inputs: &[SeqInput<'_>]) -> Result<Vec<StepLogits>> {
-        let rows = self
-            .model
-            .forward(inputs, &mut self.cache, self.attention.as_ref())?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                if r.is_empty() {
-                    StepLogits::None
-                } else {
-                    StepLogits::Dense(r)
-                }
-            })
-            .collect())
+        let rows = self.model.forward(inputs, &mut self.cache, self.attention.as_ref())?;
+        Ok(rows.into_iter().map(|r| if r.is_empty() { StepLogits::None } else { StepLogits::Dense(r) }).collect())
     }
 
     fn vocab_size(&self) -> usize {

@@ -68,56 +68,21 @@ pub fn model(seed: u64) -> Result<LlamaModel> {
     let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
     // Scaled like a trained model's so activations stay in range through the layers.
     let s_in = 1.0 / (h as f32).sqrt();
-    add(
-        "model.embed_tokens.weight".into(),
-        vec![c.vocab_size, h],
-        1.0,
-        0.0,
-    )?;
+    add("model.embed_tokens.weight".into(), vec![c.vocab_size, h], 1.0, 0.0)?;
     // Logits with a spread of a few units: greedy varies, sampling is not one-hot.
     add("lm_head.weight".into(), vec![c.vocab_size, h], 0.3, 0.0)?;
     add("model.norm.weight".into(), vec![h], 0.1, 1.0)?;
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}");
         add(format!("{p}.input_layernorm.weight"), vec![h], 0.1, 1.0)?;
-        add(
-            format!("{p}.post_attention_layernorm.weight"),
-            vec![h],
-            0.1,
-            1.0,
-        )?;
-        add(
-            format!("{p}.self_attn.q_proj.weight"),
-            vec![q, h],
-            s_in,
-            0.0,
-        )?;
-        add(
-            format!("{p}.self_attn.k_proj.weight"),
-            vec![kv, h],
-            s_in,
-            0.0,
-        )?;
-        add(
-            format!("{p}.self_attn.v_proj.weight"),
-            vec![kv, h],
-            s_in,
-            0.0,
-        )?;
-        add(
-            format!("{p}.self_attn.o_proj.weight"),
-            vec![h, q],
-            1.0 / (q as f32).sqrt(),
-            0.0,
-        )?;
+        add(format!("{p}.post_attention_layernorm.weight"), vec![h], 0.1, 1.0)?;
+        add(format!("{p}.self_attn.q_proj.weight"), vec![q, h], s_in, 0.0)?;
+        add(format!("{p}.self_attn.k_proj.weight"), vec![kv, h], s_in, 0.0)?;
+        add(format!("{p}.self_attn.v_proj.weight"), vec![kv, h], s_in, 0.0)?;
+        add(format!("{p}.self_attn.o_proj.weight"), vec![h, q], 1.0 / (q as f32).sqrt(), 0.0)?;
         add(format!("{p}.mlp.gate_proj.weight"), vec![i, h], s_in, 0.0)?;
         add(format!("{p}.mlp.up_proj.weight"), vec![i, h], s_in, 0.0)?;
-        add(
-            format!("{p}.mlp.down_proj.weight"),
-            vec![h, i],
-            1.0 / (i as f32).sqrt(),
-            0.0,
-        )?;
+        add(format!("{p}.mlp.down_proj.weight"), vec![h, i], 1.0 / (i as f32).sqrt(), 0.0)?;
     }
     // Keep output readable: bytes other than printable ASCII and newline (and the
     // BOS/PAD specials) are all but ruled out; EOS stays possible.
@@ -128,9 +93,6 @@ pub fn model(seed: u64) -> Result<LlamaModel> {
             _ => -30.0,
         })
         .collect();
-    tensors.insert(
-        "lm_head.bias".into(),
-        Tensor::new(vec![c.vocab_size], bias)?,
-    );
+    tensors.insert("lm_head.bias".into(), Tensor::new(vec![c.vocab_size], bias)?);
     LlamaModel::from_weights(c, Weights::from_tensors(tensors))
 }

@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmd_kvcache::{
-    BlockHasher, BlockPool, EventBatcher, KvCacheError, KvCacheManager, KvEventBatch, RequestKeys,
-    Sequence,
+    BlockHasher, BlockPool, EventBatcher, KvCacheError, KvCacheManager, KvEventBatch, RequestKeys, Sequence,
 };
 
 use crate::backend::{Backend, StepLogits};
@@ -184,11 +183,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         if cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 {
-            return Err(EngineError::config(
-                "engine",
-                "max_num_seqs",
-                "limits must be positive",
-            ));
+            return Err(EngineError::config("engine", "max_num_seqs", "limits must be positive"));
         }
         if cfg.num_blocks * cfg.block_size < cfg.max_model_len {
             return Err(EngineError::config(
@@ -200,11 +195,7 @@ impl Engine {
                 ),
             ));
         }
-        let pool = BlockPool::with_sink(
-            cfg.num_blocks,
-            cfg.block_size,
-            EventBatcher::new(cfg.data_parallel_rank),
-        )?;
+        let pool = BlockPool::with_sink(cfg.num_blocks, cfg.block_size, EventBatcher::new(cfg.data_parallel_rank))?;
         let mut kv = KvCacheManager::with_pool(pool);
         kv.set_prefix_caching(cfg.enable_prefix_caching);
         let metrics = Arc::new(EngineMetrics::new(&cfg.model_name));
@@ -213,12 +204,7 @@ impl Engine {
             KvDtype::F16 => "float16",
             KvDtype::BF16 => "bfloat16",
         };
-        metrics.set_cache_config(
-            cfg.block_size,
-            cfg.num_blocks,
-            dtype,
-            cfg.enable_prefix_caching,
-        );
+        metrics.set_cache_config(cfg.block_size, cfg.num_blocks, dtype, cfg.enable_prefix_caching);
         Ok(Engine {
             rng: Rng::new(cfg.seed),
             cfg,
@@ -274,10 +260,7 @@ impl Engine {
     pub fn validate(&self, r: &NewRequest) -> Result<()> {
         r.params.validate()?;
         if r.prompt.is_empty() {
-            return Err(EngineError::InvalidParam {
-                param: "prompt".into(),
-                message: "the prompt is empty".into(),
-            });
+            return Err(EngineError::InvalidParam { param: "prompt".into(), message: "the prompt is empty".into() });
         }
         let vocab = self.backend.vocab_size();
         if let Some(&t) = r.prompt.iter().find(|&&t| t as usize >= vocab) {
@@ -305,13 +288,7 @@ impl Engine {
     /// Queues a request.
     pub fn add_request(&mut self, r: NewRequest) -> Result<()> {
         self.validate(&r)?;
-        let seq = Sequence::new(
-            r.id.clone(),
-            r.prompt.clone(),
-            r.keys,
-            self.cfg.block_size,
-            &self.cfg.hasher,
-        )?;
+        let seq = Sequence::new(r.id.clone(), r.prompt.clone(), r.keys, self.cfg.block_size, &self.cfg.hasher)?;
         let rng = Rng::new(r.params.seed.unwrap_or_else(|| self.rng.next_u64()));
         self.reqs.insert(
             r.id.clone(),
@@ -359,16 +336,11 @@ impl Engine {
         // A request that never got blocks is unknown to the KV manager; nothing to free.
         let _ = self.kv.free(id);
         if let Some(st) = self.reqs.remove(id) {
-            let label = FinishLabel {
-                model_name: self.cfg.model_name.clone(),
-                finished_reason: reason.as_str().into(),
-            };
+            let label =
+                FinishLabel { model_name: self.cfg.model_name.clone(), finished_reason: reason.as_str().into() };
             self.metrics.request_success.get_or_create(&label).inc();
             let e2e = self.clock.now().saturating_sub(st.arrival);
-            self.metrics
-                .e2e
-                .get_or_create(self.metrics.label())
-                .observe(e2e.as_secs_f64());
+            self.metrics.e2e.get_or_create(self.metrics.label()).observe(e2e.as_secs_f64());
         }
         self.update_gauges();
     }
@@ -380,23 +352,14 @@ impl Engine {
         }
         self.running.retain(|r| r != id);
         self.waiting.push_front(id.to_string());
-        self.metrics
-            .preemptions
-            .get_or_create(self.metrics.label())
-            .inc();
+        self.metrics.preemptions.get_or_create(self.metrics.label()).inc();
         tracing::debug!(request = id, "preempted: out of KV blocks");
     }
 
     fn update_gauges(&self) {
         let l = self.metrics.label();
-        self.metrics
-            .running
-            .get_or_create(l)
-            .set(self.running.len() as i64);
-        self.metrics
-            .waiting
-            .get_or_create(l)
-            .set(self.waiting.len() as i64);
+        self.metrics.running.get_or_create(l).set(self.running.len() as i64);
+        self.metrics.waiting.get_or_create(l).set(self.waiting.len() as i64);
         self.metrics.kv_usage.get_or_create(l).set(self.kv.usage());
     }
 
@@ -445,10 +408,7 @@ impl Engine {
                 Ok(_) => {
                     self.waiting.pop_front();
                     let now = self.clock.now();
-                    let st = self
-                        .reqs
-                        .get_mut(&id)
-                        .ok_or_else(|| EngineError::EngineDead("lost request".into()))?;
+                    let st = self.reqs.get_mut(&id).ok_or_else(|| EngineError::EngineDead("lost request".into()))?;
                     st.num_computed = cached;
                     if st.scheduled_at.is_none() {
                         st.scheduled_at = Some(now);
@@ -486,11 +446,7 @@ impl Engine {
                     tokens: &st.seq.tokens()[st.num_computed..end],
                     start: st.num_computed,
                     block_table: self.kv.block_table(id).unwrap_or(&[]),
-                    logits: if end == st.seq.tokens().len() {
-                        LogitsWanted::Last
-                    } else {
-                        LogitsWanted::None
-                    },
+                    logits: if end == st.seq.tokens().len() { LogitsWanted::Last } else { LogitsWanted::None },
                 }
             })
             .collect();
@@ -519,36 +475,21 @@ impl Engine {
             let sampled = match result {
                 StepLogits::None => continue,
                 StepLogits::Dense(logits) => sample(&logits, &st.params, &mut st.rng),
-                StepLogits::Token(t) => Sampled {
-                    token: t,
-                    logprob: None,
-                    top: Vec::new(),
-                },
+                StepLogits::Token(t) => Sampled { token: t, logprob: None, top: Vec::new() },
             };
             let token = sampled.token;
             st.seq.extend(&[token], &self.cfg.hasher)?;
             st.output.push(token);
-            self.metrics
-                .generation_tokens
-                .get_or_create(self.metrics.label())
-                .inc();
+            self.metrics.generation_tokens.get_or_create(self.metrics.label()).inc();
             match st.last_token_at {
                 None => {
                     let l = self.metrics.label();
-                    self.metrics
-                        .ttft
-                        .get_or_create(l)
-                        .observe(now.saturating_sub(st.arrival).as_secs_f64());
-                    self.metrics
-                        .prompt_tokens
-                        .get_or_create(l)
-                        .inc_by(st.prompt_len as u64);
+                    self.metrics.ttft.get_or_create(l).observe(now.saturating_sub(st.arrival).as_secs_f64());
+                    self.metrics.prompt_tokens.get_or_create(l).inc_by(st.prompt_len as u64);
                 }
-                Some(t) => self
-                    .metrics
-                    .itl
-                    .get_or_create(self.metrics.label())
-                    .observe(now.saturating_sub(t).as_secs_f64()),
+                Some(t) => {
+                    self.metrics.itl.get_or_create(self.metrics.label()).observe(now.saturating_sub(t).as_secs_f64())
+                }
             }
             st.last_token_at = Some(now);
 
@@ -558,8 +499,7 @@ impl Engine {
             if !is_stop_token {
                 let piece = st.decoder.step(self.tokenizer.as_ref(), &st.output)?;
                 st.text.push_str(&piece);
-                if let Some(pos) = find_stop(&st.text, &st.params.stop, st.text.len() - piece.len())
-                {
+                if let Some(pos) = find_stop(&st.text, &st.params.stop, st.text.len() - piece.len()) {
                     st.text.truncate(pos);
                     finished = Some(FinishReason::Stop);
                 }
@@ -567,8 +507,7 @@ impl Engine {
                 finished = Some(FinishReason::Stop);
             }
             if finished.is_none()
-                && (st.output.len() >= st.params.max_tokens
-                    || st.seq.tokens().len() >= self.cfg.max_model_len)
+                && (st.output.len() >= st.params.max_tokens || st.seq.tokens().len() >= self.cfg.max_model_len)
             {
                 finished = Some(FinishReason::Length);
             }
@@ -576,12 +515,7 @@ impl Engine {
             let hold = if finished.is_some() {
                 0
             } else {
-                st.params
-                    .stop
-                    .iter()
-                    .map(|s| s.len().saturating_sub(1))
-                    .max()
-                    .unwrap_or(0)
+                st.params.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0)
             };
             let mut safe = st.text.len().saturating_sub(hold).max(st.emitted);
             while !st.text.is_char_boundary(safe) {
@@ -593,11 +527,7 @@ impl Engine {
                 id: id.clone(),
                 token_ids: vec![token],
                 text,
-                logprobs: if st.params.logprobs.is_some() {
-                    vec![sampled]
-                } else {
-                    Vec::new()
-                },
+                logprobs: if st.params.logprobs.is_some() { vec![sampled] } else { Vec::new() },
                 finished,
                 prompt_tokens: st.prompt_len,
                 completion_tokens: st.output.len(),

@@ -84,18 +84,11 @@ pub enum EngineError {
 
 impl EngineError {
     pub(crate) fn config(file: &str, field: &str, reason: impl Into<String>) -> Self {
-        EngineError::Config {
-            file: file.into(),
-            field: field.into(),
-            reason: reason.into(),
-        }
+        EngineError::Config { file: file.into(), field: field.into(), reason: reason.into() }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        EngineError::Io {
-            path: path.into(),
-            source,
-        }
+        EngineError::Io { path: path.into(), source }
     }
 }
 

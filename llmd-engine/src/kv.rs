@@ -158,18 +158,11 @@ impl PagedKvCache {
             .checked_mul(shape.block_size)
             .and_then(|x| x.checked_mul(shape.slot_len()))
             .filter(|&n| n > 0)
-            .ok_or_else(|| {
-                EngineError::Input(format!("KV cache shape {shape:?} is empty or too large"))
-            })?;
+            .ok_or_else(|| EngineError::Input(format!("KV cache shape {shape:?} is empty or too large")))?;
         Ok(PagedKvCache {
             shape,
             dtype,
-            layers: (0..layers)
-                .map(|_| LayerKv {
-                    k: KvBuf::zeros(dtype, n),
-                    v: KvBuf::zeros(dtype, n),
-                })
-                .collect(),
+            layers: (0..layers).map(|_| LayerKv { k: KvBuf::zeros(dtype, n), v: KvBuf::zeros(dtype, n) }).collect(),
         })
     }
 

@@ -8,9 +8,11 @@
 //! `llmd-kvcache`, with a CPU attention kernel behind the [`AttentionBackend`] trait; and
 //! a built-in model that needs no files.
 //!
-//! Still to come in this crate: continuous batching with chunked prefill, sampling, the
-//! OpenAI-compatible HTTP API, vLLM-named metrics, KV event publishing, P/D roles and the
-//! simulated backend.
+//! On top of it: the [`Engine`] — continuous batching with chunked prefill under a token
+//! budget, prefix-cache reuse, preemption by recompute, sampling and stop conditions,
+//! vLLM-named metrics and KV events — and, behind the `server` feature, an
+//! OpenAI-compatible HTTP API. [`SimBackend`] replaces the model with a latency model on
+//! an injected clock, for scheduler tests and benchmarks at scale.
 
 pub mod attention;
 pub mod backend;
@@ -25,6 +27,7 @@ pub mod model;
 pub mod sampling;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod sim;
 pub mod tokenizer;
 
 pub use attention::{AttentionBackend, AttentionInput, CpuAttention, QueryPos};
@@ -36,4 +39,5 @@ pub use kv::{KvDtype, KvShape, PagedKvCache};
 pub use metrics::EngineMetrics;
 pub use model::{LlamaModel, LogitsWanted, ModelConfig, SeqInput};
 pub use sampling::{Sampled, SamplingParams, TokenLogprob};
+pub use sim::{LatencyModel, SimBackend};
 pub use tokenizer::{ByteTokenizer, ChatMessage, ChatTemplate, HfTokenizer, Tokenize};

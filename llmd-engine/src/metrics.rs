@@ -40,16 +40,14 @@ pub struct CacheConfigLabel {
 
 // vLLM's buckets (vllm/v1/metrics/loggers.py).
 const TTFT_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+    160.0, 640.0, 2560.0,
 ];
-const ITL_BUCKETS: &[f64] = &[
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-    40.0, 80.0,
-];
+const ITL_BUCKETS: &[f64] =
+    &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
 const LATENCY_BUCKETS: &[f64] = &[
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-    480.0, 960.0, 1920.0, 7680.0,
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
+    1920.0, 7680.0,
 ];
 
 fn ttft_histogram() -> Histogram {
@@ -102,9 +100,7 @@ impl EngineMetrics {
     /// Metrics for a model served as `model_name`.
     pub fn new(model_name: &str) -> Self {
         EngineMetrics {
-            label: ModelLabel {
-                model_name: model_name.to_string(),
-            },
+            label: ModelLabel { model_name: model_name.to_string() },
             running: Family::default(),
             waiting: Family::default(),
             kv_usage: Family::default(),
@@ -129,21 +125,9 @@ impl EngineMetrics {
 
     /// Registers every metric under its vLLM name.
     pub fn register(&self, r: &mut Registry) {
-        r.register(
-            "vllm:num_requests_running",
-            "Number of requests in model execution batches",
-            self.running.clone(),
-        );
-        r.register(
-            "vllm:num_requests_waiting",
-            "Number of requests waiting to be processed",
-            self.waiting.clone(),
-        );
-        r.register(
-            "vllm:kv_cache_usage_perc",
-            "KV-cache usage. 1 means 100 percent usage",
-            self.kv_usage.clone(),
-        );
+        r.register("vllm:num_requests_running", "Number of requests in model execution batches", self.running.clone());
+        r.register("vllm:num_requests_waiting", "Number of requests waiting to be processed", self.waiting.clone());
+        r.register("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage", self.kv_usage.clone());
         r.register(
             "vllm:prefix_cache_queries",
             "Prefix cache queries, in terms of number of queried tokens",
@@ -154,61 +138,27 @@ impl EngineMetrics {
             "Prefix cache hits, in terms of number of cached tokens",
             self.prefix_hits.clone(),
         );
-        r.register(
-            "vllm:num_preemptions",
-            "Cumulative number of preemption from the engine",
-            self.preemptions.clone(),
-        );
-        r.register(
-            "vllm:prompt_tokens",
-            "Number of prefill tokens processed",
-            self.prompt_tokens.clone(),
-        );
-        r.register(
-            "vllm:generation_tokens",
-            "Number of generation tokens processed",
-            self.generation_tokens.clone(),
-        );
-        r.register(
-            "vllm:request_success",
-            "Count of successfully processed requests",
-            self.request_success.clone(),
-        );
+        r.register("vllm:num_preemptions", "Cumulative number of preemption from the engine", self.preemptions.clone());
+        r.register("vllm:prompt_tokens", "Number of prefill tokens processed", self.prompt_tokens.clone());
+        r.register("vllm:generation_tokens", "Number of generation tokens processed", self.generation_tokens.clone());
+        r.register("vllm:request_success", "Count of successfully processed requests", self.request_success.clone());
         r.register(
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds",
             self.ttft.clone(),
         );
-        r.register(
-            "vllm:inter_token_latency_seconds",
-            "Histogram of inter-token latency in seconds",
-            self.itl.clone(),
-        );
-        r.register(
-            "vllm:e2e_request_latency_seconds",
-            "Histogram of e2e request latency in seconds",
-            self.e2e.clone(),
-        );
+        r.register("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds", self.itl.clone());
+        r.register("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds", self.e2e.clone());
         r.register(
             "vllm:request_queue_time_seconds",
             "Histogram of time spent in WAITING phase for request",
             self.queue_time.clone(),
         );
-        r.register(
-            "vllm:cache_config_info",
-            "Information of the LLMEngine CacheConfig",
-            self.cache_config.clone(),
-        );
+        r.register("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", self.cache_config.clone());
     }
 
     /// Records the cache configuration (a gauge fixed at 1 carrying labels).
-    pub fn set_cache_config(
-        &self,
-        block_size: usize,
-        num_blocks: usize,
-        dtype: &str,
-        prefix_caching: bool,
-    ) {
+    pub fn set_cache_config(&self, block_size: usize, num_blocks: usize, dtype: &str, prefix_caching: bool) {
         self.cache_config
             .get_or_create(&CacheConfigLabel {
                 block_size: block_size.to_string(),

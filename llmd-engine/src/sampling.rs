@@ -48,26 +48,15 @@ pub const MAX_LOGPROBS: usize = 20;
 impl SamplingParams {
     /// Checks ranges, naming the parameter at fault (as an OpenAI-style 400 would).
     pub fn validate(&self) -> Result<()> {
-        let bad = |p: &str, why: String| {
-            Err(EngineError::InvalidParam {
-                param: p.into(),
-                message: why,
-            })
-        };
+        let bad = |p: &str, why: String| Err(EngineError::InvalidParam { param: p.into(), message: why });
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad(
-                "temperature",
-                format!("must be a finite number >= 0, got {}", self.temperature),
-            );
+            return bad("temperature", format!("must be a finite number >= 0, got {}", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p", format!("must be in (0, 1], got {}", self.top_p));
         }
         if self.top_k < -1 {
-            return bad(
-                "top_k",
-                format!("must be -1 (disabled) or >= 0, got {}", self.top_k),
-            );
+            return bad("top_k", format!("must be -1 (disabled) or >= 0, got {}", self.top_k));
         }
         if self.max_tokens == 0 {
             return bad("max_tokens", "must be at least 1".into());
@@ -129,50 +118,26 @@ impl Rng {
 
 fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = logits
-        .iter()
-        .map(|&x| ((x - max) as f64).exp())
-        .sum::<f64>()
-        .ln() as f32
-        + max;
+    let lse = logits.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
     logits.iter().map(|&x| x - lse).collect()
 }
 
 /// Picks the next token from one row of logits.
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> Sampled {
-    let token = if params.temperature == 0.0 {
-        argmax(logits)
-    } else {
-        draw(logits, params, rng)
-    };
+    let token = if params.temperature == 0.0 { argmax(logits) } else { draw(logits, params, rng) };
     match params.logprobs {
-        None => Sampled {
-            token,
-            logprob: None,
-            top: Vec::new(),
-        },
+        None => Sampled { token, logprob: None, top: Vec::new() },
         Some(n) => {
             let lp = log_softmax(logits);
             let mut order: Vec<u32> = (0..lp.len() as u32).collect();
             let n = n.min(order.len());
             if n > 0 {
-                order.select_nth_unstable_by(n - 1, |&a, &b| {
-                    lp[b as usize].total_cmp(&lp[a as usize])
-                });
+                order.select_nth_unstable_by(n - 1, |&a, &b| lp[b as usize].total_cmp(&lp[a as usize]));
             }
-            let mut top: Vec<TokenLogprob> = order[..n]
-                .iter()
-                .map(|&t| TokenLogprob {
-                    token: t,
-                    logprob: lp[t as usize],
-                })
-                .collect();
+            let mut top: Vec<TokenLogprob> =
+                order[..n].iter().map(|&t| TokenLogprob { token: t, logprob: lp[t as usize] }).collect();
             top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob).then(a.token.cmp(&b.token)));
-            Sampled {
-                token,
-                logprob: Some(lp[token as usize]),
-                top,
-            }
+            Sampled { token, logprob: Some(lp[token as usize]), top }
         }
     }
 }
@@ -191,11 +156,8 @@ fn draw(logits: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
     let inv_t = 1.0 / p.temperature;
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     // Candidates sorted by probability, most likely first.
-    let mut cand: Vec<(u32, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| (i as u32, (((x - max) * inv_t) as f64).exp()))
-        .collect();
+    let mut cand: Vec<(u32, f64)> =
+        logits.iter().enumerate().map(|(i, &x)| (i as u32, (((x - max) * inv_t) as f64).exp())).collect();
     cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     if p.top_k > 0 {
         cand.truncate(p.top_k as usize);
@@ -229,27 +191,17 @@ mod tests {
     use super::*;
 
     fn params(t: f32, k: i64, p: f32) -> SamplingParams {
-        SamplingParams {
-            temperature: t,
-            top_k: k,
-            top_p: p,
-            ..Default::default()
-        }
+        SamplingParams { temperature: t, top_k: k, top_p: p, ..Default::default() }
     }
 
     #[test]
     fn greedy_takes_the_max_and_seeds_repeat() {
         let logits = [0.1, 2.0, -1.0, 1.9];
-        assert_eq!(
-            sample(&logits, &params(0.0, 0, 1.0), &mut Rng::new(1)).token,
-            1
-        );
+        assert_eq!(sample(&logits, &params(0.0, 0, 1.0), &mut Rng::new(1)).token, 1);
         let draws = |seed| {
             (0..20)
                 .map(|_| 0)
-                .scan(Rng::new(seed), |r, _| {
-                    Some(sample(&logits, &params(1.0, 0, 1.0), r).token)
-                })
+                .scan(Rng::new(seed), |r, _| Some(sample(&logits, &params(1.0, 0, 1.0), r).token))
                 .collect::<Vec<_>>()
         };
         assert_eq!(draws(7), draws(7));
@@ -270,17 +222,10 @@ mod tests {
 
     #[test]
     fn logprobs_are_normalized_and_sorted() {
-        let p = SamplingParams {
-            temperature: 0.0,
-            logprobs: Some(2),
-            ..Default::default()
-        };
+        let p = SamplingParams { temperature: 0.0, logprobs: Some(2), ..Default::default() };
         let s = sample(&[1.0, 3.0, 2.0], &p, &mut Rng::new(0));
         assert_eq!(s.token, 1);
-        assert_eq!(
-            s.top.iter().map(|t| t.token).collect::<Vec<_>>(),
-            vec![1, 2]
-        );
+        assert_eq!(s.top.iter().map(|t| t.token).collect::<Vec<_>>(), vec![1, 2]);
         let total: f32 = [1.0f32, 3.0, 2.0].iter().map(|x| (x - 3.0f32).exp()).sum();
         assert!((s.logprob.unwrap() - (-total.ln())).abs() < 1e-6);
     }
@@ -291,20 +236,8 @@ mod tests {
             (params(-1.0, 0, 1.0), "temperature"),
             (params(1.0, 0, 0.0), "top_p"),
             (params(1.0, -2, 1.0), "top_k"),
-            (
-                SamplingParams {
-                    max_tokens: 0,
-                    ..Default::default()
-                },
-                "max_tokens",
-            ),
-            (
-                SamplingParams {
-                    logprobs: Some(21),
-                    ..Default::default()
-                },
-                "logprobs",
-            ),
+            (SamplingParams { max_tokens: 0, ..Default::default() }, "max_tokens"),
+            (SamplingParams { logprobs: Some(21), ..Default::default() }, "logprobs"),
         ] {
             match p.validate() {
                 Err(EngineError::InvalidParam { param, .. }) => assert_eq!(param, name),

@@ -33,9 +33,7 @@ pub struct HfTokenizer {
 
 impl std::fmt::Debug for HfTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HfTokenizer")
-            .field("vocab_size", &self.vocab_size())
-            .finish()
+        f.debug_struct("HfTokenizer").field("vocab_size", &self.vocab_size()).finish()
     }
 }
 
@@ -50,17 +48,12 @@ impl HfTokenizer {
 
 impl Tokenize for HfTokenizer {
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| EngineError::Tokenizer(e.to_string()))
+        self.inner.decode(ids, skip_special_tokens).map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
 
     fn vocab_size(&self) -> usize {
@@ -108,9 +101,7 @@ impl Tokenize for ByteTokenizer {
                 Self::EOS => bytes.extend_from_slice(b"</s>"),
                 Self::PAD => bytes.extend_from_slice(b"<pad>"),
                 other => {
-                    return Err(EngineError::Tokenizer(format!(
-                        "token id {other} is outside the byte vocabulary"
-                    )));
+                    return Err(EngineError::Tokenizer(format!("token id {other} is outside the byte vocabulary")));
                 }
             }
         }
@@ -157,27 +148,15 @@ fn special(v: Option<&Value>) -> String {
     match v {
         Some(Value::String(s)) => s.clone(),
         // Older files store {"content": "<s>", ...}.
-        Some(Value::Object(o)) => o
-            .get("content")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).unwrap_or_default().to_string(),
         _ => String::new(),
     }
 }
 
 impl ChatTemplate {
     /// A template from its source and special tokens.
-    pub fn new(
-        source: impl Into<String>,
-        bos_token: impl Into<String>,
-        eos_token: impl Into<String>,
-    ) -> Self {
-        ChatTemplate {
-            source: source.into(),
-            bos_token: bos_token.into(),
-            eos_token: eos_token.into(),
-        }
+    pub fn new(source: impl Into<String>, bos_token: impl Into<String>, eos_token: impl Into<String>) -> Self {
+        ChatTemplate { source: source.into(), bos_token: bos_token.into(), eos_token: eos_token.into() }
     }
 
     /// The checkpoint's template: `chat_template.jinja`, else `chat_template` in
@@ -186,9 +165,8 @@ impl ChatTemplate {
     pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = match std::fs::read_to_string(&cfg_path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                EngineError::config("tokenizer_config.json", "(document)", e.to_string())
-            })?,
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| EngineError::config("tokenizer_config.json", "(document)", e.to_string()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
             Err(e) => return Err(EngineError::io(cfg_path, e)),
         };
@@ -208,28 +186,16 @@ impl ChatTemplate {
                 _ => None,
             }
         };
-        Ok(source.map(|s| {
-            ChatTemplate::new(
-                s,
-                special(cfg.get("bos_token")),
-                special(cfg.get("eos_token")),
-            )
-        }))
+        Ok(source.map(|s| ChatTemplate::new(s, special(cfg.get("bos_token")), special(cfg.get("eos_token")))))
     }
 
     /// Renders messages to the prompt text.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
         let tmpl = env
             .template_from_str(&self.source)
             .map_err(|e| EngineError::Tokenizer(format!("chat template does not parse: {e}")))?;

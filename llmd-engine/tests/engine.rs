@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use llmd_engine::builtin;
 use llmd_engine::{
-    ByteTokenizer, Engine, EngineConfig, EngineError, FinishReason, KvDtype, ManualClock,
-    ModelBackend, NewRequest, RequestOutput, SamplingParams, Tokenize,
+    ByteTokenizer, Engine, EngineConfig, EngineError, FinishReason, KvDtype, ManualClock, ModelBackend, NewRequest,
+    RequestOutput, SamplingParams, Tokenize,
 };
 use llmd_kvcache::{KvEvent, RequestKeys};
 
@@ -22,34 +22,17 @@ fn engine(num_blocks: usize, max_batched: usize, max_model_len: usize) -> Engine
         kv_dtype: KvDtype::F32,
         ..Default::default()
     };
-    let backend =
-        ModelBackend::new(builtin::model(7).unwrap(), num_blocks, 4, KvDtype::F32).unwrap();
-    Engine::new(
-        cfg,
-        Box::new(backend),
-        Arc::new(ByteTokenizer),
-        vec![ByteTokenizer::EOS],
-        Arc::new(ManualClock::new()),
-    )
-    .unwrap()
+    let backend = ModelBackend::new(builtin::model(7).unwrap(), num_blocks, 4, KvDtype::F32).unwrap();
+    Engine::new(cfg, Box::new(backend), Arc::new(ByteTokenizer), vec![ByteTokenizer::EOS], Arc::new(ManualClock::new()))
+        .unwrap()
 }
 
 fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams {
-        temperature: 0.0,
-        max_tokens,
-        ignore_eos: true,
-        ..Default::default()
-    }
+    SamplingParams { temperature: 0.0, max_tokens, ignore_eos: true, ..Default::default() }
 }
 
 fn req(id: &str, prompt: &str, params: SamplingParams) -> NewRequest {
-    NewRequest {
-        id: id.into(),
-        prompt: ByteTokenizer.encode(prompt, true).unwrap(),
-        params,
-        keys: RequestKeys::new(),
-    }
+    NewRequest { id: id.into(), prompt: ByteTokenizer.encode(prompt, true).unwrap(), params, keys: RequestKeys::new() }
 }
 
 /// Runs to completion; returns each request's tokens, text and final output.
@@ -58,9 +41,7 @@ fn run(e: &mut Engine) -> HashMap<String, (Vec<u32>, String, RequestOutput)> {
     let mut steps = 0;
     while e.has_work() {
         for o in e.step().unwrap() {
-            let entry = acc
-                .entry(o.id.clone())
-                .or_insert_with(|| (Vec::new(), String::new(), o.clone()));
+            let entry = acc.entry(o.id.clone()).or_insert_with(|| (Vec::new(), String::new(), o.clone()));
             entry.0.extend(&o.token_ids);
             entry.1.push_str(&o.text);
             entry.2 = o;
@@ -97,21 +78,12 @@ fn batched_chunked_and_preempted_runs_match_solo_runs() {
         let got = run(&mut e);
         for (i, w) in want.iter().enumerate() {
             let (tokens, _, last) = &got[&format!("r{i}")];
-            assert_eq!(
-                tokens, w,
-                "request {i} with {blocks} blocks, budget {budget}"
-            );
+            assert_eq!(tokens, w, "request {i} with {blocks} blocks, budget {budget}");
             assert_eq!(last.finished, Some(FinishReason::Length));
         }
-        let preemptions = metric(
-            &prometheus_text(&e),
-            "vllm:num_preemptions_total{model_name=\"llmd-tiny\"}",
-        );
+        let preemptions = metric(&prometheus_text(&e), "vllm:num_preemptions_total{model_name=\"llmd-tiny\"}");
         if blocks == 24 {
-            assert!(
-                preemptions > 0.0,
-                "expected preemptions with {blocks} blocks"
-            );
+            assert!(preemptions > 0.0, "expected preemptions with {blocks} blocks");
         } else {
             assert_eq!(preemptions, 0.0);
         }
@@ -128,17 +100,10 @@ fn a_prefix_cache_hit_gives_the_same_tokens_as_a_cold_run() {
     assert_eq!(cold.2.cached_tokens, 0);
     e.add_request(req("warm", prompt, greedy(10))).unwrap();
     let warm = run(&mut e).remove("warm").unwrap();
-    assert!(
-        warm.2.cached_tokens >= 60,
-        "cached {}",
-        warm.2.cached_tokens
-    );
+    assert!(warm.2.cached_tokens >= 60, "cached {}", warm.2.cached_tokens);
     assert_eq!(warm.0, cold.0);
     let text = prometheus_text(&e);
-    assert!(
-        text.contains("vllm:prefix_cache_hits_total{model_name=\"llmd-tiny\"} 64"),
-        "{text}"
-    );
+    assert!(text.contains("vllm:prefix_cache_hits_total{model_name=\"llmd-tiny\"} 64"), "{text}");
 }
 
 #[test]
@@ -150,36 +115,14 @@ fn stop_strings_stop_tokens_and_seeds() {
     assert_eq!(ByteTokenizer.decode(&tokens, true).unwrap(), text);
     let stop: String = text.chars().skip(5).take(2).collect();
     let cut = text.find(&stop).unwrap();
-    e.add_request(req(
-        "s",
-        "Hello",
-        SamplingParams {
-            stop: vec![stop.clone()],
-            ..greedy(20)
-        },
-    ))
-    .unwrap();
+    e.add_request(req("s", "Hello", SamplingParams { stop: vec![stop.clone()], ..greedy(20) })).unwrap();
     let (_, t, last) = run(&mut e).remove("s").unwrap();
-    assert_eq!(
-        (t.as_str(), last.finished),
-        (&text[..cut], Some(FinishReason::Stop))
-    );
+    assert_eq!((t.as_str(), last.finished), (&text[..cut], Some(FinishReason::Stop)));
 
-    e.add_request(req(
-        "t",
-        "Hello",
-        SamplingParams {
-            stop_token_ids: vec![tokens[3]],
-            ..greedy(20)
-        },
-    ))
-    .unwrap();
+    e.add_request(req("t", "Hello", SamplingParams { stop_token_ids: vec![tokens[3]], ..greedy(20) })).unwrap();
     let (toks, _, last) = run(&mut e).remove("t").unwrap();
     let first = tokens.iter().position(|&x| x == tokens[3]).unwrap();
-    assert_eq!(
-        (toks.len(), last.finished),
-        (first + 1, Some(FinishReason::Stop))
-    );
+    assert_eq!((toks.len(), last.finished), (first + 1, Some(FinishReason::Stop)));
 
     let sampled = |e: &mut Engine, id: &str, seed| {
         let p = SamplingParams {
@@ -209,32 +152,10 @@ fn abort_frees_blocks_and_bad_requests_are_refused() {
     assert!(e.abort("a").is_none());
 
     let cases: Vec<(NewRequest, &str)> = vec![
-        (
-            NewRequest {
-                prompt: vec![],
-                ..req("x", "", greedy(1))
-            },
-            "prompt",
-        ),
+        (NewRequest { prompt: vec![], ..req("x", "", greedy(1)) }, "prompt"),
         (req("x", &"y".repeat(120), greedy(20)), "context"),
-        (
-            NewRequest {
-                prompt: vec![9999],
-                ..req("x", "", greedy(1))
-            },
-            "prompt",
-        ),
-        (
-            req(
-                "x",
-                "hi",
-                SamplingParams {
-                    temperature: -1.0,
-                    ..greedy(1)
-                },
-            ),
-            "temperature",
-        ),
+        (NewRequest { prompt: vec![9999], ..req("x", "", greedy(1)) }, "prompt"),
+        (req("x", "hi", SamplingParams { temperature: -1.0, ..greedy(1) }), "temperature"),
     ];
     for (r, what) in cases {
         let err = e.add_request(r).unwrap_err();
@@ -245,17 +166,13 @@ fn abort_frees_blocks_and_bad_requests_are_refused() {
         }
     }
     e.add_request(req("dup", "hi", greedy(5))).unwrap();
-    assert!(matches!(
-        e.add_request(req("dup", "hi", greedy(5))),
-        Err(EngineError::DuplicateRequest(_))
-    ));
+    assert!(matches!(e.add_request(req("dup", "hi", greedy(5))), Err(EngineError::DuplicateRequest(_))));
 }
 
 #[test]
 fn kv_events_announce_cached_prompt_blocks() {
     let mut e = engine(64, 4096, 128);
-    e.add_request(req("a", "0123456789abcdef", greedy(1)))
-        .unwrap();
+    e.add_request(req("a", "0123456789abcdef", greedy(1))).unwrap();
     run(&mut e);
     let batch = e.take_events().expect("events after a prefill");
     let stored: usize = batch
@@ -266,18 +183,13 @@ fn kv_events_announce_cached_prompt_blocks() {
             _ => 0,
         })
         .sum();
-    assert_eq!(
-        stored, 4,
-        "17 prompt tokens + 1 generated = 4 full blocks of 4"
-    );
+    assert_eq!(stored, 4, "17 prompt tokens + 1 generated = 4 full blocks of 4");
     assert!(e.take_events().is_none());
 }
 
 /// The value of the sample whose name and labels are `series` (0 when absent).
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
 
 fn prometheus_text(e: &Engine) -> String {
@@ -309,4 +221,29 @@ fn metrics_carry_vllm_names() {
     ] {
         assert!(text.contains(name), "missing {name:?} in\n{text}");
     }
+}
+
+#[test]
+fn the_simulated_backend_runs_on_virtual_time() {
+    use llmd_engine::{Clock, LatencyModel, SimBackend};
+    use std::time::Duration;
+    let clock = Arc::new(ManualClock::new());
+    let latency = LatencyModel {
+        step_overhead: Duration::from_millis(10),
+        per_prefill_token: Duration::from_millis(1),
+        per_decode_seq: Duration::from_millis(2),
+        per_context_token: Duration::ZERO,
+    };
+    let sim = SimBackend::new(latency, clock.clone(), ByteTokenizer::VOCAB, 4096, 32..127, 9);
+    let cfg = EngineConfig { block_size: 16, num_blocks: 1000, max_model_len: 4096, ..Default::default() };
+    let mut e =
+        Engine::new(cfg, Box::new(sim), Arc::new(ByteTokenizer), vec![ByteTokenizer::EOS], clock.clone()).unwrap();
+    e.add_request(req("a", &"p".repeat(99), greedy(5))).unwrap(); // 100 prompt tokens
+    let out = run(&mut e).remove("a").unwrap();
+    assert_eq!(out.0.len(), 5);
+    assert!(out.0.iter().all(|&t| (32..127).contains(&t)));
+    // Prefill step: 10 + 100×1 ms; then four decode steps of 10 + 2 ms.
+    assert_eq!(clock.now(), Duration::from_millis(110 + 4 * 12));
+    let text = prometheus_text(&e);
+    assert!(text.contains("vllm:time_to_first_token_seconds_sum{model_name=\"llmd-tiny\"} 0.11"), "{text}");
 }

@@ -15,9 +15,7 @@ use std::sync::Arc;
 use llmd_engine::builtin;
 use llmd_engine::server::{Server, ServerConfig};
 use llmd_engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
-use llmd_engine::{
-    ByteTokenizer, ChatTemplate, Engine, EngineConfig, KvDtype, ModelBackend, SystemClock,
-};
+use llmd_engine::{ByteTokenizer, ChatTemplate, Engine, EngineConfig, KvDtype, ModelBackend, SystemClock};
 
 fn python() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("LLMD_PYTHON") {
@@ -30,21 +28,11 @@ fn python() -> Option<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_client_works() {
     let Some(python) = python() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide the interop Python (.ci/run creates .venv)"
-        );
-        eprintln!(
-            "skipping openai client test: no $LLMD_PYTHON and no .venv (run .ci/run, or set LLMD_PYTHON)"
-        );
+        assert!(std::env::var_os("CI").is_none(), "CI must provide the interop Python (.ci/run creates .venv)");
+        eprintln!("skipping openai client test: no $LLMD_PYTHON and no .venv (run .ci/run, or set LLMD_PYTHON)");
         return;
     };
-    let cfg = EngineConfig {
-        block_size: 16,
-        num_blocks: 256,
-        max_model_len: 1024,
-        ..Default::default()
-    };
+    let cfg = EngineConfig { block_size: 16, num_blocks: 256, max_model_len: 1024, ..Default::default() };
     let backend = ModelBackend::new(builtin::model(0).unwrap(), 256, 16, KvDtype::F16).unwrap();
     let engine = Engine::new(
         cfg,
@@ -54,12 +42,10 @@ async fn the_openai_python_client_works() {
         Arc::new(SystemClock::default()),
     )
     .unwrap();
-    let server = Server::start(
-        engine,
-        ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
-        ServerConfig::default(),
-    )
-    .unwrap();
+    let server =
+        Server::start(engine, ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"), ServerConfig::default())
+            .await
+            .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -67,8 +53,7 @@ async fn the_openai_python_client_works() {
         let _ = stopped.await;
     }));
 
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/interop/openai_client_check.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/interop/openai_client_check.py");
     let out = tokio::process::Command::new(&python)
         .arg(&script)
         .arg(&base)
@@ -79,10 +64,7 @@ async fn the_openai_python_client_works() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}{stderr}");
-    assert!(
-        out.status.success(),
-        "openai client check failed:\n{stdout}\n{stderr}"
-    );
+    assert!(out.status.success(), "openai client check failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("checks passed"), "{stdout}");
     let _ = stop.send(());
     serving.await.unwrap().unwrap();

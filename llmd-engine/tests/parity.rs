@@ -8,25 +8,19 @@
 use std::path::PathBuf;
 
 use llmd_engine::{
-    ChatMessage, ChatTemplate, CpuAttention, HfTokenizer, KvDtype, KvShape, LlamaModel,
-    LogitsWanted, PagedKvCache, SeqInput, Tokenize,
+    ChatMessage, ChatTemplate, CpuAttention, HfTokenizer, KvDtype, KvShape, LlamaModel, LogitsWanted, PagedKvCache,
+    SeqInput, Tokenize,
 };
 use serde_json::Value;
 
-const CHECKPOINTS: [&str; 3] = [
-    "llama-llama3rope-f32",
-    "llama-gqa-tied-bf16-sharded",
-    "qwen2-bias-yarn-f16",
-];
+const CHECKPOINTS: [&str; 3] = ["llama-llama3rope-f32", "llama-gqa-tied-bf16-sharded", "qwen2-bias-yarn-f16"];
 /// Largest allowed |logit difference|: both sides compute in f32 in different orders, and
 /// the fixtures round logits to 5 decimals.
 const LOGIT_TOLERANCE: f32 = 5e-5;
 const BLOCK: usize = 4;
 
 fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 fn json(path: PathBuf) -> Value {
@@ -34,29 +28,17 @@ fn json(path: PathBuf) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 fn cache(model: &LlamaModel, num_blocks: usize, dtype: KvDtype) -> PagedKvCache {
     let c = model.config();
-    let shape = KvShape {
-        num_blocks,
-        block_size: BLOCK,
-        kv_heads: c.num_key_value_heads,
-        head_dim: c.head_dim,
-    };
+    let shape = KvShape { num_blocks, block_size: BLOCK, kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
     PagedKvCache::new(c.num_hidden_layers, shape, dtype).unwrap()
 }
 
 fn argmax(row: &[f32]) -> u32 {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
-        .0 as u32
+    row.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
 }
 
 /// Greedy decoding: prefill in chunks of `chunk` tokens, then one token per step.
@@ -65,31 +47,16 @@ fn greedy(model: &LlamaModel, prompt: &[u32], n: usize, chunk: usize, dtype: KvD
     let table: Vec<u32> = (0..64).rev().collect(); // non-contiguous, out-of-order blocks
     let mut logits = Vec::new();
     for (i, piece) in prompt.chunks(chunk).enumerate() {
-        let seq = SeqInput {
-            tokens: piece,
-            start: i * chunk,
-            block_table: &table,
-            logits: LogitsWanted::Last,
-        };
-        logits = model
-            .forward(&[seq], &mut kv, &CpuAttention)
-            .unwrap()
-            .remove(0);
+        let seq = SeqInput { tokens: piece, start: i * chunk, block_table: &table, logits: LogitsWanted::Last };
+        logits = model.forward(&[seq], &mut kv, &CpuAttention).unwrap().remove(0);
     }
     let mut out = Vec::new();
     for step in 0..n {
         let tok = argmax(&logits);
         out.push(tok);
-        let seq = SeqInput {
-            tokens: &[tok],
-            start: prompt.len() + step,
-            block_table: &table,
-            logits: LogitsWanted::Last,
-        };
-        logits = model
-            .forward(&[seq], &mut kv, &CpuAttention)
-            .unwrap()
-            .remove(0);
+        let seq =
+            SeqInput { tokens: &[tok], start: prompt.len() + step, block_table: &table, logits: LogitsWanted::Last };
+        logits = model.forward(&[seq], &mut kv, &CpuAttention).unwrap().remove(0);
     }
     out
 }
@@ -102,16 +69,8 @@ fn logits_match_transformers() {
         let prompt = ids(&want["prompt_ids"]);
         let mut kv = cache(&model, 32, KvDtype::F32);
         let table: Vec<u32> = (0..32).collect();
-        let seq = SeqInput {
-            tokens: &prompt,
-            start: 0,
-            block_table: &table,
-            logits: LogitsWanted::All,
-        };
-        let got = model
-            .forward(&[seq], &mut kv, &CpuAttention)
-            .unwrap()
-            .remove(0);
+        let seq = SeqInput { tokens: &prompt, start: 0, block_table: &table, logits: LogitsWanted::All };
+        let got = model.forward(&[seq], &mut kv, &CpuAttention).unwrap().remove(0);
         let vocab = model.config().vocab_size;
         let rows = want["logits"].as_array().unwrap();
         assert_eq!(got.len(), rows.len() * vocab);
@@ -121,10 +80,7 @@ fn logits_match_transformers() {
                 worst = worst.max((got[r * vocab + c] - x.as_f64().unwrap() as f32).abs());
             }
         }
-        eprintln!(
-            "{name}: max |logit - transformers| = {worst:.2e} over {} positions",
-            rows.len()
-        );
+        eprintln!("{name}: max |logit - transformers| = {worst:.2e} over {} positions", rows.len());
         assert!(worst < LOGIT_TOLERANCE, "{name}: logits differ by {worst}");
     }
 }
@@ -137,11 +93,7 @@ fn greedy_tokens_match_transformers_with_chunked_prefill() {
         let prompt = ids(&want["prompt_ids"]);
         let expected = ids(&want["greedy_32"]);
         for chunk in [prompt.len(), 7, 1] {
-            assert_eq!(
-                greedy(&model, &prompt, 32, chunk, KvDtype::F32),
-                expected,
-                "{name}, prefill chunk {chunk}"
-            );
+            assert_eq!(greedy(&model, &prompt, 32, chunk, KvDtype::F32), expected, "{name}, prefill chunk {chunk}");
         }
     }
 }
@@ -149,23 +101,13 @@ fn greedy_tokens_match_transformers_with_chunked_prefill() {
 #[test]
 fn batched_sequences_match_single_runs() {
     let model = LlamaModel::load(&dir("llama-gqa-tied-bf16-sharded")).unwrap();
-    let prompts: Vec<Vec<u32>> = (0..4)
-        .map(|i| {
-            (0..(5 + 6 * i))
-                .map(|t| ((t * 37 + i * 11) % 500) as u32)
-                .collect()
-        })
-        .collect();
-    let single: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| greedy(&model, p, 8, p.len(), KvDtype::F32))
-        .collect();
+    let prompts: Vec<Vec<u32>> =
+        (0..4).map(|i| (0..(5 + 6 * i)).map(|t| ((t * 37 + i * 11) % 500) as u32).collect()).collect();
+    let single: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&model, p, 8, p.len(), KvDtype::F32)).collect();
 
     // All four at once: one forward pass per step over the whole batch.
     let mut kv = cache(&model, 64, KvDtype::F32);
-    let tables: Vec<Vec<u32>> = (0..4)
-        .map(|i| (i * 16..(i + 1) * 16).map(|b| b as u32).collect())
-        .collect();
+    let tables: Vec<Vec<u32>> = (0..4).map(|i| (i * 16..(i + 1) * 16).map(|b| b as u32).collect()).collect();
     let mut next: Vec<Vec<u32>> = prompts.clone();
     let mut starts = [0usize; 4];
     let mut outs = vec![Vec::new(); 4];
@@ -198,16 +140,9 @@ fn half_precision_kv_cache_keeps_greedy_tokens() {
     let expected = ids(&want["greedy_32"]);
     for dtype in [KvDtype::F16, KvDtype::BF16] {
         let got = greedy(&model, &prompt, 32, 8, dtype);
-        let same = got
-            .iter()
-            .zip(&expected)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let same = got.iter().zip(&expected).take_while(|(a, b)| a == b).count();
         // Rounded keys/values may flip a late near-tie; the first tokens must agree.
-        assert!(
-            same >= 8,
-            "{dtype:?}: only {same} leading tokens agree: {got:?}"
-        );
+        assert!(same >= 8, "{dtype:?}: only {same} leading tokens agree: {got:?}");
     }
 }
 
@@ -217,26 +152,12 @@ fn tokenizer_and_chat_template_match_transformers() {
         let cases = json(dir(name).join("tokenizer_cases.json"));
         let tok = HfTokenizer::from_file(&dir(name).join("tokenizer.json")).unwrap();
         for c in cases["encode"].as_array().unwrap() {
-            assert_eq!(
-                tok.encode(c["text"].as_str().unwrap(), false).unwrap(),
-                ids(&c["ids"]),
-                "{name}: {c}"
-            );
+            assert_eq!(tok.encode(c["text"].as_str().unwrap(), false).unwrap(), ids(&c["ids"]), "{name}: {c}");
         }
         let d = &cases["decode"];
-        assert_eq!(
-            tok.decode(&ids(&d["ids"]), false).unwrap(),
-            d["text"].as_str().unwrap(),
-            "{name}: decode"
-        );
-        let template = ChatTemplate::from_dir(&dir(name))
-            .unwrap()
-            .expect("fixture has a chat template");
+        assert_eq!(tok.decode(&ids(&d["ids"]), false).unwrap(), d["text"].as_str().unwrap(), "{name}: decode");
+        let template = ChatTemplate::from_dir(&dir(name)).unwrap().expect("fixture has a chat template");
         let messages: Vec<ChatMessage> = serde_json::from_value(cases["messages"].clone()).unwrap();
-        assert_eq!(
-            template.render(&messages, true).unwrap(),
-            cases["chat_rendered"].as_str().unwrap(),
-            "{name}"
-        );
+        assert_eq!(template.render(&messages, true).unwrap(), cases["chat_rendered"].as_str().unwrap(), "{name}");
     }
 }

@@ -10,14 +10,17 @@ use std::sync::Arc;
 use llmd_engine::builtin;
 use llmd_engine::server::{Server, ServerConfig};
 use llmd_engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
-use llmd_engine::{
-    ByteTokenizer, ChatTemplate, Engine, EngineConfig, KvDtype, ModelBackend, SystemClock,
-};
+use llmd_engine::{ByteTokenizer, ChatTemplate, Engine, EngineConfig, KvDtype, ModelBackend, SystemClock};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn start(max_queued: usize) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let (addr, stop, _) = start_with(ServerConfig { max_queued_requests: max_queued, ..Default::default() }).await;
+    (addr, stop)
+}
+
+async fn start_with(server_cfg: ServerConfig) -> (String, tokio::sync::oneshot::Sender<()>, Option<String>) {
     let cfg = EngineConfig {
         block_size: 16,
         num_blocks: 64,
@@ -34,21 +37,16 @@ async fn start(max_queued: usize) -> (String, tokio::sync::oneshot::Sender<()>) 
         Arc::new(SystemClock::default()),
     )
     .unwrap();
-    let server = Server::start(
-        engine,
-        ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
-        ServerConfig {
-            max_queued_requests: max_queued,
-        },
-    )
-    .unwrap();
+    let server =
+        Server::start(engine, ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"), server_cfg).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let events = server.kv_events_endpoint().map(String::from);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.serve(listener, async move {
         let _ = rx.await;
     }));
-    (addr, tx)
+    (addr, tx, events)
 }
 
 /// One HTTP/1.1 exchange; returns status and body.
@@ -64,14 +62,8 @@ async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String)
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let status = raw[9..12].parse().unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
     (status, body)
 }
 
@@ -90,18 +82,12 @@ fn dechunk(mut s: &str) -> String {
 
 async fn post(addr: &str, path: &str, body: Value) -> (u16, Value) {
     let (status, text) = http(addr, "POST", path, &body.to_string()).await;
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 /// `data:` payloads of an SSE body.
 fn sse(body: &str) -> Vec<String> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(String::from)
-        .collect()
+    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(String::from).collect()
 }
 
 #[tokio::test]
@@ -123,13 +109,7 @@ async fn chat_and_completions_work_streaming_and_not() {
     let (status, plain) = post(&addr, "/v1/completions", body.clone()).await;
     assert_eq!(status, 200, "{plain}");
     let text = plain["choices"][0]["text"].as_str().unwrap().to_string();
-    assert_eq!(
-        plain["choices"][0]["logprobs"]["top_logprobs"]
-            .as_array()
-            .unwrap()
-            .len(),
-        12
-    );
+    assert_eq!(plain["choices"][0]["logprobs"]["top_logprobs"].as_array().unwrap().len(), 12);
 
     let mut streaming = body.clone();
     streaming["stream"] = json!(true);
@@ -138,26 +118,14 @@ async fn chat_and_completions_work_streaming_and_not() {
     assert_eq!(status, 200);
     let events = sse(&raw);
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let streamed: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["text"].as_str())
-        .collect();
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
     assert_eq!(streamed, text, "streamed text equals the non-streamed text");
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 12);
 
     let mut chat_stream = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "max_tokens": 5, "stream": true});
     chat_stream["temperature"] = json!(0);
-    let (status, raw) = http(
-        &addr,
-        "POST",
-        "/v1/chat/completions",
-        &chat_stream.to_string(),
-    )
-    .await;
+    let (status, raw) = http(&addr, "POST", "/v1/chat/completions", &chat_stream.to_string()).await;
     assert_eq!(status, 200);
     let events = sse(&raw);
     let first: Value = serde_json::from_str(&events[0]).unwrap();
@@ -182,21 +150,25 @@ async fn bad_input_gets_openai_errors_with_the_right_status() {
         ("/v1/completions", json!({"prompt": [999999]}).to_string(), 400, Some("prompt")),
         ("/v1/completions", json!({"prompt": []}).to_string(), 400, Some("prompt")),
         ("/v1/chat/completions", json!({"messages": []}).to_string(), 400, Some("messages")),
-        ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).to_string(), 400, Some("messages")),
-        ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 50}).to_string(), 400, Some("logprobs")),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).to_string(),
+            400,
+            Some("messages"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 50}).to_string(),
+            400,
+            Some("logprobs"),
+        ),
     ];
     for (path, body, want, param) in cases {
         let (status, text) = http(&addr, "POST", path, &body).await;
-        let v: Value =
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{body}: non-JSON error {text}"));
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{body}: non-JSON error {text}"));
         assert_eq!(status, want, "{body} -> {v}");
         assert_eq!(v["error"]["code"], want, "{v}");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{v}"
-        );
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
         assert!(v["error"]["type"].is_string(), "{v}");
         if let Some(p) = param {
             assert_eq!(v["error"]["param"], p, "{body} -> {v}");
@@ -221,12 +193,7 @@ async fn models_health_and_metrics() {
     assert_eq!(status, 200);
     let models: Value = serde_json::from_str(&models).unwrap();
     assert_eq!(models["data"][0]["id"], "llmd-tiny");
-    post(
-        &addr,
-        "/v1/completions",
-        json!({"prompt": "hello", "max_tokens": 2}),
-    )
-    .await;
+    post(&addr, "/v1/completions", json!({"prompt": "hello", "max_tokens": 2})).await;
     let (status, text) = http(&addr, "GET", "/metrics", "").await;
     assert_eq!(status, 200);
     for name in [
@@ -240,16 +207,13 @@ async fn models_health_and_metrics() {
 }
 
 fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
 
 #[tokio::test]
 async fn a_client_that_disconnects_frees_its_blocks() {
     let (addr, _stop) = start(100).await;
-    let body =
-        json!({"prompt": "a long story", "max_tokens": 400, "stream": true, "ignore_eos": true})
-            .to_string();
+    let body = json!({"prompt": "a long story", "max_tokens": 400, "stream": true, "ignore_eos": true}).to_string();
     let mut s = TcpStream::connect(&addr).await.unwrap();
     let req = format!(
         "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -266,10 +230,7 @@ async fn a_client_that_disconnects_frees_its_blocks() {
         let (_, text) = http(&addr, "GET", "/metrics", "").await;
         let running = metric(&text, "vllm:num_requests_running{model_name=\"llmd-tiny\"}");
         let usage = metric(&text, "vllm:kv_cache_usage_perc{model_name=\"llmd-tiny\"}");
-        let aborted = metric(
-            &text,
-            "vllm:request_success_total{model_name=\"llmd-tiny\",finished_reason=\"abort\"}",
-        );
+        let aborted = metric(&text, "vllm:request_success_total{model_name=\"llmd-tiny\",finished_reason=\"abort\"}");
         if running == Some(0.0) && usage == Some(0.0) && aborted == Some(1.0) {
             return;
         }
@@ -277,4 +238,39 @@ async fn a_client_that_disconnects_frees_its_blocks() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     panic!("request was not aborted after the client left:\n{last}");
+}
+
+#[tokio::test]
+async fn kv_events_are_published_over_zmq_in_vllms_framing() {
+    use llmd_kvcache::KvEvent;
+    use llmd_kvcache::codec::decode_batch;
+    use zeromq::{Socket, SocketRecv};
+
+    let cfg = ServerConfig {
+        kv_events: Some(llmd_engine::server::KvEventsConfig {
+            endpoint: "tcp://127.0.0.1:0".into(),
+            topic: "kv@test".into(),
+        }),
+        ..Default::default()
+    };
+    let (addr, _stop, endpoint) = start_with(cfg).await;
+    let endpoint = endpoint.expect("publisher bound");
+    let mut sub = zeromq::SubSocket::new();
+    sub.connect(&endpoint).await.unwrap();
+    sub.subscribe("").await.unwrap();
+    // A subscriber misses what was sent before its subscription reached the publisher
+    // (ZMQ's slow joiner): keep making events until one arrives, bounded.
+    for i in 0..50 {
+        let prompt = format!("{i} distinct prompt so that new blocks are stored: {}", "x".repeat(40));
+        post(&addr, "/v1/completions", json!({"prompt": prompt, "max_tokens": 1})).await;
+        let Ok(msg) = tokio::time::timeout(std::time::Duration::from_millis(200), sub.recv()).await else { continue };
+        let frames = msg.unwrap().into_vec();
+        assert_eq!(frames.len(), 3, "topic, sequence, payload");
+        assert_eq!(&frames[0][..], b"kv@test");
+        assert_eq!(frames[1].len(), 8, "8-byte big-endian sequence number");
+        let batch = decode_batch(&frames[2]).unwrap();
+        assert!(batch.events.iter().any(|e| matches!(e, KvEvent::BlockStored(s) if s.block_size == 16)), "{batch:?}");
+        return;
+    }
+    panic!("no KV event batch arrived");
 }

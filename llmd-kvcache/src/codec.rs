@@ -51,9 +51,7 @@ pub fn encode_batch_into(out: &mut Vec<u8>, batch: &KvEventBatch) -> Result<()> 
                 w.str("AllBlocksCleared");
             }
             KvEvent::Unknown { tag } => {
-                return Err(KvCacheError::Encode(format!(
-                    "event of unknown type {tag:?}"
-                )));
+                return Err(KvCacheError::Encode(format!("event of unknown type {tag:?}")));
             }
         }
     }
@@ -201,10 +199,7 @@ impl Writer<'_> {
         }
         self.opt_field_int("group_idx", s.group_idx);
         self.opt_field_str("kv_cache_spec_kind", s.kv_cache_spec_kind.as_deref());
-        self.opt_field_int(
-            "kv_cache_spec_sliding_window",
-            s.kv_cache_spec_sliding_window,
-        );
+        self.opt_field_int("kv_cache_spec_sliding_window", s.kv_cache_spec_sliding_window);
         self.opt_field_str("locality", s.locality.as_deref());
         self.opt_field_str("ownership", s.ownership.as_deref());
         self.opt_field_str("session_id", s.session_id.as_deref());
@@ -218,11 +213,7 @@ impl Writer<'_> {
     }
 
     fn removed(&mut self, r: &BlockRemoved) {
-        let optional = [
-            r.group_idx.is_some(),
-            r.locality.is_some(),
-            r.ownership.is_some(),
-        ];
+        let optional = [r.group_idx.is_some(), r.locality.is_some(), r.ownership.is_some()];
         let n = 3 + optional.iter().filter(|&&p| p).count();
         self.map_header(n, BLOCK_REMOVED_MAX_FIELDS);
         self.str("type");
@@ -254,21 +245,14 @@ impl Writer<'_> {
 /// Decodes a batch from vLLM (0.33 map-form events or older array-form events).
 pub fn decode_batch(bytes: &[u8]) -> Result<KvEventBatch> {
     let mut rd = bytes;
-    let v = rmpv::decode::read_value_with_max_depth(&mut rd, MAX_NESTING)
-        .map_err(|e| err("batch", &e.to_string()))?;
+    let v = rmpv::decode::read_value_with_max_depth(&mut rd, MAX_NESTING).map_err(|e| err("batch", &e.to_string()))?;
     if !rd.is_empty() {
-        return Err(err(
-            "batch",
-            &format!("{} trailing bytes after the batch", rd.len()),
-        ));
+        return Err(err("batch", &format!("{} trailing bytes after the batch", rd.len())));
     }
     let items = match v {
         Value::Array(items) if items.len() >= 2 => items,
         other => {
-            return Err(err(
-                "batch",
-                &format!("expected [ts, events, dp_rank], got {}", kind(&other)),
-            ));
+            return Err(err("batch", &format!("expected [ts, events, dp_rank], got {}", kind(&other))));
         }
     };
     let mut it = items.into_iter();
@@ -277,10 +261,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<KvEventBatch> {
         Some(Value::F32(f)) => f64::from(f),
         Some(Value::Integer(i)) => i.as_f64().unwrap_or(0.0),
         other => {
-            return Err(err(
-                "batch.ts",
-                &format!("expected a number, got {}", opt_kind(other.as_ref())),
-            ));
+            return Err(err("batch.ts", &format!("expected a number, got {}", opt_kind(other.as_ref()))));
         }
     };
     let events = match it.next() {
@@ -290,21 +271,14 @@ pub fn decode_batch(bytes: &[u8]) -> Result<KvEventBatch> {
             .map(|(i, e)| decode_event(e).map_err(|e| prefix(&format!("batch.events[{i}]"), e)))
             .collect::<Result<Vec<_>>>()?,
         other => {
-            return Err(err(
-                "batch.events",
-                &format!("expected an array, got {}", opt_kind(other.as_ref())),
-            ));
+            return Err(err("batch.events", &format!("expected an array, got {}", opt_kind(other.as_ref()))));
         }
     };
     let data_parallel_rank = match it.next() {
         None => None,
         Some(v) => opt_i64(v, "batch.data_parallel_rank")?,
     };
-    Ok(KvEventBatch {
-        ts,
-        events,
-        data_parallel_rank,
-    })
+    Ok(KvEventBatch { ts, events, data_parallel_rank })
 }
 
 /// The fields of one event, by name or by position.
@@ -342,51 +316,30 @@ fn decode_event(v: Value) -> Result<KvEvent> {
             (tag, Fields::Positional(it))
         }
         other => {
-            return Err(err(
-                "event",
-                &format!("expected a map or array, got {}", kind(&other)),
-            ));
+            return Err(err("event", &format!("expected a map or array, got {}", kind(&other))));
         }
     };
     let tag = match tag {
         Value::String(s) => s.into_str().ok_or_else(|| err("event.type", "not UTF-8"))?,
         other => {
-            return Err(err(
-                "event.type",
-                &format!("expected a string, got {}", kind(&other)),
-            ));
+            return Err(err("event.type", &format!("expected a string, got {}", kind(&other))));
         }
     };
     match tag.as_str() {
         "BlockStored" => {
-            let block_hashes = hashes(
-                req(&mut f, "BlockStored.block_hashes")?,
-                "BlockStored.block_hashes",
-            )?;
+            let block_hashes = hashes(req(&mut f, "BlockStored.block_hashes")?, "BlockStored.block_hashes")?;
             let parent_block_hash = match req(&mut f, "BlockStored.parent_block_hash")? {
                 Value::Nil => None,
                 v => Some(hash(v, "BlockStored.parent_block_hash")?),
             };
-            let token_ids = tokens(
-                req(&mut f, "BlockStored.token_ids")?,
-                "BlockStored.token_ids",
-            )?;
+            let token_ids = tokens(req(&mut f, "BlockStored.token_ids")?, "BlockStored.token_ids")?;
             let block_size = match req(&mut f, "BlockStored.block_size")?.as_u64() {
                 Some(b) if b > 0 && b <= u64::from(u32::MAX) => b as u32,
                 _ => {
-                    return Err(err(
-                        "BlockStored.block_size",
-                        "expected a positive 32-bit integer",
-                    ));
+                    return Err(err("BlockStored.block_size", "expected a positive 32-bit integer"));
                 }
             };
-            let mut s = BlockStored {
-                block_hashes,
-                parent_block_hash,
-                token_ids,
-                block_size,
-                ..Default::default()
-            };
+            let mut s = BlockStored { block_hashes, parent_block_hash, token_ids, block_size, ..Default::default() };
             // Fields added over vLLM versions: absent in older senders' batches.
             s.lora_id = opt_field(&mut f, "lora_id", opt_i64)?;
             s.medium = opt_field(&mut f, "medium", opt_string)?;
@@ -394,8 +347,7 @@ fn decode_event(v: Value) -> Result<KvEvent> {
             s.extra_keys = opt_field(&mut f, "extra_keys", extra_keys)?;
             s.group_idx = opt_field(&mut f, "group_idx", opt_i64)?;
             s.kv_cache_spec_kind = opt_field(&mut f, "kv_cache_spec_kind", opt_string)?;
-            s.kv_cache_spec_sliding_window =
-                opt_field(&mut f, "kv_cache_spec_sliding_window", opt_i64)?;
+            s.kv_cache_spec_sliding_window = opt_field(&mut f, "kv_cache_spec_sliding_window", opt_i64)?;
             s.locality = opt_field(&mut f, "locality", opt_string)?;
             s.ownership = opt_field(&mut f, "ownership", opt_string)?;
             s.session_id = opt_field(&mut f, "session_id", opt_string)?;
@@ -403,10 +355,7 @@ fn decode_event(v: Value) -> Result<KvEvent> {
             Ok(KvEvent::BlockStored(s))
         }
         "BlockRemoved" => Ok(KvEvent::BlockRemoved(BlockRemoved {
-            block_hashes: hashes(
-                req(&mut f, "BlockRemoved.block_hashes")?,
-                "BlockRemoved.block_hashes",
-            )?,
+            block_hashes: hashes(req(&mut f, "BlockRemoved.block_hashes")?, "BlockRemoved.block_hashes")?,
             medium: opt_field(&mut f, "medium", opt_string)?,
             group_idx: opt_field(&mut f, "group_idx", opt_i64)?,
             locality: opt_field(&mut f, "locality", opt_string)?,
@@ -418,15 +367,10 @@ fn decode_event(v: Value) -> Result<KvEvent> {
 }
 
 fn req(f: &mut Fields, what: &str) -> Result<Value> {
-    f.take(what.rsplit('.').next().unwrap_or(what))
-        .ok_or_else(|| err(what, "missing"))
+    f.take(what.rsplit('.').next().unwrap_or(what)).ok_or_else(|| err(what, "missing"))
 }
 
-fn opt_field<T>(
-    f: &mut Fields,
-    name: &str,
-    conv: impl FnOnce(Value, &str) -> Result<Option<T>>,
-) -> Result<Option<T>> {
+fn opt_field<T>(f: &mut Fields, name: &str, conv: impl FnOnce(Value, &str) -> Result<Option<T>>) -> Result<Option<T>> {
     match f.take(name) {
         None => Ok(None),
         Some(v) => conv(v, name),
@@ -436,14 +380,8 @@ fn opt_field<T>(
 fn opt_i64(v: Value, what: &str) -> Result<Option<i64>> {
     match v {
         Value::Nil => Ok(None),
-        Value::Integer(i) => i
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| err(what, "integer out of range")),
-        other => Err(err(
-            what,
-            &format!("expected an integer or nil, got {}", kind(&other)),
-        )),
+        Value::Integer(i) => i.as_i64().map(Some).ok_or_else(|| err(what, "integer out of range")),
+        other => Err(err(what, &format!("expected an integer or nil, got {}", kind(&other)))),
     }
 }
 
@@ -451,10 +389,7 @@ fn opt_string(v: Value, what: &str) -> Result<Option<String>> {
     match v {
         Value::Nil => Ok(None),
         Value::String(s) => s.into_str().map(Some).ok_or_else(|| err(what, "not UTF-8")),
-        other => Err(err(
-            what,
-            &format!("expected a string or nil, got {}", kind(&other)),
-        )),
+        other => Err(err(what, &format!("expected a string or nil, got {}", kind(&other)))),
     }
 }
 
@@ -462,31 +397,20 @@ fn hash(v: Value, what: &str) -> Result<ExternalBlockHash> {
     match v {
         Value::Binary(b) => BlockHash::from_bytes(&b)
             .map(ExternalBlockHash::Bytes)
-            .ok_or_else(|| {
-                err(
-                    what,
-                    &format!("hash of {} bytes (expected 1 to 32)", b.len()),
-                )
-            }),
+            .ok_or_else(|| err(what, &format!("hash of {} bytes (expected 1 to 32)", b.len()))),
         Value::Integer(i) => i
             .as_u64()
             .or_else(|| i.as_i64().map(|s| s as u64))
             .map(ExternalBlockHash::Int)
             .ok_or_else(|| err(what, "integer hash out of range")),
-        other => Err(err(
-            what,
-            &format!("expected bytes or an integer, got {}", kind(&other)),
-        )),
+        other => Err(err(what, &format!("expected bytes or an integer, got {}", kind(&other)))),
     }
 }
 
 fn hashes(v: Value, what: &str) -> Result<Vec<ExternalBlockHash>> {
     match v {
         Value::Array(items) => items.into_iter().map(|h| hash(h, what)).collect(),
-        other => Err(err(
-            what,
-            &format!("expected an array, got {}", kind(&other)),
-        )),
+        other => Err(err(what, &format!("expected an array, got {}", kind(&other)))),
     }
 }
 
@@ -500,25 +424,15 @@ fn tokens(v: Value, what: &str) -> Result<Vec<u32>> {
                     .ok_or_else(|| err(what, "token ids must be integers in 0..2^32"))
             })
             .collect(),
-        other => Err(err(
-            what,
-            &format!("expected an array, got {}", kind(&other)),
-        )),
+        other => Err(err(what, &format!("expected an array, got {}", kind(&other)))),
     }
 }
 
 fn lookahead(v: Value, what: &str) -> Result<Option<Vec<Vec<u32>>>> {
     match v {
         Value::Nil => Ok(None),
-        Value::Array(items) => items
-            .into_iter()
-            .map(|t| tokens(t, what))
-            .collect::<Result<_>>()
-            .map(Some),
-        other => Err(err(
-            what,
-            &format!("expected an array or nil, got {}", kind(&other)),
-        )),
+        Value::Array(items) => items.into_iter().map(|t| tokens(t, what)).collect::<Result<_>>().map(Some),
+        other => Err(err(what, &format!("expected an array or nil, got {}", kind(&other)))),
     }
 }
 
@@ -529,22 +443,12 @@ fn extra_keys(v: Value, what: &str) -> Result<Option<Vec<Option<Vec<KeyValue>>>>
             .into_iter()
             .map(|b| match b {
                 Value::Nil => Ok(None),
-                Value::Array(vals) => vals
-                    .into_iter()
-                    .map(|x| key_value(x, what))
-                    .collect::<Result<_>>()
-                    .map(Some),
-                other => Err(err(
-                    what,
-                    &format!("expected an array or nil per block, got {}", kind(&other)),
-                )),
+                Value::Array(vals) => vals.into_iter().map(|x| key_value(x, what)).collect::<Result<_>>().map(Some),
+                other => Err(err(what, &format!("expected an array or nil per block, got {}", kind(&other)))),
             })
             .collect::<Result<_>>()
             .map(Some),
-        other => Err(err(
-            what,
-            &format!("expected an array or nil, got {}", kind(&other)),
-        )),
+        other => Err(err(what, &format!("expected an array or nil, got {}", kind(&other)))),
     }
 }
 
@@ -561,12 +465,7 @@ fn key_value(v: Value, what: &str) -> Result<KeyValue> {
         Value::F64(f) => KeyValue::Float(f),
         Value::String(s) => KeyValue::Str(s.into_str().ok_or_else(|| err(what, "not UTF-8"))?),
         Value::Binary(b) => KeyValue::Bytes(b),
-        Value::Array(items) => KeyValue::Array(
-            items
-                .into_iter()
-                .map(|x| key_value(x, what))
-                .collect::<Result<_>>()?,
-        ),
+        Value::Array(items) => KeyValue::Array(items.into_iter().map(|x| key_value(x, what)).collect::<Result<_>>()?),
         other => return Err(err(what, &format!("unsupported value {}", kind(&other)))),
     })
 }
@@ -631,9 +530,7 @@ mod tests {
 
     #[test]
     fn unknown_event_types_are_kept_not_fatal() {
-        let batch = [
-            0x93, 0x01, 0x91, 0x81, 0xa4, b't', b'y', b'p', b'e', 0xa3, b'N', b'e', b'w', 0xc0,
-        ];
+        let batch = [0x93, 0x01, 0x91, 0x81, 0xa4, b't', b'y', b'p', b'e', 0xa3, b'N', b'e', b'w', 0xc0];
         let b = decode_batch(&batch).unwrap();
         assert_eq!(b.events, vec![KvEvent::Unknown { tag: "New".into() }]);
         assert!(encode_batch(&b).is_err());

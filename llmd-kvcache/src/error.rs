@@ -83,9 +83,7 @@ pub enum KvCacheError {
 
     /// Computed blocks that no longer hold the sequence's prefix (another request
     /// reused them since the lookup), or that repeat a block.
-    #[error(
-        "computed block {block} no longer holds block {index} of request {id:?}; look the prefix up again"
-    )]
+    #[error("computed block {block} no longer holds block {index} of request {id:?}; look the prefix up again")]
     StaleComputedBlocks {
         /// The request.
         id: String,

@@ -29,11 +29,7 @@ pub enum ExternalBlockHash {
 impl ExternalBlockHash {
     /// The form `hash` takes in events: bytes, or with `int_hashes` its low 64 bits.
     pub fn from_hash(hash: &BlockHash, int_hashes: bool) -> Self {
-        if int_hashes {
-            ExternalBlockHash::Int(hash.to_u64())
-        } else {
-            ExternalBlockHash::Bytes(*hash)
-        }
+        if int_hashes { ExternalBlockHash::Int(hash.to_u64()) } else { ExternalBlockHash::Bytes(*hash) }
     }
 }
 
@@ -173,10 +169,7 @@ pub struct EventBatcher {
 impl EventBatcher {
     /// A batcher stamping batches with `data_parallel_rank`.
     pub fn new(data_parallel_rank: Option<i64>) -> Self {
-        EventBatcher {
-            pending: Vec::new(),
-            data_parallel_rank,
-        }
+        EventBatcher { pending: Vec::new(), data_parallel_rank }
     }
 
     /// Events waiting for the next batch.

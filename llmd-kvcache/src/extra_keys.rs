@@ -70,10 +70,9 @@ impl ExtraKey {
     pub fn to_event_value(&self) -> KeyValue {
         match self {
             ExtraKey::Lora { name, .. } => KeyValue::Str(name.clone()),
-            ExtraKey::Mm { identifier, offset } => KeyValue::Array(vec![
-                KeyValue::Str(identifier.clone()),
-                KeyValue::Int(*offset),
-            ]),
+            ExtraKey::Mm { identifier, offset } => {
+                KeyValue::Array(vec![KeyValue::Str(identifier.clone()), KeyValue::Int(*offset)])
+            }
             ExtraKey::CacheSalt(s) => KeyValue::Str(s.clone()),
             ExtraKey::PromptEmbeds(d) => KeyValue::Bytes(d.to_vec()),
         }
@@ -83,19 +82,14 @@ impl ExtraKey {
 /// Converts per-block tagged keys to the per-block untagged lists of a `BlockStored`
 /// event, as vLLM's `to_event_extra_keys`: `None` only for no blocks at all; blocks
 /// without keys are `None` entries.
-pub fn to_event_extra_keys(
-    per_block: &[Option<Vec<ExtraKey>>],
-) -> Option<Vec<Option<Vec<KeyValue>>>> {
+pub fn to_event_extra_keys(per_block: &[Option<Vec<ExtraKey>>]) -> Option<Vec<Option<Vec<KeyValue>>>> {
     if per_block.is_empty() {
         return None;
     }
     Some(
         per_block
             .iter()
-            .map(|keys| {
-                keys.as_ref()
-                    .map(|ks| ks.iter().map(ExtraKey::to_event_value).collect())
-            })
+            .map(|keys| keys.as_ref().map(|ks| ks.iter().map(ExtraKey::to_event_value).collect()))
             .collect(),
     )
 }
@@ -168,14 +162,8 @@ impl RequestKeys {
     /// Sets the multimodal items; they must be sorted by offset and not overlap, as
     /// vLLM's processor guarantees.
     pub fn with_mm(mut self, spans: Vec<MmSpan>) -> Result<Self> {
-        if let Some(m) = spans
-            .iter()
-            .find(|m| m.offset.checked_add(m.length).is_none())
-        {
-            return Err(KvCacheError::BadMultimodalSpans(format!(
-                "{:?} ends past usize::MAX",
-                m.identifier
-            )));
+        if let Some(m) = spans.iter().find(|m| m.offset.checked_add(m.length).is_none()) {
+            return Err(KvCacheError::BadMultimodalSpans(format!("{:?} ends past usize::MAX", m.identifier)));
         }
         for w in spans.windows(2) {
             if w[0].offset + w[0].length > w[1].offset {
@@ -212,10 +200,7 @@ impl RequestKeys {
 
     /// Whether no key applies: every block hashes with `None` extra keys.
     pub fn is_empty(&self) -> bool {
-        self.lora.is_none()
-            && self.mm.is_empty()
-            && self.cache_salt.is_none()
-            && self.prompt_embeds.is_empty()
+        self.lora.is_none() && self.mm.is_empty() && self.cache_salt.is_none() && self.prompt_embeds.is_empty()
     }
 
     /// Index of the first multimodal item that may overlap a block starting at
@@ -238,10 +223,7 @@ impl RequestKeys {
         }
         let mut keys = Vec::new();
         if let Some(l) = &self.lora {
-            keys.push(ExtraKey::Lora {
-                name: l.name.clone(),
-                path: l.path.clone(),
-            });
+            keys.push(ExtraKey::Lora { name: l.name.clone(), path: l.path.clone() });
         }
         self.mm_keys(start, end, mm_idx, &mut keys);
         if start == 0 {
@@ -250,11 +232,7 @@ impl RequestKeys {
             }
         }
         if !self.prompt_embeds.is_empty() {
-            let d = self
-                .prompt_embeds
-                .get(block_index)
-                .copied()
-                .unwrap_or(EMPTY_SHA256);
+            let d = self.prompt_embeds.get(block_index).copied().unwrap_or(EMPTY_SHA256);
             keys.push(ExtraKey::PromptEmbeds(d));
         }
         (!keys.is_empty()).then_some(keys)
@@ -276,10 +254,7 @@ impl RequestKeys {
                 *mm_idx += 1;
                 continue;
             }
-            out.push(ExtraKey::Mm {
-                identifier: item.identifier.clone(),
-                offset: item.offset as i64 - start as i64,
-            });
+            out.push(ExtraKey::Mm { identifier: item.identifier.clone(), offset: item.offset as i64 - start as i64 });
             if end >= item.offset + item.length {
                 // The item ends in this block; the next item may start in it too.
                 *mm_idx += 1;
@@ -292,8 +267,8 @@ impl RequestKeys {
 
 /// SHA-256 of no bytes: the prompt-embeds key of blocks past the prompt.
 const EMPTY_SHA256: [u8; 32] = [
-    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
-    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27, 0xae, 0x41,
+    0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
 ];
 
 /// vLLM's digest of one block's prompt embeddings: SHA-256 of the tensor slice's raw
@@ -306,11 +281,7 @@ pub fn prompt_embeds_digest(raw_bytes: &[u8]) -> [u8; 32] {
 
 /// Per-block digests of a prompt's embeddings (`raw_bytes`: all rows, `row_bytes` each),
 /// the last partial block included, for [`RequestKeys::with_prompt_embeds`].
-pub fn prompt_embeds_block_digests(
-    raw_bytes: &[u8],
-    row_bytes: usize,
-    block_size: usize,
-) -> Vec<[u8; 32]> {
+pub fn prompt_embeds_block_digests(raw_bytes: &[u8], row_bytes: usize, block_size: usize) -> Vec<[u8; 32]> {
     let chunk = row_bytes.saturating_mul(block_size).max(1);
     raw_bytes.chunks(chunk).map(prompt_embeds_digest).collect()
 }
@@ -320,19 +291,12 @@ mod tests {
     use super::*;
 
     fn span(id: &str, offset: usize, length: usize) -> MmSpan {
-        MmSpan {
-            identifier: id.into(),
-            offset,
-            length,
-        }
+        MmSpan { identifier: id.into(), offset, length }
     }
 
     #[test]
     fn overlapping_spans_are_rejected_with_names() {
-        let err = RequestKeys::new()
-            .with_mm(vec![span("a", 0, 10), span("b", 5, 2)])
-            .unwrap_err()
-            .to_string();
+        let err = RequestKeys::new().with_mm(vec![span("a", 0, 10), span("b", 5, 2)]).unwrap_err().to_string();
         assert!(err.contains("\"a\"") && err.contains("\"b\""), "{err}");
     }
 
@@ -340,10 +304,7 @@ mod tests {
     fn salt_only_on_first_block_and_empty_salt_is_none() {
         let k = RequestKeys::new().with_cache_salt("t");
         let mut i = 0;
-        assert_eq!(
-            k.block_keys(0, 0, 4, &mut i),
-            Some(vec![ExtraKey::CacheSalt("t".into())])
-        );
+        assert_eq!(k.block_keys(0, 0, 4, &mut i), Some(vec![ExtraKey::CacheSalt("t".into())]));
         assert_eq!(k.block_keys(1, 4, 8, &mut i), None);
         assert!(RequestKeys::new().with_cache_salt("").is_empty());
     }
@@ -357,24 +318,15 @@ mod tests {
     fn event_form_is_untagged() {
         let keys = vec![
             Some(vec![
-                ExtraKey::Lora {
-                    name: "n".into(),
-                    path: "p".into(),
-                },
-                ExtraKey::Mm {
-                    identifier: "i".into(),
-                    offset: -3,
-                },
+                ExtraKey::Lora { name: "n".into(), path: "p".into() },
+                ExtraKey::Mm { identifier: "i".into(), offset: -3 },
             ]),
             None,
         ];
         let ev = to_event_extra_keys(&keys).unwrap();
         assert_eq!(
             ev[0],
-            Some(vec![
-                KeyValue::Str("n".into()),
-                KeyValue::Array(vec![KeyValue::Str("i".into()), KeyValue::Int(-3)])
-            ])
+            Some(vec![KeyValue::Str("n".into()), KeyValue::Array(vec![KeyValue::Str("i".into()), KeyValue::Int(-3)])])
         );
         assert_eq!(ev[1], None);
         assert_eq!(to_event_extra_keys(&[None, None]), Some(vec![None, None]));

@@ -118,10 +118,7 @@ impl BlockHash {
         }
         let mut bytes = [0u8; 32];
         bytes[..b.len()].copy_from_slice(b);
-        Some(BlockHash {
-            len: b.len() as u8,
-            bytes,
-        })
+        Some(BlockHash { len: b.len() as u8, bytes })
     }
 
     /// The hash bytes.
@@ -187,11 +184,7 @@ impl BlockHasher {
     pub fn new(algo: HashAlgo, seed: &str) -> Self {
         let mut buf = Vec::with_capacity(seed.len() + 9);
         cbor::text(&mut buf, seed);
-        BlockHasher {
-            algo,
-            seed: seed.to_string(),
-            none_hash: algo.digest(&buf),
-        }
+        BlockHasher { algo, seed: seed.to_string(), none_hash: algo.digest(&buf) }
     }
 
     /// The hasher vLLM's `init_none_hash` sets up, given the value of `PYTHONHASHSEED`
@@ -225,12 +218,7 @@ impl BlockHasher {
     }
 
     /// Hashes one full block. `parent` is `None` for the first block of a sequence.
-    pub fn hash_block(
-        &self,
-        parent: Option<&BlockHash>,
-        tokens: &[u32],
-        extra_keys: Option<&[ExtraKey]>,
-    ) -> BlockHash {
+    pub fn hash_block(&self, parent: Option<&BlockHash>, tokens: &[u32], extra_keys: Option<&[ExtraKey]>) -> BlockHash {
         let mut buf = Vec::with_capacity(48 + tokens.len() * 5);
         self.hash_block_with(&mut buf, parent, tokens, extra_keys)
     }
@@ -280,12 +268,7 @@ impl BlockHasher {
 
     /// Hashes every full block of `tokens` with the request's extra keys (LoRA,
     /// multimodal items, cache salt, prompt embeddings), as vLLM's request block hasher.
-    pub fn hash_prompt(
-        &self,
-        tokens: &[u32],
-        block_size: usize,
-        keys: &RequestKeys,
-    ) -> Result<Vec<BlockHash>> {
+    pub fn hash_prompt(&self, tokens: &[u32], block_size: usize, keys: &RequestKeys) -> Result<Vec<BlockHash>> {
         let mut hashes = Vec::with_capacity(tokens.len() / block_size.max(1));
         self.extend_hashes(&mut hashes, None, tokens, block_size, keys)?;
         Ok(hashes)
@@ -315,12 +298,7 @@ impl BlockHasher {
         while start + block_size <= tokens.len() {
             let end = start + block_size;
             let extra = keys.block_keys(start / block_size, start, end, &mut mm_idx);
-            let h = self.hash_block_with(
-                &mut buf,
-                parent.as_ref(),
-                &tokens[start..end],
-                extra.as_deref(),
-            );
+            let h = self.hash_block_with(&mut buf, parent.as_ref(), &tokens[start..end], extra.as_deref());
             hashes.push(h);
             if let Some(out) = extra_out.as_deref_mut() {
                 out.push(extra);
@@ -350,10 +328,7 @@ mod tests {
             assert_eq!(a.name().parse::<HashAlgo>(), Ok(a));
         }
         let err = "sha256".parse::<HashAlgo>().unwrap_err().to_string();
-        assert!(
-            err.contains("\"sha256\"") && err.contains("pickle"),
-            "{err}"
-        );
+        assert!(err.contains("\"sha256\"") && err.contains("pickle"), "{err}");
     }
 
     #[test]
@@ -361,14 +336,8 @@ mod tests {
         let mut b = [0u8; 32];
         b[24..].copy_from_slice(&0x0102_0304_0506_0708u64.to_be_bytes());
         b[0] = 0xff;
-        assert_eq!(
-            BlockHash::from_bytes(&b).map(|h| h.to_u64()),
-            Some(0x0102_0304_0506_0708)
-        );
-        assert_eq!(
-            BlockHash::from_bytes(&[1, 2]).map(|h| h.to_u64()),
-            Some(0x0102)
-        );
+        assert_eq!(BlockHash::from_bytes(&b).map(|h| h.to_u64()), Some(0x0102_0304_0506_0708));
+        assert_eq!(BlockHash::from_bytes(&[1, 2]).map(|h| h.to_u64()), Some(0x0102));
     }
 
     #[test]
@@ -396,8 +365,7 @@ mod tests {
         assert_eq!(all.len(), 2);
         let mut inc = h.hash_tokens(&toks[..5], 4).unwrap();
         assert_eq!(inc.len(), 1);
-        h.extend_hashes(&mut inc, None, &toks, 4, &RequestKeys::default())
-            .unwrap();
+        h.extend_hashes(&mut inc, None, &toks, 4, &RequestKeys::default()).unwrap();
         assert_eq!(inc, all);
     }
 }

@@ -57,12 +57,11 @@ mod tier;
 
 pub use error::{KvCacheError, Result};
 pub use events::{
-    BlockRemoved, BlockStored, EventBatcher, EventSink, ExternalBlockHash, KvEvent, KvEventBatch,
-    NullSink,
+    BlockRemoved, BlockStored, EventBatcher, EventSink, ExternalBlockHash, KvEvent, KvEventBatch, NullSink,
 };
 pub use extra_keys::{
-    ExtraKey, KeyValue, LoraKey, MmSpan, RequestKeys, prompt_embeds_block_digests,
-    prompt_embeds_digest, to_event_extra_keys,
+    ExtraKey, KeyValue, LoraKey, MmSpan, RequestKeys, prompt_embeds_block_digests, prompt_embeds_digest,
+    to_event_extra_keys,
 };
 pub use hash::{BlockHash, BlockHasher, DEFAULT_NONE_HASH_SEED, HashAlgo};
 pub use manager::{ComputedBlocks, KvCacheManager, PrefixCacheStats, Sequence};

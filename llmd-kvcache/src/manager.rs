@@ -56,13 +56,7 @@ impl Sequence {
             return Err(KvCacheError::HasherMismatch(self.id.clone()));
         }
         self.tokens.extend_from_slice(tokens);
-        hasher.extend_hashes(
-            &mut self.hashes,
-            Some(&mut self.block_keys),
-            &self.tokens,
-            self.block_size,
-            &self.keys,
-        )
+        hasher.extend_hashes(&mut self.hashes, Some(&mut self.block_keys), &self.tokens, self.block_size, &self.keys)
     }
 
     /// The request id.
@@ -151,12 +145,7 @@ impl KvCacheManager<NullSink> {
 impl<S: EventSink> KvCacheManager<S> {
     /// A manager over an existing pool (with its sink, medium and tier).
     pub fn with_pool(pool: BlockPool<S>) -> Self {
-        KvCacheManager {
-            pool,
-            requests: HashMap::new(),
-            caching: true,
-            prefix_stats: PrefixCacheStats::default(),
-        }
+        KvCacheManager { pool, requests: HashMap::new(), caching: true, prefix_stats: PrefixCacheStats::default() }
     }
 
     /// Turns prefix caching off (no lookups, no hashes registered) or on.
@@ -261,21 +250,12 @@ impl<S: EventSink> KvCacheManager<S> {
         // The prefix must still be what the lookup found: a block another request has
         // since reused would splice its KV into this one.
         for (i, &b) in computed.blocks.iter().enumerate() {
-            let holds = seq
-                .hashes
-                .get(i)
-                .is_some_and(|h| self.pool.block_hash(b).ok().flatten() == Some(*h));
+            let holds = seq.hashes.get(i).is_some_and(|h| self.pool.block_hash(b).ok().flatten() == Some(*h));
             if !holds || computed.blocks[..i].contains(&b) {
-                return Err(KvCacheError::StaleComputedBlocks {
-                    id: seq.id.clone(),
-                    index: i,
-                    block: b,
-                });
+                return Err(KvCacheError::StaleComputedBlocks { id: seq.id.clone(), index: i, block: b });
             }
         }
-        let total_tokens = have_tokens
-            .checked_add(num_new_tokens)
-            .ok_or(KvCacheError::Overflow("token count"))?;
+        let total_tokens = have_tokens.checked_add(num_new_tokens).ok_or(KvCacheError::Overflow("token count"))?;
         let need = total_tokens.div_ceil(bs).saturating_sub(have_blocks);
         // Computed blocks nobody holds leave the free list when touched.
         let mut revived = 0;
@@ -286,10 +266,7 @@ impl<S: EventSink> KvCacheManager<S> {
         }
         let available = self.pool.num_free().saturating_sub(revived);
         if need > available {
-            return Err(KvCacheError::OutOfBlocks {
-                requested: need,
-                free: available,
-            });
+            return Err(KvCacheError::OutOfBlocks { requested: need, free: available });
         }
         if is_new {
             self.prefix_stats.requests += 1;
@@ -321,8 +298,7 @@ impl<S: EventSink> KvCacheManager<S> {
                         None
                     },
                 };
-                self.pool
-                    .cache_blocks(&state.blocks[from..to], &seq.hashes[from..to], info)?;
+                self.pool.cache_blocks(&state.blocks[from..to], &seq.hashes[from..to], info)?;
                 state.num_cached = to;
             }
         }
@@ -331,10 +307,8 @@ impl<S: EventSink> KvCacheManager<S> {
 
     /// Releases a finished or aborted request's blocks, tail first.
     pub fn free(&mut self, request_id: &str) -> Result<()> {
-        let state = self
-            .requests
-            .remove(request_id)
-            .ok_or_else(|| KvCacheError::UnknownRequest(request_id.to_string()))?;
+        let state =
+            self.requests.remove(request_id).ok_or_else(|| KvCacheError::UnknownRequest(request_id.to_string()))?;
         let mut blocks = state.blocks;
         blocks.reverse();
         self.pool.free(&blocks)

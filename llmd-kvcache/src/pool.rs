@@ -15,9 +15,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::{KvCacheError, Result};
-use crate::events::{
-    BlockRemoved, BlockStored, EventSink, ExternalBlockHash, KvEvent, MEDIUM_GPU, NullSink,
-};
+use crate::events::{BlockRemoved, BlockStored, EventSink, ExternalBlockHash, KvEvent, MEDIUM_GPU, NullSink};
 use crate::extra_keys::KeyValue;
 use crate::hash::BlockHash;
 use crate::tier::Tier;
@@ -72,11 +70,7 @@ pub struct PoolStats {
 impl PoolStats {
     /// Hits over queries, 0 when nothing was queried.
     pub fn hit_rate(&self) -> f64 {
-        if self.queries == 0 {
-            0.0
-        } else {
-            self.hits as f64 / self.queries as f64
-        }
+        if self.queries == 0 { 0.0 } else { self.hits as f64 / self.queries as f64 }
     }
 }
 
@@ -143,8 +137,7 @@ impl<S: EventSink> BlockPool<S> {
         if block_size == 0 {
             return Err(KvCacheError::ZeroBlockSize);
         }
-        let block_size =
-            u32::try_from(block_size).map_err(|_| KvCacheError::BlockSizeTooLarge(block_size))?;
+        let block_size = u32::try_from(block_size).map_err(|_| KvCacheError::BlockSizeTooLarge(block_size))?;
         let mut pool = BlockPool {
             blocks: Vec::with_capacity(capacity),
             head: NIL,
@@ -169,11 +162,7 @@ impl<S: EventSink> BlockPool<S> {
             ref_cnt: 0,
             hash: None,
             prev: if i == 0 { NIL } else { i - 1 },
-            next: if i as usize + 1 == capacity {
-                NIL
-            } else {
-                i + 1
-            },
+            next: if i as usize + 1 == capacity { NIL } else { i + 1 },
         }));
         self.head = 0;
         self.tail = capacity as u32 - 1;
@@ -254,18 +243,13 @@ impl<S: EventSink> BlockPool<S> {
     }
 
     fn block(&self, id: BlockId) -> Result<&Block> {
-        self.blocks
-            .get(id as usize)
-            .ok_or(KvCacheError::NoSuchBlock(id))
+        self.blocks.get(id as usize).ok_or(KvCacheError::NoSuchBlock(id))
     }
 
     /// The blocks caching the longest prefix of `hashes`, without counting it as a
     /// query or changing any state.
     pub fn peek_cached_prefix(&self, hashes: &[BlockHash]) -> Vec<BlockId> {
-        hashes
-            .iter()
-            .map_while(|h| self.cached.get(h).copied())
-            .collect()
+        hashes.iter().map_while(|h| self.cached.get(h).copied()).collect()
     }
 
     /// The blocks caching the longest prefix of `hashes`; counted in the hit statistics.
@@ -295,10 +279,7 @@ impl<S: EventSink> BlockPool<S> {
     /// cached blocks if needed. All or nothing: on error the pool is unchanged.
     pub fn allocate(&mut self, n: usize) -> Result<Vec<BlockId>> {
         if n > self.num_free {
-            return Err(KvCacheError::OutOfBlocks {
-                requested: n,
-                free: self.num_free,
-            });
+            return Err(KvCacheError::OutOfBlocks { requested: n, free: self.num_free });
         }
         let mut out = Vec::with_capacity(n);
         let mut evicted = Vec::new();
@@ -361,12 +342,7 @@ impl<S: EventSink> BlockPool<S> {
     /// `BlockStored` for them. A hash another block already caches is recorded as a
     /// second copy: lookups keep finding the first, and the hash stays cached until the
     /// last copy is evicted.
-    pub fn cache_blocks(
-        &mut self,
-        ids: &[BlockId],
-        hashes: &[BlockHash],
-        info: StoredInfo<'_>,
-    ) -> Result<()> {
+    pub fn cache_blocks(&mut self, ids: &[BlockId], hashes: &[BlockHash], info: StoredInfo<'_>) -> Result<()> {
         if ids.len() != hashes.len() {
             return Err(KvCacheError::LengthMismatch {
                 what: "hashes for blocks to cache",
@@ -390,19 +366,14 @@ impl<S: EventSink> BlockPool<S> {
                     std::collections::hash_map::Entry::Vacant(e) => {
                         e.insert(id);
                     }
-                    std::collections::hash_map::Entry::Occupied(_) => {
-                        self.dups.entry(*h).or_default().push(id)
-                    }
+                    std::collections::hash_map::Entry::Occupied(_) => self.dups.entry(*h).or_default().push(id),
                 }
             }
         }
         if self.sink.enabled() && !ids.is_empty() {
             let ih = self.int_hashes;
             self.sink.emit(KvEvent::BlockStored(BlockStored {
-                block_hashes: hashes
-                    .iter()
-                    .map(|h| ExternalBlockHash::from_hash(h, ih))
-                    .collect(),
+                block_hashes: hashes.iter().map(|h| ExternalBlockHash::from_hash(h, ih)).collect(),
                 parent_block_hash: info.parent.map(|p| ExternalBlockHash::from_hash(&p, ih)),
                 token_ids: info.token_ids.to_vec(),
                 block_size: self.block_size,
@@ -534,11 +505,7 @@ impl<S: EventSink> BlockPool<S> {
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         let list = self.free_list();
         if list.len() != self.num_free {
-            return Err(format!(
-                "free list has {} blocks, counter says {}",
-                list.len(),
-                self.num_free
-            ));
+            return Err(format!("free list has {} blocks, counter says {}", list.len(), self.num_free));
         }
         let mut on_list = vec![false; self.blocks.len()];
         let mut prev = NIL;
@@ -557,10 +524,7 @@ impl<S: EventSink> BlockPool<S> {
         }
         for (i, b) in self.blocks.iter().enumerate() {
             if (b.ref_cnt == 0) != on_list[i] {
-                return Err(format!(
-                    "block {i} has ref_cnt {} but free-list membership {}",
-                    b.ref_cnt, on_list[i]
-                ));
+                return Err(format!("block {i} has ref_cnt {} but free-list membership {}", b.ref_cnt, on_list[i]));
             }
             if let Some(h) = b.hash {
                 let id = i as u32;
@@ -578,18 +542,13 @@ impl<S: EventSink> BlockPool<S> {
             if copies.is_empty() || !self.cached.contains_key(h) {
                 return Err(format!("second copies of {h} without a first"));
             }
-            if copies
-                .iter()
-                .any(|&c| self.blocks.get(c as usize).and_then(|b| b.hash) != Some(*h))
-            {
+            if copies.iter().any(|&c| self.blocks.get(c as usize).and_then(|b| b.hash) != Some(*h)) {
                 return Err(format!("a second copy of {h} does not carry it"));
             }
         }
         for (h, &id) in &self.cached {
             if self.blocks.get(id as usize).and_then(|b| b.hash) != Some(*h) {
-                return Err(format!(
-                    "index maps {h} to block {id}, which does not carry it"
-                ));
+                return Err(format!("index maps {h} to block {id}, which does not carry it"));
             }
         }
         Ok(())
@@ -610,8 +569,7 @@ mod tests {
         let fresh = || {
             let mut p = BlockPool::new(4, 1).unwrap();
             let ids = p.allocate(2).unwrap();
-            p.cache_blocks(&ids[..1], &[h(1)], StoredInfo::default())
-                .unwrap();
+            p.cache_blocks(&ids[..1], &[h(1)], StoredInfo::default()).unwrap();
             p.check_invariants().unwrap();
             (p, ids)
         };
@@ -637,8 +595,7 @@ mod tests {
     fn cached_blocks_are_evicted_lru_after_uncached_ones() {
         let mut p = BlockPool::new(4, 1).unwrap();
         let ids = p.allocate(4).unwrap();
-        p.cache_blocks(&ids[..2], &[h(1), h(2)], StoredInfo::default())
-            .unwrap();
+        p.cache_blocks(&ids[..2], &[h(1), h(2)], StoredInfo::default()).unwrap();
         p.free(&[ids[1], ids[0], ids[2], ids[3]]).unwrap();
         // Uncached first (most recently freed at the front), then cached in free order.
         assert_eq!(p.free_list(), vec![ids[3], ids[2], ids[1], ids[0]]);
@@ -651,37 +608,18 @@ mod tests {
 
     #[test]
     fn events_describe_stores_and_evictions() {
-        let mut p = BlockPool::with_sink(2, 2, Vec::new())
-            .unwrap()
-            .with_int_event_hashes(true);
+        let mut p = BlockPool::with_sink(2, 2, Vec::new()).unwrap().with_int_event_hashes(true);
         let ids = p.allocate(2).unwrap();
-        let info = StoredInfo {
-            token_ids: &[1, 2, 3, 4],
-            lora_name: Some("a"),
-            ..Default::default()
-        };
+        let info = StoredInfo { token_ids: &[1, 2, 3, 4], lora_name: Some("a"), ..Default::default() };
         p.cache_blocks(&ids, &[h(1), h(2)], info).unwrap();
         p.free(&ids).unwrap();
         p.allocate(1).unwrap();
         let ev = std::mem::take(p.sink_mut());
-        let KvEvent::BlockStored(s) = &ev[0] else {
-            panic!("{ev:?}")
-        };
-        assert_eq!(
-            s.block_hashes,
-            vec![
-                ExternalBlockHash::Int(h(1).to_u64()),
-                ExternalBlockHash::Int(h(2).to_u64())
-            ]
-        );
-        assert_eq!(
-            (s.token_ids.len(), s.block_size, s.lora_name.as_deref()),
-            (4, 2, Some("a"))
-        );
+        let KvEvent::BlockStored(s) = &ev[0] else { panic!("{ev:?}") };
+        assert_eq!(s.block_hashes, vec![ExternalBlockHash::Int(h(1).to_u64()), ExternalBlockHash::Int(h(2).to_u64())]);
+        assert_eq!((s.token_ids.len(), s.block_size, s.lora_name.as_deref()), (4, 2, Some("a")));
         assert_eq!(s.medium.as_deref(), Some("GPU"));
-        let KvEvent::BlockRemoved(r) = &ev[1] else {
-            panic!("{ev:?}")
-        };
+        let KvEvent::BlockRemoved(r) = &ev[1] else { panic!("{ev:?}") };
         assert_eq!(r.block_hashes, vec![ExternalBlockHash::Int(h(1).to_u64())]);
     }
 
@@ -698,10 +636,7 @@ mod tests {
         p.allocate(2).unwrap(); // the uncached block, then the first copy
         assert_eq!(p.lookup(&h(1)), Some(b[0]));
         let removed = |p: &mut BlockPool<Vec<KvEvent>>| {
-            std::mem::take(p.sink_mut())
-                .iter()
-                .filter(|e| matches!(e, KvEvent::BlockRemoved(_)))
-                .count()
+            std::mem::take(p.sink_mut()).iter().filter(|e| matches!(e, KvEvent::BlockRemoved(_))).count()
         };
         assert_eq!(removed(&mut p), 0);
         p.allocate(1).unwrap();
@@ -712,13 +647,7 @@ mod tests {
 
     #[test]
     fn bad_construction_is_rejected() {
-        assert!(matches!(
-            BlockPool::new(0, 16),
-            Err(KvCacheError::BadCapacity { got: 0, .. })
-        ));
-        assert_eq!(
-            BlockPool::new(4, 0).unwrap_err(),
-            KvCacheError::ZeroBlockSize
-        );
+        assert!(matches!(BlockPool::new(0, 16), Err(KvCacheError::BadCapacity { got: 0, .. })));
+        assert_eq!(BlockPool::new(4, 0).unwrap_err(), KvCacheError::ZeroBlockSize);
     }
 }

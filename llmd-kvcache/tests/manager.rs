@@ -7,8 +7,8 @@ use std::collections::HashSet;
 
 use llmd_kvcache::codec::{decode_batch, encode_batch};
 use llmd_kvcache::{
-    BlockHash, BlockHasher, BlockPool, EventBatcher, ExternalBlockHash, KvCacheError,
-    KvCacheManager, KvEvent, LoraKey, RequestKeys, Sequence,
+    BlockHash, BlockHasher, BlockPool, EventBatcher, ExternalBlockHash, KvCacheError, KvCacheManager, KvEvent, LoraKey,
+    RequestKeys, Sequence,
 };
 use proptest::prelude::*;
 
@@ -38,10 +38,7 @@ fn second_request_reuses_the_shared_prefix_but_computes_at_least_one_token() {
     // A prompt sharing 9 tokens reuses 2 blocks.
     let c = seq("c", (0..9).chain(100..110).collect(), RequestKeys::new());
     assert_eq!(run_prompt(&mut kv, &c), 8);
-    assert_eq!(
-        kv.block_table("b").unwrap()[..2],
-        kv.block_table("c").unwrap()[..2]
-    );
+    assert_eq!(kv.block_table("b").unwrap()[..2], kv.block_table("c").unwrap()[..2]);
 }
 
 #[test]
@@ -49,19 +46,9 @@ fn lora_and_salt_isolate_the_cache() {
     let mut kv = KvCacheManager::new(32, BS).unwrap();
     let toks: Vec<u32> = (0..12).collect();
     run_prompt(&mut kv, &seq("a", toks.clone(), RequestKeys::new()));
-    let lora = RequestKeys::new().with_lora(LoraKey {
-        name: "l".into(),
-        path: "/l".into(),
-        id: Some(1),
-    });
+    let lora = RequestKeys::new().with_lora(LoraKey { name: "l".into(), path: "/l".into(), id: Some(1) });
     assert_eq!(run_prompt(&mut kv, &seq("b", toks.clone(), lora)), 0);
-    assert_eq!(
-        run_prompt(
-            &mut kv,
-            &seq("c", toks.clone(), RequestKeys::new().with_cache_salt("t"))
-        ),
-        0
-    );
+    assert_eq!(run_prompt(&mut kv, &seq("c", toks.clone(), RequestKeys::new().with_cache_salt("t"))), 0);
     assert_eq!(run_prompt(&mut kv, &seq("d", toks, RequestKeys::new())), 8);
 }
 
@@ -75,13 +62,7 @@ fn out_of_blocks_changes_nothing_and_decode_grows_the_table() {
 
     let big = seq("big", (50..70).collect(), RequestKeys::new());
     let hit = kv.computed_blocks(&big).unwrap();
-    assert_eq!(
-        kv.allocate_slots(&big, 20, hit),
-        Err(KvCacheError::OutOfBlocks {
-            requested: 5,
-            free: 2
-        })
-    );
+    assert_eq!(kv.allocate_slots(&big, 20, hit), Err(KvCacheError::OutOfBlocks { requested: 5, free: 2 }));
     assert!(kv.block_table("big").is_none());
     assert_eq!(kv.pool().num_free(), 2);
 
@@ -94,10 +75,7 @@ fn out_of_blocks_changes_nothing_and_decode_grows_the_table() {
     kv.allocate_slots(&a, 1, Default::default()).unwrap();
     assert_eq!(kv.block_table("a").unwrap().len(), 3);
 
-    assert_eq!(
-        kv.free("nope"),
-        Err(KvCacheError::UnknownRequest("nope".into()))
-    );
+    assert_eq!(kv.free("nope"), Err(KvCacheError::UnknownRequest("nope".into())));
     kv.free("a").unwrap();
     assert_eq!(kv.pool().num_free(), 4);
     assert!(kv.reset_prefix_cache());
@@ -239,10 +217,7 @@ fn stale_or_foreign_computed_blocks_are_rejected() {
     run_prompt(&mut kv, &c);
     kv.free("c").unwrap();
     let err = kv.allocate_slots(&b, 1, hit).unwrap_err();
-    assert!(
-        matches!(err, KvCacheError::StaleComputedBlocks { index: 0, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, KvCacheError::StaleComputedBlocks { index: 0, .. }), "{err}");
     assert!(kv.block_table("b").is_none());
     kv.pool().check_invariants().unwrap();
 }
@@ -252,24 +227,11 @@ fn mismatched_sequences_and_empty_allocations_are_errors() {
     let mut kv = KvCacheManager::new(8, BS).unwrap();
     let hasher = BlockHasher::default();
     let wide = Sequence::new("w", (0..16).collect(), RequestKeys::new(), 8, &hasher).unwrap();
-    assert!(matches!(
-        kv.computed_blocks(&wide),
-        Err(KvCacheError::BlockSizeMismatch {
-            sequence: 8,
-            manager: 4,
-            ..
-        })
-    ));
+    assert!(matches!(kv.computed_blocks(&wide), Err(KvCacheError::BlockSizeMismatch { sequence: 8, manager: 4, .. })));
     let mut s = seq("s", vec![1, 2], RequestKeys::new());
     let other = BlockHasher::new(llmd_kvcache::HashAlgo::XxHashCbor, "1");
-    assert_eq!(
-        s.extend(&[3], &other),
-        Err(KvCacheError::HasherMismatch("s".into()))
-    );
-    assert_eq!(
-        kv.allocate_slots(&s, 0, Default::default()),
-        Err(KvCacheError::EmptyAllocation("s".into()))
-    );
+    assert_eq!(s.extend(&[3], &other), Err(KvCacheError::HasherMismatch("s".into())));
+    assert_eq!(kv.allocate_slots(&s, 0, Default::default()), Err(KvCacheError::EmptyAllocation("s".into())));
     assert_eq!(kv.num_requests(), 0);
 }
 

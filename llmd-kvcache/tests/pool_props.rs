@@ -38,15 +38,8 @@ fn chains() -> Vec<Vec<BlockHash>> {
     let h = BlockHasher::default();
     (0..SEQS)
         .map(|s| {
-            let toks: Vec<u32> = (0..SEQ_BLOCKS * 2)
-                .map(|i| {
-                    if s == 1 && i < 4 {
-                        i as u32
-                    } else {
-                        (s * 1000 + i) as u32
-                    }
-                })
-                .collect();
+            let toks: Vec<u32> =
+                (0..SEQ_BLOCKS * 2).map(|i| if s == 1 && i < 4 { i as u32 } else { (s * 1000 + i) as u32 }).collect();
             h.hash_tokens(&toks, 2).unwrap()
         })
         .collect()
@@ -63,11 +56,7 @@ struct Model {
 
 impl Model {
     fn new(cap: usize) -> Self {
-        Model {
-            refs: vec![0; cap],
-            hash: vec![None; cap],
-            free: (0..cap as u32).collect(),
-        }
+        Model { refs: vec![0; cap], hash: vec![None; cap], free: (0..cap as u32).collect() }
     }
 
     fn alloc(&mut self, n: usize) -> Option<Vec<BlockId>> {
@@ -188,24 +177,11 @@ fn check(ops: &[Op], free: FreeFn) -> Result<(), TestCaseError> {
             Op::Reset => prop_assert_eq!(pool.reset_prefix_cache(), model.reset()),
         }
         pool.check_invariants().map_err(TestCaseError::fail)?;
-        prop_assert_eq!(
-            pool.free_list(),
-            Vec::from(model.free.clone()),
-            "eviction order after {:?}",
-            op
-        );
+        prop_assert_eq!(pool.free_list(), Vec::from(model.free.clone()), "eviction order after {:?}", op);
         for id in 0..CAPACITY as u32 {
-            prop_assert_eq!(
-                pool.ref_count(id).unwrap(),
-                model.refs[id as usize],
-                "ref count of block {}",
-                id
-            );
+            prop_assert_eq!(pool.ref_count(id).unwrap(), model.refs[id as usize], "ref count of block {}", id);
         }
-        prop_assert_eq!(
-            pool.num_free() + model.refs.iter().filter(|&&r| r > 0).count(),
-            CAPACITY
-        );
+        prop_assert_eq!(pool.num_free() + model.refs.iter().filter(|&&r| r > 0).count(), CAPACITY);
         prop_assert!(pool.num_free() <= CAPACITY);
         prop_assert_eq!(pool.num_cached(), model.cached().len());
     }
@@ -237,48 +213,23 @@ fn checks_catch_a_leaking_pool() {
     fn leaky_free(p: &mut BlockPool, ids: &[BlockId]) -> Result<(), KvCacheError> {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static CALLS: AtomicUsize = AtomicUsize::new(0);
-        if CALLS.fetch_add(1, Ordering::Relaxed) % 3 == 2 {
-            Ok(())
-        } else {
-            p.free(ids)
-        }
+        if CALLS.fetch_add(1, Ordering::Relaxed) % 3 == 2 { Ok(()) } else { p.free(ids) }
     }
-    let mut runner = TestRunner::new(Config {
-        cases: 256,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let result = runner.run(&prop::collection::vec(op(), 1..80), |ops| {
-        check(&ops, leaky_free)
-    });
-    assert!(
-        result.is_err(),
-        "the model check did not notice a leaking pool"
-    );
+    let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&prop::collection::vec(op(), 1..80), |ops| check(&ops, leaky_free));
+    assert!(result.is_err(), "the model check did not notice a leaking pool");
 }
 
 #[test]
 fn allocation_is_all_or_nothing_and_names_the_shortfall() {
     let mut pool = BlockPool::new(4, 16).unwrap();
     let held = pool.allocate(3).unwrap();
-    assert_eq!(
-        pool.allocate(2),
-        Err(KvCacheError::OutOfBlocks {
-            requested: 2,
-            free: 1
-        })
-    );
+    assert_eq!(pool.allocate(2), Err(KvCacheError::OutOfBlocks { requested: 2, free: 1 }));
     assert_eq!(pool.num_free(), 1);
     // A bad id in a batch free leaves every block as it was.
-    assert_eq!(
-        pool.free(&[held[0], 99]),
-        Err(KvCacheError::NoSuchBlock(99))
-    );
+    assert_eq!(pool.free(&[held[0], 99]), Err(KvCacheError::NoSuchBlock(99)));
     assert_eq!(pool.ref_count(held[0]).unwrap(), 1);
-    assert_eq!(
-        pool.free(&[held[1], held[1]]),
-        Err(KvCacheError::DoubleFree(held[1]))
-    );
+    assert_eq!(pool.free(&[held[1], held[1]]), Err(KvCacheError::DoubleFree(held[1])));
     assert_eq!(pool.ref_count(held[1]).unwrap(), 1);
     pool.check_invariants().unwrap();
 }

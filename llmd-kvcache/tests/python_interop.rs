@@ -19,8 +19,7 @@ use std::process::{Command, Stdio};
 
 use llmd_kvcache::codec::encode_batch;
 use llmd_kvcache::{
-    BlockHasher, BlockPool, EventBatcher, HashAlgo, KvCacheManager, LoraKey, MmSpan, RequestKeys,
-    Sequence,
+    BlockHasher, BlockPool, EventBatcher, HashAlgo, KvCacheManager, LoraKey, MmSpan, RequestKeys, Sequence,
 };
 use serde_json::json;
 
@@ -51,22 +50,14 @@ impl Rng {
 fn random_keys(rng: &mut Rng, len: usize, blocks: usize) -> RequestKeys {
     let mut keys = RequestKeys::new();
     if rng.below(3) == 0 {
-        keys = keys.with_lora(LoraKey {
-            name: format!("lora-{}", rng.below(5)),
-            path: "/a/é".into(),
-            id: Some(1),
-        });
+        keys = keys.with_lora(LoraKey { name: format!("lora-{}", rng.below(5)), path: "/a/é".into(), id: Some(1) });
     }
     if rng.below(3) == 0 && len > 4 {
         let mut spans = Vec::new();
         let mut at = rng.below(4) as usize;
         while at + 2 < len {
             let length = 1 + rng.below((len - at) as u64 / 2 + 1) as usize;
-            spans.push(MmSpan {
-                identifier: format!("img{:x}", rng.next()),
-                offset: at,
-                length,
-            });
+            spans.push(MmSpan { identifier: format!("img{:x}", rng.next()), offset: at, length });
             at += length + rng.below(6) as usize;
         }
         keys = keys.with_mm(spans).unwrap();
@@ -75,11 +66,7 @@ fn random_keys(rng: &mut Rng, len: usize, blocks: usize) -> RequestKeys {
         keys = keys.with_cache_salt(format!("salt-{}-✓", rng.below(100)));
     }
     if rng.below(5) == 0 {
-        keys = keys.with_prompt_embeds(
-            (0..blocks)
-                .map(|i| [i as u8 ^ rng.below(256) as u8; 32])
-                .collect(),
-        );
+        keys = keys.with_prompt_embeds((0..blocks).map(|i| [i as u8 ^ rng.below(256) as u8; 32]).collect());
     }
     keys
 }
@@ -91,38 +78,24 @@ fn hashes_and_events_agree_with_vllms_python_libraries() {
             std::env::var_os("CI").is_none(),
             "CI must provide the interop Python: .ci/run creates .venv with scripts/interop/requirements.txt"
         );
-        eprintln!(
-            "skipping Python interop: no $LLMD_PYTHON and no .venv (run .ci/run, or set LLMD_PYTHON)"
-        );
+        eprintln!("skipping Python interop: no $LLMD_PYTHON and no .venv (run .ci/run, or set LLMD_PYTHON)");
         return;
     };
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
 
     let mut hash_cases = Vec::new();
     for i in 0..300 {
-        let algo = if i % 2 == 0 {
-            HashAlgo::Sha256Cbor
-        } else {
-            HashAlgo::XxHashCbor
-        };
-        let seed = if rng.below(4) == 0 {
-            "vllm-none-hash".to_string()
-        } else {
-            rng.below(1 << 20).to_string()
-        };
+        let algo = if i % 2 == 0 { HashAlgo::Sha256Cbor } else { HashAlgo::XxHashCbor };
+        let seed = if rng.below(4) == 0 { "vllm-none-hash".to_string() } else { rng.below(1 << 20).to_string() };
         let hasher = BlockHasher::new(algo, &seed);
         let block_size = [1, 2, 3, 16, 32][rng.below(5) as usize];
         let len = rng.below(200) as usize;
         // Token ids across CBOR's 1-, 2-, 3-, 5-byte integer widths.
-        let tokens: Vec<u32> = (0..len)
-            .map(|_| (rng.next() >> (rng.below(32) as u32)) as u32)
-            .collect();
+        let tokens: Vec<u32> = (0..len).map(|_| (rng.next() >> (rng.below(32) as u32)) as u32).collect();
         let keys = random_keys(&mut rng, len, len / block_size);
         let mut hashes = Vec::new();
         let mut extra = Vec::new();
-        hasher
-            .extend_hashes(&mut hashes, Some(&mut extra), &tokens, block_size, &keys)
-            .unwrap();
+        hasher.extend_hashes(&mut hashes, Some(&mut extra), &tokens, block_size, &keys).unwrap();
         hash_cases.push(json!({
             "name": format!("random-{i}"),
             "algo": algo.name(),
@@ -138,9 +111,7 @@ fn hashes_and_events_agree_with_vllms_python_libraries() {
     let mut event_batches = Vec::new();
     for int_hashes in [false, true] {
         let hasher = BlockHasher::default();
-        let pool = BlockPool::with_sink(24, 4, EventBatcher::new(Some(1)))
-            .unwrap()
-            .with_int_event_hashes(int_hashes);
+        let pool = BlockPool::with_sink(24, 4, EventBatcher::new(Some(1))).unwrap().with_int_event_hashes(int_hashes);
         let mut kv = KvCacheManager::with_pool(pool);
         for r in 0..60 {
             let len = 1 + rng.below(40) as usize;
@@ -169,8 +140,7 @@ fn hashes_and_events_agree_with_vllms_python_libraries() {
     assert!(event_batches.len() > 50);
 
     let input = json!({"hash_cases": hash_cases, "event_batches": event_batches}).to_string();
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/interop/kvcache_check.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/interop/kvcache_check.py");
     let mut child = Command::new(&python)
         .arg(&script)
         .stdin(Stdio::piped())
@@ -178,18 +148,10 @@ fn hashes_and_events_agree_with_vllms_python_libraries() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "Python interop check failed:\n{stdout}"
-    );
+    assert!(out.status.success(), "Python interop check failed:\n{stdout}");
     assert!(stdout.contains("agree"), "{stdout}");
 }

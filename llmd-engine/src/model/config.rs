@@ -143,19 +143,10 @@ fn token_ids(v: Option<&Value>, field: &str) -> Result<Vec<u32>> {
     let bad = || EngineError::config(FILE, field, "expected a token id or a list of token ids");
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Number(n)) => Ok(vec![
-            n.as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(bad)?,
-        ]),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|x| {
-                x.as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(bad)
-            })
-            .collect(),
+        Some(Value::Number(n)) => Ok(vec![n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(bad)?]),
+        Some(Value::Array(a)) => {
+            a.iter().map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(bad)).collect()
+        }
         Some(_) => Err(bad()),
     }
 }
@@ -170,8 +161,8 @@ impl ModelConfig {
 
     /// Parses the text of a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: Raw = serde_json::from_str(text)
-            .map_err(|e| EngineError::config(FILE, "(document)", e.to_string()))?;
+        let raw: Raw =
+            serde_json::from_str(text).map_err(|e| EngineError::config(FILE, "(document)", e.to_string()))?;
         let model_type = raw.model_type.unwrap_or_else(|| "llama".into());
         if !matches!(model_type.as_str(), "llama" | "mistral" | "qwen2") {
             return Err(EngineError::config(
@@ -182,20 +173,12 @@ impl ModelConfig {
         }
         if let Some(act) = raw.hidden_act.as_deref() {
             if act != "silu" {
-                return Err(EngineError::config(
-                    FILE,
-                    "hidden_act",
-                    format!("{act:?} is not supported (only silu)"),
-                ));
+                return Err(EngineError::config(FILE, "hidden_act", format!("{act:?} is not supported (only silu)")));
             }
         }
         let heads = raw.num_attention_heads;
         if heads == 0 || raw.hidden_size == 0 || raw.num_hidden_layers == 0 || raw.vocab_size == 0 {
-            return Err(EngineError::config(
-                FILE,
-                "(dimensions)",
-                "sizes must be positive",
-            ));
+            return Err(EngineError::config(FILE, "(dimensions)", "sizes must be positive"));
         }
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
         if kv_heads == 0 || heads % kv_heads != 0 {
@@ -207,23 +190,12 @@ impl ModelConfig {
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(EngineError::config(
-                FILE,
-                "head_dim",
-                format!("{head_dim} must be even and positive"),
-            ));
+            return Err(EngineError::config(FILE, "head_dim", format!("{head_dim} must be even and positive")));
         }
         // transformers 5 keeps rope_theta inside rope_parameters; older configs at the top.
-        let params = raw
-            .rope_parameters
-            .as_ref()
-            .or(raw.rope_scaling.as_ref())
-            .filter(|v| !v.is_null());
-        let rope_theta = params
-            .and_then(|p| p.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .or(raw.rope_theta)
-            .unwrap_or(10_000.0);
+        let params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref()).filter(|v| !v.is_null());
+        let rope_theta =
+            params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).or(raw.rope_theta).unwrap_or(10_000.0);
         let rope_scaling = match params {
             None => RopeScaling::Default,
             Some(p) => parse_rope(p, raw.max_position_embeddings)?,
@@ -250,9 +222,7 @@ impl ModelConfig {
             tie_word_embeddings: raw.tie_word_embeddings,
             mlp_bias: raw.mlp_bias,
             sliding_window,
-            bos_token_id: token_ids(raw.bos_token_id.as_ref(), "bos_token_id")?
-                .first()
-                .copied(),
+            bos_token_id: token_ids(raw.bos_token_id.as_ref(), "bos_token_id")?.first().copied(),
             eos_token_ids: token_ids(raw.eos_token_id.as_ref(), "eos_token_id")?,
         })
     }
@@ -260,23 +230,13 @@ impl ModelConfig {
 
 fn parse_rope(p: &Value, max_pos: usize) -> Result<RopeScaling> {
     let field = "rope_parameters";
-    let kind = p
-        .get("rope_type")
-        .or_else(|| p.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
     let num = |k: &str| p.get(k).and_then(Value::as_f64);
-    let need = |k: &str| {
-        num(k).ok_or_else(|| EngineError::config(FILE, field, format!("{kind} RoPE needs {k:?}")))
-    };
+    let need = |k: &str| num(k).ok_or_else(|| EngineError::config(FILE, field, format!("{kind} RoPE needs {k:?}")));
     Ok(match kind {
         "default" => RopeScaling::Default,
-        "linear" => RopeScaling::Linear {
-            factor: need("factor")?,
-        },
-        "dynamic" => RopeScaling::Dynamic {
-            factor: need("factor")?,
-        },
+        "linear" => RopeScaling::Linear { factor: need("factor")? },
+        "dynamic" => RopeScaling::Dynamic { factor: need("factor")? },
         "llama3" => RopeScaling::Llama3 {
             factor: need("factor")?,
             low_freq_factor: need("low_freq_factor")?,
@@ -300,9 +260,7 @@ fn parse_rope(p: &Value, max_pos: usize) -> Result<RopeScaling> {
             return Err(EngineError::config(
                 FILE,
                 field,
-                format!(
-                    "rope_type {other:?} is not supported (default, linear, dynamic, llama3, yarn)"
-                ),
+                format!("rope_type {other:?} is not supported (default, linear, dynamic, llama3, yarn)"),
             ));
         }
     })

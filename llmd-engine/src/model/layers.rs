@@ -18,25 +18,14 @@ impl Linear {
     /// A layer from a `[out, in]` weight and optional `[out]` bias.
     pub fn new(w: Tensor, b: Option<Tensor>) -> Result<Self> {
         let [out_features, in_features] = w.shape[..] else {
-            return Err(EngineError::Weights(format!(
-                "linear weight must be 2-D, got {:?}",
-                w.shape
-            )));
+            return Err(EngineError::Weights(format!("linear weight must be 2-D, got {:?}", w.shape)));
         };
         if let Some(b) = &b {
             if b.shape != [out_features] {
-                return Err(EngineError::Weights(format!(
-                    "bias shape {:?} for {out_features} outputs",
-                    b.shape
-                )));
+                return Err(EngineError::Weights(format!("bias shape {:?} for {out_features} outputs", b.shape)));
             }
         }
-        Ok(Linear {
-            w: w.data,
-            b: b.map(|b| b.data),
-            out_features,
-            in_features,
-        })
+        Ok(Linear { w: w.data, b: b.map(|b| b.data), out_features, in_features })
     }
 
     /// Output width.
@@ -47,10 +36,7 @@ impl Linear {
     /// Applies the layer to `m` rows of `x`, writing `m` rows into `y`.
     pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) {
         let (n, k) = (self.out_features, self.in_features);
-        assert!(
-            x.len() >= m * k && y.len() >= m * n,
-            "linear: buffers smaller than {m} rows"
-        );
+        assert!(x.len() >= m * k && y.len() >= m * n, "linear: buffers smaller than {m} rows");
         if m == 0 {
             return;
         }
@@ -77,11 +63,7 @@ impl Linear {
                 false,
                 false,
                 false,
-                if m * n * k >= 1 << 15 {
-                    Parallelism::Rayon(0)
-                } else {
-                    Parallelism::None
-                },
+                if m * n * k >= 1 << 15 { Parallelism::Rayon(0) } else { Parallelism::None },
             );
         }
         if let Some(b) = &self.b {

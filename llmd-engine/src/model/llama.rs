@@ -60,9 +60,7 @@ pub struct LlamaModel {
 
 impl std::fmt::Debug for LlamaModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LlamaModel")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("LlamaModel").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -79,80 +77,32 @@ impl LlamaModel {
         let c = &config;
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (qd, kvd) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
-        let linear =
-            |w: &mut Weights, name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-                let weight = w.take(&format!("{name}.weight"), &[out, inp])?;
-                let b = if bias {
-                    Some(w.take(&format!("{name}.bias"), &[out])?)
-                } else {
-                    None
-                };
-                Linear::new(weight, b)
-            };
+        let linear = |w: &mut Weights, name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            let weight = w.take(&format!("{name}.weight"), &[out, inp])?;
+            let b = if bias { Some(w.take(&format!("{name}.bias"), &[out])?) } else { None };
+            Linear::new(weight, b)
+        };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             layers.push(Layer {
                 input_norm: w.take(&format!("{p}.input_layernorm.weight"), &[h])?.data,
-                post_norm: w
-                    .take(&format!("{p}.post_attention_layernorm.weight"), &[h])?
-                    .data,
-                q: linear(
-                    &mut w,
-                    &format!("{p}.self_attn.q_proj"),
-                    qd,
-                    h,
-                    c.attention_bias,
-                )?,
-                k: linear(
-                    &mut w,
-                    &format!("{p}.self_attn.k_proj"),
-                    kvd,
-                    h,
-                    c.attention_bias,
-                )?,
-                v: linear(
-                    &mut w,
-                    &format!("{p}.self_attn.v_proj"),
-                    kvd,
-                    h,
-                    c.attention_bias,
-                )?,
+                post_norm: w.take(&format!("{p}.post_attention_layernorm.weight"), &[h])?.data,
+                q: linear(&mut w, &format!("{p}.self_attn.q_proj"), qd, h, c.attention_bias)?,
+                k: linear(&mut w, &format!("{p}.self_attn.k_proj"), kvd, h, c.attention_bias)?,
+                v: linear(&mut w, &format!("{p}.self_attn.v_proj"), kvd, h, c.attention_bias)?,
                 o: linear(&mut w, &format!("{p}.self_attn.o_proj"), h, qd, false)?,
-                gate: linear(
-                    &mut w,
-                    &format!("{p}.mlp.gate_proj"),
-                    c.intermediate_size,
-                    h,
-                    c.mlp_bias,
-                )?,
-                up: linear(
-                    &mut w,
-                    &format!("{p}.mlp.up_proj"),
-                    c.intermediate_size,
-                    h,
-                    c.mlp_bias,
-                )?,
-                down: linear(
-                    &mut w,
-                    &format!("{p}.mlp.down_proj"),
-                    h,
-                    c.intermediate_size,
-                    c.mlp_bias,
-                )?,
+                gate: linear(&mut w, &format!("{p}.mlp.gate_proj"), c.intermediate_size, h, c.mlp_bias)?,
+                up: linear(&mut w, &format!("{p}.mlp.up_proj"), c.intermediate_size, h, c.mlp_bias)?,
+                down: linear(&mut w, &format!("{p}.mlp.down_proj"), h, c.intermediate_size, c.mlp_bias)?,
             });
         }
         let embed = w.take("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let lm_head = match w.take_opt("lm_head.weight", &[c.vocab_size, h])? {
-            Some(t) => Some(Linear::new(
-                t,
-                w.take_opt("lm_head.bias", &[c.vocab_size])?,
-            )?),
+            Some(t) => Some(Linear::new(t, w.take_opt("lm_head.bias", &[c.vocab_size])?)?),
             None if c.tie_word_embeddings => None,
             None => {
-                return Err(EngineError::Weights(
-                    "missing tensor lm_head.weight (embeddings are not tied)".into(),
-                ));
+                return Err(EngineError::Weights("missing tensor lm_head.weight (embeddings are not tied)".into()));
             }
         };
         Ok(LlamaModel {
@@ -176,16 +126,10 @@ impl LlamaModel {
             || shape.kv_heads != self.config.num_key_value_heads
             || shape.head_dim != self.config.head_dim
         {
-            return Err(EngineError::Input(format!(
-                "KV cache {shape:?} does not fit this model"
-            )));
+            return Err(EngineError::Input(format!("KV cache {shape:?} does not fit this model")));
         }
         for (i, s) in seqs.iter().enumerate() {
-            if let Some(&t) = s
-                .tokens
-                .iter()
-                .find(|&&t| t as usize >= self.config.vocab_size)
-            {
+            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
                 return Err(EngineError::Input(format!(
                     "token id {t} is outside the vocabulary ({})",
                     self.config.vocab_size
@@ -199,13 +143,8 @@ impl LlamaModel {
                     s.start + s.tokens.len()
                 )));
             }
-            if let Some(&b) = s.block_table[..need]
-                .iter()
-                .find(|&&b| b as usize >= shape.num_blocks)
-            {
-                return Err(EngineError::Input(format!(
-                    "sequence {i}: block {b} is outside the cache"
-                )));
+            if let Some(&b) = s.block_table[..need].iter().find(|&&b| b as usize >= shape.num_blocks) {
+                return Err(EngineError::Input(format!("sequence {i}: block {b} is outside the cache")));
             }
         }
         Ok(())
@@ -237,11 +176,7 @@ impl LlamaModel {
             for i in 0..s.tokens.len() {
                 let pos = s.start + i;
                 let window_start = c.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                queries.push(QueryPos {
-                    block_table: s.block_table,
-                    pos,
-                    window_start,
-                });
+                queries.push(QueryPos { block_table: s.block_table, pos, window_start });
                 slots.push(s.block_table[pos / bs] as usize * bs + pos % bs);
                 seq_len_of.push(seq_len);
             }
@@ -277,12 +212,7 @@ impl LlamaModel {
                     self.rope.apply(kt, nkv, qp.pos, len);
                 });
             attn.write_kv(&shape, cache.layer_mut(li), &slots, &k, &v);
-            let input = AttentionInput {
-                heads: nh,
-                scale,
-                q: &q,
-                queries: &queries,
-            };
+            let input = AttentionInput { heads: nh, scale, q: &q, queries: &queries };
             attn.attend(&shape, cache.layer(li), &input, &mut attn_out);
             layer.o.forward(&attn_out, t, &mut proj);
             for (a, b) in x.iter_mut().zip(&proj) {
@@ -323,13 +253,7 @@ impl LlamaModel {
             match &self.lm_head {
                 Some(head) => head.forward(&hn, rows.len(), &mut logits),
                 None => {
-                    let tied = Linear::new(
-                        Tensor {
-                            shape: vec![c.vocab_size, h],
-                            data: self.embed.clone(),
-                        },
-                        None,
-                    )?;
+                    let tied = Linear::new(Tensor { shape: vec![c.vocab_size, h], data: self.embed.clone() }, None)?;
                     tied.forward(&hn, rows.len(), &mut logits);
                 }
             }

@@ -14,9 +14,7 @@ pub struct Rope {
 }
 
 fn base_inv_freq(base: f64, dim: usize) -> Vec<f64> {
-    (0..dim / 2)
-        .map(|i| 1.0 / base.powf((2 * i) as f64 / dim as f64))
-        .collect()
+    (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f64 / dim as f64)).collect()
 }
 
 impl Rope {
@@ -28,20 +26,12 @@ impl Rope {
         let mut dynamic = None;
         let inv: Vec<f64> = match &c.rope_scaling {
             RopeScaling::Default => base_inv_freq(base, dim),
-            RopeScaling::Linear { factor } => base_inv_freq(base, dim)
-                .into_iter()
-                .map(|f| f / factor)
-                .collect(),
+            RopeScaling::Linear { factor } => base_inv_freq(base, dim).into_iter().map(|f| f / factor).collect(),
             RopeScaling::Dynamic { factor } => {
                 dynamic = Some((*factor, base));
                 base_inv_freq(base, dim)
             }
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => {
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
                 let old = *original_max_position_embeddings;
                 let low_wavelen = old / low_freq_factor;
                 let high_wavelen = old / high_freq_factor;
@@ -54,8 +44,7 @@ impl Rope {
                         } else if wavelen > low_wavelen {
                             f / factor
                         } else {
-                            let smooth = (old / wavelen - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -72,11 +61,7 @@ impl Rope {
                 truncate,
             } => {
                 let get_mscale = |scale: f64, m: f64| {
-                    if scale <= 1.0 {
-                        1.0
-                    } else {
-                        0.1 * m * scale.ln() + 1.0
-                    }
+                    if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 }
                 };
                 attention_scale = match (attention_factor, mscale, mscale_all_dim) {
                     (Some(a), _, _) => *a,
@@ -87,8 +72,7 @@ impl Rope {
                 } as f32;
                 let d = dim as f64;
                 let correction = |rot: f64| {
-                    (d * (original_max_position_embeddings / (rot * 2.0 * std::f64::consts::PI))
-                        .ln())
+                    (d * (original_max_position_embeddings / (rot * 2.0 * std::f64::consts::PI)).ln())
                         / (2.0 * base.ln())
                 };
                 let (mut low, mut high) = (correction(*beta_fast), correction(*beta_slow));
@@ -127,14 +111,9 @@ impl Rope {
         match self.dynamic {
             Some((factor, base)) if seq_len > self.max_positions => {
                 let d = self.head_dim as f64;
-                let grown = base
-                    * ((factor * seq_len as f64 / self.max_positions as f64) - (factor - 1.0))
-                        .powf(d / (d - 2.0));
-                base_inv_freq(grown, self.head_dim)
-                    .into_iter()
-                    .map(|f| f as f32)
-                    .collect::<Vec<_>>()
-                    .into()
+                let grown =
+                    base * ((factor * seq_len as f64 / self.max_positions as f64) - (factor - 1.0)).powf(d / (d - 2.0));
+                base_inv_freq(grown, self.head_dim).into_iter().map(|f| f as f32).collect::<Vec<_>>().into()
             }
             _ => self.inv_freq.as_slice().into(),
         }
@@ -150,10 +129,7 @@ impl Rope {
             .iter()
             .map(|&f| {
                 let a = pos as f32 * f;
-                (
-                    a.cos() * self.attention_scale,
-                    a.sin() * self.attention_scale,
-                )
+                (a.cos() * self.attention_scale, a.sin() * self.attention_scale)
             })
             .unzip();
         for h in 0..heads {

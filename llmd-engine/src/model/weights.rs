@@ -23,10 +23,7 @@ impl Tensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         let n: usize = shape.iter().product();
         if n != data.len() {
-            return Err(EngineError::Weights(format!(
-                "shape {shape:?} needs {n} elements, got {}",
-                data.len()
-            )));
+            return Err(EngineError::Weights(format!("shape {shape:?} needs {n} elements, got {}", data.len())));
         }
         Ok(Tensor { shape, data })
     }
@@ -49,23 +46,12 @@ impl Weights {
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<String> = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| EngineError::io(&index, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                EngineError::config("model.safetensors.index.json", "(document)", e.to_string())
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| EngineError::config("model.safetensors.index.json", "(document)", e.to_string()))?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                EngineError::config("model.safetensors.index.json", "weight_map", "missing or not an object")
             })?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| {
-                    EngineError::config(
-                        "model.safetensors.index.json",
-                        "weight_map",
-                        "missing or not an object",
-                    )
-                })?;
-            let mut files: Vec<String> = map
-                .values()
-                .filter_map(|f| f.as_str().map(String::from))
-                .collect();
+            let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
             files.sort();
             files.dedup();
             files
@@ -80,24 +66,15 @@ impl Weights {
         let mut tensors = HashMap::new();
         for f in files {
             if f.contains('/') || f.contains("..") {
-                return Err(EngineError::Weights(format!(
-                    "shard name {f:?} leaves the checkpoint directory"
-                )));
+                return Err(EngineError::Weights(format!("shard name {f:?} leaves the checkpoint directory")));
             }
             let path = dir.join(&f);
             let bytes = std::fs::read(&path).map_err(|e| EngineError::io(&path, e))?;
-            let st = SafeTensors::deserialize(&bytes)
-                .map_err(|e| EngineError::Weights(format!("{f}: {e}")))?;
+            let st = SafeTensors::deserialize(&bytes).map_err(|e| EngineError::Weights(format!("{f}: {e}")))?;
             for (name, view) in st.tensors() {
-                let data = to_f32(view.dtype(), view.data())
-                    .map_err(|e| EngineError::Weights(format!("{f}: {name}: {e}")))?;
-                tensors.insert(
-                    name,
-                    Tensor {
-                        shape: view.shape().to_vec(),
-                        data,
-                    },
-                );
+                let data =
+                    to_f32(view.dtype(), view.data()).map_err(|e| EngineError::Weights(format!("{f}: {name}: {e}")))?;
+                tensors.insert(name, Tensor { shape: view.shape().to_vec(), data });
             }
         }
         Ok(Weights { tensors })
@@ -110,26 +87,16 @@ impl Weights {
 
     /// Removes and returns a tensor, checking its shape.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self
-            .tensors
-            .remove(name)
-            .ok_or_else(|| EngineError::Weights(format!("missing tensor {name}")))?;
+        let t = self.tensors.remove(name).ok_or_else(|| EngineError::Weights(format!("missing tensor {name}")))?;
         if t.shape != shape {
-            return Err(EngineError::Weights(format!(
-                "{name} has shape {:?}, expected {shape:?}",
-                t.shape
-            )));
+            return Err(EngineError::Weights(format!("{name} has shape {:?}, expected {shape:?}", t.shape)));
         }
         Ok(t)
     }
 
     /// Like [`take`](Self::take) but `None` when absent.
     pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
-        if self.contains(name) {
-            self.take(name, shape).map(Some)
-        } else {
-            Ok(None)
-        }
+        if self.contains(name) { self.take(name, shape).map(Some) } else { Ok(None) }
     }
 }
 

@@ -30,48 +30,27 @@ use llmd_kvcache::RequestKeys;
 type Shared = State<Arc<AppState>>;
 
 /// An OpenAI-style error response.
-pub(crate) fn error(
-    status: StatusCode,
-    kind: &str,
-    message: impl Into<String>,
-    param: Option<&str>,
-) -> Response {
+pub(crate) fn error(status: StatusCode, kind: &str, message: impl Into<String>, param: Option<&str>) -> Response {
     let body = json!({"error": {"message": message.into(), "type": kind, "param": param, "code": status.as_u16()}});
     (status, axum::Json(body)).into_response()
 }
 
 fn bad_request(message: impl Into<String>, param: Option<&str>) -> Response {
-    error(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        message,
-        param,
-    )
+    error(StatusCode::BAD_REQUEST, "invalid_request_error", message, param)
 }
 
 fn engine_error(e: EngineError) -> Response {
     match e {
         EngineError::InvalidParam { param, message } => bad_request(message, Some(&param)),
         e @ EngineError::ContextTooLong { .. } => bad_request(e.to_string(), Some("messages")),
-        e @ EngineError::Overloaded { .. } => error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            e.to_string(),
-            None,
-        ),
-        e @ EngineError::EngineDead(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            e.to_string(),
-            None,
-        ),
+        e @ EngineError::Overloaded { .. } => {
+            error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", e.to_string(), None)
+        }
+        e @ EngineError::EngineDead(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", e.to_string(), None)
+        }
         e @ EngineError::Tokenizer(_) => bad_request(e.to_string(), None),
-        e => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_server_error",
-            e.to_string(),
-            None,
-        ),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", e.to_string(), None),
     }
 }
 
@@ -101,9 +80,7 @@ fn check_common(s: &AppState, c: &Common) -> Result<(), Response> {
         return Err(bad_request("only n=1 is supported", Some("n")));
     }
     if !s.alive.load(Ordering::SeqCst) {
-        return Err(engine_error(EngineError::EngineDead(
-            "the engine loop has stopped".into(),
-        )));
+        return Err(engine_error(EngineError::EngineDead("the engine loop has stopped".into())));
     }
     Ok(())
 }
@@ -144,23 +121,10 @@ async fn submit(
     let (out, rx) = tmpsc::unbounded_channel();
     let (ack, ack_rx) = oneshot::channel();
     let id = req.id.clone();
-    let dead = || {
-        engine_error(EngineError::EngineDead(
-            "the engine loop has stopped".into(),
-        ))
-    };
-    s.commands
-        .send(Command::Add { req: Box::new(req), out, ack })
-        .map_err(|_| dead())?;
+    let dead = || engine_error(EngineError::EngineDead("the engine loop has stopped".into()));
+    s.commands.send(Command::Add { req: Box::new(req), out, ack }).map_err(|_| dead())?;
     match ack_rx.await {
-        Ok(Ok(())) => Ok((
-            rx,
-            AbortOnDrop {
-                id,
-                commands: s.commands.clone(),
-                finished: false,
-            },
-        )),
+        Ok(Ok(())) => Ok((rx, AbortOnDrop { id, commands: s.commands.clone(), finished: false })),
         Ok(Err(e)) => Err(engine_error(e)),
         Err(_) => Err(dead()),
     }
@@ -170,11 +134,7 @@ fn token_text(s: &AppState, id: u32) -> String {
     s.tokenizer.decode(&[id], false).unwrap_or_default()
 }
 
-fn completion_logprobs(
-    s: &AppState,
-    items: &[(u32, Sampled)],
-    offset: usize,
-) -> CompletionLogprobs {
+fn completion_logprobs(s: &AppState, items: &[(u32, Sampled)], offset: usize) -> CompletionLogprobs {
     let mut lp = CompletionLogprobs::default();
     let mut at = offset;
     for (tok, smp) in items {
@@ -183,12 +143,8 @@ fn completion_logprobs(
         at += text.len();
         lp.tokens.push(text);
         lp.token_logprobs.push(smp.logprob.unwrap_or(0.0));
-        lp.top_logprobs.push(
-            smp.top
-                .iter()
-                .map(|t| (token_text(s, t.token), Value::from(f64::from(t.logprob))))
-                .collect(),
-        );
+        lp.top_logprobs
+            .push(smp.top.iter().map(|t| (token_text(s, t.token), Value::from(f64::from(t.logprob)))).collect());
     }
     lp
 }
@@ -207,11 +163,7 @@ fn chat_logprobs(s: &AppState, items: &[(u32, Sampled)]) -> ChatLogprobs {
                         .iter()
                         .map(|t| {
                             let token = token_text(s, t.token);
-                            TopLogprob {
-                                bytes: token.as_bytes().to_vec(),
-                                token,
-                                logprob: t.logprob,
-                            }
+                            TopLogprob { bytes: token.as_bytes().to_vec(), token, logprob: t.logprob }
                         })
                         .collect(),
                     token,
@@ -222,11 +174,7 @@ fn chat_logprobs(s: &AppState, items: &[(u32, Sampled)]) -> ChatLogprobs {
 }
 
 fn sampled_pairs(o: &RequestOutput) -> Vec<(u32, Sampled)> {
-    o.token_ids
-        .iter()
-        .copied()
-        .zip(o.logprobs.iter().cloned())
-        .collect()
+    o.token_ids.iter().copied().zip(o.logprobs.iter().cloned()).collect()
 }
 
 /// Collects a request's outputs to the end.
@@ -245,15 +193,11 @@ async fn collect(
         }
     }
     guard.finished = true;
-    Err(engine_error(EngineError::EngineDead(
-        "the engine stopped while serving the request".into(),
-    )))
+    Err(engine_error(EngineError::EngineDead("the engine stopped while serving the request".into())))
 }
 
 fn sse_json<T: Serialize>(v: &T) -> Event {
-    Event::default().data(
-        serde_json::to_string(v).unwrap_or_else(|e| json!({"error": e.to_string()}).to_string()),
-    )
+    Event::default().data(serde_json::to_string(v).unwrap_or_else(|e| json!({"error": e.to_string()}).to_string()))
 }
 
 /// Streams `first`, then `render(output)` for each output, then `[DONE]`. A task moves
@@ -295,12 +239,12 @@ fn sse_stream(
             }
         }
     });
-    let stream = futures_util::stream::unfold(events, |mut r| async move {
-        r.recv().await.map(|e| (Ok::<Event, Infallible>(e), r))
-    });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    let stream =
+        futures_util::stream::unfold(
+            events,
+            |mut r| async move { r.recv().await.map(|e| (Ok::<Event, Infallible>(e), r)) },
+        );
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
 fn include_usage(c: &Common) -> bool {
@@ -325,10 +269,7 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
         Prompt::Texts(mut v) if v.len() == 1 => s.tokenizer.encode(&v.remove(0), true),
         Prompt::TokenLists(mut v) if v.len() == 1 => Ok(v.remove(0)),
         _ => {
-            return bad_request(
-                "batched prompts are not supported; send one prompt per request",
-                Some("prompt"),
-            );
+            return bad_request("batched prompts are not supported; send one prompt per request", Some("prompt"));
         }
     };
     let prompt = match prompt {
@@ -340,15 +281,9 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
     }
     let max_tokens = req.max_tokens.unwrap_or(16);
     let params = sampling(&req.common, max_tokens, req.logprobs);
-    let keys =
-        RequestKeys::new().with_cache_salt(req.common.cache_salt.clone().unwrap_or_default());
+    let keys = RequestKeys::new().with_cache_salt(req.common.cache_salt.clone().unwrap_or_default());
     let id = s.request_id("cmpl");
-    let new = NewRequest {
-        id: id.clone(),
-        prompt,
-        params,
-        keys,
-    };
+    let new = NewRequest { id: id.clone(), prompt, params, keys };
     let (mut rx, mut guard) = match submit(&s, new).await {
         Ok(x) => x,
         Err(resp) => return resp,
@@ -372,11 +307,7 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
                 logprobs: want_logprobs.then(|| completion_logprobs(&s, &lps, 0)),
                 finish_reason: last.finished.map(|f| f.as_str()),
             }],
-            usage: Some(Usage::new(
-                last.prompt_tokens,
-                last.completion_tokens,
-                last.cached_tokens,
-            )),
+            usage: Some(Usage::new(last.prompt_tokens, last.completion_tokens, last.cached_tokens)),
         };
         return axum::Json(resp).into_response();
     }
@@ -425,16 +356,11 @@ fn chat_messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, Response> {
                 Some(Content::Parts(parts)) => {
                     let mut text = String::new();
                     for p in parts {
-                        match (
-                            p.get("type").and_then(Value::as_str),
-                            p.get("text").and_then(Value::as_str),
-                        ) {
+                        match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
                             (Some("text"), Some(t)) => text.push_str(t),
                             (kind, _) => {
                                 return Err(bad_request(
-                                    format!(
-                                        "content part type {kind:?} is not supported (only text)"
-                                    ),
+                                    format!("content part type {kind:?} is not supported (only text)"),
                                     Some("messages"),
                                 ));
                             }
@@ -443,10 +369,7 @@ fn chat_messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, Response> {
                     text
                 }
             };
-            Ok(ChatMessage {
-                role: m.role.clone(),
-                content,
-            })
+            Ok(ChatMessage { role: m.role.clone(), content })
         })
         .collect()
 }
@@ -464,29 +387,21 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
         Ok(m) => m,
         Err(resp) => return resp,
     };
-    let prompt = match s
-        .template
-        .render(&messages, req.add_generation_prompt)
-        .and_then(|text| s.tokenizer.encode(&text, false))
-    {
-        Ok(p) => p,
-        Err(e) => return engine_error(e),
-    };
+    let prompt =
+        match s.template.render(&messages, req.add_generation_prompt).and_then(|text| s.tokenizer.encode(&text, false))
+        {
+            Ok(p) => p,
+            Err(e) => return engine_error(e),
+        };
     let max_tokens = req
         .max_completion_tokens
         .or(req.max_tokens)
         .unwrap_or_else(|| s.max_model_len.saturating_sub(prompt.len()).max(1));
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     let params = sampling(&req.common, max_tokens, logprobs);
-    let keys =
-        RequestKeys::new().with_cache_salt(req.common.cache_salt.clone().unwrap_or_default());
+    let keys = RequestKeys::new().with_cache_salt(req.common.cache_salt.clone().unwrap_or_default());
     let id = s.request_id("chatcmpl");
-    let new = NewRequest {
-        id: id.clone(),
-        prompt,
-        params,
-        keys,
-    };
+    let new = NewRequest { id: id.clone(), prompt, params, keys };
     let (mut rx, mut guard) = match submit(&s, new).await {
         Ok(x) => x,
         Err(resp) => return resp,
@@ -505,18 +420,11 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
             model,
             choices: vec![ChatChoice {
                 index: 0,
-                message: OutMessage {
-                    role: "assistant",
-                    content: text,
-                },
+                message: OutMessage { role: "assistant", content: text },
                 logprobs: req.logprobs.then(|| chat_logprobs(&s, &lps)),
                 finish_reason: last.finished.map(|f| f.as_str()),
             }],
-            usage: Usage::new(
-                last.prompt_tokens,
-                last.completion_tokens,
-                last.cached_tokens,
-            ),
+            usage: Usage::new(last.prompt_tokens, last.completion_tokens, last.cached_tokens),
         };
         return axum::Json(resp).into_response();
     }
@@ -532,10 +440,7 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
     };
     let role = ChatChunkChoice {
         index: 0,
-        delta: Delta {
-            role: Some("assistant"),
-            content: Some(String::new()),
-        },
+        delta: Delta { role: Some("assistant"), content: Some(String::new()) },
         logprobs: None,
         finish_reason: None,
     };
@@ -546,10 +451,7 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
         if !o.text.is_empty() || o.finished.is_some() {
             let choice = ChatChunkChoice {
                 index: 0,
-                delta: Delta {
-                    role: None,
-                    content: (!o.text.is_empty()).then(|| o.text.clone()),
-                },
+                delta: Delta { role: None, content: (!o.text.is_empty()).then(|| o.text.clone()) },
                 logprobs: want_logprobs.then(|| chat_logprobs(&st, &sampled_pairs(o))),
                 finish_reason: o.finished.map(|f| f.as_str()),
             };
@@ -584,9 +486,7 @@ pub(crate) async fn health(State(s): Shared) -> Response {
     if s.alive.load(Ordering::SeqCst) {
         StatusCode::OK.into_response()
     } else {
-        engine_error(EngineError::EngineDead(
-            "the engine loop has stopped".into(),
-        ))
+        engine_error(EngineError::EngineDead("the engine loop has stopped".into()))
     }
 }
 
@@ -594,19 +494,7 @@ pub(crate) async fn health(State(s): Shared) -> Response {
 pub(crate) async fn metrics(State(s): Shared) -> Response {
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_server_error",
-            e.to_string(),
-            None,
-        );
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", e.to_string(), None);
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }

@@ -6,8 +6,11 @@
 //! Routes: `POST /v1/completions`, `POST /v1/chat/completions` (both with SSE
 //! streaming), `GET /v1/models`, `GET /health`, `GET /metrics`.
 
+mod events;
 mod handlers;
 mod openai;
+
+pub use events::KvEventsConfig;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -26,22 +29,18 @@ use crate::tokenizer::{ChatTemplate, Tokenize};
 pub struct ServerConfig {
     /// Requests allowed to wait for the engine before new ones get 429.
     pub max_queued_requests: usize,
+    /// Publish KV events over ZMQ (off when `None`).
+    pub kv_events: Option<KvEventsConfig>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            max_queued_requests: 1024,
-        }
+        ServerConfig { max_queued_requests: 1024, kv_events: None }
     }
 }
 
 pub(crate) enum Command {
-    Add {
-        req: Box<NewRequest>,
-        out: tmpsc::UnboundedSender<RequestOutput>,
-        ack: oneshot::Sender<Result<()>>,
-    },
+    Add { req: Box<NewRequest>, out: tmpsc::UnboundedSender<RequestOutput>, ack: oneshot::Sender<Result<()>> },
     Abort(String),
     Shutdown,
 }
@@ -61,10 +60,7 @@ pub(crate) struct AppState {
 
 impl AppState {
     pub(crate) fn request_id(&self, prefix: &str) -> String {
-        format!(
-            "{prefix}-{:016x}",
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        )
+        format!("{prefix}-{:016x}", self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 }
 
@@ -73,6 +69,7 @@ pub struct Server {
     router: Router,
     commands: mpsc::Sender<Command>,
     thread: Option<std::thread::JoinHandle<()>>,
+    events_endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for Server {
@@ -82,8 +79,19 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Starts the engine thread. `template` renders chat requests.
-    pub fn start(engine: Engine, template: ChatTemplate, cfg: ServerConfig) -> Result<Self> {
+    /// Starts the engine thread (and the KV event publisher, which needs a tokio
+    /// runtime). `template` renders chat requests.
+    pub async fn start(engine: Engine, template: ChatTemplate, cfg: ServerConfig) -> Result<Self> {
+        let (events_tx, events_endpoint) = match &cfg.kv_events {
+            None => (None, None),
+            Some(ev) => {
+                let (publisher, bound) = events::Publisher::bind(ev).await?;
+                let (tx, rx) = tmpsc::unbounded_channel();
+                tokio::spawn(publisher.run(rx));
+                tracing::info!(endpoint = %bound, topic = %ev.topic, "publishing KV events");
+                (Some(tx), Some(bound))
+            }
+        };
         let mut registry = Registry::default();
         engine.metrics().register(&mut registry);
         let (tx, rx) = mpsc::channel();
@@ -97,13 +105,11 @@ impl Server {
             registry,
             alive: alive.clone(),
             next_id: AtomicU64::new(0),
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         });
         let thread = std::thread::Builder::new()
             .name("llmd-engine".into())
-            .spawn(move || engine_loop(engine, rx, cfg, alive))
+            .spawn(move || engine_loop(engine, rx, cfg, alive, events_tx))
             .map_err(|e| EngineError::EngineDead(format!("cannot start the engine thread: {e}")))?;
         let router = Router::new()
             .route("/v1/completions", post(handlers::completions))
@@ -112,11 +118,12 @@ impl Server {
             .route("/health", get(handlers::health))
             .route("/metrics", get(handlers::metrics))
             .with_state(state);
-        Ok(Server {
-            router,
-            commands: tx,
-            thread: Some(thread),
-        })
+        Ok(Server { router, commands: tx, thread: Some(thread), events_endpoint })
+    }
+
+    /// The endpoint KV events are published on, once bound (with the real port).
+    pub fn kv_events_endpoint(&self) -> Option<&str> {
+        self.events_endpoint.as_deref()
     }
 
     /// The HTTP routes.
@@ -130,9 +137,7 @@ impl Server {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let result = axum::serve(listener, self.router.clone())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let result = axum::serve(listener, self.router.clone()).with_graceful_shutdown(shutdown).await;
         self.stop();
         result
     }
@@ -156,6 +161,7 @@ fn engine_loop(
     rx: mpsc::Receiver<Command>,
     cfg: ServerConfig,
     alive: Arc<AtomicBool>,
+    events_tx: Option<tmpsc::UnboundedSender<llmd_kvcache::KvEventBatch>>,
 ) {
     use std::collections::HashMap;
     let mut outs: HashMap<String, tmpsc::UnboundedSender<RequestOutput>> = HashMap::new();
@@ -171,10 +177,7 @@ fn engine_loop(
             }
         };
         let mut shutdown = false;
-        for cmd in first
-            .into_iter()
-            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
-        {
+        for cmd in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             match cmd {
                 Command::Add { req, out, ack } => {
                     let (_, waiting) = engine.num_requests();
@@ -217,6 +220,13 @@ fn engine_loop(
                 tracing::error!(error = %e, "engine step failed; stopping");
                 break;
             }
+        }
+        match (&events_tx, engine.take_events()) {
+            (Some(tx), Some(batch)) => {
+                let _ = tx.send(batch);
+            }
+            // Not publishing: the batch is dropped (it was only buffered for us).
+            _ => {}
         }
     }
     alive.store(false, Ordering::SeqCst);

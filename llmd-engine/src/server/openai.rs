@@ -119,9 +119,7 @@ impl Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: prompt + completion,
-            prompt_tokens_details: PromptTokensDetails {
-                cached_tokens: cached,
-            },
+            prompt_tokens_details: PromptTokensDetails { cached_tokens: cached },
         }
     }
 }

@@ -16,13 +16,14 @@ impl IncrementalDecoder {
     pub(crate) fn step(&mut self, tok: &dyn Tokenize, ids: &[u32]) -> Result<String> {
         let prefix = tok.decode(&ids[self.prefix_offset..self.read_offset], true)?;
         let full = tok.decode(&ids[self.prefix_offset..], true)?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
-            if let Some(delta) = full.get(prefix.len()..) {
-                let delta = delta.to_string();
-                self.prefix_offset = self.read_offset;
-                self.read_offset = ids.len();
-                return Ok(delta);
-            }
+        if full.len() > prefix.len()
+            && !full.ends_with('\u{FFFD}')
+            && let Some(delta) = full.get(prefix.len()..)
+        {
+            let delta = delta.to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = ids.len();
+            return Ok(delta);
         }
         Ok(String::new())
     }

@@ -226,10 +226,10 @@ impl RequestKeys {
             keys.push(ExtraKey::Lora { name: l.name.clone(), path: l.path.clone() });
         }
         self.mm_keys(start, end, mm_idx, &mut keys);
-        if start == 0 {
-            if let Some(s) = &self.cache_salt {
-                keys.push(ExtraKey::CacheSalt(s.clone()));
-            }
+        if start == 0
+            && let Some(s) = &self.cache_salt
+        {
+            keys.push(ExtraKey::CacheSalt(s.clone()));
         }
         if !self.prompt_embeds.is_empty() {
             let d = self.prompt_embeds.get(block_index).copied().unwrap_or(EMPTY_SHA256);

@@ -171,17 +171,17 @@ impl ModelConfig {
                 format!("{model_type:?} is not supported (supported: llama, mistral, qwen2)"),
             ));
         }
-        if let Some(act) = raw.hidden_act.as_deref() {
-            if act != "silu" {
-                return Err(EngineError::config(FILE, "hidden_act", format!("{act:?} is not supported (only silu)")));
-            }
+        if let Some(act) = raw.hidden_act.as_deref()
+            && act != "silu"
+        {
+            return Err(EngineError::config(FILE, "hidden_act", format!("{act:?} is not supported (only silu)")));
         }
         let heads = raw.num_attention_heads;
         if heads == 0 || raw.hidden_size == 0 || raw.num_hidden_layers == 0 || raw.vocab_size == 0 {
             return Err(EngineError::config(FILE, "(dimensions)", "sizes must be positive"));
         }
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
-        if kv_heads == 0 || heads % kv_heads != 0 {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(EngineError::config(
                 FILE,
                 "num_key_value_heads",
@@ -189,7 +189,7 @@ impl ModelConfig {
             ));
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(EngineError::config(FILE, "head_dim", format!("{head_dim} must be even and positive")));
         }
         // transformers 5 keeps rope_theta inside rope_parameters; older configs at the top.

@@ -20,10 +20,10 @@ impl Linear {
         let [out_features, in_features] = w.shape[..] else {
             return Err(EngineError::Weights(format!("linear weight must be 2-D, got {:?}", w.shape)));
         };
-        if let Some(b) = &b {
-            if b.shape != [out_features] {
-                return Err(EngineError::Weights(format!("bias shape {:?} for {out_features} outputs", b.shape)));
-            }
+        if let Some(b) = &b
+            && b.shape != [out_features]
+        {
+            return Err(EngineError::Weights(format!("bias shape {:?} for {out_features} outputs", b.shape)));
         }
         Ok(Linear { w: w.data, b: b.map(|b| b.data), out_features, in_features })
     }

@@ -66,15 +66,15 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
 }
 
 fn check_common(s: &AppState, c: &Common) -> Result<(), Response> {
-    if let Some(m) = &c.model {
-        if m != &s.model_name {
-            return Err(error(
-                StatusCode::NOT_FOUND,
-                "not_found_error",
-                format!("The model `{m}` does not exist."),
-                Some("model"),
-            ));
-        }
+    if let Some(m) = &c.model
+        && m != &s.model_name
+    {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            format!("The model `{m}` does not exist."),
+            Some("model"),
+        ));
     }
     if c.n.is_some_and(|n| n != 1) {
         return Err(bad_request("only n=1 is supported", Some("n")));

@@ -221,12 +221,10 @@ fn engine_loop(
                 break;
             }
         }
-        match (&events_tx, engine.take_events()) {
-            (Some(tx), Some(batch)) => {
-                let _ = tx.send(batch);
-            }
-            // Not publishing: the batch is dropped (it was only buffered for us).
-            _ => {}
+        // Always drain: without a publisher the batch is simply dropped.
+        let batch = engine.take_events();
+        if let (Some(tx), Some(batch)) = (&events_tx, batch) {
+            let _ = tx.send(batch);
         }
     }
     alive.store(false, Ordering::SeqCst);

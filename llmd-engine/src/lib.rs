@@ -14,6 +14,11 @@
 //! OpenAI-compatible HTTP API. [`SimBackend`] replaces the model with a latency model on
 //! an injected clock, for scheduler tests and benchmarks at scale.
 
+// The README's example runs as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod attention;
 pub mod backend;
 pub mod builtin;

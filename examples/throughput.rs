@@ -10,8 +10,27 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use llmd::engine::{
-    ByteTokenizer, Engine, EngineConfig, KvDtype, LlamaModel, ModelBackend, NewRequest, SamplingParams, SystemClock,
+    Engine, EngineConfig, EngineError, KvDtype, LlamaModel, ModelBackend, NewRequest, SamplingParams, SystemClock,
+    Tokenize,
 };
+
+/// Token ids only: the benchmark measures the model, not detokenization.
+struct IdsOnly;
+
+impl Tokenize for IdsOnly {
+    fn encode(&self, _: &str, _: bool) -> Result<Vec<u32>, EngineError> {
+        Ok(Vec::new())
+    }
+    fn decode(&self, _: &[u32], _: bool) -> Result<String, EngineError> {
+        Ok(String::new())
+    }
+    fn vocab_size(&self) -> usize {
+        0
+    }
+    fn token_to_id(&self, _: &str) -> Option<u32> {
+        None
+    }
+}
 use llmd::kvcache::RequestKeys;
 
 /// The prompts the Python side uses too.
@@ -43,9 +62,7 @@ fn main() -> Result<()> {
         kv_dtype: KvDtype::F32,
         ..Default::default()
     };
-    // The tokenizer only turns tokens into text here; ids stay within the model's vocab.
-    let mut engine =
-        Engine::new(cfg, Box::new(backend), Arc::new(ByteTokenizer), vec![], Arc::new(SystemClock::default()))?;
+    let mut engine = Engine::new(cfg, Box::new(backend), Arc::new(IdsOnly), vec![], Arc::new(SystemClock::default()))?;
     let start = Instant::now();
     for b in 0..batch {
         engine.add_request(NewRequest {

@@ -56,6 +56,21 @@ fn write<T: KvElem>(dst: &mut [T], slot_len: usize, slots: &[usize], src: &[f32]
     }
 }
 
+/// Dot product with eight independent accumulators, so it vectorizes.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
 fn attend_typed<T: KvElem>(shape: &KvShape, kbuf: &[T], vbuf: &[T], input: &AttentionInput<'_>, out: &mut [f32]) {
     let AttentionInput { heads, scale, q, queries } = *input;
     let hd = shape.head_dim;
@@ -63,52 +78,42 @@ fn attend_typed<T: KvElem>(shape: &KvShape, kbuf: &[T], vbuf: &[T], input: &Atte
     let group = heads / kvh;
     let slot_len = shape.slot_len();
     let bs = shape.block_size;
-    out.par_chunks_mut(heads * hd).zip(q.par_chunks(heads * hd)).zip(queries.par_iter()).for_each(|((o, qv), qp)| {
+    // One work item per (query token, key/value head): the query heads sharing that key
+    // head are contiguous in `q` and `out`, and every key row is read once for all of
+    // them. Splitting by head too keeps both cores busy on a single decoding sequence.
+    out.par_chunks_mut(group * hd).zip(q.par_chunks(group * hd)).enumerate().for_each(|(item, (o, qg))| {
+        let qp = &queries[item / kvh];
+        let kh = item % kvh;
         let n = qp.pos + 1 - qp.window_start;
         let mut scores = vec![0f32; group * n];
-        let mut krow = vec![0f32; hd];
-        for kh in 0..kvh {
-            // Scores for the query heads sharing this key head.
-            for (j, p) in (qp.window_start..=qp.pos).enumerate() {
-                let slot = qp.block_table[p / bs] as usize * bs + p % bs;
-                let base = slot * slot_len + kh * hd;
-                for (d, s) in krow.iter_mut().zip(&kbuf[base..base + hd]) {
-                    *d = s.to_f32();
-                }
-                for g in 0..group {
-                    let h = kh * group + g;
-                    let qh = &qv[h * hd..(h + 1) * hd];
-                    scores[g * n + j] = qh.iter().zip(&krow).map(|(a, b)| a * b).sum::<f32>() * scale;
-                }
-            }
+        let mut row = vec![0f32; hd];
+        for (j, p) in (qp.window_start..=qp.pos).enumerate() {
+            let base = (qp.block_table[p / bs] as usize * bs + p % bs) * slot_len + kh * hd;
+            T::widen(&kbuf[base..base + hd], &mut row);
             for g in 0..group {
-                let s = &mut scores[g * n..(g + 1) * n];
-                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for x in s.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                for x in s.iter_mut() {
-                    *x /= sum;
-                }
+                scores[g * n + j] = dot(&qg[g * hd..(g + 1) * hd], &row) * scale;
             }
+        }
+        for s in scores.chunks_mut(n) {
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for x in s.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            for x in s.iter_mut() {
+                *x *= inv;
+            }
+        }
+        o.fill(0.0);
+        for (j, p) in (qp.window_start..=qp.pos).enumerate() {
+            let base = (qp.block_table[p / bs] as usize * bs + p % bs) * slot_len + kh * hd;
+            T::widen(&vbuf[base..base + hd], &mut row);
             for g in 0..group {
-                let h = kh * group + g;
-                o[h * hd..(h + 1) * hd].fill(0.0);
-            }
-            for (j, p) in (qp.window_start..=qp.pos).enumerate() {
-                let slot = qp.block_table[p / bs] as usize * bs + p % bs;
-                let base = slot * slot_len + kh * hd;
-                for (d, s) in krow.iter_mut().zip(&vbuf[base..base + hd]) {
-                    *d = s.to_f32();
-                }
-                for g in 0..group {
-                    let h = kh * group + g;
-                    let w = scores[g * n + j];
-                    for (acc, v) in o[h * hd..(h + 1) * hd].iter_mut().zip(&krow) {
-                        *acc += w * v;
-                    }
+                let w = scores[g * n + j];
+                for (acc, v) in o[g * hd..(g + 1) * hd].iter_mut().zip(&row) {
+                    *acc += w * v;
                 }
             }
         }

@@ -433,6 +433,13 @@ impl Engine {
     /// finished.
     pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
         let sched = self.schedule()?;
+        let _span = tracing::debug_span!(
+            "step",
+            seqs = sched.len(),
+            tokens = sched.iter().map(|s| s.1).sum::<usize>(),
+            waiting = self.waiting.len()
+        )
+        .entered();
         if sched.is_empty() {
             self.update_gauges();
             return Ok(Vec::new());
@@ -497,7 +504,12 @@ impl Engine {
             let is_stop_token = is_eos || st.params.stop_token_ids.contains(&token);
             let mut finished = None;
             if !is_stop_token {
-                let piece = st.decoder.step(self.tokenizer.as_ref(), &st.output)?;
+                // A token the tokenizer cannot decode (a model whose vocabulary outgrows
+                // its tokenizer) costs its text, not the engine.
+                let piece = st.decoder.step(self.tokenizer.as_ref(), &st.output).unwrap_or_else(|e| {
+                    tracing::warn!(request = %id, token, error = %e, "cannot detokenize");
+                    String::new()
+                });
                 st.text.push_str(&piece);
                 if let Some(pos) = find_stop(&st.text, &st.params.stop, st.text.len() - piece.len()) {
                     st.text.truncate(pos);

@@ -48,6 +48,12 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     fn from_f32(x: f32) -> Self;
     /// To `f32`, exactly.
     fn to_f32(self) -> f32;
+    /// Widens a row to `f32` (`dst.len() == src.len()`); SIMD where the CPU has it.
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
 }
 
 impl KvElem for f32 {
@@ -56,6 +62,9 @@ impl KvElem for f32 {
     }
     fn to_f32(self) -> f32 {
         self
+    }
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
     }
 }
 
@@ -66,6 +75,10 @@ impl KvElem for f16 {
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
+    }
 }
 
 impl KvElem for bf16 {
@@ -74,6 +87,10 @@ impl KvElem for bf16 {
     }
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
+    }
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
     }
 }
 

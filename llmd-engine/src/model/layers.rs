@@ -1,5 +1,7 @@
 //! Dense building blocks: linear layers through `gemm`, RMSNorm, SiLU.
 
+use std::sync::Arc;
+
 use gemm::{Parallelism, gemm};
 
 use super::weights::Tensor;
@@ -8,7 +10,8 @@ use crate::error::{EngineError, Result};
 /// `y = x · Wᵀ (+ b)` with `W` stored `[out, in]` as in PyTorch checkpoints.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    w: Vec<f32>,
+    // Shared so a tied output projection reuses the embedding matrix.
+    w: Arc<[f32]>,
     b: Option<Vec<f32>>,
     out_features: usize,
     in_features: usize,
@@ -25,7 +28,15 @@ impl Linear {
         {
             return Err(EngineError::Weights(format!("bias shape {:?} for {out_features} outputs", b.shape)));
         }
-        Ok(Linear { w: w.data, b: b.map(|b| b.data), out_features, in_features })
+        Ok(Linear { w: w.data.into(), b: b.map(|b| b.data), out_features, in_features })
+    }
+
+    /// A bias-free layer over an existing `[out, in]` matrix (tied embeddings).
+    pub fn shared(w: Arc<[f32]>, out_features: usize, in_features: usize) -> Result<Self> {
+        if w.len() != out_features * in_features {
+            return Err(EngineError::Weights(format!("{} weights for a {out_features}×{in_features} layer", w.len())));
+        }
+        Ok(Linear { w, b: None, out_features, in_features })
     }
 
     /// Output width.

@@ -1,13 +1,14 @@
 //! The Llama-family decoder (Llama, Mistral, Qwen2) over a paged KV cache.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::config::ModelConfig;
 use super::layers::{Linear, rms_norm, silu};
 use super::rope::Rope;
-use super::weights::{Tensor, Weights};
+use super::weights::Weights;
 use crate::attention::{AttentionBackend, AttentionInput, QueryPos};
 use crate::error::{EngineError, Result};
 use crate::kv::PagedKvCache;
@@ -51,10 +52,10 @@ pub struct SeqInput<'a> {
 /// A Llama-family model with `f32` weights.
 pub struct LlamaModel {
     config: ModelConfig,
-    embed: Vec<f32>,
+    embed: Arc<[f32]>,
     layers: Vec<Layer>,
     norm: Vec<f32>,
-    lm_head: Option<Linear>,
+    lm_head: Linear,
     rope: Rope,
 }
 
@@ -97,18 +98,16 @@ impl LlamaModel {
                 down: linear(&mut w, &format!("{p}.mlp.down_proj"), h, c.intermediate_size, c.mlp_bias)?,
             });
         }
-        let embed = w.take("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed: Arc<[f32]> = w.take("model.embed_tokens.weight", &[c.vocab_size, h])?.data.into();
         let lm_head = match w.take_opt("lm_head.weight", &[c.vocab_size, h])? {
-            Some(t) => Some(Linear::new(t, w.take_opt("lm_head.bias", &[c.vocab_size])?)?),
-            None if c.tie_word_embeddings => None,
-            None => {
-                return Err(EngineError::Weights("missing tensor lm_head.weight (embeddings are not tied)".into()));
-            }
+            Some(t) => Linear::new(t, w.take_opt("lm_head.bias", &[c.vocab_size])?)?,
+            None if c.tie_word_embeddings => Linear::shared(embed.clone(), c.vocab_size, h)?,
+            None => return Err(EngineError::Weights("missing tensor lm_head.weight (embeddings are not tied)".into())),
         };
         Ok(LlamaModel {
             rope: Rope::new(c),
             norm: w.take("model.norm.weight", &[h])?.data,
-            embed: embed.data,
+            embed,
             layers,
             lm_head,
             config,
@@ -182,6 +181,8 @@ impl LlamaModel {
             }
         }
 
+        let rope: Vec<(Vec<f32>, Vec<f32>)> =
+            queries.par_iter().zip(seq_len_of.par_iter()).map(|(qp, &len)| self.rope.cos_sin(qp.pos, len)).collect();
         let mut x = Vec::with_capacity(t * h);
         for s in seqs {
             for &tok in s.tokens {
@@ -204,13 +205,12 @@ impl LlamaModel {
             layer.q.forward(&normed, t, &mut q);
             layer.k.forward(&normed, t, &mut k);
             layer.v.forward(&normed, t, &mut v);
-            q.par_chunks_mut(nh * hd)
-                .zip(k.par_chunks_mut(nkv * hd))
-                .zip(queries.par_iter().zip(seq_len_of.par_iter()))
-                .for_each(|((qt, kt), (qp, &len))| {
-                    self.rope.apply(qt, nh, qp.pos, len);
-                    self.rope.apply(kt, nkv, qp.pos, len);
-                });
+            q.par_chunks_mut(nh * hd).zip(k.par_chunks_mut(nkv * hd)).zip(rope.par_iter()).for_each(
+                |((qt, kt), (cos, sin))| {
+                    self.rope.apply(qt, nh, cos, sin);
+                    self.rope.apply(kt, nkv, cos, sin);
+                },
+            );
             attn.write_kv(&shape, cache.layer_mut(li), &slots, &k, &v);
             let input = AttentionInput { heads: nh, scale, q: &q, queries: &queries };
             attn.attend(&shape, cache.layer(li), &input, &mut attn_out);
@@ -231,33 +231,37 @@ impl LlamaModel {
             }
         }
 
-        // Logits only for the rows asked for.
-        let mut out = Vec::with_capacity(seqs.len());
+        // Logits only for the rows asked for, in one GEMM over all sequences: the output
+        // projection is the largest matrix, and reading it once per sequence would make
+        // batched decode memory-bound on it.
+        let mut rows = Vec::new();
+        let mut counts = Vec::with_capacity(seqs.len());
         let mut row = 0;
         for s in seqs {
             let n = s.tokens.len();
-            let rows: Vec<usize> = match s.logits {
-                LogitsWanted::None => vec![],
-                LogitsWanted::Last if n > 0 => vec![row + n - 1],
-                LogitsWanted::Last => vec![],
-                LogitsWanted::All => (row..row + n).collect(),
-            };
+            let before = rows.len();
+            match s.logits {
+                LogitsWanted::None => {}
+                LogitsWanted::Last => rows.extend((n > 0).then_some(row + n - 1)),
+                LogitsWanted::All => rows.extend(row..row + n),
+            }
+            counts.push(rows.len() - before);
             row += n;
-            let mut hidden = Vec::with_capacity(rows.len() * h);
-            for r in &rows {
-                hidden.extend_from_slice(&x[r * h..(r + 1) * h]);
-            }
-            let mut hn = vec![0f32; hidden.len()];
-            rms_norm(&hidden, &self.norm, eps, &mut hn);
-            let mut logits = vec![0f32; rows.len() * c.vocab_size];
-            match &self.lm_head {
-                Some(head) => head.forward(&hn, rows.len(), &mut logits),
-                None => {
-                    let tied = Linear::new(Tensor { shape: vec![c.vocab_size, h], data: self.embed.clone() }, None)?;
-                    tied.forward(&hn, rows.len(), &mut logits);
-                }
-            }
-            out.push(logits);
+        }
+        let mut hidden = Vec::with_capacity(rows.len() * h);
+        for r in &rows {
+            hidden.extend_from_slice(&x[r * h..(r + 1) * h]);
+        }
+        let mut hn = vec![0f32; hidden.len()];
+        rms_norm(&hidden, &self.norm, eps, &mut hn);
+        let v = c.vocab_size;
+        let mut logits = vec![0f32; rows.len() * v];
+        self.lm_head.forward(&hn, rows.len(), &mut logits);
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut at = 0;
+        for n in counts {
+            out.push(logits[at * v..(at + n) * v].to_vec());
+            at += n;
         }
         Ok(out)
     }

@@ -119,19 +119,24 @@ impl Rope {
         }
     }
 
-    /// Rotates `x` (`heads` vectors of `head_dim`, contiguous) in place for position `pos`
-    /// of a sequence `seq_len` tokens long.
-    pub fn apply(&self, x: &mut [f32], heads: usize, pos: usize, seq_len: usize) {
-        let freqs = self.freqs_for(seq_len);
-        let half = self.head_dim / 2;
-        // cos/sin per frequency, as transformers: angle computed in f32, then scaled.
-        let (cos, sin): (Vec<f32>, Vec<f32>) = freqs
+    /// The cos and sin tables (`head_dim / 2` each, attention scale applied) for
+    /// position `pos` of a sequence `seq_len` tokens long. Computed once per token and
+    /// forward pass, then applied in every layer.
+    pub fn cos_sin(&self, pos: usize, seq_len: usize) -> (Vec<f32>, Vec<f32>) {
+        // As transformers: the angle in f32, then cos/sin scaled.
+        self.freqs_for(seq_len)
             .iter()
             .map(|&f| {
                 let a = pos as f32 * f;
                 (a.cos() * self.attention_scale, a.sin() * self.attention_scale)
             })
-            .unzip();
+            .unzip()
+    }
+
+    /// Rotates `x` (`heads` vectors of `head_dim`, contiguous) in place with tables from
+    /// [`cos_sin`](Self::cos_sin).
+    pub fn apply(&self, x: &mut [f32], heads: usize, cos: &[f32], sin: &[f32]) {
+        let half = self.head_dim / 2;
         for h in 0..heads {
             let v = &mut x[h * self.head_dim..(h + 1) * self.head_dim];
             for i in 0..half {

@@ -4,7 +4,11 @@
 use crate::error::Result;
 use crate::tokenizer::Tokenize;
 
-/// Per-request decoding state.
+/// Prompt tokens decoded as context for the first generated token, as vLLM does, so
+/// tokenizers that mark word starts (SentencePiece's `▁`) give the right leading space.
+const PROMPT_CONTEXT: usize = 5;
+
+/// Per-request decoding state over the whole sequence (prompt + output).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct IncrementalDecoder {
     prefix_offset: usize,
@@ -12,6 +16,11 @@ pub(crate) struct IncrementalDecoder {
 }
 
 impl IncrementalDecoder {
+    /// A decoder for a sequence whose first `prompt_len` tokens are the prompt.
+    pub(crate) fn new(prompt_len: usize) -> Self {
+        IncrementalDecoder { prefix_offset: prompt_len.saturating_sub(PROMPT_CONTEXT), read_offset: prompt_len }
+    }
+
     /// Text added by the last token of `ids` (empty while a character is incomplete).
     pub(crate) fn step(&mut self, tok: &dyn Tokenize, ids: &[u32]) -> Result<String> {
         let prefix = tok.decode(&ids[self.prefix_offset..self.read_offset], true)?;
@@ -38,7 +47,7 @@ mod tests {
     fn multibyte_characters_come_out_whole() {
         let text = "a é 東 ✓";
         let ids = ByteTokenizer.encode(text, false).unwrap();
-        let mut d = IncrementalDecoder::default();
+        let mut d = IncrementalDecoder::new(0);
         let mut out = String::new();
         for n in 1..=ids.len() {
             let piece = d.step(&ByteTokenizer, &ids[..n]).unwrap();

@@ -94,8 +94,10 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context limit.
     Length,
-    /// Cancelled (client gone) or failed.
+    /// Cancelled (the client went away).
     Abort,
+    /// The backend failed while computing it.
+    Error,
 }
 
 impl FinishReason {
@@ -105,8 +107,18 @@ impl FinishReason {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Abort => "abort",
+            FinishReason::Error => "error",
         }
     }
+}
+
+/// What ended a request with [`FinishReason::Stop`], besides EOS (vLLM's `stop_reason`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// One of the request's stop token ids.
+    Token(u32),
+    /// One of its stop strings (not included in the text).
+    Text(String),
 }
 
 /// What one request produced in one step.
@@ -122,6 +134,8 @@ pub struct RequestOutput {
     pub logprobs: Vec<Sampled>,
     /// Set on the request's last output.
     pub finished: Option<FinishReason>,
+    /// The stop token or string that ended it, if one did.
+    pub stop_reason: Option<StopReason>,
     /// Prompt tokens.
     pub prompt_tokens: usize,
     /// Tokens generated so far.
@@ -144,6 +158,7 @@ struct ReqState {
     rng: Rng,
     arrival: Duration,
     scheduled_at: Option<Duration>,
+    first_token_at: Option<Duration>,
     last_token_at: Option<Duration>,
 }
 
@@ -182,6 +197,15 @@ impl Engine {
         eos: Vec<u32>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
+        let mut cfg = cfg;
+        if cfg.max_model_len > backend.max_context() {
+            tracing::warn!(
+                requested = cfg.max_model_len,
+                model = backend.max_context(),
+                "max_model_len exceeds the model's context; using the model's"
+            );
+            cfg.max_model_len = backend.max_context();
+        }
         if cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 {
             return Err(EngineError::config("engine", "max_num_seqs", "limits must be positive"));
         }
@@ -198,7 +222,7 @@ impl Engine {
         let pool = BlockPool::with_sink(cfg.num_blocks, cfg.block_size, EventBatcher::new(cfg.data_parallel_rank))?;
         let mut kv = KvCacheManager::with_pool(pool);
         kv.set_prefix_caching(cfg.enable_prefix_caching);
-        let metrics = Arc::new(EngineMetrics::new(&cfg.model_name));
+        let metrics = Arc::new(EngineMetrics::new(&cfg.model_name, cfg.max_model_len));
         let dtype = match cfg.kv_dtype {
             KvDtype::F32 => "float32",
             KvDtype::F16 => "float16",
@@ -269,14 +293,15 @@ impl Engine {
                 message: format!("token id {t} is out of vocabulary (size {vocab})"),
             });
         }
-        let max = self.cfg.max_model_len.min(self.backend.max_context());
-        let needed = r.prompt.len().saturating_add(r.params.max_tokens);
-        if needed > max {
+        // As vLLM: the prompt must leave room for one token; max_tokens may not exceed
+        // the context and is otherwise clamped to what is left.
+        let max = self.cfg.max_model_len;
+        if r.prompt.len() >= max || r.params.max_tokens > max {
             return Err(EngineError::ContextTooLong {
                 max,
                 prompt: r.prompt.len(),
                 max_tokens: r.params.max_tokens,
-                needed,
+                needed: r.prompt.len().saturating_add(r.params.max_tokens),
             });
         }
         if self.reqs.contains_key(&r.id) {
@@ -286,8 +311,10 @@ impl Engine {
     }
 
     /// Queues a request.
-    pub fn add_request(&mut self, r: NewRequest) -> Result<()> {
+    pub fn add_request(&mut self, mut r: NewRequest) -> Result<()> {
         self.validate(&r)?;
+        r.params.max_tokens = r.params.max_tokens.min(self.cfg.max_model_len - r.prompt.len());
+        self.metrics.request_max_tokens.observe(r.params.max_tokens as f64);
         let seq = Sequence::new(r.id.clone(), r.prompt.clone(), r.keys, self.cfg.block_size, &self.cfg.hasher)?;
         let rng = Rng::new(r.params.seed.unwrap_or_else(|| self.rng.next_u64()));
         self.reqs.insert(
@@ -299,12 +326,13 @@ impl Engine {
                 num_computed: 0,
                 cached_tokens: 0,
                 output: Vec::new(),
-                decoder: IncrementalDecoder::default(),
+                decoder: IncrementalDecoder::new(r.prompt.len()),
                 text: String::new(),
                 emitted: 0,
                 rng,
                 arrival: self.clock.now(),
                 scheduled_at: None,
+                first_token_at: None,
                 last_token_at: None,
             },
         );
@@ -322,6 +350,7 @@ impl Engine {
             text: String::new(),
             logprobs: Vec::new(),
             finished: Some(FinishReason::Abort),
+            stop_reason: None,
             prompt_tokens: st.prompt_len,
             completion_tokens: st.output.len(),
             cached_tokens: st.cached_tokens,
@@ -335,38 +364,52 @@ impl Engine {
         self.running.retain(|r| r != id);
         // A request that never got blocks is unknown to the KV manager; nothing to free.
         let _ = self.kv.free(id);
-        if let Some(st) = self.reqs.remove(id) {
-            let label =
-                FinishLabel { model_name: self.cfg.model_name.clone(), finished_reason: reason.as_str().into() };
-            self.metrics.request_success.get_or_create(&label).inc();
-            let e2e = self.clock.now().saturating_sub(st.arrival);
-            self.metrics.e2e.get_or_create(self.metrics.label()).observe(e2e.as_secs_f64());
+        // Client aborts are not finished requests in vLLM's statistics.
+        if let Some(st) = self.reqs.remove(id).filter(|_| reason != FinishReason::Abort) {
+            let m = &self.metrics;
+            m.request_success.get_or_create(&FinishLabel { finished_reason: reason.as_str().into() }).inc();
+            let now = self.clock.now();
+            let secs = |d: Duration| d.as_secs_f64();
+            m.e2e.observe(secs(now.saturating_sub(st.arrival)));
+            m.request_prompt_tokens.observe(st.prompt_len as f64);
+            m.request_generation_tokens.observe(st.output.len() as f64);
+            if let Some(sched) = st.scheduled_at {
+                m.inference_time.observe(secs(now.saturating_sub(sched)));
+                if let Some(first) = st.first_token_at {
+                    m.prefill_time.observe(secs(first.saturating_sub(sched)));
+                    let decode = now.saturating_sub(first);
+                    m.decode_time.observe(secs(decode));
+                    if st.output.len() > 1 {
+                        m.time_per_output_token.observe(secs(decode) / (st.output.len() - 1) as f64);
+                    }
+                }
+            }
         }
         self.update_gauges();
     }
 
     fn preempt(&mut self, id: &str) {
-        let _ = self.kv.free(id);
+        let _ = self.kv.free_preempted(id);
         if let Some(st) = self.reqs.get_mut(id) {
             st.num_computed = 0;
         }
         self.running.retain(|r| r != id);
         self.waiting.push_front(id.to_string());
-        self.metrics.preemptions.get_or_create(self.metrics.label()).inc();
+        self.metrics.preemptions.inc();
         tracing::debug!(request = id, "preempted: out of KV blocks");
     }
 
     fn update_gauges(&self) {
-        let l = self.metrics.label();
-        self.metrics.running.get_or_create(l).set(self.running.len() as i64);
-        self.metrics.waiting.get_or_create(l).set(self.waiting.len() as i64);
-        self.metrics.kv_usage.get_or_create(l).set(self.kv.usage());
+        self.metrics.running.set(self.running.len() as i64);
+        self.metrics.waiting.set(self.waiting.len() as i64);
+        self.metrics.kv_usage.set(self.kv.usage());
     }
 
     /// Chooses this step's work: `(request, tokens to run)`.
     fn schedule(&mut self) -> Result<Vec<(String, usize)>> {
         let mut budget = self.cfg.max_num_batched_tokens;
         let mut sched: Vec<(String, usize)> = Vec::new();
+        let mut preempted = false;
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let id = self.running[i].clone();
@@ -385,6 +428,7 @@ impl Engine {
                     // request itself, it waits.
                     let victim = self.running.last().cloned().unwrap_or_default();
                     self.preempt(&victim);
+                    preempted = true;
                     if victim == id {
                         break;
                     }
@@ -396,7 +440,9 @@ impl Engine {
         sched.retain(|(id, _)| self.running.contains(id));
         budget = self.cfg.max_num_batched_tokens - sched.iter().map(|s| s.1).sum::<usize>();
 
-        while budget > 0 && self.running.len() < self.cfg.max_num_seqs {
+        // After a preemption, admitting waiting requests would only preempt again (vLLM
+        // skips it too).
+        while !preempted && budget > 0 && self.running.len() < self.cfg.max_num_seqs {
             let Some(id) = self.waiting.front().cloned() else {
                 break;
             };
@@ -413,10 +459,7 @@ impl Engine {
                     if st.scheduled_at.is_none() {
                         st.scheduled_at = Some(now);
                         st.cached_tokens = cached;
-                        self.metrics
-                            .queue_time
-                            .get_or_create(self.metrics.label())
-                            .observe(now.saturating_sub(st.arrival).as_secs_f64());
+                        self.metrics.queue_time.observe(now.saturating_sub(st.arrival).as_secs_f64());
                     }
                     self.running.push(id.clone());
                     sched.push((id, n));
@@ -457,20 +500,40 @@ impl Engine {
                 }
             })
             .collect();
+        // Blocks whose hashes were registered for this step's tokens; if the step fails
+        // they hold no valid KV and must stop being offered as cache hits.
+        let cached_before: Vec<usize> =
+            sched.iter().map(|(id, _)| self.reqs[id].num_computed / self.cfg.block_size).collect();
         let results = match self.backend.execute(&inputs) {
             Ok(r) => r,
             Err(e) => {
-                // The batch's KV may be garbage: fail its requests rather than serve it.
-                tracing::error!(error = %e, "backend step failed; aborting the batch");
-                let ids: Vec<String> = sched.iter().map(|s| s.0.clone()).collect();
+                drop(inputs);
+                tracing::error!(error = %e, "backend step failed; failing the batch");
                 let mut outs = Vec::new();
-                for id in ids {
-                    outs.extend(self.abort(&id));
+                for ((id, _), from) in sched.iter().zip(cached_before) {
+                    if let Err(e) = self.kv.uncache_since(id, from) {
+                        tracing::warn!(request = %id, error = %e, "cannot un-register blocks of a failed step");
+                    }
+                    if let Some(st) = self.reqs.get(id) {
+                        outs.push(RequestOutput {
+                            id: id.clone(),
+                            token_ids: Vec::new(),
+                            text: String::new(),
+                            logprobs: Vec::new(),
+                            finished: Some(FinishReason::Error),
+                            stop_reason: None,
+                            prompt_tokens: st.prompt_len,
+                            completion_tokens: st.output.len(),
+                            cached_tokens: st.cached_tokens,
+                        });
+                    }
+                    self.finish(id, FinishReason::Error);
                 }
                 return Ok(outs);
             }
         };
         drop(inputs);
+        self.metrics.iteration_tokens.observe(sched.iter().map(|s| s.1).sum::<usize>() as f64);
 
         let now = self.clock.now();
         let mut outputs = Vec::new();
@@ -487,36 +550,40 @@ impl Engine {
             let token = sampled.token;
             st.seq.extend(&[token], &self.cfg.hasher)?;
             st.output.push(token);
-            self.metrics.generation_tokens.get_or_create(self.metrics.label()).inc();
+            let m = &self.metrics;
+            m.generation_tokens.inc();
             match st.last_token_at {
                 None => {
-                    let l = self.metrics.label();
-                    self.metrics.ttft.get_or_create(l).observe(now.saturating_sub(st.arrival).as_secs_f64());
-                    self.metrics.prompt_tokens.get_or_create(l).inc_by(st.prompt_len as u64);
+                    st.first_token_at = Some(now);
+                    m.ttft.observe(now.saturating_sub(st.arrival).as_secs_f64());
+                    m.prompt_tokens.inc_by(st.prompt_len as u64);
+                    m.prompt_tokens_cached.inc_by(st.cached_tokens as u64);
                 }
-                Some(t) => {
-                    self.metrics.itl.get_or_create(self.metrics.label()).observe(now.saturating_sub(t).as_secs_f64())
-                }
+                Some(t) => m.itl.observe(now.saturating_sub(t).as_secs_f64()),
             }
             st.last_token_at = Some(now);
 
             let is_eos = !st.params.ignore_eos && self.eos.contains(&token);
-            let is_stop_token = is_eos || st.params.stop_token_ids.contains(&token);
             let mut finished = None;
-            if !is_stop_token {
+            let mut stop_reason = None;
+            if is_eos {
+                finished = Some(FinishReason::Stop);
+            } else if st.params.stop_token_ids.contains(&token) {
+                finished = Some(FinishReason::Stop);
+                stop_reason = Some(StopReason::Token(token));
+            } else {
                 // A token the tokenizer cannot decode (a model whose vocabulary outgrows
                 // its tokenizer) costs its text, not the engine.
-                let piece = st.decoder.step(self.tokenizer.as_ref(), &st.output).unwrap_or_else(|e| {
+                let piece = st.decoder.step(self.tokenizer.as_ref(), st.seq.tokens()).unwrap_or_else(|e| {
                     tracing::warn!(request = %id, token, error = %e, "cannot detokenize");
                     String::new()
                 });
                 st.text.push_str(&piece);
-                if let Some(pos) = find_stop(&st.text, &st.params.stop, st.text.len() - piece.len()) {
+                if let Some((pos, stop)) = find_stop(&st.text, &st.params.stop, st.text.len() - piece.len()) {
                     st.text.truncate(pos);
                     finished = Some(FinishReason::Stop);
+                    stop_reason = Some(StopReason::Text(stop));
                 }
-            } else {
-                finished = Some(FinishReason::Stop);
             }
             if finished.is_none()
                 && (st.output.len() >= st.params.max_tokens || st.seq.tokens().len() >= self.cfg.max_model_len)
@@ -541,6 +608,7 @@ impl Engine {
                 text,
                 logprobs: if st.params.logprobs.is_some() { vec![sampled] } else { Vec::new() },
                 finished,
+                stop_reason,
                 prompt_tokens: st.prompt_len,
                 completion_tokens: st.output.len(),
                 cached_tokens: st.cached_tokens,
@@ -549,21 +617,19 @@ impl Engine {
                 self.finish(&id, reason);
             }
         }
-        let stats = self.kv.prefix_stats();
-        let l = self.metrics.label();
         // Counters mirror the manager's running totals.
-        let q = self.metrics.prefix_queries.get_or_create(l);
+        let stats = self.kv.prefix_stats();
+        let (q, h) = (&self.metrics.prefix_queries, &self.metrics.prefix_hits);
         q.inc_by(stats.queries.saturating_sub(q.get()));
-        let h = self.metrics.prefix_hits.get_or_create(l);
         h.inc_by(stats.hits.saturating_sub(h.get()));
         self.update_gauges();
         Ok(outputs)
     }
 }
 
-/// Byte offset of the first stop string ending in the text after `from` (minus the
-/// longest stop's length, so matches spanning the boundary are found).
-fn find_stop(text: &str, stops: &[String], from: usize) -> Option<usize> {
+/// The first stop string found in the text after `from` (less the stop's length, so a
+/// match spanning the boundary is found): its byte offset and the string.
+fn find_stop(text: &str, stops: &[String], from: usize) -> Option<(usize, String)> {
     stops
         .iter()
         .filter_map(|s| {
@@ -571,7 +637,7 @@ fn find_stop(text: &str, stops: &[String], from: usize) -> Option<usize> {
             while !text.is_char_boundary(start) {
                 start -= 1;
             }
-            text[start..].find(s.as_str()).map(|p| p + start)
+            text[start..].find(s.as_str()).map(|p| (p + start, s.clone()))
         })
-        .min()
+        .min_by_key(|(pos, _)| *pos)
 }

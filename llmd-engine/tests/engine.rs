@@ -81,9 +81,15 @@ fn batched_chunked_and_preempted_runs_match_solo_runs() {
             assert_eq!(tokens, w, "request {i} with {blocks} blocks, budget {budget}");
             assert_eq!(last.finished, Some(FinishReason::Length));
         }
-        let preemptions = metric(&prometheus_text(&e), "vllm:num_preemptions_total{model_name=\"llmd-tiny\"}");
+        let preemptions =
+            metric(&prometheus_text(&e), "vllm:num_preemptions_total{model_name=\"llmd-tiny\",engine=\"0\"}");
         if blocks == 24 {
             assert!(preemptions > 0.0, "expected preemptions with {blocks} blocks");
+            // Re-admitting a preempted request is not a new prefix-cache query.
+            let prompt_tokens: usize = PROMPTS.iter().map(|p| p.len() + 1).sum();
+            let queries =
+                metric(&prometheus_text(&e), "vllm:prefix_cache_queries_total{model_name=\"llmd-tiny\",engine=\"0\"}");
+            assert_eq!(queries, prompt_tokens as f64);
         } else {
             assert_eq!(preemptions, 0.0);
         }
@@ -103,7 +109,7 @@ fn a_prefix_cache_hit_gives_the_same_tokens_as_a_cold_run() {
     assert!(warm.2.cached_tokens >= 60, "cached {}", warm.2.cached_tokens);
     assert_eq!(warm.0, cold.0);
     let text = prometheus_text(&e);
-    assert!(text.contains("vllm:prefix_cache_hits_total{model_name=\"llmd-tiny\"} 64"), "{text}");
+    assert!(text.contains("vllm:prefix_cache_hits_total{model_name=\"llmd-tiny\",engine=\"0\"} 64"), "{text}");
 }
 
 #[test]
@@ -118,11 +124,13 @@ fn stop_strings_stop_tokens_and_seeds() {
     e.add_request(req("s", "Hello", SamplingParams { stop: vec![stop.clone()], ..greedy(20) })).unwrap();
     let (_, t, last) = run(&mut e).remove("s").unwrap();
     assert_eq!((t.as_str(), last.finished), (&text[..cut], Some(FinishReason::Stop)));
+    assert_eq!(last.stop_reason, Some(llmd_engine::engine::StopReason::Text(stop.clone())));
 
     e.add_request(req("t", "Hello", SamplingParams { stop_token_ids: vec![tokens[3]], ..greedy(20) })).unwrap();
     let (toks, _, last) = run(&mut e).remove("t").unwrap();
     let first = tokens.iter().position(|&x| x == tokens[3]).unwrap();
     assert_eq!((toks.len(), last.finished), (first + 1, Some(FinishReason::Stop)));
+    assert_eq!(last.stop_reason, Some(llmd_engine::engine::StopReason::Token(tokens[3])));
 
     let sampled = |e: &mut Engine, id: &str, seed| {
         let p = SamplingParams {
@@ -153,7 +161,7 @@ fn abort_frees_blocks_and_bad_requests_are_refused() {
 
     let cases: Vec<(NewRequest, &str)> = vec![
         (NewRequest { prompt: vec![], ..req("x", "", greedy(1)) }, "prompt"),
-        (req("x", &"y".repeat(120), greedy(20)), "context"),
+        (req("x", &"y".repeat(130), greedy(20)), "context"),
         (NewRequest { prompt: vec![9999], ..req("x", "", greedy(1)) }, "prompt"),
         (req("x", "hi", SamplingParams { temperature: -1.0, ..greedy(1) }), "temperature"),
     ];
@@ -207,17 +215,17 @@ fn metrics_carry_vllm_names() {
     run(&mut e);
     let text = prometheus_text(&e);
     for name in [
-        "vllm:num_requests_running{model_name=\"llmd-tiny\"} 0",
-        "vllm:num_requests_waiting{model_name=\"llmd-tiny\"} 0",
-        "vllm:kv_cache_usage_perc{model_name=\"llmd-tiny\"} 0.0",
-        "vllm:prompt_tokens_total{model_name=\"llmd-tiny\"} 6",
-        "vllm:generation_tokens_total{model_name=\"llmd-tiny\"} 3",
-        "vllm:request_success_total{model_name=\"llmd-tiny\",finished_reason=\"length\"} 1",
-        "vllm:time_to_first_token_seconds_count{model_name=\"llmd-tiny\"} 1",
-        "vllm:inter_token_latency_seconds_count{model_name=\"llmd-tiny\"} 2",
-        "vllm:e2e_request_latency_seconds_count{model_name=\"llmd-tiny\"} 1",
+        "vllm:num_requests_running{model_name=\"llmd-tiny\",engine=\"0\"} 0",
+        "vllm:num_requests_waiting{model_name=\"llmd-tiny\",engine=\"0\"} 0",
+        "vllm:kv_cache_usage_perc{model_name=\"llmd-tiny\",engine=\"0\"} 0.0",
+        "vllm:prompt_tokens_total{model_name=\"llmd-tiny\",engine=\"0\"} 6",
+        "vllm:generation_tokens_total{model_name=\"llmd-tiny\",engine=\"0\"} 3",
+        "vllm:request_success_total{model_name=\"llmd-tiny\",engine=\"0\",finished_reason=\"length\"} 1",
+        "vllm:time_to_first_token_seconds_count{model_name=\"llmd-tiny\",engine=\"0\"} 1",
+        "vllm:inter_token_latency_seconds_count{model_name=\"llmd-tiny\",engine=\"0\"} 2",
+        "vllm:e2e_request_latency_seconds_count{model_name=\"llmd-tiny\",engine=\"0\"} 1",
         "vllm:cache_config_info{block_size=\"4\",num_gpu_blocks=\"64\"",
-        "vllm:prefix_cache_queries_total{model_name=\"llmd-tiny\"} 6",
+        "vllm:prefix_cache_queries_total{model_name=\"llmd-tiny\",engine=\"0\"} 6",
     ] {
         assert!(text.contains(name), "missing {name:?} in\n{text}");
     }
@@ -245,5 +253,62 @@ fn the_simulated_backend_runs_on_virtual_time() {
     // Prefill step: 10 + 100×1 ms; then four decode steps of 10 + 2 ms.
     assert_eq!(clock.now(), Duration::from_millis(110 + 4 * 12));
     let text = prometheus_text(&e);
-    assert!(text.contains("vllm:time_to_first_token_seconds_sum{model_name=\"llmd-tiny\"} 0.11"), "{text}");
+    assert!(
+        text.contains("vllm:time_to_first_token_seconds_sum{model_name=\"llmd-tiny\",engine=\"0\"} 0.11"),
+        "{text}"
+    );
+}
+
+/// Fails its `fail_at`-th step, otherwise runs the model.
+struct Flaky {
+    inner: ModelBackend,
+    calls: usize,
+    fail_at: usize,
+}
+
+impl llmd_engine::Backend for Flaky {
+    fn execute(&mut self, inputs: &[llmd_engine::SeqInput<'_>]) -> llmd_engine::Result<Vec<llmd_engine::StepLogits>> {
+        self.calls += 1;
+        if self.calls == self.fail_at {
+            return Err(EngineError::Input("injected failure".into()));
+        }
+        self.inner.execute(inputs)
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn max_context(&self) -> usize {
+        self.inner.max_context()
+    }
+}
+
+#[test]
+fn a_failed_step_errors_its_requests_and_never_serves_their_blocks_as_cache_hits() {
+    use llmd_engine::Backend;
+    let inner = ModelBackend::new(builtin::model(7).unwrap(), 64, 4, KvDtype::F32).unwrap();
+    let cfg = EngineConfig { block_size: 4, num_blocks: 64, max_model_len: 128, ..Default::default() };
+    let flaky = Flaky { inner, calls: 0, fail_at: 1 };
+    let mut e = Engine::new(
+        cfg,
+        Box::new(flaky),
+        Arc::new(ByteTokenizer),
+        vec![ByteTokenizer::EOS],
+        Arc::new(ManualClock::new()),
+    )
+    .unwrap();
+    let prompt = PROMPTS[0];
+    e.add_request(req("doomed", prompt, greedy(6))).unwrap();
+    let out = e.step().unwrap();
+    assert_eq!(out[0].finished, Some(FinishReason::Error));
+    assert_eq!(e.kv_usage(), 0.0);
+    // The same prompt again: nothing may be served from the failed step's blocks.
+    e.add_request(req("retry", prompt, greedy(6))).unwrap();
+    let got = run(&mut e).remove("retry").unwrap();
+    assert_eq!(got.2.cached_tokens, 0);
+    assert_eq!(got.0, solo(prompt, 6));
+    let text = prometheus_text(&e);
+    assert_eq!(
+        metric(&text, "vllm:request_success_total{model_name=\"llmd-tiny\",engine=\"0\",finished_reason=\"error\"}"),
+        1.0
+    );
 }

@@ -142,7 +142,25 @@ async fn bad_input_gets_openai_errors_with_the_right_status() {
         ("/v1/completions", "{not json".into(), 400, None),
         ("/v1/completions", json!({"prompt": 5}).to_string(), 400, None),
         ("/v1/completions", json!({"model": "gpt-9", "prompt": "hi"}).to_string(), 404, Some("model")),
-        ("/v1/completions", json!({"prompt": long}).to_string(), 400, Some("messages")),
+        ("/v1/completions", json!({"prompt": long}).to_string(), 400, Some("prompt")),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": long}]}).to_string(),
+            400,
+            Some("messages"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "presence_penalty": 0.5}).to_string(),
+            400,
+            Some("presence_penalty"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}).to_string(),
+            400,
+            Some("tools"),
+        ),
         ("/v1/completions", json!({"prompt": "hi", "temperature": -2}).to_string(), 400, Some("temperature")),
         ("/v1/completions", json!({"prompt": "hi", "top_p": 0}).to_string(), 400, Some("top_p")),
         ("/v1/completions", json!({"prompt": "hi", "max_tokens": 0}).to_string(), 400, Some("max_tokens")),
@@ -160,7 +178,7 @@ async fn bad_input_gets_openai_errors_with_the_right_status() {
             "/v1/chat/completions",
             json!({"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 50}).to_string(),
             400,
-            Some("logprobs"),
+            Some("top_logprobs"),
         ),
     ];
     for (path, body, want, param) in cases {
@@ -183,7 +201,7 @@ async fn overload_is_a_429() {
     let (addr, _stop) = start(0).await;
     let (status, v) = post(&addr, "/v1/completions", json!({"prompt": "hi"})).await;
     assert_eq!(status, 429, "{v}");
-    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert_eq!(v["error"]["type"], "RateLimitError");
 }
 
 #[tokio::test]
@@ -213,7 +231,7 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn a_client_that_disconnects_frees_its_blocks() {
     let (addr, _stop) = start(100).await;
-    let body = json!({"prompt": "a long story", "max_tokens": 400, "stream": true, "ignore_eos": true}).to_string();
+    let body = json!({"prompt": "a long story", "max_tokens": 480, "stream": true, "ignore_eos": true}).to_string();
     let mut s = TcpStream::connect(&addr).await.unwrap();
     let req = format!(
         "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -228,10 +246,19 @@ async fn a_client_that_disconnects_frees_its_blocks() {
     let mut last = String::new();
     for _ in 0..200 {
         let (_, text) = http(&addr, "GET", "/metrics", "").await;
-        let running = metric(&text, "vllm:num_requests_running{model_name=\"llmd-tiny\"}");
-        let usage = metric(&text, "vllm:kv_cache_usage_perc{model_name=\"llmd-tiny\"}");
-        let aborted = metric(&text, "vllm:request_success_total{model_name=\"llmd-tiny\",finished_reason=\"abort\"}");
-        if running == Some(0.0) && usage == Some(0.0) && aborted == Some(1.0) {
+        let running = metric(&text, "vllm:num_requests_running{model_name=\"llmd-tiny\",engine=\"0\"}");
+        let usage = metric(&text, "vllm:kv_cache_usage_perc{model_name=\"llmd-tiny\",engine=\"0\"}");
+        let generated = metric(&text, "vllm:generation_tokens_total{model_name=\"llmd-tiny\",engine=\"0\"}");
+        if running == Some(0.0) && usage == Some(0.0) {
+            // Stopped early: far fewer tokens than asked for, and no natural finish.
+            assert!(generated.is_some_and(|g| g < 400.0), "{text}");
+            assert_eq!(
+                metric(
+                    &text,
+                    "vllm:request_success_total{model_name=\"llmd-tiny\",engine=\"0\",finished_reason=\"length\"}"
+                ),
+                Some(0.0)
+            );
             return;
         }
         last = text;

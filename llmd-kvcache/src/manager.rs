@@ -133,6 +133,8 @@ pub struct KvCacheManager<S: EventSink = NullSink> {
     requests: HashMap<String, RequestState>,
     caching: bool,
     prefix_stats: PrefixCacheStats,
+    // Preempted requests: their re-admission is not a new prefix-cache query.
+    preempted: std::collections::HashSet<String>,
 }
 
 impl KvCacheManager<NullSink> {
@@ -145,7 +147,13 @@ impl KvCacheManager<NullSink> {
 impl<S: EventSink> KvCacheManager<S> {
     /// A manager over an existing pool (with its sink, medium and tier).
     pub fn with_pool(pool: BlockPool<S>) -> Self {
-        KvCacheManager { pool, requests: HashMap::new(), caching: true, prefix_stats: PrefixCacheStats::default() }
+        KvCacheManager {
+            pool,
+            requests: HashMap::new(),
+            caching: true,
+            prefix_stats: PrefixCacheStats::default(),
+            preempted: Default::default(),
+        }
     }
 
     /// Turns prefix caching off (no lookups, no hashes registered) or on.
@@ -268,7 +276,7 @@ impl<S: EventSink> KvCacheManager<S> {
         if need > available {
             return Err(KvCacheError::OutOfBlocks { requested: need, free: available });
         }
-        if is_new {
+        if is_new && !self.preempted.remove(&seq.id) {
             self.prefix_stats.requests += 1;
             self.prefix_stats.queries += seq.tokens.len() as u64;
             self.prefix_stats.hits += computed.num_tokens as u64;
@@ -305,8 +313,35 @@ impl<S: EventSink> KvCacheManager<S> {
         Ok(&state.blocks)
     }
 
+    /// Blocks of a request whose hashes are registered in the cache.
+    pub fn num_cached_blocks(&self, request_id: &str) -> Option<usize> {
+        self.requests.get(request_id).map(|r| r.num_cached)
+    }
+
+    /// Un-registers the hashes of a request's blocks from `from_block` on: the step that
+    /// was to compute them failed, so their contents must not be served to others.
+    pub fn uncache_since(&mut self, request_id: &str, from_block: usize) -> Result<()> {
+        let state =
+            self.requests.get_mut(request_id).ok_or_else(|| KvCacheError::UnknownRequest(request_id.to_string()))?;
+        if from_block < state.num_cached {
+            self.pool.uncache_blocks(&state.blocks[from_block..state.num_cached])?;
+            state.num_cached = from_block;
+        }
+        Ok(())
+    }
+
+    /// Frees a request that is being preempted (to be recomputed later): like
+    /// [`free`](Self::free), but its re-admission is not counted as a new prefix-cache
+    /// query, as in vLLM.
+    pub fn free_preempted(&mut self, request_id: &str) -> Result<()> {
+        self.free(request_id)?;
+        self.preempted.insert(request_id.to_string());
+        Ok(())
+    }
+
     /// Releases a finished or aborted request's blocks, tail first.
     pub fn free(&mut self, request_id: &str) -> Result<()> {
+        self.preempted.remove(request_id);
         let state =
             self.requests.remove(request_id).ok_or_else(|| KvCacheError::UnknownRequest(request_id.to_string()))?;
         let mut blocks = state.blocks;

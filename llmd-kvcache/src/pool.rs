@@ -387,6 +387,32 @@ impl<S: EventSink> BlockPool<S> {
         Ok(())
     }
 
+    /// Forgets the hashes of these blocks (their contents turned out not to be what the
+    /// hash names, e.g. the computation that was to fill them failed). The blocks stay
+    /// allocated; a hash no other block holds is announced as removed.
+    pub fn uncache_blocks(&mut self, ids: &[BlockId]) -> Result<()> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.blocks.len()) {
+            return Err(KvCacheError::NoSuchBlock(bad));
+        }
+        let mut removed = Vec::new();
+        for &id in ids {
+            if let Some(h) = self.blocks[id as usize].hash.take()
+                && self.uncache(id, &h)
+                && self.sink.enabled()
+            {
+                removed.push(ExternalBlockHash::from_hash(&h, self.int_hashes));
+            }
+        }
+        if !removed.is_empty() {
+            self.sink.emit(KvEvent::BlockRemoved(BlockRemoved {
+                block_hashes: removed,
+                medium: Some(self.medium.clone()),
+                ..Default::default()
+            }));
+        }
+        Ok(())
+    }
+
     /// Drops one reference from each block. Blocks reaching zero become free: cached
     /// ones at the back of the eviction order (in the order given, so pass a sequence's
     /// blocks tail first to evict its tail first), uncached ones at the front.

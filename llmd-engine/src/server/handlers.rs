@@ -21,7 +21,7 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 
 use super::openai::*;
 use super::{AppState, Command};
-use crate::engine::{NewRequest, RequestOutput};
+use crate::engine::{FinishReason, NewRequest, RequestOutput, StopReason};
 use crate::error::EngineError;
 use crate::sampling::{Sampled, SamplingParams};
 use crate::tokenizer::ChatMessage;
@@ -36,21 +36,38 @@ pub(crate) fn error(status: StatusCode, kind: &str, message: impl Into<String>, 
 }
 
 fn bad_request(message: impl Into<String>, param: Option<&str>) -> Response {
-    error(StatusCode::BAD_REQUEST, "invalid_request_error", message, param)
+    error(StatusCode::BAD_REQUEST, "BadRequestError", message, param)
+}
+
+fn stop_reason(o: &RequestOutput) -> Option<Value> {
+    match &o.stop_reason {
+        None => None,
+        Some(StopReason::Token(t)) => Some(Value::from(*t)),
+        Some(StopReason::Text(s)) => Some(Value::from(s.clone())),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn engine_error(e: EngineError) -> Response {
+    engine_error_for(e, "prompt")
+}
+
+/// `prompt_param` names where the prompt came from (`prompt` or `messages`).
+fn engine_error_for(e: EngineError, prompt_param: &str) -> Response {
     match e {
         EngineError::InvalidParam { param, message } => bad_request(message, Some(&param)),
-        e @ EngineError::ContextTooLong { .. } => bad_request(e.to_string(), Some("messages")),
+        e @ EngineError::ContextTooLong { .. } => bad_request(e.to_string(), Some(prompt_param)),
         e @ EngineError::Overloaded { .. } => {
-            error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", e.to_string(), None)
+            error(StatusCode::TOO_MANY_REQUESTS, "RateLimitError", e.to_string(), None)
         }
         e @ EngineError::EngineDead(_) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", e.to_string(), None)
+            error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableError", e.to_string(), None)
         }
         e @ EngineError::Tokenizer(_) => bad_request(e.to_string(), None),
-        e => error(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", e.to_string(), None),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", e.to_string(), None),
     }
 }
 
@@ -71,13 +88,16 @@ fn check_common(s: &AppState, c: &Common) -> Result<(), Response> {
     {
         return Err(error(
             StatusCode::NOT_FOUND,
-            "not_found_error",
+            "NotFoundError",
             format!("The model `{m}` does not exist."),
             Some("model"),
         ));
     }
     if c.n.is_some_and(|n| n != 1) {
         return Err(bad_request("only n=1 is supported", Some("n")));
+    }
+    if let Some(p) = c.unsupported() {
+        return Err(bad_request(format!("{p} is not supported by this server"), Some(p)));
     }
     if !s.alive.load(Ordering::SeqCst) {
         return Err(engine_error(EngineError::EngineDead("the engine loop has stopped".into())));
@@ -117,6 +137,7 @@ impl Drop for AbortOnDrop {
 async fn submit(
     s: &AppState,
     req: NewRequest,
+    prompt_param: &str,
 ) -> Result<(tmpsc::UnboundedReceiver<RequestOutput>, AbortOnDrop), Response> {
     let (out, rx) = tmpsc::unbounded_channel();
     let (ack, ack_rx) = oneshot::channel();
@@ -125,7 +146,7 @@ async fn submit(
     s.commands.send(Command::Add { req: Box::new(req), out, ack }).map_err(|_| dead())?;
     match ack_rx.await {
         Ok(Ok(())) => Ok((rx, AbortOnDrop { id, commands: s.commands.clone(), finished: false })),
-        Ok(Err(e)) => Err(engine_error(e)),
+        Ok(Err(e)) => Err(engine_error_for(e, prompt_param)),
         Err(_) => Err(dead()),
     }
 }
@@ -189,6 +210,14 @@ async fn collect(
         lps.extend(sampled_pairs(&o));
         if o.finished.is_some() {
             guard.finished = true;
+            if o.finished == Some(FinishReason::Error) {
+                return Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalServerError",
+                    "the model failed while computing this request",
+                    None,
+                ));
+            }
             return Ok((text, lps, o));
         }
     }
@@ -222,10 +251,18 @@ fn sse_stream(
         loop {
             let Some(o) = rx.recv().await else {
                 guard.finished = true;
-                let e = json!({"error": {"message": "the engine stopped while streaming", "type": "service_unavailable", "param": null, "code": 503}});
+                let e = json!({"error": {"message": "the engine stopped while streaming", "type": "ServiceUnavailableError", "param": null, "code": 503}});
                 let _ = tx.send(Event::default().data(e.to_string())).await;
+                let _ = tx.send(Event::default().data("[DONE]")).await;
                 return;
             };
+            if o.finished == Some(FinishReason::Error) {
+                guard.finished = true;
+                let e = json!({"error": {"message": "the model failed while computing this request", "type": "InternalServerError", "param": null, "code": 500}});
+                let _ = tx.send(Event::default().data(e.to_string())).await;
+                let _ = tx.send(Event::default().data("[DONE]")).await;
+                return;
+            }
             let done = o.finished.is_some();
             guard.finished |= done;
             for e in render(&o) {
@@ -284,12 +321,12 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
     let keys = RequestKeys::new().with_cache_salt(req.common.cache_salt.clone().unwrap_or_default());
     let id = s.request_id("cmpl");
     let new = NewRequest { id: id.clone(), prompt, params, keys };
-    let (mut rx, mut guard) = match submit(&s, new).await {
+    let (mut rx, mut guard) = match submit(&s, new, "prompt").await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
     let model = s.model_name.clone();
-    let created = s.created;
+    let created = now_secs();
     let want_logprobs = req.logprobs.is_some();
     if !req.common.stream {
         let (text, lps, last) = match collect(&mut rx, &mut guard).await {
@@ -306,6 +343,7 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
                 text,
                 logprobs: want_logprobs.then(|| completion_logprobs(&s, &lps, 0)),
                 finish_reason: last.finished.map(|f| f.as_str()),
+                stop_reason: stop_reason(&last),
             }],
             usage: Some(Usage::new(last.prompt_tokens, last.completion_tokens, last.cached_tokens)),
         };
@@ -332,6 +370,7 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
                 text: o.text.clone(),
                 logprobs: lp,
                 finish_reason: o.finished.map(|f| f.as_str()),
+                stop_reason: stop_reason(o),
             };
             events.push(sse_json(&chunk(vec![choice], None)));
         }
@@ -397,17 +436,23 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
         .max_completion_tokens
         .or(req.max_tokens)
         .unwrap_or_else(|| s.max_model_len.saturating_sub(prompt.len()).max(1));
+    if req.top_logprobs.is_some_and(|n| n > crate::sampling::MAX_LOGPROBS) {
+        return bad_request(
+            format!("top_logprobs must be at most {}", crate::sampling::MAX_LOGPROBS),
+            Some("top_logprobs"),
+        );
+    }
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     let params = sampling(&req.common, max_tokens, logprobs);
     let keys = RequestKeys::new().with_cache_salt(req.common.cache_salt.clone().unwrap_or_default());
     let id = s.request_id("chatcmpl");
     let new = NewRequest { id: id.clone(), prompt, params, keys };
-    let (mut rx, mut guard) = match submit(&s, new).await {
+    let (mut rx, mut guard) = match submit(&s, new, "messages").await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
     let model = s.model_name.clone();
-    let created = s.created;
+    let created = now_secs();
     if !req.common.stream {
         let (text, lps, last) = match collect(&mut rx, &mut guard).await {
             Ok(x) => x,
@@ -423,6 +468,7 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
                 message: OutMessage { role: "assistant", content: text },
                 logprobs: req.logprobs.then(|| chat_logprobs(&s, &lps)),
                 finish_reason: last.finished.map(|f| f.as_str()),
+                stop_reason: stop_reason(&last),
             }],
             usage: Usage::new(last.prompt_tokens, last.completion_tokens, last.cached_tokens),
         };
@@ -443,17 +489,20 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
         delta: Delta { role: Some("assistant"), content: Some(String::new()) },
         logprobs: None,
         finish_reason: None,
+        stop_reason: None,
     };
     let first = vec![sse_json(&chunk(vec![role], None))];
     let st = s.clone();
     sse_stream(rx, guard, first, move |o| {
         let mut events = Vec::new();
-        if !o.text.is_empty() || o.finished.is_some() {
+        // A token whose text is held back still carries its logprobs.
+        if !o.text.is_empty() || o.finished.is_some() || (want_logprobs && !o.logprobs.is_empty()) {
             let choice = ChatChunkChoice {
                 index: 0,
                 delta: Delta { role: None, content: (!o.text.is_empty()).then(|| o.text.clone()) },
                 logprobs: want_logprobs.then(|| chat_logprobs(&st, &sampled_pairs(o))),
                 finish_reason: o.finished.map(|f| f.as_str()),
+                stop_reason: stop_reason(o),
             };
             events.push(sse_json(&chunk(vec![choice], None)));
         }
@@ -494,7 +543,7 @@ pub(crate) async fn health(State(s): Shared) -> Response {
 pub(crate) async fn metrics(State(s): Shared) -> Response {
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", e.to_string(), None);
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", e.to_string(), None);
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }

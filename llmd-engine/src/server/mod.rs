@@ -55,12 +55,14 @@ pub(crate) struct AppState {
     pub(crate) registry: Registry,
     pub(crate) alive: Arc<AtomicBool>,
     pub(crate) next_id: AtomicU64,
+    // Distinguishes this process's request ids from other replicas'.
+    pub(crate) instance: u32,
     pub(crate) created: u64,
 }
 
 impl AppState {
     pub(crate) fn request_id(&self, prefix: &str) -> String {
-        format!("{prefix}-{:016x}", self.next_id.fetch_add(1, Ordering::Relaxed))
+        format!("{prefix}-{:08x}{:012x}", self.instance, self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 }
 
@@ -105,6 +107,10 @@ impl Server {
             registry,
             alive: alive.clone(),
             next_id: AtomicU64::new(0),
+            instance: {
+                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+                (t as u32) ^ std::process::id().rotate_left(16)
+            },
             created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         });
         let thread = std::thread::Builder::new()
@@ -164,6 +170,15 @@ fn engine_loop(
     events_tx: Option<tmpsc::UnboundedSender<llmd_kvcache::KvEventBatch>>,
 ) {
     use std::collections::HashMap;
+    // Marks the server unhealthy however the loop ends, a panic included, so /health
+    // fails and the orchestrator restarts the pod.
+    struct Alive(Arc<AtomicBool>);
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
+        }
+    }
+    let _alive = Alive(alive);
     let mut outs: HashMap<String, tmpsc::UnboundedSender<RequestOutput>> = HashMap::new();
     let _span = tracing::info_span!("engine", model = %engine.config().model_name).entered();
     loop {
@@ -227,6 +242,5 @@ fn engine_loop(
             let _ = tx.send(batch);
         }
     }
-    alive.store(false, Ordering::SeqCst);
     // Dropping the senders ends every open response stream.
 }

@@ -55,6 +55,43 @@ pub(crate) struct Common {
     #[serde(default)]
     pub(crate) stop_token_ids: Vec<u32>,
     pub(crate) cache_salt: Option<String>,
+    /// Parameters vLLM or OpenAI accept that this server does not implement; a request
+    /// setting one to a non-neutral value is refused rather than silently ignored.
+    #[serde(flatten)]
+    pub(crate) other: serde_json::Map<String, Value>,
+}
+
+/// Unimplemented parameters and the value that means "off".
+const NEUTRAL: &[(&str, &str)] = &[
+    ("presence_penalty", "0"),
+    ("frequency_penalty", "0"),
+    ("repetition_penalty", "1"),
+    ("min_p", "0"),
+    ("min_tokens", "0"),
+    ("logit_bias", "{}"),
+    ("best_of", "1"),
+    ("use_beam_search", "false"),
+    ("include_stop_str_in_output", "false"),
+    ("response_format", "{\"type\":\"text\"}"),
+    ("tools", "[]"),
+    ("tool_choice", "\"none\""),
+    ("guided_json", "null"),
+    ("guided_regex", "null"),
+    ("guided_choice", "null"),
+    ("structured_outputs", "null"),
+    ("suffix", "null"),
+];
+
+impl Common {
+    /// The first unsupported parameter set to something other than its neutral value.
+    pub(crate) fn unsupported(&self) -> Option<&'static str> {
+        NEUTRAL.iter().find_map(|(name, neutral)| {
+            let v = self.other.get(*name)?;
+            let off: Value = serde_json::from_str(neutral).unwrap_or(Value::Null);
+            let same = v.is_null() || *v == off || (v.is_number() && v.as_f64() == off.as_f64());
+            (!same).then_some(*name)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +176,7 @@ pub(crate) struct CompletionChoice {
     pub(crate) text: String,
     pub(crate) logprobs: Option<CompletionLogprobs>,
     pub(crate) finish_reason: Option<&'static str>,
+    pub(crate) stop_reason: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,6 +222,7 @@ pub(crate) struct ChatChoice {
     pub(crate) message: OutMessage,
     pub(crate) logprobs: Option<ChatLogprobs>,
     pub(crate) finish_reason: Option<&'static str>,
+    pub(crate) stop_reason: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -210,6 +249,7 @@ pub(crate) struct ChatChunkChoice {
     pub(crate) delta: Delta,
     pub(crate) logprobs: Option<ChatLogprobs>,
     pub(crate) finish_reason: Option<&'static str>,
+    pub(crate) stop_reason: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -284,7 +284,6 @@ impl llmd_engine::Backend for Flaky {
 
 #[test]
 fn a_failed_step_errors_its_requests_and_never_serves_their_blocks_as_cache_hits() {
-    use llmd_engine::Backend;
     let inner = ModelBackend::new(builtin::model(7).unwrap(), 64, 4, KvDtype::F32).unwrap();
     let cfg = EngineConfig { block_size: 4, num_blocks: 64, max_model_len: 128, ..Default::default() };
     let flaky = Flaky { inner, calls: 0, fail_at: 1 };

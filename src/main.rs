@@ -260,8 +260,8 @@ fn serve(a: ServeArgs) -> Result<()> {
     use llmd::engine::server::{KvEventsConfig, Server, ServerConfig};
     use llmd::engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
     use llmd::engine::{
-        Backend, ByteTokenizer, ChatTemplate, Clock, Engine, EngineConfig, HfTokenizer, KvDtype, LatencyModel,
-        LlamaModel, ModelBackend, SimBackend, SystemClock, Tokenize, builtin,
+        Backend, ByteTokenizer, ChatTemplate, Clock, Engine, EngineConfig, GenerationConfig, HfTokenizer, KvDtype,
+        LatencyModel, LlamaModel, ModelBackend, SimBackend, SystemClock, Tokenize, builtin,
     };
 
     if !matches!(a.role, Role::Both) {
@@ -288,10 +288,19 @@ fn serve(a: ServeArgs) -> Result<()> {
                 (Some(model), Arc::new(tok), template, name)
             }
         };
-    let (eos, max_ctx) = match &model {
+    let generation = match &a.model {
+        Some(dir) => GenerationConfig::from_dir(dir)?,
+        None => GenerationConfig::default(),
+    };
+    let (mut eos, max_ctx) = match &model {
         Some(m) => (m.config().eos_token_ids.clone(), m.config().max_position_embeddings),
         None => (vec![ByteTokenizer::EOS], 8192),
     };
+    for id in &generation.eos_token_ids {
+        if !eos.contains(id) {
+            eos.push(*id);
+        }
+    }
     let max_model_len = a.max_model_len.unwrap_or(max_ctx.min(8192));
     let num_blocks = match (a.num_blocks, &model) {
         (Some(n), _) => n,
@@ -326,6 +335,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     let server_cfg = ServerConfig {
         kv_events: (!a.no_kv_events)
             .then(|| KvEventsConfig { endpoint: a.kv_events_endpoint.clone(), topic: a.kv_events_topic.clone() }),
+        defaults: generation,
         ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -107,10 +107,13 @@ pub enum KvBuf {
 
 impl KvBuf {
     fn zeros(dtype: KvDtype, n: usize) -> Self {
+        use half::vec::HalfBitsVecExt;
+        // Zeroed `u16`s come from the allocator already zeroed (no fill pass over what
+        // may be gigabytes), then are reinterpreted as half floats of value +0.
         match dtype {
             KvDtype::F32 => KvBuf::F32(vec![0.0; n]),
-            KvDtype::F16 => KvBuf::F16(vec![f16::ZERO; n]),
-            KvDtype::BF16 => KvBuf::BF16(vec![bf16::ZERO; n]),
+            KvDtype::F16 => KvBuf::F16(vec![0u16; n].reinterpret_into::<f16>()),
+            KvDtype::BF16 => KvBuf::BF16(vec![0u16; n].reinterpret_into::<bf16>()),
         }
     }
 }

@@ -42,7 +42,7 @@ pub use engine::{Engine, EngineConfig, FinishReason, NewRequest, RequestOutput};
 pub use error::{EngineError, Result};
 pub use kv::{KvDtype, KvShape, PagedKvCache};
 pub use metrics::EngineMetrics;
-pub use model::{LlamaModel, LogitsWanted, ModelConfig, SeqInput};
+pub use model::{GenerationConfig, LlamaModel, LogitsWanted, ModelConfig, SeqInput};
 pub use sampling::{Sampled, SamplingParams, TokenLogprob};
 pub use sim::{LatencyModel, SimBackend};
 pub use tokenizer::{ByteTokenizer, ChatMessage, ChatTemplate, HfTokenizer, Tokenize};

@@ -161,3 +161,23 @@ fn tokenizer_and_chat_template_match_transformers() {
         assert_eq!(template.render(&messages, true).unwrap(), cases["chat_rendered"].as_str().unwrap(), "{name}");
     }
 }
+
+#[test]
+fn generation_config_supplies_eos_ids_and_sampling_defaults() {
+    use llmd_engine::GenerationConfig;
+    let g = GenerationConfig::from_dir(&dir("qwen2-bias-yarn-f16")).unwrap();
+    assert_eq!(g.eos_token_ids, vec![2]);
+    let tmp = std::env::temp_dir().join(format!("llmd-gencfg-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(
+        tmp.join("generation_config.json"),
+        r#"{"eos_token_id": [7, 9], "do_sample": true, "temperature": 0.6, "top_p": 0.9}"#,
+    )
+    .unwrap();
+    let g = GenerationConfig::from_dir(&tmp).unwrap();
+    assert_eq!((g.eos_token_ids, g.temperature, g.top_p, g.top_k), (vec![7, 9], Some(0.6), Some(0.9), None));
+    std::fs::write(tmp.join("generation_config.json"), "{not json").unwrap();
+    let e = GenerationConfig::from_dir(&tmp).unwrap_err().to_string();
+    assert!(e.starts_with("generation_config.json: (document):"), "{e}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

@@ -309,3 +309,42 @@ mod tests {
         }
     }
 }
+
+/// The defaults a checkpoint's `generation_config.json` sets, as vLLM applies them:
+/// extra end-of-sequence tokens, and sampling defaults for requests that leave them out.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationConfig {
+    /// End-of-sequence tokens (instruction-tuned models often add end-of-turn ids here).
+    pub eos_token_ids: Vec<u32>,
+    /// Default temperature.
+    pub temperature: Option<f32>,
+    /// Default nucleus threshold.
+    pub top_p: Option<f32>,
+    /// Default top-k.
+    pub top_k: Option<i64>,
+}
+
+impl GenerationConfig {
+    /// Reads `generation_config.json` from a checkpoint directory; absent means defaults.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("generation_config.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(EngineError::io(&path, e)),
+        };
+        let file = "generation_config.json";
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| EngineError::config(file, "(document)", e.to_string()))?;
+        // A sampling default only applies when sampling is on, as in transformers.
+        let sampling = v.get("do_sample").and_then(Value::as_bool).unwrap_or(true);
+        let f = |k: &str| v.get(k).and_then(Value::as_f64).filter(|_| sampling);
+        Ok(GenerationConfig {
+            eos_token_ids: token_ids(v.get("eos_token_id"), "eos_token_id")
+                .map_err(|_| EngineError::config(file, "eos_token_id", "expected a token id or a list of ids"))?,
+            temperature: f("temperature").map(|x| x as f32),
+            top_p: f("top_p").map(|x| x as f32),
+            top_k: v.get("top_k").and_then(Value::as_i64).filter(|_| sampling),
+        })
+    }
+}

@@ -6,7 +6,7 @@ mod llama;
 mod rope;
 pub mod weights;
 
-pub use config::{ModelConfig, RopeScaling};
+pub use config::{GenerationConfig, ModelConfig, RopeScaling};
 pub use layers::Linear;
 pub use llama::{LlamaModel, LogitsWanted, SeqInput};
 pub use rope::Rope;

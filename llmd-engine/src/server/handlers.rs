@@ -105,12 +105,15 @@ fn check_common(s: &AppState, c: &Common) -> Result<(), Response> {
     Ok(())
 }
 
-fn sampling(c: &Common, max_tokens: usize, logprobs: Option<usize>) -> SamplingParams {
+/// The request's sampling parameters, with the checkpoint's generation defaults for
+/// those it leaves out (as vLLM does).
+fn sampling(s: &AppState, c: &Common, max_tokens: usize, logprobs: Option<usize>) -> SamplingParams {
+    let d = &s.defaults;
     SamplingParams {
         max_tokens,
-        temperature: c.temperature.unwrap_or(1.0),
-        top_k: c.top_k.unwrap_or(0),
-        top_p: c.top_p.unwrap_or(1.0),
+        temperature: c.temperature.or(d.temperature).unwrap_or(1.0),
+        top_k: c.top_k.or(d.top_k).unwrap_or(0),
+        top_p: c.top_p.or(d.top_p).unwrap_or(1.0),
         seed: c.seed,
         stop_token_ids: c.stop_token_ids.clone(),
         stop: c.stop.clone().map(Stop::into_vec).unwrap_or_default(),
@@ -317,7 +320,7 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
         return bad_request("echo is not supported", Some("echo"));
     }
     let max_tokens = req.max_tokens.unwrap_or(16);
-    let params = sampling(&req.common, max_tokens, req.logprobs);
+    let params = sampling(&s, &req.common, max_tokens, req.logprobs);
     let keys = RequestKeys::new().with_cache_salt(req.common.cache_salt.clone().unwrap_or_default());
     let id = s.request_id("cmpl");
     let new = NewRequest { id: id.clone(), prompt, params, keys };
@@ -443,7 +446,7 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
         );
     }
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
-    let params = sampling(&req.common, max_tokens, logprobs);
+    let params = sampling(&s, &req.common, max_tokens, logprobs);
     let keys = RequestKeys::new().with_cache_salt(req.common.cache_salt.clone().unwrap_or_default());
     let id = s.request_id("chatcmpl");
     let new = NewRequest { id: id.clone(), prompt, params, keys };

@@ -31,11 +31,13 @@ pub struct ServerConfig {
     pub max_queued_requests: usize,
     /// Publish KV events over ZMQ (off when `None`).
     pub kv_events: Option<KvEventsConfig>,
+    /// Sampling defaults from the checkpoint's `generation_config.json`.
+    pub defaults: crate::model::GenerationConfig,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_queued_requests: 1024, kv_events: None }
+        ServerConfig { max_queued_requests: 1024, kv_events: None, defaults: Default::default() }
     }
 }
 
@@ -51,6 +53,7 @@ pub(crate) struct AppState {
     pub(crate) max_model_len: usize,
     pub(crate) tokenizer: Arc<dyn Tokenize>,
     pub(crate) template: ChatTemplate,
+    pub(crate) defaults: crate::model::GenerationConfig,
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) registry: Registry,
     pub(crate) alive: Arc<AtomicBool>,
@@ -103,6 +106,7 @@ impl Server {
             max_model_len: engine.config().max_model_len,
             tokenizer: engine.tokenizer(),
             template,
+            defaults: cfg.defaults.clone(),
             commands: tx.clone(),
             registry,
             alive: alive.clone(),

@@ -1,11 +1,61 @@
-//! The inference scheduler (Endpoint Picker, EPP) of llmd.
+//! The llm-d endpoint picker (EPP), in Rust.
 //!
-//! **Not built yet.** This crate will hold, as synchronous runtime-free code: the
-//! datastore of endpoints and their scraped metrics, the plugin traits (`Filter`,
-//! `Scorer`, `Picker`, `ProfileHandler`) and llm-d's built-in plugins, parsing of llm-d's
-//! `EndpointPickerConfig` YAML, the global prefix index fed by engines' KV events (built
-//! on `llmd-kvcache`), and the pick API. Behind features it will offer the Envoy
-//! `ext_proc` gRPC server and an HTTP gateway.
+//! For each request, pick the model-server endpoint that already holds the prompt's KV
+//! cache and is not overloaded. The core is synchronous and runtime-free: endpoints and
+//! their metrics ([`Endpoint`]), plugin traits ([`Filter`], [`Scorer`], [`Picker`],
+//! [`ProfileHandler`], [`PickObserver`]) with llm-d's built-ins registered under llm-d's
+//! type names ([`PluginRegistry`]), llm-d's `EndpointPickerConfig` files
+//! ([`SchedulerConfig`]), and the pick itself ([`Scheduler`]), which logs each
+//! candidate's per-scorer breakdown at debug level.
 //!
-//! Nothing is exported yet: the API lands with the scheduler issue rather than as a
-//! placeholder users could come to depend on.
+//! Still to come in this crate: the precise prefix index fed by engines' KV events,
+//! metrics scraping, the HTTP gateway and the Envoy ext-proc server.
+//!
+//! ```
+//! use llmd_scheduler::{Endpoint, LlmRequest, PluginRegistry, Role, Scheduler, SchedulerConfig};
+//!
+//! let yaml = r#"
+//! apiVersion: inference.networking.x-k8s.io/v1alpha1
+//! kind: EndpointPickerConfig
+//! plugins:
+//! - type: queue-scorer
+//! - type: kv-cache-utilization-scorer
+//! - type: max-score-picker
+//! schedulingProfiles:
+//! - name: default
+//!   plugins:
+//!   - pluginRef: queue-scorer
+//!     weight: 2
+//!   - pluginRef: kv-cache-utilization-scorer
+//!   - pluginRef: max-score-picker
+//! "#;
+//! let config = SchedulerConfig::from_yaml(yaml, "epp.yaml", &PluginRegistry::with_builtins()).unwrap();
+//! let scheduler = Scheduler::new(config, 0);
+//! let mut busy = Endpoint::new("pod-a", "10.0.0.1:8000", Role::Both);
+//! busy.metrics.waiting = 12;
+//! let idle = Endpoint::new("pod-b", "10.0.0.2:8000", Role::Both);
+//! let pick = scheduler.pick(&LlmRequest::new("r1", "llama", "Hello"), &[busy, idle]).unwrap();
+//! assert_eq!(pick.destination().unwrap().endpoint, "pod-b");
+//! ```
+
+// The README's example runs as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+pub mod config;
+pub mod endpoint;
+mod error;
+pub mod plugin;
+pub mod plugins;
+pub mod registry;
+pub mod request;
+pub mod scheduler;
+
+pub use config::{Profile, SchedulerConfig};
+pub use endpoint::{Endpoint, EndpointMetrics, Role};
+pub use error::{Result, SchedulerError};
+pub use plugin::{CycleState, Filter, PickObserver, Picker, PluginHandle, ProfileHandler, ProfilePick, Scorer};
+pub use registry::PluginRegistry;
+pub use request::LlmRequest;
+pub use scheduler::{PickResult, Scheduler};

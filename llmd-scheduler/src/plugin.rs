@@ -1,0 +1,142 @@
+//! The plugin seams of the endpoint picker, as in llm-d's EPP: filters narrow the
+//! candidates, scorers rate them in [0, 1] (combined by profile weights), a picker
+//! chooses, and a profile handler decides which scheduling profiles run (one, or a
+//! prefill and a decode profile for disaggregation). Observers learn each pick (the
+//! approximate prefix scorer records routing history that way).
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::endpoint::Endpoint;
+use crate::request::LlmRequest;
+
+/// Scratch space shared by the plugins of one scheduling cycle.
+#[derive(Default)]
+pub struct CycleState {
+    data: HashMap<String, Box<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for CycleState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CycleState").field("keys", &self.data.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl CycleState {
+    /// Stores a value under `key`.
+    pub fn put<T: Any + Send + Sync>(&mut self, key: &str, value: T) {
+        self.data.insert(key.to_string(), Box::new(value));
+    }
+
+    /// The value under `key`, if it has type `T`.
+    pub fn get<T: Any + Send + Sync>(&self, key: &str) -> Option<&T> {
+        self.data.get(key).and_then(|b| b.downcast_ref())
+    }
+}
+
+/// Narrows the candidate endpoints.
+pub trait Filter: Send + Sync {
+    /// The endpoints that may serve `req`.
+    fn filter<'a>(&self, state: &mut CycleState, req: &LlmRequest, endpoints: Vec<&'a Endpoint>) -> Vec<&'a Endpoint>;
+}
+
+/// Rates candidates.
+pub trait Scorer: Send + Sync {
+    /// One score in [0, 1] per endpoint, in the order given.
+    fn score(&self, state: &mut CycleState, req: &LlmRequest, endpoints: &[&Endpoint]) -> Vec<f64>;
+}
+
+/// Chooses among scored candidates.
+pub trait Picker: Send + Sync {
+    /// The chosen endpoint; `draw` yields uniform numbers in [0, 1) for tie-breaks and
+    /// random picks (injected, so picks are reproducible under a seed).
+    fn pick<'a>(&self, scored: &[(&'a Endpoint, f64)], draw: &mut dyn FnMut() -> f64) -> Option<&'a Endpoint>;
+}
+
+/// The results of the profiles run so far in a cycle.
+pub type ProfileResults = BTreeMap<String, ProfilePick>;
+
+/// Decides which profiles run for a request.
+pub trait ProfileHandler: Send + Sync {
+    /// The next profiles to run given those already run (`results`); empty when done.
+    fn next_profiles(
+        &self,
+        state: &CycleState,
+        req: &LlmRequest,
+        profiles: &[String],
+        results: &ProfileResults,
+    ) -> Vec<String>;
+
+    /// The profile whose pick is the request's destination.
+    fn primary(&self, results: &ProfileResults) -> Option<String>;
+
+    /// Profiles that must exist in the configuration.
+    fn required_profiles(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Learns the outcome of each profile's pick.
+pub trait PickObserver: Send + Sync {
+    /// `chosen` was picked for `req` by `profile`.
+    fn on_pick(&self, state: &CycleState, req: &LlmRequest, profile: &str, chosen: &Endpoint);
+}
+
+/// One scorer's contribution to an endpoint's total.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreBreakdown {
+    /// Scorer plugin name.
+    pub scorer: String,
+    /// Raw score in [0, 1].
+    pub raw: f64,
+    /// Its weight in the profile.
+    pub weight: f64,
+}
+
+/// What one profile picked, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfilePick {
+    /// The chosen endpoint's id.
+    pub endpoint: String,
+    /// Its address.
+    pub address: String,
+    /// Its weighted total.
+    pub score: f64,
+    /// Per-scorer detail of the chosen endpoint.
+    pub breakdown: Vec<ScoreBreakdown>,
+    /// Candidates that survived the filters.
+    pub candidates: usize,
+}
+
+/// A configured plugin instance: one type can play several roles (a scorer that also
+/// observes picks, say).
+#[derive(Clone, Default)]
+pub struct PluginHandle {
+    /// Instance name (`name`, defaulting to the type).
+    pub name: String,
+    /// Type name, as in the config file.
+    pub type_name: String,
+    /// Filter role.
+    pub filter: Option<std::sync::Arc<dyn Filter>>,
+    /// Scorer role.
+    pub scorer: Option<std::sync::Arc<dyn Scorer>>,
+    /// Picker role.
+    pub picker: Option<std::sync::Arc<dyn Picker>>,
+    /// Profile-handler role.
+    pub profile_handler: Option<std::sync::Arc<dyn ProfileHandler>>,
+    /// Observer role.
+    pub observer: Option<std::sync::Arc<dyn PickObserver>>,
+}
+
+impl std::fmt::Debug for PluginHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHandle")
+            .field("name", &self.name)
+            .field("type", &self.type_name)
+            .field("filter", &self.filter.is_some())
+            .field("scorer", &self.scorer.is_some())
+            .field("picker", &self.picker.is_some())
+            .field("profile_handler", &self.profile_handler.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,76 @@
+//! Role and label filters.
+
+use super::Params;
+use crate::endpoint::{Endpoint, Role};
+use crate::plugin::{CycleState, Filter};
+use crate::request::LlmRequest;
+
+/// `prefill-filter`: endpoints that run prefill (role `prefill`).
+#[derive(Debug, Default)]
+pub struct PrefillFilter;
+
+impl Filter for PrefillFilter {
+    fn filter<'a>(&self, _: &mut CycleState, _: &LlmRequest, eps: Vec<&'a Endpoint>) -> Vec<&'a Endpoint> {
+        eps.into_iter().filter(|e| e.role == Role::Prefill).collect()
+    }
+}
+
+/// `decode-filter`: endpoints that decode (role `decode` or `both`).
+#[derive(Debug, Default)]
+pub struct DecodeFilter;
+
+impl Filter for DecodeFilter {
+    fn filter<'a>(&self, _: &mut CycleState, _: &LlmRequest, eps: Vec<&'a Endpoint>) -> Vec<&'a Endpoint> {
+        eps.into_iter().filter(|e| matches!(e.role, Role::Decode | Role::Both)).collect()
+    }
+}
+
+/// `by-label`: endpoints whose `label` has one of `validValues` (or lacks the label
+/// when `allowsNoLabel`).
+#[derive(Debug)]
+pub struct ByLabel {
+    label: String,
+    values: Vec<String>,
+    allows_no_label: bool,
+}
+
+impl ByLabel {
+    /// From `parameters`.
+    pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let p = Params(p);
+        let label = p.string("label")?.ok_or("parameter label: required")?;
+        Ok(ByLabel { label, values: p.strings("validValues")?, allows_no_label: p.bool("allowsNoLabel", false)? })
+    }
+}
+
+impl Filter for ByLabel {
+    fn filter<'a>(&self, _: &mut CycleState, _: &LlmRequest, eps: Vec<&'a Endpoint>) -> Vec<&'a Endpoint> {
+        eps.into_iter()
+            .filter(|e| match e.labels.get(&self.label) {
+                Some(v) => self.values.contains(v),
+                None => self.allows_no_label,
+            })
+            .collect()
+    }
+}
+
+/// `queue-threshold-filter`: drops endpoints with more than `threshold` waiting
+/// requests, unless that would drop all of them.
+#[derive(Debug)]
+pub struct QueueThresholdFilter {
+    threshold: u64,
+}
+
+impl QueueThresholdFilter {
+    /// From `parameters` (`threshold`, default 128).
+    pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
+        Ok(QueueThresholdFilter { threshold: Params(p).u64("threshold", 128)? })
+    }
+}
+
+impl Filter for QueueThresholdFilter {
+    fn filter<'a>(&self, _: &mut CycleState, _: &LlmRequest, eps: Vec<&'a Endpoint>) -> Vec<&'a Endpoint> {
+        let kept: Vec<&Endpoint> = eps.iter().copied().filter(|e| e.metrics.waiting <= self.threshold).collect();
+        if kept.is_empty() { eps } else { kept }
+    }
+}

@@ -1,0 +1,172 @@
+//! `prefix-cache-scorer`: approximate prefix-cache awareness from the scheduler's own
+//! routing history, as llm-d's scorer does. The prompt is cut into blocks (of
+//! `blockSizeTokens` tokens when the request carries token ids, otherwise of
+//! `blockSize` characters), hashed in a chain, and each endpoint keeps an LRU of the
+//! block hashes of prompts recently sent to it. An endpoint scores the fraction of the
+//! prompt's leading blocks it is believed to hold.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+use lru::LruCache;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use super::Params;
+use crate::endpoint::Endpoint;
+use crate::plugin::{CycleState, PickObserver, Scorer};
+use crate::request::LlmRequest;
+
+/// Cycle-state key where the scorer leaves what it matched, for the P/D decider.
+pub const PREFIX_MATCH_KEY: &str = "prefix-cache/match";
+
+/// What the prefix scorer found for a request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PrefixMatch {
+    /// The prompt's block hashes.
+    pub hashes: Vec<u64>,
+    /// Prompt length in tokens (estimated as characters / 4 without token ids).
+    pub prompt_tokens: usize,
+    /// Tokens each block covers.
+    pub tokens_per_block: usize,
+    /// Matched leading blocks per endpoint id.
+    pub matched: HashMap<String, usize>,
+}
+
+impl PrefixMatch {
+    /// Prompt tokens `endpoint` would have to compute.
+    pub fn uncached_tokens(&self, endpoint: &str) -> usize {
+        let hit = self.matched.get(endpoint).copied().unwrap_or(0) * self.tokens_per_block;
+        self.prompt_tokens.saturating_sub(hit)
+    }
+}
+
+/// The approximate prefix-cache scorer.
+#[derive(Debug)]
+pub struct PrefixCacheScorer {
+    block_chars: usize,
+    block_tokens: usize,
+    max_blocks: usize,
+    capacity: NonZeroUsize,
+    index: Mutex<HashMap<String, LruCache<u64, ()>>>,
+}
+
+impl PrefixCacheScorer {
+    /// From `parameters`: `blockSize` (characters, default 64), `blockSizeTokens`
+    /// (default 16), `maxPrefixBlocksToMatch` (256), `lruCapacityPerServer` (31250).
+    /// `autoTune` is accepted; block size and capacity are not inferred yet.
+    pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let p = Params(p);
+        let block_chars = p.u64("blockSize", 64)? as usize;
+        let block_tokens = p.u64("blockSizeTokens", 16)? as usize;
+        let max_blocks = p.u64("maxPrefixBlocksToMatch", 256)? as usize;
+        let capacity = p.u64("lruCapacityPerServer", 31_250)? as usize;
+        let _ = p.bool("autoTune", true)?;
+        if block_chars == 0 || block_tokens == 0 {
+            return Err("parameters blockSize and blockSizeTokens must be at least 1".into());
+        }
+        let capacity = NonZeroUsize::new(capacity).ok_or("parameter lruCapacityPerServer: must be at least 1")?;
+        Ok(PrefixCacheScorer { block_chars, block_tokens, max_blocks, capacity, index: Mutex::new(HashMap::new()) })
+    }
+
+    fn hashes(&self, req: &LlmRequest) -> (Vec<u64>, usize, usize) {
+        // The model name seeds the chain: the same prompt for two models shares nothing.
+        let mut prev = xxh3_64_with_seed(req.model.as_bytes(), 0);
+        let mut out = Vec::new();
+        match &req.token_ids {
+            Some(ids) => {
+                for chunk in ids.chunks_exact(self.block_tokens).take(self.max_blocks) {
+                    let bytes: Vec<u8> = chunk.iter().flat_map(|t| t.to_le_bytes()).collect();
+                    prev = xxh3_64_with_seed(&bytes, prev);
+                    out.push(prev);
+                }
+                (out, ids.len(), self.block_tokens)
+            }
+            None => {
+                for chunk in req.prompt.as_bytes().chunks_exact(self.block_chars).take(self.max_blocks) {
+                    prev = xxh3_64_with_seed(chunk, prev);
+                    out.push(prev);
+                }
+                // About four characters a token: enough for the P/D threshold.
+                (out, req.prompt.len() / 4, (self.block_chars / 4).max(1))
+            }
+        }
+    }
+}
+
+impl Scorer for PrefixCacheScorer {
+    fn score(&self, state: &mut CycleState, req: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
+        let (hashes, prompt_tokens, tokens_per_block) = self.hashes(req);
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let mut matched = HashMap::new();
+        let scores = eps
+            .iter()
+            .map(|e| {
+                let n =
+                    index.get_mut(&e.id).map_or(0, |lru| hashes.iter().take_while(|h| lru.get(h).is_some()).count());
+                matched.insert(e.id.clone(), n);
+                if hashes.is_empty() { 0.0 } else { n as f64 / hashes.len() as f64 }
+            })
+            .collect();
+        state.put(PREFIX_MATCH_KEY, PrefixMatch { hashes, prompt_tokens, tokens_per_block, matched });
+        scores
+    }
+}
+
+impl PickObserver for PrefixCacheScorer {
+    fn on_pick(&self, state: &CycleState, _: &LlmRequest, _: &str, chosen: &Endpoint) {
+        let Some(m) = state.get::<PrefixMatch>(PREFIX_MATCH_KEY) else { return };
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let lru = index.entry(chosen.id.clone()).or_insert_with(|| LruCache::new(self.capacity));
+        for h in &m.hashes {
+            lru.put(*h, ());
+        }
+    }
+}
+
+impl PrefixCacheScorer {
+    /// Drops what is known about an endpoint that went away.
+    pub fn forget(&self, endpoint: &str) {
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).remove(endpoint);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::Role;
+
+    #[test]
+    fn history_makes_the_previous_destination_score_higher() {
+        let s = PrefixCacheScorer::from_params(&serde_json::json!({"blockSize": 4})).unwrap();
+        let eps = [Endpoint::new("a", "a", Role::Both), Endpoint::new("b", "b", Role::Both)];
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        let req = LlmRequest::new("1", "m", "aaaabbbbccccdddd");
+        let mut st = CycleState::default();
+        assert_eq!(s.score(&mut st, &req, &refs), vec![0.0, 0.0]);
+        s.on_pick(&st, &req, "default", &eps[1]);
+        // Same first half, different second half: half the blocks match on b.
+        let req2 = LlmRequest::new("2", "m", "aaaabbbbxxxxyyyy");
+        let mut st2 = CycleState::default();
+        assert_eq!(s.score(&mut st2, &req2, &refs), vec![0.0, 0.5]);
+        let m = st2.get::<PrefixMatch>(PREFIX_MATCH_KEY).unwrap();
+        assert_eq!((m.prompt_tokens, m.uncached_tokens("b"), m.uncached_tokens("a")), (4, 2, 4));
+        // Another model shares nothing.
+        let other = LlmRequest::new("3", "m2", "aaaabbbbccccdddd");
+        assert_eq!(s.score(&mut CycleState::default(), &other, &refs), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn lru_capacity_bounds_memory() {
+        let s =
+            PrefixCacheScorer::from_params(&serde_json::json!({"blockSize": 1, "lruCapacityPerServer": 3})).unwrap();
+        let e = Endpoint::new("a", "a", Role::Both);
+        let req = LlmRequest::new("1", "m", "abcdef");
+        let mut st = CycleState::default();
+        s.score(&mut st, &req, &[&e]);
+        s.on_pick(&st, &req, "p", &e);
+        // Only the 3 most recent block hashes survive; the chain's head is gone.
+        assert_eq!(s.score(&mut CycleState::default(), &req, &[&e]), vec![0.0]);
+        assert!(PrefixCacheScorer::from_params(&serde_json::json!({"lruCapacityPerServer": 0})).is_err());
+    }
+}

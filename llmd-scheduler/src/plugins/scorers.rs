@@ -1,0 +1,149 @@
+//! Load, cache-pressure, session and LoRA scorers.
+
+use super::Params;
+use crate::endpoint::Endpoint;
+use crate::plugin::{CycleState, Scorer};
+use crate::request::LlmRequest;
+
+/// `queue-scorer`: fewer waiting requests score higher, min-max normalised over the
+/// candidates (all equal → 1).
+#[derive(Debug, Default)]
+pub struct QueueScorer;
+
+impl Scorer for QueueScorer {
+    fn score(&self, _: &mut CycleState, _: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
+        let q: Vec<u64> = eps.iter().map(|e| e.metrics.waiting).collect();
+        let (min, max) = (q.iter().copied().min().unwrap_or(0), q.iter().copied().max().unwrap_or(0));
+        q.iter().map(|&w| if max == min { 1.0 } else { (max - w) as f64 / (max - min) as f64 }).collect()
+    }
+}
+
+/// `kv-cache-utilization-scorer`: `1 - kv_cache_usage`.
+#[derive(Debug, Default)]
+pub struct KvCacheUtilizationScorer;
+
+impl Scorer for KvCacheUtilizationScorer {
+    fn score(&self, _: &mut CycleState, _: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
+        eps.iter().map(|e| (1.0 - e.metrics.kv_usage).clamp(0.0, 1.0)).collect()
+    }
+}
+
+/// `load-aware-scorer`: an idle queue scores 0.5, a queue at or past `threshold` 0,
+/// linearly in between (llm-d's scorer).
+#[derive(Debug)]
+pub struct LoadAwareScorer {
+    threshold: u64,
+}
+
+impl LoadAwareScorer {
+    /// From `parameters` (`threshold`, default 128).
+    pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let threshold = Params(p).u64("threshold", 128)?;
+        if threshold == 0 {
+            return Err("parameter threshold: must be at least 1".into());
+        }
+        Ok(LoadAwareScorer { threshold })
+    }
+}
+
+impl Scorer for LoadAwareScorer {
+    fn score(&self, _: &mut CycleState, _: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
+        eps.iter()
+            .map(|e| match e.metrics.waiting {
+                0 => 0.5,
+                w if w > self.threshold => 0.0,
+                w => 0.5 * (1.0 - w as f64 / self.threshold as f64),
+            })
+            .collect()
+    }
+}
+
+/// The header carrying a session's endpoint (set by the gateway on responses).
+pub const SESSION_HEADER: &str = "x-session-token";
+
+/// `session-affinity-scorer`: 1 for the endpoint named by the request's session token.
+#[derive(Debug, Default)]
+pub struct SessionAffinityScorer;
+
+impl Scorer for SessionAffinityScorer {
+    fn score(&self, _: &mut CycleState, req: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
+        let token = req.headers.get(SESSION_HEADER);
+        eps.iter().map(|e| if token == Some(&e.id) { 1.0 } else { 0.0 }).collect()
+    }
+}
+
+/// `lora-affinity-scorer`: prefers endpoints with the request's adapter loaded (1.0),
+/// then queued for loading (0.8), then with room for another adapter (0.5).
+#[derive(Debug, Default)]
+pub struct LoraAffinityScorer;
+
+impl Scorer for LoraAffinityScorer {
+    fn score(&self, _: &mut CycleState, req: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
+        eps.iter()
+            .map(|e| {
+                let m = &e.metrics;
+                if m.active_loras.contains(&req.model) {
+                    1.0
+                } else if m.waiting_loras.contains(&req.model) {
+                    0.8
+                } else if m.active_loras.len() + m.waiting_loras.len() < m.max_loras {
+                    0.5
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::Role;
+
+    fn ep(id: &str, waiting: u64, kv: f64) -> Endpoint {
+        let mut e = Endpoint::new(id, id, Role::Both);
+        e.metrics.waiting = waiting;
+        e.metrics.kv_usage = kv;
+        e
+    }
+
+    #[test]
+    fn queue_and_kv_scores() {
+        let eps = [ep("a", 0, 0.2), ep("b", 5, 0.9), ep("c", 10, 1.5)];
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        let (mut st, req) = (CycleState::default(), LlmRequest::default());
+        assert_eq!(QueueScorer.score(&mut st, &req, &refs), vec![1.0, 0.5, 0.0]);
+        let kv = KvCacheUtilizationScorer.score(&mut st, &req, &refs);
+        assert!((kv[0] - 0.8).abs() < 1e-12 && (kv[1] - 0.1).abs() < 1e-12 && kv[2] == 0.0);
+        let same = [ep("a", 3, 0.0), ep("b", 3, 0.0)];
+        assert_eq!(QueueScorer.score(&mut st, &req, &same.iter().collect::<Vec<_>>()), vec![1.0, 1.0]);
+    }
+
+    #[test]
+    fn load_aware_thresholds() {
+        let s = LoadAwareScorer::from_params(&serde_json::json!({"threshold": 10})).unwrap();
+        let eps = [ep("a", 0, 0.0), ep("b", 5, 0.0), ep("c", 11, 0.0)];
+        let got = s.score(&mut CycleState::default(), &LlmRequest::default(), &eps.iter().collect::<Vec<_>>());
+        assert_eq!(got, vec![0.5, 0.25, 0.0]);
+        assert!(
+            LoadAwareScorer::from_params(&serde_json::json!({"threshold": "x"})).unwrap_err().contains("threshold")
+        );
+    }
+
+    #[test]
+    fn session_and_lora_affinity() {
+        let mut a = ep("a", 0, 0.0);
+        a.metrics.active_loras = vec!["sql".into()];
+        a.metrics.max_loras = 1;
+        let mut b = ep("b", 0, 0.0);
+        b.metrics.max_loras = 2;
+        let eps = [a, b];
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        let mut req = LlmRequest::new("r", "sql", "");
+        req.headers.insert(SESSION_HEADER.into(), "b".into());
+        let mut st = CycleState::default();
+        assert_eq!(SessionAffinityScorer.score(&mut st, &req, &refs), vec![0.0, 1.0]);
+        assert_eq!(LoraAffinityScorer.score(&mut st, &req, &refs), vec![1.0, 0.5]);
+    }
+}

@@ -1,0 +1,150 @@
+//! Plugin types by name: the built-ins under llm-d's type names, plus any a user
+//! registers, so configuration files can name them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::plugin::PluginHandle;
+use crate::plugins::{filters, pickers, prefix, profiles, scorers};
+
+/// Builds a plugin instance from its name and `parameters`; errors name the parameter.
+pub type Factory = Arc<dyn Fn(&str, &Value) -> Result<PluginHandle, String> + Send + Sync>;
+
+/// Plugin types known to the config loader.
+#[derive(Clone, Default)]
+pub struct PluginRegistry {
+    factories: BTreeMap<String, Factory>,
+}
+
+impl std::fmt::Debug for PluginRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.factories.keys()).finish()
+    }
+}
+
+fn handle(name: &str, type_name: &str) -> PluginHandle {
+    PluginHandle { name: name.into(), type_name: type_name.into(), ..Default::default() }
+}
+
+impl PluginRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The built-in plugin types.
+    pub fn with_builtins() -> Self {
+        let mut r = Self::new();
+        r.register("queue-scorer", |n, _| {
+            Ok(PluginHandle { scorer: Some(Arc::new(scorers::QueueScorer)), ..handle(n, "queue-scorer") })
+        });
+        r.register("kv-cache-utilization-scorer", |n, _| {
+            Ok(PluginHandle {
+                scorer: Some(Arc::new(scorers::KvCacheUtilizationScorer)),
+                ..handle(n, "kv-cache-utilization-scorer")
+            })
+        });
+        r.register("load-aware-scorer", |n, p| {
+            Ok(PluginHandle {
+                scorer: Some(Arc::new(scorers::LoadAwareScorer::from_params(p)?)),
+                ..handle(n, "load-aware-scorer")
+            })
+        });
+        r.register("session-affinity-scorer", |n, _| {
+            Ok(PluginHandle {
+                scorer: Some(Arc::new(scorers::SessionAffinityScorer)),
+                ..handle(n, "session-affinity-scorer")
+            })
+        });
+        r.register("lora-affinity-scorer", |n, _| {
+            Ok(PluginHandle {
+                scorer: Some(Arc::new(scorers::LoraAffinityScorer)),
+                ..handle(n, "lora-affinity-scorer")
+            })
+        });
+        r.register("prefix-cache-scorer", |n, p| {
+            let s = Arc::new(prefix::PrefixCacheScorer::from_params(p)?);
+            Ok(PluginHandle { scorer: Some(s.clone()), observer: Some(s), ..handle(n, "prefix-cache-scorer") })
+        });
+        r.register("prefill-filter", |n, _| {
+            Ok(PluginHandle { filter: Some(Arc::new(filters::PrefillFilter)), ..handle(n, "prefill-filter") })
+        });
+        r.register("decode-filter", |n, _| {
+            Ok(PluginHandle { filter: Some(Arc::new(filters::DecodeFilter)), ..handle(n, "decode-filter") })
+        });
+        r.register("by-label", |n, p| {
+            Ok(PluginHandle { filter: Some(Arc::new(filters::ByLabel::from_params(p)?)), ..handle(n, "by-label") })
+        });
+        r.register("queue-threshold-filter", |n, p| {
+            Ok(PluginHandle {
+                filter: Some(Arc::new(filters::QueueThresholdFilter::from_params(p)?)),
+                ..handle(n, "queue-threshold-filter")
+            })
+        });
+        r.register("max-score-picker", |n, _| {
+            Ok(PluginHandle { picker: Some(Arc::new(pickers::MaxScorePicker)), ..handle(n, "max-score-picker") })
+        });
+        r.register("random-picker", |n, _| {
+            Ok(PluginHandle { picker: Some(Arc::new(pickers::RandomPicker)), ..handle(n, "random-picker") })
+        });
+        r.register("weighted-random-picker", |n, _| {
+            Ok(PluginHandle {
+                picker: Some(Arc::new(pickers::WeightedRandomPicker)),
+                ..handle(n, "weighted-random-picker")
+            })
+        });
+        r.register("single-profile-handler", |n, _| {
+            Ok(PluginHandle {
+                profile_handler: Some(Arc::new(profiles::SingleProfileHandler)),
+                ..handle(n, "single-profile-handler")
+            })
+        });
+        r.register("pd-profile-handler", |n, p| {
+            Ok(PluginHandle {
+                profile_handler: Some(Arc::new(profiles::PdProfileHandler::from_params(p)?)),
+                ..handle(n, "pd-profile-handler")
+            })
+        });
+        // Configuration-only plugins: their parameters are read by others (the P/D
+        // handler reads the decider's threshold); they take no part in a cycle.
+        r.register("prefix-based-pd-decider", |n, p| {
+            super::plugins::Params(p).u64("nonCachedTokens", 0)?;
+            Ok(handle(n, "prefix-based-pd-decider"))
+        });
+        // Newer llm-d spells the P/D handler this way (deciders: {prefill: <decider>}).
+        r.register("disagg-profile-handler", |n, p| {
+            Ok(PluginHandle {
+                profile_handler: Some(Arc::new(profiles::PdProfileHandler::from_params(p)?)),
+                ..handle(n, "disagg-profile-handler")
+            })
+        });
+        // llm-d plugins whose work happens outside the pick (headers the gateway sets,
+        // the approximate prefix producer that llmd's prefix-cache-scorer folds in).
+        // Accepted so llm-d files load unchanged.
+        for t in ["prefill-header-handler", "disagg-headers-handler", "approx-prefix-cache-producer"] {
+            r.register(t, move |n, _| Ok(handle(n, t)));
+        }
+        r
+    }
+
+    /// Registers (or replaces) a plugin type.
+    pub fn register(
+        &mut self,
+        type_name: &str,
+        factory: impl Fn(&str, &Value) -> Result<PluginHandle, String> + Send + Sync + 'static,
+    ) {
+        self.factories.insert(type_name.to_string(), Arc::new(factory));
+    }
+
+    /// The factory for a type.
+    pub fn get(&self, type_name: &str) -> Option<&Factory> {
+        self.factories.get(type_name)
+    }
+
+    /// Known type names.
+    pub fn types(&self) -> impl Iterator<Item = &str> {
+        self.factories.keys().map(String::as_str)
+    }
+}

@@ -1,0 +1,169 @@
+//! The pick: run the profiles the handler asks for, each as filters → weighted scorers
+//! → picker, over the datastore's endpoints.
+
+use std::sync::Mutex;
+
+use crate::config::{Profile, SchedulerConfig};
+use crate::endpoint::Endpoint;
+use crate::error::{Result, SchedulerError};
+use crate::plugin::{CycleState, ProfilePick, ProfileResults, ScoreBreakdown};
+use crate::request::LlmRequest;
+
+/// The outcome of scheduling one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PickResult {
+    /// The profile whose pick is the destination.
+    pub primary: String,
+    /// Every profile's pick (e.g. `decode` and, for long uncached prompts, `prefill`).
+    pub picks: ProfileResults,
+}
+
+impl PickResult {
+    /// The destination pick.
+    pub fn destination(&self) -> Option<&ProfilePick> {
+        self.picks.get(&self.primary)
+    }
+}
+
+/// SplitMix64 behind a lock: the only randomness in a pick, seeded for reproducibility.
+#[derive(Debug)]
+struct Draws(Mutex<u64>);
+
+impl Draws {
+    fn next(&self) -> f64 {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The endpoint picker.
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    draws: Draws,
+}
+
+impl Scheduler {
+    /// A scheduler over a loaded configuration; `seed` drives random tie-breaks.
+    pub fn new(config: SchedulerConfig, seed: u64) -> Self {
+        Scheduler { config, draws: Draws(Mutex::new(seed)) }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Picks endpoints for `req` among `endpoints`.
+    pub fn pick(&self, req: &LlmRequest, endpoints: &[Endpoint]) -> Result<PickResult> {
+        let mut state = CycleState::default();
+        let mut results = ProfileResults::new();
+        let names: Vec<String> = self.config.profiles.iter().map(|p| p.name.clone()).collect();
+        loop {
+            let next = self.config.handler.next_profiles(&state, req, &names, &results);
+            if next.is_empty() {
+                break;
+            }
+            for name in next {
+                if results.contains_key(&name) {
+                    return Err(SchedulerError::Request(format!("profile handler asked for {name:?} twice")));
+                }
+                let profile = self.config.profiles.iter().find(|p| p.name == name).ok_or_else(|| {
+                    SchedulerError::Request(format!("profile handler asked for unknown profile {name:?}"))
+                })?;
+                let pick = self.run_profile(profile, &mut state, req, endpoints)?;
+                results.insert(name, pick);
+            }
+        }
+        let primary = self
+            .config
+            .handler
+            .primary(&results)
+            .filter(|p| results.contains_key(p))
+            .ok_or_else(|| SchedulerError::NoEndpoint("no profile produced a destination".into()))?;
+        Ok(PickResult { primary, picks: results })
+    }
+
+    fn run_profile(
+        &self,
+        profile: &Profile,
+        state: &mut CycleState,
+        req: &LlmRequest,
+        endpoints: &[Endpoint],
+    ) -> Result<ProfilePick> {
+        let mut cands: Vec<&Endpoint> = endpoints.iter().collect();
+        for (name, f) in &profile.filters {
+            cands = f.filter(state, req, cands);
+            if cands.is_empty() {
+                return Err(SchedulerError::NoEndpoint(format!(
+                    "profile {:?}: filter {name:?} left no endpoint",
+                    profile.name
+                )));
+            }
+        }
+        if cands.is_empty() {
+            return Err(SchedulerError::NoEndpoint(format!("profile {:?}: no endpoints registered", profile.name)));
+        }
+        // raw[s][e]: scorer s's score for candidate e.
+        let raw: Vec<Vec<f64>> = profile
+            .scorers
+            .iter()
+            .map(|(_, s, _)| {
+                let mut v = s.score(state, req, &cands);
+                v.resize(cands.len(), 0.0);
+                v.iter_mut().for_each(|x| *x = if x.is_finite() { x.clamp(0.0, 1.0) } else { 0.0 });
+                v
+            })
+            .collect();
+        let totals: Vec<(&Endpoint, f64)> = cands
+            .iter()
+            .enumerate()
+            .map(|(e, ep)| (*ep, profile.scorers.iter().zip(&raw).map(|((_, _, w), r)| w * r[e]).sum()))
+            .collect();
+        let chosen =
+            profile.picker.1.pick(&totals, &mut || self.draws.next()).ok_or_else(|| {
+                SchedulerError::NoEndpoint(format!("profile {:?}: picker chose nothing", profile.name))
+            })?;
+        let idx = cands.iter().position(|c| c.id == chosen.id).unwrap_or(0);
+        let breakdown: Vec<ScoreBreakdown> = profile
+            .scorers
+            .iter()
+            .zip(&raw)
+            .map(|((name, _, w), r)| ScoreBreakdown { scorer: name.clone(), raw: r[idx], weight: *w })
+            .collect();
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let detail: Vec<String> = cands
+                .iter()
+                .enumerate()
+                .map(|(e, c)| {
+                    let parts: Vec<String> =
+                        profile.scorers.iter().zip(&raw).map(|((n, _, w), r)| format!("{n}={:.3}x{w}", r[e])).collect();
+                    format!("{}: {:.3} [{}]", c.id, totals[e].1, parts.join(" "))
+                })
+                .collect();
+            tracing::debug!(
+                request = %req.id,
+                profile = %profile.name,
+                picked = %chosen.id,
+                picker = %profile.picker.0,
+                scores = %detail.join("; "),
+                "pick"
+            );
+        }
+        for o in &profile.observers {
+            o.on_pick(state, req, &profile.name, chosen);
+        }
+        Ok(ProfilePick {
+            endpoint: chosen.id.clone(),
+            address: chosen.address.clone(),
+            score: totals[idx].1,
+            breakdown,
+            candidates: cands.len(),
+        })
+    }
+}

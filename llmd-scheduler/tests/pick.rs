@@ -1,0 +1,68 @@
+//! Picks end to end through loaded configurations.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::path::PathBuf;
+
+use llmd_scheduler::{Endpoint, LlmRequest, PluginRegistry, Role, Scheduler, SchedulerConfig, SchedulerError};
+
+fn scheduler(file: &str) -> Scheduler {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/configs").join(file);
+    Scheduler::new(SchedulerConfig::from_file(&p, &PluginRegistry::with_builtins()).unwrap(), 42)
+}
+
+fn ep(id: &str, role: Role, waiting: u64) -> Endpoint {
+    let mut e = Endpoint::new(id, format!("{id}:8000"), role);
+    e.metrics.waiting = waiting;
+    e
+}
+
+#[test]
+fn shared_prefixes_stick_to_one_endpoint_unless_it_is_much_busier() {
+    let s = scheduler("prefix-aware.yaml");
+    let eps: Vec<Endpoint> = (0..4).map(|i| ep(&format!("pod-{i}"), Role::Both, 0)).collect();
+    let system = "You are a helpful assistant. Answer in one sentence. ".repeat(4);
+    let first = s.pick(&LlmRequest::new("r0", "m", format!("{system} Q0")), &eps).unwrap();
+    let home = first.destination().unwrap().endpoint.clone();
+    for i in 1..10 {
+        let p = s.pick(&LlmRequest::new(format!("r{i}"), "m", format!("{system} Q{i}")), &eps).unwrap();
+        let d = p.destination().unwrap();
+        assert_eq!(d.endpoint, home, "request {i}");
+        let prefix = d.breakdown.iter().find(|b| b.scorer == "prefix-cache-scorer").unwrap();
+        assert!(prefix.raw > 0.9 && prefix.weight == 3.0, "{prefix:?}");
+    }
+    // The home endpoint's queue fills up: queue score 0 against 1 elsewhere, and the
+    // prefix weight of 3 still wins — as configured.
+    let busy: Vec<Endpoint> = eps.iter().map(|e| ep(&e.id, Role::Both, if e.id == home { 50 } else { 0 })).collect();
+    let p = s.pick(&LlmRequest::new("rb", "m", format!("{system} Qb")), &busy).unwrap();
+    assert_eq!(p.destination().unwrap().endpoint, home);
+}
+
+#[test]
+fn pd_profiles_add_a_prefill_pick_only_for_long_uncached_prompts() {
+    let s = scheduler("pd.yaml");
+    let eps = [ep("prefill-0", Role::Prefill, 0), ep("decode-0", Role::Decode, 0), ep("decode-1", Role::Decode, 0)];
+    let prompt = "Paged attention stores keys and values in fixed-size blocks. ".repeat(8);
+    let first = s.pick(&LlmRequest::new("a", "m", prompt.clone()), &eps).unwrap();
+    assert_eq!(first.primary, "decode");
+    assert!(first.picks["decode"].endpoint.starts_with("decode-"));
+    assert_eq!(first.picks["prefill"].endpoint, "prefill-0", "a cold 120-token prompt is disaggregated");
+    // Same prompt again: the decode endpoint now holds it; nothing left to prefill remotely.
+    let again = s.pick(&LlmRequest::new("b", "m", prompt), &eps).unwrap();
+    assert_eq!(again.picks["decode"].endpoint, first.picks["decode"].endpoint);
+    assert!(!again.picks.contains_key("prefill"), "{again:?}");
+    // A short prompt is never disaggregated.
+    let short = s.pick(&LlmRequest::new("c", "m", "hi"), &eps).unwrap();
+    assert!(!short.picks.contains_key("prefill"));
+}
+
+#[test]
+fn no_fitting_endpoint_is_a_clear_error() {
+    let s = scheduler("pd.yaml");
+    let only_prefill = [ep("prefill-0", Role::Prefill, 0)];
+    match s.pick(&LlmRequest::new("a", "m", "x"), &only_prefill) {
+        Err(SchedulerError::NoEndpoint(m)) => assert!(m.contains("decode-filter"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(s.pick(&LlmRequest::new("a", "m", "x"), &[]), Err(SchedulerError::NoEndpoint(_))));
+}

@@ -17,3 +17,6 @@ pub use llmd_kvcache as kvcache;
 pub use llmd_scheduler as scheduler;
 #[cfg(feature = "transfer")]
 pub use llmd_transfer as transfer;
+
+#[cfg(all(feature = "engine", feature = "scheduler"))]
+pub mod cluster;

@@ -42,49 +42,43 @@ struct UpArgs {
     /// Number of engine replicas.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
-    /// A Hugging Face Llama-family checkpoint directory (default: the built-in tiny model).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Simulated replicas instead of real model execution.
-    #[arg(long)]
-    sim: bool,
-    /// Gateway port.
+    /// Address the gateway binds.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Gateway port (the one OpenAI-compatible endpoint).
     #[arg(long, default_value_t = 8000)]
     port: u16,
+    /// Built-in routing: round-robin, load or prefix.
+    #[arg(long, default_value = "prefix")]
+    routing: String,
+    /// An EndpointPickerConfig file instead of a built-in routing.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Role {
-    Prefill,
-    Decode,
-    Both,
-}
-
-#[derive(Args, Debug)]
-struct ServeArgs {
+/// Engine settings shared by `serve` and `up`.
+#[derive(Args, Debug, Clone)]
+struct EngineArgs {
     /// Model checkpoint directory (default: the built-in tiny model).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Name clients use in the `model` field (default: the directory name, or llmd-tiny).
     #[arg(long)]
     served_model_name: Option<String>,
-    /// Disaggregation role.
-    #[arg(long, value_enum, default_value_t = Role::Both)]
-    role: Role,
-    /// Address to bind.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// HTTP port.
-    #[arg(long, default_value_t = 8001)]
-    port: u16,
+    /// Simulate the model: real scheduling, blocks, metrics and events; compute replaced
+    /// by a latency model.
+    #[arg(long)]
+    sim: bool,
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     block_size: usize,
-    /// KV blocks (default: as many as --kv-cache-mib holds).
+    /// KV blocks per replica (default: as many as --kv-cache-mib holds).
     #[arg(long)]
     num_blocks: Option<usize>,
-    /// KV cache memory budget in MiB, used when --num-blocks is not given.
-    #[arg(long, default_value_t = 512)]
+    /// KV cache memory budget per replica in MiB, used when --num-blocks is not given.
+    #[arg(long, default_value_t = 256)]
     kv_cache_mib: usize,
     /// KV cache element type: f32, f16 or bf16.
     #[arg(long, default_value = "f16")]
@@ -104,10 +98,26 @@ struct ServeArgs {
     /// Seed for built-in weights and for requests without a seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Simulate the model: real scheduling, blocks, metrics and events; compute replaced
-    /// by a latency model.
-    #[arg(long)]
-    sim: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Role {
+    Prefill,
+    Decode,
+    Both,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Disaggregation role.
+    #[arg(long, value_enum, default_value_t = Role::Both)]
+    role: Role,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// HTTP port.
+    #[arg(long, default_value_t = 8001)]
+    port: u16,
     /// ZMQ endpoint for KV events (vLLM's default).
     #[arg(long, default_value = "tcp://*:5557")]
     kv_events_endpoint: String,
@@ -117,6 +127,8 @@ struct ServeArgs {
     /// Do not publish KV events.
     #[arg(long)]
     no_kv_events: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Args, Debug)]
@@ -197,7 +209,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Kv(KvCommand::Hash(a)) => kv_hash(a),
         Command::Kv(KvCommand::DecodeEvents { file }) => kv_decode(file),
-        Command::Up(_) => not_yet("up", "the engine and scheduler"),
+        Command::Up(a) => up(a),
         Command::Serve(a) => serve(a),
         Command::Epp(_) => not_yet("epp", "the scheduler"),
         Command::Sidecar(_) => not_yet("sidecar", "the P/D sidecar"),
@@ -254,19 +266,22 @@ fn kv_decode(file: PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn serve(a: ServeArgs) -> Result<()> {
+/// An engine built from the command line, and what serving it needs.
+struct Built {
+    engine: llmd::engine::Engine,
+    template: llmd::engine::ChatTemplate,
+    generation: llmd::engine::GenerationConfig,
+}
+
+fn build_engine(a: &EngineArgs) -> Result<Built> {
     use std::sync::Arc;
 
-    use llmd::engine::server::{KvEventsConfig, Server, ServerConfig};
     use llmd::engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
     use llmd::engine::{
         Backend, ByteTokenizer, ChatTemplate, Clock, Engine, EngineConfig, GenerationConfig, HfTokenizer, KvDtype,
         LatencyModel, LlamaModel, ModelBackend, SimBackend, SystemClock, Tokenize, builtin,
     };
 
-    if !matches!(a.role, Role::Both) {
-        bail!("--role prefill/decode needs the KV transfer path, which is not built yet; use --role both");
-    }
     let kv_dtype: KvDtype = a.kv_cache_dtype.parse().map_err(anyhow::Error::msg)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
     let (model, tokenizer, template, name): (Option<LlamaModel>, Arc<dyn Tokenize>, ChatTemplate, String) =
@@ -331,7 +346,18 @@ fn serve(a: ServeArgs) -> Result<()> {
         seed: a.seed,
         ..Default::default()
     };
-    let engine = Engine::new(cfg.clone(), backend, tokenizer, eos, clock)?;
+    let engine = Engine::new(cfg, backend, tokenizer, eos, clock)?;
+    Ok(Built { engine, template, generation })
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    use llmd::engine::server::{KvEventsConfig, Server, ServerConfig};
+
+    if !matches!(a.role, Role::Both) {
+        bail!("--role prefill/decode needs the KV transfer path, which is not built yet; use --role both");
+    }
+    let Built { engine, template, generation } = build_engine(&a.engine)?;
+    let cfg = engine.config().clone();
     let server_cfg = ServerConfig {
         kv_events: (!a.no_kv_events)
             .then(|| KvEventsConfig { endpoint: a.kv_events_endpoint.clone(), topic: a.kv_events_topic.clone() }),
@@ -346,7 +372,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         let local = listener.local_addr()?;
         tracing::info!(
             model = %cfg.model_name,
-            sim = a.sim,
+            sim = a.engine.sim,
             blocks = cfg.num_blocks,
             block_size = cfg.block_size,
             max_model_len = cfg.max_model_len,
@@ -360,5 +386,42 @@ fn serve(a: ServeArgs) -> Result<()> {
             })
             .await
             .context("serving")
+    })
+}
+
+fn up(a: UpArgs) -> Result<()> {
+    use llmd::cluster::{LocalCluster, Replica};
+    use llmd::scheduler::{PluginRegistry, SchedulerConfig, presets};
+
+    if a.replicas == 0 {
+        bail!("--replicas must be at least 1");
+    }
+    let registry = PluginRegistry::with_builtins();
+    let sched_cfg = match &a.config {
+        Some(path) => SchedulerConfig::from_file(path, &registry)?,
+        None => presets::preset(&a.routing, &registry)?,
+    };
+    let mut replicas = Vec::with_capacity(a.replicas);
+    for _ in 0..a.replicas {
+        // Same arguments, same seed: every replica serves the same weights.
+        let Built { engine, template, generation } = build_engine(&a.engine)?;
+        replicas.push(Replica { engine, template, generation });
+    }
+    let model_name = replicas[0].engine.config().model_name.clone();
+    let routing = a.config.as_ref().map_or(a.routing.clone(), |p| p.display().to_string());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let bind = format!("{}:{}", a.host, a.port);
+        let cluster = LocalCluster::start(replicas, sched_cfg, a.engine.seed, &bind)
+            .await
+            .with_context(|| format!("starting the local cluster on {bind}"))?;
+        println!(
+            "llmd up: {} replicas of {model_name:?} behind http://{}/v1 (routing: {routing}); Ctrl-C to stop",
+            a.replicas, cluster.addr
+        );
+        let _ = tokio::signal::ctrl_c().await;
+        cluster.shutdown().await;
+        println!("llmd up: stopped");
+        Ok(())
     })
 }

@@ -8,8 +8,9 @@
 //! ([`SchedulerConfig`]), and the pick itself ([`Scheduler`]), which logs each
 //! candidate's per-scorer breakdown at debug level.
 //!
-//! Still to come in this crate: the precise prefix index fed by engines' KV events,
-//! metrics scraping, the HTTP gateway and the Envoy ext-proc server.
+//! [`scrape`] reads engines' Prometheus metrics; the `gateway` feature adds the HTTP
+//! gateway. Still to come: the precise prefix index fed by engines' KV events and the
+//! Envoy ext-proc server.
 //!
 //! ```
 //! use llmd_scheduler::{Endpoint, LlmRequest, PluginRegistry, Role, Scheduler, SchedulerConfig};
@@ -46,11 +47,15 @@ pub struct ReadmeDoctests;
 pub mod config;
 pub mod endpoint;
 mod error;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 pub mod plugin;
 pub mod plugins;
+pub mod presets;
 pub mod registry;
 pub mod request;
 pub mod scheduler;
+pub mod scrape;
 
 pub use config::{Profile, SchedulerConfig};
 pub use endpoint::{Endpoint, EndpointMetrics, Role};

@@ -95,6 +95,12 @@ impl PluginRegistry {
                 ..handle(n, "weighted-random-picker")
             })
         });
+        r.register("round-robin-picker", |n, _| {
+            Ok(PluginHandle {
+                picker: Some(Arc::new(pickers::RoundRobinPicker::default())),
+                ..handle(n, "round-robin-picker")
+            })
+        });
         r.register("single-profile-handler", |n, _| {
             Ok(PluginHandle {
                 profile_handler: Some(Arc::new(profiles::SingleProfileHandler)),

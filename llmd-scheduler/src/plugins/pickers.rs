@@ -75,3 +75,22 @@ mod tests {
         assert!(MaxScorePicker.pick(&[], &mut || 0.0).is_none());
     }
 }
+
+/// `round-robin-picker` (an llmd addition): cycles through the candidates in id order,
+/// ignoring scores — the baseline routing benchmarks compare against.
+#[derive(Debug, Default)]
+pub struct RoundRobinPicker {
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Picker for RoundRobinPicker {
+    fn pick<'a>(&self, scored: &[(&'a Endpoint, f64)], _: &mut dyn FnMut() -> f64) -> Option<&'a Endpoint> {
+        if scored.is_empty() {
+            return None;
+        }
+        let mut eps: Vec<&Endpoint> = scored.iter().map(|s| s.0).collect();
+        eps.sort_by(|a, b| a.id.cmp(&b.id));
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(eps[n % eps.len()])
+    }
+}

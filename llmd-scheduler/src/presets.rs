@@ -1,0 +1,82 @@
+//! Built-in routing configurations for `llmd up --routing` and `llmd epp --routing`.
+
+use crate::config::SchedulerConfig;
+use crate::error::{Result, SchedulerError};
+use crate::registry::PluginRegistry;
+
+const ROUND_ROBIN: &str = "
+plugins:
+- type: round-robin-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: round-robin-picker
+";
+
+const LOAD: &str = "
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+  - pluginRef: kv-cache-utilization-scorer
+  - pluginRef: max-score-picker
+";
+
+// llm-d's default inference-scheduling profile.
+const PREFIX: &str = "
+plugins:
+- type: prefix-cache-scorer
+  parameters:
+    blockSizeTokens: 16
+    maxPrefixBlocksToMatch: 256
+    lruCapacityPerServer: 31250
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: prefix-cache-scorer
+    weight: 3
+  - pluginRef: queue-scorer
+  - pluginRef: kv-cache-utilization-scorer
+  - pluginRef: max-score-picker
+";
+
+/// The names `--routing` accepts.
+pub const PRESETS: [&str; 3] = ["round-robin", "load", "prefix"];
+
+/// The configuration of a named preset.
+pub fn preset(name: &str, registry: &PluginRegistry) -> Result<SchedulerConfig> {
+    let yaml = match name {
+        "round-robin" => ROUND_ROBIN,
+        "load" => LOAD,
+        "prefix" => PREFIX,
+        other => {
+            return Err(SchedulerError::config(
+                "--routing",
+                other,
+                format!("unknown routing preset (choose one of {})", PRESETS.join(", ")),
+            ));
+        }
+    };
+    SchedulerConfig::from_yaml(yaml, &format!("preset {name}"), registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_loads() {
+        let r = PluginRegistry::with_builtins();
+        for p in PRESETS {
+            preset(p, &r).unwrap();
+        }
+        assert!(preset("fastest", &r).unwrap_err().to_string().contains("round-robin"));
+    }
+}

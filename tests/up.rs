@@ -1,0 +1,211 @@
+//! `llmd up` end to end: engine replicas behind the gateway on loopback.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmd::cluster::{LocalCluster, Replica};
+use llmd::engine::server::{Server, ServerConfig};
+use llmd::engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
+use llmd::engine::{
+    ByteTokenizer, ChatTemplate, Engine, EngineConfig, KvDtype, LatencyModel, ModelBackend, SimBackend, SystemClock,
+    builtin,
+};
+use llmd::scheduler::gateway::{Gateway, GatewayConfig};
+use llmd::scheduler::{Endpoint, PluginRegistry, Role, Scheduler, presets};
+use serde_json::{Value, json};
+
+fn tiny() -> Replica {
+    let cfg = EngineConfig { block_size: 16, num_blocks: 256, max_model_len: 1024, ..Default::default() };
+    let backend = ModelBackend::new(builtin::model(0).unwrap(), 256, 16, KvDtype::F16).unwrap();
+    Replica {
+        engine: Engine::new(
+            cfg,
+            Box::new(backend),
+            Arc::new(ByteTokenizer),
+            vec![ByteTokenizer::EOS],
+            Arc::new(SystemClock::default()),
+        )
+        .unwrap(),
+        template: ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
+        generation: Default::default(),
+    }
+}
+
+/// A simulated replica whose prefill costs 1 ms per uncached token.
+fn sim() -> Replica {
+    let clock = Arc::new(SystemClock::default());
+    let latency = LatencyModel {
+        step_overhead: Duration::from_micros(500),
+        per_prefill_token: Duration::from_micros(100),
+        per_decode_seq: Duration::from_micros(50),
+        per_context_token: Duration::ZERO,
+    };
+    let backend = SimBackend::new(latency, clock.clone(), ByteTokenizer::VOCAB, 8192, 32..127, 1);
+    let cfg =
+        EngineConfig { model_name: "llmd-sim".into(), num_blocks: 2048, max_model_len: 4096, ..Default::default() };
+    Replica {
+        engine: Engine::new(cfg, Box::new(backend), Arc::new(ByteTokenizer), vec![ByteTokenizer::EOS], clock).unwrap(),
+        template: ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
+        generation: Default::default(),
+    }
+}
+
+async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, String) {
+    let r = client.post(url).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_chat_and_streams_through_replicas() {
+    let reg = PluginRegistry::with_builtins();
+    let cluster = LocalCluster::start(vec![tiny(), tiny()], presets::preset("prefix", &reg).unwrap(), 0, "127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", cluster.addr);
+    let (status, body) = post(
+        &client,
+        format!("{base}/v1/chat/completions"),
+        json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 6);
+    let (status, body) =
+        post(&client, format!("{base}/v1/completions"), json!({"prompt": "Once", "max_tokens": 4, "stream": true}))
+            .await;
+    assert_eq!(status, 200);
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    let (status, body) = post(&client, format!("{base}/v1/completions"), json!("{")).await;
+    assert_eq!(status, 400, "{body}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_endpoints_are_retried_elsewhere_and_none_left_is_a_503() {
+    let r = tiny();
+    let server = Server::start(r.engine, r.template, ServerConfig::default()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let live = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    // A port nothing listens on: the first connection attempt is refused.
+    let dead_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = dead_listener.local_addr().unwrap().to_string();
+    drop(dead_listener);
+    let reg = PluginRegistry::with_builtins();
+    let eps = vec![Endpoint::new("a-dead", dead.clone(), Role::Both), Endpoint::new("b-live", live, Role::Both)];
+    let gw =
+        Gateway::new(Scheduler::new(presets::preset("round-robin", &reg).unwrap(), 0), eps, GatewayConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, gw.router()).await });
+    let client = reqwest::Client::new();
+    // Round robin tries a-dead first; the request still succeeds on b-live.
+    let (status, body) = post(&client, format!("{base}/v1/completions"), json!({"prompt": "x", "max_tokens": 2})).await;
+    assert_eq!(status, 200, "{body}");
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("llmd_epp_retries_total 1"), "{metrics}");
+
+    let only_dead = vec![Endpoint::new("a-dead", dead, Role::Both)];
+    let gw =
+        Gateway::new(Scheduler::new(presets::preset("load", &reg).unwrap(), 0), only_dead, GatewayConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, gw.router()).await });
+    let (status, body) = post(&client, format!("{base}/v1/completions"), json!({"prompt": "x"})).await;
+    assert_eq!(status, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("a-dead"), "{v}");
+    let _ = stop.send(());
+    serving.await.unwrap().unwrap();
+}
+
+/// Sums a series over every replica's `/metrics`.
+async fn sum_metric(client: &reqwest::Client, cluster: &LocalCluster, series: &str) -> f64 {
+    let mut total = 0.0;
+    for r in &cluster.replicas {
+        let text = client.get(format!("http://{r}/metrics")).send().await.unwrap().text().await.unwrap();
+        total +=
+            text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0);
+    }
+    total
+}
+
+/// Runs a shared-prefix workload; returns (prefix-cache hit rate, mean TTFT seconds).
+async fn shared_prefix_run(routing: &str) -> (f64, f64) {
+    let reg = PluginRegistry::with_builtins();
+    let replicas = (0..8).map(|_| sim()).collect();
+    let cluster =
+        LocalCluster::start(replicas, presets::preset(routing, &reg).unwrap(), 7, "127.0.0.1:0").await.unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/completions", cluster.addr);
+    // Three long system prompts ("tenants"; three, so round robin over eight replicas
+    // does not line tenants up with replicas by accident), twelve questions each.
+    let docs: Vec<String> =
+        (0..3).map(|t| format!("Tenant {t} policy: ") + &"clause about data handling; ".repeat(24)).collect();
+    for q in 0..12 {
+        for (t, d) in docs.iter().enumerate() {
+            let body = json!({"prompt": format!("{d} Question {q} from tenant {t}?"), "max_tokens": 4});
+            let (status, text) = post(&client, url.clone(), body).await;
+            assert_eq!(status, 200, "{text}");
+        }
+    }
+    let labels = "{model_name=\"llmd-sim\",engine=\"0\"}";
+    let hits = sum_metric(&client, &cluster, &format!("vllm:prefix_cache_hits_total{labels}")).await;
+    let queries = sum_metric(&client, &cluster, &format!("vllm:prefix_cache_queries_total{labels}")).await;
+    let ttft_sum = sum_metric(&client, &cluster, &format!("vllm:time_to_first_token_seconds_sum{labels}")).await;
+    let ttft_n = sum_metric(&client, &cluster, &format!("vllm:time_to_first_token_seconds_count{labels}")).await;
+    cluster.shutdown().await;
+    assert_eq!(ttft_n, 36.0);
+    (hits / queries, ttft_sum / ttft_n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_routing_beats_round_robin_on_a_shared_prefix_workload() {
+    let (rr_hits, rr_ttft) = shared_prefix_run("round-robin").await;
+    let (px_hits, px_ttft) = shared_prefix_run("prefix").await;
+    eprintln!("round-robin: hit rate {rr_hits:.3}, mean TTFT {:.1} ms", rr_ttft * 1e3);
+    eprintln!("prefix:      hit rate {px_hits:.3}, mean TTFT {:.1} ms", px_ttft * 1e3);
+    assert!(px_hits > rr_hits, "prefix-aware routing should hit the cache more");
+    assert!(px_ttft < rr_ttft, "and so reach the first token sooner");
+}
+
+fn python() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("LLMD_PYTHON") {
+        return Some(p.into());
+    }
+    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    venv.exists().then_some(venv)
+}
+
+/// The README's main job: `llmd up`, then the `openai` client against the printed URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_client_works_through_the_gateway() {
+    let Some(python) = python() else {
+        assert!(std::env::var_os("CI").is_none(), "CI must provide the interop Python (.ci/run creates .venv)");
+        eprintln!("skipping: no $LLMD_PYTHON and no .venv (run .ci/run, or set LLMD_PYTHON)");
+        return;
+    };
+    let reg = PluginRegistry::with_builtins();
+    let cluster = LocalCluster::start(vec![tiny(), tiny()], presets::preset("prefix", &reg).unwrap(), 0, "127.0.0.1:0")
+        .await
+        .unwrap();
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/interop/openai_client_check.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(format!("http://{}/v1", cluster.addr))
+        .arg(builtin::BUILTIN_MODEL_NAME)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("checks passed"), "{stdout}");
+    cluster.shutdown().await;
+}

@@ -3,10 +3,47 @@
 
 use std::net::SocketAddr;
 
-use llmd_engine::server::{Server, ServerConfig};
-use llmd_engine::{ChatTemplate, Engine, GenerationConfig};
-use llmd_scheduler::gateway::{Gateway, GatewayConfig};
+use std::sync::Arc;
+
+use llmd_engine::server::{KvEventsConfig, Server, ServerConfig};
+use llmd_engine::{ChatMessage, ChatTemplate, Engine, GenerationConfig, Tokenize};
+use llmd_scheduler::gateway::{Gateway, GatewayConfig, PromptTokenizer};
 use llmd_scheduler::{Endpoint, Role, Scheduler, SchedulerConfig};
+use serde_json::Value;
+
+/// Tokenizes requests exactly as the engines will: chat through the chat template
+/// without added special tokens, completions with them.
+struct EnginePromptTokenizer {
+    tokenizer: Arc<dyn Tokenize>,
+    template: ChatTemplate,
+}
+
+impl PromptTokenizer for EnginePromptTokenizer {
+    fn tokenize(&self, path: &str, body: &Value) -> Option<Vec<u32>> {
+        if path.ends_with("/chat/completions") {
+            let messages = body
+                .get("messages")?
+                .as_array()?
+                .iter()
+                .map(|m| {
+                    let content = match m.get("content") {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(Value::Array(parts)) => {
+                            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect()
+                        }
+                        _ => String::new(),
+                    };
+                    Some(ChatMessage { role: m.get("role")?.as_str()?.to_string(), content })
+                })
+                .collect::<Option<Vec<_>>>()?;
+            let add_generation_prompt = body.get("add_generation_prompt").and_then(Value::as_bool).unwrap_or(true);
+            let text = self.template.render(&messages, add_generation_prompt).ok()?;
+            self.tokenizer.encode(&text, false).ok()
+        } else {
+            self.tokenizer.encode(body.get("prompt")?.as_str()?, true).ok()
+        }
+    }
+}
 
 /// One replica to start: its engine and how to serve it.
 pub struct Replica {
@@ -46,13 +83,26 @@ impl LocalCluster {
         let mut endpoints = Vec::new();
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
+        let mut tokenizer = None;
         for (i, r) in replicas.into_iter().enumerate() {
-            let server =
-                Server::start(r.engine, r.template, ServerConfig { defaults: r.generation, ..Default::default() })
-                    .await?;
+            if tokenizer.is_none() {
+                let t: Arc<dyn PromptTokenizer> =
+                    Arc::new(EnginePromptTokenizer { tokenizer: r.engine.tokenizer(), template: r.template.clone() });
+                tokenizer = Some(t);
+            }
+            let events = KvEventsConfig { endpoint: "tcp://127.0.0.1:0".into(), topic: format!("replica-{i}") };
+            let server = Server::start(
+                r.engine,
+                r.template,
+                ServerConfig { defaults: r.generation, kv_events: Some(events), ..Default::default() },
+            )
+            .await?;
+            let kv_events = server.kv_events_endpoint().map(String::from);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
-            endpoints.push(Endpoint::new(format!("replica-{i}"), addr.to_string(), Role::Both));
+            let mut ep = Endpoint::new(format!("replica-{i}"), addr.to_string(), Role::Both);
+            ep.kv_events = kv_events;
+            endpoints.push(ep);
             addrs.push(addr);
             let mut rx = stop.subscribe();
             tasks.push(tokio::spawn(async move {
@@ -63,7 +113,9 @@ impl LocalCluster {
                     .await;
             }));
         }
-        let gateway = Gateway::new(Scheduler::new(scheduler, seed), endpoints, GatewayConfig::default());
+        let gateway =
+            Gateway::with_tokenizer(Scheduler::new(scheduler, seed), endpoints, GatewayConfig::default(), tokenizer);
+        gateway.start_kv_subscribers();
         gateway.scrape_once().await;
         let scraper = gateway.clone();
         let mut rx = stop.subscribe();

@@ -161,6 +161,15 @@ async fn shared_prefix_run(routing: &str) -> (f64, f64) {
     let queries = sum_metric(&client, &cluster, &format!("vllm:prefix_cache_queries_total{labels}")).await;
     let ttft_sum = sum_metric(&client, &cluster, &format!("vllm:time_to_first_token_seconds_sum{labels}")).await;
     let ttft_n = sum_metric(&client, &cluster, &format!("vllm:time_to_first_token_seconds_count{labels}")).await;
+    let gw = client.get(format!("http://{}/metrics", cluster.addr)).send().await.unwrap().text().await.unwrap();
+    if routing == "precise-prefix" {
+        // The index really was fed by the replicas' KV events.
+        let blocks: f64 = gw
+            .lines()
+            .find_map(|l| l.strip_prefix("llmd_epp_kv_index_blocks ").and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0);
+        assert!(blocks > 0.0, "{gw}");
+    }
     cluster.shutdown().await;
     assert_eq!(ttft_n, 36.0);
     (hits / queries, ttft_sum / ttft_n)
@@ -170,10 +179,14 @@ async fn shared_prefix_run(routing: &str) -> (f64, f64) {
 async fn prefix_routing_beats_round_robin_on_a_shared_prefix_workload() {
     let (rr_hits, rr_ttft) = shared_prefix_run("round-robin").await;
     let (px_hits, px_ttft) = shared_prefix_run("prefix").await;
-    eprintln!("round-robin: hit rate {rr_hits:.3}, mean TTFT {:.1} ms", rr_ttft * 1e3);
-    eprintln!("prefix:      hit rate {px_hits:.3}, mean TTFT {:.1} ms", px_ttft * 1e3);
-    assert!(px_hits > rr_hits, "prefix-aware routing should hit the cache more");
-    assert!(px_ttft < rr_ttft, "and so reach the first token sooner");
+    let (pp_hits, pp_ttft) = shared_prefix_run("precise-prefix").await;
+    eprintln!("round-robin:    hit rate {rr_hits:.3}, mean TTFT {:.1} ms", rr_ttft * 1e3);
+    eprintln!("prefix:         hit rate {px_hits:.3}, mean TTFT {:.1} ms", px_ttft * 1e3);
+    eprintln!("precise-prefix: hit rate {pp_hits:.3}, mean TTFT {:.1} ms", pp_ttft * 1e3);
+    for (name, hits, ttft) in [("prefix", px_hits, px_ttft), ("precise-prefix", pp_hits, pp_ttft)] {
+        assert!(hits > rr_hits, "{name} routing should hit the cache more than round robin");
+        assert!(ttft < rr_ttft, "{name} routing should reach the first token sooner than round robin");
+    }
 }
 
 fn python() -> Option<std::path::PathBuf> {

@@ -59,6 +59,8 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     /// Latest metrics.
     pub metrics: EndpointMetrics,
+    /// ZMQ endpoint of its KV event stream, if it publishes one.
+    pub kv_events: Option<String>,
 }
 
 impl Endpoint {
@@ -70,6 +72,7 @@ impl Endpoint {
             role,
             labels: BTreeMap::new(),
             metrics: EndpointMetrics::default(),
+            kv_events: None,
         }
     }
 }

@@ -49,6 +49,7 @@ pub mod endpoint;
 mod error;
 #[cfg(feature = "gateway")]
 pub mod gateway;
+pub mod kvindex;
 pub mod plugin;
 pub mod plugins;
 pub mod presets;

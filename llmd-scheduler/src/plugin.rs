@@ -126,6 +126,8 @@ pub struct PluginHandle {
     pub profile_handler: Option<std::sync::Arc<dyn ProfileHandler>>,
     /// Observer role.
     pub observer: Option<std::sync::Arc<dyn PickObserver>>,
+    /// KV-event consumer role.
+    pub kv_events: Option<std::sync::Arc<dyn KvEventConsumer>>,
 }
 
 impl std::fmt::Debug for PluginHandle {
@@ -139,4 +141,14 @@ impl std::fmt::Debug for PluginHandle {
             .field("profile_handler", &self.profile_handler.is_some())
             .finish()
     }
+}
+
+/// Takes engines' KV event batches (the precise prefix scorer's index).
+pub trait KvEventConsumer: Send + Sync {
+    /// A batch from `endpoint` with transport sequence number `seq`.
+    fn apply(&self, endpoint: &str, seq: Option<u64>, batch: &llmd_kvcache::KvEventBatch);
+    /// Forgets an endpoint that went away.
+    fn forget(&self, endpoint: &str);
+    /// Distinct blocks indexed.
+    fn blocks(&self) -> usize;
 }

@@ -47,8 +47,27 @@ schedulingProfiles:
   - pluginRef: max-score-picker
 ";
 
+// Prefix scoring from the engines' own KV events.
+const PRECISE_PREFIX: &str = "
+plugins:
+- type: precise-prefix-cache-scorer
+  parameters:
+    blockSize: 16
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: precise-prefix-cache-scorer
+    weight: 3
+  - pluginRef: queue-scorer
+  - pluginRef: kv-cache-utilization-scorer
+  - pluginRef: max-score-picker
+";
+
 /// The names `--routing` accepts.
-pub const PRESETS: [&str; 3] = ["round-robin", "load", "prefix"];
+pub const PRESETS: [&str; 4] = ["round-robin", "load", "prefix", "precise-prefix"];
 
 /// The configuration of a named preset.
 pub fn preset(name: &str, registry: &PluginRegistry) -> Result<SchedulerConfig> {
@@ -56,6 +75,7 @@ pub fn preset(name: &str, registry: &PluginRegistry) -> Result<SchedulerConfig> 
         "round-robin" => ROUND_ROBIN,
         "load" => LOAD,
         "prefix" => PREFIX,
+        "precise-prefix" => PRECISE_PREFIX,
         other => {
             return Err(SchedulerError::config(
                 "--routing",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::plugin::PluginHandle;
-use crate::plugins::{filters, pickers, prefix, profiles, scorers};
+use crate::plugins::{filters, pickers, precise, prefix, profiles, scorers};
 
 /// Builds a plugin instance from its name and `parameters`; errors name the parameter.
 pub type Factory = Arc<dyn Fn(&str, &Value) -> Result<PluginHandle, String> + Send + Sync>;
@@ -67,6 +67,10 @@ impl PluginRegistry {
         r.register("prefix-cache-scorer", |n, p| {
             let s = Arc::new(prefix::PrefixCacheScorer::from_params(p)?);
             Ok(PluginHandle { scorer: Some(s.clone()), observer: Some(s), ..handle(n, "prefix-cache-scorer") })
+        });
+        r.register("precise-prefix-cache-scorer", |n, p| {
+            let s = Arc::new(precise::PrecisePrefixCacheScorer::from_params(p)?);
+            Ok(PluginHandle { scorer: Some(s.clone()), kv_events: Some(s), ..handle(n, "precise-prefix-cache-scorer") })
         });
         r.register("prefill-filter", |n, _| {
             Ok(PluginHandle { filter: Some(Arc::new(filters::PrefillFilter)), ..handle(n, "prefill-filter") })

@@ -70,12 +70,22 @@ struct Metrics {
     picks: Family<EndpointLabel, Counter>,
     retries: Counter,
     pick_seconds: Histogram,
+    index_blocks: prometheus_client::metrics::gauge::Gauge,
+    event_lag: Histogram,
     registry: Registry,
+}
+
+/// Turns an OpenAI request body into the prompt token ids the engine will see (the
+/// precise prefix scorer hashes them). `path` tells completions from chat.
+pub trait PromptTokenizer: Send + Sync {
+    /// The token ids, or `None` when the body cannot be tokenized.
+    fn tokenize(&self, path: &str, body: &Value) -> Option<Vec<u32>>;
 }
 
 /// Shared gateway state.
 pub struct Gateway {
     scheduler: Scheduler,
+    tokenizer: Option<Arc<dyn PromptTokenizer>>,
     endpoints: RwLock<Vec<Endpoint>>,
     client: reqwest::Client,
     cfg: GatewayConfig,
@@ -132,6 +142,16 @@ fn token_ids(body: &Value) -> Option<Vec<u32>> {
 impl Gateway {
     /// A gateway over `endpoints`.
     pub fn new(scheduler: Scheduler, endpoints: Vec<Endpoint>, cfg: GatewayConfig) -> Arc<Self> {
+        Self::with_tokenizer(scheduler, endpoints, cfg, None)
+    }
+
+    /// A gateway that tokenizes prompts for precise prefix scoring.
+    pub fn with_tokenizer(
+        scheduler: Scheduler,
+        endpoints: Vec<Endpoint>,
+        cfg: GatewayConfig,
+        tokenizer: Option<Arc<dyn PromptTokenizer>>,
+    ) -> Arc<Self> {
         let mut registry = Registry::default();
         let picks = Family::<EndpointLabel, Counter>::default();
         let retries = Counter::default();
@@ -139,13 +159,22 @@ impl Gateway {
         registry.register("llmd_epp_picks", "Requests routed, by endpoint", picks.clone());
         registry.register("llmd_epp_retries", "Requests retried on another endpoint", retries.clone());
         registry.register("llmd_epp_pick_duration_seconds", "Time to pick an endpoint", pick_seconds.clone());
+        let index_blocks = prometheus_client::metrics::gauge::Gauge::default();
+        let event_lag = Histogram::new([1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0]);
+        registry.register("llmd_epp_kv_index_blocks", "Blocks in the precise prefix index", index_blocks.clone());
+        registry.register(
+            "llmd_epp_kv_event_lag_seconds",
+            "Delay from an engine's KV event batch to its indexing",
+            event_lag.clone(),
+        );
         Arc::new(Gateway {
             scheduler,
+            tokenizer,
             endpoints: RwLock::new(endpoints),
             client: reqwest::Client::new(),
             cfg,
             origin: Instant::now(),
-            metrics: Metrics { picks, retries, pick_seconds, registry },
+            metrics: Metrics { picks, retries, pick_seconds, index_blocks, event_lag, registry },
         })
     }
 
@@ -193,6 +222,21 @@ impl Gateway {
         }
     }
 
+    /// Subscribes to the KV event stream of every endpoint that has one, feeding the
+    /// configured plugins that consume events. Needs a tokio runtime.
+    pub fn start_kv_subscribers(self: &Arc<Self>) {
+        let consumers: Vec<Arc<dyn crate::plugin::KvEventConsumer>> =
+            self.scheduler.config().plugins.values().filter_map(|h| h.kv_events.clone()).collect();
+        if consumers.is_empty() {
+            return;
+        }
+        for e in self.endpoints() {
+            if let Some(zmq) = e.kv_events.clone() {
+                tokio::spawn(subscribe(self.clone(), e.id.clone(), zmq, consumers.clone()));
+            }
+        }
+    }
+
     /// Scrapes forever at the configured interval.
     pub async fn scrape_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.scrape_interval);
@@ -236,7 +280,7 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         parsed.get("model").and_then(Value::as_str).unwrap_or_default(),
         prompt_text(&parsed),
     );
-    req.token_ids = token_ids(&parsed);
+    req.token_ids = token_ids(&parsed).or_else(|| g.tokenizer.as_ref().and_then(|t| t.tokenize(uri.path(), &parsed)));
     for (k, v) in &headers {
         if let Ok(v) = v.to_str() {
             req.headers.insert(k.as_str().to_ascii_lowercase(), v.to_string());
@@ -300,4 +344,56 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         }
     }
     error(StatusCode::BAD_GATEWAY, "BadGatewayError", format!("every attempt failed; last: {last_err}"))
+}
+
+/// Reads one endpoint's KV event stream into the consumers until it ends.
+async fn subscribe(
+    gw: Arc<Gateway>,
+    endpoint: String,
+    zmq: String,
+    consumers: Vec<Arc<dyn crate::plugin::KvEventConsumer>>,
+) {
+    use zeromq::{Socket, SocketRecv};
+    let mut sock = zeromq::SubSocket::new();
+    if let Err(e) = sock.connect(&zmq).await {
+        tracing::warn!(%endpoint, %zmq, error = %e, "cannot subscribe to KV events");
+        return;
+    }
+    if let Err(e) = sock.subscribe("").await {
+        tracing::warn!(%endpoint, error = %e, "KV event subscription failed");
+        return;
+    }
+    tracing::info!(%endpoint, %zmq, "subscribed to KV events");
+    loop {
+        let msg = match sock.recv().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%endpoint, error = %e, "KV event stream ended");
+                return;
+            }
+        };
+        let frames = msg.into_vec();
+        // (topic, seq, payload) as vLLM publishes; a bare payload is accepted too.
+        let (seq, payload) = match frames.as_slice() {
+            [_, seq, payload] if seq.len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(seq);
+                (Some(u64::from_be_bytes(b)), payload)
+            }
+            [.., payload] => (None, payload),
+            [] => continue,
+        };
+        match llmd_kvcache::codec::decode_batch(payload) {
+            Ok(batch) => {
+                for c in &consumers {
+                    c.apply(&endpoint, seq, &batch);
+                }
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                gw.metrics.event_lag.observe((now - batch.ts).max(0.0));
+                gw.metrics.index_blocks.set(consumers.iter().map(|c| c.blocks()).sum::<usize>() as i64);
+            }
+            Err(e) => tracing::warn!(%endpoint, error = %e, "undecodable KV event batch"),
+        }
+    }
 }

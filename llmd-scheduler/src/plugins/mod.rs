@@ -2,6 +2,7 @@
 
 pub mod filters;
 pub mod pickers;
+pub mod precise;
 pub mod prefix;
 pub mod profiles;
 pub mod scorers;

@@ -13,9 +13,11 @@ use serde_json::Value;
 
 /// Tokenizes requests exactly as the engines will: chat through the chat template
 /// without added special tokens, completions with them.
-struct EnginePromptTokenizer {
-    tokenizer: Arc<dyn Tokenize>,
-    template: ChatTemplate,
+pub struct EnginePromptTokenizer {
+    /// The model's tokenizer.
+    pub tokenizer: Arc<dyn Tokenize>,
+    /// Its chat template.
+    pub template: ChatTemplate,
 }
 
 impl PromptTokenizer for EnginePromptTokenizer {

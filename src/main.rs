@@ -133,12 +133,29 @@ struct ServeArgs {
 
 #[derive(Args, Debug)]
 struct EppArgs {
-    /// EndpointPickerConfig YAML.
+    /// EndpointPickerConfig YAML (llm-d's format).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// ext-proc gRPC port.
+    /// Built-in routing when no --config: round-robin, load, prefix, precise-prefix.
+    #[arg(long, default_value = "prefix")]
+    routing: String,
+    /// An endpoint: `NAME=HOST:PORT`, optionally `,kv=tcp://HOST:PORT` (its KV events),
+    /// `,role=prefill|decode|both`. Repeat for each.
+    #[arg(long = "endpoint", required = true)]
+    endpoints: Vec<String>,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// ext-proc gRPC port (0 to disable).
     #[arg(long, default_value_t = 9002)]
     grpc_port: u16,
+    /// HTTP gateway port (0 to disable).
+    #[arg(long, default_value_t = 8000)]
+    http_port: u16,
+    /// Checkpoint directory whose tokenizer.json and chat template the engines use; lets
+    /// precise-prefix scoring hash text prompts (without it, only token-id prompts).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -211,7 +228,7 @@ fn main() -> Result<()> {
         Command::Kv(KvCommand::DecodeEvents { file }) => kv_decode(file),
         Command::Up(a) => up(a),
         Command::Serve(a) => serve(a),
-        Command::Epp(_) => not_yet("epp", "the scheduler"),
+        Command::Epp(a) => epp(a),
         Command::Sidecar(_) => not_yet("sidecar", "the P/D sidecar"),
         Command::Autoscale(_) => not_yet("autoscale", "the autoscaler"),
         Command::Bench(_) => not_yet("bench", "the benchmark runner"),
@@ -422,6 +439,95 @@ fn up(a: UpArgs) -> Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         cluster.shutdown().await;
         println!("llmd up: stopped");
+        Ok(())
+    })
+}
+
+fn parse_endpoint(spec: &str) -> Result<llmd::scheduler::Endpoint> {
+    use llmd::scheduler::{Endpoint, Role as EpRole};
+    let mut parts = spec.split(',');
+    let first = parts.next().unwrap_or_default();
+    let (name, addr) =
+        first.split_once('=').with_context(|| format!("--endpoint {spec:?}: expected NAME=HOST:PORT"))?;
+    let mut ep = Endpoint::new(name, addr, EpRole::Both);
+    for p in parts {
+        match p.split_once('=') {
+            Some(("kv", v)) => ep.kv_events = Some(v.to_string()),
+            Some(("role", v)) => {
+                ep.role = EpRole::parse(v).with_context(|| format!("--endpoint {spec:?}: unknown role {v:?}"))?
+            }
+            _ => bail!("--endpoint {spec:?}: unknown option {p:?} (kv=..., role=...)"),
+        }
+    }
+    Ok(ep)
+}
+
+fn epp(a: EppArgs) -> Result<()> {
+    use llmd::scheduler::gateway::extproc::ExtProc;
+    use llmd::scheduler::gateway::{Gateway, GatewayConfig};
+    use llmd::scheduler::{PluginRegistry, Scheduler, SchedulerConfig, presets};
+
+    let registry = PluginRegistry::with_builtins();
+    let cfg = match &a.config {
+        Some(path) => SchedulerConfig::from_file(path, &registry)?,
+        None => presets::preset(&a.routing, &registry)?,
+    };
+    let endpoints = a.endpoints.iter().map(|s| parse_endpoint(s)).collect::<Result<Vec<_>>>()?;
+    if a.grpc_port == 0 && a.http_port == 0 {
+        bail!("both --grpc-port and --http-port are 0: nothing to serve");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let tokenizer = match &a.tokenizer {
+            None => None,
+            Some(dir) => {
+                use llmd::engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
+                use llmd::engine::{ChatTemplate, HfTokenizer};
+                let tok = HfTokenizer::from_file(&dir.join("tokenizer.json"))?;
+                let template =
+                    ChatTemplate::from_dir(dir)?.unwrap_or_else(|| ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "", ""));
+                let t: std::sync::Arc<dyn llmd::scheduler::gateway::PromptTokenizer> =
+                    std::sync::Arc::new(llmd::cluster::EnginePromptTokenizer {
+                        tokenizer: std::sync::Arc::new(tok),
+                        template,
+                    });
+                Some(t)
+            }
+        };
+        let gateway = Gateway::with_tokenizer(Scheduler::new(cfg, 0), endpoints, GatewayConfig::default(), tokenizer);
+        gateway.start_kv_subscribers();
+        tokio::spawn(gateway.clone().scrape_loop());
+        let mut tasks = Vec::new();
+        if a.http_port != 0 {
+            let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.http_port)).await?;
+            println!("llmd epp: HTTP gateway at http://{}/v1", listener.local_addr()?);
+            let router = gateway.router();
+            tasks.push(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    })
+                    .await
+                    .map_err(anyhow::Error::from)
+            }));
+        }
+        if a.grpc_port != 0 {
+            let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.grpc_port)).await?;
+            println!("llmd epp: Envoy ext-proc on grpc://{}", listener.local_addr()?);
+            let svc = ExtProc::server(gateway.clone());
+            tasks.push(tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    })
+                    .await
+                    .map_err(anyhow::Error::from)
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
         Ok(())
     })
 }

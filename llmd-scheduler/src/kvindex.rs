@@ -11,7 +11,7 @@
 //! Sequence gaps (a lost batch) and `AllBlocksCleared` drop what is known about that
 //! endpoint, which then rebuilds from new events.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use llmd_kvcache::{BlockStored, ExternalBlockHash, KvEvent, KvEventBatch};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -49,21 +49,30 @@ impl Medium {
 /// The scheduler's key for a block: a chained hash of its tokens.
 pub type BlockKey = u64;
 
-/// Chained keys of every full block of `tokens`.
-pub fn block_keys(tokens: &[u32], block_size: usize) -> Vec<BlockKey> {
+/// Chained keys of the first `max_blocks` full blocks of `tokens`.
+pub fn block_keys(tokens: &[u32], block_size: usize, max_blocks: usize) -> Vec<BlockKey> {
     let mut prev = 0u64;
+    let mut buf = Vec::with_capacity(block_size * 4);
     tokens
         .chunks_exact(block_size.max(1))
+        .take(max_blocks)
         .map(|c| {
-            prev = key_of(prev, c);
+            prev = key_with(&mut buf, prev, c);
             prev
         })
         .collect()
 }
 
+fn key_with(buf: &mut Vec<u8>, parent: BlockKey, tokens: &[u32]) -> BlockKey {
+    buf.clear();
+    for t in tokens {
+        buf.extend_from_slice(&t.to_le_bytes());
+    }
+    xxh3_64_with_seed(buf, parent ^ 0x6c6c_6d64)
+}
+
 fn key_of(parent: BlockKey, tokens: &[u32]) -> BlockKey {
-    let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
-    xxh3_64_with_seed(&bytes, parent ^ 0x6c6c_6d64)
+    key_with(&mut Vec::with_capacity(tokens.len() * 4), parent, tokens)
 }
 
 #[derive(Debug, Default)]
@@ -200,23 +209,31 @@ impl KvBlockIndex {
     /// For each endpoint holding a prefix of `keys`: the credit-weighted length of the
     /// longest prefix it holds (GPU blocks count 1, lower tiers less).
     pub fn prefix_credit(&self, keys: &[BlockKey]) -> HashMap<String, f64> {
-        let mut out: HashMap<String, f64> = HashMap::new();
-        let mut active: Option<HashSet<&str>> = None;
-        for key in keys {
+        // Endpoints still matching every block so far, with their running credit; the
+        // set only shrinks, so it is filtered in place without allocating per block.
+        let mut active: Vec<(&str, f64)> = Vec::new();
+        let mut done: Vec<(&str, f64)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
             let Some(holders) = self.blocks.get(key) else { break };
-            let next: HashSet<&str> = match &active {
-                None => holders.keys().map(String::as_str).collect(),
-                Some(a) => a.iter().copied().filter(|e| holders.contains_key(*e)).collect(),
-            };
-            if next.is_empty() {
+            if i == 0 {
+                active = holders.iter().map(|(e, m)| (e.as_str(), m.credit())).collect();
+            } else {
+                let mut j = 0;
+                while j < active.len() {
+                    match holders.get(active[j].0) {
+                        Some(m) => {
+                            active[j].1 += m.credit();
+                            j += 1;
+                        }
+                        None => done.push(active.swap_remove(j)),
+                    }
+                }
+            }
+            if active.is_empty() {
                 break;
             }
-            for e in &next {
-                *out.entry((*e).to_string()).or_default() += holders[*e].credit();
-            }
-            active = Some(next);
         }
-        out
+        done.into_iter().chain(active).map(|(e, c)| (e.to_string(), c)).collect()
     }
 }
 
@@ -250,7 +267,7 @@ mod tests {
         // Two pods report the same tokens under unrelated engine hashes.
         idx.apply("a", Some(0), &batch(vec![stored(&[h(1), h(2)], None, vec![1, 2, 3, 4])]));
         idx.apply("b", Some(0), &batch(vec![stored(&[ExternalBlockHash::Int(9)], None, vec![1, 2])]));
-        let keys = block_keys(&[1, 2, 3, 4, 5, 6], 2);
+        let keys = block_keys(&[1, 2, 3, 4, 5, 6], 2, usize::MAX);
         let credit = idx.prefix_credit(&keys);
         assert_eq!((credit["a"], credit["b"]), (2.0, 1.0));
         // A continuation through a parent link.
@@ -281,7 +298,7 @@ mod tests {
             s.medium = Some("CPU".into());
         }
         idx.apply("a", Some(6), &batch(vec![cpu]));
-        assert_eq!(idx.prefix_credit(&block_keys(&[1, 2], 2))["a"], 0.8);
+        assert_eq!(idx.prefix_credit(&block_keys(&[1, 2], 2, usize::MAX))["a"], 0.8);
         idx.apply("a", Some(7), &batch(vec![KvEvent::AllBlocksCleared]));
         assert!(idx.is_empty());
         // An orphan (unknown parent) is skipped, not misfiled.

@@ -32,8 +32,12 @@ use serde_json::{Value, json};
 use crate::endpoint::Endpoint;
 use crate::error::SchedulerError;
 use crate::request::LlmRequest;
+use crate::scheduler::PickResult;
 use crate::scheduler::Scheduler;
 use crate::scrape;
+
+#[cfg(feature = "ext-proc")]
+pub mod extproc;
 
 /// The header naming the prefill endpoint of a disaggregated request (llm-d's).
 pub const PREFILL_HEADER: &str = "x-prefiller-host-port";
@@ -237,6 +241,38 @@ impl Gateway {
         }
     }
 
+    /// Picks for an OpenAI request body arriving at `path` with `headers` (lower-case
+    /// names). Errors carry the HTTP status to answer with.
+    pub fn pick_for(
+        &self,
+        path: &str,
+        headers: &std::collections::BTreeMap<String, String>,
+        body: &Value,
+        exclude: &HashSet<String>,
+    ) -> Result<PickResult, (u16, String)> {
+        let mut req = LlmRequest::new(
+            headers.get("x-request-id").cloned().unwrap_or_default(),
+            body.get("model").and_then(Value::as_str).unwrap_or_default(),
+            prompt_text(body),
+        );
+        req.token_ids = token_ids(body).or_else(|| self.tokenizer.as_ref().and_then(|t| t.tokenize(path, body)));
+        req.headers = headers.clone();
+        let started = Instant::now();
+        let eps: Vec<Endpoint> = self.endpoints().into_iter().filter(|e| !exclude.contains(&e.id)).collect();
+        let result = self.scheduler.pick(&req, &eps);
+        self.metrics.pick_seconds.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(p) => {
+                if let Some(d) = p.destination() {
+                    self.metrics.picks.get_or_create(&EndpointLabel { endpoint: d.endpoint.clone() }).inc();
+                }
+                Ok(p)
+            }
+            Err(SchedulerError::NoEndpoint(m)) => Err((503, m)),
+            Err(e) => Err((400, e.to_string())),
+        }
+    }
+
     /// Scrapes forever at the configured interval.
     pub async fn scrape_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.scrape_interval);
@@ -275,35 +311,24 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
             return error(StatusCode::BAD_REQUEST, "BadRequestError", format!("request body is not valid JSON: {e}"));
         }
     };
-    let mut req = LlmRequest::new(
-        headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default(),
-        parsed.get("model").and_then(Value::as_str).unwrap_or_default(),
-        prompt_text(&parsed),
-    );
-    req.token_ids = token_ids(&parsed).or_else(|| g.tokenizer.as_ref().and_then(|t| t.tokenize(uri.path(), &parsed)));
-    for (k, v) in &headers {
-        if let Ok(v) = v.to_str() {
-            req.headers.insert(k.as_str().to_ascii_lowercase(), v.to_string());
-        }
-    }
+    let header_map: std::collections::BTreeMap<String, String> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
+        .collect();
     let mut excluded: HashSet<String> = HashSet::new();
     let mut last_err = String::new();
     for attempt in 0..g.cfg.max_attempts.max(1) {
-        let eps: Vec<Endpoint> = g.endpoints().into_iter().filter(|e| !excluded.contains(&e.id)).collect();
-        let started = Instant::now();
-        let pick = match g.scheduler.pick(&req, &eps) {
+        let pick = match g.pick_for(uri.path(), &header_map, &parsed, &excluded) {
             Ok(p) => p,
-            Err(SchedulerError::NoEndpoint(m)) => {
+            Err((503, m)) => {
                 let msg = if last_err.is_empty() { m } else { format!("{m} (after: {last_err})") };
                 return error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableError", msg);
             }
-            Err(e) => return error(StatusCode::BAD_REQUEST, "BadRequestError", e.to_string()),
+            Err((_, m)) => return error(StatusCode::BAD_REQUEST, "BadRequestError", m),
         };
-        g.metrics.pick_seconds.observe(started.elapsed().as_secs_f64());
         let Some(dest) = pick.destination().cloned() else {
             return error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableError", "no destination");
         };
-        g.metrics.picks.get_or_create(&EndpointLabel { endpoint: dest.endpoint.clone() }).inc();
         let mut out = g
             .client
             .post(format!("http://{}{}", dest.address, uri.path()))

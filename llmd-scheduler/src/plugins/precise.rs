@@ -48,8 +48,7 @@ impl PrecisePrefixCacheScorer {
 impl Scorer for PrecisePrefixCacheScorer {
     fn score(&self, state: &mut CycleState, req: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
         let Some(tokens) = &req.token_ids else { return vec![0.0; eps.len()] };
-        let mut keys = block_keys(tokens, self.block_size);
-        keys.truncate(self.max_blocks);
+        let keys = block_keys(tokens, self.block_size, self.max_blocks);
         let credit = self.index.lock().unwrap_or_else(|p| p.into_inner()).prefix_credit(&keys);
         let matched: HashMap<String, usize> = credit.iter().map(|(e, c)| (e.clone(), c.round() as usize)).collect();
         state.put(

@@ -1,0 +1,143 @@
+//! Pick latency of the scheduler, beside baselines measured in the same run.
+//!
+//! `pick/<routing>/<endpoints>`: one pick for an 8k-token prompt (token ids given, so
+//! tokenization excluded) over 16, 256 and 1024 endpoints, with `precise-prefix` (index
+//! holding 64 prefixes spread over the endpoints), `prefix` (approximate) and
+//! `round-robin` (the baseline: no scoring). `pick_tokenized/*` adds tokenizing the
+//! 8k-token prompt with a BPE `tokenizer.json`. After criterion, p50/p99 over 20 000
+//! picks (2 000 with tokenization) are printed for each case.
+//!
+//! Run: `cargo bench --bench scheduler`. Results go in BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion};
+use llmd::engine::{HfTokenizer, Tokenize};
+use llmd::kvcache::{BlockHash, BlockStored, ExternalBlockHash, KvEvent, KvEventBatch};
+use llmd::scheduler::{Endpoint, LlmRequest, PluginRegistry, Role, Scheduler, presets};
+
+const PROMPT_TOKENS: usize = 8192;
+
+fn endpoints(n: usize) -> Vec<Endpoint> {
+    (0..n)
+        .map(|i| {
+            let mut e = Endpoint::new(format!("pod-{i:04}"), format!("10.0.{}.{}:8000", i / 256, i % 256), Role::Both);
+            e.metrics.waiting = (i * 7 % 13) as u64;
+            e.metrics.kv_usage = (i % 10) as f64 / 10.0;
+            e
+        })
+        .collect()
+}
+
+fn tokens(seed: u32) -> Vec<u32> {
+    (0..PROMPT_TOKENS as u32).map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) % 32_000).collect()
+}
+
+fn scheduler(routing: &str, eps: &[Endpoint]) -> Scheduler {
+    let s = Scheduler::new(presets::preset(routing, &PluginRegistry::with_builtins()).expect("preset"), 1);
+    // Feed the precise index: 64 prompts, each cached (fully) on four endpoints.
+    for c in s.config().plugins.values().filter_map(|h| h.kv_events.clone()) {
+        for p in 0..64u32 {
+            let toks = tokens(p);
+            let hashes: Vec<ExternalBlockHash> = (0..toks.len() / 16)
+                .map(|b| {
+                    let mut bytes = [0u8; 32];
+                    bytes[..4].copy_from_slice(&p.to_le_bytes());
+                    bytes[4..8].copy_from_slice(&(b as u32).to_le_bytes());
+                    ExternalBlockHash::Bytes(BlockHash::from_bytes(&bytes).expect("hash"))
+                })
+                .collect();
+            let ev = KvEvent::BlockStored(BlockStored {
+                block_hashes: hashes,
+                token_ids: toks,
+                block_size: 16,
+                medium: Some("GPU".into()),
+                ..Default::default()
+            });
+            for k in 0..4 {
+                let ep = &eps[(p as usize * 4 + k) % eps.len()].id;
+                c.apply(ep, None, &KvEventBatch { ts: 0.0, events: vec![ev.clone()], data_parallel_rank: None });
+            }
+        }
+    }
+    s
+}
+
+fn request(with_tokens: bool) -> LlmRequest {
+    let mut r = LlmRequest::new("r", "m", "x".repeat(PROMPT_TOKENS * 4));
+    if with_tokens {
+        r.token_ids = Some(tokens(7));
+    }
+    r
+}
+
+fn percentiles(iters: usize, mut f: impl FnMut()) -> (Duration, Duration) {
+    let mut t: Vec<Duration> = (0..iters)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed()
+        })
+        .collect();
+    t.sort();
+    (t[t.len() / 2], t[t.len() * 99 / 100])
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(30)
+        .configure_from_args();
+    let tok_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("llmd-engine/tests/fixtures/llama-llama3rope-f32/tokenizer.json");
+    let tokenizer = HfTokenizer::from_file(&tok_path).expect("tokenizer");
+    let text = "Paged attention stores keys and values in blocks; the gateway picks a replica. ".repeat(400);
+    let text_tokens = tokenizer.encode(&text, true).expect("encode").len();
+    let mut rows = Vec::new();
+    {
+        let mut g = c.benchmark_group("pick");
+        for n in [16usize, 256, 1024] {
+            let eps = endpoints(n);
+            for routing in ["round-robin", "prefix", "precise-prefix"] {
+                let s = scheduler(routing, &eps);
+                let req = request(true);
+                g.bench_function(BenchmarkId::new(routing, n), |b| {
+                    b.iter(|| s.pick(black_box(&req), &eps).expect("pick"))
+                });
+                let (p50, p99) = percentiles(20_000, || {
+                    black_box(s.pick(&req, &eps).expect("pick"));
+                });
+                rows.push(format!(
+                    "| {routing} | {n} | tokens given | {:.1} µs | {:.1} µs |",
+                    p50.as_secs_f64() * 1e6,
+                    p99.as_secs_f64() * 1e6
+                ));
+            }
+            let s = scheduler("precise-prefix", &eps);
+            g.bench_function(BenchmarkId::new("precise-prefix+tokenize", n), |b| {
+                b.iter(|| {
+                    let mut r = request(false);
+                    r.token_ids = Some(tokenizer.encode(black_box(&text), true).expect("encode"));
+                    s.pick(&r, &eps).expect("pick")
+                })
+            });
+            let (p50, p99) = percentiles(2_000, || {
+                let mut r = request(false);
+                r.token_ids = Some(tokenizer.encode(&text, true).expect("encode"));
+                black_box(s.pick(&r, &eps).expect("pick"));
+            });
+            rows.push(format!(
+                "| precise-prefix + tokenize | {n} | {text_tokens}-token text | {:.1} µs | {:.1} µs |",
+                p50.as_secs_f64() * 1e6,
+                p99.as_secs_f64() * 1e6
+            ));
+        }
+        g.finish();
+    }
+    println!("\n| routing | endpoints | prompt | p50 | p99 |\n|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+}

@@ -1,0 +1,115 @@
+//! The Envoy ext-proc server, with a gRPC client playing Envoy's part: headers, then the
+//! body in two chunks; the answer carries the destination as a header and as `envoy.lb`
+//! dynamic metadata, as llm-d's EPP does.
+
+#![cfg(feature = "ext-proc")]
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as In;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
+use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse};
+use envoy_types::pb::google::protobuf::value::Kind;
+use llmd_scheduler::gateway::extproc::{ExtProc, LB_NAMESPACE};
+use llmd_scheduler::gateway::{DESTINATION_HEADER, Gateway, GatewayConfig};
+use llmd_scheduler::{Endpoint, PluginRegistry, Role, Scheduler, presets};
+
+async fn start(endpoints: Vec<Endpoint>) -> String {
+    let sched = Scheduler::new(presets::preset("load", &PluginRegistry::with_builtins()).unwrap(), 0);
+    let gw = Gateway::new(sched, endpoints, GatewayConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ExtProc::server(gw))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    addr
+}
+
+fn headers(end_of_stream: bool) -> ProcessingRequest {
+    let hv = |k: &str, v: &str| HeaderValue { key: k.into(), raw_value: v.as_bytes().to_vec(), ..Default::default() };
+    ProcessingRequest {
+        request: Some(In::RequestHeaders(HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: vec![hv(":path", "/v1/chat/completions"), hv(":method", "POST"), hv("x-request-id", "r-1")],
+            }),
+            end_of_stream,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn body(bytes: &[u8], end_of_stream: bool) -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(In::RequestBody(HttpBody { body: bytes.to_vec(), end_of_stream, ..Default::default() })),
+        ..Default::default()
+    }
+}
+
+async fn exchange(addr: String, msgs: Vec<ProcessingRequest>) -> Vec<ProcessingResponse> {
+    let mut client = ExternalProcessorClient::connect(addr).await.unwrap();
+    let n = msgs.len();
+    let mut stream = client.process(futures_util::stream::iter(msgs)).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while out.len() < n {
+        match stream.message().await.unwrap() {
+            Some(m) => out.push(m),
+            None => break,
+        }
+    }
+    out
+}
+
+fn destination(r: &ProcessingResponse) -> (String, String) {
+    let common = match &r.response {
+        Some(Out::RequestBody(b)) => b.response.clone().unwrap(),
+        Some(Out::RequestHeaders(h)) => h.response.clone().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(common.clear_route_cache);
+    let set = &common.header_mutation.unwrap().set_headers;
+    let hv = set.iter().find_map(|h| h.header.as_ref().filter(|h| h.key == DESTINATION_HEADER)).unwrap();
+    let header = String::from_utf8(hv.raw_value.clone()).unwrap();
+    let md = r.dynamic_metadata.as_ref().unwrap();
+    let Some(Kind::StructValue(lb)) = &md.fields[LB_NAMESPACE].kind else { panic!("{md:?}") };
+    let Some(Kind::StringValue(meta)) = &lb.fields[DESTINATION_HEADER].kind else { panic!("{lb:?}") };
+    (header, meta.clone())
+}
+
+#[tokio::test]
+async fn envoy_gets_the_destination_as_header_and_metadata() {
+    let mut busy = Endpoint::new("busy", "10.0.0.1:8000", Role::Both);
+    busy.metrics.waiting = 9;
+    busy.metrics.kv_usage = 0.9;
+    let idle = Endpoint::new("idle", "10.0.0.2:8000", Role::Both);
+    let addr = start(vec![busy, idle]).await;
+    let payload = br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}]}"#;
+    let replies =
+        exchange(addr.clone(), vec![headers(false), body(&payload[..20], false), body(&payload[20..], true)]).await;
+    // Headers are acknowledged; the first body chunk gets no answer; the last one the pick.
+    assert!(matches!(replies[0].response, Some(Out::RequestHeaders(ref h)) if h.response.is_none()));
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(destination(&replies[1]), ("10.0.0.2:8000".into(), "10.0.0.2:8000".into()));
+
+    // A request without a body is picked on its headers.
+    let replies = exchange(addr, vec![headers(true)]).await;
+    assert_eq!(destination(&replies[0]).0, "10.0.0.2:8000");
+}
+
+#[tokio::test]
+async fn no_endpoint_and_bad_bodies_get_immediate_responses() {
+    let addr = start(vec![]).await;
+    let replies = exchange(addr.clone(), vec![headers(false), body(b"{}", true)]).await;
+    let Some(Out::ImmediateResponse(r)) = &replies[1].response else { panic!("{replies:?}") };
+    assert_eq!(r.status.as_ref().unwrap().code, 503);
+    let err: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(err["error"]["code"], 503);
+
+    let addr = start(vec![Endpoint::new("a", "10.0.0.3:8000", Role::Both)]).await;
+    let replies = exchange(addr, vec![headers(false), body(b"{not json", true)]).await;
+    let Some(Out::ImmediateResponse(r)) = &replies[1].response else { panic!("{replies:?}") };
+    assert_eq!(r.status.as_ref().unwrap().code, 400);
+}

@@ -222,3 +222,72 @@ async fn the_openai_client_works_through_the_gateway() {
     assert!(out.status.success() && stdout.contains("checks passed"), "{stdout}");
     cluster.shutdown().await;
 }
+
+/// The precise index, fed only by the replicas' own KV events over ZMQ, knows which
+/// replica holds which prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kv_index_learns_which_replica_holds_which_prefix() {
+    use llmd::cluster::EnginePromptTokenizer;
+    use llmd::engine::server::KvEventsConfig;
+    use llmd::scheduler::gateway::PromptTokenizer;
+
+    let mut endpoints = Vec::new();
+    let mut stops = Vec::new();
+    let mut tokenizer: Option<Arc<dyn PromptTokenizer>> = None;
+    for i in 0..2 {
+        let r = tiny();
+        if tokenizer.is_none() {
+            tokenizer =
+                Some(Arc::new(EnginePromptTokenizer { tokenizer: r.engine.tokenizer(), template: r.template.clone() }));
+        }
+        let events = KvEventsConfig { endpoint: "tcp://127.0.0.1:0".into(), topic: String::new() };
+        let server =
+            Server::start(r.engine, r.template, ServerConfig { kv_events: Some(events), ..Default::default() })
+                .await
+                .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut ep = Endpoint::new(format!("replica-{i}"), listener.local_addr().unwrap().to_string(), Role::Both);
+        ep.kv_events = server.kv_events_endpoint().map(String::from);
+        endpoints.push(ep);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        tokio::spawn(server.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+    }
+    let reg = PluginRegistry::with_builtins();
+    let sched = Scheduler::new(presets::preset("precise-prefix", &reg).unwrap(), 0);
+    let gw = Gateway::with_tokenizer(sched, endpoints.clone(), GatewayConfig::default(), tokenizer);
+    gw.start_kv_subscribers();
+    let client = reqwest::Client::new();
+    let prompts =
+        ["Tenant zero: ".to_string() + &"alpha ".repeat(30), "Tenant one: ".to_string() + &"omega ".repeat(30)];
+    // Each prompt goes straight to its own replica, bypassing the gateway; repeat until
+    // the subscribers have joined (ZMQ drops what is published before that), bounded.
+    for round in 0..50 {
+        for (ep, p) in endpoints.iter().zip(&prompts) {
+            let (status, _) =
+                post(&client, format!("http://{}/v1/completions", ep.address), json!({"prompt": p, "max_tokens": 1}))
+                    .await;
+            assert_eq!(status, 200);
+        }
+        let picks: Vec<String> = prompts
+            .iter()
+            .map(|p| {
+                let pick =
+                    gw.pick_for("/v1/completions", &Default::default(), &json!({"prompt": p}), &Default::default());
+                let d = pick.unwrap().destination().unwrap().clone();
+                let raw = d.breakdown.iter().find(|b| b.scorer == "precise-prefix-cache-scorer").unwrap().raw;
+                if raw > 0.9 { d.endpoint } else { String::new() }
+            })
+            .collect();
+        if picks == ["replica-0", "replica-1"] {
+            for s in stops {
+                let _ = s.send(());
+            }
+            return;
+        }
+        assert!(round < 49, "index never reproduced the placement: {picks:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -95,11 +95,35 @@ pub struct ApplyStats {
     pub resynced: bool,
 }
 
+/// Block keys are already uniform hashes: use them as their own map hash.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<BlockKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// Block → endpoints index fed by KV events.
 #[derive(Debug, Default)]
 pub struct KvBlockIndex {
-    blocks: HashMap<BlockKey, HashMap<String, Medium>>,
+    // Holders per block, as interned endpoint numbers: a lookup walks a short vector of
+    // small integers instead of hashing endpoint names.
+    blocks: KeyMap<Vec<(u32, Medium)>>,
     endpoints: HashMap<String, EndpointState>,
+    names: Vec<String>,
+    ids: HashMap<String, u32>,
 }
 
 impl KvBlockIndex {
@@ -123,18 +147,29 @@ impl KvBlockIndex {
         self.endpoints.get(endpoint).map_or(0, |s| s.engine_to_key.len())
     }
 
+    fn intern(&mut self, endpoint: &str) -> u32 {
+        if let Some(&id) = self.ids.get(endpoint) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(endpoint.to_string());
+        self.ids.insert(endpoint.to_string(), id);
+        id
+    }
+
     /// Forgets an endpoint (it went away, or its event stream had a gap).
     pub fn remove_endpoint(&mut self, endpoint: &str) {
+        let Some(&id) = self.ids.get(endpoint) else { return };
         if let Some(st) = self.endpoints.remove(endpoint) {
             for (key, _) in st.engine_to_key.values() {
-                self.drop_holder(*key, endpoint);
+                self.drop_holder(*key, id);
             }
         }
     }
 
-    fn drop_holder(&mut self, key: BlockKey, endpoint: &str) {
+    fn drop_holder(&mut self, key: BlockKey, id: u32) {
         if let Some(holders) = self.blocks.get_mut(&key) {
-            holders.remove(endpoint);
+            holders.retain(|(e, _)| *e != id);
             if holders.is_empty() {
                 self.blocks.remove(&key);
             }
@@ -160,7 +195,8 @@ impl KvBlockIndex {
                     for h in &r.block_hashes {
                         let removed = self.endpoints.get_mut(endpoint).and_then(|st| st.engine_to_key.remove(h));
                         if let Some((key, _)) = removed {
-                            self.drop_holder(key, endpoint);
+                            let id = self.intern(endpoint);
+                            self.drop_holder(key, id);
                             stats.removed += 1;
                         }
                     }
@@ -180,6 +216,7 @@ impl KvBlockIndex {
             return;
         }
         let medium = Medium::parse(s.medium.as_deref());
+        let id = self.intern(endpoint);
         let st = self.endpoints.entry(endpoint.to_string()).or_default();
         let mut parent = match &s.parent_block_hash {
             None => 0,
@@ -200,8 +237,10 @@ impl KvBlockIndex {
         }
         for key in added {
             let holders = self.blocks.entry(key).or_default();
-            let m = holders.entry(endpoint.to_string()).or_insert(medium);
-            *m = (*m).min(medium);
+            match holders.iter_mut().find(|(e, _)| *e == id) {
+                Some((_, m)) => *m = (*m).min(medium),
+                None => holders.push((id, medium)),
+            }
             stats.stored += 1;
         }
     }
@@ -211,17 +250,17 @@ impl KvBlockIndex {
     pub fn prefix_credit(&self, keys: &[BlockKey]) -> HashMap<String, f64> {
         // Endpoints still matching every block so far, with their running credit; the
         // set only shrinks, so it is filtered in place without allocating per block.
-        let mut active: Vec<(&str, f64)> = Vec::new();
-        let mut done: Vec<(&str, f64)> = Vec::new();
+        let mut active: Vec<(u32, f64)> = Vec::new();
+        let mut done: Vec<(u32, f64)> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let Some(holders) = self.blocks.get(key) else { break };
             if i == 0 {
-                active = holders.iter().map(|(e, m)| (e.as_str(), m.credit())).collect();
+                active = holders.iter().map(|(e, m)| (*e, m.credit())).collect();
             } else {
                 let mut j = 0;
                 while j < active.len() {
-                    match holders.get(active[j].0) {
-                        Some(m) => {
+                    match holders.iter().find(|(e, _)| *e == active[j].0) {
+                        Some((_, m)) => {
                             active[j].1 += m.credit();
                             j += 1;
                         }
@@ -233,7 +272,7 @@ impl KvBlockIndex {
                 break;
             }
         }
-        done.into_iter().chain(active).map(|(e, c)| (e.to_string(), c)).collect()
+        done.into_iter().chain(active).map(|(e, c)| (self.names[e as usize].clone(), c)).collect()
     }
 }
 

@@ -74,3 +74,42 @@ impl Filter for QueueThresholdFilter {
         if kept.is_empty() { eps } else { kept }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps() -> Vec<Endpoint> {
+        let mut p = Endpoint::new("p", "p", Role::Prefill);
+        p.labels.insert("zone".into(), "a".into());
+        p.metrics.waiting = 50;
+        let d = Endpoint::new("d", "d", Role::Decode);
+        let mut b = Endpoint::new("b", "b", Role::Both);
+        b.labels.insert("zone".into(), "b".into());
+        vec![p, d, b]
+    }
+
+    fn ids(v: Vec<&Endpoint>) -> Vec<&str> {
+        v.into_iter().map(|e| e.id.as_str()).collect()
+    }
+
+    #[test]
+    fn role_label_and_queue_filters() {
+        let eps = eps();
+        let all = || eps.iter().collect::<Vec<_>>();
+        let (mut st, req) = (CycleState::default(), LlmRequest::default());
+        assert_eq!(ids(PrefillFilter.filter(&mut st, &req, all())), vec!["p"]);
+        assert_eq!(ids(DecodeFilter.filter(&mut st, &req, all())), vec!["d", "b"]);
+        let by = ByLabel::from_params(&serde_json::json!({"label": "zone", "validValues": ["a"]})).unwrap();
+        assert_eq!(ids(by.filter(&mut st, &req, all())), vec!["p"]);
+        let by =
+            ByLabel::from_params(&serde_json::json!({"label": "zone", "validValues": ["a"], "allowsNoLabel": true}))
+                .unwrap();
+        assert_eq!(ids(by.filter(&mut st, &req, all())), vec!["p", "d"]);
+        assert!(ByLabel::from_params(&serde_json::json!({})).unwrap_err().contains("label"));
+        let q = QueueThresholdFilter::from_params(&serde_json::json!({"threshold": 10})).unwrap();
+        assert_eq!(ids(q.filter(&mut st, &req, all())), vec!["d", "b"]);
+        // Never filters everything away.
+        assert_eq!(ids(q.filter(&mut st, &req, vec![&eps[0]])), vec!["p"]);
+    }
+}

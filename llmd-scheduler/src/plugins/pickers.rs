@@ -73,6 +73,9 @@ mod tests {
         let tie = [(&eps[0], 1.0), (&eps[1], 1.0)];
         assert_eq!(MaxScorePicker.pick(&tie, &mut || 0.7).map(|e| e.id.as_str()), Some("b"));
         assert!(MaxScorePicker.pick(&[], &mut || 0.0).is_none());
+        let rr = RoundRobinPicker::default();
+        let order: Vec<&str> = (0..4).map(|_| rr.pick(&scored, &mut || 0.0).unwrap().id.as_str()).collect();
+        assert_eq!(order, vec!["a", "b", "a", "b"]);
     }
 }
 

@@ -77,3 +77,34 @@ impl KvEventConsumer for PrecisePrefixCacheScorer {
         self.index_len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::Role;
+    use llmd_kvcache::{BlockHash, BlockStored, ExternalBlockHash, KvEvent};
+
+    #[test]
+    fn scores_follow_the_events_and_need_token_ids() {
+        let s = PrecisePrefixCacheScorer::from_params(&serde_json::json!({"blockSize": 2})).unwrap();
+        let stored = KvEvent::BlockStored(BlockStored {
+            block_hashes: vec![ExternalBlockHash::Bytes(BlockHash::from_bytes(&[1; 32]).unwrap())],
+            token_ids: vec![5, 6],
+            block_size: 2,
+            ..Default::default()
+        });
+        s.apply("b", Some(0), &KvEventBatch { ts: 0.0, events: vec![stored], data_parallel_rank: None });
+        assert_eq!(s.blocks(), 1);
+        let eps = [Endpoint::new("a", "a", Role::Both), Endpoint::new("b", "b", Role::Both)];
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        let mut req = LlmRequest::new("r", "m", "");
+        assert_eq!(s.score(&mut CycleState::default(), &req, &refs), vec![0.0, 0.0]);
+        req.token_ids = Some(vec![5, 6, 7, 8]);
+        let mut st = CycleState::default();
+        assert_eq!(s.score(&mut st, &req, &refs), vec![0.0, 0.5]);
+        assert_eq!(st.get::<PrefixMatch>(PREFIX_MATCH_KEY).unwrap().uncached_tokens("b"), 2);
+        s.forget("b");
+        assert_eq!(s.blocks(), 0);
+        assert!(PrecisePrefixCacheScorer::from_params(&serde_json::json!({"blockSize": 0})).is_err());
+    }
+}

@@ -8,9 +8,9 @@
 //! ([`SchedulerConfig`]), and the pick itself ([`Scheduler`]), which logs each
 //! candidate's per-scorer breakdown at debug level.
 //!
-//! [`scrape`] reads engines' Prometheus metrics; the `gateway` feature adds the HTTP
-//! gateway. Still to come: the precise prefix index fed by engines' KV events and the
-//! Envoy ext-proc server.
+//! [`kvindex`] is the precise prefix index fed by engines' KV events; [`scrape`] reads
+//! engines' Prometheus metrics; the `gateway` feature adds the HTTP gateway and the
+//! `ext-proc` feature the Envoy external processor.
 //!
 //! ```
 //! use llmd_scheduler::{Endpoint, LlmRequest, PluginRegistry, Role, Scheduler, SchedulerConfig};

@@ -255,7 +255,10 @@ impl Gateway {
             body.get("model").and_then(Value::as_str).unwrap_or_default(),
             prompt_text(body),
         );
-        req.token_ids = token_ids(body).or_else(|| self.tokenizer.as_ref().and_then(|t| t.tokenize(path, body)));
+        // Tokenizing costs far more than a pick: only when a scorer needs token ids.
+        let needs_tokens = self.scheduler.config().plugins.values().any(|h| h.kv_events.is_some());
+        req.token_ids = token_ids(body)
+            .or_else(|| needs_tokens.then(|| self.tokenizer.as_ref().and_then(|t| t.tokenize(path, body))).flatten());
         req.headers = headers.clone();
         let started = Instant::now();
         let eps: Vec<Endpoint> = self.endpoints().into_iter().filter(|e| !exclude.contains(&e.id)).collect();

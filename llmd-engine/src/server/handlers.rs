@@ -287,6 +287,11 @@ fn sse_stream(
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
+/// The usage totals, on a request's last output.
+fn final_usage(o: &RequestOutput) -> Option<Usage> {
+    o.finished.is_some().then(|| Usage::new(o.prompt_tokens, o.completion_tokens, o.cached_tokens))
+}
+
 fn include_usage(c: &Common) -> bool {
     c.stream_options.as_ref().is_some_and(|o| o.include_usage)
 }
@@ -377,8 +382,7 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
             };
             events.push(sse_json(&chunk(vec![choice], None)));
         }
-        if usage && o.finished.is_some() {
-            let u = Usage::new(o.prompt_tokens, o.completion_tokens, o.cached_tokens);
+        if let Some(u) = final_usage(o).filter(|_| usage) {
             events.push(sse_json(&chunk(Vec::new(), Some(u))));
         }
         events
@@ -509,8 +513,7 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
             };
             events.push(sse_json(&chunk(vec![choice], None)));
         }
-        if usage && o.finished.is_some() {
-            let u = Usage::new(o.prompt_tokens, o.completion_tokens, o.cached_tokens);
+        if let Some(u) = final_usage(o).filter(|_| usage) {
             events.push(sse_json(&chunk(Vec::new(), Some(u))));
         }
         events

@@ -149,3 +149,38 @@ impl LocalCluster {
         }
     }
 }
+
+impl Replica {
+    /// A simulated replica (latency model on the system clock, byte tokenizer).
+    pub fn simulated(name: &str, latency: llmd_engine::LatencyModel, num_blocks: usize) -> anyhow::Result<Self> {
+        use llmd_engine::{ByteTokenizer, EngineConfig, SimBackend, SystemClock, tokenizer::DEFAULT_CHAT_TEMPLATE};
+        let clock = Arc::new(SystemClock::default());
+        let backend = SimBackend::new(latency, clock.clone(), ByteTokenizer::VOCAB, 8192, 32..127, 1);
+        let cfg = EngineConfig { model_name: name.into(), num_blocks, max_model_len: 8192, ..Default::default() };
+        Ok(Replica {
+            engine: Engine::new(cfg, Box::new(backend), Arc::new(ByteTokenizer), vec![ByteTokenizer::EOS], clock)?,
+            template: ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
+            generation: GenerationConfig::default(),
+        })
+    }
+
+    /// A replica of the built-in model on the CPU.
+    pub fn builtin(num_blocks: usize) -> anyhow::Result<Self> {
+        use llmd_engine::{
+            ByteTokenizer, EngineConfig, KvDtype, ModelBackend, SystemClock, builtin, tokenizer::DEFAULT_CHAT_TEMPLATE,
+        };
+        let cfg = EngineConfig { num_blocks, max_model_len: 4096, ..Default::default() };
+        let backend = ModelBackend::new(builtin::model(0)?, num_blocks, cfg.block_size, KvDtype::F16)?;
+        Ok(Replica {
+            engine: Engine::new(
+                cfg,
+                Box::new(backend),
+                Arc::new(ByteTokenizer),
+                vec![ByteTokenizer::EOS],
+                Arc::new(SystemClock::default()),
+            )?,
+            template: ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
+            generation: GenerationConfig::default(),
+        })
+    }
+}

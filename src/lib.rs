@@ -20,3 +20,6 @@ pub use llmd_transfer as transfer;
 
 #[cfg(all(feature = "engine", feature = "scheduler"))]
 pub mod cluster;
+
+#[cfg(all(feature = "engine", feature = "scheduler"))]
+pub mod bench;

@@ -177,11 +177,26 @@ struct AutoscaleArgs {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// Scenario name.
+    /// Scenario name (a file in benches/scenarios/) or path to a scenario YAML.
     scenario: String,
-    /// Target URL (default: start a fresh `up`).
+    /// Benchmark this OpenAI-compatible URL instead of starting local clusters.
     #[arg(long)]
     url: Option<String>,
+    /// Routings to compare, comma separated (each gets its own fresh cluster).
+    #[arg(long, value_delimiter = ',', default_value = "round-robin,load,prefix,precise-prefix")]
+    routing: Vec<String>,
+    /// Also compare this EndpointPickerConfig.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Replicas per cluster.
+    #[arg(long, default_value_t = 8)]
+    replicas: usize,
+    /// Simulated replicas (default: the built-in model on the CPU).
+    #[arg(long)]
+    sim: bool,
+    /// Output directory for NAME.json, NAME.md and NAME.svg.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,7 +246,7 @@ fn main() -> Result<()> {
         Command::Epp(a) => epp(a),
         Command::Sidecar(_) => not_yet("sidecar", "the P/D sidecar"),
         Command::Autoscale(_) => not_yet("autoscale", "the autoscaler"),
-        Command::Bench(_) => not_yet("bench", "the benchmark runner"),
+        Command::Bench(a) => bench(a),
     }
 }
 
@@ -530,4 +545,25 @@ fn epp(a: EppArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    use llmd::bench::{BenchOptions, find_scenario, markdown};
+    let mut routings = a.routing.clone();
+    if let Some(c) = &a.config {
+        routings.push(format!("config:{}", c.display()));
+    }
+    let opts = BenchOptions {
+        scenario: find_scenario(&a.scenario)?,
+        routings,
+        url: a.url.clone(),
+        replicas: a.replicas,
+        sim: a.sim,
+        out: a.out.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(llmd::bench::bench(&opts))?;
+    println!("{}", markdown(&report));
+    println!("wrote {}/{}.{{json,md,svg}}", a.out.display(), report.scenario);
+    Ok(())
 }

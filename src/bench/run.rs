@@ -1,0 +1,145 @@
+//! Sending a planned run open-loop and timing every streamed response.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::scenario::{Planned, Slo};
+
+/// One request's timings.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    /// Whether it completed with 200 and `[DONE]`.
+    pub ok: bool,
+    /// Time to first token, seconds.
+    pub ttft: f64,
+    /// Mean gap between later tokens, seconds.
+    pub itl: f64,
+    /// Whole request, seconds.
+    pub e2e: f64,
+    /// Tokens generated.
+    pub output_tokens: usize,
+}
+
+/// Sends every planned request at its time (open loop: arrivals do not wait for
+/// responses) to `base`'s `/v1/completions`, streaming.
+pub async fn run(client: &reqwest::Client, base: &str, model: Option<&str>, plan: &[Planned]) -> Vec<Sample> {
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(plan.len());
+    for p in plan {
+        let client = client.clone();
+        let url = format!("{base}/v1/completions");
+        let mut body = json!({
+            "prompt": p.prompt, "max_tokens": p.max_tokens, "stream": true, "ignore_eos": true, "temperature": 0,
+            "stream_options": {"include_usage": true},
+        });
+        if let Some(m) = model {
+            body["model"] = json!(m);
+        }
+        let at = start + p.at;
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            one(&client, &url, body).await
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.unwrap_or_default());
+    }
+    out
+}
+
+async fn one(client: &reqwest::Client, url: &str, body: Value) -> Sample {
+    let sent = Instant::now();
+    let resp = match client.post(url).header("content-type", "application/json").body(body.to_string()).send().await {
+        Ok(r) if r.status().is_success() => r,
+        _ => return Sample { e2e: sent.elapsed().as_secs_f64(), ..Default::default() },
+    };
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    let (mut chunks, mut tokens, mut done) = (0usize, 0usize, false);
+    while let Some(Ok(bytes)) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+            if data == "[DONE]" {
+                done = true;
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(data) else { continue };
+            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                tokens = n as usize;
+            }
+            if v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()) {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = Some(now);
+                chunks += 1;
+            }
+        }
+    }
+    let e2e = sent.elapsed().as_secs_f64();
+    let ttft = first.map_or(e2e, |f| (f - sent).as_secs_f64());
+    let itl = match (first, last) {
+        (Some(f), Some(l)) if chunks > 1 => (l - f).as_secs_f64() / (chunks - 1) as f64,
+        _ => 0.0,
+    };
+    Sample { ok: done, ttft, itl, e2e, output_tokens: tokens.max(chunks) }
+}
+
+/// Percentiles and rates of one run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunStats {
+    /// Requests sent.
+    pub requests: usize,
+    /// Requests that completed.
+    pub completed: usize,
+    /// Offered rate, requests/s.
+    pub rate: f64,
+    /// TTFT p50/p90/p99, ms.
+    pub ttft_ms: [f64; 3],
+    /// Mean ITL p50/p90/p99, ms.
+    pub itl_ms: [f64; 3],
+    /// End-to-end p50/p90/p99, ms.
+    pub e2e_ms: [f64; 3],
+    /// Output tokens per second over the run.
+    pub output_tokens_per_s: f64,
+    /// Requests per second meeting the SLO.
+    pub goodput: f64,
+    /// Prefix-cache hit rate over the run (engines' `vllm:prefix_cache_*`), if known.
+    pub hit_rate: Option<f64>,
+}
+
+fn pct(v: &mut [f64]) -> [f64; 3] {
+    if v.is_empty() {
+        return [0.0; 3];
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)] * 1e3;
+    [at(0.5), at(0.9), at(0.99)]
+}
+
+/// Summarises a run's samples.
+pub fn stats(samples: &[Sample], rate: f64, wall: Duration, slo: Slo, hit_rate: Option<f64>) -> RunStats {
+    let ok: Vec<&Sample> = samples.iter().filter(|s| s.ok).collect();
+    let mut ttft: Vec<f64> = ok.iter().map(|s| s.ttft).collect();
+    let mut itl: Vec<f64> = ok.iter().map(|s| s.itl).collect();
+    let mut e2e: Vec<f64> = ok.iter().map(|s| s.e2e).collect();
+    let secs = wall.as_secs_f64().max(1e-9);
+    let good = ok.iter().filter(|s| s.ttft * 1e3 <= slo.ttft_ms && s.itl * 1e3 <= slo.itl_ms).count();
+    RunStats {
+        requests: samples.len(),
+        completed: ok.len(),
+        rate,
+        ttft_ms: pct(&mut ttft),
+        itl_ms: pct(&mut itl),
+        e2e_ms: pct(&mut e2e),
+        output_tokens_per_s: ok.iter().map(|s| s.output_tokens).sum::<usize>() as f64 / secs,
+        goodput: good as f64 / secs,
+        hit_rate,
+    }
+}

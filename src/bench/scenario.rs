@@ -1,0 +1,162 @@
+//! Benchmark scenarios: YAML files under `benches/scenarios/` that generate a seeded,
+//! bounded list of requests with Poisson (open-loop) arrival times.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// Latency objectives a request must meet to count toward goodput.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+pub struct Slo {
+    /// Time to first token, milliseconds.
+    pub ttft_ms: f64,
+    /// Mean inter-token latency, milliseconds.
+    pub itl_ms: f64,
+}
+
+/// A scenario file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name used in reports.
+    pub name: String,
+    /// `shared-prefix` (prefixes × questions) or `random`.
+    pub kind: String,
+    /// Requests per run.
+    pub requests: usize,
+    /// Arrival rates to sweep, requests per second.
+    pub rates: Vec<f64>,
+    /// Seed for prompts and arrivals.
+    pub seed: u64,
+    /// Distinct shared prefixes (`shared-prefix`).
+    #[serde(default)]
+    pub prefixes: usize,
+    /// Characters per shared prefix.
+    #[serde(default)]
+    pub prefix_chars: usize,
+    /// Characters per question.
+    #[serde(default)]
+    pub question_chars: usize,
+    /// Characters per prompt (`random`).
+    #[serde(default)]
+    pub prompt_chars: usize,
+    /// Tokens to generate per request.
+    pub max_tokens: usize,
+    /// Goodput objectives.
+    pub slo: Slo,
+}
+
+/// One request of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// When to send it, from the run's start.
+    pub at: Duration,
+    /// The prompt.
+    pub prompt: String,
+    /// Tokens to generate.
+    pub max_tokens: usize,
+}
+
+/// SplitMix64, seeded: the same scenario file always yields the same requests.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    fn text(&mut self, chars: usize) -> String {
+        const WORDS: [&str; 16] = [
+            "cache", "token", "block", "route", "model", "serve", "query", "batch", "prefix", "decode", "replica",
+            "latency", "kernel", "tensor", "stream", "gateway",
+        ];
+        let mut s = String::with_capacity(chars + 8);
+        while s.len() < chars {
+            s.push_str(WORDS[(self.next() % 16) as usize]);
+            s.push(' ');
+        }
+        s.truncate(chars);
+        s
+    }
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let s: Scenario = serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        s.check().with_context(|| format!("{}", path.display()))?;
+        Ok(s)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.requests == 0 || self.rates.is_empty() || self.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+            bail!("requests must be positive and rates a non-empty list of positive numbers");
+        }
+        match self.kind.as_str() {
+            "shared-prefix" if self.prefixes == 0 || self.prefix_chars == 0 => {
+                bail!("shared-prefix needs prefixes and prefix_chars")
+            }
+            "shared-prefix" => Ok(()),
+            "random" if self.prompt_chars == 0 => bail!("random needs prompt_chars"),
+            "random" => Ok(()),
+            other => bail!("unknown kind {other:?} (shared-prefix, random)"),
+        }
+    }
+
+    /// The requests of a run at `rate` requests per second.
+    pub fn plan(&self, rate: f64) -> Vec<Planned> {
+        let mut rng = Rng(self.seed);
+        let prefixes: Vec<String> = (0..self.prefixes).map(|_| rng.text(self.prefix_chars)).collect();
+        let mut at = 0.0f64;
+        (0..self.requests)
+            .map(|i| {
+                // Exponential gaps: a Poisson process.
+                at += -rng.unit().ln() / rate;
+                let prompt = match self.kind.as_str() {
+                    "shared-prefix" => {
+                        let p = &prefixes[(rng.next() % prefixes.len() as u64) as usize];
+                        format!("{p}\nQuestion {i}: {}", rng.text(self.question_chars))
+                    }
+                    _ => rng.text(self.prompt_chars),
+                };
+                Planned { at: Duration::from_secs_f64(at), prompt, max_tokens: self.max_tokens }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_are_seeded_bounded_and_poisson_paced() {
+        let s: Scenario = serde_yaml_ng::from_str(
+            "{name: t, kind: shared-prefix, requests: 2000, rates: [50], seed: 9, prefixes: 3, prefix_chars: 50, question_chars: 10, max_tokens: 4, slo: {ttft_ms: 1, itl_ms: 1}}",
+        )
+        .unwrap();
+        let a = s.plan(50.0);
+        assert_eq!(a, s.plan(50.0));
+        assert_eq!(a.len(), 2000);
+        // Mean gap of a Poisson process at 50/s is 20 ms.
+        let mean = a.last().unwrap().at.as_secs_f64() / 2000.0;
+        assert!((mean - 0.02).abs() < 0.002, "{mean}");
+        let distinct: std::collections::HashSet<&str> = a.iter().map(|p| &p.prompt[..50]).collect();
+        assert_eq!(distinct.len(), 3);
+        let bad: Result<Scenario, _> = serde_yaml_ng::from_str(
+            "{name: t, kind: x, requests: 1, rates: [1], seed: 1, max_tokens: 1, slo: {ttft_ms: 1, itl_ms: 1}}",
+        );
+        assert!(bad.unwrap().check().is_err());
+    }
+}

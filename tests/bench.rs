@@ -30,7 +30,7 @@ async fn smoke_scenario_produces_well_formed_outputs() {
     let md = std::fs::read_to_string(out.join("smoke.md")).unwrap();
     assert_eq!(md.lines().count(), 4, "{md}");
     assert!(md.lines().all(|l| l.starts_with('|') && l.ends_with('|')), "{md}");
-    assert!(md.contains("faster"), "{md}");
+    assert!(md.contains("1.00×"), "{md}");
     let svg = std::fs::read_to_string(out.join("smoke.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>") && svg.matches("<polyline").count() == 2);
     std::fs::remove_dir_all(&out).unwrap();

@@ -163,7 +163,7 @@ pub fn markdown(r: &Report) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| scenario | routing | rate (req/s) | ok | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) | tok/s | goodput (req/s) | hit rate | TTFT p50 vs round-robin |"
+        "| scenario | routing | rate (req/s) | ok | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) | tok/s | goodput (req/s) | hit rate | round-robin TTFT p50 ÷ this |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     let rr = r.results.iter().find(|x| x.routing == "round-robin");
@@ -172,7 +172,7 @@ pub fn markdown(r: &Report) -> String {
             let base = rr.and_then(|rr| rr.runs.iter().find(|b| b.rate == run.rate));
             let ratio = base
                 .filter(|_| run.ttft_ms[0] > 0.0)
-                .map_or("–".into(), |b| format!("{:.2}× faster", b.ttft_ms[0] / run.ttft_ms[0]));
+                .map_or("–".into(), |b| format!("{:.2}×", b.ttft_ms[0] / run.ttft_ms[0]));
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {}/{} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {} | {} |",

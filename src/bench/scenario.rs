@@ -22,7 +22,8 @@ pub struct Slo {
 pub struct Scenario {
     /// Name used in reports.
     pub name: String,
-    /// `shared-prefix` (prefixes × questions) or `random`.
+    /// `shared-prefix` (prefixes × questions), `multi-turn` (conversations that grow
+    /// turn by turn) or `random`.
     pub kind: String,
     /// Requests per run.
     pub requests: usize,
@@ -42,6 +43,12 @@ pub struct Scenario {
     /// Characters per prompt (`random`).
     #[serde(default)]
     pub prompt_chars: usize,
+    /// Conversations (`multi-turn`).
+    #[serde(default)]
+    pub sessions: usize,
+    /// Characters each turn adds to its conversation (`multi-turn`).
+    #[serde(default)]
+    pub turn_chars: usize,
     /// Tokens to generate per request.
     pub max_tokens: usize,
     /// Goodput objectives.
@@ -110,7 +117,11 @@ impl Scenario {
             "shared-prefix" => Ok(()),
             "random" if self.prompt_chars == 0 => bail!("random needs prompt_chars"),
             "random" => Ok(()),
-            other => bail!("unknown kind {other:?} (shared-prefix, random)"),
+            "multi-turn" if self.sessions == 0 || self.turn_chars == 0 => {
+                bail!("multi-turn needs sessions and turn_chars")
+            }
+            "multi-turn" => Ok(()),
+            other => bail!("unknown kind {other:?} (shared-prefix, multi-turn, random)"),
         }
     }
 
@@ -118,6 +129,8 @@ impl Scenario {
     pub fn plan(&self, rate: f64) -> Vec<Planned> {
         let mut rng = Rng(self.seed);
         let prefixes: Vec<String> = (0..self.prefixes).map(|_| rng.text(self.prefix_chars)).collect();
+        // Each conversation so far; a turn appends to one at random.
+        let mut sessions: Vec<String> = (0..self.sessions).map(|i| format!("Conversation {i}.\n")).collect();
         let mut at = 0.0f64;
         (0..self.requests)
             .map(|i| {
@@ -127,6 +140,12 @@ impl Scenario {
                     "shared-prefix" => {
                         let p = &prefixes[(rng.next() % prefixes.len() as u64) as usize];
                         format!("{p}\nQuestion {i}: {}", rng.text(self.question_chars))
+                    }
+                    "multi-turn" => {
+                        let k = (rng.next() % sessions.len() as u64) as usize;
+                        let turn = rng.text(self.turn_chars);
+                        sessions[k].push_str(&format!("User: {turn}\n"));
+                        sessions[k].clone()
                     }
                     _ => rng.text(self.prompt_chars),
                 };
@@ -154,6 +173,17 @@ mod tests {
         assert!((mean - 0.02).abs() < 0.002, "{mean}");
         let distinct: std::collections::HashSet<&str> = a.iter().map(|p| &p.prompt[..50]).collect();
         assert_eq!(distinct.len(), 3);
+        let chat: Scenario = serde_yaml_ng::from_str(
+            "{name: c, kind: multi-turn, requests: 20, rates: [5], seed: 1, sessions: 2, turn_chars: 10, max_tokens: 2, slo: {ttft_ms: 1, itl_ms: 1}}",
+        )
+        .unwrap();
+        chat.check().unwrap();
+        let turns = chat.plan(5.0);
+        // Every turn extends an earlier prompt of its conversation.
+        for (i, t) in turns.iter().enumerate().skip(2) {
+            let earlier = turns[..i].iter().filter(|p| t.prompt.starts_with(&p.prompt)).count();
+            assert!(earlier >= 1 || t.prompt.matches("User:").count() == 1, "turn {i}");
+        }
         let bad: Result<Scenario, _> = serde_yaml_ng::from_str(
             "{name: t, kind: x, requests: 1, rates: [1], seed: 1, max_tokens: 1, slo: {ttft_ms: 1, itl_ms: 1}}",
         );

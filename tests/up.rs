@@ -7,49 +7,24 @@ use std::time::Duration;
 
 use llmd::cluster::{LocalCluster, Replica};
 use llmd::engine::server::{Server, ServerConfig};
-use llmd::engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
-use llmd::engine::{
-    ByteTokenizer, ChatTemplate, Engine, EngineConfig, KvDtype, LatencyModel, ModelBackend, SimBackend, SystemClock,
-    builtin,
-};
+use llmd::engine::{LatencyModel, builtin};
 use llmd::scheduler::gateway::{Gateway, GatewayConfig};
 use llmd::scheduler::{Endpoint, PluginRegistry, Role, Scheduler, presets};
 use serde_json::{Value, json};
 
 fn tiny() -> Replica {
-    let cfg = EngineConfig { block_size: 16, num_blocks: 256, max_model_len: 1024, ..Default::default() };
-    let backend = ModelBackend::new(builtin::model(0).unwrap(), 256, 16, KvDtype::F16).unwrap();
-    Replica {
-        engine: Engine::new(
-            cfg,
-            Box::new(backend),
-            Arc::new(ByteTokenizer),
-            vec![ByteTokenizer::EOS],
-            Arc::new(SystemClock::default()),
-        )
-        .unwrap(),
-        template: ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
-        generation: Default::default(),
-    }
+    Replica::builtin(256).unwrap()
 }
 
-/// A simulated replica whose prefill costs 1 ms per uncached token.
+/// A simulated replica whose prefill costs 100 µs per uncached token.
 fn sim() -> Replica {
-    let clock = Arc::new(SystemClock::default());
     let latency = LatencyModel {
         step_overhead: Duration::from_micros(500),
         per_prefill_token: Duration::from_micros(100),
         per_decode_seq: Duration::from_micros(50),
         per_context_token: Duration::ZERO,
     };
-    let backend = SimBackend::new(latency, clock.clone(), ByteTokenizer::VOCAB, 8192, 32..127, 1);
-    let cfg =
-        EngineConfig { model_name: "llmd-sim".into(), num_blocks: 2048, max_model_len: 4096, ..Default::default() };
-    Replica {
-        engine: Engine::new(cfg, Box::new(backend), Arc::new(ByteTokenizer), vec![ByteTokenizer::EOS], clock).unwrap(),
-        template: ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
-        generation: Default::default(),
-    }
+    Replica::simulated("llmd-sim", latency, 2048).unwrap()
 }
 
 async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, String) {

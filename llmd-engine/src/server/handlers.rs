@@ -154,6 +154,21 @@ async fn submit(
     }
 }
 
+/// Names a new request, hands it to the engine, and returns its id and output channel.
+async fn start(
+    s: &AppState,
+    id_prefix: &str,
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    c: &Common,
+    prompt_param: &str,
+) -> Result<(String, tmpsc::UnboundedReceiver<RequestOutput>, AbortOnDrop), Response> {
+    let keys = RequestKeys::new().with_cache_salt(c.cache_salt.clone().unwrap_or_default());
+    let id = s.request_id(id_prefix);
+    let (rx, guard) = submit(s, NewRequest { id: id.clone(), prompt, params, keys }, prompt_param).await?;
+    Ok((id, rx, guard))
+}
+
 fn token_text(s: &AppState, id: u32) -> String {
     s.tokenizer.decode(&[id], false).unwrap_or_default()
 }
@@ -326,10 +341,7 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
     }
     let max_tokens = req.max_tokens.unwrap_or(16);
     let params = sampling(&s, &req.common, max_tokens, req.logprobs);
-    let keys = RequestKeys::new().with_cache_salt(req.common.cache_salt.clone().unwrap_or_default());
-    let id = s.request_id("cmpl");
-    let new = NewRequest { id: id.clone(), prompt, params, keys };
-    let (mut rx, mut guard) = match submit(&s, new, "prompt").await {
+    let (id, mut rx, mut guard) = match start(&s, "cmpl", prompt, params, &req.common, "prompt").await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
@@ -451,10 +463,7 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
     }
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     let params = sampling(&s, &req.common, max_tokens, logprobs);
-    let keys = RequestKeys::new().with_cache_salt(req.common.cache_salt.clone().unwrap_or_default());
-    let id = s.request_id("chatcmpl");
-    let new = NewRequest { id: id.clone(), prompt, params, keys };
-    let (mut rx, mut guard) = match submit(&s, new, "messages").await {
+    let (id, mut rx, mut guard) = match start(&s, "chatcmpl", prompt, params, &req.common, "messages").await {
         Ok(x) => x,
         Err(resp) => return resp,
     };

@@ -90,6 +90,8 @@ pub trait PromptTokenizer: Send + Sync {
 pub struct Gateway {
     scheduler: Scheduler,
     tokenizer: Option<Arc<dyn PromptTokenizer>>,
+    // Whether a configured scorer reads token ids (only then is tokenizing worth it).
+    needs_tokens: bool,
     endpoints: RwLock<Vec<Endpoint>>,
     client: reqwest::Client,
     cfg: GatewayConfig,
@@ -171,9 +173,11 @@ impl Gateway {
             "Delay from an engine's KV event batch to its indexing",
             event_lag.clone(),
         );
+        let needs_tokens = scheduler.config().plugins.values().any(|h| h.kv_events.is_some());
         Arc::new(Gateway {
             scheduler,
             tokenizer,
+            needs_tokens,
             endpoints: RwLock::new(endpoints),
             client: reqwest::Client::new(),
             cfg,
@@ -256,13 +260,21 @@ impl Gateway {
             prompt_text(body),
         );
         // Tokenizing costs far more than a pick: only when a scorer needs token ids.
-        let needs_tokens = self.scheduler.config().plugins.values().any(|h| h.kv_events.is_some());
-        req.token_ids = token_ids(body)
-            .or_else(|| needs_tokens.then(|| self.tokenizer.as_ref().and_then(|t| t.tokenize(path, body))).flatten());
+        req.token_ids = token_ids(body).or_else(|| {
+            self.needs_tokens.then(|| self.tokenizer.as_ref().and_then(|t| t.tokenize(path, body))).flatten()
+        });
         req.headers = headers.clone();
         let started = Instant::now();
-        let eps: Vec<Endpoint> = self.endpoints().into_iter().filter(|e| !exclude.contains(&e.id)).collect();
-        let result = self.scheduler.pick(&req, &eps);
+        // Pick under the read lock; copy the endpoint list only when some are excluded.
+        let result = {
+            let all = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+            if exclude.is_empty() {
+                self.scheduler.pick(&req, &all)
+            } else {
+                let eps: Vec<Endpoint> = all.iter().filter(|e| !exclude.contains(&e.id)).cloned().collect();
+                self.scheduler.pick(&req, &eps)
+            }
+        };
         self.metrics.pick_seconds.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(p) => {

@@ -65,6 +65,7 @@ pub struct LocalCluster {
     pub replicas: Vec<SocketAddr>,
     stop: tokio::sync::broadcast::Sender<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    subscribers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -117,7 +118,7 @@ impl LocalCluster {
         }
         let gateway =
             Gateway::with_tokenizer(Scheduler::new(scheduler, seed), endpoints, GatewayConfig::default(), tokenizer);
-        gateway.start_kv_subscribers();
+        let subscribers = gateway.start_kv_subscribers();
         gateway.scrape_once().await;
         let scraper = gateway.clone();
         let mut rx = stop.subscribe();
@@ -138,13 +139,16 @@ impl LocalCluster {
                 })
                 .await;
         }));
-        Ok(LocalCluster { addr, replicas: addrs, stop, tasks })
+        Ok(LocalCluster { addr, replicas: addrs, stop, tasks, subscribers })
     }
 
     /// Stops the gateway and every replica, and waits for them.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
-        for t in self.tasks {
+        for s in &self.subscribers {
+            s.abort();
+        }
+        for t in self.tasks.into_iter().chain(self.subscribers) {
             let _ = t.await;
         }
     }

@@ -35,6 +35,12 @@ enum Command {
     /// KV-cache tools: block hashes and KV event decoding.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Write the built-in model's tokenizer (`tokenizer.json`, `tokenizer_config.json`)
+    /// into DIR, for Hugging Face-based tools such as inference-perf and aiperf.
+    ExportTokenizer {
+        /// Directory to write (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -177,24 +183,46 @@ struct AutoscaleArgs {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// Scenario name (a file in benches/scenarios/) or path to a scenario YAML.
-    scenario: String,
+    /// Scenario names (files in benches/scenarios/) or paths to scenario YAMLs, comma
+    /// separated; `all` runs every scenario but `smoke`.
+    #[arg(required = true, value_delimiter = ',')]
+    scenarios: Vec<String>,
     /// Benchmark this OpenAI-compatible URL instead of starting local clusters.
     #[arg(long)]
     url: Option<String>,
+    /// Model name to send (default: the first one the server's /v1/models lists).
+    #[arg(long)]
+    model: Option<String>,
     /// Routings to compare, comma separated (each gets its own fresh cluster).
     #[arg(long, value_delimiter = ',', default_value = "round-robin,load,prefix,precise-prefix")]
     routing: Vec<String>,
     /// Also compare this EndpointPickerConfig.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Load generators, comma separated: builtin, inference-perf, aiperf (programs from
+    /// LLMD_INFERENCE_PERF / LLMD_AIPERF or PATH; `scripts/loadgen/setup.sh` installs them).
+    #[arg(long, value_delimiter = ',', default_value = "builtin")]
+    driver: Vec<String>,
+    /// Hugging Face tokenizer directory for inference-perf/aiperf (default: the built-in
+    /// model's, when the served model is llmd's own).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Replicas per cluster.
     #[arg(long, default_value_t = 8)]
     replicas: usize,
     /// Simulated replicas (default: the built-in model on the CPU).
     #[arg(long)]
     sim: bool,
-    /// Output directory for NAME.json, NAME.md and NAME.svg.
+    /// KV-cache blocks per replica (default: the scenario's, else 8192 simulated, 2048 built-in).
+    #[arg(long)]
+    kv_blocks: Option<usize>,
+    /// Replace the scenario's rates (comma separated, requests/s).
+    #[arg(long, value_delimiter = ',')]
+    rate: Vec<f64>,
+    /// Replace the scenario's request count.
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Output directory for NAME.json, NAME.md, NAME.svg and results.md.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
 }
@@ -247,6 +275,11 @@ fn main() -> Result<()> {
         Command::Sidecar(_) => not_yet("sidecar", "the P/D sidecar"),
         Command::Autoscale(_) => not_yet("autoscale", "the autoscaler"),
         Command::Bench(a) => bench(a),
+        Command::ExportTokenizer { dir } => {
+            llmd::engine::ByteTokenizer::write_hf_files(&dir)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
     }
 }
 
@@ -510,7 +543,8 @@ fn epp(a: EppArgs) -> Result<()> {
             }
         };
         let gateway = Gateway::with_tokenizer(Scheduler::new(cfg, 0), endpoints, GatewayConfig::default(), tokenizer);
-        gateway.start_kv_subscribers();
+        // Subscribers live as long as the process.
+        let _subscribers = gateway.start_kv_subscribers();
         tokio::spawn(gateway.clone().scrape_loop());
         let mut tasks = Vec::new();
         if a.http_port != 0 {
@@ -548,22 +582,51 @@ fn epp(a: EppArgs) -> Result<()> {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    use llmd::bench::{BenchOptions, find_scenario, markdown};
+    use llmd::bench::{BenchOptions, drivers::Driver, find_scenario, markdown};
     let mut routings = a.routing.clone();
     if let Some(c) = &a.config {
         routings.push(format!("config:{}", c.display()));
     }
-    let opts = BenchOptions {
-        scenario: find_scenario(&a.scenario)?,
-        routings,
-        url: a.url.clone(),
-        replicas: a.replicas,
-        sim: a.sim,
-        out: a.out.clone(),
+    let drivers = a.driver.iter().map(|d| Driver::parse(d)).collect::<Result<Vec<_>>>()?;
+    let names: Vec<String> = if a.scenarios == ["all"] {
+        ["shared-prefix", "code-completion", "multi-turn", "random"].map(String::from).to_vec()
+    } else {
+        a.scenarios.clone()
     };
+    // Check every scenario before the first (long) run starts.
+    let mut scenarios = Vec::with_capacity(names.len());
+    for name in &names {
+        let mut s = find_scenario(name)?;
+        if !a.rate.is_empty() {
+            s.rates = a.rate.clone();
+        }
+        if let Some(n) = a.requests {
+            s.requests = n;
+        }
+        scenarios.push(s);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = rt.block_on(llmd::bench::bench(&opts))?;
-    println!("{}", markdown(&report));
-    println!("wrote {}/{}.{{json,md,svg}}", a.out.display(), report.scenario);
+    let mut reports = Vec::with_capacity(scenarios.len());
+    for scenario in scenarios {
+        let opts = BenchOptions {
+            scenario,
+            routings: routings.clone(),
+            drivers: drivers.clone(),
+            url: a.url.clone(),
+            model: a.model.clone(),
+            tokenizer: a.tokenizer.clone(),
+            replicas: a.replicas,
+            sim: a.sim,
+            kv_blocks: a.kv_blocks,
+            out: a.out.clone(),
+        };
+        let report = rt.block_on(llmd::bench::bench(&opts))?;
+        println!("wrote {}/{}.{{json,md,svg}}", a.out.display(), report.scenario);
+        reports.push(report);
+    }
+    let table = markdown(&reports);
+    std::fs::write(a.out.join("results.md"), &table)?;
+    println!("{table}");
+    println!("wrote {}/results.md", a.out.display());
     Ok(())
 }

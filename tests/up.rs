@@ -233,7 +233,7 @@ async fn the_kv_index_learns_which_replica_holds_which_prefix() {
     let reg = PluginRegistry::with_builtins();
     let sched = Scheduler::new(presets::preset("precise-prefix", &reg).unwrap(), 0);
     let gw = Gateway::with_tokenizer(sched, endpoints.clone(), GatewayConfig::default(), tokenizer);
-    gw.start_kv_subscribers();
+    let _subscribers = gw.start_kv_subscribers();
     let client = reqwest::Client::new();
     let prompts =
         ["Tenant zero: ".to_string() + &"alpha ".repeat(30), "Tenant one: ".to_string() + &"omega ".repeat(30)];

@@ -1,18 +1,23 @@
 //! `llmd bench`: named scenarios against a URL or against local clusters it starts, one
-//! per routing configuration, compared in one run. Writes JSON, a Markdown table (each
-//! routing's ratio against round robin) and an SVG plot of TTFT against request rate.
+//! per routing configuration, compared in one run, each run sent by the built-in client
+//! or by a field tool (inference-perf, aiperf; see [`drivers`]). Writes JSON, a Markdown
+//! table (each routing's ratio against round robin with the same load generator) and an
+//! SVG plot of TTFT against request rate.
 
+pub mod drivers;
 pub mod run;
 pub mod scenario;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::cluster::{LocalCluster, Replica};
+use drivers::{Driver, Target};
 use run::RunStats;
 use scenario::Scenario;
 
@@ -23,21 +28,33 @@ pub struct BenchOptions {
     pub scenario: Scenario,
     /// Routing presets (or `config:PATH`) to compare; ignored with `url`.
     pub routings: Vec<String>,
+    /// Load generators; each routing runs once per driver, on a fresh cluster.
+    pub drivers: Vec<Driver>,
     /// Benchmark an existing endpoint instead of starting clusters.
     pub url: Option<String>,
+    /// Model name to send (default: the first one `/v1/models` lists).
+    pub model: Option<String>,
+    /// Tokenizer directory for external drivers (default: the built-in model's, written
+    /// into `out`, when the served model is llmd's own).
+    pub tokenizer: Option<PathBuf>,
     /// Replicas per started cluster.
     pub replicas: usize,
     /// Simulated replicas (else the built-in model on the CPU).
     pub sim: bool,
+    /// KV-cache blocks per started replica (default: the scenario's, else 8192 simulated
+    /// or 2048 built-in).
+    pub kv_blocks: Option<usize>,
     /// Where to write `NAME.json`, `NAME.md` and `NAME.svg`.
     pub out: PathBuf,
 }
 
-/// One routing's runs.
+/// One routing's runs with one load generator.
 #[derive(Debug, Clone, Serialize)]
 pub struct RoutingResult {
     /// Routing name.
     pub routing: String,
+    /// Load generator (`builtin`, `inference-perf`, `aiperf`).
+    pub driver: String,
     /// One entry per rate.
     pub runs: Vec<RunStats>,
 }
@@ -51,7 +68,9 @@ pub struct Report {
     pub replicas: usize,
     /// Simulated replicas.
     pub sim: bool,
-    /// Results per routing.
+    /// KV-cache blocks per replica (0 for an external URL).
+    pub kv_blocks: usize,
+    /// Results per routing and driver.
     pub results: Vec<RoutingResult>,
 }
 
@@ -89,106 +108,192 @@ async fn prefix_counters(client: &reqwest::Client, replicas: &[std::net::SocketA
     (hits, queries)
 }
 
+async fn served_model(client: &reqwest::Client, base: &str) -> Result<String> {
+    let text = client
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("asking {base}/v1/models which model it serves"))?
+        .text()
+        .await?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{base}/v1/models answered {text:?}"))?;
+    v["data"][0]["id"].as_str().map(str::to_string).with_context(|| format!("{base}/v1/models lists no model"))
+}
+
+fn progress(len: u64, prefix: String) -> ProgressBar {
+    // Hidden when stderr is not a terminal (CI logs get the summary lines only).
+    let pb = ProgressBar::new(len).with_prefix(prefix);
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} {elapsed}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb
+}
+
 /// Runs the benchmark.
 pub async fn bench(opts: &BenchOptions) -> Result<Report> {
     let client = reqwest::Client::new();
     let s = &opts.scenario;
+    let kv_blocks = opts.kv_blocks.or(s.kv_blocks).unwrap_or(if opts.sim { 8192 } else { 2048 });
     let mut results = Vec::new();
     let routings: Vec<String> = match &opts.url {
         Some(_) => vec!["external".into()],
         None => opts.routings.clone(),
     };
     for routing in &routings {
-        let mut runs = Vec::new();
-        for &rate in &s.rates {
-            let cluster = match &opts.url {
-                Some(_) => None,
-                None => {
-                    let registry = llmd_scheduler::PluginRegistry::with_builtins();
-                    let cfg = match routing.strip_prefix("config:") {
-                        Some(path) => llmd_scheduler::SchedulerConfig::from_file(Path::new(path), &registry)?,
-                        None => llmd_scheduler::presets::preset(routing, &registry)?,
-                    };
-                    let mut replicas = Vec::with_capacity(opts.replicas);
-                    for _ in 0..opts.replicas {
-                        replicas.push(if opts.sim {
-                            Replica::simulated("llmd-sim", llmd_engine::LatencyModel::default(), 8192)?
-                        } else {
-                            Replica::builtin(2048)?
-                        });
-                    }
-                    Some(LocalCluster::start(replicas, cfg, s.seed, "127.0.0.1:0").await?)
+        for driver in &opts.drivers {
+            let mut runs = Vec::new();
+            for &rate in &s.rates {
+                let cluster = match &opts.url {
+                    Some(_) => None,
+                    None => Some(start_cluster(routing, opts, kv_blocks).await?),
+                };
+                let base = match (&cluster, &opts.url) {
+                    (Some(c), _) => format!("http://{}", c.addr),
+                    (None, Some(u)) => u.trim_end_matches('/').trim_end_matches("/v1").to_string(),
+                    (None, None) => unreachable!("either a URL or a cluster"),
+                };
+                let result = one_run(&client, opts, routing, driver, rate, &base, cluster.as_ref()).await;
+                if let Some(c) = cluster {
+                    c.shutdown().await;
                 }
-            };
-            let base = match (&cluster, &opts.url) {
-                (Some(c), _) => format!("http://{}", c.addr),
-                (None, Some(u)) => u.trim_end_matches('/').trim_end_matches("/v1").to_string(),
-                (None, None) => unreachable!("either a URL or a cluster"),
-            };
-            let replicas = cluster.as_ref().map(|c| c.replicas.clone()).unwrap_or_default();
-            let before = prefix_counters(&client, &replicas).await;
-            let plan = s.plan(rate);
-            eprintln!("llmd bench: {} / {routing} / {rate} req/s: {} requests…", s.name, plan.len());
-            let started = Instant::now();
-            let samples = run::run(&client, &base, None, &plan).await;
-            let wall = started.elapsed();
-            let after = prefix_counters(&client, &replicas).await;
-            let queries = after.1 - before.1;
-            let hit_rate = (queries > 0.0).then(|| (after.0 - before.0) / queries);
-            let st = run::stats(&samples, rate, wall, s.slo, hit_rate);
-            eprintln!(
-                "llmd bench:   done in {:.1}s: {}/{} ok, TTFT p50 {:.1} ms p99 {:.1} ms, hit rate {}",
-                wall.as_secs_f64(),
-                st.completed,
-                st.requests,
-                st.ttft_ms[0],
-                st.ttft_ms[2],
-                st.hit_rate.map_or("n/a".into(), |h| format!("{h:.3}"))
-            );
-            runs.push(st);
-            if let Some(c) = cluster {
-                c.shutdown().await;
+                runs.push(result?);
             }
+            results.push(RoutingResult { routing: routing.clone(), driver: driver.name().into(), runs });
         }
-        results.push(RoutingResult { routing: routing.clone(), runs });
     }
-    let report = Report { scenario: s.name.clone(), replicas: opts.replicas, sim: opts.sim, results };
+    let report = Report {
+        scenario: s.name.clone(),
+        replicas: if opts.url.is_some() { 0 } else { opts.replicas },
+        sim: opts.sim,
+        kv_blocks: if opts.url.is_some() { 0 } else { kv_blocks },
+        results,
+    };
     write_outputs(&report, &opts.out)?;
     Ok(report)
 }
 
-/// The Markdown table: one row per routing and rate, with ratios against round robin at
-/// the same rate when it ran.
-pub fn markdown(r: &Report) -> String {
+async fn start_cluster(routing: &str, opts: &BenchOptions, kv_blocks: usize) -> Result<LocalCluster> {
+    let registry = llmd_scheduler::PluginRegistry::with_builtins();
+    let cfg = match routing.strip_prefix("config:") {
+        Some(path) => llmd_scheduler::SchedulerConfig::from_file(Path::new(path), &registry)?,
+        None => llmd_scheduler::presets::preset(routing, &registry)?,
+    };
+    let mut replicas = Vec::with_capacity(opts.replicas);
+    for _ in 0..opts.replicas {
+        replicas.push(if opts.sim {
+            Replica::simulated("llmd-sim", llmd_engine::LatencyModel::default(), kv_blocks)?
+        } else {
+            Replica::builtin(kv_blocks)?
+        });
+    }
+    LocalCluster::start(replicas, cfg, opts.scenario.seed, "127.0.0.1:0").await
+}
+
+async fn one_run(
+    client: &reqwest::Client,
+    opts: &BenchOptions,
+    routing: &str,
+    driver: &Driver,
+    rate: f64,
+    base: &str,
+    cluster: Option<&LocalCluster>,
+) -> Result<RunStats> {
+    let s = &opts.scenario;
+    let replicas = cluster.map(|c| c.replicas.clone()).unwrap_or_default();
+    let model = match &opts.model {
+        Some(m) => m.clone(),
+        None => served_model(client, base).await?,
+    };
+    let plan = s.plan(rate);
+    let label = format!("{} / {routing} / {} / {rate} req/s", s.name, driver.name());
+    eprintln!("llmd bench: {label}: {} requests…", plan.len());
+    let before = prefix_counters(client, &replicas).await;
+    let started = Instant::now();
+    let mut st = match driver {
+        Driver::Builtin => {
+            let pb = progress(plan.len() as u64, label.clone());
+            let samples = run::run(client, base, Some(&model), &plan, &pb).await;
+            pb.finish_and_clear();
+            run::stats(&samples, rate, started.elapsed(), s.slo)
+        }
+        external => {
+            let tokenizer = match &opts.tokenizer {
+                Some(t) => t.clone(),
+                None if model.starts_with("llmd-") => {
+                    let dir = opts.out.join("tokenizer");
+                    llmd_engine::ByteTokenizer::write_hf_files(&dir)?;
+                    dir
+                }
+                None => {
+                    bail!("{} counts tokens client-side: give --tokenizer DIR for model {model:?}", external.name())
+                }
+            };
+            let workdir =
+                opts.out.join(format!("{}/{}-{}-{rate}", s.name, routing.replace(['/', ':'], "_"), external.name()));
+            let pb = ProgressBar::new_spinner().with_prefix(label.clone());
+            pb.set_style(ProgressStyle::with_template("{prefix} {spinner} {msg} {elapsed}")?);
+            pb.set_message(format!("{} running (log: {}/driver.log)", external.name(), workdir.display()));
+            pb.enable_steady_tick(Duration::from_millis(200));
+            let target = Target { base, model: &model, tokenizer: &tokenizer, workdir: &workdir };
+            let stats = drivers::run_external(external, &plan, rate, s.slo, &target).await;
+            pb.finish_and_clear();
+            stats?
+        }
+    };
+    let after = prefix_counters(client, &replicas).await;
+    let queries = after.1 - before.1;
+    st.hit_rate = (queries > 0.0).then(|| (after.0 - before.0) / queries);
+    eprintln!(
+        "llmd bench:   done in {:.1}s: {}/{} ok, TTFT p50 {:.1} ms p99 {:.1} ms, hit rate {}",
+        started.elapsed().as_secs_f64(),
+        st.completed,
+        st.requests,
+        st.ttft_ms[0],
+        st.ttft_ms[2],
+        st.hit_rate.map_or("n/a".into(), |h| format!("{h:.3}"))
+    );
+    Ok(st)
+}
+
+/// The Markdown table for one or more reports: one row per scenario, routing, driver and
+/// rate, with the ratio against round robin at the same rate with the same driver.
+pub fn markdown(reports: &[Report]) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| scenario | routing | rate (req/s) | ok | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) | tok/s | goodput (req/s) | hit rate | round-robin TTFT p50 ÷ this |"
+        "| scenario | routing | driver | rate (req/s) | ok | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) | e2e p50 (ms) | tok/s | goodput (req/s) | hit rate | round-robin TTFT p50 ÷ this |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
-    let rr = r.results.iter().find(|x| x.routing == "round-robin");
-    for res in &r.results {
-        for run in &res.runs {
-            let base = rr.and_then(|rr| rr.runs.iter().find(|b| b.rate == run.rate));
-            let ratio = base
-                .filter(|_| run.ttft_ms[0] > 0.0)
-                .map_or("–".into(), |b| format!("{:.2}×", b.ttft_ms[0] / run.ttft_ms[0]));
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {}/{} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {} | {} |",
-                r.scenario,
-                res.routing,
-                run.rate,
-                run.completed,
-                run.requests,
-                run.ttft_ms[0],
-                run.ttft_ms[2],
-                run.itl_ms[0],
-                run.output_tokens_per_s,
-                run.goodput,
-                run.hit_rate.map_or("–".into(), |h| format!("{h:.3}")),
-                ratio
-            );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in reports {
+        for res in &r.results {
+            let rr = r.results.iter().find(|x| x.routing == "round-robin" && x.driver == res.driver);
+            for run in &res.runs {
+                let base = rr.and_then(|rr| rr.runs.iter().find(|b| b.rate == run.rate));
+                let ratio = base
+                    .filter(|_| run.ttft_ms[0] > 0.0)
+                    .map_or("–".into(), |b| format!("{:.2}×", b.ttft_ms[0] / run.ttft_ms[0]));
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {}/{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} |",
+                    r.scenario,
+                    res.routing,
+                    res.driver,
+                    run.rate,
+                    run.completed,
+                    run.requests,
+                    run.ttft_ms[0],
+                    run.ttft_ms[2],
+                    run.itl_ms[0],
+                    run.e2e_ms[0],
+                    run.output_tokens_per_s,
+                    run.goodput.map_or("–".into(), |g| format!("{g:.1}")),
+                    run.hit_rate.map_or("–".into(), |h| format!("{h:.3}")),
+                    ratio
+                );
+            }
         }
     }
     md
@@ -227,9 +332,9 @@ pub fn svg(r: &Report) -> String {
         let _ = writeln!(
             out,
             "<text x=\"{}\" y=\"{}\" fill=\"{c}\">{}</text>",
-            w - pad - 120.0,
+            w - pad - 200.0,
             pad + 16.0 * i as f64,
-            res.routing
+            if res.driver == "builtin" { res.routing.clone() } else { format!("{} ({})", res.routing, res.driver) }
         );
     }
     out.push_str("</svg>\n");
@@ -240,7 +345,7 @@ fn write_outputs(r: &Report, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let base = dir.join(&r.scenario);
     std::fs::write(base.with_extension("json"), serde_json::to_string_pretty(r)?)?;
-    std::fs::write(base.with_extension("md"), markdown(r))?;
+    std::fs::write(base.with_extension("md"), markdown(std::slice::from_ref(r)))?;
     std::fs::write(base.with_extension("svg"), svg(r))?;
     Ok(())
 }

@@ -24,8 +24,14 @@ pub struct Sample {
 }
 
 /// Sends every planned request at its time (open loop: arrivals do not wait for
-/// responses) to `base`'s `/v1/completions`, streaming.
-pub async fn run(client: &reqwest::Client, base: &str, model: Option<&str>, plan: &[Planned]) -> Vec<Sample> {
+/// responses) to `base`'s `/v1/completions`, streaming; `progress` counts finished ones.
+pub async fn run(
+    client: &reqwest::Client,
+    base: &str,
+    model: Option<&str>,
+    plan: &[Planned],
+    progress: &indicatif::ProgressBar,
+) -> Vec<Sample> {
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(plan.len());
     for p in plan {
@@ -39,9 +45,12 @@ pub async fn run(client: &reqwest::Client, base: &str, model: Option<&str>, plan
             body["model"] = json!(m);
         }
         let at = start + p.at;
+        let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            one(&client, &url, body).await
+            let sample = one(&client, &url, body).await;
+            progress.inc(1);
+            sample
         }));
     }
     let mut out = Vec::with_capacity(tasks.len());
@@ -108,8 +117,8 @@ pub struct RunStats {
     pub e2e_ms: [f64; 3],
     /// Output tokens per second over the run.
     pub output_tokens_per_s: f64,
-    /// Requests per second meeting the SLO.
-    pub goodput: f64,
+    /// Requests per second meeting the SLO, when the load generator reports it.
+    pub goodput: Option<f64>,
     /// Prefix-cache hit rate over the run (engines' `vllm:prefix_cache_*`), if known.
     pub hit_rate: Option<f64>,
 }
@@ -124,7 +133,8 @@ fn pct(v: &mut [f64]) -> [f64; 3] {
 }
 
 /// Summarises a run's samples.
-pub fn stats(samples: &[Sample], rate: f64, wall: Duration, slo: Slo, hit_rate: Option<f64>) -> RunStats {
+/// The hit rate is filled in by the caller, from the engines' counters.
+pub fn stats(samples: &[Sample], rate: f64, wall: Duration, slo: Slo) -> RunStats {
     let ok: Vec<&Sample> = samples.iter().filter(|s| s.ok).collect();
     let mut ttft: Vec<f64> = ok.iter().map(|s| s.ttft).collect();
     let mut itl: Vec<f64> = ok.iter().map(|s| s.itl).collect();
@@ -139,7 +149,7 @@ pub fn stats(samples: &[Sample], rate: f64, wall: Duration, slo: Slo, hit_rate: 
         itl_ms: pct(&mut itl),
         e2e_ms: pct(&mut e2e),
         output_tokens_per_s: ok.iter().map(|s| s.output_tokens).sum::<usize>() as f64 / secs,
-        goodput: good as f64 / secs,
-        hit_rate,
+        goodput: Some(good as f64 / secs),
+        hit_rate: None,
     }
 }

@@ -53,6 +53,10 @@ pub struct Scenario {
     pub max_tokens: usize,
     /// Goodput objectives.
     pub slo: Slo,
+    /// KV-cache blocks per replica when `llmd bench` starts the cluster: the memory
+    /// pressure the scenario is about (`--kv-blocks` overrides).
+    #[serde(default)]
+    pub kv_blocks: Option<usize>,
 }
 
 /// One request of a run.

@@ -232,17 +232,22 @@ impl Gateway {
 
     /// Subscribes to the KV event stream of every endpoint that has one, feeding the
     /// configured plugins that consume events. Needs a tokio runtime.
-    pub fn start_kv_subscribers(self: &Arc<Self>) {
+    ///
+    /// Returns the subscriber tasks: abort them when the endpoints go away, or their
+    /// sockets keep reconnecting.
+    pub fn start_kv_subscribers(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         let consumers: Vec<Arc<dyn crate::plugin::KvEventConsumer>> =
             self.scheduler.config().plugins.values().filter_map(|h| h.kv_events.clone()).collect();
         if consumers.is_empty() {
-            return;
+            return Vec::new();
         }
-        for e in self.endpoints() {
-            if let Some(zmq) = e.kv_events.clone() {
-                tokio::spawn(subscribe(self.clone(), e.id.clone(), zmq, consumers.clone()));
-            }
-        }
+        self.endpoints()
+            .into_iter()
+            .filter_map(|e| {
+                let zmq = e.kv_events.clone()?;
+                Some(tokio::spawn(subscribe(self.clone(), e.id.clone(), zmq, consumers.clone())))
+            })
+            .collect()
     }
 
     /// Picks for an OpenAI request body arriving at `path` with `headers` (lower-case

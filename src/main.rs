@@ -193,6 +193,9 @@ struct BenchArgs {
     /// Model name to send (default: the first one the server's /v1/models lists).
     #[arg(long)]
     model: Option<String>,
+    /// With --url: the routing's name in reports (default "external").
+    #[arg(long, requires = "url")]
+    label: Option<String>,
     /// Routings to compare, comma separated (each gets its own fresh cluster).
     #[arg(long, value_delimiter = ',', default_value = "round-robin,load,prefix,precise-prefix")]
     routing: Vec<String>,
@@ -613,6 +616,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             routings: routings.clone(),
             drivers: drivers.clone(),
             url: a.url.clone(),
+            label: a.label.clone(),
             model: a.model.clone(),
             tokenizer: a.tokenizer.clone(),
             replicas: a.replicas,

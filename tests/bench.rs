@@ -12,6 +12,7 @@ fn smoke(out: &std::path::Path, drivers: Vec<Driver>) -> BenchOptions {
         routings: vec!["round-robin".into(), "precise-prefix".into()],
         drivers,
         url: None,
+        label: None,
         model: None,
         tokenizer: None,
         replicas: 3,

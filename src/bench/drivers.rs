@@ -284,7 +284,10 @@ pub fn inference_perf_stats(v: &Value, rate: f64) -> Result<RunStats> {
         e2e_ms: lat("request_latency")?,
         output_tokens_per_s: num(v, &["successes", "throughput", "output_tokens_per_sec"])?,
         goodput: num(v, &["successes", "goodput_metrics", "request_goodput"]).ok(),
-        hit_rate: None,
+        hit_rate: num(v, &["successes", "prompt_tokens", "cached"])
+            .ok()
+            .zip(num(v, &["successes", "prompt_tokens", "total"]).ok())
+            .and_then(|(cached, total)| (total > 0.0).then(|| cached / total)),
     })
 }
 
@@ -306,7 +309,7 @@ pub fn aiperf_stats(v: &Value, rate: f64) -> Result<RunStats> {
         e2e_ms: lat("request_latency")?,
         output_tokens_per_s: num(v, &["output_token_throughput", "avg"])?,
         goodput: num(v, &["goodput", "avg"]).ok(),
-        hit_rate: None,
+        hit_rate: num(v, &["overall_usage_prompt_cache_read_pct", "avg"]).ok().map(|pct| pct / 100.0),
     })
 }
 

@@ -32,6 +32,8 @@ pub struct BenchOptions {
     pub drivers: Vec<Driver>,
     /// Benchmark an existing endpoint instead of starting clusters.
     pub url: Option<String>,
+    /// Name for `url`'s routing in reports (default `external`).
+    pub label: Option<String>,
     /// Model name to send (default: the first one `/v1/models` lists).
     pub model: Option<String>,
     /// Tokenizer directory for external drivers (default: the built-in model's, written
@@ -139,7 +141,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<Report> {
     let kv_blocks = opts.kv_blocks.or(s.kv_blocks).unwrap_or(if opts.sim { 8192 } else { 2048 });
     let mut results = Vec::new();
     let routings: Vec<String> = match &opts.url {
-        Some(_) => vec!["external".into()],
+        Some(_) => vec![opts.label.clone().unwrap_or_else(|| "external".into())],
         None => opts.routings.clone(),
     };
     for routing in &routings {
@@ -245,7 +247,9 @@ async fn one_run(
     };
     let after = prefix_counters(client, &replicas).await;
     let queries = after.1 - before.1;
-    st.hit_rate = (queries > 0.0).then(|| (after.0 - before.0) / queries);
+    if queries > 0.0 {
+        st.hit_rate = Some((after.0 - before.0) / queries);
+    }
     eprintln!(
         "llmd bench:   done in {:.1}s: {}/{} ok, TTFT p50 {:.1} ms p99 {:.1} ms, hit rate {}",
         started.elapsed().as_secs_f64(),

@@ -21,6 +21,10 @@ pub struct Sample {
     pub e2e: f64,
     /// Tokens generated.
     pub output_tokens: usize,
+    /// Prompt tokens, from the final usage chunk.
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the prefix cache (`prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: usize,
 }
 
 /// Sends every planned request at its time (open loop: arrivals do not wait for
@@ -70,6 +74,7 @@ async fn one(client: &reqwest::Client, url: &str, body: Value) -> Sample {
     let mut buf = String::new();
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
     let (mut chunks, mut tokens, mut done) = (0usize, 0usize, false);
+    let (mut prompt_tokens, mut cached_tokens) = (0usize, 0usize);
     while let Some(Ok(bytes)) = stream.next().await {
         buf.push_str(&String::from_utf8_lossy(&bytes));
         while let Some(end) = buf.find("\n\n") {
@@ -82,6 +87,8 @@ async fn one(client: &reqwest::Client, url: &str, body: Value) -> Sample {
             let Ok(v) = serde_json::from_str::<Value>(data) else { continue };
             if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                 tokens = n as usize;
+                prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+                cached_tokens = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0) as usize;
             }
             if v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()) {
                 let now = Instant::now();
@@ -97,7 +104,7 @@ async fn one(client: &reqwest::Client, url: &str, body: Value) -> Sample {
         (Some(f), Some(l)) if chunks > 1 => (l - f).as_secs_f64() / (chunks - 1) as f64,
         _ => 0.0,
     };
-    Sample { ok: done, ttft, itl, e2e, output_tokens: tokens.max(chunks) }
+    Sample { ok: done, ttft, itl, e2e, output_tokens: tokens.max(chunks), prompt_tokens, cached_tokens }
 }
 
 /// Percentiles and rates of one run.
@@ -119,7 +126,9 @@ pub struct RunStats {
     pub output_tokens_per_s: f64,
     /// Requests per second meeting the SLO, when the load generator reports it.
     pub goodput: Option<f64>,
-    /// Prefix-cache hit rate over the run (engines' `vllm:prefix_cache_*`), if known.
+    /// Prefix-cache hit rate over the run: from the engines' `vllm:prefix_cache_*`
+    /// counters when `llmd bench` started them, else cached over prompt tokens as the
+    /// responses' usage reported them.
     pub hit_rate: Option<f64>,
 }
 
@@ -133,7 +142,8 @@ fn pct(v: &mut [f64]) -> [f64; 3] {
 }
 
 /// Summarises a run's samples.
-/// The hit rate is filled in by the caller, from the engines' counters.
+/// Summarises a run's samples; the hit rate is the responses' cached share of prompt
+/// tokens (the caller prefers the engines' own counters when it has them).
 pub fn stats(samples: &[Sample], rate: f64, wall: Duration, slo: Slo) -> RunStats {
     let ok: Vec<&Sample> = samples.iter().filter(|s| s.ok).collect();
     let mut ttft: Vec<f64> = ok.iter().map(|s| s.ttft).collect();
@@ -150,6 +160,10 @@ pub fn stats(samples: &[Sample], rate: f64, wall: Duration, slo: Slo) -> RunStat
         e2e_ms: pct(&mut e2e),
         output_tokens_per_s: ok.iter().map(|s| s.output_tokens).sum::<usize>() as f64 / secs,
         goodput: Some(good as f64 / secs),
-        hit_rate: None,
+        hit_rate: usage_hit_rate(ok.iter().map(|s| s.cached_tokens).sum(), ok.iter().map(|s| s.prompt_tokens).sum()),
     }
+}
+
+fn usage_hit_rate(cached: usize, prompt: usize) -> Option<f64> {
+    (prompt > 0).then(|| cached as f64 / prompt as f64)
 }

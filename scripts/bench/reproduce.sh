@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Reproduces the routing results in BENCHMARKS.md from scratch:
+#   bash scripts/bench/reproduce.sh          # everything (about 20 minutes on 2 cores)
+#   bash scripts/bench/reproduce.sh sim      # 8 simulated replicas, every scenario, every routing
+#   bash scripts/bench/reproduce.sh tools    # the same clusters driven by inference-perf and aiperf
+#   bash scripts/bench/reproduce.sh up       # inference-perf against a running `llmd up`
+#   bash scripts/bench/reproduce.sh cpu      # 2 real CPU replicas of the built-in model
+# Each part writes bench-results/PART/{results.md,NAME.json,NAME.md,NAME.svg}; the
+# combined table is bench-results/RESULTS.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+part=${1:-all}
+cargo build --release --quiet
+llmd=target/release/llmd
+
+run_sim() {
+    $llmd bench all --sim --replicas 8 --out bench-results/sim
+}
+run_tools() {
+    loadgen_env=$(bash scripts/loadgen/setup.sh)
+    while IFS= read -r line; do export "${line?}"; done <<< "$loadgen_env"
+    $llmd bench shared-prefix,code-completion --sim --replicas 8 --routing round-robin,precise-prefix \
+        --driver inference-perf,aiperf --out bench-results/tools
+}
+# A fresh `llmd up` per run (so no run inherits another's cache), driven over its URL.
+run_up() {
+    loadgen_env=$(bash scripts/loadgen/setup.sh)
+    while IFS= read -r line; do export "${line?}"; done <<< "$loadgen_env"
+    mkdir -p bench-results/up
+    local port=18000 routing driver pid
+    for routing in round-robin precise-prefix; do
+        for driver in builtin inference-perf aiperf; do
+            $llmd up --sim --replicas 8 --routing "$routing" --port $port > "bench-results/up/$routing-$driver.log" 2>&1 &
+            pid=$!
+            for _ in $(seq 150); do curl -sf "http://127.0.0.1:$port/v1/models" > /dev/null && break; sleep 0.2; done
+            $llmd bench shared-prefix --url "http://127.0.0.1:$port" --label "$routing" --driver "$driver" \
+                --out "bench-results/up/$routing-$driver"
+            kill -INT $pid
+            wait $pid || true
+        done
+    done
+    first=1
+    for routing in round-robin precise-prefix; do
+        for driver in builtin inference-perf aiperf; do
+            f=bench-results/up/$routing-$driver/results.md
+            if [ $first = 1 ]; then head -2 "$f"; first=0; fi
+            tail -n +3 "$f"
+        done
+    done > bench-results/up/results.md
+}
+run_cpu() {
+    $llmd bench cpu-shared-prefix --replicas 2 --out bench-results/cpu
+}
+
+case $part in
+    sim) run_sim ;;
+    tools) run_tools ;;
+    up) run_up ;;
+    cpu) run_cpu ;;
+    all) run_sim; run_tools; run_up; run_cpu ;;
+    *) echo "usage: $0 [all|sim|tools|up|cpu]" >&2; exit 2 ;;
+esac
+# One table: the header once, then every part's rows.
+{
+    for f in bench-results/{sim,tools,up,cpu}/results.md; do
+        [ -f "$f" ] || continue
+        if [ -z "${header_done:-}" ]; then head -2 "$f"; header_done=1; fi
+        tail -n +3 "$f"
+    done
+} > bench-results/RESULTS.md
+echo "wrote bench-results/RESULTS.md"

@@ -601,9 +601,15 @@ fn bench(a: BenchArgs) -> Result<()> {
     for name in &names {
         let mut s = find_scenario(name)?;
         if !a.rate.is_empty() {
+            if a.rate.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+                bail!("--rate takes positive request rates, got {:?}", a.rate);
+            }
             s.rates = a.rate.clone();
         }
         if let Some(n) = a.requests {
+            if n == 0 {
+                bail!("--requests must be at least 1");
+            }
             s.requests = n;
         }
         scenarios.push(s);

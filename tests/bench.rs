@@ -37,6 +37,10 @@ async fn smoke_scenario_produces_well_formed_outputs() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("smoke.json")).unwrap()).unwrap();
     assert_eq!(json["scenario"], "smoke");
+    // Per-request figures are kept for analysis.
+    let samples = json["results"][0]["runs"][0]["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 24);
+    assert!(samples.iter().all(|s| s["ok"] == true && s["ttft"].as_f64().unwrap() > 0.0 && s["prompt_tokens"] != 0));
     let md = std::fs::read_to_string(out.join("smoke.md")).unwrap();
     assert_eq!(md.lines().count(), 4, "{md}");
     assert!(md.contains("| builtin |"), "{md}");

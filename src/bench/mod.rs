@@ -21,6 +21,9 @@ use drivers::{Driver, Target};
 use run::RunStats;
 use scenario::Scenario;
 
+/// Longest a single request of the built-in client may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -136,7 +139,8 @@ fn progress(len: u64, prefix: String) -> ProgressBar {
 
 /// Runs the benchmark.
 pub async fn bench(opts: &BenchOptions) -> Result<Report> {
-    let client = reqwest::Client::new();
+    // Bounded in time as well as count: a request that hangs fails instead of the run.
+    let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;
     let s = &opts.scenario;
     let kv_blocks = opts.kv_blocks.or(s.kv_blocks).unwrap_or(if opts.sim { 8192 } else { 2048 });
     let mut results = Vec::new();

@@ -130,6 +130,10 @@ pub struct RunStats {
     /// counters when `llmd bench` started them, else cached over prompt tokens as the
     /// responses' usage reported them.
     pub hit_rate: Option<f64>,
+    /// Every request's own figures, in plan order (the built-in client's runs; the
+    /// external tools keep theirs in their own reports).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<Sample>,
 }
 
 fn pct(v: &mut [f64]) -> [f64; 3] {
@@ -161,6 +165,7 @@ pub fn stats(samples: &[Sample], rate: f64, wall: Duration, slo: Slo) -> RunStat
         output_tokens_per_s: ok.iter().map(|s| s.output_tokens).sum::<usize>() as f64 / secs,
         goodput: Some(good as f64 / secs),
         hit_rate: usage_hit_rate(ok.iter().map(|s| s.cached_tokens).sum(), ok.iter().map(|s| s.prompt_tokens).sum()),
+        samples: samples.to_vec(),
     }
 }
 

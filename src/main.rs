@@ -555,6 +555,11 @@ fn epp(a: EppArgs) -> Result<()> {
             println!("llmd epp: HTTP gateway at http://{}/v1", listener.local_addr()?);
             let router = gateway.router();
             tasks.push(tokio::spawn(async move {
+                use axum::serve::ListenerExt;
+                // The gateway relays token streams: no Nagle delay on its small writes.
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 axum::serve(listener, router)
                     .with_graceful_shutdown(async {
                         let _ = tokio::signal::ctrl_c().await;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the routing results in BENCHMARKS.md from scratch:
-#   bash scripts/bench/reproduce.sh          # everything (about 20 minutes on 2 cores)
+#   bash scripts/bench/reproduce.sh          # everything (about 22 minutes on 2 cores)
 #   bash scripts/bench/reproduce.sh sim      # 8 simulated replicas, every scenario, every routing
 #   bash scripts/bench/reproduce.sh tools    # the same clusters driven by inference-perf and aiperf
 #   bash scripts/bench/reproduce.sh up       # inference-perf against a running `llmd up`

@@ -2,11 +2,13 @@
 //! `aiperf`, run as subprocesses against the same endpoint with the same scenario, their
 //! reports read back into [`RunStats`] so the figures sit side by side.
 //!
-//! Both replay the scenario's own prompts (inference-perf as a local ShareGPT file,
-//! aiperf as a `single_turn` JSONL file), with their own Poisson arrivals at the same
-//! rate and their own timing. Their synthetic generators sample random token ids, which
-//! a byte-level tokenizer like the built-in model's decodes to invalid UTF-8, so they
-//! cannot build exact-length prompts for it; with a real checkpoint's tokenizer they can.
+//! Both replay the scenario's own prompts in order. inference-perf reads them as a local
+//! ShareGPT file and draws its own Poisson arrivals at the same rate (an independent
+//! load); aiperf reads them as a `mooncake_trace` with the plan's send times and replays
+//! that fixed schedule (the very load the built-in client sends, measured by another
+//! client). Their synthetic generators sample random token ids, which a byte-level
+//! tokenizer like the built-in model's decodes to invalid UTF-8, so they cannot build
+//! exact-length prompts for it; with a real checkpoint's tokenizer they can.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -111,12 +113,16 @@ pub async fn run_external(driver: &Driver, plan: &[Planned], rate: f64, slo: Slo
             let input = t.workdir.join("plan.jsonl");
             let mut lines = String::new();
             for p in plan {
-                lines.push_str(&json!({"text": p.prompt, "output_length": p.max_tokens}).to_string());
+                lines.push_str(
+                    &json!({"text_input": p.prompt, "output_length": p.max_tokens,
+                        "timestamp": p.at.as_secs_f64() * 1e3})
+                    .to_string(),
+                );
                 lines.push('\n');
             }
             std::fs::write(&input, lines)?;
             let mut cmd = tokio::process::Command::new(program);
-            cmd.args(aiperf_args(plan.len(), rate, slo, t, &input));
+            cmd.args(aiperf_args(plan.len(), slo, t, &input));
             // aiperf's offline mode only looks in the hub cache and rejects a local
             // tokenizer directory, so HF_HUB_OFFLINE stays unset; a local path never
             // touches the network.
@@ -186,7 +192,7 @@ fn answer_of_length(tokenizer: &llmd_engine::tokenizer::HfTokenizer, n: usize) -
     bail!("cannot make an answer of exactly {n} tokens with this tokenizer")
 }
 
-fn aiperf_args(count: usize, rate: f64, slo: Slo, t: &Target<'_>, input: &Path) -> Vec<String> {
+fn aiperf_args(count: usize, slo: Slo, t: &Target<'_>, input: &Path) -> Vec<String> {
     let s = |x: &str| x.to_string();
     let p = |x: &Path| x.display().to_string();
     vec![
@@ -203,13 +209,8 @@ fn aiperf_args(count: usize, rate: f64, slo: Slo, t: &Target<'_>, input: &Path) 
         s("--input-file"),
         p(input),
         s("--custom-dataset-type"),
-        s("single_turn"),
-        s("--dataset-sampling-strategy"),
-        s("sequential"),
-        s("--request-rate"),
-        rate.to_string(),
-        s("--arrival-pattern"),
-        s("poisson"),
+        s("mooncake_trace"),
+        s("--fixed-schedule"),
         s("--request-count"),
         count.to_string(),
         s("--extra-inputs"),

@@ -130,16 +130,10 @@ impl LocalCluster {
         }));
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
-        let router = gateway.router();
         let mut rx = stop.subscribe();
         tasks.push(tokio::spawn(async move {
-            use axum::serve::ListenerExt;
-            // The gateway relays token streams: no Nagle delay on its small writes.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
+            let _ = gateway
+                .serve(listener, async move {
                     let _ = rx.recv().await;
                 })
                 .await;

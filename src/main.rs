@@ -553,15 +553,10 @@ fn epp(a: EppArgs) -> Result<()> {
         if a.http_port != 0 {
             let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.http_port)).await?;
             println!("llmd epp: HTTP gateway at http://{}/v1", listener.local_addr()?);
-            let router = gateway.router();
+            let gateway = gateway.clone();
             tasks.push(tokio::spawn(async move {
-                use axum::serve::ListenerExt;
-                // The gateway relays token streams: no Nagle delay on its small writes.
-                let listener = listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async {
+                gateway
+                    .serve(listener, async {
                         let _ = tokio::signal::ctrl_c().await;
                     })
                     .await

@@ -79,7 +79,7 @@ async fn unreachable_endpoints_are_retried_elsewhere_and_none_left_is_a_503() {
         Gateway::new(Scheduler::new(presets::preset("round-robin", &reg).unwrap(), 0), eps, GatewayConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, gw.router()).await });
+    tokio::spawn(async move { gw.serve(listener, std::future::pending()).await });
     let client = reqwest::Client::new();
     // Round robin tries a-dead first; the request still succeeds on b-live.
     let (status, body) = post(&client, format!("{base}/v1/completions"), json!({"prompt": "x", "max_tokens": 2})).await;
@@ -92,7 +92,7 @@ async fn unreachable_endpoints_are_retried_elsewhere_and_none_left_is_a_503() {
         Gateway::new(Scheduler::new(presets::preset("load", &reg).unwrap(), 0), only_dead, GatewayConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, gw.router()).await });
+    tokio::spawn(async move { gw.serve(listener, std::future::pending()).await });
     let (status, body) = post(&client, format!("{base}/v1/completions"), json!({"prompt": "x"})).await;
     assert_eq!(status, 503, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();

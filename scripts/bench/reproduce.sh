@@ -13,19 +13,24 @@ part=${1:-all}
 cargo build --release --quiet
 llmd=target/release/llmd
 
+# Installs inference-perf and aiperf (once) and exports their paths for `llmd bench`.
+load_tools() {
+    local env_lines
+    env_lines=$(bash scripts/loadgen/setup.sh)
+    while IFS= read -r line; do export "${line?}"; done <<< "$env_lines"
+}
+
 run_sim() {
     $llmd bench all --sim --replicas 8 --out bench-results/sim
 }
 run_tools() {
-    loadgen_env=$(bash scripts/loadgen/setup.sh)
-    while IFS= read -r line; do export "${line?}"; done <<< "$loadgen_env"
+    load_tools
     $llmd bench shared-prefix,code-completion --sim --replicas 8 --routing round-robin,precise-prefix \
         --driver inference-perf,aiperf --out bench-results/tools
 }
 # A fresh `llmd up` per run (so no run inherits another's cache), driven over its URL.
 run_up() {
-    loadgen_env=$(bash scripts/loadgen/setup.sh)
-    while IFS= read -r line; do export "${line?}"; done <<< "$loadgen_env"
+    load_tools
     mkdir -p bench-results/up
     local port=18000 routing driver pid
     for routing in round-robin precise-prefix; do

@@ -197,6 +197,21 @@ impl Gateway {
             .with_state(self.clone())
     }
 
+    /// Serves [`Gateway::router`] on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
+        // The gateway relays token streams as small writes: without TCP_NODELAY, Nagle
+        // holds each until the previous is acknowledged, adding milliseconds to TTFT.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+    }
+
     /// Current endpoints (with their latest metrics).
     pub fn endpoints(&self) -> Vec<Endpoint> {
         self.endpoints.read().unwrap_or_else(|p| p.into_inner()).clone()

@@ -10,18 +10,18 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use llmd::engine::{
-    Engine, EngineConfig, EngineError, KvDtype, LlamaModel, ModelBackend, NewRequest, SamplingParams, SystemClock,
-    Tokenize,
+    Engine, EngineConfig, KvDtype, LlamaModel, ModelBackend, NewRequest, SamplingParams, SystemClock, Tokenize,
 };
+use llmd::openai::OpenAiError;
 
 /// Token ids only: the benchmark measures the model, not detokenization.
 struct IdsOnly;
 
 impl Tokenize for IdsOnly {
-    fn encode(&self, _: &str, _: bool) -> Result<Vec<u32>, EngineError> {
+    fn encode(&self, _: &str, _: bool) -> Result<Vec<u32>, OpenAiError> {
         Ok(Vec::new())
     }
-    fn decode(&self, _: &[u32], _: bool) -> Result<String, EngineError> {
+    fn decode(&self, _: &[u32], _: bool) -> Result<String, OpenAiError> {
         Ok(String::new())
     }
     fn vocab_size(&self) -> usize {

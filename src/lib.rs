@@ -13,6 +13,8 @@ pub use llmd_engine as engine;
 pub use llmd_k8s as k8s;
 #[cfg(feature = "kvcache")]
 pub use llmd_kvcache as kvcache;
+#[cfg(feature = "openai")]
+pub use llmd_openai as openai;
 #[cfg(feature = "scheduler")]
 pub use llmd_scheduler as scheduler;
 #[cfg(feature = "transfer")]

@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -124,9 +125,11 @@ struct ServeArgs {
     /// HTTP port.
     #[arg(long, default_value_t = 8001)]
     port: u16,
-    /// ZMQ endpoint for KV events (vLLM's default).
-    #[arg(long, default_value = "tcp://*:5557")]
-    kv_events_endpoint: String,
+    /// ZMQ endpoint to publish KV events on, e.g. `tcp://127.0.0.1:5557` (`*` for every
+    /// interface, as vLLM's `tcp://*:5557`). Default: --host at a free port, advertised
+    /// in /metrics (`llmd:kv_events_info`), where `llmd epp` finds it.
+    #[arg(long)]
+    kv_events_endpoint: Option<String>,
     /// Topic frame of KV event messages.
     #[arg(long, default_value = "")]
     kv_events_topic: String,
@@ -147,8 +150,15 @@ struct EppArgs {
     routing: String,
     /// An endpoint: `NAME=HOST:PORT`, optionally `,kv=tcp://HOST:PORT` (its KV events),
     /// `,role=prefill|decode|both`. Repeat for each.
-    #[arg(long = "endpoint", required = true)]
+    #[arg(long = "endpoint")]
     endpoints: Vec<String>,
+    /// An endpoints file (YAML or JSON: `endpoints: [{name, address, port, role,
+    /// kvEvents, labels}]`, llm-d's file-discovery format), followed for changes.
+    #[arg(long)]
+    endpoints_file: Option<PathBuf>,
+    /// How often to look for changes in endpoints files, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    endpoints_poll_ms: u64,
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -342,80 +352,37 @@ struct Built {
 }
 
 fn build_engine(a: &EngineArgs) -> Result<Built> {
-    use std::sync::Arc;
-
-    use llmd::engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
-    use llmd::engine::{
-        Backend, ByteTokenizer, ChatTemplate, Clock, Engine, EngineConfig, GenerationConfig, HfTokenizer, KvDtype,
-        LatencyModel, LlamaModel, ModelBackend, SimBackend, SystemClock, Tokenize, builtin,
-    };
+    use llmd::engine::{EngineBuilder, KvDtype, LatencyModel};
 
     let kv_dtype: KvDtype = a.kv_cache_dtype.parse().map_err(anyhow::Error::msg)?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
-    let (model, tokenizer, template, name): (Option<LlamaModel>, Arc<dyn Tokenize>, ChatTemplate, String) =
-        match (&a.model, a.sim) {
-            (Some(_), true) => bail!("--sim simulates the built-in model; drop --model"),
-            (None, sim) => (
-                (!sim).then(|| builtin::model(a.seed)).transpose()?,
-                Arc::new(ByteTokenizer),
-                ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"),
-                if sim { "llmd-sim".to_string() } else { builtin::BUILTIN_MODEL_NAME.to_string() },
-            ),
-            (Some(dir), false) => {
-                tracing::info!(dir = %dir.display(), "loading checkpoint");
-                let model = LlamaModel::load(dir).with_context(|| format!("loading {}", dir.display()))?;
-                let tok = HfTokenizer::from_file(&dir.join("tokenizer.json"))?;
-                let template =
-                    ChatTemplate::from_dir(dir)?.unwrap_or_else(|| ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "", ""));
-                let name = dir.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-                (Some(model), Arc::new(tok), template, name)
-            }
-        };
-    let generation = match &a.model {
-        Some(dir) => GenerationConfig::from_dir(dir)?,
-        None => GenerationConfig::default(),
+    let builder = match (&a.model, a.sim) {
+        (Some(_), true) => bail!("--sim simulates the built-in model; drop --model"),
+        (None, false) => EngineBuilder::builtin(),
+        (None, true) => EngineBuilder::sim(LatencyModel::default()),
+        (Some(dir), false) => EngineBuilder::checkpoint(dir),
     };
-    let (mut eos, max_ctx) = match &model {
-        Some(m) => (m.config().eos_token_ids.clone(), m.config().max_position_embeddings),
-        None => (vec![ByteTokenizer::EOS], 8192),
-    };
-    for id in &generation.eos_token_ids {
-        if !eos.contains(id) {
-            eos.push(*id);
-        }
+    let mut builder = builder
+        .block_size(a.block_size)
+        .kv_cache_bytes(a.kv_cache_mib << 20)
+        .kv_dtype(kv_dtype)
+        .max_num_seqs(a.max_num_seqs)
+        .max_num_batched_tokens(a.max_num_batched_tokens)
+        .enable_prefix_caching(!a.no_enable_prefix_caching)
+        .seed(a.seed);
+    if let Some(name) = &a.served_model_name {
+        builder = builder.served_model_name(name.clone());
     }
-    let max_model_len = a.max_model_len.unwrap_or(max_ctx.min(8192));
-    let num_blocks = match (a.num_blocks, &model) {
-        (Some(n), _) => n,
-        (None, Some(m)) => (a.kv_cache_mib << 20) / ModelBackend::kv_bytes(m, 1, a.block_size, kv_dtype).max(1),
-        // The simulator holds no KV memory; size it like a mid-sized accelerator.
-        (None, None) => 8192,
+    if let Some(n) = a.num_blocks {
+        builder = builder.num_blocks(n);
+    }
+    if let Some(n) = a.max_model_len {
+        builder = builder.max_model_len(n);
+    }
+    let built = match &a.model {
+        Some(dir) => builder.build().with_context(|| format!("loading {}", dir.display()))?,
+        None => builder.build()?,
     };
-    let backend: Box<dyn Backend> = match model {
-        Some(m) => Box::new(ModelBackend::new(m, num_blocks, a.block_size, kv_dtype)?),
-        None => Box::new(SimBackend::new(
-            LatencyModel::default(),
-            clock.clone(),
-            ByteTokenizer::VOCAB,
-            max_ctx,
-            32..127,
-            a.seed,
-        )),
-    };
-    let cfg = EngineConfig {
-        model_name: a.served_model_name.clone().unwrap_or(name),
-        block_size: a.block_size,
-        num_blocks,
-        max_num_seqs: a.max_num_seqs,
-        max_num_batched_tokens: a.max_num_batched_tokens,
-        max_model_len,
-        enable_prefix_caching: !a.no_enable_prefix_caching,
-        kv_dtype,
-        seed: a.seed,
-        ..Default::default()
-    };
-    let engine = Engine::new(cfg, backend, tokenizer, eos, clock)?;
-    Ok(Built { engine, template, generation })
+    Ok(Built { engine: built.engine, template: built.template, generation: built.generation })
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
@@ -427,8 +394,10 @@ fn serve(a: ServeArgs) -> Result<()> {
     let Built { engine, template, generation } = build_engine(&a.engine)?;
     let cfg = engine.config().clone();
     let server_cfg = ServerConfig {
-        kv_events: (!a.no_kv_events)
-            .then(|| KvEventsConfig { endpoint: a.kv_events_endpoint.clone(), topic: a.kv_events_topic.clone() }),
+        kv_events: (!a.no_kv_events).then(|| KvEventsConfig {
+            endpoint: a.kv_events_endpoint.clone().unwrap_or_else(|| KvEventsConfig::on_host(&a.host).endpoint),
+            topic: a.kv_events_topic.clone(),
+        }),
         defaults: generation,
         ..Default::default()
     };
@@ -447,7 +416,11 @@ fn serve(a: ServeArgs) -> Result<()> {
             kv_events = server.kv_events_endpoint().unwrap_or("off"),
             "engine ready"
         );
-        println!("llmd serve: OpenAI-compatible API at http://{local}/v1 (model {:?})", cfg.model_name);
+        println!(
+            "llmd serve: OpenAI-compatible API at http://{local}/v1 (model {:?}); KV events on {}",
+            cfg.model_name,
+            server.kv_events_endpoint().unwrap_or("off")
+        );
         server
             .serve(listener, async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -494,36 +467,35 @@ fn up(a: UpArgs) -> Result<()> {
     })
 }
 
-fn parse_endpoint(spec: &str) -> Result<llmd::scheduler::Endpoint> {
-    use llmd::scheduler::{Endpoint, Role as EpRole};
-    let mut parts = spec.split(',');
-    let first = parts.next().unwrap_or_default();
-    let (name, addr) =
-        first.split_once('=').with_context(|| format!("--endpoint {spec:?}: expected NAME=HOST:PORT"))?;
-    let mut ep = Endpoint::new(name, addr, EpRole::Both);
-    for p in parts {
-        match p.split_once('=') {
-            Some(("kv", v)) => ep.kv_events = Some(v.to_string()),
-            Some(("role", v)) => {
-                ep.role = EpRole::parse(v).with_context(|| format!("--endpoint {spec:?}: unknown role {v:?}"))?
-            }
-            _ => bail!("--endpoint {spec:?}: unknown option {p:?} (kv=..., role=...)"),
-        }
-    }
-    Ok(ep)
-}
-
 fn epp(a: EppArgs) -> Result<()> {
-    use llmd::scheduler::gateway::extproc::ExtProc;
+    use llmd::scheduler::discovery::{Discovery, FileDiscovery, StaticDiscovery, parse_endpoint_spec};
+    use llmd::scheduler::extproc::ExtProc;
     use llmd::scheduler::gateway::{Gateway, GatewayConfig};
-    use llmd::scheduler::{PluginRegistry, Scheduler, SchedulerConfig, presets};
+    use llmd::scheduler::picker::{EndpointPicker, PickerConfig};
+    use llmd::scheduler::{DiscoveryRef, PluginRegistry, Scheduler, SchedulerConfig, SystemClock, datastore, presets};
 
     let registry = PluginRegistry::with_builtins();
     let cfg = match &a.config {
         Some(path) => SchedulerConfig::from_file(path, &registry)?,
         None => presets::preset(&a.routing, &registry)?,
     };
-    let endpoints = a.endpoints.iter().map(|s| parse_endpoint(s)).collect::<Result<Vec<_>>>()?;
+    let endpoints = a.endpoints.iter().map(|s| parse_endpoint_spec(s)).collect::<Result<Vec<_>, _>>()?;
+    // Where endpoints come from: --endpoint, --endpoints-file, or the config's
+    // dataLayer.discovery (llm-d's file-discovery), in any combination.
+    let mut sources: Vec<Box<dyn Discovery>> = Vec::new();
+    if !endpoints.is_empty() {
+        sources.push(Box::new(StaticDiscovery::new(endpoints)));
+    }
+    let poll = Duration::from_millis(a.endpoints_poll_ms.max(10));
+    if let Some(f) = &a.endpoints_file {
+        sources.push(Box::new(FileDiscovery::new(f, Some(poll))));
+    }
+    if let Some(DiscoveryRef::File { path, watch }) = &cfg.discovery {
+        sources.push(Box::new(FileDiscovery::new(path, watch.then_some(poll))));
+    }
+    if sources.is_empty() {
+        bail!("no endpoints: give --endpoint NAME=HOST:PORT, --endpoints-file F, or a config with dataLayer.discovery");
+    }
     if a.grpc_port == 0 && a.http_port == 0 {
         bail!("both --grpc-port and --http-port are 0: nothing to serve");
     }
@@ -532,28 +504,25 @@ fn epp(a: EppArgs) -> Result<()> {
         let tokenizer = match &a.tokenizer {
             None => None,
             Some(dir) => {
-                use llmd::engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
-                use llmd::engine::{ChatTemplate, HfTokenizer};
-                let tok = HfTokenizer::from_file(&dir.join("tokenizer.json"))?;
-                let template =
-                    ChatTemplate::from_dir(dir)?.unwrap_or_else(|| ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "", ""));
-                let t: std::sync::Arc<dyn llmd::scheduler::gateway::PromptTokenizer> =
-                    std::sync::Arc::new(llmd::cluster::EnginePromptTokenizer {
-                        tokenizer: std::sync::Arc::new(tok),
-                        template,
-                    });
+                let t: std::sync::Arc<dyn llmd::scheduler::picker::PromptTokenizer> =
+                    std::sync::Arc::new(llmd::openai::PromptRenderer::from_dir(dir)?);
                 Some(t)
             }
         };
-        let gateway = Gateway::with_tokenizer(Scheduler::new(cfg, 0), endpoints, GatewayConfig::default(), tokenizer);
-        // Subscribers live as long as the process.
-        let _subscribers = gateway.start_kv_subscribers();
-        tokio::spawn(gateway.clone().scrape_loop());
+        let store = datastore(std::sync::Arc::new(SystemClock::default()));
+        let picker = EndpointPicker::new(Scheduler::new(cfg, 0), store, PickerConfig::default(), tokenizer);
+        for s in sources {
+            let name = s.name().to_string();
+            let first = picker.run_discovery(s).with_context(|| format!("endpoint discovery ({name})"))?;
+            tracing::info!(source = %name, added = first.added, "endpoints discovered");
+        }
+        // Scrapers and subscribers live as long as the process.
+        picker.start();
         let mut tasks = Vec::new();
         if a.http_port != 0 {
             let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.http_port)).await?;
             println!("llmd epp: HTTP gateway at http://{}/v1", listener.local_addr()?);
-            let gateway = gateway.clone();
+            let gateway = Gateway::new(picker.clone(), GatewayConfig::default());
             tasks.push(tokio::spawn(async move {
                 gateway
                     .serve(listener, async {
@@ -566,7 +535,7 @@ fn epp(a: EppArgs) -> Result<()> {
         if a.grpc_port != 0 {
             let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.grpc_port)).await?;
             println!("llmd epp: Envoy ext-proc on grpc://{}", listener.local_addr()?);
-            let svc = ExtProc::server(gateway.clone());
+            let svc = ExtProc::server(picker.clone());
             tasks.push(tokio::spawn(async move {
                 tonic::transport::Server::builder()
                     .add_service(svc)

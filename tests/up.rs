@@ -9,8 +9,24 @@ use llmd::cluster::{LocalCluster, Replica};
 use llmd::engine::server::{Server, ServerConfig};
 use llmd::engine::{LatencyModel, builtin};
 use llmd::scheduler::gateway::{Gateway, GatewayConfig};
-use llmd::scheduler::{Endpoint, PluginRegistry, Role, Scheduler, presets};
+use llmd::scheduler::picker::{EndpointPicker, PickerConfig, PromptTokenizer};
+use llmd::scheduler::{Endpoint, PluginRegistry, Role, Scheduler, SystemClock, datastore, presets};
 use serde_json::{Value, json};
+
+/// A picker over a fixed set of endpoints with a built-in routing.
+fn picker(routing: &str, eps: Vec<Endpoint>, tokenizer: Option<Arc<dyn PromptTokenizer>>) -> Arc<EndpointPicker> {
+    let reg = PluginRegistry::with_builtins();
+    let store = datastore(Arc::new(SystemClock::default()));
+    for e in eps {
+        store.upsert(e);
+    }
+    EndpointPicker::new(
+        Scheduler::new(presets::preset(routing, &reg).unwrap(), 0),
+        store,
+        PickerConfig::default(),
+        tokenizer,
+    )
+}
 
 fn tiny() -> Replica {
     Replica::builtin(256).unwrap()
@@ -73,10 +89,8 @@ async fn unreachable_endpoints_are_retried_elsewhere_and_none_left_is_a_503() {
     let dead_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = dead_listener.local_addr().unwrap().to_string();
     drop(dead_listener);
-    let reg = PluginRegistry::with_builtins();
     let eps = vec![Endpoint::new("a-dead", dead.clone(), Role::Both), Endpoint::new("b-live", live, Role::Both)];
-    let gw =
-        Gateway::new(Scheduler::new(presets::preset("round-robin", &reg).unwrap(), 0), eps, GatewayConfig::default());
+    let gw = Gateway::new(picker("round-robin", eps, None), GatewayConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { gw.serve(listener, std::future::pending()).await });
@@ -88,8 +102,7 @@ async fn unreachable_endpoints_are_retried_elsewhere_and_none_left_is_a_503() {
     assert!(metrics.contains("llmd_epp_retries_total 1"), "{metrics}");
 
     let only_dead = vec![Endpoint::new("a-dead", dead, Role::Both)];
-    let gw =
-        Gateway::new(Scheduler::new(presets::preset("load", &reg).unwrap(), 0), only_dead, GatewayConfig::default());
+    let gw = Gateway::new(picker("load", only_dead, None), GatewayConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { gw.serve(listener, std::future::pending()).await });
@@ -202,9 +215,8 @@ async fn the_openai_client_works_through_the_gateway() {
 /// replica holds which prompt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kv_index_learns_which_replica_holds_which_prefix() {
-    use llmd::cluster::EnginePromptTokenizer;
     use llmd::engine::server::KvEventsConfig;
-    use llmd::scheduler::gateway::PromptTokenizer;
+    use llmd::openai::PromptRenderer;
 
     let mut endpoints = Vec::new();
     let mut stops = Vec::new();
@@ -213,7 +225,7 @@ async fn the_kv_index_learns_which_replica_holds_which_prefix() {
         let r = tiny();
         if tokenizer.is_none() {
             tokenizer =
-                Some(Arc::new(EnginePromptTokenizer { tokenizer: r.engine.tokenizer(), template: r.template.clone() }));
+                Some(Arc::new(PromptRenderer { tokenizer: r.engine.tokenizer(), template: r.template.clone() }));
         }
         let events = KvEventsConfig { endpoint: "tcp://127.0.0.1:0".into(), topic: String::new() };
         let server =
@@ -230,10 +242,8 @@ async fn the_kv_index_learns_which_replica_holds_which_prefix() {
             let _ = stopped.await;
         }));
     }
-    let reg = PluginRegistry::with_builtins();
-    let sched = Scheduler::new(presets::preset("precise-prefix", &reg).unwrap(), 0);
-    let gw = Gateway::with_tokenizer(sched, endpoints.clone(), GatewayConfig::default(), tokenizer);
-    let _subscribers = gw.start_kv_subscribers();
+    let gw = picker("precise-prefix", endpoints.clone(), tokenizer);
+    gw.start();
     let client = reqwest::Client::new();
     let prompts =
         ["Tenant zero: ".to_string() + &"alpha ".repeat(30), "Tenant one: ".to_string() + &"omega ".repeat(30)];
@@ -249,14 +259,14 @@ async fn the_kv_index_learns_which_replica_holds_which_prefix() {
         let picks: Vec<String> = prompts
             .iter()
             .map(|p| {
-                let pick =
-                    gw.pick_for("/v1/completions", &Default::default(), &json!({"prompt": p}), &Default::default());
-                let d = pick.unwrap().destination().unwrap().clone();
+                let pick = gw.pick("/v1/completions", &Default::default(), &json!({"prompt": p}), &Default::default());
+                let d = pick.unwrap().result.destination().unwrap().clone();
                 let raw = d.breakdown.iter().find(|b| b.scorer == "precise-prefix-cache-scorer").unwrap().raw;
                 if raw > 0.9 { d.endpoint } else { String::new() }
             })
             .collect();
         if picks == ["replica-0", "replica-1"] {
+            gw.shutdown();
             for s in stops {
                 let _ = s.send(());
             }

@@ -1,10 +1,39 @@
 //! The compute behind the engine. The scheduler and HTTP layer know only [`Backend`]:
 //! [`ModelBackend`] runs a real model; the simulated backend (`sim`) stands in for it.
+//!
+//! The contract of a step lives here: the engine hands a backend one [`SeqInput`] per
+//! scheduled sequence and gets one [`StepLogits`] back for each. Backends also copy KV
+//! blocks out and in ([`Backend::export_kv_blocks`], [`Backend::import_kv_blocks`]) in
+//! the layout [`KvBlockLayout`] documents, which is how a prefix moves between engines.
 
 use crate::attention::{AttentionBackend, CpuAttention};
-use crate::error::Result;
-use crate::kv::{KvDtype, KvShape, PagedKvCache};
-use crate::model::{LlamaModel, SeqInput};
+use crate::error::{EngineError, Result};
+use crate::kv::{KvBlockLayout, KvDtype, KvShape, PagedKvCache};
+use crate::model::LlamaModel;
+
+/// Which logits a sequence wants back from a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsWanted {
+    /// None (a prefill chunk that does not end the prompt).
+    None,
+    /// The last token's (to sample the next token).
+    Last,
+    /// Every token's (prompt logprobs, tests).
+    All,
+}
+
+/// One sequence's part of a forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqInput<'a> {
+    /// New tokens to run.
+    pub tokens: &'a [u32],
+    /// Tokens of this sequence already in the KV cache (position of `tokens[0]`).
+    pub start: usize,
+    /// Blocks holding the sequence, enough for `start + tokens.len()` tokens.
+    pub block_table: &'a [u32],
+    /// Logits to return.
+    pub logits: LogitsWanted,
+}
 
 /// What a backend returns for one sequence of a step.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +54,27 @@ pub trait Backend: Send {
     fn vocab_size(&self) -> usize;
     /// Longest context the model supports.
     fn max_context(&self) -> usize;
+
+    /// The layout of this backend's exported KV blocks; `None` (the default) when it
+    /// cannot export or import them.
+    fn kv_layout(&self) -> Option<KvBlockLayout> {
+        None
+    }
+
+    /// Copies the keys and values of `blocks` (all layers) into a host buffer, in the
+    /// layout [`KvBlockLayout`] documents.
+    fn export_kv_blocks(&self, blocks: &[u32]) -> Result<Vec<u8>> {
+        let _ = blocks;
+        Err(EngineError::KvTransfer("this backend cannot export KV blocks".into()))
+    }
+
+    /// Writes a buffer exported with `layout` into `blocks`, rejecting a layout that
+    /// differs from [`kv_layout`](Self::kv_layout) and a buffer of the wrong length
+    /// before writing anything.
+    fn import_kv_blocks(&mut self, blocks: &[u32], layout: &KvBlockLayout, data: &[u8]) -> Result<()> {
+        let _ = (blocks, layout, data);
+        Err(EngineError::KvTransfer("this backend cannot import KV blocks".into()))
+    }
 }
 
 /// A real model on a paged KV cache.
@@ -81,5 +131,17 @@ impl Backend for ModelBackend {
 
     fn max_context(&self) -> usize {
         self.model.config().max_position_embeddings
+    }
+
+    fn kv_layout(&self) -> Option<KvBlockLayout> {
+        Some(self.cache.block_layout())
+    }
+
+    fn export_kv_blocks(&self, blocks: &[u32]) -> Result<Vec<u8>> {
+        self.cache.export_blocks(blocks)
+    }
+
+    fn import_kv_blocks(&mut self, blocks: &[u32], layout: &KvBlockLayout, data: &[u8]) -> Result<()> {
+        self.cache.import_blocks(blocks, layout, data)
     }
 }

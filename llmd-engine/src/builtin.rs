@@ -2,6 +2,7 @@
 //! tokenizer, so the server runs with no files and no downloads. Its output is not
 //! meaningful text; it exercises every code path a real checkpoint does.
 
+use llmd_kvcache::rng::SplitMix64;
 use std::collections::HashMap;
 
 use crate::error::Result;
@@ -38,29 +39,19 @@ pub fn config() -> ModelConfig {
     }
 }
 
-/// SplitMix64: tiny, seedable, and identical on every platform.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        // Uniform in [-1, 1).
-        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
+/// Uniform in [-1, 1) from the top 24 bits.
+fn next_f32(rng: &mut SplitMix64) -> f32 {
+    (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
 }
 
 /// The built-in model with weights drawn from `seed`.
 pub fn model(seed: u64) -> Result<LlamaModel> {
     let c = config();
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut tensors = HashMap::new();
     let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| -> Result<()> {
         let n = shape.iter().product();
-        let data = (0..n).map(|_| offset + scale * rng.next_f32()).collect();
+        let data = (0..n).map(|_| offset + scale * next_f32(&mut rng)).collect();
         tensors.insert(name, Tensor::new(shape, data)?);
         Ok(())
     };

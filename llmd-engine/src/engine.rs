@@ -3,29 +3,35 @@
 //!
 //! Synchronous and deterministic: [`Engine::step`] schedules one batch under the token
 //! budget, runs it on the [`Backend`], samples, and returns what each request produced.
-//! The HTTP server drives it from a thread; tests drive it directly.
+//! The [`EngineHandle`](crate::handle::EngineHandle) drives it from a thread; tests
+//! drive it directly.
 //!
-//! Scheduling follows vLLM's v1 scheduler: running requests first (decode or the next
-//! prefill chunk), then waiting requests in arrival order while the budget,
-//! `max_num_seqs` and free blocks allow. When blocks run out, the most recently
-//! admitted running request is preempted: its blocks are freed and it is recomputed
-//! later (its prefix usually still cached).
+//! This file orchestrates; the scheduling policy (admission, chunked prefill budget,
+//! preemption) is in `engine/schedule.rs`, output processing (stop conditions,
+//! detokenization, [`RequestOutput`]) in `engine/output.rs`, and KV prefix export and
+//! import in `engine/transfer.rs`.
+
+mod output;
+mod schedule;
+mod transfer;
+
+pub use output::{FinishReason, RequestOutput, StopReason};
+pub use transfer::ExportedPrefix;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use llmd_kvcache::{
-    BlockHasher, BlockPool, EventBatcher, KvCacheError, KvCacheManager, KvEventBatch, RequestKeys, Sequence,
+    BlockHasher, BlockPool, EventBatcher, KvCacheManager, KvEventBatch, PrefixCacheStats, RequestKeys, Sequence,
 };
 
-use crate::backend::{Backend, StepLogits};
+use crate::backend::{Backend, LogitsWanted, SeqInput, StepLogits};
 use crate::clock::Clock;
 use crate::detok::IncrementalDecoder;
 use crate::error::{EngineError, Result};
 use crate::kv::KvDtype;
 use crate::metrics::{EngineMetrics, FinishLabel};
-use crate::model::{LogitsWanted, SeqInput};
 use crate::sampling::{Rng, Sampled, SamplingParams, sample};
 use crate::tokenizer::Tokenize;
 
@@ -87,63 +93,6 @@ pub struct NewRequest {
     pub keys: RequestKeys,
 }
 
-/// Why a request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// EOS, a stop token or a stop string.
-    Stop,
-    /// `max_tokens` or the context limit.
-    Length,
-    /// Cancelled (the client went away).
-    Abort,
-    /// The backend failed while computing it.
-    Error,
-}
-
-impl FinishReason {
-    /// The OpenAI / vLLM spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::Abort => "abort",
-            FinishReason::Error => "error",
-        }
-    }
-}
-
-/// What ended a request with [`FinishReason::Stop`], besides EOS (vLLM's `stop_reason`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StopReason {
-    /// One of the request's stop token ids.
-    Token(u32),
-    /// One of its stop strings (not included in the text).
-    Text(String),
-}
-
-/// What one request produced in one step.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RequestOutput {
-    /// Request id.
-    pub id: String,
-    /// Tokens generated this step.
-    pub token_ids: Vec<u32>,
-    /// Text they add (stop strings removed; may lag tokens by an incomplete character).
-    pub text: String,
-    /// Logprobs per new token, when requested.
-    pub logprobs: Vec<Sampled>,
-    /// Set on the request's last output.
-    pub finished: Option<FinishReason>,
-    /// The stop token or string that ended it, if one did.
-    pub stop_reason: Option<StopReason>,
-    /// Prompt tokens.
-    pub prompt_tokens: usize,
-    /// Tokens generated so far.
-    pub completion_tokens: usize,
-    /// Prompt tokens served from the prefix cache.
-    pub cached_tokens: usize,
-}
-
 #[derive(Debug)]
 struct ReqState {
     seq: Sequence,
@@ -175,6 +124,10 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     rng: Rng,
     metrics: Arc<EngineMetrics>,
+    // Prefix-cache lookups made by imports, which are not requests: left out of the
+    // vLLM counters, which mirror the manager's totals.
+    import_stats: PrefixCacheStats,
+    imports: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -241,6 +194,8 @@ impl Engine {
             reqs: HashMap::new(),
             clock,
             metrics,
+            import_stats: PrefixCacheStats::default(),
+            imports: 0,
         })
     }
 
@@ -343,18 +298,7 @@ impl Engine {
 
     /// Cancels a request, freeing its blocks; returns its final output if it existed.
     pub fn abort(&mut self, id: &str) -> Option<RequestOutput> {
-        let st = self.reqs.get(id)?;
-        let out = RequestOutput {
-            id: id.to_string(),
-            token_ids: Vec::new(),
-            text: String::new(),
-            logprobs: Vec::new(),
-            finished: Some(FinishReason::Abort),
-            stop_reason: None,
-            prompt_tokens: st.prompt_len,
-            completion_tokens: st.output.len(),
-            cached_tokens: st.cached_tokens,
-        };
+        let out = self.reqs.get(id)?.final_output(id, FinishReason::Abort);
         self.finish(id, FinishReason::Abort);
         Some(out)
     }
@@ -388,88 +332,10 @@ impl Engine {
         self.update_gauges();
     }
 
-    fn preempt(&mut self, id: &str) {
-        let _ = self.kv.free_preempted(id);
-        if let Some(st) = self.reqs.get_mut(id) {
-            st.num_computed = 0;
-        }
-        self.running.retain(|r| r != id);
-        self.waiting.push_front(id.to_string());
-        self.metrics.preemptions.inc();
-        tracing::debug!(request = id, "preempted: out of KV blocks");
-    }
-
     fn update_gauges(&self) {
         self.metrics.running.set(self.running.len() as i64);
         self.metrics.waiting.set(self.waiting.len() as i64);
         self.metrics.kv_usage.set(self.kv.usage());
-    }
-
-    /// Chooses this step's work: `(request, tokens to run)`.
-    fn schedule(&mut self) -> Result<Vec<(String, usize)>> {
-        let mut budget = self.cfg.max_num_batched_tokens;
-        let mut sched: Vec<(String, usize)> = Vec::new();
-        let mut preempted = false;
-        let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let id = self.running[i].clone();
-            let st = &self.reqs[&id];
-            let n = (st.seq.tokens().len() - st.num_computed).min(budget);
-            let have = self.kv.num_tokens(&id).unwrap_or(0);
-            let need = (st.num_computed + n).saturating_sub(have);
-            match self.kv.allocate_slots(&st.seq, need, Default::default()) {
-                Ok(_) => {
-                    sched.push((id, n));
-                    budget -= n;
-                    i += 1;
-                }
-                Err(KvCacheError::OutOfBlocks { .. }) => {
-                    // Free the most recently admitted request and retry; if that is this
-                    // request itself, it waits.
-                    let victim = self.running.last().cloned().unwrap_or_default();
-                    self.preempt(&victim);
-                    preempted = true;
-                    if victim == id {
-                        break;
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        // Requests preempted above may have been scheduled already this step.
-        sched.retain(|(id, _)| self.running.contains(id));
-        budget = self.cfg.max_num_batched_tokens - sched.iter().map(|s| s.1).sum::<usize>();
-
-        // After a preemption, admitting waiting requests would only preempt again (vLLM
-        // skips it too).
-        while !preempted && budget > 0 && self.running.len() < self.cfg.max_num_seqs {
-            let Some(id) = self.waiting.front().cloned() else {
-                break;
-            };
-            let st = &self.reqs[&id];
-            let hit = self.kv.computed_blocks(&st.seq)?;
-            let cached = hit.num_tokens();
-            let n = (st.seq.tokens().len() - cached).min(budget);
-            match self.kv.allocate_slots(&st.seq, n, hit) {
-                Ok(_) => {
-                    self.waiting.pop_front();
-                    let now = self.clock.now();
-                    let st = self.reqs.get_mut(&id).ok_or_else(|| EngineError::EngineDead("lost request".into()))?;
-                    st.num_computed = cached;
-                    if st.scheduled_at.is_none() {
-                        st.scheduled_at = Some(now);
-                        st.cached_tokens = cached;
-                        self.metrics.queue_time.observe(now.saturating_sub(st.arrival).as_secs_f64());
-                    }
-                    self.running.push(id.clone());
-                    sched.push((id, n));
-                    budget -= n;
-                }
-                Err(KvCacheError::OutOfBlocks { .. }) => break,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(sched)
     }
 
     /// Runs one step; returns the outputs of every request that produced tokens or
@@ -515,17 +381,7 @@ impl Engine {
                         tracing::warn!(request = %id, error = %e, "cannot un-register blocks of a failed step");
                     }
                     if let Some(st) = self.reqs.get(id) {
-                        outs.push(RequestOutput {
-                            id: id.clone(),
-                            token_ids: Vec::new(),
-                            text: String::new(),
-                            logprobs: Vec::new(),
-                            finished: Some(FinishReason::Error),
-                            stop_reason: None,
-                            prompt_tokens: st.prompt_len,
-                            completion_tokens: st.output.len(),
-                            cached_tokens: st.cached_tokens,
-                        });
+                        outs.push(st.final_output(id, FinishReason::Error));
                     }
                     self.finish(id, FinishReason::Error);
                 }
@@ -547,9 +403,8 @@ impl Engine {
                 StepLogits::Dense(logits) => sample(&logits, &st.params, &mut st.rng),
                 StepLogits::Token(t) => Sampled { token: t, logprob: None, top: Vec::new() },
             };
-            let token = sampled.token;
-            st.seq.extend(&[token], &self.cfg.hasher)?;
-            st.output.push(token);
+            st.seq.extend(&[sampled.token], &self.cfg.hasher)?;
+            st.output.push(sampled.token);
             let m = &self.metrics;
             m.generation_tokens.inc();
             match st.last_token_at {
@@ -563,81 +418,20 @@ impl Engine {
             }
             st.last_token_at = Some(now);
 
-            let is_eos = !st.params.ignore_eos && self.eos.contains(&token);
-            let mut finished = None;
-            let mut stop_reason = None;
-            if is_eos {
-                finished = Some(FinishReason::Stop);
-            } else if st.params.stop_token_ids.contains(&token) {
-                finished = Some(FinishReason::Stop);
-                stop_reason = Some(StopReason::Token(token));
-            } else {
-                // A token the tokenizer cannot decode (a model whose vocabulary outgrows
-                // its tokenizer) costs its text, not the engine.
-                let piece = st.decoder.step(self.tokenizer.as_ref(), st.seq.tokens()).unwrap_or_else(|e| {
-                    tracing::warn!(request = %id, token, error = %e, "cannot detokenize");
-                    String::new()
-                });
-                st.text.push_str(&piece);
-                if let Some((pos, stop)) = find_stop(&st.text, &st.params.stop, st.text.len() - piece.len()) {
-                    st.text.truncate(pos);
-                    finished = Some(FinishReason::Stop);
-                    stop_reason = Some(StopReason::Text(stop));
-                }
-            }
-            if finished.is_none()
-                && (st.output.len() >= st.params.max_tokens || st.seq.tokens().len() >= self.cfg.max_model_len)
-            {
-                finished = Some(FinishReason::Length);
-            }
-            // Hold back text that could still turn out to start a stop string.
-            let hold = if finished.is_some() {
-                0
-            } else {
-                st.params.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0)
-            };
-            let mut safe = st.text.len().saturating_sub(hold).max(st.emitted);
-            while !st.text.is_char_boundary(safe) {
-                safe -= 1;
-            }
-            let text = st.text[st.emitted..safe].to_string();
-            st.emitted = safe;
-            outputs.push(RequestOutput {
-                id: id.clone(),
-                token_ids: vec![token],
-                text,
-                logprobs: if st.params.logprobs.is_some() { vec![sampled] } else { Vec::new() },
-                finished,
-                stop_reason,
-                prompt_tokens: st.prompt_len,
-                completion_tokens: st.output.len(),
-                cached_tokens: st.cached_tokens,
-            });
+            let out = st.token_output(&id, sampled, &self.eos, self.tokenizer.as_ref(), self.cfg.max_model_len);
+            let finished = out.finished;
+            outputs.push(out);
             if let Some(reason) = finished {
                 self.finish(&id, reason);
             }
         }
         // Counters mirror the manager's running totals.
         let stats = self.kv.prefix_stats();
+        let (queries, hits) = (stats.queries - self.import_stats.queries, stats.hits - self.import_stats.hits);
         let (q, h) = (&self.metrics.prefix_queries, &self.metrics.prefix_hits);
-        q.inc_by(stats.queries.saturating_sub(q.get()));
-        h.inc_by(stats.hits.saturating_sub(h.get()));
+        q.inc_by(queries.saturating_sub(q.get()));
+        h.inc_by(hits.saturating_sub(h.get()));
         self.update_gauges();
         Ok(outputs)
     }
-}
-
-/// The first stop string found in the text after `from` (less the stop's length, so a
-/// match spanning the boundary is found): its byte offset and the string.
-fn find_stop(text: &str, stops: &[String], from: usize) -> Option<(usize, String)> {
-    stops
-        .iter()
-        .filter_map(|s| {
-            let mut start = from.saturating_sub(s.len());
-            while !text.is_char_boundary(start) {
-                start -= 1;
-            }
-            text[start..].find(s.as_str()).map(|p| (p + start, s.clone()))
-        })
-        .min_by_key(|(pos, _)| *pos)
 }

@@ -77,6 +77,23 @@ pub enum EngineError {
     #[error("engine is not running: {0}")]
     EngineDead(String),
 
+    /// Exported KV blocks whose layout differs from this engine's: importing them would
+    /// misread every element, so they are rejected.
+    #[error("KV block layout mismatch: {field} is {got} in the exported blocks but {expected} here")]
+    KvLayoutMismatch {
+        /// The differing field of [`KvBlockLayout`](crate::kv::KvBlockLayout).
+        field: &'static str,
+        /// This engine's value.
+        expected: String,
+        /// The exported blocks' value.
+        got: String,
+    },
+
+    /// Exporting or importing KV blocks failed (unsupported backend, malformed buffer,
+    /// blocks that do not exist, hashes that disagree).
+    #[error("KV transfer: {0}")]
+    KvTransfer(String),
+
     /// An error from the KV block manager.
     #[error(transparent)]
     KvCache(#[from] llmd_kvcache::KvCacheError),
@@ -89,6 +106,24 @@ impl EngineError {
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         EngineError::Io { path: path.into(), source }
+    }
+}
+
+/// Tokenizer and chat-template errors keep the variants (and so the HTTP statuses and
+/// messages) they had before rendering moved to `llmd-openai`.
+impl From<llmd_openai::OpenAiError> for EngineError {
+    fn from(e: llmd_openai::OpenAiError) -> Self {
+        use llmd_openai::OpenAiError as E;
+        match e {
+            E::Io { path, source } => EngineError::Io { path, source },
+            E::Config { file, reason } => EngineError::Config { file, field: "(document)".into(), reason },
+            E::Tokenizer(m) | E::Template(m) => EngineError::Tokenizer(m),
+            e @ (E::UnsupportedContentPart { .. } | E::EmptyPrompt | E::BatchedPrompt) => EngineError::InvalidParam {
+                param: llmd_openai::ErrorBody::from(&e).error.param.unwrap_or_default(),
+                message: e.to_string(),
+            },
+            e => EngineError::Tokenizer(e.to_string()),
+        }
     }
 }
 

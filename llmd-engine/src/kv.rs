@@ -2,6 +2,9 @@
 //! blocks of `block_size` token slots. Block ids are those of the `llmd-kvcache` block
 //! pool; a token at position `p` of a sequence lives in slot
 //! `block_table[p / block_size] * block_size + p % block_size`.
+//!
+//! Blocks can be copied out to a host buffer and written back (to move a prefix between
+//! engines); [`KvBlockLayout`] documents the buffer's layout.
 
 use half::{bf16, f16};
 
@@ -26,6 +29,16 @@ impl KvDtype {
             KvDtype::F32 => 4,
             KvDtype::F16 | KvDtype::BF16 => 2,
         }
+    }
+}
+
+impl std::fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvDtype::F32 => "float32",
+            KvDtype::F16 => "float16",
+            KvDtype::BF16 => "bfloat16",
+        })
     }
 }
 
@@ -209,5 +222,168 @@ impl PagedKvCache {
     /// Number of layers.
     pub fn num_layers(&self) -> usize {
         self.layers.len()
+    }
+}
+
+/// The layout of exported KV blocks, which an importer checks before writing any.
+///
+/// An export buffer holds, for each block in the order the block ids were given, for each
+/// layer `0..num_layers`, the block's keys then its values: each part is
+/// `block_size * kv_heads * head_dim` elements in the cache's element order (token slot,
+/// then KV head, then head dimension), stored in `dtype` as little-endian bytes
+/// (`f32`: IEEE-754 binary32; `f16`: binary16 bits; `bf16`: bfloat16 bits). Keys are
+/// stored after RoPE, as the attention kernel reads them. So one block takes
+/// [`block_bytes`](Self::block_bytes) `= num_layers * 2 * block_size * kv_heads *
+/// head_dim * dtype.size()` bytes, and block `i` starts at `i * block_bytes`.
+///
+/// A backend with no K/V memory (the simulator) reports `num_layers == 0`: its blocks
+/// export as zero bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvBlockLayout {
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Token slots per block.
+    pub block_size: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Head width.
+    pub head_dim: usize,
+    /// Element type.
+    pub dtype: KvDtype,
+}
+
+impl KvBlockLayout {
+    /// Elements of one block's keys (or values) in one layer.
+    pub fn part_len(&self) -> usize {
+        self.block_size * self.kv_heads * self.head_dim
+    }
+
+    /// Bytes of one exported block (all layers, keys and values).
+    pub fn block_bytes(&self) -> usize {
+        self.num_layers * 2 * self.part_len() * self.dtype.size()
+    }
+
+    /// Checks that blocks exported with layout `got` can be imported here (`self`);
+    /// the error names the first field that differs.
+    pub fn check_compatible(&self, got: &KvBlockLayout) -> Result<()> {
+        let fields: [(&'static str, usize, usize); 4] = [
+            ("num_layers", self.num_layers, got.num_layers),
+            ("block_size", self.block_size, got.block_size),
+            ("kv_heads", self.kv_heads, got.kv_heads),
+            ("head_dim", self.head_dim, got.head_dim),
+        ];
+        if let Some((field, expected, got)) = fields.into_iter().find(|(_, a, b)| a != b) {
+            return Err(EngineError::KvLayoutMismatch { field, expected: expected.to_string(), got: got.to_string() });
+        }
+        if self.dtype != got.dtype {
+            return Err(EngineError::KvLayoutMismatch {
+                field: "dtype",
+                expected: self.dtype.to_string(),
+                got: got.dtype.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl KvBuf {
+    fn append_le(&self, range: std::ops::Range<usize>, out: &mut Vec<u8>) {
+        match self {
+            KvBuf::F32(v) => v[range].iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            KvBuf::F16(v) => v[range].iter().for_each(|x| out.extend_from_slice(&x.to_bits().to_le_bytes())),
+            KvBuf::BF16(v) => v[range].iter().for_each(|x| out.extend_from_slice(&x.to_bits().to_le_bytes())),
+        }
+    }
+
+    /// Overwrites `range` from little-endian `bytes` (exactly `range.len()` elements).
+    fn read_le(&mut self, range: std::ops::Range<usize>, bytes: &[u8]) {
+        match self {
+            KvBuf::F32(v) => {
+                for (d, c) in v[range].iter_mut().zip(bytes.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            KvBuf::F16(v) => {
+                for (d, c) in v[range].iter_mut().zip(bytes.chunks_exact(2)) {
+                    *d = f16::from_bits(u16::from_le_bytes([c[0], c[1]]));
+                }
+            }
+            KvBuf::BF16(v) => {
+                for (d, c) in v[range].iter_mut().zip(bytes.chunks_exact(2)) {
+                    *d = bf16::from_bits(u16::from_le_bytes([c[0], c[1]]));
+                }
+            }
+        }
+    }
+}
+
+impl PagedKvCache {
+    /// The layout of this cache's exported blocks.
+    pub fn block_layout(&self) -> KvBlockLayout {
+        KvBlockLayout {
+            num_layers: self.layers.len(),
+            block_size: self.shape.block_size,
+            kv_heads: self.shape.kv_heads,
+            head_dim: self.shape.head_dim,
+            dtype: self.dtype,
+        }
+    }
+
+    fn check_blocks(&self, blocks: &[u32]) -> Result<()> {
+        match blocks.iter().find(|&&b| b as usize >= self.shape.num_blocks) {
+            Some(b) => Err(EngineError::KvTransfer(format!(
+                "block {b} is outside the cache ({} blocks)",
+                self.shape.num_blocks
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Copies the keys and values of `blocks` (all layers) out, in the layout
+    /// [`KvBlockLayout`] documents.
+    pub fn export_blocks(&self, blocks: &[u32]) -> Result<Vec<u8>> {
+        self.check_blocks(blocks)?;
+        let layout = self.block_layout();
+        let part = layout.part_len();
+        let mut out = Vec::with_capacity(blocks.len() * layout.block_bytes());
+        for &b in blocks {
+            let range = b as usize * part..(b as usize + 1) * part;
+            for layer in &self.layers {
+                layer.k.append_le(range.clone(), &mut out);
+                layer.v.append_le(range.clone(), &mut out);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a buffer exported with `layout` into `blocks`. Checks the layout, the block
+    /// ids and the buffer's length before writing anything.
+    pub fn import_blocks(&mut self, blocks: &[u32], layout: &KvBlockLayout, data: &[u8]) -> Result<()> {
+        let ours = self.block_layout();
+        ours.check_compatible(layout)?;
+        self.check_blocks(blocks)?;
+        let want = blocks.len() * ours.block_bytes();
+        if data.len() != want {
+            return Err(EngineError::KvTransfer(format!(
+                "{} bytes for {} blocks of {} bytes each",
+                data.len(),
+                blocks.len(),
+                ours.block_bytes()
+            )));
+        }
+        let part = ours.part_len();
+        let part_bytes = part * ours.dtype.size();
+        let mut chunks = data.chunks_exact(part_bytes);
+        for &b in blocks {
+            let range = b as usize * part..(b as usize + 1) * part;
+            for layer in &mut self.layers {
+                for buf in [&mut layer.k, &mut layer.v] {
+                    // The length check above guarantees a chunk per part.
+                    let bytes = chunks.next().unwrap_or_default();
+                    buf.read_le(range.clone(), bytes);
+                }
+            }
+        }
+        Ok(())
     }
 }

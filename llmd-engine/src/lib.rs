@@ -10,8 +10,10 @@
 //!
 //! On top of it: the [`Engine`] — continuous batching with chunked prefill under a token
 //! budget, prefix-cache reuse, preemption by recompute, sampling and stop conditions,
-//! vLLM-named metrics and KV events — and, behind the `server` feature, an
-//! OpenAI-compatible HTTP API. [`SimBackend`] replaces the model with a latency model on
+//! vLLM-named metrics and KV events; the [`EngineHandle`], which runs it on a thread
+//! for any caller (no async runtime needed); the [`EngineBuilder`]; KV prefix export and
+//! import between engines ([`Engine::export_prefix`], [`KvBlockLayout`]) — and, behind
+//! the `server` feature, an OpenAI-compatible HTTP API over the handle. [`SimBackend`] replaces the model with a latency model on
 //! an injected clock, for scheduler tests and benchmarks at scale.
 
 // The README's example runs as a doctest.
@@ -21,11 +23,14 @@ pub struct ReadmeDoctests;
 
 pub mod attention;
 pub mod backend;
+pub mod builder;
 pub mod builtin;
+pub mod channel;
 pub mod clock;
 mod detok;
 pub mod engine;
 mod error;
+pub mod handle;
 pub mod kv;
 pub mod metrics;
 pub mod model;
@@ -36,13 +41,15 @@ pub mod sim;
 pub mod tokenizer;
 
 pub use attention::{AttentionBackend, AttentionInput, CpuAttention, QueryPos};
-pub use backend::{Backend, ModelBackend, StepLogits};
+pub use backend::{Backend, LogitsWanted, ModelBackend, SeqInput, StepLogits};
+pub use builder::{BuiltEngine, EngineBuilder, ModelSource};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{Engine, EngineConfig, FinishReason, NewRequest, RequestOutput};
+pub use engine::{Engine, EngineConfig, ExportedPrefix, FinishReason, NewRequest, RequestOutput};
 pub use error::{EngineError, Result};
-pub use kv::{KvDtype, KvShape, PagedKvCache};
+pub use handle::{EngineHandle, HandleConfig, RequestStream};
+pub use kv::{KvBlockLayout, KvDtype, KvShape, PagedKvCache};
 pub use metrics::EngineMetrics;
-pub use model::{GenerationConfig, LlamaModel, LogitsWanted, ModelConfig, SeqInput};
+pub use model::{GenerationConfig, LlamaModel, ModelConfig};
 pub use sampling::{Sampled, SamplingParams, TokenLogprob};
 pub use sim::{LatencyModel, SimBackend};
-pub use tokenizer::{ByteTokenizer, ChatMessage, ChatTemplate, HfTokenizer, Tokenize};
+pub use tokenizer::{ByteTokenizer, ChatMessage, ChatTemplate, HfTokenizer, PromptRenderer, Tokenize};

@@ -2,6 +2,7 @@
 //! and logprobs — with vLLM's conventions for "disabled" values.
 
 use crate::error::{EngineError, Result};
+use llmd_kvcache::rng::SplitMix64;
 
 /// How to pick tokens for one request, and when to stop.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,26 +94,22 @@ pub struct Sampled {
 
 /// SplitMix64: a small, seedable generator with identical output on every platform.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator from a seed.
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(SplitMix64::new(seed))
     }
 
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
     pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.next_f64()
     }
 }
 

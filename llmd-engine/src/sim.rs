@@ -3,14 +3,20 @@
 //! takes the time a [`LatencyModel`] says, spent on the injected [`Clock`] (so tests on
 //! a manual clock run instantly), and produces deterministic tokens. Dozens of these
 //! replicas fit on one small machine, which is what scheduler tests and benchmarks need.
+//!
+//! KV transfer: the simulator holds no keys or values, so its [`KvBlockLayout`] has zero
+//! layers and its blocks export as zero bytes; importing checks the layout and the
+//! (empty) buffer and writes nothing. What a transfer changes is the engine's block
+//! table and prefix cache, which the engine above updates exactly as with a real model,
+//! so prefix hits after an import behave the same.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{Backend, StepLogits};
+use crate::backend::{Backend, LogitsWanted, SeqInput, StepLogits};
 use crate::clock::Clock;
-use crate::error::Result;
-use crate::model::{LogitsWanted, SeqInput};
+use crate::error::{EngineError, Result};
+use crate::kv::{KvBlockLayout, KvDtype};
 
 /// Step time as a function of the batch: a fixed overhead, a cost per prefill token, and
 /// for decode a cost per sequence and per token of context attended to.
@@ -62,6 +68,7 @@ pub struct SimBackend {
     max_context: usize,
     tokens: std::ops::Range<u32>,
     seed: u64,
+    block_size: usize,
 }
 
 impl std::fmt::Debug for SimBackend {
@@ -81,7 +88,14 @@ impl SimBackend {
         tokens: std::ops::Range<u32>,
         seed: u64,
     ) -> Self {
-        SimBackend { latency, clock, vocab_size, max_context, tokens, seed }
+        SimBackend { latency, clock, vocab_size, max_context, tokens, seed, block_size: 16 }
+    }
+
+    /// Sets the tokens per KV block its [`KvBlockLayout`] reports (default 16, the
+    /// engine's default); it must match the engine's `block_size` for KV transfer.
+    pub fn with_block_size(mut self, block_size: usize) -> Self {
+        self.block_size = block_size;
+        self
     }
 }
 
@@ -113,5 +127,29 @@ impl Backend for SimBackend {
 
     fn max_context(&self) -> usize {
         self.max_context
+    }
+
+    fn kv_layout(&self) -> Option<KvBlockLayout> {
+        Some(KvBlockLayout {
+            num_layers: 0,
+            block_size: self.block_size,
+            kv_heads: 0,
+            head_dim: 0,
+            dtype: KvDtype::F16,
+        })
+    }
+
+    fn export_kv_blocks(&self, _blocks: &[u32]) -> Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    fn import_kv_blocks(&mut self, _blocks: &[u32], layout: &KvBlockLayout, data: &[u8]) -> Result<()> {
+        if let Some(ours) = self.kv_layout() {
+            ours.check_compatible(layout)?;
+        }
+        if !data.is_empty() {
+            return Err(EngineError::KvTransfer(format!("{} bytes for simulated blocks, which hold none", data.len())));
+        }
+        Ok(())
     }
 }

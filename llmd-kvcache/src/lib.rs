@@ -50,9 +50,11 @@ pub mod codec;
 mod error;
 pub mod events;
 mod extra_keys;
+pub mod frames;
 mod hash;
 mod manager;
 mod pool;
+pub mod rng;
 mod tier;
 
 pub use error::{KvCacheError, Result};

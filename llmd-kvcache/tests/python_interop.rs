@@ -32,20 +32,7 @@ fn python() -> Option<PathBuf> {
 }
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+type Rng = llmd_kvcache::rng::SplitMix64;
 
 fn random_keys(rng: &mut Rng, len: usize, blocks: usize) -> RequestKeys {
     let mut keys = RequestKeys::new();
@@ -57,7 +44,7 @@ fn random_keys(rng: &mut Rng, len: usize, blocks: usize) -> RequestKeys {
         let mut at = rng.below(4) as usize;
         while at + 2 < len {
             let length = 1 + rng.below((len - at) as u64 / 2 + 1) as usize;
-            spans.push(MmSpan { identifier: format!("img{:x}", rng.next()), offset: at, length });
+            spans.push(MmSpan { identifier: format!("img{:x}", rng.next_u64()), offset: at, length });
             at += length + rng.below(6) as usize;
         }
         keys = keys.with_mm(spans).unwrap();
@@ -81,7 +68,7 @@ fn hashes_and_events_agree_with_vllms_python_libraries() {
         eprintln!("skipping Python interop: no $LLMD_PYTHON and no .venv (run .ci/run, or set LLMD_PYTHON)");
         return;
     };
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
 
     let mut hash_cases = Vec::new();
     for i in 0..300 {
@@ -91,7 +78,7 @@ fn hashes_and_events_agree_with_vllms_python_libraries() {
         let block_size = [1, 2, 3, 16, 32][rng.below(5) as usize];
         let len = rng.below(200) as usize;
         // Token ids across CBOR's 1-, 2-, 3-, 5-byte integer widths.
-        let tokens: Vec<u32> = (0..len).map(|_| (rng.next() >> (rng.below(32) as u32)) as u32).collect();
+        let tokens: Vec<u32> = (0..len).map(|_| (rng.next_u64() >> (rng.below(32) as u32)) as u32).collect();
         let keys = random_keys(&mut rng, len, len / block_size);
         let mut hashes = Vec::new();
         let mut extra = Vec::new();

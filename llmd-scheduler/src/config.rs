@@ -27,6 +27,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::datalayer::DataLayerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::plugin::{Filter, PickObserver, Picker, PluginHandle, ProfileHandler, Scorer};
 use crate::plugins::pickers::MaxScorePicker;
@@ -46,6 +47,30 @@ struct RawConfig {
     plugins: Vec<RawPlugin>,
     #[serde(default)]
     scheduling_profiles: Vec<RawProfile>,
+    data_layer: Option<RawDataLayer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDataLayer {
+    discovery: Option<RawPluginRef>,
+    inject_defaults: Option<bool>,
+    #[serde(default)]
+    sources: Vec<RawSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSource {
+    plugin_ref: String,
+    #[serde(default)]
+    extractors: Vec<RawPluginRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPluginRef {
+    plugin_ref: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +94,83 @@ struct RawProfile {
 struct RawRef {
     plugin_ref: String,
     weight: Option<f64>,
+}
+
+// dataLayer.sources wired to plugins, with llm-d's default injection: a metrics source
+// feeding the core extractor unless one is configured, and KV events to every consumer
+// unless a KV-event source is configured.
+fn resolve_data_layer(
+    raw: Option<&RawDataLayer>,
+    plugins: &BTreeMap<String, PluginHandle>,
+    file: &str,
+) -> Result<DataLayerConfig> {
+    use crate::datalayer::{SourceBinding, SourceKind};
+    let all_consumers: Vec<_> = plugins.values().filter_map(|h| h.kv_events.clone()).collect();
+    let Some(raw) = raw else { return Ok(DataLayerConfig::defaults(all_consumers)) };
+    let mut sources = Vec::new();
+    for (i, rs) in raw.sources.iter().enumerate() {
+        let what = format!("dataLayer.sources[{i}]");
+        let h = plugins.get(&rs.plugin_ref).ok_or_else(|| {
+            SchedulerError::config(file, &what, format!("pluginRef {:?} names no plugin", rs.plugin_ref))
+        })?;
+        let kind = h.source.clone().ok_or_else(|| {
+            SchedulerError::config(file, &what, format!("{:?} ({}) is not a data source", h.name, h.type_name))
+        })?;
+        let mut binding =
+            SourceBinding { name: h.name.clone(), kind: kind.clone(), extractors: Vec::new(), consumers: Vec::new() };
+        for x in &rs.extractors {
+            let e = plugins.get(&x.plugin_ref).ok_or_else(|| {
+                SchedulerError::config(file, &what, format!("extractor pluginRef {:?} names no plugin", x.plugin_ref))
+            })?;
+            match (&kind, &e.extractor, &e.kv_events) {
+                (SourceKind::Metrics { .. }, Some(ex), _) => binding.extractors.push((e.name.clone(), ex.clone())),
+                (SourceKind::KvEvents, _, Some(c)) => binding.consumers.push(c.clone()),
+                _ => {
+                    return Err(SchedulerError::config(
+                        file,
+                        &what,
+                        format!("{:?} ({}) cannot read what {:?} fetches", e.name, e.type_name, h.name),
+                    ));
+                }
+            }
+        }
+        sources.push(binding);
+    }
+    if raw.inject_defaults.unwrap_or(true) {
+        let defaults = DataLayerConfig::defaults(all_consumers);
+        for d in defaults.sources {
+            if !sources.iter().any(|s| std::mem::discriminant(&s.kind) == std::mem::discriminant(&d.kind)) {
+                sources.push(d);
+            }
+        }
+    }
+    Ok(DataLayerConfig { sources })
+}
+
+/// An endpoint discovery plugin named by `dataLayer.discovery` (llm-d's
+/// `file-discovery`: `path`, `watchFile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoveryRef {
+    /// Endpoints from a file, re-read on change when `watch`.
+    File {
+        /// The endpoints file.
+        path: std::path::PathBuf,
+        /// Whether to follow changes.
+        watch: bool,
+    },
+}
+
+impl DiscoveryRef {
+    fn from_plugin(type_name: &str, params: &Value) -> std::result::Result<Self, String> {
+        let q = crate::plugins::Params(params);
+        match type_name {
+            "file-discovery" => Ok(DiscoveryRef::File {
+                path: q.string("path")?.ok_or("parameter path is required")?.into(),
+                watch: q.bool("watchFile", false)?,
+            }),
+            other => Err(format!("{other:?} is not a discovery plugin (known: file-discovery)")),
+        }
+    }
 }
 
 /// One scheduling profile, resolved.
@@ -106,6 +208,13 @@ pub struct SchedulerConfig {
     pub handler: Arc<dyn ProfileHandler>,
     /// `featureGates` as written.
     pub feature_gates: Vec<String>,
+    /// How long a request counts as in flight when its end is never seen: the shortest
+    /// `requestTimeout` of the configured `active-request-scorer`s (default 2 minutes).
+    pub request_timeout: std::time::Duration,
+    /// The endpoint discovery the config names (`dataLayer.discovery.pluginRef`).
+    pub discovery: Option<DiscoveryRef>,
+    /// Data sources and their extractors (`dataLayer.sources`, plus the defaults).
+    pub data_layer: DataLayerConfig,
     /// Every plugin instance by name.
     pub plugins: BTreeMap<String, PluginHandle>,
 }
@@ -183,6 +292,13 @@ impl SchedulerConfig {
             let handle = factory(&name, &params).map_err(|reason| SchedulerError::config(file, &what, reason))?;
             if plugins.insert(name.clone(), handle).is_some() {
                 return Err(SchedulerError::config(file, &what, "two plugins have this name; give one a `name`"));
+            }
+        }
+
+        let mut request_timeout = crate::plugins::scorers::DEFAULT_REQUEST_TIMEOUT;
+        for p in raw.plugins.iter().filter(|p| p.type_name == "active-request-scorer") {
+            if let Ok(s) = crate::plugins::scorers::ActiveRequestScorer::from_params(&p.parameters) {
+                request_timeout = request_timeout.min(s.request_timeout());
             }
         }
 
@@ -264,6 +380,35 @@ impl SchedulerConfig {
                 ));
             }
         }
-        Ok(SchedulerConfig { profiles, handler, feature_gates: raw.feature_gates, plugins })
+        let data_layer = resolve_data_layer(raw.data_layer.as_ref(), &plugins, file)?;
+        let discovery = match raw.data_layer.and_then(|d| d.discovery) {
+            None => None,
+            Some(r) => {
+                let (ty, params) = raw
+                    .plugins
+                    .iter()
+                    .find(|p| p.name.as_ref().unwrap_or(&p.type_name) == &r.plugin_ref)
+                    .map(|p| (p.type_name.clone(), p.parameters.clone()))
+                    .ok_or_else(|| {
+                        SchedulerError::config(
+                            file,
+                            "dataLayer.discovery",
+                            format!("pluginRef {:?} names no plugin", r.plugin_ref),
+                        )
+                    })?;
+                Some(DiscoveryRef::from_plugin(&ty, &params).map_err(|e| {
+                    SchedulerError::config(file, "dataLayer.discovery", format!("{:?}: {e}", r.plugin_ref))
+                })?)
+            }
+        };
+        Ok(SchedulerConfig {
+            profiles,
+            handler,
+            feature_gates: raw.feature_gates,
+            request_timeout,
+            discovery,
+            data_layer,
+            plugins,
+        })
     }
 }

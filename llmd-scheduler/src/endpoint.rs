@@ -46,6 +46,64 @@ pub struct EndpointMetrics {
     pub updated_at: Option<Duration>,
 }
 
+/// Whether an endpoint takes new requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum EndpointStatus {
+    /// Takes new requests.
+    #[default]
+    Ready,
+    /// Known but not (yet) serving: failing health checks, or starting.
+    NotReady,
+    /// Finishing the requests it has; takes no new ones.
+    Draining,
+}
+
+impl EndpointStatus {
+    /// The status as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointStatus::Ready => "ready",
+            EndpointStatus::NotReady => "not_ready",
+            EndpointStatus::Draining => "draining",
+        }
+    }
+}
+
+/// Requests the picker has sent to an endpoint and not yet seen finish (llm-d's
+/// in-flight load): counted by the picker itself, so it is exact and immediate where
+/// scraped queue lengths lag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InFlightLoad {
+    /// Requests in flight.
+    pub requests: u64,
+    /// Their prompt tokens (0 for requests whose prompt was not tokenized).
+    pub prompt_tokens: u64,
+}
+
+/// A value a data-layer extractor wrote on an endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttributeValue {
+    /// A count or identifier.
+    Int(i64),
+    /// A measurement.
+    Float(f64),
+    /// A string.
+    Text(String),
+    /// A list of names (LoRA adapters, say).
+    List(Vec<String>),
+}
+
+impl AttributeValue {
+    /// The value as a number, if it is one.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            AttributeValue::Int(i) => Some(*i as f64),
+            AttributeValue::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+}
+
 /// One model server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
@@ -61,6 +119,13 @@ pub struct Endpoint {
     pub metrics: EndpointMetrics,
     /// ZMQ endpoint of its KV event stream, if it publishes one.
     pub kv_events: Option<String>,
+    /// Whether it takes new requests.
+    pub status: EndpointStatus,
+    /// What the picker has sent it and not yet seen finish.
+    pub inflight: InFlightLoad,
+    /// Named attributes written by data-layer extractors (`llmd.ai/…` names and the
+    /// config's custom ones); filters and scorers read them by name.
+    pub attributes: BTreeMap<String, AttributeValue>,
 }
 
 impl Endpoint {
@@ -73,6 +138,25 @@ impl Endpoint {
             labels: BTreeMap::new(),
             metrics: EndpointMetrics::default(),
             kv_events: None,
+            status: EndpointStatus::Ready,
+            inflight: InFlightLoad::default(),
+            attributes: BTreeMap::new(),
         }
+    }
+
+    /// The endpoint with `kv_events` set.
+    pub fn with_kv_events(mut self, zmq: impl Into<String>) -> Self {
+        self.kv_events = Some(zmq.into());
+        self
+    }
+
+    /// Whether new requests may go here.
+    pub fn is_ready(&self) -> bool {
+        self.status == EndpointStatus::Ready
+    }
+
+    /// An attribute by name.
+    pub fn attribute(&self, name: &str) -> Option<&AttributeValue> {
+        self.attributes.get(name)
     }
 }

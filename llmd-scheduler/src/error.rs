@@ -25,6 +25,16 @@ pub enum SchedulerError {
 }
 
 impl SchedulerError {
+    /// The HTTP status a front end answers with: 503 when no endpoint can serve the
+    /// request, 400 for a request that cannot be routed, 500 for a configuration fault.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            SchedulerError::NoEndpoint(_) => 503,
+            SchedulerError::Request(_) => 400,
+            SchedulerError::Config { .. } => 500,
+        }
+    }
+
     pub(crate) fn config(file: &str, what: impl Into<String>, reason: impl Into<String>) -> Self {
         SchedulerError::Config { file: file.into(), what: what.into(), reason: reason.into() }
     }

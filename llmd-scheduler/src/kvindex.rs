@@ -147,6 +147,11 @@ impl KvBlockIndex {
         self.endpoints.get(endpoint).map_or(0, |s| s.engine_to_key.len())
     }
 
+    /// Endpoints with blocks in the index.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.endpoints.iter().filter(|(_, s)| !s.engine_to_key.is_empty()).map(|(k, _)| k.clone()).collect()
+    }
+
     fn intern(&mut self, endpoint: &str) -> u32 {
         if let Some(&id) = self.ids.get(endpoint) {
             return id;

@@ -8,9 +8,12 @@
 //! ([`SchedulerConfig`]), and the pick itself ([`Scheduler`]), which logs each
 //! candidate's per-scorer breakdown at debug level.
 //!
-//! [`kvindex`] is the precise prefix index fed by engines' KV events; [`scrape`] reads
-//! engines' Prometheus metrics; the `gateway` feature adds the HTTP gateway and the
-//! `ext-proc` feature the Envoy external processor.
+//! Endpoints live in a [`mod@datastore`] that [`discovery`] sources write (a static list,
+//! an endpoints file; Kubernetes in `llmd-k8s`) and pickers read. [`kvindex`] is the
+//! precise prefix index fed by engines' KV events; [`scrape`] reads engines' Prometheus
+//! metrics. The `runtime` feature adds the picker core (`picker`: datastore following,
+//! scraping, KV subscriptions, in-flight accounting, metrics); `gateway` puts the HTTP
+//! gateway on it and `ext-proc` the Envoy external processor, each without the other.
 //!
 //! ```
 //! use llmd_scheduler::{Endpoint, LlmRequest, PluginRegistry, Role, Scheduler, SchedulerConfig};
@@ -44,12 +47,20 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod clock;
 pub mod config;
+pub mod datalayer;
+pub mod datastore;
+pub mod discovery;
 pub mod endpoint;
 mod error;
+#[cfg(feature = "ext-proc")]
+pub mod extproc;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod kvindex;
+#[cfg(feature = "runtime")]
+pub mod picker;
 pub mod plugin;
 pub mod plugins;
 pub mod presets;
@@ -58,10 +69,15 @@ pub mod request;
 pub mod scheduler;
 pub mod scrape;
 
-pub use config::{Profile, SchedulerConfig};
-pub use endpoint::{Endpoint, EndpointMetrics, Role};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{DiscoveryRef, Profile, SchedulerConfig};
+pub use datastore::{Change, DatastoreReader, DatastoreWriter, RequestTicket, datastore};
+pub use discovery::{Discovery, FileDiscovery, StaticDiscovery, SyncOutcome};
+pub use endpoint::{AttributeValue, Endpoint, EndpointMetrics, EndpointStatus, InFlightLoad, Role};
 pub use error::{Result, SchedulerError};
-pub use plugin::{CycleState, Filter, PickObserver, Picker, PluginHandle, ProfileHandler, ProfilePick, Scorer};
+pub use plugin::{
+    CycleState, Filter, PickObserver, Picker, PluginHandle, ProfileHandler, ProfilePick, ProfileRoles, Scorer,
+};
 pub use registry::PluginRegistry;
 pub use request::LlmRequest;
 pub use scheduler::{PickResult, Scheduler};

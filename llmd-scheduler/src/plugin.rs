@@ -70,16 +70,35 @@ pub trait ProfileHandler: Send + Sync {
     /// The profile whose pick is the request's destination.
     fn primary(&self, results: &ProfileResults) -> Option<String>;
 
+    /// Which profiles pick the prefill and decode endpoints of a disaggregated request,
+    /// by the handler's own configuration (so renamed profiles work). The default: no
+    /// disaggregation, the primary pick is the destination.
+    fn roles(&self) -> ProfileRoles {
+        ProfileRoles::default()
+    }
+
     /// Profiles that must exist in the configuration.
     fn required_profiles(&self) -> Vec<String> {
         Vec::new()
     }
 }
 
+/// The profiles that play each part of prefill/decode disaggregation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileRoles {
+    /// The profile that picks the prefill endpoint.
+    pub prefill: Option<String>,
+    /// The profile that picks the decode endpoint (the destination).
+    pub decode: Option<String>,
+}
+
 /// Learns the outcome of each profile's pick.
 pub trait PickObserver: Send + Sync {
     /// `chosen` was picked for `req` by `profile`.
     fn on_pick(&self, state: &CycleState, req: &LlmRequest, profile: &str, chosen: &Endpoint);
+
+    /// An endpoint went away: drop what was learned about it.
+    fn forget(&self, _endpoint: &str) {}
 }
 
 /// One scorer's contribution to an endpoint's total.
@@ -128,6 +147,10 @@ pub struct PluginHandle {
     pub observer: Option<std::sync::Arc<dyn PickObserver>>,
     /// KV-event consumer role.
     pub kv_events: Option<std::sync::Arc<dyn KvEventConsumer>>,
+    /// Data-layer extractor role.
+    pub extractor: Option<std::sync::Arc<dyn crate::datalayer::Extractor>>,
+    /// Data-layer source role.
+    pub source: Option<crate::datalayer::SourceKind>,
 }
 
 impl std::fmt::Debug for PluginHandle {
@@ -139,6 +162,8 @@ impl std::fmt::Debug for PluginHandle {
             .field("scorer", &self.scorer.is_some())
             .field("picker", &self.picker.is_some())
             .field("profile_handler", &self.profile_handler.is_some())
+            .field("extractor", &self.extractor.is_some())
+            .field("source", &self.source)
             .finish()
     }
 }
@@ -151,4 +176,12 @@ pub trait KvEventConsumer: Send + Sync {
     fn forget(&self, endpoint: &str);
     /// Distinct blocks indexed.
     fn blocks(&self) -> usize;
+    /// Blocks indexed as held by `endpoint`.
+    fn endpoint_blocks(&self, _endpoint: &str) -> usize {
+        0
+    }
+    /// Endpoints with blocks indexed (a removed endpoint must not be among them).
+    fn endpoints(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

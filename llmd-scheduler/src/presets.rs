@@ -13,14 +13,19 @@ schedulingProfiles:
   - pluginRef: round-robin-picker
 ";
 
+// The picker's own in-flight counts lead (exact and immediate); the scraped queue and
+// cache usage break ties and catch load from other pickers.
 const LOAD: &str = "
 plugins:
+- type: active-request-scorer
 - type: queue-scorer
 - type: kv-cache-utilization-scorer
 - type: max-score-picker
 schedulingProfiles:
 - name: default
   plugins:
+  - pluginRef: active-request-scorer
+    weight: 3
   - pluginRef: queue-scorer
   - pluginRef: kv-cache-utilization-scorer
   - pluginRef: max-score-picker

@@ -40,6 +40,12 @@ impl PluginRegistry {
         r.register("queue-scorer", |n, _| {
             Ok(PluginHandle { scorer: Some(Arc::new(scorers::QueueScorer)), ..handle(n, "queue-scorer") })
         });
+        r.register("active-request-scorer", |n, p| {
+            Ok(PluginHandle {
+                scorer: Some(Arc::new(scorers::ActiveRequestScorer::from_params(p)?)),
+                ..handle(n, "active-request-scorer")
+            })
+        });
         r.register("kv-cache-utilization-scorer", |n, _| {
             Ok(PluginHandle {
                 scorer: Some(Arc::new(scorers::KvCacheUtilizationScorer)),
@@ -122,6 +128,44 @@ impl PluginRegistry {
         r.register("prefix-based-pd-decider", |n, p| {
             super::plugins::Params(p).u64("nonCachedTokens", 0)?;
             Ok(handle(n, "prefix-based-pd-decider"))
+        });
+        // The data layer: sources and extractors (wired by dataLayer.sources).
+        r.register("metrics-data-source", |n, p| {
+            Ok(PluginHandle {
+                source: Some(crate::datalayer::SourceKind::metrics_from_params(p)?),
+                ..handle(n, "metrics-data-source")
+            })
+        });
+        r.register("kv-events-data-source", |n, _| {
+            Ok(PluginHandle {
+                source: Some(crate::datalayer::SourceKind::KvEvents),
+                ..handle(n, "kv-events-data-source")
+            })
+        });
+        r.register("core-metrics-extractor", |n, p| {
+            Ok(PluginHandle {
+                extractor: Some(Arc::new(crate::datalayer::CoreMetricsExtractor::from_params(p)?)),
+                ..handle(n, "core-metrics-extractor")
+            })
+        });
+        r.register("attribute-scorer", |n, p| {
+            Ok(PluginHandle {
+                scorer: Some(Arc::new(scorers::AttributeScorer::from_params(p)?)),
+                ..handle(n, "attribute-scorer")
+            })
+        });
+        r.register("attribute-filter", |n, p| {
+            Ok(PluginHandle {
+                filter: Some(Arc::new(filters::AttributeFilter::from_params(p)?)),
+                ..handle(n, "attribute-filter")
+            })
+        });
+        // Endpoint discovery from a file; the data layer runs it (dataLayer.discovery).
+        r.register("file-discovery", |n, p| {
+            let q = super::plugins::Params(p);
+            q.string("path")?.ok_or("parameter path is required")?;
+            q.bool("watchFile", false)?;
+            Ok(handle(n, "file-discovery"))
         });
         // Newer llm-d spells the P/D handler this way (deciders: {prefill: <decider>}).
         r.register("disagg-profile-handler", |n, p| {

@@ -6,8 +6,9 @@ use std::sync::Mutex;
 use crate::config::{Profile, SchedulerConfig};
 use crate::endpoint::Endpoint;
 use crate::error::{Result, SchedulerError};
-use crate::plugin::{CycleState, ProfilePick, ProfileResults, ScoreBreakdown};
+use crate::plugin::{CycleState, ProfilePick, ProfileResults, ProfileRoles, ScoreBreakdown};
 use crate::request::LlmRequest;
+use llmd_kvcache::rng::SplitMix64;
 
 /// The outcome of scheduling one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,28 +17,45 @@ pub struct PickResult {
     pub primary: String,
     /// Every profile's pick (e.g. `decode` and, for long uncached prompts, `prefill`).
     pub picks: ProfileResults,
+    /// The profile handler's P/D roles.
+    pub roles: ProfileRoles,
 }
 
 impl PickResult {
-    /// The destination pick.
+    /// The destination pick (the decode endpoint of a disaggregated request).
     pub fn destination(&self) -> Option<&ProfilePick> {
         self.picks.get(&self.primary)
+    }
+
+    /// The prefill endpoint, when the request is disaggregated: the pick of the profile
+    /// the handler names for prefill, if it ran and is not the destination itself.
+    pub fn prefill(&self) -> Option<&ProfilePick> {
+        let name = self.roles.prefill.as_ref()?;
+        if *name == self.primary {
+            return None;
+        }
+        self.picks.get(name)
+    }
+
+    /// Every endpoint picked (destination first), each once.
+    pub fn endpoints(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.destination().map(|d| d.endpoint.as_str()).into_iter().collect();
+        for p in self.picks.values() {
+            if !out.contains(&p.endpoint.as_str()) {
+                out.push(&p.endpoint);
+            }
+        }
+        out
     }
 }
 
 /// SplitMix64 behind a lock: the only randomness in a pick, seeded for reproducibility.
 #[derive(Debug)]
-struct Draws(Mutex<u64>);
+struct Draws(Mutex<SplitMix64>);
 
 impl Draws {
     fn next(&self) -> f64 {
-        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).next_f64()
     }
 }
 
@@ -51,7 +69,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// A scheduler over a loaded configuration; `seed` drives random tie-breaks.
     pub fn new(config: SchedulerConfig, seed: u64) -> Self {
-        Scheduler { config, draws: Draws(Mutex::new(seed)) }
+        Scheduler { config, draws: Draws(Mutex::new(SplitMix64::new(seed))) }
     }
 
     /// The configuration.
@@ -61,6 +79,11 @@ impl Scheduler {
 
     /// Picks endpoints for `req` among `endpoints`.
     pub fn pick(&self, req: &LlmRequest, endpoints: &[Endpoint]) -> Result<PickResult> {
+        self.pick_among(req, endpoints.iter().collect())
+    }
+
+    /// Picks endpoints for `req` among `candidates` (a datastore's ready endpoints, say).
+    pub fn pick_among(&self, req: &LlmRequest, candidates: Vec<&Endpoint>) -> Result<PickResult> {
         let mut state = CycleState::default();
         let mut results = ProfileResults::new();
         let names: Vec<String> = self.config.profiles.iter().map(|p| p.name.clone()).collect();
@@ -76,7 +99,7 @@ impl Scheduler {
                 let profile = self.config.profiles.iter().find(|p| p.name == name).ok_or_else(|| {
                     SchedulerError::Request(format!("profile handler asked for unknown profile {name:?}"))
                 })?;
-                let pick = self.run_profile(profile, &mut state, req, endpoints)?;
+                let pick = self.run_profile(profile, &mut state, req, candidates.clone())?;
                 results.insert(name, pick);
             }
         }
@@ -86,7 +109,7 @@ impl Scheduler {
             .primary(&results)
             .filter(|p| results.contains_key(p))
             .ok_or_else(|| SchedulerError::NoEndpoint("no profile produced a destination".into()))?;
-        Ok(PickResult { primary, picks: results })
+        Ok(PickResult { primary, picks: results, roles: self.config.handler.roles() })
     }
 
     fn run_profile(
@@ -94,9 +117,8 @@ impl Scheduler {
         profile: &Profile,
         state: &mut CycleState,
         req: &LlmRequest,
-        endpoints: &[Endpoint],
+        mut cands: Vec<&Endpoint>,
     ) -> Result<ProfilePick> {
-        let mut cands: Vec<&Endpoint> = endpoints.iter().collect();
         for (name, f) in &profile.filters {
             cands = f.filter(state, req, cands);
             if cands.is_empty() {

@@ -11,6 +11,9 @@ pub struct Scraped {
     pub metrics: EndpointMetrics,
     /// `block_size` label of `vllm:cache_config_info`, if present.
     pub block_size: Option<usize>,
+    /// Where the engine publishes KV events (`endpoint` label of llmd's
+    /// `llmd:kv_events_info`), so pickers find the stream without being told.
+    pub kv_events: Option<String>,
 }
 
 /// Label pairs of one sample.
@@ -67,6 +70,12 @@ fn sample(line: &str) -> Option<(&str, Labels, f64)> {
     Some((name, labels, value))
 }
 
+/// Every sample of an exposition as `(name, labels, value)`; comments and lines that do
+/// not parse are skipped.
+pub fn samples(text: &str) -> impl Iterator<Item = (&str, Vec<(String, String)>, f64)> {
+    text.lines().filter_map(sample)
+}
+
 fn label<'a>(labels: &'a [(String, String)], key: &str) -> Option<&'a str> {
     labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
@@ -101,6 +110,7 @@ pub fn parse(text: &str) -> Scraped {
             "vllm:cache_config_info" => {
                 out.block_size = label(&labels, "block_size").and_then(|b| b.parse().ok());
             }
+            "llmd:kv_events_info" => out.kv_events = label(&labels, "endpoint").map(String::from),
             _ => {}
         }
     }
@@ -124,6 +134,7 @@ vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql, chat",waiting_l
 vllm:lora_requests_info{max_lora="4",running_lora_adapters="old",waiting_lora_adapters="x"} 1.6e9
 vllm:cache_config_info{block_size="16",cache_dtype="auto",enable_prefix_caching="True"} 1.0
 vllm:prompt_tokens_total{engine="0",model_name="llama"} 1234.0
+llmd:kv_events_info{endpoint="tcp://127.0.0.1:40123",topic=""} 1
 "#;
         let s = parse(text);
         assert_eq!((s.metrics.waiting, s.metrics.running), (5, 7));
@@ -131,6 +142,7 @@ vllm:prompt_tokens_total{engine="0",model_name="llama"} 1234.0
         assert_eq!(s.metrics.active_loras, vec!["sql", "chat"]);
         assert!(s.metrics.waiting_loras.is_empty());
         assert_eq!((s.metrics.max_loras, s.block_size), (4, Some(16)));
+        assert_eq!(s.kv_events.as_deref(), Some("tcp://127.0.0.1:40123"));
     }
 
     #[test]

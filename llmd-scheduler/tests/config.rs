@@ -56,3 +56,43 @@ fn mistakes_name_file_plugin_and_reason() {
         assert!(e.contains(want), "{e:?} does not contain {want:?}");
     }
 }
+
+#[test]
+fn the_data_layer_and_discovery_are_wired_from_the_config() {
+    use llmd_scheduler::DiscoveryRef;
+    use llmd_scheduler::datalayer::SourceKind;
+    let reg = PluginRegistry::with_builtins();
+    let c = SchedulerConfig::from_file(&path("data-layer.yaml"), &reg).unwrap();
+    let kinds: Vec<&SourceKind> = c.data_layer.sources.iter().map(|s| &s.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            &SourceKind::Metrics { path: "/metrics".into(), interval: Some(std::time::Duration::from_secs(1)) },
+            &SourceKind::KvEvents
+        ]
+    );
+    assert_eq!(c.data_layer.sources[0].extractors[0].0, "core-metrics-extractor");
+    assert_eq!(c.data_layer.sources[1].consumers.len(), 1);
+    assert_eq!(c.discovery, Some(DiscoveryRef::File { path: "/etc/epp/endpoints.yaml".into(), watch: true }));
+    assert_eq!(c.request_timeout, std::time::Duration::from_secs(30));
+    // Without a dataLayer section the defaults apply: metrics → core extractor, KV events → consumers.
+    let d = SchedulerConfig::from_file(&path("prefix-aware.yaml"), &reg).unwrap();
+    assert_eq!(d.data_layer.sources.len(), 1, "no KV consumers, no KV source");
+    assert_eq!(d.request_timeout, std::time::Duration::from_secs(120));
+}
+
+#[test]
+fn data_layer_mistakes_are_named() {
+    let base = "plugins:\n- type: max-score-picker\n- type: queue-scorer\n- type: core-metrics-extractor\n\
+                - type: kv-events-data-source\nschedulingProfiles:\n- name: d\n  plugins:\n  - pluginRef: queue-scorer\n";
+    let e = err(&format!("{base}dataLayer:\n  sources:\n  - pluginRef: nothing\n    extractors: []\n"));
+    assert!(e.contains("dataLayer.sources[0]") && e.contains("nothing"), "{e}");
+    let e = err(&format!("{base}dataLayer:\n  sources:\n  - pluginRef: queue-scorer\n    extractors: []\n"));
+    assert!(e.contains("is not a data source"), "{e}");
+    let e = err(&format!(
+        "{base}dataLayer:\n  sources:\n  - pluginRef: kv-events-data-source\n    extractors:\n    - pluginRef: core-metrics-extractor\n"
+    ));
+    assert!(e.contains("cannot read"), "{e}");
+    let e = err(&format!("{base}dataLayer:\n  discovery:\n    pluginRef: queue-scorer\n"));
+    assert!(e.contains("not a discovery plugin"), "{e}");
+}

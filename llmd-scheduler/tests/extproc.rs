@@ -11,13 +11,22 @@ use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request a
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse};
 use envoy_types::pb::google::protobuf::value::Kind;
-use llmd_scheduler::gateway::extproc::{ExtProc, LB_NAMESPACE};
-use llmd_scheduler::gateway::{DESTINATION_HEADER, Gateway, GatewayConfig};
-use llmd_scheduler::{Endpoint, PluginRegistry, Role, Scheduler, presets};
+use llmd_scheduler::extproc::{ExtProc, LB_NAMESPACE};
+use llmd_scheduler::picker::{DESTINATION_HEADER, EndpointPicker, PickerConfig};
+use llmd_scheduler::{Endpoint, ManualClock, PluginRegistry, Role, Scheduler, datastore, presets};
 
 async fn start(endpoints: Vec<Endpoint>) -> String {
+    start_picker(endpoints).await.0
+}
+
+async fn start_picker(endpoints: Vec<Endpoint>) -> (String, std::sync::Arc<EndpointPicker>) {
     let sched = Scheduler::new(presets::preset("load", &PluginRegistry::with_builtins()).unwrap(), 0);
-    let gw = Gateway::new(sched, endpoints, GatewayConfig::default());
+    let store = datastore(ManualClock::new());
+    for e in endpoints {
+        store.upsert(e);
+    }
+    let picker = EndpointPicker::new(sched, store, PickerConfig::default(), None);
+    let gw = picker.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(
@@ -25,7 +34,7 @@ async fn start(endpoints: Vec<Endpoint>) -> String {
             .add_service(ExtProc::server(gw))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    addr
+    (addr, picker)
 }
 
 fn headers(end_of_stream: bool) -> ProcessingRequest {
@@ -85,7 +94,7 @@ async fn envoy_gets_the_destination_as_header_and_metadata() {
     busy.metrics.waiting = 9;
     busy.metrics.kv_usage = 0.9;
     let idle = Endpoint::new("idle", "10.0.0.2:8000", Role::Both);
-    let addr = start(vec![busy, idle]).await;
+    let (addr, picker) = start_picker(vec![busy, idle]).await;
     let payload = br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}]}"#;
     let replies =
         exchange(addr.clone(), vec![headers(false), body(&payload[..20], false), body(&payload[20..], true)]).await;
@@ -93,6 +102,14 @@ async fn envoy_gets_the_destination_as_header_and_metadata() {
     assert!(matches!(replies[0].response, Some(Out::RequestHeaders(ref h)) if h.response.is_none()));
     assert_eq!(replies.len(), 2, "{replies:?}");
     assert_eq!(destination(&replies[1]), ("10.0.0.2:8000".into(), "10.0.0.2:8000".into()));
+    // The closed stream ends the request's in-flight count (the server sees it soon).
+    for _ in 0..500 {
+        if picker.datastore().requests_in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert_eq!(picker.datastore().requests_in_flight(), 0);
 
     // A request without a body is picked on its headers.
     let replies = exchange(addr, vec![headers(true)]).await;
@@ -112,4 +129,26 @@ async fn no_endpoint_and_bad_bodies_get_immediate_responses() {
     let replies = exchange(addr, vec![headers(false), body(b"{not json", true)]).await;
     let Some(Out::ImmediateResponse(r)) = &replies[1].response else { panic!("{replies:?}") };
     assert_eq!(r.status.as_ref().unwrap().code, 400);
+}
+
+#[tokio::test]
+async fn a_request_is_in_flight_until_its_response_ends() {
+    use envoy_types::pb::envoy::service::ext_proc::v3::HttpBody as Body;
+    let (addr, picker) = start_picker(vec![Endpoint::new("a", "10.0.0.4:8000", Role::Both)]).await;
+    let mut client = ExternalProcessorClient::connect(addr).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ProcessingRequest>();
+    let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut inbound = client.process(outbound).await.unwrap().into_inner();
+    tx.send(headers(false)).unwrap();
+    tx.send(body(br#"{"prompt": "hi"}"#, true)).unwrap();
+    inbound.message().await.unwrap().unwrap();
+    inbound.message().await.unwrap().unwrap();
+    assert_eq!(picker.datastore().get("a").unwrap().inflight.requests, 1, "picked and sent on");
+    let response_end = ProcessingRequest {
+        request: Some(In::ResponseBody(Body { body: b"done".to_vec(), end_of_stream: true, ..Default::default() })),
+        ..Default::default()
+    };
+    tx.send(response_end).unwrap();
+    inbound.message().await.unwrap().unwrap();
+    assert_eq!(picker.datastore().get("a").unwrap().inflight.requests, 0, "the response ended");
 }

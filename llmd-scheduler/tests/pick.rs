@@ -66,3 +66,20 @@ fn no_fitting_endpoint_is_a_clear_error() {
     }
     assert!(matches!(s.pick(&LlmRequest::new("a", "m", "x"), &[]), Err(SchedulerError::NoEndpoint(_))));
 }
+
+#[test]
+fn renamed_pd_profiles_still_name_their_prefill_and_decode_picks() {
+    let s = scheduler("pd-renamed.yaml");
+    let eps = [ep("prefill-0", Role::Prefill, 0), ep("decode-0", Role::Decode, 0)];
+    let prompt = "Paged attention stores keys and values in fixed-size blocks. ".repeat(8);
+    let pick = s.pick(&LlmRequest::new("a", "m", prompt), &eps).unwrap();
+    assert_eq!(pick.primary, "generate");
+    assert_eq!(pick.destination().unwrap().endpoint, "decode-0");
+    assert_eq!(pick.prefill().expect("the prefill profile ran").endpoint, "prefill-0");
+    assert_eq!(pick.endpoints(), ["decode-0", "prefill-0"]);
+    // Negative control: the old lookup by the literal name "prefill" finds nothing here.
+    assert!(!pick.picks.contains_key("prefill"));
+    // A config without P/D has no prefill pick.
+    let single = scheduler("prefix-aware.yaml").pick(&LlmRequest::new("b", "m", "hi"), &eps).unwrap();
+    assert!(single.prefill().is_none());
+}

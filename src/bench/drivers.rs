@@ -137,7 +137,7 @@ pub async fn run_external(driver: &Driver, plan: &[Planned], rate: f64, slo: Slo
 /// inference-perf's config: the plan as a local ShareGPT file, Poisson arrivals at
 /// `rate`, streaming completions with `ignore_eos`, goodput against the SLO.
 fn inference_perf_config(plan: &[Planned], rate: f64, slo: Slo, t: &Target<'_>) -> Result<Value> {
-    let tokenizer = llmd_engine::tokenizer::HfTokenizer::from_file(&t.tokenizer.join("tokenizer.json"))
+    let tokenizer = llmd_openai::HfTokenizer::from_dir(t.tokenizer)
         .with_context(|| format!("loading {}/tokenizer.json", t.tokenizer.display()))?;
     // inference-perf sets max_tokens to the token count of the recorded answer, so the
     // answer is text that counts exactly `max_tokens` with this tokenizer.
@@ -176,8 +176,7 @@ fn inference_perf_config(plan: &[Planned], rate: f64, slo: Slo, t: &Target<'_>) 
 
 /// A string the tokenizer counts as exactly `n` tokens (special tokens included), by
 /// growing a run of short words.
-fn answer_of_length(tokenizer: &llmd_engine::tokenizer::HfTokenizer, n: usize) -> Result<String> {
-    use llmd_engine::tokenizer::Tokenize;
+fn answer_of_length(tokenizer: &dyn llmd_openai::Tokenize, n: usize) -> Result<String> {
     let mut text = String::new();
     for _ in 0..=4 * n + 8 {
         let count = tokenizer.encode(&text, true)?.len();
@@ -353,8 +352,8 @@ mod tests {
     fn answers_count_exactly() {
         let dir = std::env::temp_dir().join(format!("llmd-drivers-{}", std::process::id()));
         llmd_engine::ByteTokenizer::write_hf_files(&dir).unwrap();
-        let tok = llmd_engine::tokenizer::HfTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-        use llmd_engine::tokenizer::Tokenize;
+        let tok = llmd_openai::HfTokenizer::from_dir(&dir).unwrap();
+        use llmd_openai::Tokenize;
         for n in [1, 2, 8, 16] {
             let a = answer_of_length(&tok, n).unwrap();
             assert_eq!(tok.encode(&a, true).unwrap().len(), n);

@@ -3,15 +3,16 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use llmd_openai::stream::{StreamItem, parse_data};
+use llmd_openai::{CommonParams, CompletionChunk, CompletionRequest, Prompt, SseDecoder, StreamOptions};
 use serde::Serialize;
-use serde_json::{Value, json};
 
 use super::scenario::{Planned, Slo};
 
 /// One request's timings.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Sample {
-    /// Whether it completed with 200 and `[DONE]`.
+    /// Whether it completed with 200 and `[DONE]`, with no error inside the stream.
     pub ok: bool,
     /// Time to first token, seconds.
     pub ttft: f64,
@@ -41,13 +42,19 @@ pub async fn run(
     for p in plan {
         let client = client.clone();
         let url = format!("{base}/v1/completions");
-        let mut body = json!({
-            "prompt": p.prompt, "max_tokens": p.max_tokens, "stream": true, "ignore_eos": true, "temperature": 0,
-            "stream_options": {"include_usage": true},
-        });
-        if let Some(m) = model {
-            body["model"] = json!(m);
-        }
+        let body = CompletionRequest {
+            prompt: Prompt::Text(p.prompt.clone()),
+            max_tokens: Some(p.max_tokens),
+            common: CommonParams {
+                model: model.map(String::from),
+                temperature: Some(0.0),
+                stream: true,
+                stream_options: Some(StreamOptions { include_usage: true }),
+                ignore_eos: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let at = start + p.at;
         let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
@@ -64,33 +71,39 @@ pub async fn run(
     out
 }
 
-async fn one(client: &reqwest::Client, url: &str, body: Value) -> Sample {
+async fn one(client: &reqwest::Client, url: &str, body: CompletionRequest) -> Sample {
     let sent = Instant::now();
-    let resp = match client.post(url).header("content-type", "application/json").body(body.to_string()).send().await {
+    let Ok(body) = serde_json::to_string(&body) else { return Sample::default() };
+    let resp = match client.post(url).header("content-type", "application/json").body(body).send().await {
         Ok(r) if r.status().is_success() => r,
         _ => return Sample { e2e: sent.elapsed().as_secs_f64(), ..Default::default() },
     };
     let mut stream = resp.bytes_stream();
-    let mut buf = String::new();
+    let mut sse = SseDecoder::new();
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
-    let (mut chunks, mut tokens, mut done) = (0usize, 0usize, false);
+    let (mut chunks, mut tokens, mut done, mut failed) = (0usize, 0usize, false, false);
     let (mut prompt_tokens, mut cached_tokens) = (0usize, 0usize);
     while let Some(Ok(bytes)) = stream.next().await {
-        buf.push_str(&String::from_utf8_lossy(&bytes));
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
-            if data == "[DONE]" {
-                done = true;
-                continue;
+        for data in sse.decode(&bytes) {
+            let chunk = match parse_data::<CompletionChunk>(&data) {
+                Ok(StreamItem::Chunk(c)) => c,
+                Ok(StreamItem::Done) => {
+                    done = true;
+                    continue;
+                }
+                // The server still ends a failed stream with `[DONE]`; this one did not complete.
+                Ok(StreamItem::Error(_)) => {
+                    failed = true;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if let Some(u) = chunk.usage {
+                tokens = u.completion_tokens;
+                prompt_tokens = u.prompt_tokens;
+                cached_tokens = u.cached_tokens();
             }
-            let Ok(v) = serde_json::from_str::<Value>(data) else { continue };
-            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-                tokens = n as usize;
-                prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize;
-                cached_tokens = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0) as usize;
-            }
-            if v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()) {
+            if chunk.choices.first().is_some_and(|c| !c.text.is_empty()) {
                 let now = Instant::now();
                 first.get_or_insert(now);
                 last = Some(now);
@@ -104,7 +117,7 @@ async fn one(client: &reqwest::Client, url: &str, body: Value) -> Sample {
         (Some(f), Some(l)) if chunks > 1 => (l - f).as_secs_f64() / (chunks - 1) as f64,
         _ => 0.0,
     };
-    Sample { ok: done, ttft, itl, e2e, output_tokens: tokens.max(chunks), prompt_tokens, cached_tokens }
+    Sample { ok: done && !failed, ttft, itl, e2e, output_tokens: tokens.max(chunks), prompt_tokens, cached_tokens }
 }
 
 /// Percentiles and rates of one run.

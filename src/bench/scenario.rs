@@ -70,16 +70,12 @@ pub struct Planned {
     pub max_tokens: usize,
 }
 
-/// SplitMix64, seeded: the same scenario file always yields the same requests.
-struct Rng(u64);
+/// Seeded draws: the same scenario file always yields the same requests.
+struct Rng(llmd_kvcache::rng::SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     fn unit(&mut self) -> f64 {
@@ -131,7 +127,7 @@ impl Scenario {
 
     /// The requests of a run at `rate` requests per second.
     pub fn plan(&self, rate: f64) -> Vec<Planned> {
-        let mut rng = Rng(self.seed);
+        let mut rng = Rng(llmd_kvcache::rng::SplitMix64::new(self.seed));
         let prefixes: Vec<String> = (0..self.prefixes).map(|_| rng.text(self.prefix_chars)).collect();
         // Each conversation so far; a turn appends to one at random.
         let mut sessions: Vec<String> = (0..self.sessions).map(|i| format!("Conversation {i}.\n")).collect();

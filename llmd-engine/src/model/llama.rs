@@ -10,6 +10,7 @@ use super::layers::{Linear, rms_norm, silu};
 use super::rope::Rope;
 use super::weights::Weights;
 use crate::attention::{AttentionBackend, AttentionInput, QueryPos};
+use crate::backend::{LogitsWanted, SeqInput};
 use crate::error::{EngineError, Result};
 use crate::kv::PagedKvCache;
 
@@ -23,30 +24,6 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
-}
-
-/// Which logits a sequence wants back from a forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogitsWanted {
-    /// None (a prefill chunk that does not end the prompt).
-    None,
-    /// The last token's (to sample the next token).
-    Last,
-    /// Every token's (prompt logprobs, tests).
-    All,
-}
-
-/// One sequence's part of a forward pass.
-#[derive(Debug, Clone, Copy)]
-pub struct SeqInput<'a> {
-    /// New tokens to run.
-    pub tokens: &'a [u32],
-    /// Tokens of this sequence already in the KV cache (position of `tokens[0]`).
-    pub start: usize,
-    /// Blocks holding the sequence, enough for `start + tokens.len()` tokens.
-    pub block_table: &'a [u32],
-    /// Logits to return.
-    pub logits: LogitsWanted,
 }
 
 /// A Llama-family model with `f32` weights.

@@ -8,5 +8,7 @@ pub mod weights;
 
 pub use config::{GenerationConfig, ModelConfig, RopeScaling};
 pub use layers::Linear;
-pub use llama::{LlamaModel, LogitsWanted, SeqInput};
+// The step contract lives with the backend; re-exported here for older paths.
+pub use crate::backend::{LogitsWanted, SeqInput};
+pub use llama::LlamaModel;
 pub use rope::Rope;

@@ -7,7 +7,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -17,26 +16,35 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc as tmpsc, oneshot};
+use tokio::sync::mpsc as tmpsc;
 
+use super::AppState;
 use super::openai::*;
-use super::{AppState, Command};
 use crate::engine::{FinishReason, NewRequest, RequestOutput, StopReason};
 use crate::error::EngineError;
+use crate::handle::RequestStream;
 use crate::sampling::{Sampled, SamplingParams};
-use crate::tokenizer::ChatMessage;
 use llmd_kvcache::RequestKeys;
 
 type Shared = State<Arc<AppState>>;
 
+/// An OpenAI error body sent with its status.
+pub(crate) struct ApiError(pub(crate) ErrorBody);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.0)).into_response()
+    }
+}
+
 /// An OpenAI-style error response.
-pub(crate) fn error(status: StatusCode, kind: &str, message: impl Into<String>, param: Option<&str>) -> Response {
-    let body = json!({"error": {"message": message.into(), "type": kind, "param": param, "code": status.as_u16()}});
-    (status, axum::Json(body)).into_response()
+pub(crate) fn error(kind: ErrorKind, message: impl Into<String>, param: Option<&str>) -> Response {
+    ApiError(ErrorBody::new(kind, message).with_param_opt(param)).into_response()
 }
 
 fn bad_request(message: impl Into<String>, param: Option<&str>) -> Response {
-    error(StatusCode::BAD_REQUEST, "BadRequestError", message, param)
+    error(ErrorKind::BadRequest, message, param)
 }
 
 fn stop_reason(o: &RequestOutput) -> Option<Value> {
@@ -60,14 +68,10 @@ fn engine_error_for(e: EngineError, prompt_param: &str) -> Response {
     match e {
         EngineError::InvalidParam { param, message } => bad_request(message, Some(&param)),
         e @ EngineError::ContextTooLong { .. } => bad_request(e.to_string(), Some(prompt_param)),
-        e @ EngineError::Overloaded { .. } => {
-            error(StatusCode::TOO_MANY_REQUESTS, "RateLimitError", e.to_string(), None)
-        }
-        e @ EngineError::EngineDead(_) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableError", e.to_string(), None)
-        }
+        e @ EngineError::Overloaded { .. } => error(ErrorKind::RateLimit, e.to_string(), None),
+        e @ EngineError::EngineDead(_) => error(ErrorKind::ServiceUnavailable, e.to_string(), None),
         e @ EngineError::Tokenizer(_) => bad_request(e.to_string(), None),
-        e => error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", e.to_string(), None),
+        e => error(ErrorKind::InternalServer, e.to_string(), None),
     }
 }
 
@@ -86,12 +90,7 @@ fn check_common(s: &AppState, c: &Common) -> Result<(), Response> {
     if let Some(m) = &c.model
         && m != &s.model_name
     {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "NotFoundError",
-            format!("The model `{m}` does not exist."),
-            Some("model"),
-        ));
+        return Err(error(ErrorKind::NotFound, format!("The model `{m}` does not exist."), Some("model")));
     }
     if c.n.is_some_and(|n| n != 1) {
         return Err(bad_request("only n=1 is supported", Some("n")));
@@ -99,7 +98,7 @@ fn check_common(s: &AppState, c: &Common) -> Result<(), Response> {
     if let Some(p) = c.unsupported() {
         return Err(bad_request(format!("{p} is not supported by this server"), Some(p)));
     }
-    if !s.alive.load(Ordering::SeqCst) {
+    if !s.engine.is_alive() {
         return Err(engine_error(EngineError::EngineDead("the engine loop has stopped".into())));
     }
     Ok(())
@@ -122,36 +121,10 @@ fn sampling(s: &AppState, c: &Common, max_tokens: usize, logprobs: Option<usize>
     }
 }
 
-/// Aborts the request in the engine when dropped before it finished (client gone).
-struct AbortOnDrop {
-    id: String,
-    commands: std::sync::mpsc::Sender<Command>,
-    finished: bool,
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if !self.finished {
-            let _ = self.commands.send(Command::Abort(self.id.clone()));
-        }
-    }
-}
-
-async fn submit(
-    s: &AppState,
-    req: NewRequest,
-    prompt_param: &str,
-) -> Result<(tmpsc::UnboundedReceiver<RequestOutput>, AbortOnDrop), Response> {
-    let (out, rx) = tmpsc::unbounded_channel();
-    let (ack, ack_rx) = oneshot::channel();
-    let id = req.id.clone();
-    let dead = || engine_error(EngineError::EngineDead("the engine loop has stopped".into()));
-    s.commands.send(Command::Add { req: Box::new(req), out, ack }).map_err(|_| dead())?;
-    match ack_rx.await {
-        Ok(Ok(())) => Ok((rx, AbortOnDrop { id, commands: s.commands.clone(), finished: false })),
-        Ok(Err(e)) => Err(engine_error_for(e, prompt_param)),
-        Err(_) => Err(dead()),
-    }
+/// Hands a request to the engine thread; the stream aborts it if dropped before its
+/// end (client gone).
+async fn submit(s: &AppState, req: NewRequest, prompt_param: &str) -> Result<RequestStream, Response> {
+    s.engine.submit_async(req).await.map_err(|e| engine_error_for(e, prompt_param))
 }
 
 /// Names a new request, hands it to the engine, and returns its id and output channel.
@@ -162,11 +135,11 @@ async fn start(
     params: SamplingParams,
     c: &Common,
     prompt_param: &str,
-) -> Result<(String, tmpsc::UnboundedReceiver<RequestOutput>, AbortOnDrop), Response> {
+) -> Result<(String, RequestStream), Response> {
     let keys = RequestKeys::new().with_cache_salt(c.cache_salt.clone().unwrap_or_default());
     let id = s.request_id(id_prefix);
-    let (rx, guard) = submit(s, NewRequest { id: id.clone(), prompt, params, keys }, prompt_param).await?;
-    Ok((id, rx, guard))
+    let rx = submit(s, NewRequest { id: id.clone(), prompt, params, keys }, prompt_param).await?;
+    Ok((id, rx))
 }
 
 fn token_text(s: &AppState, id: u32) -> String {
@@ -217,50 +190,36 @@ fn sampled_pairs(o: &RequestOutput) -> Vec<(u32, Sampled)> {
 }
 
 /// Collects a request's outputs to the end.
-async fn collect(
-    rx: &mut tmpsc::UnboundedReceiver<RequestOutput>,
-    guard: &mut AbortOnDrop,
-) -> Result<(String, Vec<(u32, Sampled)>, RequestOutput), Response> {
+async fn collect(rx: &mut RequestStream) -> Result<(String, Vec<(u32, Sampled)>, RequestOutput), Response> {
     let mut text = String::new();
     let mut lps = Vec::new();
     while let Some(o) = rx.recv().await {
         text.push_str(&o.text);
         lps.extend(sampled_pairs(&o));
         if o.finished.is_some() {
-            guard.finished = true;
             if o.finished == Some(FinishReason::Error) {
-                return Err(error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalServerError",
-                    "the model failed while computing this request",
-                    None,
-                ));
+                return Err(error(ErrorKind::InternalServer, "the model failed while computing this request", None));
             }
             return Ok((text, lps, o));
         }
     }
-    guard.finished = true;
     Err(engine_error(EngineError::EngineDead("the engine stopped while serving the request".into())))
 }
 
 fn sse_json<T: Serialize>(v: &T) -> Event {
-    Event::default().data(serde_json::to_string(v).unwrap_or_else(|e| json!({"error": e.to_string()}).to_string()))
+    Event::default().data(serde_json::to_string(v).unwrap_or_else(|e| ErrorBody::internal(e.to_string()).to_json()))
 }
 
 /// Streams `first`, then `render(output)` for each output, then `[DONE]`. A task moves
 /// events into the response body; when the client goes away its send fails and the
-/// guard aborts the request.
+/// dropped stream aborts the request.
 fn sse_stream(
-    mut rx: tmpsc::UnboundedReceiver<RequestOutput>,
-    guard: AbortOnDrop,
+    mut rx: RequestStream,
     first: Vec<Event>,
     mut render: impl FnMut(&RequestOutput) -> Vec<Event> + Send + 'static,
 ) -> Response {
     let (tx, events) = tmpsc::channel::<Event>(64);
     tokio::spawn(async move {
-        // Bind the whole guard: a closure capturing only `guard.finished` would leave
-        // the guard behind, and its drop would abort the request at once.
-        let mut guard = guard;
         for e in first {
             if tx.send(e).await.is_err() {
                 return;
@@ -268,21 +227,18 @@ fn sse_stream(
         }
         loop {
             let Some(o) = rx.recv().await else {
-                guard.finished = true;
-                let e = json!({"error": {"message": "the engine stopped while streaming", "type": "ServiceUnavailableError", "param": null, "code": 503}});
-                let _ = tx.send(Event::default().data(e.to_string())).await;
+                let e = ErrorBody::unavailable("the engine stopped while streaming");
+                let _ = tx.send(Event::default().data(e.to_json())).await;
                 let _ = tx.send(Event::default().data("[DONE]")).await;
                 return;
             };
             if o.finished == Some(FinishReason::Error) {
-                guard.finished = true;
-                let e = json!({"error": {"message": "the model failed while computing this request", "type": "InternalServerError", "param": null, "code": 500}});
-                let _ = tx.send(Event::default().data(e.to_string())).await;
+                let e = ErrorBody::internal("the model failed while computing this request");
+                let _ = tx.send(Event::default().data(e.to_json())).await;
                 let _ = tx.send(Event::default().data("[DONE]")).await;
                 return;
             }
             let done = o.finished.is_some();
-            guard.finished |= done;
             for e in render(&o) {
                 if tx.send(e).await.is_err() {
                     return;
@@ -320,17 +276,10 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
     if let Err(resp) = check_common(&s, &req.common) {
         return resp;
     }
-    let prompt = match req.prompt {
-        Prompt::Text(t) => s.tokenizer.encode(&t, true),
-        Prompt::Texts(v) if v.is_empty() => {
-            return bad_request("the prompt is empty", Some("prompt"));
-        }
-        Prompt::Tokens(ids) => Ok(ids),
-        Prompt::Texts(mut v) if v.len() == 1 => s.tokenizer.encode(&v.remove(0), true),
-        Prompt::TokenLists(mut v) if v.len() == 1 => Ok(v.remove(0)),
-        _ => {
-            return bad_request("batched prompts are not supported; send one prompt per request", Some("prompt"));
-        }
+    let prompt = match req.prompt.single() {
+        Ok(SinglePrompt::Text(t)) => s.tokenizer.encode(&t, true).map_err(EngineError::from),
+        Ok(SinglePrompt::Tokens(ids)) => Ok(ids),
+        Err(e) => return ApiError(e.into()).into_response(),
     };
     let prompt = match prompt {
         Ok(p) => p,
@@ -341,7 +290,7 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
     }
     let max_tokens = req.max_tokens.unwrap_or(16);
     let params = sampling(&s, &req.common, max_tokens, req.logprobs);
-    let (id, mut rx, mut guard) = match start(&s, "cmpl", prompt, params, &req.common, "prompt").await {
+    let (id, mut rx) = match start(&s, "cmpl", prompt, params, &req.common, "prompt").await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
@@ -349,20 +298,20 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
     let created = now_secs();
     let want_logprobs = req.logprobs.is_some();
     if !req.common.stream {
-        let (text, lps, last) = match collect(&mut rx, &mut guard).await {
+        let (text, lps, last) = match collect(&mut rx).await {
             Ok(x) => x,
             Err(resp) => return resp,
         };
         let resp = CompletionResponse {
             id,
-            object: "text_completion",
+            object: CompletionResponse::OBJECT.into(),
             created,
             model,
             choices: vec![CompletionChoice {
                 index: 0,
                 text,
                 logprobs: want_logprobs.then(|| completion_logprobs(&s, &lps, 0)),
-                finish_reason: last.finished.map(|f| f.as_str()),
+                finish_reason: last.finished.map(|f| f.as_str().into()),
                 stop_reason: stop_reason(&last),
             }],
             usage: Some(Usage::new(last.prompt_tokens, last.completion_tokens, last.cached_tokens)),
@@ -372,12 +321,12 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
     let usage = include_usage(&req.common);
     let st = s.clone();
     let mut offset = 0;
-    sse_stream(rx, guard, Vec::new(), move |o| {
+    sse_stream(rx, Vec::new(), move |o| {
         let lp = want_logprobs.then(|| completion_logprobs(&st, &sampled_pairs(o), offset));
         offset += o.text.len();
         let chunk = |choices, usage| CompletionResponse {
             id: id.clone(),
-            object: "text_completion",
+            object: CompletionResponse::OBJECT.into(),
             created,
             model: model.clone(),
             choices,
@@ -389,7 +338,7 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
                 index: 0,
                 text: o.text.clone(),
                 logprobs: lp,
-                finish_reason: o.finished.map(|f| f.as_str()),
+                finish_reason: o.finished.map(|f| f.as_str().into()),
                 stop_reason: stop_reason(o),
             };
             events.push(sse_json(&chunk(vec![choice], None)));
@@ -401,35 +350,12 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
     })
 }
 
+/// The messages with their content as text; a non-text part is refused.
 fn chat_messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, Response> {
     if req.messages.is_empty() {
         return Err(bad_request("messages must not be empty", Some("messages")));
     }
-    req.messages
-        .iter()
-        .map(|m| {
-            let content = match &m.content {
-                None => String::new(),
-                Some(Content::Text(t)) => t.clone(),
-                Some(Content::Parts(parts)) => {
-                    let mut text = String::new();
-                    for p in parts {
-                        match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                            (Some("text"), Some(t)) => text.push_str(t),
-                            (kind, _) => {
-                                return Err(bad_request(
-                                    format!("content part type {kind:?} is not supported (only text)"),
-                                    Some("messages"),
-                                ));
-                            }
-                        }
-                    }
-                    text
-                }
-            };
-            Ok(ChatMessage { role: m.role.clone(), content })
-        })
-        .collect()
+    req.messages.iter().map(|m| m.flattened().map_err(|e| ApiError(e.into()).into_response())).collect()
 }
 
 /// `POST /v1/chat/completions`.
@@ -445,12 +371,15 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
         Ok(m) => m,
         Err(resp) => return resp,
     };
-    let prompt =
-        match s.template.render(&messages, req.add_generation_prompt).and_then(|text| s.tokenizer.encode(&text, false))
-        {
-            Ok(p) => p,
-            Err(e) => return engine_error(e),
-        };
+    let prompt = match s
+        .template
+        .render(&messages, req.add_generation_prompt)
+        .and_then(|text| s.tokenizer.encode(&text, false))
+        .map_err(EngineError::from)
+    {
+        Ok(p) => p,
+        Err(e) => return engine_error(e),
+    };
     let max_tokens = req
         .max_completion_tokens
         .or(req.max_tokens)
@@ -463,27 +392,27 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
     }
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     let params = sampling(&s, &req.common, max_tokens, logprobs);
-    let (id, mut rx, mut guard) = match start(&s, "chatcmpl", prompt, params, &req.common, "messages").await {
+    let (id, mut rx) = match start(&s, "chatcmpl", prompt, params, &req.common, "messages").await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
     let model = s.model_name.clone();
     let created = now_secs();
     if !req.common.stream {
-        let (text, lps, last) = match collect(&mut rx, &mut guard).await {
+        let (text, lps, last) = match collect(&mut rx).await {
             Ok(x) => x,
             Err(resp) => return resp,
         };
         let resp = ChatResponse {
             id,
-            object: "chat.completion",
+            object: ChatResponse::OBJECT.into(),
             created,
             model,
             choices: vec![ChatChoice {
                 index: 0,
-                message: OutMessage { role: "assistant", content: text },
+                message: ChatMessage::new("assistant", text),
                 logprobs: req.logprobs.then(|| chat_logprobs(&s, &lps)),
-                finish_reason: last.finished.map(|f| f.as_str()),
+                finish_reason: last.finished.map(|f| f.as_str().into()),
                 stop_reason: stop_reason(&last),
             }],
             usage: Usage::new(last.prompt_tokens, last.completion_tokens, last.cached_tokens),
@@ -494,7 +423,7 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
     let want_logprobs = req.logprobs;
     let chunk = move |choices, usage| ChatChunk {
         id: id.clone(),
-        object: "chat.completion.chunk",
+        object: ChatChunk::OBJECT.into(),
         created,
         model: model.clone(),
         choices,
@@ -502,14 +431,14 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
     };
     let role = ChatChunkChoice {
         index: 0,
-        delta: Delta { role: Some("assistant"), content: Some(String::new()) },
+        delta: Delta { role: Some("assistant".into()), content: Some(String::new()) },
         logprobs: None,
         finish_reason: None,
         stop_reason: None,
     };
     let first = vec![sse_json(&chunk(vec![role], None))];
     let st = s.clone();
-    sse_stream(rx, guard, first, move |o| {
+    sse_stream(rx, first, move |o| {
         let mut events = Vec::new();
         // A token whose text is held back still carries its logprobs.
         if !o.text.is_empty() || o.finished.is_some() || (want_logprobs && !o.logprobs.is_empty()) {
@@ -517,7 +446,7 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
                 index: 0,
                 delta: Delta { role: None, content: (!o.text.is_empty()).then(|| o.text.clone()) },
                 logprobs: want_logprobs.then(|| chat_logprobs(&st, &sampled_pairs(o))),
-                finish_reason: o.finished.map(|f| f.as_str()),
+                finish_reason: o.finished.map(|f| f.as_str().into()),
                 stop_reason: stop_reason(o),
             };
             events.push(sse_json(&chunk(vec![choice], None)));
@@ -547,7 +476,7 @@ pub(crate) async fn models(State(s): Shared) -> Response {
 
 /// `GET /health`: 200 while the engine loop runs, 503 after it stopped.
 pub(crate) async fn health(State(s): Shared) -> Response {
-    if s.alive.load(Ordering::SeqCst) {
+    if s.engine.is_alive() {
         StatusCode::OK.into_response()
     } else {
         engine_error(EngineError::EngineDead("the engine loop has stopped".into()))
@@ -558,7 +487,7 @@ pub(crate) async fn health(State(s): Shared) -> Response {
 pub(crate) async fn metrics(State(s): Shared) -> Response {
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", e.to_string(), None);
+        return error(ErrorKind::InternalServer, e.to_string(), None);
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }

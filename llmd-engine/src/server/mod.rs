@@ -1,8 +1,8 @@
 //! The OpenAI-compatible HTTP server (feature `server`).
 //!
-//! The engine runs on its own thread, taking commands over a channel and stepping while
-//! it has work; each HTTP request gets a channel of [`RequestOutput`]s. A client that
-//! goes away (dropped connection or stream) aborts its request, freeing its blocks.
+//! One user of the [`EngineHandle`]: each HTTP request gets a [`RequestStream`] of
+//! [`RequestOutput`]s. A client that goes away (dropped connection or stream) drops its
+//! stream, which aborts its request and frees its blocks.
 //! Routes: `POST /v1/completions`, `POST /v1/chat/completions` (both with SSE
 //! streaming), `GET /v1/models`, `GET /health`, `GET /metrics`.
 
@@ -12,16 +12,20 @@ mod openai;
 
 pub use events::KvEventsConfig;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc as tmpsc, oneshot};
 
-use crate::engine::{Engine, NewRequest, RequestOutput};
-use crate::error::{EngineError, Result};
+use crate::engine::Engine;
+#[cfg(doc)]
+use crate::engine::RequestOutput;
+use crate::error::Result;
+#[cfg(doc)]
+use crate::handle::RequestStream;
+use crate::handle::{EngineHandle, HandleConfig};
 use crate::tokenizer::{ChatTemplate, Tokenize};
 
 /// Server settings beyond the engine's.
@@ -41,12 +45,6 @@ impl Default for ServerConfig {
     }
 }
 
-pub(crate) enum Command {
-    Add { req: Box<NewRequest>, out: tmpsc::UnboundedSender<RequestOutput>, ack: oneshot::Sender<Result<()>> },
-    Abort(String),
-    Shutdown,
-}
-
 /// What the HTTP handlers share.
 pub(crate) struct AppState {
     pub(crate) model_name: String,
@@ -54,9 +52,8 @@ pub(crate) struct AppState {
     pub(crate) tokenizer: Arc<dyn Tokenize>,
     pub(crate) template: ChatTemplate,
     pub(crate) defaults: crate::model::GenerationConfig,
-    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) engine: EngineHandle,
     pub(crate) registry: Registry,
-    pub(crate) alive: Arc<AtomicBool>,
     pub(crate) next_id: AtomicU64,
     // Distinguishes this process's request ids from other replicas'.
     pub(crate) instance: u32,
@@ -72,8 +69,7 @@ impl AppState {
 /// A running engine thread plus the router that serves it.
 pub struct Server {
     router: Router,
-    commands: mpsc::Sender<Command>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    engine: EngineHandle,
     events_endpoint: Option<String>,
 }
 
@@ -87,29 +83,54 @@ impl Server {
     /// Starts the engine thread (and the KV event publisher, which needs a tokio
     /// runtime). `template` renders chat requests.
     pub async fn start(engine: Engine, template: ChatTemplate, cfg: ServerConfig) -> Result<Self> {
-        let (events_tx, events_endpoint) = match &cfg.kv_events {
+        let (kv_events, events_endpoint) = match &cfg.kv_events {
             None => (None, None),
             Some(ev) => {
                 let (publisher, bound) = events::Publisher::bind(ev).await?;
-                let (tx, rx) = tmpsc::unbounded_channel();
+                let (tx, rx) = crate::channel::channel();
                 tokio::spawn(publisher.run(rx));
                 tracing::info!(endpoint = %bound, topic = %ev.topic, "publishing KV events");
                 (Some(tx), Some(bound))
             }
         };
+        let handle =
+            EngineHandle::spawn(engine, HandleConfig { max_queued_requests: cfg.max_queued_requests, kv_events })?;
+        let advertised = events_endpoint.clone().zip(cfg.kv_events.as_ref().map(|e| e.topic.clone()));
+        let mut server = Self::build(handle, template, cfg.defaults, advertised);
+        server.events_endpoint = events_endpoint;
+        Ok(server)
+    }
+
+    /// Serves an engine already running behind `handle` (whose KV events, if any, the
+    /// caller consumes). `defaults` are the checkpoint's sampling defaults. Like
+    /// [`start`](Self::start)'s, the engine stops when the server is dropped or
+    /// [`serve`](Self::serve) returns.
+    pub fn with_handle(handle: EngineHandle, template: ChatTemplate, defaults: crate::model::GenerationConfig) -> Self {
+        Self::build(handle, template, defaults, None)
+    }
+
+    // `events`: the bound KV-event endpoint and topic, advertised in /metrics as
+    // `llmd:kv_events_info` so a picker told only the HTTP address finds the stream.
+    fn build(
+        handle: EngineHandle,
+        template: ChatTemplate,
+        defaults: crate::model::GenerationConfig,
+        events: Option<(String, String)>,
+    ) -> Self {
         let mut registry = Registry::default();
-        engine.metrics().register(&mut registry);
-        let (tx, rx) = mpsc::channel();
-        let alive = Arc::new(AtomicBool::new(true));
+        handle.metrics().register(&mut registry);
+        if let Some((endpoint, topic)) = events {
+            let info = prometheus_client::metrics::info::Info::new(vec![("endpoint", endpoint), ("topic", topic)]);
+            registry.register("llmd:kv_events", "Where this engine publishes KV events", info);
+        }
         let state = Arc::new(AppState {
-            model_name: engine.config().model_name.clone(),
-            max_model_len: engine.config().max_model_len,
-            tokenizer: engine.tokenizer(),
+            model_name: handle.config().model_name.clone(),
+            max_model_len: handle.config().max_model_len,
+            tokenizer: handle.tokenizer(),
             template,
-            defaults: cfg.defaults.clone(),
-            commands: tx.clone(),
+            defaults,
+            engine: handle.clone(),
             registry,
-            alive: alive.clone(),
             next_id: AtomicU64::new(0),
             instance: {
                 let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -117,10 +138,6 @@ impl Server {
             },
             created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         });
-        let thread = std::thread::Builder::new()
-            .name("llmd-engine".into())
-            .spawn(move || engine_loop(engine, rx, cfg, alive, events_tx))
-            .map_err(|e| EngineError::EngineDead(format!("cannot start the engine thread: {e}")))?;
         let router = Router::new()
             .route("/v1/completions", post(handlers::completions))
             .route("/v1/chat/completions", post(handlers::chat))
@@ -128,7 +145,12 @@ impl Server {
             .route("/health", get(handlers::health))
             .route("/metrics", get(handlers::metrics))
             .with_state(state);
-        Ok(Server { router, commands: tx, thread: Some(thread), events_endpoint })
+        Server { router, engine: handle, events_endpoint: None }
+    }
+
+    /// The engine behind the routes (to export or import KV prefixes, for instance).
+    pub fn handle(&self) -> &EngineHandle {
+        &self.engine
     }
 
     /// The endpoint KV events are published on, once bound (with the real port).
@@ -160,10 +182,8 @@ impl Server {
     }
 
     fn stop(&mut self) {
-        let _ = self.commands.send(Command::Shutdown);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // Blocks for at most one engine step.
+        self.engine.shutdown();
     }
 }
 
@@ -171,87 +191,4 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn engine_loop(
-    mut engine: Engine,
-    rx: mpsc::Receiver<Command>,
-    cfg: ServerConfig,
-    alive: Arc<AtomicBool>,
-    events_tx: Option<tmpsc::UnboundedSender<llmd_kvcache::KvEventBatch>>,
-) {
-    use std::collections::HashMap;
-    // Marks the server unhealthy however the loop ends, a panic included, so /health
-    // fails and the orchestrator restarts the pod.
-    struct Alive(Arc<AtomicBool>);
-    impl Drop for Alive {
-        fn drop(&mut self) {
-            self.0.store(false, Ordering::SeqCst);
-        }
-    }
-    let _alive = Alive(alive);
-    let mut outs: HashMap<String, tmpsc::UnboundedSender<RequestOutput>> = HashMap::new();
-    let _span = tracing::info_span!("engine", model = %engine.config().model_name).entered();
-    loop {
-        // Idle: block for the next command. Busy: take what has arrived and step.
-        let first = if engine.has_work() {
-            None
-        } else {
-            match rx.recv() {
-                Ok(c) => Some(c),
-                Err(_) => break,
-            }
-        };
-        let mut shutdown = false;
-        for cmd in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-            match cmd {
-                Command::Add { req, out, ack } => {
-                    let (_, waiting) = engine.num_requests();
-                    let result = if waiting >= cfg.max_queued_requests {
-                        Err(EngineError::Overloaded { waiting })
-                    } else {
-                        let id = req.id.clone();
-                        engine.add_request(*req).map(|()| {
-                            outs.insert(id, out);
-                        })
-                    };
-                    let _ = ack.send(result);
-                }
-                Command::Abort(id) => {
-                    engine.abort(&id);
-                    outs.remove(&id);
-                }
-                Command::Shutdown => shutdown = true,
-            }
-        }
-        if shutdown {
-            break;
-        }
-        match engine.step() {
-            Ok(outputs) => {
-                for o in outputs {
-                    let done = o.finished.is_some();
-                    let id = o.id.clone();
-                    let gone = outs.get(&id).is_none_or(|tx| tx.send(o).is_err());
-                    if gone && !done {
-                        // Nobody is listening any more: stop spending compute on it.
-                        engine.abort(&id);
-                    }
-                    if done || gone {
-                        outs.remove(&id);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "engine step failed; stopping");
-                break;
-            }
-        }
-        // Always drain: without a publisher the batch is simply dropped.
-        let batch = engine.take_events();
-        if let (Some(tx), Some(batch)) = (&events_tx, batch) {
-            let _ = tx.send(batch);
-        }
-    }
-    // Dropping the senders ends every open response stream.
 }

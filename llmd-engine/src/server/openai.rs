@@ -1,65 +1,17 @@
-//! OpenAI API request and response bodies (the subset vLLM serves), plus vLLM's
-//! extensions (`top_k`, `ignore_eos`, `stop_token_ids`).
+//! The OpenAI wire types the handlers use (from `llmd-openai`, under the names the
+//! handlers know), and which request parameters this server refuses.
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// A prompt: text, texts, token ids, or lists of token ids.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum Prompt {
-    Text(String),
-    Texts(Vec<String>),
-    Tokens(Vec<u32>),
-    TokenLists(Vec<Vec<u32>>),
-}
-
-/// `stop`: one string or several.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Stop {
-    pub(crate) fn into_vec(self) -> Vec<String> {
-        match self {
-            Stop::One(s) => vec![s],
-            Stop::Many(v) => v,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub(crate) struct StreamOptions {
-    #[serde(default)]
-    pub(crate) include_usage: bool,
-}
-
-/// Sampling fields shared by both endpoints.
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct Common {
-    pub(crate) model: Option<String>,
-    pub(crate) temperature: Option<f32>,
-    pub(crate) top_p: Option<f32>,
-    pub(crate) top_k: Option<i64>,
-    pub(crate) n: Option<u32>,
-    #[serde(default)]
-    pub(crate) stream: bool,
-    pub(crate) stream_options: Option<StreamOptions>,
-    pub(crate) stop: Option<Stop>,
-    pub(crate) seed: Option<u64>,
-    #[serde(default)]
-    pub(crate) ignore_eos: bool,
-    #[serde(default)]
-    pub(crate) stop_token_ids: Vec<u32>,
-    pub(crate) cache_salt: Option<String>,
-    /// Parameters vLLM or OpenAI accept that this server does not implement; a request
-    /// setting one to a non-neutral value is refused rather than silently ignored.
-    #[serde(flatten)]
-    pub(crate) other: serde_json::Map<String, Value>,
-}
+pub(crate) use llmd_openai::request::{
+    ChatCompletionRequest as ChatRequest, CommonParams as Common, CompletionRequest, SinglePrompt, Stop,
+};
+pub(crate) use llmd_openai::response::{
+    ChatChoice, ChatCompletionResponse as ChatResponse, ChatLogprobs, ChatTokenLogprob, CompletionChoice,
+    CompletionLogprobs, CompletionResponse, TopLogprob, Usage,
+};
+pub(crate) use llmd_openai::stream::{ChatChunkChoice, ChatCompletionChunk as ChatChunk, Delta};
+pub(crate) use llmd_openai::{ChatMessage, ErrorBody, ErrorKind};
 
 /// Unimplemented parameters and the value that means "off".
 const NEUTRAL: &[(&str, &str)] = &[
@@ -82,9 +34,15 @@ const NEUTRAL: &[(&str, &str)] = &[
     ("suffix", "null"),
 ];
 
-impl Common {
+/// Parameters vLLM or OpenAI accept that this server does not implement: a request
+/// setting one to a non-neutral value is refused rather than silently ignored.
+pub(crate) trait Unsupported {
     /// The first unsupported parameter set to something other than its neutral value.
-    pub(crate) fn unsupported(&self) -> Option<&'static str> {
+    fn unsupported(&self) -> Option<&'static str>;
+}
+
+impl Unsupported for Common {
+    fn unsupported(&self) -> Option<&'static str> {
         NEUTRAL.iter().find_map(|(name, neutral)| {
             let v = self.other.get(*name)?;
             let off: Value = serde_json::from_str(neutral).unwrap_or(Value::Null);
@@ -92,173 +50,4 @@ impl Common {
             (!same).then_some(*name)
         })
     }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct CompletionRequest {
-    pub(crate) prompt: Prompt,
-    pub(crate) max_tokens: Option<usize>,
-    pub(crate) logprobs: Option<usize>,
-    #[serde(default)]
-    pub(crate) echo: bool,
-    #[serde(flatten)]
-    pub(crate) common: Common,
-}
-
-/// Chat message content: a string or a list of parts (only text parts are served).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum Content {
-    Text(String),
-    Parts(Vec<Value>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct InMessage {
-    pub(crate) role: String,
-    pub(crate) content: Option<Content>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct ChatRequest {
-    pub(crate) messages: Vec<InMessage>,
-    pub(crate) max_tokens: Option<usize>,
-    pub(crate) max_completion_tokens: Option<usize>,
-    #[serde(default)]
-    pub(crate) logprobs: bool,
-    pub(crate) top_logprobs: Option<usize>,
-    #[serde(default = "yes")]
-    pub(crate) add_generation_prompt: bool,
-    #[serde(flatten)]
-    pub(crate) common: Common,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct PromptTokensDetails {
-    pub(crate) cached_tokens: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Usage {
-    pub(crate) prompt_tokens: usize,
-    pub(crate) completion_tokens: usize,
-    pub(crate) total_tokens: usize,
-    pub(crate) prompt_tokens_details: PromptTokensDetails,
-}
-
-impl Usage {
-    pub(crate) fn new(prompt: usize, completion: usize, cached: usize) -> Self {
-        Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            total_tokens: prompt + completion,
-            prompt_tokens_details: PromptTokensDetails { cached_tokens: cached },
-        }
-    }
-}
-
-/// Legacy completions logprobs.
-#[derive(Debug, Clone, Default, Serialize)]
-pub(crate) struct CompletionLogprobs {
-    pub(crate) tokens: Vec<String>,
-    pub(crate) token_logprobs: Vec<f32>,
-    pub(crate) top_logprobs: Vec<serde_json::Map<String, Value>>,
-    pub(crate) text_offset: Vec<usize>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct CompletionChoice {
-    pub(crate) index: u32,
-    pub(crate) text: String,
-    pub(crate) logprobs: Option<CompletionLogprobs>,
-    pub(crate) finish_reason: Option<&'static str>,
-    pub(crate) stop_reason: Option<Value>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct CompletionResponse {
-    pub(crate) id: String,
-    pub(crate) object: &'static str,
-    pub(crate) created: u64,
-    pub(crate) model: String,
-    pub(crate) choices: Vec<CompletionChoice>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) usage: Option<Usage>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct TopLogprob {
-    pub(crate) token: String,
-    pub(crate) logprob: f32,
-    pub(crate) bytes: Vec<u8>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ChatTokenLogprob {
-    pub(crate) token: String,
-    pub(crate) logprob: f32,
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) top_logprobs: Vec<TopLogprob>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub(crate) struct ChatLogprobs {
-    pub(crate) content: Vec<ChatTokenLogprob>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct OutMessage {
-    pub(crate) role: &'static str,
-    pub(crate) content: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ChatChoice {
-    pub(crate) index: u32,
-    pub(crate) message: OutMessage,
-    pub(crate) logprobs: Option<ChatLogprobs>,
-    pub(crate) finish_reason: Option<&'static str>,
-    pub(crate) stop_reason: Option<Value>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ChatResponse {
-    pub(crate) id: String,
-    pub(crate) object: &'static str,
-    pub(crate) created: u64,
-    pub(crate) model: String,
-    pub(crate) choices: Vec<ChatChoice>,
-    pub(crate) usage: Usage,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Delta {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) role: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) content: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ChatChunkChoice {
-    pub(crate) index: u32,
-    pub(crate) delta: Delta,
-    pub(crate) logprobs: Option<ChatLogprobs>,
-    pub(crate) finish_reason: Option<&'static str>,
-    pub(crate) stop_reason: Option<Value>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ChatChunk {
-    pub(crate) id: String,
-    pub(crate) object: &'static str,
-    pub(crate) created: u64,
-    pub(crate) model: String,
-    pub(crate) choices: Vec<ChatChunkChoice>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) usage: Option<Usage>,
 }

@@ -113,3 +113,65 @@ mod tests {
         assert_eq!(ids(q.filter(&mut st, &req, vec![&eps[0]])), vec!["p"]);
     }
 }
+
+/// `attribute-filter` (llmd's): keeps endpoints whose numeric attribute (written by a
+/// data-layer extractor) lies within `min` / `max`; endpoints without it are kept only
+/// with `keepMissing: true`.
+#[derive(Debug)]
+pub struct AttributeFilter {
+    attribute: String,
+    min: f64,
+    max: f64,
+    keep_missing: bool,
+}
+
+impl AttributeFilter {
+    /// From `parameters`: `attribute` (required), `min`, `max`, `keepMissing`.
+    pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let q = Params(p);
+        let num = |k: &str, d: f64| -> Result<f64, String> {
+            match p.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(d),
+                Some(v) => v.as_f64().ok_or_else(|| format!("parameter {k}: expected a number, got {v}")),
+            }
+        };
+        Ok(AttributeFilter {
+            attribute: q.string("attribute")?.ok_or("parameter attribute is required")?,
+            min: num("min", f64::NEG_INFINITY)?,
+            max: num("max", f64::INFINITY)?,
+            keep_missing: q.bool("keepMissing", false)?,
+        })
+    }
+}
+
+impl Filter for AttributeFilter {
+    fn filter<'a>(&self, _: &mut CycleState, _: &LlmRequest, endpoints: Vec<&'a Endpoint>) -> Vec<&'a Endpoint> {
+        endpoints
+            .into_iter()
+            .filter(|e| match e.attribute(&self.attribute).and_then(|v| v.as_f64()) {
+                Some(v) => v >= self.min && v <= self.max,
+                None => self.keep_missing,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod attribute_tests {
+    use super::*;
+    use crate::endpoint::AttributeValue;
+
+    #[test]
+    fn attribute_filter_keeps_the_range() {
+        let mut a = Endpoint::new("a", "a:1", Role::Both);
+        a.attributes.insert("q".into(), AttributeValue::Int(3));
+        let mut b = Endpoint::new("b", "b:1", Role::Both);
+        b.attributes.insert("q".into(), AttributeValue::Float(9.0));
+        let c = Endpoint::new("c", "c:1", Role::Both);
+        let f = AttributeFilter::from_params(&serde_json::json!({"attribute": "q", "max": 5})).unwrap();
+        let kept = f.filter(&mut CycleState::default(), &LlmRequest::default(), vec![&a, &b, &c]);
+        assert_eq!(kept.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["a"]);
+        let f = AttributeFilter::from_params(&serde_json::json!({"attribute": "q", "keepMissing": true})).unwrap();
+        assert_eq!(f.filter(&mut CycleState::default(), &LlmRequest::default(), vec![&a, &b, &c]).len(), 3);
+    }
+}

@@ -9,6 +9,38 @@ pub mod scorers;
 
 use serde_json::Value;
 
+/// Parses a Go-style duration (`"500ms"`, `"30s"`, `"2m"`, `"1h"`, `"1m30s"`), the form
+/// llm-d's parameters use.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration like \"30s\" or \"2m\"");
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let value: f64 = rest[..n].parse().map_err(|_| bad())?;
+        rest = &rest[n..];
+        let u = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = &rest[u..];
+    }
+    if total <= 0.0 || !total.is_finite() {
+        return Err(format!("{s:?} must be positive"));
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
+
 /// Typed access to a plugin's `parameters`, with errors that name the parameter.
 pub(crate) struct Params<'a>(pub(crate) &'a Value);
 

@@ -76,6 +76,14 @@ impl KvEventConsumer for PrecisePrefixCacheScorer {
     fn blocks(&self) -> usize {
         self.index_len()
     }
+
+    fn endpoint_blocks(&self, endpoint: &str) -> usize {
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).endpoint_blocks(endpoint)
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).endpoints()
+    }
 }
 
 #[cfg(test)]

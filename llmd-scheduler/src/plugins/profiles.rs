@@ -2,7 +2,7 @@
 
 use super::Params;
 use super::prefix::{PREFIX_MATCH_KEY, PrefixMatch};
-use crate::plugin::{CycleState, ProfileHandler, ProfileResults};
+use crate::plugin::{CycleState, ProfileHandler, ProfileResults, ProfileRoles};
 use crate::request::LlmRequest;
 
 /// `single-profile-handler`: runs the only profile.
@@ -38,17 +38,24 @@ pub struct PdProfileHandler {
 
 impl PdProfileHandler {
     /// From `parameters`: `threshold` (or a decider's `nonCachedTokens`, merged in by the
-    /// config loader), `prefillProfile` / `decodeProfile` names.
+    /// config loader); the profile names as `pd-profile-handler` spells them
+    /// (`prefillProfile` / `decodeProfile`) or as `disagg-profile-handler` does
+    /// (`profiles: {prefill, decode}`).
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let q = Params(p);
         let threshold = match q.u64("nonCachedTokens", u64::MAX)? {
             u64::MAX => q.u64("threshold", 0)?,
             n => n,
         } as usize;
+        let nested = p.get("profiles").cloned().unwrap_or(serde_json::Value::Null);
+        let n = Params(&nested);
+        let name = |flat: &str, key: &str| -> Result<String, String> {
+            Ok(q.string(flat)?.or(n.string(key)?).unwrap_or_else(|| key.to_string()))
+        };
         Ok(PdProfileHandler {
             threshold,
-            prefill: q.string("prefillProfile")?.unwrap_or_else(|| "prefill".into()),
-            decode: q.string("decodeProfile")?.unwrap_or_else(|| "decode".into()),
+            prefill: name("prefillProfile", "prefill")?,
+            decode: name("decodeProfile", "decode")?,
         })
     }
 }
@@ -66,6 +73,10 @@ impl ProfileHandler for PdProfileHandler {
 
     fn primary(&self, _: &ProfileResults) -> Option<String> {
         Some(self.decode.clone())
+    }
+
+    fn roles(&self) -> ProfileRoles {
+        ProfileRoles { prefill: Some(self.prefill.clone()), decode: Some(self.decode.clone()) }
     }
 
     fn required_profiles(&self) -> Vec<String> {

@@ -18,6 +18,83 @@ impl Scorer for QueueScorer {
     }
 }
 
+/// `active-request-scorer` (llm-d's): fewer requests in flight from this picker score
+/// higher: `(max - n) / max` over the candidates, 1 for all when none has any. The
+/// counts are the picker's own ([`Endpoint::inflight`]), exact the moment a request is
+/// sent, where scraped queue lengths lag by a scrape interval.
+#[derive(Debug)]
+pub struct ActiveRequestScorer {
+    request_timeout: std::time::Duration,
+}
+
+/// How long a request counts as in flight when its end is never seen (llm-d's default).
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl ActiveRequestScorer {
+    /// From `parameters`: `requestTimeout` (a duration such as `"30s"`, `"2m"`).
+    pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let request_timeout = match Params(p).string("requestTimeout")? {
+            None => DEFAULT_REQUEST_TIMEOUT,
+            Some(s) => super::parse_duration(&s).map_err(|e| format!("parameter requestTimeout: {e}"))?,
+        };
+        Ok(ActiveRequestScorer { request_timeout })
+    }
+
+    /// After this long in flight a request no longer counts (its end was never seen).
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.request_timeout
+    }
+}
+
+impl Scorer for ActiveRequestScorer {
+    fn score(&self, _: &mut CycleState, _: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
+        let max = eps.iter().map(|e| e.inflight.requests).max().unwrap_or(0);
+        eps.iter()
+            .map(|e| if max == 0 { 1.0 } else { (max - e.inflight.requests.min(max)) as f64 / max as f64 })
+            .collect()
+    }
+}
+
+/// `attribute-scorer` (llmd's): scores a numeric endpoint attribute that a data-layer
+/// extractor wrote, min-max normalised over the candidates; `prefer: lower` (default)
+/// or `higher`. Endpoints without the attribute score 0.
+#[derive(Debug)]
+pub struct AttributeScorer {
+    attribute: String,
+    higher: bool,
+}
+
+impl AttributeScorer {
+    /// From `parameters`: `attribute` (required), `prefer` (`lower` | `higher`).
+    pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let q = Params(p);
+        let attribute = q.string("attribute")?.ok_or("parameter attribute is required")?;
+        let higher = match q.string("prefer")?.as_deref() {
+            None | Some("lower") => false,
+            Some("higher") => true,
+            Some(o) => return Err(format!("parameter prefer: {o:?} is not lower or higher")),
+        };
+        Ok(AttributeScorer { attribute, higher })
+    }
+}
+
+impl Scorer for AttributeScorer {
+    fn score(&self, _: &mut CycleState, _: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
+        let vals: Vec<Option<f64>> =
+            eps.iter().map(|e| e.attribute(&self.attribute).and_then(|v| v.as_f64())).collect();
+        let present = vals.iter().flatten();
+        let (min, max) = present.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        vals.iter()
+            .map(|v| match v {
+                None => 0.0,
+                Some(_) if max <= min => 1.0,
+                Some(v) if self.higher => (v - min) / (max - min),
+                Some(v) => (max - v) / (max - min),
+            })
+            .collect()
+    }
+}
+
 /// `kv-cache-utilization-scorer`: `1 - kv_cache_usage`.
 #[derive(Debug, Default)]
 pub struct KvCacheUtilizationScorer;
@@ -106,6 +183,36 @@ mod tests {
         e.metrics.waiting = waiting;
         e.metrics.kv_usage = kv;
         e
+    }
+
+    #[test]
+    fn attribute_scorer_reads_by_name() {
+        use crate::endpoint::AttributeValue;
+        let mut eps = [ep("a", 0, 0.0), ep("b", 0, 0.0), ep("c", 0, 0.0)];
+        eps[0].attributes.insert("gpu.temp".into(), AttributeValue::Float(80.0));
+        eps[1].attributes.insert("gpu.temp".into(), AttributeValue::Int(40));
+        let (mut st, req) = (CycleState::default(), LlmRequest::default());
+        let s = AttributeScorer::from_params(&serde_json::json!({"attribute": "gpu.temp"})).unwrap();
+        assert_eq!(s.score(&mut st, &req, &eps.iter().collect::<Vec<_>>()), [0.0, 1.0, 0.0]);
+        let h =
+            AttributeScorer::from_params(&serde_json::json!({"attribute": "gpu.temp", "prefer": "higher"})).unwrap();
+        assert_eq!(h.score(&mut st, &req, &eps.iter().collect::<Vec<_>>()), [1.0, 0.0, 0.0]);
+        assert!(AttributeScorer::from_params(&serde_json::json!({})).is_err());
+    }
+
+    #[test]
+    fn active_requests_score_like_llm_d() {
+        let mut eps = [ep("a", 0, 0.0), ep("b", 0, 0.0), ep("c", 0, 0.0)];
+        let (mut st, req) = (CycleState::default(), LlmRequest::default());
+        let s = ActiveRequestScorer::from_params(&serde_json::json!({})).unwrap();
+        assert_eq!(s.score(&mut st, &req, &eps.iter().collect::<Vec<_>>()), [1.0, 1.0, 1.0]);
+        eps[0].inflight.requests = 4;
+        eps[1].inflight.requests = 1;
+        assert_eq!(s.score(&mut st, &req, &eps.iter().collect::<Vec<_>>()), [0.0, 0.75, 1.0]);
+        let t = ActiveRequestScorer::from_params(&serde_json::json!({"requestTimeout": "30s"})).unwrap();
+        assert_eq!(t.request_timeout(), std::time::Duration::from_secs(30));
+        let e = ActiveRequestScorer::from_params(&serde_json::json!({"requestTimeout": "soon"})).unwrap_err();
+        assert!(e.contains("requestTimeout"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! API Inference Extension runs it. Envoy streams a request's headers and body; once the
 //! body is complete the picker answers with the chosen endpoint as the
 //! `x-gateway-destination-endpoint` header (route cache cleared) and as
-//! `envoy.lb` dynamic metadata, the way llm-d's EPP does. Response phases pass through.
+//! `envoy.lb` dynamic metadata, the way llm-d's EPP does. Response phases pass through;
+//! the request counts as in flight on its endpoint until the response body ends (or
+//! the stream closes). It needs only the [picker core](crate::picker), not the HTTP gateway.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,21 +25,21 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{DESTINATION_HEADER, Gateway, PREFILL_HEADER};
+use crate::picker::{DESTINATION_HEADER, EndpointPicker, PREFILL_HEADER, Picked, parse_body};
 
 /// Dynamic-metadata namespace Envoy's load balancer reads the destination from.
 pub const LB_NAMESPACE: &str = "envoy.lb";
 
-/// The ext-proc service over a [`Gateway`]'s scheduler and endpoints.
+/// The ext-proc service over an [`EndpointPicker`].
 #[derive(Debug, Clone)]
 pub struct ExtProc {
-    gateway: Arc<Gateway>,
+    picker: Arc<EndpointPicker>,
 }
 
 impl ExtProc {
     /// The service, ready to add to a tonic server.
-    pub fn server(gateway: Arc<Gateway>) -> ExternalProcessorServer<ExtProc> {
-        ExternalProcessorServer::new(ExtProc { gateway })
+    pub fn server(picker: Arc<EndpointPicker>) -> ExternalProcessorServer<ExtProc> {
+        ExternalProcessorServer::new(ExtProc { picker })
     }
 }
 
@@ -61,10 +63,12 @@ impl ExternalProcessor for ExtProc {
     async fn process(&self, request: Request<Streaming<ProcessingRequest>>) -> Result<Response<OutStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<ProcessingResponse, Status>>(8);
-        let gateway = self.gateway.clone();
+        let picker = self.picker.clone();
         tokio::spawn(async move {
             let mut headers: Vec<(String, String)> = Vec::new();
             let mut body = Vec::new();
+            // The pick of this stream's request: in flight until the response ends.
+            let mut picked: Option<Picked> = None;
             loop {
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,
@@ -93,7 +97,7 @@ impl ExternalProcessor for ExtProc {
                             })
                             .unwrap_or_default();
                         if h.end_of_stream {
-                            Some(decide(&gateway, &headers, b"", true))
+                            Some(decide(&picker, &headers, b"", true, &mut picked))
                         } else {
                             Some(Out::RequestHeaders(HeadersResponse::default()))
                         }
@@ -101,10 +105,20 @@ impl ExternalProcessor for ExtProc {
                     Some(In::RequestBody(b)) => {
                         body.extend_from_slice(&b.body);
                         // Streamed bodies arrive in pieces; the pick waits for the end.
-                        b.end_of_stream.then(|| decide(&gateway, &headers, &body, false))
+                        b.end_of_stream.then(|| decide(&picker, &headers, &body, false, &mut picked))
                     }
-                    Some(In::ResponseHeaders(_)) => Some(Out::ResponseHeaders(HeadersResponse::default())),
-                    Some(In::ResponseBody(_)) => Some(Out::ResponseBody(BodyResponse::default())),
+                    Some(In::ResponseHeaders(h)) => {
+                        if h.end_of_stream {
+                            picked = None;
+                        }
+                        Some(Out::ResponseHeaders(HeadersResponse::default()))
+                    }
+                    Some(In::ResponseBody(b)) => {
+                        if b.end_of_stream {
+                            picked = None;
+                        }
+                        Some(Out::ResponseBody(BodyResponse::default()))
+                    }
                     Some(In::RequestTrailers(_)) => Some(Out::RequestTrailers(TrailersResponse::default())),
                     Some(In::ResponseTrailers(_)) => Some(Out::ResponseTrailers(TrailersResponse::default())),
                     None => None,
@@ -152,24 +166,30 @@ fn lb_metadata(dest: String) -> Struct {
 }
 
 /// Picks for a complete request; answers in the phase that completed it.
-fn decide(gateway: &Gateway, headers: &[(String, String)], body: &[u8], in_headers: bool) -> Out {
+fn decide(
+    picker: &EndpointPicker,
+    headers: &[(String, String)],
+    body: &[u8],
+    in_headers: bool,
+    picked: &mut Option<Picked>,
+) -> Out {
     let path = headers.iter().find(|(k, _)| k == ":path").map_or("/v1/completions", |(_, v)| v.as_str());
-    let parsed: serde_json::Value = if body.is_empty() {
-        serde_json::Value::Object(Default::default())
-    } else {
-        match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(e) => return immediate(400, &format!("request body is not valid JSON: {e}")),
-        }
+    let parsed = match parse_body(body) {
+        Ok(v) => v,
+        Err(e) => return immediate(e.http_status(), &e.to_string()),
     };
-    let header_map = headers.iter().cloned().collect();
-    match gateway.pick_for(path, &header_map, &parsed, &Default::default()) {
+    // Clients must not choose the destination themselves.
+    let header_map = headers.iter().filter(|(k, _)| k != PREFILL_HEADER && k != DESTINATION_HEADER).cloned().collect();
+    match picker.pick(path, &header_map, &parsed, &Default::default()) {
         Ok(pick) => {
-            let Some(dest) = pick.destination() else { return immediate(503, "no destination") };
-            let mut set = vec![header(DESTINATION_HEADER, &dest.address)];
-            if let Some(pf) = pick.picks.get("prefill").filter(|_| pick.primary != "prefill") {
-                set.push(header(PREFILL_HEADER, &pf.address));
+            let Some(dest) = pick.destination_address().map(String::from) else {
+                return immediate(503, "no destination");
+            };
+            let mut set = vec![header(DESTINATION_HEADER, &dest)];
+            if let Some(pf) = pick.prefill_address() {
+                set.push(header(PREFILL_HEADER, pf));
             }
+            *picked = Some(pick);
             let common = CommonResponse {
                 header_mutation: Some(HeaderMutation { set_headers: set, ..Default::default() }),
                 clear_route_cache: true,
@@ -181,15 +201,14 @@ fn decide(gateway: &Gateway, headers: &[(String, String)], body: &[u8], in_heade
                 Out::RequestBody(BodyResponse { response: Some(common) })
             }
         }
-        Err((code, msg)) => immediate(code, &msg),
+        Err(e) => immediate(e.http_status(), &e.to_string()),
     }
 }
 
 fn immediate(code: u16, message: &str) -> Out {
-    let body = serde_json::json!({"error": {"message": message, "type": if code == 400 { "BadRequestError" } else { "ServiceUnavailableError" }, "param": null, "code": code}});
     Out::ImmediateResponse(ImmediateResponse {
         status: Some(HttpStatus { code: i32::from(code) }),
-        body: body.to_string().into_bytes(),
+        body: llmd_openai::ErrorBody::from_status(code, message).to_json().into_bytes(),
         details: message.into(),
         ..Default::default()
     })

@@ -1,0 +1,262 @@
+//! Assembling an engine from a few choices: which model (the built-in one, a Hugging
+//! Face checkpoint directory, or the simulator), the KV cache (blocks, block size,
+//! dtype), and the batching limits. What `llmd serve`, `llmd up` and embedding programs
+//! share, so they build engines the same way.
+//!
+//! ```
+//! use llmd_engine::EngineBuilder;
+//!
+//! # fn main() -> Result<(), llmd_engine::EngineError> {
+//! let built = EngineBuilder::builtin().num_blocks(64).max_model_len(512).build()?;
+//! assert_eq!(built.engine.config().model_name, "llmd-tiny");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::backend::{Backend, ModelBackend};
+use crate::builtin;
+use crate::clock::{Clock, SystemClock};
+use crate::engine::{Engine, EngineConfig};
+use crate::error::{EngineError, Result};
+use crate::kv::KvDtype;
+use crate::model::{GenerationConfig, LlamaModel};
+use crate::sim::{LatencyModel, SimBackend};
+use crate::tokenizer::{ByteTokenizer, ChatTemplate, DEFAULT_CHAT_TEMPLATE, PromptRenderer, Tokenize};
+
+/// Name a simulated engine is served under by default.
+pub const SIM_MODEL_NAME: &str = "llmd-sim";
+
+/// Longest default context: a model's own limit, capped here.
+const DEFAULT_MAX_MODEL_LEN: usize = 8192;
+
+/// Where the model comes from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// The built-in tiny Llama, its weights drawn from the builder's seed.
+    Builtin,
+    /// A Hugging Face checkpoint directory (`config.json`, safetensors,
+    /// `tokenizer.json`, optionally a chat template and `generation_config.json`).
+    Checkpoint(PathBuf),
+    /// The simulator (byte tokenizer, latency model, no weights).
+    Sim(LatencyModel),
+}
+
+/// An engine with what serving it needs besides.
+#[derive(Debug)]
+pub struct BuiltEngine {
+    /// The engine.
+    pub engine: Engine,
+    /// Its chat template.
+    pub template: ChatTemplate,
+    /// Sampling defaults from the checkpoint (empty for the built-in model and the
+    /// simulator).
+    pub generation: GenerationConfig,
+}
+
+/// Builds an [`Engine`]; see the [module docs](self).
+#[derive(Clone)]
+pub struct EngineBuilder {
+    source: ModelSource,
+    served_model_name: Option<String>,
+    block_size: usize,
+    num_blocks: Option<usize>,
+    kv_cache_bytes: usize,
+    kv_dtype: KvDtype,
+    max_num_seqs: usize,
+    max_num_batched_tokens: usize,
+    max_model_len: Option<usize>,
+    enable_prefix_caching: bool,
+    seed: u64,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder").field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+impl EngineBuilder {
+    /// A builder for `source` with the defaults: 16-token blocks, as many blocks as
+    /// 256 MiB holds (8192 for the simulator), f16 KV, 64 sequences and 2048 tokens per
+    /// step, the model's context capped at 8192, prefix caching on, seed 0, the system
+    /// clock.
+    pub fn new(source: ModelSource) -> Self {
+        let defaults = EngineConfig::default();
+        EngineBuilder {
+            source,
+            served_model_name: None,
+            block_size: defaults.block_size,
+            num_blocks: None,
+            kv_cache_bytes: 256 << 20,
+            kv_dtype: defaults.kv_dtype,
+            max_num_seqs: defaults.max_num_seqs,
+            max_num_batched_tokens: defaults.max_num_batched_tokens,
+            max_model_len: None,
+            enable_prefix_caching: defaults.enable_prefix_caching,
+            seed: 0,
+            clock: None,
+        }
+    }
+
+    /// The built-in model.
+    pub fn builtin() -> Self {
+        Self::new(ModelSource::Builtin)
+    }
+
+    /// A checkpoint directory.
+    pub fn checkpoint(dir: impl Into<PathBuf>) -> Self {
+        Self::new(ModelSource::Checkpoint(dir.into()))
+    }
+
+    /// The simulator with `latency`.
+    pub fn sim(latency: LatencyModel) -> Self {
+        Self::new(ModelSource::Sim(latency))
+    }
+
+    /// Name clients use in the `model` field (default: the checkpoint directory's name,
+    /// `llmd-tiny` or `llmd-sim`).
+    pub fn served_model_name(mut self, name: impl Into<String>) -> Self {
+        self.served_model_name = Some(name.into());
+        self
+    }
+
+    /// Tokens per KV block.
+    pub fn block_size(mut self, n: usize) -> Self {
+        self.block_size = n;
+        self
+    }
+
+    /// KV blocks (overrides [`kv_cache_bytes`](Self::kv_cache_bytes)).
+    pub fn num_blocks(mut self, n: usize) -> Self {
+        self.num_blocks = Some(n);
+        self
+    }
+
+    /// KV cache memory budget, used to size the cache when no block count is given.
+    pub fn kv_cache_bytes(mut self, bytes: usize) -> Self {
+        self.kv_cache_bytes = bytes;
+        self
+    }
+
+    /// KV cache element type.
+    pub fn kv_dtype(mut self, dtype: KvDtype) -> Self {
+        self.kv_dtype = dtype;
+        self
+    }
+
+    /// Most requests per batch.
+    pub fn max_num_seqs(mut self, n: usize) -> Self {
+        self.max_num_seqs = n;
+        self
+    }
+
+    /// Most tokens per step (the chunked prefill budget).
+    pub fn max_num_batched_tokens(mut self, n: usize) -> Self {
+        self.max_num_batched_tokens = n;
+        self
+    }
+
+    /// Longest prompt + output.
+    pub fn max_model_len(mut self, n: usize) -> Self {
+        self.max_model_len = Some(n);
+        self
+    }
+
+    /// Reuse cached prefixes (on by default).
+    pub fn enable_prefix_caching(mut self, on: bool) -> Self {
+        self.enable_prefix_caching = on;
+        self
+    }
+
+    /// Seed of the built-in weights, of the simulator's tokens, and of requests that
+    /// bring none.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The clock (default: the system clock); a manual one makes the simulator run on
+    /// virtual time.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Loads the model and assembles the engine.
+    pub fn build(self) -> Result<BuiltEngine> {
+        let clock = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock::default()));
+        let byte_template = || ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>");
+        let (model, tokenizer, template, generation, name): (
+            Option<LlamaModel>,
+            Arc<dyn Tokenize>,
+            ChatTemplate,
+            GenerationConfig,
+            String,
+        ) = match &self.source {
+            ModelSource::Builtin => (
+                Some(builtin::model(self.seed)?),
+                Arc::new(ByteTokenizer),
+                byte_template(),
+                GenerationConfig::default(),
+                builtin::BUILTIN_MODEL_NAME.into(),
+            ),
+            ModelSource::Sim(_) => {
+                (None, Arc::new(ByteTokenizer), byte_template(), GenerationConfig::default(), SIM_MODEL_NAME.into())
+            }
+            ModelSource::Checkpoint(dir) => {
+                tracing::info!(dir = %dir.display(), "loading checkpoint");
+                let model = LlamaModel::load(dir)?;
+                let r = PromptRenderer::from_dir(dir)?;
+                let name = dir.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+                (Some(model), r.tokenizer, r.template, GenerationConfig::from_dir(dir)?, name)
+            }
+        };
+        let (mut eos, max_ctx) = match &model {
+            Some(m) => (m.config().eos_token_ids.clone(), m.config().max_position_embeddings),
+            None => (vec![ByteTokenizer::EOS], DEFAULT_MAX_MODEL_LEN),
+        };
+        for id in &generation.eos_token_ids {
+            if !eos.contains(id) {
+                eos.push(*id);
+            }
+        }
+        let max_model_len = self.max_model_len.unwrap_or(max_ctx.min(DEFAULT_MAX_MODEL_LEN));
+        let num_blocks = match (self.num_blocks, &model) {
+            (Some(n), _) => n,
+            (None, Some(m)) => {
+                self.kv_cache_bytes / ModelBackend::kv_bytes(m, 1, self.block_size, self.kv_dtype).max(1)
+            }
+            // The simulator holds no KV memory; size it like a mid-sized accelerator.
+            (None, None) => 8192,
+        };
+        if self.block_size == 0 {
+            return Err(EngineError::config("engine", "block_size", "must be positive"));
+        }
+        let backend: Box<dyn Backend> = match (model, &self.source) {
+            (Some(m), _) => Box::new(ModelBackend::new(m, num_blocks, self.block_size, self.kv_dtype)?),
+            (None, ModelSource::Sim(latency)) => Box::new(
+                SimBackend::new(*latency, clock.clone(), ByteTokenizer::VOCAB, max_ctx, 32..127, self.seed)
+                    .with_block_size(self.block_size),
+            ),
+            (None, _) => return Err(EngineError::config("engine", "model", "no model to run")),
+        };
+        let cfg = EngineConfig {
+            model_name: self.served_model_name.unwrap_or(name),
+            block_size: self.block_size,
+            num_blocks,
+            max_num_seqs: self.max_num_seqs,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_model_len,
+            enable_prefix_caching: self.enable_prefix_caching,
+            kv_dtype: self.kv_dtype,
+            seed: self.seed,
+            ..Default::default()
+        };
+        let engine = Engine::new(cfg, backend, tokenizer, eos, clock)?;
+        Ok(BuiltEngine { engine, template, generation })
+    }
+}

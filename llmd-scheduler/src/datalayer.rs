@@ -1,0 +1,397 @@
+//! The data layer, as llm-d's router has it: **data sources** fetch raw data per
+//! endpoint (a Prometheus scrape, a KV-event stream) and hand it to **extractors**,
+//! which write what they find onto the endpoint — typed metrics the built-in scorers
+//! read, and named **attributes** any filter or scorer can read by name
+//! ([`Endpoint::attribute`]). The config's `dataLayer.sources[].extractors[]` wires
+//! them; without a `dataLayer` section (or with `injectDefaults`), the defaults apply:
+//! `metrics-data-source` → `core-metrics-extractor`, and `kv-events-data-source` → every
+//! plugin that consumes KV events (the precise prefix index).
+//!
+//! New data (GPU telemetry, topology, served models) plugs in as another source or
+//! extractor type in the [`PluginRegistry`](crate::PluginRegistry), without touching
+//! the picker. The fetching itself runs in the picker's runtime (feature `runtime`);
+//! everything here is plain code.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::endpoint::{AttributeValue, Endpoint, EndpointMetrics};
+use crate::plugin::KvEventConsumer;
+use crate::scrape;
+
+/// Attribute names the core metrics extractor writes (llm-d's).
+pub mod attributes {
+    /// `vllm:num_requests_waiting`.
+    pub const WAITING_QUEUE_SIZE: &str = "WaitingQueueSize";
+    /// `vllm:num_requests_running`.
+    pub const RUNNING_REQUESTS_SIZE: &str = "RunningRequestsSize";
+    /// `vllm:kv_cache_usage_perc`.
+    pub const KV_CACHE_USAGE_PERCENT: &str = "KVCacheUsagePercent";
+    /// Loaded LoRA adapters.
+    pub const ACTIVE_MODELS: &str = "ActiveModels";
+    /// Requested LoRA adapters not loaded.
+    pub const WAITING_MODELS: &str = "WaitingModels";
+    /// Most adapters loaded at once.
+    pub const MAX_ACTIVE_MODELS: &str = "MaxActiveModels";
+    /// `block_size` of `vllm:cache_config_info`.
+    pub const BLOCK_SIZE: &str = "BlockSize";
+}
+
+/// What a data source fetched for one endpoint.
+#[derive(Debug, Clone, Copy)]
+pub enum SourceData<'a> {
+    /// A Prometheus exposition.
+    Metrics(&'a str),
+}
+
+/// What extractors found for one endpoint; the runtime writes it to the datastore.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extracted {
+    /// Typed metrics for the built-in scorers.
+    pub metrics: Option<EndpointMetrics>,
+    /// Named attributes.
+    pub attributes: Vec<(String, AttributeValue)>,
+    /// A KV-event stream the endpoint advertises.
+    pub kv_events: Option<String>,
+}
+
+/// Turns a source's data into endpoint metrics and attributes.
+pub trait Extractor: Send + Sync {
+    /// Reads `data` fetched for `endpoint`; adds what it finds to `out`.
+    fn extract(&self, endpoint: &Endpoint, data: SourceData<'_>, out: &mut Extracted);
+}
+
+/// A metric selector: `name` or `name{label="value",...}` (quotes optional).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricSpec {
+    name: String,
+    labels: Vec<(String, String)>,
+}
+
+impl MetricSpec {
+    /// Parses a selector; errors say what is wrong.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let spec = spec.trim();
+        let (name, rest) = match spec.find('{') {
+            None => (spec, ""),
+            Some(i) => (&spec[..i], &spec[i..]),
+        };
+        if name.is_empty() {
+            return Err(format!("metric spec {spec:?} has no metric name"));
+        }
+        let mut labels = Vec::new();
+        if !rest.is_empty() {
+            let inner = rest
+                .strip_prefix('{')
+                .and_then(|r| r.strip_suffix('}'))
+                .ok_or_else(|| format!("metric spec {spec:?}: unbalanced braces"))?;
+            for pair in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (k, v) =
+                    pair.split_once('=').ok_or_else(|| format!("metric spec {spec:?}: {pair:?} is not k=v"))?;
+                labels.push((k.trim().to_string(), v.trim().trim_matches('"').to_string()));
+            }
+        }
+        Ok(MetricSpec { name: name.to_string(), labels })
+    }
+
+    /// The sum of the matching samples in an exposition (data-parallel ranks add up);
+    /// `None` when no sample matches.
+    pub fn value(&self, text: &str) -> Option<f64> {
+        let mut total = None;
+        for (name, labels, v) in scrape::samples(text) {
+            if name == self.name
+                && self.labels.iter().all(|(k, want)| labels.iter().any(|(lk, lv)| lk == k && lv == want))
+            {
+                *total.get_or_insert(0.0) += v;
+            }
+        }
+        total
+    }
+}
+
+/// One engine type's metric names (`core-metrics-extractor`'s `engineConfigs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineMetricSpecs {
+    /// Engine type name (the `llm-d.ai/engine-type` label value).
+    pub name: String,
+    /// Waiting requests.
+    pub queued: Option<MetricSpec>,
+    /// Running requests.
+    pub running: Option<MetricSpec>,
+    /// KV-cache usage in [0, 1].
+    pub kv_usage: Option<MetricSpec>,
+    /// Extra attributes: key → selector.
+    pub custom: Vec<(String, MetricSpec)>,
+}
+
+/// `core-metrics-extractor`: vLLM's series (by default) into [`EndpointMetrics`] and
+/// llm-d's attribute names ([`attributes`]); per-engine metric names and custom
+/// attributes from `engineConfigs`, chosen by the endpoint's `engineLabelKey` label.
+#[derive(Debug, Clone)]
+pub struct CoreMetricsExtractor {
+    engine_label: String,
+    default_engine: String,
+    engines: BTreeMap<String, EngineMetricSpecs>,
+}
+
+impl Default for CoreMetricsExtractor {
+    fn default() -> Self {
+        CoreMetricsExtractor {
+            engine_label: "llm-d.ai/engine-type".into(),
+            default_engine: "vllm".into(),
+            engines: BTreeMap::new(),
+        }
+    }
+}
+
+impl CoreMetricsExtractor {
+    /// From `parameters`: `engineLabelKey`, `defaultEngine`, `engineConfigs: [{name,
+    /// queuedRequestsSpec, runningRequestsSpec, kvUsageSpec, customMetrics: [{attributeKey,
+    /// metricSpec}]}]`.
+    pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let q = crate::plugins::Params(p);
+        let mut x = CoreMetricsExtractor::default();
+        if let Some(k) = q.string("engineLabelKey")? {
+            x.engine_label = k;
+        }
+        if let Some(d) = q.string("defaultEngine")? {
+            x.default_engine = d;
+        }
+        let configs = match p.get("engineConfigs") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(a)) => a.clone(),
+            Some(v) => return Err(format!("parameter engineConfigs: expected a list, got {v}")),
+        };
+        for (i, c) in configs.iter().enumerate() {
+            let at = |e: String| format!("engineConfigs[{i}]: {e}");
+            let cq = crate::plugins::Params(c);
+            let name = cq.string("name").map_err(at)?.ok_or_else(|| at("name is required".into()))?;
+            let spec = |key: &str| -> Result<Option<MetricSpec>, String> {
+                cq.string(key).map_err(at)?.map(|s| MetricSpec::parse(&s).map_err(at)).transpose()
+            };
+            let mut custom = Vec::new();
+            if let Some(list) = c.get("customMetrics").and_then(|v| v.as_array()) {
+                for m in list {
+                    let mq = crate::plugins::Params(m);
+                    let key =
+                        mq.string("attributeKey").map_err(at)?.ok_or_else(|| at("attributeKey is required".into()))?;
+                    let sel =
+                        mq.string("metricSpec").map_err(at)?.ok_or_else(|| at("metricSpec is required".into()))?;
+                    custom.push((key, MetricSpec::parse(&sel).map_err(at)?));
+                }
+            }
+            let e = EngineMetricSpecs {
+                queued: spec("queuedRequestsSpec")?,
+                running: spec("runningRequestsSpec")?,
+                kv_usage: spec("kvUsageSpec")?,
+                custom,
+                name: name.clone(),
+            };
+            x.engines.insert(name, e);
+        }
+        Ok(x)
+    }
+}
+
+impl Extractor for CoreMetricsExtractor {
+    fn extract(&self, endpoint: &Endpoint, data: SourceData<'_>, out: &mut Extracted) {
+        let SourceData::Metrics(text) = data;
+        let engine = endpoint.labels.get(&self.engine_label).unwrap_or(&self.default_engine);
+        let scraped = scrape::parse(text);
+        let mut m = scraped.metrics;
+        if let Some(spec) = self.engines.get(engine) {
+            // An engine with its own names: its selectors replace vLLM's.
+            if let Some(v) = spec.queued.as_ref().and_then(|s| s.value(text)) {
+                m.waiting = v.max(0.0) as u64;
+            }
+            if let Some(v) = spec.running.as_ref().and_then(|s| s.value(text)) {
+                m.running = v.max(0.0) as u64;
+            }
+            if let Some(v) = spec.kv_usage.as_ref().and_then(|s| s.value(text)) {
+                m.kv_usage = v;
+            }
+            for (key, sel) in &spec.custom {
+                if let Some(v) = sel.value(text) {
+                    out.attributes.push((key.clone(), AttributeValue::Float(v)));
+                }
+            }
+        }
+        use attributes::*;
+        out.attributes.extend([
+            (WAITING_QUEUE_SIZE.to_string(), AttributeValue::Int(m.waiting as i64)),
+            (RUNNING_REQUESTS_SIZE.to_string(), AttributeValue::Int(m.running as i64)),
+            (KV_CACHE_USAGE_PERCENT.to_string(), AttributeValue::Float(m.kv_usage)),
+            (ACTIVE_MODELS.to_string(), AttributeValue::List(m.active_loras.clone())),
+            (WAITING_MODELS.to_string(), AttributeValue::List(m.waiting_loras.clone())),
+            (MAX_ACTIVE_MODELS.to_string(), AttributeValue::Int(m.max_loras as i64)),
+        ]);
+        if let Some(b) = scraped.block_size {
+            out.attributes.push((BLOCK_SIZE.to_string(), AttributeValue::Int(b as i64)));
+        }
+        out.kv_events = scraped.kv_events;
+        out.metrics = Some(m);
+    }
+}
+
+/// What a source fetches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// `metrics-data-source`: GETs `path` on each endpoint every `interval` (`None`:
+    /// the picker's scrape interval).
+    Metrics {
+        /// The URL path.
+        path: String,
+        /// How often.
+        interval: Option<Duration>,
+    },
+    /// `kv-events-data-source`: subscribes to each endpoint's KV-event stream.
+    KvEvents,
+}
+
+impl SourceKind {
+    /// From a `metrics-data-source`'s parameters (`scheme` http only, `path`, `interval`).
+    pub fn metrics_from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let q = crate::plugins::Params(p);
+        if let Some(s) = q.string("scheme")?
+            && s != "http"
+        {
+            return Err(format!("parameter scheme: {s:?} is not supported (http only)"));
+        }
+        let path = q.string("path")?.unwrap_or_else(|| "/metrics".into());
+        if !path.starts_with('/') {
+            return Err(format!("parameter path: {path:?} must start with /"));
+        }
+        let interval = q
+            .string("interval")?
+            .map(|s| crate::plugins::parse_duration(&s).map_err(|e| format!("parameter interval: {e}")))
+            .transpose()?;
+        Ok(SourceKind::Metrics { path, interval })
+    }
+}
+
+/// One source with the extractors (or KV-event consumers) it feeds.
+#[derive(Clone)]
+pub struct SourceBinding {
+    /// The source plugin's name.
+    pub name: String,
+    /// What it fetches.
+    pub kind: SourceKind,
+    /// Extractors of a metrics source, by plugin name.
+    pub extractors: Vec<(String, Arc<dyn Extractor>)>,
+    /// Consumers of a KV-event source.
+    pub consumers: Vec<Arc<dyn KvEventConsumer>>,
+}
+
+impl std::fmt::Debug for SourceBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceBinding")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("extractors", &self.extractors.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field("consumers", &self.consumers.len())
+            .finish()
+    }
+}
+
+/// The resolved data layer: what to fetch per endpoint and who reads it.
+#[derive(Debug, Clone, Default)]
+pub struct DataLayerConfig {
+    /// Sources in config order.
+    pub sources: Vec<SourceBinding>,
+}
+
+impl DataLayerConfig {
+    /// The defaults: scrape `/metrics` into the core extractor; KV events to `consumers`.
+    pub fn defaults(consumers: Vec<Arc<dyn KvEventConsumer>>) -> Self {
+        let mut sources = vec![SourceBinding {
+            name: "metrics-data-source".into(),
+            kind: SourceKind::Metrics { path: "/metrics".into(), interval: None },
+            extractors: vec![("core-metrics-extractor".into(), Arc::new(CoreMetricsExtractor::default()))],
+            consumers: Vec::new(),
+        }];
+        if !consumers.is_empty() {
+            sources.push(SourceBinding {
+                name: "kv-events-data-source".into(),
+                kind: SourceKind::KvEvents,
+                extractors: Vec::new(),
+                consumers,
+            });
+        }
+        DataLayerConfig { sources }
+    }
+
+    /// Every KV-event consumer fed by some source.
+    pub fn consumers(&self) -> Vec<Arc<dyn KvEventConsumer>> {
+        self.sources.iter().flat_map(|s| s.consumers.iter().cloned()).collect()
+    }
+}
+
+/// Runs a metrics source's extractors over one fetch.
+pub fn extract_all(binding: &SourceBinding, endpoint: &Endpoint, data: SourceData<'_>) -> Extracted {
+    let mut out = Extracted::default();
+    for (_, x) in &binding.extractors {
+        x.extract(endpoint, data, &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::Role;
+
+    const VLLM: &str = "vllm:num_requests_waiting{engine=\"0\"} 3\nvllm:num_requests_waiting{engine=\"1\"} 2\n\
+        vllm:num_requests_running 4\nvllm:kv_cache_usage_perc 0.25\ncustom_queue_depth{tier=\"gold\"} 7\n\
+        custom_queue_depth{tier=\"bronze\"} 100\nmy_queue 11\n";
+
+    #[test]
+    fn core_extractor_writes_metrics_and_llm_d_attributes() {
+        let x = CoreMetricsExtractor::default();
+        let ep = Endpoint::new("a", "a:1", Role::Both);
+        let mut out = Extracted::default();
+        x.extract(&ep, SourceData::Metrics(VLLM), &mut out);
+        let m = out.metrics.clone().unwrap();
+        assert_eq!((m.waiting, m.running, m.kv_usage), (5, 4, 0.25));
+        assert!(out.attributes.contains(&(attributes::WAITING_QUEUE_SIZE.into(), AttributeValue::Int(5))));
+        assert!(out.attributes.contains(&(attributes::KV_CACHE_USAGE_PERCENT.into(), AttributeValue::Float(0.25))));
+    }
+
+    #[test]
+    fn engine_configs_rename_series_and_add_custom_attributes() {
+        // The custom-engine example of llm-d's core-metrics-extractor README.
+        let p = serde_json::json!({"engineConfigs": [{
+            "name": "my-custom-engine",
+            "queuedRequestsSpec": "my_queue",
+            "customMetrics": [{"attributeKey": "custom.queue_depth", "metricSpec": "custom_queue_depth{tier=gold}"}]
+        }]});
+        let x = CoreMetricsExtractor::from_params(&p).unwrap();
+        let mut ep = Endpoint::new("a", "a:1", Role::Both);
+        ep.labels.insert("llm-d.ai/engine-type".into(), "my-custom-engine".into());
+        let mut out = Extracted::default();
+        x.extract(&ep, SourceData::Metrics(VLLM), &mut out);
+        assert_eq!(out.metrics.unwrap().waiting, 11);
+        assert!(out.attributes.contains(&("custom.queue_depth".into(), AttributeValue::Float(7.0))));
+        // Endpoints of other engines keep vLLM's names and get no custom attribute.
+        let mut out = Extracted::default();
+        x.extract(&Endpoint::new("b", "b:1", Role::Both), SourceData::Metrics(VLLM), &mut out);
+        assert_eq!(out.metrics.unwrap().waiting, 5);
+        assert!(!out.attributes.iter().any(|(k, _)| k == "custom.queue_depth"));
+        let bad = serde_json::json!({"engineConfigs": [{"name": "e", "customMetrics": [{"attributeKey": "k"}]}]});
+        assert!(CoreMetricsExtractor::from_params(&bad).unwrap_err().contains("metricSpec"));
+    }
+
+    #[test]
+    fn metric_specs() {
+        assert_eq!(MetricSpec::parse("custom_queue_depth{tier=\"gold\"}").unwrap().value(VLLM), Some(7.0));
+        assert_eq!(MetricSpec::parse("vllm:num_requests_waiting").unwrap().value(VLLM), Some(5.0));
+        assert_eq!(MetricSpec::parse("absent").unwrap().value(VLLM), None);
+        assert!(MetricSpec::parse("{a=b}").is_err());
+        assert!(MetricSpec::parse("m{a}").is_err());
+        assert!(SourceKind::metrics_from_params(&serde_json::json!({"scheme": "https"})).is_err());
+        assert_eq!(
+            SourceKind::metrics_from_params(&serde_json::json!({"interval": "1s"})).unwrap(),
+            SourceKind::Metrics { path: "/metrics".into(), interval: Some(Duration::from_secs(1)) }
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! The live set of endpoints: discovery sources write it, pickers and the data layer
+//! read it.
+//!
+//! A [`DatastoreWriter`] adds, updates, drains and removes endpoints and records what
+//! the data layer learned about them (metrics, attributes) and what the picker has in
+//! flight on them; cheap cloneable [`DatastoreReader`]s pick over it. Listeners learn of
+//! endpoints coming and going ([`Change`]), so a runtime can start and stop each
+//! endpoint's metrics scraping and KV-event subscription. Nothing here needs an async
+//! runtime; time comes from an injected [`Clock`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::endpoint::{AttributeValue, Endpoint, EndpointMetrics, EndpointStatus};
+
+/// What changed in the endpoint set. Metric, attribute, status and in-flight updates
+/// are not changes: they do not affect what runs per endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A new endpoint.
+    Added(Endpoint),
+    /// An endpoint whose address or KV-event stream changed (restart what follows it).
+    Updated(Endpoint),
+    /// An endpoint that went away (forget what was learned about it).
+    Removed(Endpoint),
+}
+
+/// Identifies one request the picker sent out, until it finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestTicket(u64);
+
+#[derive(Debug)]
+struct Tracked {
+    endpoints: Vec<String>,
+    tokens: u64,
+    started: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    // In insertion order, so picks and round robin see a stable order.
+    endpoints: Vec<Endpoint>,
+    // Which discovery source put each endpoint here (reconcile removes only its own).
+    owners: HashMap<String, String>,
+    requests: HashMap<RequestTicket, Tracked>,
+    next_ticket: u64,
+    version: u64,
+}
+
+impl Inner {
+    fn position(&self, id: &str) -> Option<usize> {
+        self.endpoints.iter().position(|e| e.id == id)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Endpoint> {
+        self.endpoints.iter_mut().find(|e| e.id == id)
+    }
+}
+
+type Listener = Box<dyn Fn(&Change) + Send + Sync>;
+
+struct Shared {
+    inner: RwLock<Inner>,
+    listeners: RwLock<Vec<Listener>>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Makes a new, empty datastore: its writer (which can hand out readers).
+pub fn datastore(clock: Arc<dyn Clock>) -> DatastoreWriter {
+    DatastoreWriter { shared: Arc::new(Shared { inner: RwLock::default(), listeners: RwLock::default(), clock }) }
+}
+
+/// Writes the endpoint set. Cloneable: each discovery source and data-layer task holds one.
+#[derive(Clone)]
+pub struct DatastoreWriter {
+    shared: Arc<Shared>,
+}
+
+/// Reads the endpoint set. Cloneable and cheap.
+#[derive(Clone)]
+pub struct DatastoreReader {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for DatastoreWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatastoreWriter").field("endpoints", &self.reader().len()).finish()
+    }
+}
+
+impl std::fmt::Debug for DatastoreReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatastoreReader").field("endpoints", &self.len()).finish()
+    }
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // Outside the lock: a listener may read the datastore.
+    fn notify(&self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
+        for c in changes {
+            for l in listeners.iter() {
+                l(c);
+            }
+        }
+    }
+}
+
+// Discovery owns identity, address, role, labels and readiness; what the data layer
+// and the picker learned (metrics, attributes, in-flight, a KV-event stream the
+// endpoint advertised) survives an upsert.
+fn merge(old: &mut Endpoint, new: Endpoint) -> Option<Change> {
+    let kv_events = new.kv_events.or_else(|| old.kv_events.clone());
+    let restart = old.address != new.address || old.kv_events != kv_events;
+    old.address = new.address;
+    old.role = new.role;
+    old.labels = new.labels;
+    old.kv_events = kv_events;
+    old.status = new.status;
+    restart.then(|| Change::Updated(old.clone()))
+}
+
+impl DatastoreWriter {
+    /// A reader over the same endpoints.
+    pub fn reader(&self) -> DatastoreReader {
+        DatastoreReader { shared: self.shared.clone() }
+    }
+
+    /// Calls `f` for every later [`Change`], after the change is visible to readers.
+    /// Listeners must not block: hand the change to a channel.
+    pub fn subscribe(&self, f: impl Fn(&Change) + Send + Sync + 'static) {
+        self.shared.listeners.write().unwrap_or_else(|p| p.into_inner()).push(Box::new(f));
+    }
+
+    /// Adds `endpoint`, or updates the one with its id (keeping its metrics, attributes
+    /// and in-flight count). Returns whether it was new.
+    pub fn upsert(&self, endpoint: Endpoint) -> bool {
+        self.upsert_from("", endpoint)
+    }
+
+    /// [`upsert`](Self::upsert) on behalf of discovery source `source`.
+    pub fn upsert_from(&self, source: &str, endpoint: Endpoint) -> bool {
+        let (added, change) = {
+            let mut g = self.shared.write();
+            g.owners.insert(endpoint.id.clone(), source.to_string());
+            g.version += 1;
+            match g.position(&endpoint.id) {
+                Some(i) => (false, merge(&mut g.endpoints[i], endpoint)),
+                None => {
+                    g.endpoints.push(endpoint.clone());
+                    (true, Some(Change::Added(endpoint)))
+                }
+            }
+        };
+        self.shared.notify(change.as_slice());
+        added
+    }
+
+    /// Makes the endpoints `source` put here exactly `endpoints`: adds and updates
+    /// those given, removes the rest of that source's. Returns (added, removed).
+    pub fn reconcile(&self, source: &str, endpoints: Vec<Endpoint>) -> (usize, usize) {
+        let mut changes = Vec::new();
+        let mut added = 0;
+        {
+            let mut g = self.shared.write();
+            g.version += 1;
+            let keep: std::collections::HashSet<String> = endpoints.iter().map(|e| e.id.clone()).collect();
+            let gone: Vec<String> = g
+                .owners
+                .iter()
+                .filter(|(id, s)| *s == source && !keep.contains(*id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in gone {
+                g.owners.remove(&id);
+                if let Some(i) = g.position(&id) {
+                    changes.push(Change::Removed(g.endpoints.remove(i)));
+                }
+            }
+            let removed = changes.len();
+            for e in endpoints {
+                g.owners.insert(e.id.clone(), source.to_string());
+                match g.position(&e.id) {
+                    Some(i) => changes.extend(merge(&mut g.endpoints[i], e)),
+                    None => {
+                        added += 1;
+                        g.endpoints.push(e.clone());
+                        changes.push(Change::Added(e));
+                    }
+                }
+            }
+            drop(g);
+            self.shared.notify(&changes);
+            (added, removed)
+        }
+    }
+
+    /// Removes an endpoint at once; requests already sent to it run on.
+    pub fn remove(&self, id: &str) -> Option<Endpoint> {
+        let removed = {
+            let mut g = self.shared.write();
+            g.owners.remove(id);
+            g.version += 1;
+            let i = g.position(id)?;
+            g.endpoints.remove(i)
+        };
+        self.shared.notify(&[Change::Removed(removed.clone())]);
+        Some(removed)
+    }
+
+    /// Sets an endpoint's status; returns whether it exists.
+    pub fn set_status(&self, id: &str, status: EndpointStatus) -> bool {
+        let mut g = self.shared.write();
+        g.version += 1;
+        g.get_mut(id).map(|e| e.status = status).is_some()
+    }
+
+    /// Stops new picks to an endpoint while its requests finish.
+    pub fn drain(&self, id: &str) -> bool {
+        self.set_status(id, EndpointStatus::Draining)
+    }
+
+    /// Records a scrape of an endpoint's metrics, stamped with the clock.
+    pub fn update_metrics(&self, id: &str, mut metrics: EndpointMetrics) -> bool {
+        metrics.updated_at = Some(self.shared.clock.now());
+        let mut g = self.shared.write();
+        g.get_mut(id).map(|e| e.metrics = metrics).is_some()
+    }
+
+    /// Sets a named attribute on an endpoint (a data-layer extractor's output).
+    pub fn set_attribute(&self, id: &str, name: &str, value: AttributeValue) -> bool {
+        let mut g = self.shared.write();
+        g.get_mut(id).map(|e| e.attributes.insert(name.to_string(), value)).is_some()
+    }
+
+    /// Sets the KV-event stream an endpoint publishes on (learned from its metrics, say);
+    /// a change restarts its subscription.
+    pub fn set_kv_events(&self, id: &str, zmq: Option<String>) -> bool {
+        let change = {
+            let mut g = self.shared.write();
+            let Some(e) = g.get_mut(id) else { return false };
+            if e.kv_events == zmq {
+                return true;
+            }
+            e.kv_events = zmq;
+            let c = Change::Updated(e.clone());
+            g.version += 1;
+            c
+        };
+        self.shared.notify(&[change]);
+        true
+    }
+
+    /// Clears metrics not refreshed within `staleness`: a picture that no longer holds
+    /// would steer traffic. Returns how many endpoints were cleared.
+    pub fn expire_stale_metrics(&self, staleness: Duration) -> usize {
+        let now = self.shared.clock.now();
+        let mut g = self.shared.write();
+        let mut n = 0;
+        for e in &mut g.endpoints {
+            if e.metrics.updated_at.is_some_and(|t| now.saturating_sub(t) > staleness) {
+                e.metrics = EndpointMetrics::default();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Counts a request sent to `endpoints` (one per profile that picked) with
+    /// `prompt_tokens`, until [`request_finished`](Self::request_finished).
+    pub fn request_started(&self, endpoints: &[&str], prompt_tokens: u64) -> RequestTicket {
+        let now = self.shared.clock.now();
+        let mut g = self.shared.write();
+        let ticket = RequestTicket(g.next_ticket);
+        g.next_ticket += 1;
+        let mut ids: Vec<String> = endpoints.iter().map(|s| s.to_string()).collect();
+        ids.dedup();
+        for id in &ids {
+            if let Some(e) = g.get_mut(id) {
+                e.inflight.requests += 1;
+                e.inflight.prompt_tokens += prompt_tokens;
+            }
+        }
+        g.requests.insert(ticket, Tracked { endpoints: ids, tokens: prompt_tokens, started: now });
+        ticket
+    }
+
+    /// The request finished (or failed, or its client went away). Idempotent.
+    pub fn request_finished(&self, ticket: RequestTicket) {
+        let mut g = self.shared.write();
+        if let Some(t) = g.requests.remove(&ticket) {
+            release(&mut g, &t);
+        }
+    }
+
+    /// Forgets requests in flight longer than `timeout` (their completion was never
+    /// seen: an Envoy that sends no response phase, say). Returns how many.
+    pub fn expire_requests(&self, timeout: Duration) -> usize {
+        let now = self.shared.clock.now();
+        let mut g = self.shared.write();
+        let old: Vec<RequestTicket> =
+            g.requests.iter().filter(|(_, t)| now.saturating_sub(t.started) > timeout).map(|(k, _)| *k).collect();
+        for k in &old {
+            if let Some(t) = g.requests.remove(k) {
+                release(&mut g, &t);
+            }
+        }
+        old.len()
+    }
+}
+
+fn release(g: &mut Inner, t: &Tracked) {
+    for id in &t.endpoints {
+        if let Some(e) = g.get_mut(id) {
+            e.inflight.requests = e.inflight.requests.saturating_sub(1);
+            e.inflight.prompt_tokens = e.inflight.prompt_tokens.saturating_sub(t.tokens);
+        }
+    }
+}
+
+impl DatastoreReader {
+    /// Runs `f` over the endpoints under the read lock (no copies).
+    pub fn with_endpoints<R>(&self, f: impl FnOnce(&[Endpoint]) -> R) -> R {
+        f(&self.shared.read().endpoints)
+    }
+
+    /// A copy of every endpoint.
+    pub fn snapshot(&self) -> Vec<Endpoint> {
+        self.shared.read().endpoints.clone()
+    }
+
+    /// One endpoint.
+    pub fn get(&self, id: &str) -> Option<Endpoint> {
+        self.shared.read().endpoints.iter().find(|e| e.id == id).cloned()
+    }
+
+    /// How many endpoints there are, ready or not.
+    pub fn len(&self) -> usize {
+        self.shared.read().endpoints.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Requests in flight, over all endpoints.
+    pub fn requests_in_flight(&self) -> usize {
+        self.shared.read().requests.len()
+    }
+
+    /// Grows with every change to the set or a status (not with metrics).
+    pub fn version(&self) -> u64 {
+        self.shared.read().version
+    }
+
+    /// The datastore's clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.shared.clock.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::endpoint::Role;
+    use std::sync::Mutex;
+
+    fn ep(id: &str) -> Endpoint {
+        Endpoint::new(id, format!("{id}:8000"), Role::Both)
+    }
+
+    #[test]
+    fn upsert_keeps_learned_state_and_reports_changes() {
+        let clock = ManualClock::new();
+        let w = datastore(clock.clone());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        w.subscribe(move |c| s.lock().unwrap().push(c.clone()));
+        assert!(w.upsert(ep("a")));
+        w.update_metrics("a", EndpointMetrics { waiting: 3, ..Default::default() });
+        assert!(!w.upsert(ep("a")), "same id is an update");
+        let r = w.reader();
+        assert_eq!(r.get("a").unwrap().metrics.waiting, 3, "metrics survive rediscovery");
+        let mut moved = ep("a");
+        moved.address = "elsewhere:1".into();
+        w.upsert(moved);
+        w.remove("a");
+        let seen = seen.lock().unwrap();
+        assert!(
+            matches!(seen.as_slice(), [Change::Added(_), Change::Updated(u), Change::Removed(_)] if u.address == "elsewhere:1")
+        );
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn reconcile_removes_only_the_sources_own() {
+        let w = datastore(ManualClock::new());
+        w.upsert_from("static", ep("s"));
+        assert_eq!(w.reconcile("file", vec![ep("a"), ep("b")]), (2, 0));
+        assert_eq!(w.reconcile("file", vec![ep("b"), ep("c")]), (1, 1));
+        let ids: Vec<String> = w.reader().snapshot().into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["s", "b", "c"]);
+    }
+
+    #[test]
+    fn stale_metrics_expire_on_the_injected_clock() {
+        let clock = ManualClock::new();
+        let w = datastore(clock.clone());
+        w.upsert(ep("a"));
+        w.update_metrics("a", EndpointMetrics { waiting: 7, ..Default::default() });
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(w.expire_stale_metrics(Duration::from_secs(5)), 0);
+        clock.advance(Duration::from_secs(4));
+        assert_eq!(w.expire_stale_metrics(Duration::from_secs(5)), 1);
+        assert_eq!(w.reader().get("a").unwrap().metrics, EndpointMetrics::default());
+    }
+
+    #[test]
+    fn in_flight_counts_rise_and_fall_and_expire() {
+        let clock = ManualClock::new();
+        let w = datastore(clock.clone());
+        w.upsert(ep("a"));
+        w.upsert(ep("b"));
+        let t1 = w.request_started(&["a"], 100);
+        let _t2 = w.request_started(&["a", "b"], 10);
+        let r = w.reader();
+        assert_eq!((r.get("a").unwrap().inflight.requests, r.get("a").unwrap().inflight.prompt_tokens), (2, 110));
+        w.request_finished(t1);
+        w.request_finished(t1);
+        assert_eq!(r.get("a").unwrap().inflight.requests, 1, "finishing twice counts once");
+        clock.advance(Duration::from_secs(121));
+        assert_eq!(w.expire_requests(Duration::from_secs(120)), 1);
+        assert_eq!(r.get("b").unwrap().inflight.requests, 0);
+        assert_eq!(r.requests_in_flight(), 0);
+    }
+
+    #[test]
+    fn draining_endpoints_are_not_ready() {
+        let w = datastore(ManualClock::new());
+        w.upsert(ep("a"));
+        assert!(w.drain("a"));
+        assert!(!w.reader().get("a").unwrap().is_ready());
+        assert!(!w.drain("missing"));
+    }
+}

@@ -1,0 +1,205 @@
+//! The HTTP gateway (feature `gateway`): an OpenAI-compatible reverse proxy over the
+//! [picker core](crate::picker).
+//!
+//! - Responses stream through unbuffered, SSE included; the request counts as in flight
+//!   on its endpoint until the last byte has passed (or the client went away).
+//! - A connection failure before any byte was sent retries on another endpoint.
+//! - No fitting endpoint gives an OpenAI-style 503; a body that cannot be routed, 400.
+//! - For P/D picks the prefill endpoint travels in `x-prefiller-host-port`, llm-d's
+//!   header for the routing sidecar. Clients cannot set it (nor the destination
+//!   header): the gateway strips both from what it forwards.
+//! - `/metrics` exports the picker's own metrics.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use llmd_openai::{ErrorBody, ErrorKind};
+
+use crate::picker::{DESTINATION_HEADER, EndpointPicker, InFlightGuard, PREFILL_HEADER, parse_body};
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Attempts per request when endpoints refuse connections.
+    pub max_attempts: usize,
+    /// Time to connect to an endpoint.
+    pub connect_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig { max_attempts: 3, connect_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// The HTTP front end.
+pub struct Gateway {
+    picker: Arc<EndpointPicker>,
+    client: reqwest::Client,
+    cfg: GatewayConfig,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("picker", &self.picker).finish_non_exhaustive()
+    }
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    reply(ErrorBody::new(kind, message))
+}
+
+fn reply(body: ErrorBody) -> Response {
+    (StatusCode::from_u16(body.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response()
+}
+
+impl Gateway {
+    /// A gateway over `picker`.
+    pub fn new(picker: Arc<EndpointPicker>, cfg: GatewayConfig) -> Arc<Self> {
+        let client = reqwest::Client::builder().connect_timeout(cfg.connect_timeout).build().unwrap_or_default();
+        Arc::new(Gateway { picker, client, cfg })
+    }
+
+    /// The picker core.
+    pub fn picker(&self) -> &Arc<EndpointPicker> {
+        &self.picker
+    }
+
+    /// The routes: the OpenAI API (proxied), `/v1/models`, `/health`, `/metrics`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/completions", post(proxy))
+            .route("/v1/chat/completions", post(proxy))
+            .route("/v1/models", get(models))
+            .route("/health", get(|| async { StatusCode::OK }))
+            .route("/metrics", get(own_metrics))
+            .with_state(self.clone())
+    }
+
+    /// Serves [`Gateway::router`] on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
+        // The gateway relays token streams as small writes: without TCP_NODELAY, Nagle
+        // holds each until the previous is acknowledged, adding milliseconds to TTFT.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+    }
+}
+
+async fn models(State(g): State<Arc<Gateway>>) -> Response {
+    // Every endpoint serves the same model; ask the first ready one that answers.
+    for e in g.picker.datastore().snapshot().into_iter().filter(|e| e.is_ready()) {
+        if let Ok(r) =
+            g.client.get(format!("http://{}/v1/models", e.address)).timeout(Duration::from_secs(5)).send().await
+            && r.status().is_success()
+            && let Ok(b) = r.bytes().await
+        {
+            return ([(header::CONTENT_TYPE, "application/json")], b).into_response();
+        }
+    }
+    error(ErrorKind::ServiceUnavailable, "no endpoint answered")
+}
+
+async fn own_metrics(State(g): State<Arc<Gateway>>) -> Response {
+    match g.picker.metrics_text() {
+        Ok(out) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
+            .into_response(),
+        Err(e) => error(ErrorKind::InternalServer, e.to_string()),
+    }
+}
+
+// Headers that are the gateway's to set, or hop-by-hop.
+fn forwardable(name: &header::HeaderName) -> bool {
+    !(name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == header::CONTENT_TYPE
+        || name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name.as_str() == PREFILL_HEADER
+        || name.as_str() == DESTINATION_HEADER)
+}
+
+async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let parsed = match parse_body(&body) {
+        Ok(v) => v,
+        Err(e) => return error(ErrorKind::BadRequest, e.to_string()),
+    };
+    let header_map: BTreeMap<String, String> = headers
+        .iter()
+        .filter(|(k, _)| forwardable(k))
+        .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
+        .collect();
+    let req = g.picker.parse_request(uri.path(), &header_map, &parsed);
+    let mut excluded: HashSet<String> = HashSet::new();
+    let mut last_err = String::new();
+    for attempt in 0..g.cfg.max_attempts.max(1) {
+        let picked = match g.picker.pick_request(&req, &excluded) {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = if last_err.is_empty() { e.to_string() } else { format!("{e} (after: {last_err})") };
+                return reply(ErrorBody::from_status(e.http_status(), msg));
+            }
+        };
+        let prefill = picked.prefill_address().map(String::from);
+        let (result, inflight) = picked.into_parts();
+        let Some(dest) = result.destination().cloned() else {
+            return error(ErrorKind::ServiceUnavailable, "no destination");
+        };
+        let mut out = g
+            .client
+            .post(format!("http://{}{}", dest.address, uri.path()))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.clone());
+        for (k, v) in headers.iter().filter(|(k, _)| forwardable(k)) {
+            out = out.header(k, v);
+        }
+        if let Some(pf) = &prefill {
+            out = out.header(PREFILL_HEADER, pf.as_str());
+        }
+        match out.send().await {
+            Ok(resp) => return relay(resp, &dest.address, inflight),
+            // Nothing was sent to the client yet: another endpoint may take it.
+            Err(e) if e.is_connect() || e.is_request() => {
+                tracing::warn!(endpoint = %dest.endpoint, attempt, error = %e, "endpoint unreachable; retrying elsewhere");
+                g.picker.record_retry();
+                last_err = format!("{}: {e}", dest.endpoint);
+                excluded.insert(dest.endpoint);
+            }
+            Err(e) => return error(ErrorKind::BadGateway, format!("{}: {e}", dest.endpoint)),
+        }
+    }
+    error(ErrorKind::BadGateway, format!("every attempt failed; last: {last_err}"))
+}
+
+/// Streams the endpoint's response through, holding the in-flight count until the body
+/// ends or the client goes away (dropping the stream drops the guard).
+fn relay(resp: reqwest::Response, destination: &str, inflight: InFlightGuard) -> Response {
+    let mut builder = Response::builder().status(resp.status().as_u16());
+    for (k, v) in resp.headers() {
+        if k != header::CONTENT_LENGTH && k != header::TRANSFER_ENCODING && k != header::CONNECTION {
+            builder = builder.header(k.as_str(), v.as_bytes());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(destination) {
+        builder = builder.header(DESTINATION_HEADER, v);
+    }
+    let stream = resp.bytes_stream().map(move |chunk| {
+        let _held = &inflight;
+        chunk
+    });
+    builder.body(Body::from_stream(stream)).unwrap_or_else(|e| error(ErrorKind::BadGateway, e.to_string()))
+}

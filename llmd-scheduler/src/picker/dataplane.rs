@@ -1,0 +1,110 @@
+//! Per-endpoint data sources: metrics scraping and KV-event subscription. Each runs as
+//! a task the picker starts when the endpoint is added and aborts when it goes; the
+//! tasks hold only a weak reference, so a dropped picker ends them too.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::EndpointPicker;
+use crate::datalayer::{self, SourceData, SourceKind};
+
+/// Fetches one endpoint's metrics for data source `source` and writes what its
+/// extractors find into the datastore.
+pub(super) async fn scrape_endpoint(picker: &EndpointPicker, source: usize, id: &str) {
+    let Some(binding) = picker.scheduler.config().data_layer.sources.get(source) else { return };
+    let SourceKind::Metrics { path, .. } = &binding.kind else { return };
+    let path = if path == "/metrics" { picker.cfg.metrics_path.as_str() } else { path.as_str() };
+    let Some(endpoint) = picker.reader.get(id) else { return };
+    let url = format!("http://{}{path}", endpoint.address);
+    let res = picker.client.get(&url).timeout(picker.cfg.scrape_timeout).send().await;
+    let text = match res {
+        Ok(r) if r.status().is_success() => r.text().await.ok(),
+        _ => None,
+    };
+    let Some(text) = text else {
+        // Stale numbers expire on their own (housekeeping); nothing to write.
+        tracing::debug!(endpoint = %id, source = %binding.name, "metrics scrape failed");
+        return;
+    };
+    let found = datalayer::extract_all(binding, &endpoint, SourceData::Metrics(&text));
+    if let Some(m) = found.metrics {
+        picker.writer.update_metrics(id, m);
+    }
+    for (k, v) in found.attributes {
+        picker.writer.set_attribute(id, &k, v);
+    }
+    // An engine that advertises its KV-event stream need not be configured with it.
+    if let Some(zmq) = found.kv_events
+        && endpoint.kv_events.is_none()
+    {
+        tracing::info!(endpoint = %id, %zmq, "KV event stream learned from the endpoint's metrics");
+        picker.writer.set_kv_events(id, Some(zmq));
+    }
+}
+
+/// Scrapes at the source's interval until aborted or the picker is gone.
+pub(super) async fn scrape(picker: Weak<EndpointPicker>, source: usize, id: String) {
+    let Some(interval) = picker.upgrade().map(|p| match p.scheduler.config().data_layer.sources.get(source) {
+        Some(b) => match &b.kind {
+            SourceKind::Metrics { interval: Some(i), .. } => *i,
+            _ => p.cfg.scrape_interval,
+        },
+        None => p.cfg.scrape_interval,
+    }) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(p) = picker.upgrade() else { return };
+        scrape_endpoint(&p, source, &id).await;
+    }
+}
+
+/// Reads one endpoint's KV event stream into the plugins that consume events, until
+/// aborted; reconnects after a failure.
+pub(super) async fn subscribe(picker: Weak<EndpointPicker>, source: usize, endpoint: String, zmq: String) {
+    loop {
+        let Some(p) = picker.upgrade() else { return };
+        drop(p);
+        match read_events(&picker, source, &endpoint, &zmq).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(%endpoint, %zmq, error = %e, "KV event subscription failed; retrying in 1 s"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn read_events(picker: &Weak<EndpointPicker>, source: usize, endpoint: &str, zmq: &str) -> Result<(), String> {
+    use zeromq::{Socket, SocketRecv};
+    let mut sock = zeromq::SubSocket::new();
+    tokio::time::timeout(Duration::from_secs(5), sock.connect(zmq))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    sock.subscribe("").await.map_err(|e| e.to_string())?;
+    tracing::info!(%endpoint, %zmq, "subscribed to KV events");
+    loop {
+        // No timeout: an idle engine publishes nothing, and the task is aborted when
+        // the endpoint goes away.
+        let msg = sock.recv().await.map_err(|e| format!("stream ended: {e}"))?;
+        let Some(p) = picker.upgrade() else { return Ok(()) };
+        apply(&p, source, endpoint, &msg.into_vec());
+    }
+}
+
+fn apply<F: AsRef<[u8]>>(p: &Arc<EndpointPicker>, source: usize, endpoint: &str, frames: &[F]) {
+    let Some(binding) = p.scheduler.config().data_layer.sources.get(source) else { return };
+    match llmd_kvcache::frames::decode_message(frames) {
+        Ok((seq, batch)) => {
+            for c in &binding.consumers {
+                c.apply(endpoint, seq, &batch);
+            }
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            p.metrics.event_lag.observe((now - batch.ts).max(0.0));
+        }
+        Err(e) => tracing::warn!(%endpoint, error = %e, "undecodable KV event message"),
+    }
+}

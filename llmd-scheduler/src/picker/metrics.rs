@@ -1,0 +1,120 @@
+//! The picker's own Prometheus metrics (`llmd_epp_*`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::datastore::DatastoreReader;
+use crate::plugin::KvEventConsumer;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EndpointLabel {
+    pub(crate) endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StatusLabel {
+    pub(crate) status: String,
+}
+
+pub(crate) struct PickerMetrics {
+    pub(crate) picks: Family<EndpointLabel, Counter>,
+    pub(crate) retries: Counter,
+    pub(crate) pick_seconds: Histogram,
+    pub(crate) pick_errors: Family<StatusLabel, Counter>,
+    pub(crate) index_blocks: Gauge,
+    pub(crate) endpoint_index_blocks: Family<EndpointLabel, Gauge>,
+    pub(crate) event_lag: Histogram,
+    pub(crate) inflight: Family<EndpointLabel, Gauge>,
+    pub(crate) endpoints: Family<StatusLabel, Gauge>,
+    pub(crate) registry: Registry,
+}
+
+impl PickerMetrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::default();
+        let picks = Family::<EndpointLabel, Counter>::default();
+        let retries = Counter::default();
+        let pick_seconds = Histogram::new([1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]);
+        let pick_errors = Family::<StatusLabel, Counter>::default();
+        let index_blocks = Gauge::default();
+        let endpoint_index_blocks = Family::<EndpointLabel, Gauge>::default();
+        let event_lag = Histogram::new([1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0]);
+        let inflight = Family::<EndpointLabel, Gauge>::default();
+        let endpoints = Family::<StatusLabel, Gauge>::default();
+        registry.register("llmd_epp_picks", "Requests routed, by endpoint", picks.clone());
+        registry.register("llmd_epp_retries", "Requests retried on another endpoint", retries.clone());
+        registry.register("llmd_epp_pick_duration_seconds", "Time to pick an endpoint", pick_seconds.clone());
+        registry.register(
+            "llmd_epp_pick_errors",
+            "Requests no endpoint was picked for, by HTTP status",
+            pick_errors.clone(),
+        );
+        registry.register("llmd_epp_kv_index_blocks", "Blocks in the precise prefix index", index_blocks.clone());
+        registry.register(
+            "llmd_epp_kv_index_endpoint_blocks",
+            "Blocks the precise prefix index holds for each endpoint",
+            endpoint_index_blocks.clone(),
+        );
+        registry.register(
+            "llmd_epp_kv_event_lag_seconds",
+            "Delay from an engine's KV event batch to its indexing",
+            event_lag.clone(),
+        );
+        registry.register(
+            "llmd_epp_inflight_requests",
+            "Requests sent to each endpoint and not yet finished",
+            inflight.clone(),
+        );
+        registry.register("llmd_epp_endpoints", "Endpoints in the datastore, by status", endpoints.clone());
+        PickerMetrics {
+            picks,
+            retries,
+            pick_seconds,
+            pick_errors,
+            index_blocks,
+            endpoint_index_blocks,
+            event_lag,
+            inflight,
+            endpoints,
+            registry,
+        }
+    }
+
+    /// Refreshes the gauges that mirror the datastore, then encodes everything.
+    pub(crate) fn encode(
+        &self,
+        reader: &DatastoreReader,
+        consumers: &[std::sync::Arc<dyn KvEventConsumer>],
+    ) -> Result<String, std::fmt::Error> {
+        self.inflight.clear();
+        self.endpoints.clear();
+        self.endpoint_index_blocks.clear();
+        let mut indexed: std::collections::BTreeSet<String> = consumers.iter().flat_map(|c| c.endpoints()).collect();
+        reader.with_endpoints(|eps| {
+            for e in eps {
+                let label = EndpointLabel { endpoint: e.id.clone() };
+                self.inflight.get_or_create(&label).set(e.inflight.requests as i64);
+                self.endpoints.get_or_create(&StatusLabel { status: e.status.as_str().into() }).inc();
+                if !consumers.is_empty() {
+                    indexed.insert(e.id.clone());
+                }
+            }
+        });
+        // Every endpoint the index knows, listed or not: a removed endpoint that the
+        // index failed to forget would show here.
+        for id in indexed {
+            let n: usize = consumers.iter().map(|c| c.endpoint_blocks(&id)).sum();
+            self.endpoint_index_blocks.get_or_create(&EndpointLabel { endpoint: id }).set(n as i64);
+        }
+        if !consumers.is_empty() {
+            self.index_blocks.set(consumers.iter().map(|c| c.blocks()).sum::<usize>() as i64);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}

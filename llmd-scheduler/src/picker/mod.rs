@@ -1,0 +1,404 @@
+//! The picker core (feature `runtime`): one [`EndpointPicker`] — scheduler, datastore,
+//! data plane and metrics — that every front end shares. The HTTP gateway
+//! ([`crate::gateway`]) and the Envoy external processor ([`crate::extproc`]) are thin
+//! layers over it.
+//!
+//! - Endpoints come and go through the datastore (discovery sources write it,
+//!   [`EndpointPicker::run_discovery`] runs one); adding an endpoint starts its metrics
+//!   scraping and KV-event subscription, removing it stops them and forgets what the
+//!   plugins learned about it (its prefix-index entries included).
+//! - Each pick counts the request as in flight on the endpoints it chose until the
+//!   returned [`Picked`] is dropped: front ends hold it until the response is done.
+//! - Staleness of scraped metrics and the expiry of in-flight entries whose end was
+//!   never seen run on the datastore's injected clock.
+
+mod dataplane;
+mod metrics;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::datalayer::SourceKind;
+use crate::datastore::{Change, DatastoreReader, DatastoreWriter, RequestTicket};
+use crate::discovery::Discovery;
+use crate::error::SchedulerError;
+use crate::plugin::{KvEventConsumer, PickObserver};
+use crate::request::LlmRequest;
+use crate::scheduler::{PickResult, Scheduler};
+
+use metrics::{EndpointLabel, PickerMetrics, StatusLabel};
+
+/// The header naming the prefill endpoint of a disaggregated request (llm-d's).
+pub const PREFILL_HEADER: &str = "x-prefiller-host-port";
+/// The header carrying the picked destination (llm-d's).
+pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+
+/// Picker settings.
+#[derive(Debug, Clone)]
+pub struct PickerConfig {
+    /// How often to scrape each endpoint's metrics.
+    pub scrape_interval: Duration,
+    /// Per-scrape time limit.
+    pub scrape_timeout: Duration,
+    /// Metrics older than this are treated as unknown (zero load).
+    pub staleness: Duration,
+    /// How long a request counts as in flight when its end is never seen; `None` takes
+    /// the scheduler config's (`active-request-scorer`'s `requestTimeout`).
+    pub request_timeout: Option<Duration>,
+    /// Path of the engines' Prometheus metrics when the config's data layer does not set
+    /// one (`metrics-data-source`'s `path`).
+    pub metrics_path: String,
+}
+
+impl Default for PickerConfig {
+    fn default() -> Self {
+        PickerConfig {
+            scrape_interval: Duration::from_millis(200),
+            scrape_timeout: Duration::from_secs(2),
+            staleness: Duration::from_secs(5),
+            request_timeout: None,
+            metrics_path: "/metrics".into(),
+        }
+    }
+}
+
+/// Turns an OpenAI request body into the prompt token ids the engine will see (the
+/// precise prefix scorer hashes them). `path` tells completions from chat.
+pub trait PromptTokenizer: Send + Sync {
+    /// The token ids, or `None` when the body cannot be tokenized.
+    fn tokenize(&self, path: &str, body: &Value) -> Option<Vec<u32>>;
+}
+
+/// A request on its way to the endpoints picked for it. Counted as in flight there until
+/// dropped: keep it until the response is complete (or has failed).
+#[derive(Debug)]
+pub struct Picked {
+    /// What was picked.
+    pub result: PickResult,
+    inflight: InFlightGuard,
+}
+
+impl Picked {
+    /// The destination's `host:port`.
+    pub fn destination_address(&self) -> Option<&str> {
+        self.result.destination().map(|d| d.address.as_str())
+    }
+
+    /// The prefill endpoint's `host:port`, for a disaggregated request.
+    pub fn prefill_address(&self) -> Option<&str> {
+        self.result.prefill().map(|p| p.address.as_str())
+    }
+
+    /// Ends the in-flight count now (dropping does the same).
+    pub fn finish(self) {
+        drop(self.inflight);
+    }
+
+    /// Splits off the in-flight guard (to hold it in a response stream, say).
+    pub fn into_parts(self) -> (PickResult, InFlightGuard) {
+        (self.result, self.inflight)
+    }
+}
+
+/// Counts a request as in flight until dropped.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    writer: DatastoreWriter,
+    ticket: RequestTicket,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.writer.request_finished(self.ticket);
+    }
+}
+
+/// The picker core shared by the front ends.
+pub struct EndpointPicker {
+    scheduler: Scheduler,
+    writer: DatastoreWriter,
+    reader: DatastoreReader,
+    tokenizer: Option<Arc<dyn PromptTokenizer>>,
+    // Whether a configured scorer reads token ids (only then is tokenizing worth it).
+    needs_tokens: bool,
+    consumers: Vec<Arc<dyn KvEventConsumer>>,
+    observers: Vec<Arc<dyn PickObserver>>,
+    cfg: PickerConfig,
+    request_timeout: Duration,
+    client: reqwest::Client,
+    metrics: PickerMetrics,
+    // Per-endpoint data-plane tasks (scraper, KV subscriber).
+    tasks: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for EndpointPicker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointPicker").field("scheduler", &self.scheduler).field("datastore", &self.reader).finish()
+    }
+}
+
+/// Parses a JSON request body (empty bodies count as `{}`).
+pub fn parse_body(body: &[u8]) -> Result<Value, SchedulerError> {
+    if body.is_empty() {
+        return Ok(Value::Object(Default::default()));
+    }
+    serde_json::from_slice(body).map_err(|e| SchedulerError::Request(format!("request body is not valid JSON: {e}")))
+}
+
+#[cfg(feature = "render")]
+impl PromptTokenizer for llmd_openai::PromptRenderer {
+    fn tokenize(&self, path: &str, body: &Value) -> Option<Vec<u32>> {
+        self.tokenize_request(path, body)
+    }
+}
+
+impl EndpointPicker {
+    /// A picker over the endpoints `writer` holds.
+    pub fn new(
+        scheduler: Scheduler,
+        writer: DatastoreWriter,
+        cfg: PickerConfig,
+        tokenizer: Option<Arc<dyn PromptTokenizer>>,
+    ) -> Arc<Self> {
+        let plugins = &scheduler.config().plugins;
+        let consumers: Vec<Arc<dyn KvEventConsumer>> = scheduler.config().data_layer.consumers();
+        let observers: Vec<Arc<dyn PickObserver>> = plugins.values().filter_map(|h| h.observer.clone()).collect();
+        let needs_tokens = !consumers.is_empty();
+        let request_timeout = cfg.request_timeout.unwrap_or(scheduler.config().request_timeout);
+        Arc::new(EndpointPicker {
+            reader: writer.reader(),
+            writer,
+            scheduler,
+            tokenizer,
+            needs_tokens,
+            consumers,
+            observers,
+            cfg,
+            request_timeout,
+            client: reqwest::Client::new(),
+            metrics: PickerMetrics::new(),
+            tasks: Mutex::default(),
+            background: Mutex::default(),
+        })
+    }
+
+    /// Starts the data plane: follows the datastore (a scraper and, where the endpoint
+    /// publishes KV events and a plugin consumes them, a subscriber per endpoint) and a
+    /// housekeeping loop (stale metrics, forgotten requests). Needs a tokio runtime;
+    /// [`shutdown`](Self::shutdown) stops it all.
+    pub fn start(self: &Arc<Self>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Change>();
+        self.writer.subscribe(move |c| {
+            let _ = tx.send(c.clone());
+        });
+        for e in self.reader.snapshot() {
+            self.start_endpoint(&e);
+        }
+        let weak = Arc::downgrade(self);
+        let follow = tokio::spawn(async move {
+            while let Some(change) = rx.recv().await {
+                let Some(p) = weak.upgrade() else { return };
+                p.apply_change(change);
+            }
+        });
+        let weak = Arc::downgrade(self);
+        let interval = self.cfg.scrape_interval;
+        let housekeeping = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                let Some(p) = weak.upgrade() else { return };
+                p.writer.expire_stale_metrics(p.cfg.staleness);
+                let n = p.writer.expire_requests(p.request_timeout);
+                if n > 0 {
+                    tracing::warn!(requests = n, timeout = ?p.request_timeout, "in-flight requests expired unseen");
+                }
+            }
+        });
+        self.background.lock().unwrap_or_else(|p| p.into_inner()).extend([follow, housekeeping]);
+    }
+
+    /// Runs a discovery source: syncs now, then every poll interval, until
+    /// [`shutdown`](Self::shutdown). Sync errors are logged and the datastore keeps the
+    /// last good set. Returns the first sync's outcome.
+    pub fn run_discovery(
+        self: &Arc<Self>,
+        mut source: Box<dyn Discovery>,
+    ) -> Result<crate::discovery::SyncOutcome, SchedulerError> {
+        let first = source.sync(&self.writer)?;
+        if let Some(every) = source.poll_interval() {
+            let writer = self.writer.clone();
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = source.sync(&writer) {
+                        tracing::warn!(source = source.name(), error = %e, "discovery failed; keeping the endpoints");
+                    }
+                }
+            });
+            self.background.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        }
+        Ok(first)
+    }
+
+    /// Stops every task the picker started.
+    pub fn shutdown(&self) {
+        for t in self.background.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+        for (_, ts) in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            ts.into_iter().for_each(|t| t.abort());
+        }
+    }
+
+    fn apply_change(self: &Arc<Self>, change: Change) {
+        match change {
+            Change::Added(e) => self.start_endpoint(&e),
+            Change::Updated(e) => {
+                self.stop_endpoint(&e.id);
+                self.start_endpoint(&e);
+            }
+            Change::Removed(e) => {
+                self.stop_endpoint(&e.id);
+                for c in &self.consumers {
+                    c.forget(&e.id);
+                }
+                for o in &self.observers {
+                    o.forget(&e.id);
+                }
+                self.metrics.picks.remove(&EndpointLabel { endpoint: e.id.clone() });
+                tracing::info!(endpoint = %e.id, "endpoint removed; its index entries forgotten");
+            }
+        }
+    }
+
+    fn start_endpoint(self: &Arc<Self>, e: &crate::endpoint::Endpoint) {
+        let mut tasks = Vec::new();
+        for (i, source) in self.scheduler.config().data_layer.sources.iter().enumerate() {
+            match &source.kind {
+                SourceKind::Metrics { .. } => {
+                    tasks.push(tokio::spawn(dataplane::scrape(Arc::downgrade(self), i, e.id.clone())));
+                }
+                SourceKind::KvEvents => {
+                    if let Some(zmq) = e.kv_events.clone().filter(|_| !source.consumers.is_empty()) {
+                        tasks.push(tokio::spawn(dataplane::subscribe(Arc::downgrade(self), i, e.id.clone(), zmq)));
+                    }
+                }
+            }
+        }
+        if let Some(old) = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(e.id.clone(), tasks) {
+            old.into_iter().for_each(|t| t.abort());
+        }
+    }
+
+    fn stop_endpoint(&self, id: &str) {
+        if let Some(ts) = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
+            ts.into_iter().for_each(|t| t.abort());
+        }
+    }
+
+    /// The endpoints.
+    pub fn datastore(&self) -> &DatastoreReader {
+        &self.reader
+    }
+
+    /// Writes the endpoints (what discovery sources use).
+    pub fn writer(&self) -> &DatastoreWriter {
+        &self.writer
+    }
+
+    /// The scheduler.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// The HTTP client used for scraping (and by the gateway for proxying).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Scrapes every endpoint once, now (tests and start-up; the data plane keeps
+    /// scraping on its own).
+    pub async fn scrape_once(&self) {
+        for (i, source) in self.scheduler.config().data_layer.sources.iter().enumerate() {
+            if matches!(source.kind, SourceKind::Metrics { .. }) {
+                for e in self.reader.snapshot() {
+                    dataplane::scrape_endpoint(self, i, &e.id).await;
+                }
+            }
+        }
+    }
+
+    /// Builds the scheduler's view of a request: model, prompt text, token ids (from
+    /// the body, or the tokenizer when a scorer needs them), headers.
+    pub fn parse_request(&self, path: &str, headers: &BTreeMap<String, String>, body: &Value) -> LlmRequest {
+        let mut req = LlmRequest::new(
+            headers.get("x-request-id").cloned().unwrap_or_default(),
+            body.get("model").and_then(Value::as_str).unwrap_or_default(),
+            llmd_openai::prompt_text(body),
+        );
+        // Tokenizing costs far more than a pick: only when a scorer needs token ids.
+        req.token_ids = llmd_openai::prompt_token_ids(body).or_else(|| {
+            self.needs_tokens.then(|| self.tokenizer.as_ref().and_then(|t| t.tokenize(path, body))).flatten()
+        });
+        req.headers = headers.clone();
+        req
+    }
+
+    /// Picks for an OpenAI request body arriving at `path` with `headers` (lower-case
+    /// names), among the ready endpoints not in `exclude`. The request counts as in
+    /// flight on every endpoint picked until the [`Picked`] is dropped.
+    pub fn pick(
+        &self,
+        path: &str,
+        headers: &BTreeMap<String, String>,
+        body: &Value,
+        exclude: &HashSet<String>,
+    ) -> Result<Picked, SchedulerError> {
+        let req = self.parse_request(path, headers, body);
+        self.pick_request(&req, exclude)
+    }
+
+    /// [`pick`](Self::pick) for a request already parsed.
+    pub fn pick_request(&self, req: &LlmRequest, exclude: &HashSet<String>) -> Result<Picked, SchedulerError> {
+        let started = Instant::now();
+        // Pick under the read lock: no copies of the endpoint list.
+        let result = self.reader.with_endpoints(|all| {
+            let cands = all.iter().filter(|e| e.is_ready() && !exclude.contains(&e.id)).collect();
+            self.scheduler.pick_among(req, cands)
+        });
+        self.metrics.pick_seconds.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(result) => {
+                if let Some(d) = result.destination() {
+                    self.metrics.picks.get_or_create(&EndpointLabel { endpoint: d.endpoint.clone() }).inc();
+                }
+                let tokens = req.token_ids.as_ref().map_or(0, |t| t.len() as u64);
+                let ticket = self.writer.request_started(&result.endpoints(), tokens);
+                Ok(Picked { result, inflight: InFlightGuard { writer: self.writer.clone(), ticket } })
+            }
+            Err(e) => {
+                self.metrics.pick_errors.get_or_create(&StatusLabel { status: e.http_status().to_string() }).inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a retry on another endpoint (front ends call it).
+    pub fn record_retry(&self) {
+        self.metrics.retries.inc();
+    }
+
+    /// The picker's metrics in Prometheus text format.
+    pub fn metrics_text(&self) -> Result<String, SchedulerError> {
+        self.metrics
+            .encode(&self.reader, &self.consumers)
+            .map_err(|e| SchedulerError::Request(format!("encoding metrics: {e}")))
+    }
+}

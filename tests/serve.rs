@@ -1,0 +1,103 @@
+//! `llmd serve` as a user runs it: two on one host start side by side, each publishing
+//! KV events where its HTTP API listens (loopback by default) on a port of its own, and
+//! a picker told only their HTTP addresses finds the event streams in their metrics.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use llmd::scheduler::picker::{EndpointPicker, PickerConfig};
+use llmd::scheduler::{Endpoint, PluginRegistry, Role, Scheduler, SystemClock, datastore, presets};
+use serde_json::json;
+
+struct Serve {
+    child: Child,
+    http: String,
+    events: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `llmd serve --sim` with default flags but for a free HTTP port, and reads
+/// the addresses it prints.
+fn serve() -> Serve {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llmd"))
+        .args(["serve", "--sim", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) if l.starts_with("llmd serve:") => break l,
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = child.kill();
+                panic!("llmd serve did not start: {e}");
+            }
+        }
+    };
+    let http = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_string();
+    let events = line.rsplit("KV events on ").next().unwrap().trim().to_string();
+    Serve { child, http, events }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serves_on_one_host_start_and_publish_events_on_loopback() {
+    let (a, b) = (serve(), serve());
+    for s in [&a, &b] {
+        assert!(s.http.starts_with("127.0.0.1:"), "{}", s.http);
+        assert!(s.events.starts_with("tcp://127.0.0.1:"), "events follow --host: {}", s.events);
+    }
+    assert_ne!(a.events, b.events);
+    let client = reqwest::Client::new();
+    let metrics = client.get(format!("http://{}/metrics", a.http)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(&format!("llmd:kv_events_info{{endpoint=\"{}\"", a.events)), "{metrics}");
+
+    // A picker given only the HTTP addresses learns where the events are and indexes them.
+    let store = datastore(Arc::new(SystemClock::default()));
+    store.upsert(Endpoint::new("a", a.http.clone(), Role::Both));
+    store.upsert(Endpoint::new("b", b.http.clone(), Role::Both));
+    let sched = Scheduler::new(presets::preset("precise-prefix", &PluginRegistry::with_builtins()).unwrap(), 0);
+    let picker = EndpointPicker::new(sched, store, PickerConfig::default(), None);
+    picker.start();
+    let prompt: Vec<u32> = (1..=64).collect();
+    let started = Instant::now();
+    loop {
+        let body = json!({"prompt": prompt, "max_tokens": 1}).to_string();
+        let r = client
+            .post(format!("http://{}/v1/completions", a.http))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let learned = picker.datastore().get("a").unwrap().kv_events;
+        let pick = picker.pick("/v1/completions", &Default::default(), &json!({"prompt": prompt}), &Default::default());
+        let dest = pick.unwrap().result.destination().unwrap().clone();
+        let precise = dest.breakdown.iter().find(|s| s.scorer == "precise-prefix-cache-scorer").unwrap().raw;
+        if learned.as_deref() == Some(a.events.as_str()) && dest.endpoint == "a" && precise > 0.9 {
+            break;
+        }
+        // The scrape interval and ZMQ's subscription handshake: bounded polling.
+        assert!(started.elapsed() < Duration::from_secs(30), "never learned a's KV events (learned: {learned:?})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    picker.shutdown();
+}

@@ -41,6 +41,14 @@ impl std::fmt::Debug for LocalCluster {
     }
 }
 
+/// Resolves when the cluster is told to stop.
+fn until_stopped(stop: &tokio::sync::broadcast::Sender<()>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = stop.subscribe();
+    async move {
+        let _ = rx.recv().await;
+    }
+}
+
 impl LocalCluster {
     /// Starts every replica on a free loopback port and the gateway on `bind`.
     pub async fn start(
@@ -87,13 +95,9 @@ impl LocalCluster {
             ep.kv_events = kv_events;
             endpoints.push(ep);
             addrs.push(addr);
-            let mut rx = stop.subscribe();
+            let stopped = until_stopped(&stop);
             tasks.push(tokio::spawn(async move {
-                let _ = server
-                    .serve(listener, async move {
-                        let _ = rx.recv().await;
-                    })
-                    .await;
+                let _ = server.serve(listener, stopped).await;
             }));
         }
         let store = datastore(Arc::new(SystemClock::default()));
@@ -106,13 +110,9 @@ impl LocalCluster {
         let gateway = Gateway::new(picker.clone(), GatewayConfig::default());
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
-        let mut rx = stop.subscribe();
+        let stopped = until_stopped(&stop);
         tasks.push(tokio::spawn(async move {
-            let _ = gateway
-                .serve(listener, async move {
-                    let _ = rx.recv().await;
-                })
-                .await;
+            let _ = gateway.serve(listener, stopped).await;
         }));
         Ok(LocalCluster { addr, replicas: addrs, endpoints, picker, stop, tasks })
     }

@@ -3,7 +3,9 @@
 //! This facade re-exports each llmd crate behind a cargo feature of the same name (all
 //! on by default), so `llmd::kvcache::BlockHasher` and `llmd_kvcache::BlockHasher` are
 //! the same item. Depend on a single crate (`cargo add llmd-kvcache`) to take one piece
-//! alone.
+//! alone, or on the facade without default features and with the pieces you want
+//! (`--no-default-features --features kvcache` builds no async runtime, HTTP or gRPC
+//! stack); the `cli` feature is the `llmd` binary and its in-process cluster and bench.
 
 #[cfg(feature = "autoscale")]
 pub use llmd_autoscale as autoscale;
@@ -20,8 +22,8 @@ pub use llmd_scheduler as scheduler;
 #[cfg(feature = "transfer")]
 pub use llmd_transfer as transfer;
 
-#[cfg(all(feature = "engine", feature = "scheduler"))]
+#[cfg(feature = "cli")]
 pub mod cluster;
 
-#[cfg(all(feature = "engine", feature = "scheduler"))]
+#[cfg(feature = "cli")]
 pub mod bench;

@@ -561,7 +561,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     let drivers = a.driver.iter().map(|d| Driver::parse(d)).collect::<Result<Vec<_>>>()?;
     let names: Vec<String> = if a.scenarios == ["all"] {
-        ["shared-prefix", "code-completion", "multi-turn", "random"].map(String::from).to_vec()
+        ["shared-prefix", "code-completion", "multi-turn", "random", "mixed"].map(String::from).to_vec()
     } else {
         a.scenarios.clone()
     };

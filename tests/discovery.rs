@@ -7,20 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use llmd::cluster::{LocalCluster, Replica};
-use llmd::engine::LatencyModel;
+use llmd::cluster::LocalCluster;
 use llmd::scheduler::{Endpoint, FileDiscovery, PluginRegistry, presets};
 use serde_json::json;
 
-fn sim() -> Replica {
-    let latency = LatencyModel {
-        step_overhead: Duration::from_micros(300),
-        per_prefill_token: Duration::from_micros(20),
-        per_decode_seq: Duration::from_micros(50),
-        per_context_token: Duration::ZERO,
-    };
-    Replica::simulated("llmd-sim", latency, 2048).unwrap()
-}
+mod common;
+use common::sim;
 
 fn file_text(eps: &[&Endpoint]) -> String {
     let mut s = String::from("endpoints:\n");

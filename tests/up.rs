@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmd::cluster::{LocalCluster, Replica};
+use llmd::engine::builtin;
 use llmd::engine::server::{Server, ServerConfig};
-use llmd::engine::{LatencyModel, builtin};
 use llmd::scheduler::gateway::{Gateway, GatewayConfig};
 use llmd::scheduler::picker::{EndpointPicker, PickerConfig, PromptTokenizer};
 use llmd::scheduler::{Endpoint, PluginRegistry, Role, Scheduler, SystemClock, datastore, presets};
@@ -32,16 +32,8 @@ fn tiny() -> Replica {
     Replica::builtin(256).unwrap()
 }
 
-/// A simulated replica whose prefill costs 100 µs per uncached token.
-fn sim() -> Replica {
-    let latency = LatencyModel {
-        step_overhead: Duration::from_micros(500),
-        per_prefill_token: Duration::from_micros(100),
-        per_decode_seq: Duration::from_micros(50),
-        per_context_token: Duration::ZERO,
-    };
-    Replica::simulated("llmd-sim", latency, 2048).unwrap()
-}
+mod common;
+use common::sim;
 
 async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, String) {
     let r = client.post(url).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();

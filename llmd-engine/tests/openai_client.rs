@@ -10,12 +10,9 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use llmd_engine::builtin;
 use llmd_engine::server::{Server, ServerConfig};
-use llmd_engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
-use llmd_engine::{ByteTokenizer, ChatTemplate, Engine, EngineConfig, KvDtype, ModelBackend, SystemClock};
+use llmd_engine::{EngineBuilder, KvDtype, builtin};
 
 fn python() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("LLMD_PYTHON") {
@@ -32,20 +29,8 @@ async fn the_openai_python_client_works() {
         eprintln!("skipping openai client test: no $LLMD_PYTHON and no .venv (run .ci/run, or set LLMD_PYTHON)");
         return;
     };
-    let cfg = EngineConfig { block_size: 16, num_blocks: 256, max_model_len: 1024, ..Default::default() };
-    let backend = ModelBackend::new(builtin::model(0).unwrap(), 256, 16, KvDtype::F16).unwrap();
-    let engine = Engine::new(
-        cfg,
-        Box::new(backend),
-        Arc::new(ByteTokenizer),
-        vec![ByteTokenizer::EOS],
-        Arc::new(SystemClock::default()),
-    )
-    .unwrap();
-    let server =
-        Server::start(engine, ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"), ServerConfig::default())
-            .await
-            .unwrap();
+    let built = EngineBuilder::builtin().num_blocks(256).max_model_len(1024).kv_dtype(KvDtype::F16).build().unwrap();
+    let server = Server::start(built.engine, built.template, ServerConfig::default()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -5,12 +5,8 @@
 #![cfg(feature = "server")]
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use std::sync::Arc;
-
-use llmd_engine::builtin;
 use llmd_engine::server::{Server, ServerConfig};
-use llmd_engine::tokenizer::DEFAULT_CHAT_TEMPLATE;
-use llmd_engine::{ByteTokenizer, ChatTemplate, Engine, EngineConfig, KvDtype, ModelBackend, SystemClock};
+use llmd_engine::{EngineBuilder, KvDtype};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,24 +17,9 @@ async fn start(max_queued: usize) -> (String, tokio::sync::oneshot::Sender<()>) 
 }
 
 async fn start_with(server_cfg: ServerConfig) -> (String, tokio::sync::oneshot::Sender<()>, Option<String>) {
-    let cfg = EngineConfig {
-        block_size: 16,
-        num_blocks: 64,
-        max_model_len: 512,
-        kv_dtype: KvDtype::F32,
-        ..Default::default()
-    };
-    let backend = ModelBackend::new(builtin::model(1).unwrap(), 64, 16, KvDtype::F32).unwrap();
-    let engine = Engine::new(
-        cfg,
-        Box::new(backend),
-        Arc::new(ByteTokenizer),
-        vec![ByteTokenizer::EOS],
-        Arc::new(SystemClock::default()),
-    )
-    .unwrap();
-    let server =
-        Server::start(engine, ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>"), server_cfg).await.unwrap();
+    let built =
+        EngineBuilder::builtin().seed(1).num_blocks(64).max_model_len(512).kv_dtype(KvDtype::F32).build().unwrap();
+    let server = Server::start(built.engine, built.template, server_cfg).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let events = server.kv_events_endpoint().map(String::from);

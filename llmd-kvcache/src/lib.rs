@@ -46,6 +46,7 @@
 pub struct ReadmeDoctests;
 
 mod cbor;
+pub mod clock;
 pub mod codec;
 mod error;
 pub mod events;

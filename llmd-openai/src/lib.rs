@@ -11,6 +11,8 @@
 //! * [`stream`]: stream chunk types and an SSE decoder ([`SseDecoder`], [`parse_data`]).
 //! * [`error_body`]: `{"error": {"message", "type", "param", "code"}}` bodies with the
 //!   type names vLLM uses for each HTTP status ([`ErrorBody`], [`ErrorKind`]).
+//! * `http` (feature `axum`): error bodies as axum responses and `http::serve`, which
+//!   serves a router with `TCP_NODELAY` on every connection.
 //! * `render` (feature `render`): the `Tokenize` trait, Hugging Face tokenizers,
 //!   chat templates, and `PromptRenderer`, which loads both from a checkpoint
 //!   directory and turns a request into the token ids an engine computes on.
@@ -37,6 +39,8 @@ pub struct ReadmeDoctests;
 
 mod error;
 pub mod error_body;
+#[cfg(feature = "axum")]
+pub mod http;
 #[cfg(feature = "render")]
 pub mod render;
 pub mod request;

@@ -309,7 +309,7 @@ impl SchedulerConfig {
                 name: rp.name.clone(),
                 filters: Vec::new(),
                 scorers: Vec::new(),
-                picker: ("max-score-picker".into(), Arc::new(MaxScorePicker)),
+                picker: ("max-score-picker".into(), Arc::new(MaxScorePicker::default())),
                 observers: Vec::new(),
             };
             let mut picked = false;

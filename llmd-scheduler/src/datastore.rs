@@ -35,7 +35,50 @@ pub struct RequestTicket(u64);
 struct Tracked {
     endpoints: Vec<String>,
     tokens: u64,
+    // Whether the response has started (the prompt's tokens are already released).
+    prefilled: bool,
     started: Duration,
+}
+
+/// How fast an endpoint prefills, learned from when responses start: a fluid model of
+/// its prefill queue, so the picker can tell a prefill about to finish from one just begun.
+#[derive(Debug, Default, Clone, Copy)]
+struct PrefillModel {
+    // Tokens per second (EWMA); None until a first response byte was seen.
+    rate: Option<f64>,
+    // When the queued prefill work is expected to be done.
+    free_at: Duration,
+    last_first_byte: Option<Duration>,
+}
+
+impl PrefillModel {
+    fn add(&mut self, tokens: u64, now: Duration) {
+        if let Some(r) = self.rate {
+            self.free_at = self.free_at.max(now) + Duration::from_secs_f64(tokens as f64 / r);
+        }
+    }
+
+    fn first_byte(&mut self, tokens: u64, started: Duration, now: Duration, still_pending: u64) {
+        // Service began when the request arrived or the previous response started,
+        // whichever is later (prefills of one endpoint run one after another).
+        let begun = self.last_first_byte.map_or(started, |t| t.max(started));
+        let took = now.saturating_sub(begun).as_secs_f64();
+        if took > 1e-3 && tokens > 0 {
+            let sample = tokens as f64 / took;
+            self.rate = Some(self.rate.map_or(sample, |r| 0.7 * r + 0.3 * sample));
+        }
+        self.last_first_byte = Some(now);
+        if still_pending == 0 {
+            self.free_at = now;
+        }
+    }
+
+    fn remaining(&self, pending: u64, now: Duration) -> u64 {
+        match self.rate {
+            None => pending,
+            Some(r) => ((self.free_at.saturating_sub(now).as_secs_f64() * r).ceil() as u64).min(pending),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +88,7 @@ struct Inner {
     // Which discovery source put each endpoint here (reconcile removes only its own).
     owners: HashMap<String, String>,
     requests: HashMap<RequestTicket, Tracked>,
+    prefill: HashMap<String, PrefillModel>,
     next_ticket: u64,
     version: u64,
 }
@@ -186,6 +230,7 @@ impl DatastoreWriter {
                 .collect();
             for id in gone {
                 g.owners.remove(&id);
+                g.prefill.remove(&id);
                 if let Some(i) = g.position(&id) {
                     changes.push(Change::Removed(g.endpoints.remove(i)));
                 }
@@ -213,6 +258,7 @@ impl DatastoreWriter {
         let removed = {
             let mut g = self.shared.write();
             g.owners.remove(id);
+            g.prefill.remove(id);
             g.version += 1;
             let i = g.position(id)?;
             g.endpoints.remove(i)
@@ -292,10 +338,50 @@ impl DatastoreWriter {
             if let Some(e) = g.get_mut(id) {
                 e.inflight.requests += 1;
                 e.inflight.prompt_tokens += prompt_tokens;
+                e.inflight.prefill_remaining += prompt_tokens;
+                e.inflight.last_sent = Some(now);
+                g.prefill.entry(id.clone()).or_default().add(prompt_tokens, now);
             }
         }
-        g.requests.insert(ticket, Tracked { endpoints: ids, tokens: prompt_tokens, started: now });
+        g.requests.insert(ticket, Tracked { endpoints: ids, tokens: prompt_tokens, prefilled: false, started: now });
         ticket
+    }
+
+    /// The request's response has started: its prompt is prefilled, so its tokens no
+    /// longer count as pending work (the request still counts until it finishes).
+    /// Idempotent.
+    pub fn request_first_byte(&self, ticket: RequestTicket) {
+        let now = self.shared.clock.now();
+        let mut g = self.shared.write();
+        let Some(t) = g.requests.get_mut(&ticket) else { return };
+        if t.prefilled {
+            return;
+        }
+        t.prefilled = true;
+        let (ids, tokens, started) = (t.endpoints.clone(), t.tokens, t.started);
+        for id in &ids {
+            let Some(e) = g.get_mut(id) else { continue };
+            e.inflight.prompt_tokens = e.inflight.prompt_tokens.saturating_sub(tokens);
+            let pending = e.inflight.prompt_tokens;
+            let model = g.prefill.entry(id.clone()).or_default();
+            model.first_byte(tokens, started, now, pending);
+            let remaining = model.remaining(pending, now);
+            if let Some(e) = g.get_mut(id) {
+                e.inflight.prefill_remaining = remaining;
+            }
+        }
+    }
+
+    /// Ages every endpoint's pending prefill to now (`InFlightLoad::prefill_remaining`);
+    /// the picker calls it before each pick.
+    pub fn refresh_load(&self) {
+        let now = self.shared.clock.now();
+        let mut g = self.shared.write();
+        let Inner { endpoints, prefill, .. } = &mut *g;
+        for e in endpoints.iter_mut() {
+            e.inflight.prefill_remaining =
+                prefill.get(&e.id).map_or(e.inflight.prompt_tokens, |m| m.remaining(e.inflight.prompt_tokens, now));
+        }
     }
 
     /// The request finished (or failed, or its client went away). Idempotent.
@@ -326,7 +412,10 @@ fn release(g: &mut Inner, t: &Tracked) {
     for id in &t.endpoints {
         if let Some(e) = g.get_mut(id) {
             e.inflight.requests = e.inflight.requests.saturating_sub(1);
-            e.inflight.prompt_tokens = e.inflight.prompt_tokens.saturating_sub(t.tokens);
+            if !t.prefilled {
+                e.inflight.prompt_tokens = e.inflight.prompt_tokens.saturating_sub(t.tokens);
+                e.inflight.prefill_remaining = e.inflight.prefill_remaining.min(e.inflight.prompt_tokens);
+            }
         }
     }
 }
@@ -386,7 +475,7 @@ mod tests {
 
     #[test]
     fn upsert_keeps_learned_state_and_reports_changes() {
-        let clock = ManualClock::new();
+        let clock = Arc::new(ManualClock::new());
         let w = datastore(clock.clone());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
@@ -409,7 +498,7 @@ mod tests {
 
     #[test]
     fn reconcile_removes_only_the_sources_own() {
-        let w = datastore(ManualClock::new());
+        let w = datastore(Arc::new(ManualClock::new()));
         w.upsert_from("static", ep("s"));
         assert_eq!(w.reconcile("file", vec![ep("a"), ep("b")]), (2, 0));
         assert_eq!(w.reconcile("file", vec![ep("b"), ep("c")]), (1, 1));
@@ -419,7 +508,7 @@ mod tests {
 
     #[test]
     fn stale_metrics_expire_on_the_injected_clock() {
-        let clock = ManualClock::new();
+        let clock = Arc::new(ManualClock::new());
         let w = datastore(clock.clone());
         w.upsert(ep("a"));
         w.update_metrics("a", EndpointMetrics { waiting: 7, ..Default::default() });
@@ -432,15 +521,21 @@ mod tests {
 
     #[test]
     fn in_flight_counts_rise_and_fall_and_expire() {
-        let clock = ManualClock::new();
+        let clock = Arc::new(ManualClock::new());
         let w = datastore(clock.clone());
         w.upsert(ep("a"));
         w.upsert(ep("b"));
         let t1 = w.request_started(&["a"], 100);
-        let _t2 = w.request_started(&["a", "b"], 10);
+        let t2 = w.request_started(&["a", "b"], 10);
         let r = w.reader();
         assert_eq!((r.get("a").unwrap().inflight.requests, r.get("a").unwrap().inflight.prompt_tokens), (2, 110));
+        // The first response byte releases the prompt's tokens, not the request.
+        w.request_first_byte(t2);
+        w.request_first_byte(t2);
+        assert_eq!((r.get("a").unwrap().inflight.requests, r.get("a").unwrap().inflight.prompt_tokens), (2, 100));
+        assert_eq!(r.get("b").unwrap().inflight.prompt_tokens, 0);
         w.request_finished(t1);
+        assert_eq!(r.get("a").unwrap().inflight.prompt_tokens, 0);
         w.request_finished(t1);
         assert_eq!(r.get("a").unwrap().inflight.requests, 1, "finishing twice counts once");
         clock.advance(Duration::from_secs(121));
@@ -450,8 +545,35 @@ mod tests {
     }
 
     #[test]
+    fn pending_prefill_ages_at_the_learned_rate() {
+        let clock = Arc::new(ManualClock::new());
+        let w = datastore(clock.clone());
+        w.upsert(ep("a"));
+        let r = w.reader();
+        // Unknown rate: the raw count.
+        let t = w.request_started(&["a"], 1000);
+        w.refresh_load();
+        assert_eq!(r.get("a").unwrap().inflight.prefill_remaining, 1000);
+        // 1000 tokens took 100 ms: 10 000 tokens/s.
+        clock.advance(Duration::from_millis(100));
+        w.request_first_byte(t);
+        w.request_finished(t);
+        // The next prompt is half done after 50 ms, done after 100 ms.
+        let t = w.request_started(&["a"], 1000);
+        clock.advance(Duration::from_millis(50));
+        w.refresh_load();
+        assert_eq!(r.get("a").unwrap().inflight.prefill_remaining, 500);
+        clock.advance(Duration::from_millis(60));
+        w.refresh_load();
+        let a = r.get("a").unwrap().inflight;
+        assert_eq!((a.prompt_tokens, a.prefill_remaining), (1000, 0), "not started yet, but due");
+        w.request_first_byte(t);
+        assert_eq!(r.get("a").unwrap().inflight.prompt_tokens, 0);
+    }
+
+    #[test]
     fn draining_endpoints_are_not_ready() {
-        let w = datastore(ManualClock::new());
+        let w = datastore(Arc::new(ManualClock::new()));
         w.upsert(ep("a"));
         assert!(w.drain("a"));
         assert!(!w.reader().get("a").unwrap().is_ready());

@@ -247,6 +247,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::datastore::datastore;
+    use std::sync::Arc;
 
     #[test]
     fn reads_llm_d_file_discovery_format() {
@@ -303,7 +304,7 @@ endpoints:
             "endpoints:\n- {name: a, address: 127.0.0.1, port: 1}\n- {name: b, address: 127.0.0.1, port: 2}\n",
         )
         .unwrap();
-        let w = datastore(ManualClock::new());
+        let w = datastore(Arc::new(ManualClock::new()));
         let mut d = FileDiscovery::new(&path, Some(Duration::from_secs(1)));
         assert_eq!(d.sync(&w).unwrap(), SyncOutcome { added: 2, removed: 0, changed: true });
         assert!(!d.sync(&w).unwrap().changed, "unchanged file, no work");

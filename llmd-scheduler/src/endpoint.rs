@@ -74,10 +74,18 @@ impl EndpointStatus {
 /// scraped queue lengths lag.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InFlightLoad {
-    /// Requests in flight.
+    /// Requests in flight (until their response ends).
     pub requests: u64,
-    /// Their prompt tokens (0 for requests whose prompt was not tokenized).
+    /// Prompt tokens still to prefill: a request's are counted until the first byte of
+    /// its response (llm-d's `inflight-load-producer`), when the prefill is done.
+    /// Estimated as a quarter of the prompt's characters when it was not tokenized.
     pub prompt_tokens: u64,
+    /// When the picker last sent it a request (datastore clock); `None` if never.
+    pub last_sent: Option<std::time::Duration>,
+    /// `prompt_tokens` aged by the endpoint's observed prefill rate: what is estimated
+    /// to be left of that work now (equal to `prompt_tokens` until the rate is learned
+    /// from first response bytes). Refreshed by the picker before each pick.
+    pub prefill_remaining: u64,
 }
 
 /// A value a data-layer extractor wrote on an endpoint.

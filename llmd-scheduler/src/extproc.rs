@@ -114,6 +114,9 @@ impl ExternalProcessor for ExtProc {
                         Some(Out::ResponseHeaders(HeadersResponse::default()))
                     }
                     Some(In::ResponseBody(b)) => {
+                        if let Some(p) = &picked {
+                            p.first_byte();
+                        }
                         if b.end_of_stream {
                             picked = None;
                         }

@@ -54,11 +54,7 @@ impl std::fmt::Debug for Gateway {
 }
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
-    reply(ErrorBody::new(kind, message))
-}
-
-fn reply(body: ErrorBody) -> Response {
-    (StatusCode::from_u16(body.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response()
+    ErrorBody::new(kind, message).into_response()
 }
 
 impl Gateway {
@@ -90,13 +86,8 @@ impl Gateway {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
-        // The gateway relays token streams as small writes: without TCP_NODELAY, Nagle
-        // holds each until the previous is acknowledged, adding milliseconds to TTFT.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+        // Relayed token streams are small writes: TCP_NODELAY (see `http::serve`).
+        llmd_openai::http::serve(listener, self.router(), shutdown).await
     }
 }
 
@@ -151,7 +142,7 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
             Ok(p) => p,
             Err(e) => {
                 let msg = if last_err.is_empty() { e.to_string() } else { format!("{e} (after: {last_err})") };
-                return reply(ErrorBody::from_status(e.http_status(), msg));
+                return ErrorBody::from_status(e.http_status(), msg).into_response();
             }
         };
         let prefill = picked.prefill_address().map(String::from);
@@ -198,7 +189,9 @@ fn relay(resp: reqwest::Response, destination: &str, inflight: InFlightGuard) ->
         builder = builder.header(DESTINATION_HEADER, v);
     }
     let stream = resp.bytes_stream().map(move |chunk| {
-        let _held = &inflight;
+        // The first chunk means the prompt is prefilled (the guard itself lives until
+        // the stream is dropped).
+        inflight.first_byte();
         chunk
     });
     builder.body(Body::from_stream(stream)).unwrap_or_else(|e| error(ErrorKind::BadGateway, e.to_string()))

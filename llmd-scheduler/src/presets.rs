@@ -13,21 +13,27 @@ schedulingProfiles:
   - pluginRef: round-robin-picker
 ";
 
-// The picker's own in-flight counts lead (exact and immediate); the scraped queue and
-// cache usage break ties and catch load from other pickers.
+// The picker's own in-flight counts, exact and immediate where scrapes lag: prompt
+// tokens still to prefill (aged by each endpoint's observed prefill rate: what delays
+// the next first token) lead, requests in flight (the decode batch) follow, and ties go
+// to the endpoint sent a request longest ago. The scraped queue and cache usage are
+// left out: 200 ms stale, they scramble exactly the close calls this preset makes (add
+// them in a config when other pickers share the endpoints).
 const LOAD: &str = "
 plugins:
+- type: token-load-scorer
+  parameters:
+    queueThresholdTokens: 1024
 - type: active-request-scorer
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
 - type: max-score-picker
+  parameters:
+    tieBreak: least-recent
 schedulingProfiles:
 - name: default
   plugins:
-  - pluginRef: active-request-scorer
+  - pluginRef: token-load-scorer
     weight: 3
-  - pluginRef: queue-scorer
-  - pluginRef: kv-cache-utilization-scorer
+  - pluginRef: active-request-scorer
   - pluginRef: max-score-picker
 ";
 

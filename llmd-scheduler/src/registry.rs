@@ -46,6 +46,12 @@ impl PluginRegistry {
                 ..handle(n, "active-request-scorer")
             })
         });
+        r.register("token-load-scorer", |n, p| {
+            Ok(PluginHandle {
+                scorer: Some(Arc::new(scorers::TokenLoadScorer::from_params(p)?)),
+                ..handle(n, "token-load-scorer")
+            })
+        });
         r.register("kv-cache-utilization-scorer", |n, _| {
             Ok(PluginHandle {
                 scorer: Some(Arc::new(scorers::KvCacheUtilizationScorer)),
@@ -93,8 +99,11 @@ impl PluginRegistry {
                 ..handle(n, "queue-threshold-filter")
             })
         });
-        r.register("max-score-picker", |n, _| {
-            Ok(PluginHandle { picker: Some(Arc::new(pickers::MaxScorePicker)), ..handle(n, "max-score-picker") })
+        r.register("max-score-picker", |n, p| {
+            Ok(PluginHandle {
+                picker: Some(Arc::new(pickers::MaxScorePicker::from_params(p)?)),
+                ..handle(n, "max-score-picker")
+            })
         });
         r.register("random-picker", |n, _| {
             Ok(PluginHandle { picker: Some(Arc::new(pickers::RandomPicker)), ..handle(n, "random-picker") })
@@ -159,6 +168,14 @@ impl PluginRegistry {
                 filter: Some(Arc::new(filters::AttributeFilter::from_params(p)?)),
                 ..handle(n, "attribute-filter")
             })
+        });
+        // The picker core always keeps llm-d's in-flight counts (prompt tokens released at
+        // the first response byte); the producer's output-token estimate is not built.
+        r.register("inflight-load-producer", |n, p| {
+            if super::plugins::Params(p).bool("addEstimatedOutputTokens", false)? {
+                return Err("parameter addEstimatedOutputTokens: estimated output tokens are not supported".into());
+            }
+            Ok(handle(n, "inflight-load-producer"))
         });
         // Endpoint discovery from a file; the data layer runs it (dataLayer.discovery).
         r.register("file-discovery", |n, p| {

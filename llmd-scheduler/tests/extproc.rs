@@ -20,8 +20,9 @@ async fn start(endpoints: Vec<Endpoint>) -> String {
 }
 
 async fn start_picker(endpoints: Vec<Endpoint>) -> (String, std::sync::Arc<EndpointPicker>) {
-    let sched = Scheduler::new(presets::preset("load", &PluginRegistry::with_builtins()).unwrap(), 0);
-    let store = datastore(ManualClock::new());
+    // Scraped load decides between the endpoints here (the prompt is too short to share).
+    let sched = Scheduler::new(presets::preset("prefix", &PluginRegistry::with_builtins()).unwrap(), 0);
+    let store = datastore(std::sync::Arc::new(ManualClock::new()));
     for e in endpoints {
         store.upsert(e);
     }

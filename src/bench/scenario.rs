@@ -40,17 +40,23 @@ pub struct Scenario {
     /// Characters per question.
     #[serde(default)]
     pub question_chars: usize,
-    /// Characters per prompt (`random`).
+    /// Characters per prompt (`random`); with `prompt_chars_max`, the shortest.
     #[serde(default)]
     pub prompt_chars: usize,
+    /// Longest prompt (`random`): lengths uniform in `prompt_chars..=prompt_chars_max`.
+    #[serde(default)]
+    pub prompt_chars_max: Option<usize>,
     /// Conversations (`multi-turn`).
     #[serde(default)]
     pub sessions: usize,
     /// Characters each turn adds to its conversation (`multi-turn`).
     #[serde(default)]
     pub turn_chars: usize,
-    /// Tokens to generate per request.
+    /// Tokens to generate per request; with `max_tokens_max`, the fewest.
     pub max_tokens: usize,
+    /// Most tokens to generate: counts uniform in `max_tokens..=max_tokens_max`.
+    #[serde(default)]
+    pub max_tokens_max: Option<usize>,
     /// Goodput objectives.
     pub slo: Slo,
     /// KV-cache blocks per replica when `llmd bench` starts the cluster: the memory
@@ -116,6 +122,12 @@ impl Scenario {
             }
             "shared-prefix" => Ok(()),
             "random" if self.prompt_chars == 0 => bail!("random needs prompt_chars"),
+            _ if self.prompt_chars_max.is_some_and(|m| m < self.prompt_chars) => {
+                bail!("prompt_chars_max is below prompt_chars")
+            }
+            _ if self.max_tokens_max.is_some_and(|m| m < self.max_tokens) => {
+                bail!("max_tokens_max is below max_tokens")
+            }
             "random" => Ok(()),
             "multi-turn" if self.sessions == 0 || self.turn_chars == 0 => {
                 bail!("multi-turn needs sessions and turn_chars")
@@ -147,9 +159,21 @@ impl Scenario {
                         sessions[k].push_str(&format!("User: {turn}\n"));
                         sessions[k].clone()
                     }
-                    _ => rng.text(self.prompt_chars),
+                    _ => {
+                        let chars = match self.prompt_chars_max {
+                            Some(max) => {
+                                self.prompt_chars + (rng.next() % (max - self.prompt_chars + 1) as u64) as usize
+                            }
+                            None => self.prompt_chars,
+                        };
+                        rng.text(chars)
+                    }
                 };
-                Planned { at: Duration::from_secs_f64(at), prompt, max_tokens: self.max_tokens }
+                let max_tokens = match self.max_tokens_max {
+                    Some(max) => self.max_tokens + (rng.next() % (max - self.max_tokens + 1) as u64) as usize,
+                    None => self.max_tokens,
+                };
+                Planned { at: Duration::from_secs_f64(at), prompt, max_tokens }
             })
             .collect()
     }
@@ -188,5 +212,24 @@ mod tests {
             "{name: t, kind: x, requests: 1, rates: [1], seed: 1, max_tokens: 1, slo: {ttft_ms: 1, itl_ms: 1}}",
         );
         assert!(bad.unwrap().check().is_err());
+    }
+
+    #[test]
+    fn mixed_sizes_stay_in_their_ranges() {
+        let s: Scenario = serde_yaml_ng::from_str(
+            "{name: m, kind: random, requests: 500, rates: [10], seed: 2, prompt_chars: 10, prompt_chars_max: 40, max_tokens: 2, max_tokens_max: 9, slo: {ttft_ms: 1, itl_ms: 1}}",
+        )
+        .unwrap();
+        s.check().unwrap();
+        let plan = s.plan(10.0);
+        assert!(plan.iter().all(|p| (10..=40).contains(&p.prompt.len()) && (2..=9).contains(&p.max_tokens)));
+        // Both ends are reached: the ranges are really used.
+        assert!(plan.iter().any(|p| p.prompt.len() <= 12) && plan.iter().any(|p| p.prompt.len() >= 38));
+        assert!(plan.iter().any(|p| p.max_tokens == 2) && plan.iter().any(|p| p.max_tokens == 9));
+        let bad: Scenario = serde_yaml_ng::from_str(
+            "{name: m, kind: random, requests: 1, rates: [1], seed: 2, prompt_chars: 10, prompt_chars_max: 5, max_tokens: 2, slo: {ttft_ms: 1, itl_ms: 1}}",
+        )
+        .unwrap();
+        assert!(bad.check().is_err());
     }
 }

@@ -28,19 +28,9 @@ use llmd_kvcache::RequestKeys;
 
 type Shared = State<Arc<AppState>>;
 
-/// An OpenAI error body sent with its status.
-pub(crate) struct ApiError(pub(crate) ErrorBody);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.0)).into_response()
-    }
-}
-
 /// An OpenAI-style error response.
 pub(crate) fn error(kind: ErrorKind, message: impl Into<String>, param: Option<&str>) -> Response {
-    ApiError(ErrorBody::new(kind, message).with_param_opt(param)).into_response()
+    ErrorBody::new(kind, message).with_param_opt(param).into_response()
 }
 
 fn bad_request(message: impl Into<String>, param: Option<&str>) -> Response {
@@ -279,7 +269,7 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
     let prompt = match req.prompt.single() {
         Ok(SinglePrompt::Text(t)) => s.tokenizer.encode(&t, true).map_err(EngineError::from),
         Ok(SinglePrompt::Tokens(ids)) => Ok(ids),
-        Err(e) => return ApiError(e.into()).into_response(),
+        Err(e) => return ErrorBody::from(e).into_response(),
     };
     let prompt = match prompt {
         Ok(p) => p,
@@ -355,7 +345,7 @@ fn chat_messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, Response> {
     if req.messages.is_empty() {
         return Err(bad_request("messages must not be empty", Some("messages")));
     }
-    req.messages.iter().map(|m| m.flattened().map_err(|e| ApiError(e.into()).into_response())).collect()
+    req.messages.iter().map(|m| m.flattened().map_err(|e| ErrorBody::from(e).into_response())).collect()
 }
 
 /// `POST /v1/chat/completions`.

@@ -169,14 +169,7 @@ impl Server {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
-        // Tokens stream as small writes: without TCP_NODELAY, Nagle holds each one until
-        // the previous is acknowledged, which delayed acknowledgements can stretch to
-        // tens of milliseconds of TTFT and ITL.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let result = axum::serve(listener, self.router.clone()).with_graceful_shutdown(shutdown).await;
+        let result = llmd_openai::http::serve(listener, self.router.clone(), shutdown).await;
         self.stop();
         result
     }

@@ -92,6 +92,11 @@ impl Picked {
         self.result.prefill().map(|p| p.address.as_str())
     }
 
+    /// The response's first byte arrived (see [`InFlightGuard::first_byte`]).
+    pub fn first_byte(&self) {
+        self.inflight.first_byte();
+    }
+
     /// Ends the in-flight count now (dropping does the same).
     pub fn finish(self) {
         drop(self.inflight);
@@ -108,6 +113,14 @@ impl Picked {
 pub struct InFlightGuard {
     writer: DatastoreWriter,
     ticket: RequestTicket,
+}
+
+impl InFlightGuard {
+    /// The response's first byte arrived: the prompt is prefilled, its tokens no longer
+    /// count as pending work on the endpoint. Idempotent.
+    pub fn first_byte(&self) {
+        self.writer.request_first_byte(self.ticket);
+    }
 }
 
 impl Drop for InFlightGuard {
@@ -133,6 +146,9 @@ pub struct EndpointPicker {
     // Per-endpoint data-plane tasks (scraper, KV subscriber).
     tasks: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    // Makes pick + in-flight count one step: two requests arriving together must not
+    // both see the same idle endpoint (picks take microseconds, so serializing is cheap).
+    picking: Mutex<()>,
 }
 
 impl std::fmt::Debug for EndpointPicker {
@@ -183,6 +199,7 @@ impl EndpointPicker {
             metrics: PickerMetrics::new(),
             tasks: Mutex::default(),
             background: Mutex::default(),
+            picking: Mutex::default(),
         })
     }
 
@@ -367,6 +384,8 @@ impl EndpointPicker {
 
     /// [`pick`](Self::pick) for a request already parsed.
     pub fn pick_request(&self, req: &LlmRequest, exclude: &HashSet<String>) -> Result<Picked, SchedulerError> {
+        let serial = self.picking.lock().unwrap_or_else(|p| p.into_inner());
+        self.writer.refresh_load();
         let started = Instant::now();
         // Pick under the read lock: no copies of the endpoint list.
         let result = self.reader.with_endpoints(|all| {
@@ -379,8 +398,10 @@ impl EndpointPicker {
                 if let Some(d) = result.destination() {
                     self.metrics.picks.get_or_create(&EndpointLabel { endpoint: d.endpoint.clone() }).inc();
                 }
-                let tokens = req.token_ids.as_ref().map_or(0, |t| t.len() as u64);
+                // Without token ids, llm-d's estimate: a token per four characters.
+                let tokens = req.token_ids.as_ref().map_or(req.prompt.len().div_ceil(4), Vec::len) as u64;
                 let ticket = self.writer.request_started(&result.endpoints(), tokens);
+                drop(serial);
                 Ok(Picked { result, inflight: InFlightGuard { writer: self.writer.clone(), ticket } })
             }
             Err(e) => {

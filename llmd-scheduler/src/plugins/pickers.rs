@@ -3,14 +3,39 @@
 use crate::endpoint::Endpoint;
 use crate::plugin::Picker;
 
-/// `max-score-picker`: the highest total; ties broken at random.
+/// `max-score-picker`: the highest total. Ties are broken at random (llm-d's way), or
+/// with `tieBreak: least-recent` (an llmd addition) in favour of the endpoint the picker
+/// sent a request to longest ago — round robin among equals, which under load is the
+/// one most likely done with its last prefill.
 #[derive(Debug, Default)]
-pub struct MaxScorePicker;
+pub struct MaxScorePicker {
+    least_recent: bool,
+}
+
+impl MaxScorePicker {
+    /// From `parameters`: `tieBreak` (`random` | `least-recent`).
+    pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let least_recent = match super::Params(p).string("tieBreak")?.as_deref() {
+            None | Some("random") => false,
+            Some("least-recent") => true,
+            Some(o) => return Err(format!("parameter tieBreak: {o:?} is not random or least-recent")),
+        };
+        Ok(MaxScorePicker { least_recent })
+    }
+}
 
 impl Picker for MaxScorePicker {
     fn pick<'a>(&self, scored: &[(&'a Endpoint, f64)], draw: &mut dyn FnMut() -> f64) -> Option<&'a Endpoint> {
         let best = scored.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
-        let top: Vec<&Endpoint> = scored.iter().filter(|s| s.1 >= best).map(|s| s.0).collect();
+        let mut top: Vec<&Endpoint> = scored.iter().filter(|s| s.1 >= best).map(|s| s.0).collect();
+        if self.least_recent {
+            // Never-picked endpoints (None) sort first; still-equal ones go to the draw.
+            let oldest = top.iter().map(|e| e.inflight.last_sent).min().flatten();
+            top.retain(|e| e.inflight.last_sent.is_none() || e.inflight.last_sent == oldest);
+            if top.iter().any(|e| e.inflight.last_sent.is_none()) {
+                top.retain(|e| e.inflight.last_sent.is_none());
+            }
+        }
         pick_uniform(&top, draw)
     }
 }
@@ -58,6 +83,31 @@ impl Picker for WeightedRandomPicker {
 }
 
 #[cfg(test)]
+mod tie_tests {
+    use super::*;
+    use crate::endpoint::Role;
+    use std::time::Duration;
+
+    #[test]
+    fn least_recent_tie_break_is_round_robin_among_equals() {
+        let mut eps: Vec<Endpoint> = ["a", "b", "c"].iter().map(|n| Endpoint::new(*n, *n, Role::Both)).collect();
+        eps[0].inflight.last_sent = Some(Duration::from_millis(30));
+        eps[1].inflight.last_sent = Some(Duration::from_millis(10));
+        eps[2].inflight.last_sent = Some(Duration::from_millis(20));
+        let p = MaxScorePicker::from_params(&serde_json::json!({"tieBreak": "least-recent"})).unwrap();
+        let scored: Vec<(&Endpoint, f64)> = eps.iter().map(|e| (e, 1.0)).collect();
+        assert_eq!(p.pick(&scored, &mut || 0.99).unwrap().id, "b");
+        // A higher score still wins over an older pick.
+        let scored = [(&eps[0], 2.0), (&eps[1], 1.0), (&eps[2], 1.0)];
+        assert_eq!(p.pick(&scored, &mut || 0.0).unwrap().id, "a");
+        eps[2].inflight.last_sent = None;
+        let scored: Vec<(&Endpoint, f64)> = eps.iter().map(|e| (e, 1.0)).collect();
+        assert_eq!(p.pick(&scored, &mut || 0.0).unwrap().id, "c", "never picked comes first");
+        assert!(MaxScorePicker::from_params(&serde_json::json!({"tieBreak": "coin"})).is_err());
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::endpoint::Role;
@@ -66,13 +116,13 @@ mod tests {
     fn pickers_choose_as_described() {
         let eps = [Endpoint::new("a", "a", Role::Both), Endpoint::new("b", "b", Role::Both)];
         let scored = [(&eps[0], 0.2), (&eps[1], 0.8)];
-        assert_eq!(MaxScorePicker.pick(&scored, &mut || 0.0).map(|e| e.id.as_str()), Some("b"));
+        assert_eq!(MaxScorePicker::default().pick(&scored, &mut || 0.0).map(|e| e.id.as_str()), Some("b"));
         assert_eq!(WeightedRandomPicker.pick(&scored, &mut || 0.1).map(|e| e.id.as_str()), Some("a"));
         assert_eq!(WeightedRandomPicker.pick(&scored, &mut || 0.5).map(|e| e.id.as_str()), Some("b"));
         assert_eq!(RandomPicker.pick(&scored, &mut || 0.99).map(|e| e.id.as_str()), Some("b"));
         let tie = [(&eps[0], 1.0), (&eps[1], 1.0)];
-        assert_eq!(MaxScorePicker.pick(&tie, &mut || 0.7).map(|e| e.id.as_str()), Some("b"));
-        assert!(MaxScorePicker.pick(&[], &mut || 0.0).is_none());
+        assert_eq!(MaxScorePicker::default().pick(&tie, &mut || 0.7).map(|e| e.id.as_str()), Some("b"));
+        assert!(MaxScorePicker::default().pick(&[], &mut || 0.0).is_none());
         let rr = RoundRobinPicker::default();
         let order: Vec<&str> = (0..4).map(|_| rr.pick(&scored, &mut || 0.0).unwrap().id.as_str()).collect();
         assert_eq!(order, vec!["a", "b", "a", "b"]);

@@ -95,6 +95,34 @@ impl Scorer for AttributeScorer {
     }
 }
 
+/// `token-load-scorer` (llm-d's): fewer prompt tokens waiting to be prefilled score
+/// higher, `1 - min(1, tokens / queueThresholdTokens)`. The tokens are the picker's own
+/// count ([`Endpoint::inflight`]): a request's prompt counts from the pick until the
+/// first byte of its response — the work that delays the next request's first token —
+/// aged by the endpoint's observed prefill rate (an llmd refinement: a prefill about to
+/// finish weighs less than one just begun; until a rate is learned, llm-d's raw count).
+#[derive(Debug)]
+pub struct TokenLoadScorer {
+    threshold: u64,
+}
+
+impl TokenLoadScorer {
+    /// From `parameters`: `queueThresholdTokens` (default 4 194 304, llm-d's).
+    pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let threshold = Params(p).u64("queueThresholdTokens", 4_194_304)?;
+        if threshold == 0 {
+            return Err("parameter queueThresholdTokens: must be positive".into());
+        }
+        Ok(TokenLoadScorer { threshold })
+    }
+}
+
+impl Scorer for TokenLoadScorer {
+    fn score(&self, _: &mut CycleState, _: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
+        eps.iter().map(|e| 1.0 - (e.inflight.prefill_remaining as f64 / self.threshold as f64).min(1.0)).collect()
+    }
+}
+
 /// `kv-cache-utilization-scorer`: `1 - kv_cache_usage`.
 #[derive(Debug, Default)]
 pub struct KvCacheUtilizationScorer;
@@ -183,6 +211,17 @@ mod tests {
         e.metrics.waiting = waiting;
         e.metrics.kv_usage = kv;
         e
+    }
+
+    #[test]
+    fn token_load_scales_to_the_threshold() {
+        let mut eps = [ep("a", 0, 0.0), ep("b", 0, 0.0), ep("c", 0, 0.0)];
+        eps[0].inflight.prefill_remaining = 1024;
+        eps[1].inflight.prefill_remaining = 9000;
+        let (mut st, req) = (CycleState::default(), LlmRequest::default());
+        let s = TokenLoadScorer::from_params(&serde_json::json!({"queueThresholdTokens": 4096})).unwrap();
+        assert_eq!(s.score(&mut st, &req, &eps.iter().collect::<Vec<_>>()), [0.75, 0.0, 1.0]);
+        assert!(TokenLoadScorer::from_params(&serde_json::json!({"queueThresholdTokens": 0})).is_err());
     }
 
     #[test]

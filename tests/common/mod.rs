@@ -1,0 +1,19 @@
+//! Helpers shared by the end-to-end tests.
+
+#![allow(dead_code, clippy::unwrap_used)] // each test file uses some of them
+
+use std::time::Duration;
+
+use llmd::cluster::Replica;
+use llmd::engine::LatencyModel;
+
+/// A simulated replica whose prefill costs 100 µs per uncached token.
+pub(crate) fn sim() -> Replica {
+    let latency = LatencyModel {
+        step_overhead: Duration::from_micros(500),
+        per_prefill_token: Duration::from_micros(100),
+        per_decode_seq: Duration::from_micros(50),
+        per_context_token: Duration::ZERO,
+    };
+    Replica::simulated("llmd-sim", latency, 2048).unwrap()
+}

@@ -22,17 +22,20 @@ pub enum ErrorKind {
     BadGateway,
     /// 503: nothing can serve the request now (engine stopped, no endpoint).
     ServiceUnavailable,
+    /// 504: a gateway's upstream did not answer in time.
+    GatewayTimeout,
 }
 
 impl ErrorKind {
     /// Every kind, for iterating.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::BadRequest,
         ErrorKind::NotFound,
         ErrorKind::RateLimit,
         ErrorKind::InternalServer,
         ErrorKind::BadGateway,
         ErrorKind::ServiceUnavailable,
+        ErrorKind::GatewayTimeout,
     ];
 
     /// The HTTP status.
@@ -44,6 +47,7 @@ impl ErrorKind {
             ErrorKind::InternalServer => 500,
             ErrorKind::BadGateway => 502,
             ErrorKind::ServiceUnavailable => 503,
+            ErrorKind::GatewayTimeout => 504,
         }
     }
 
@@ -56,6 +60,7 @@ impl ErrorKind {
             ErrorKind::InternalServer => "InternalServerError",
             ErrorKind::BadGateway => "BadGatewayError",
             ErrorKind::ServiceUnavailable => "ServiceUnavailableError",
+            ErrorKind::GatewayTimeout => "GatewayTimeoutError",
         }
     }
 
@@ -67,6 +72,7 @@ impl ErrorKind {
             429 => ErrorKind::RateLimit,
             502 => ErrorKind::BadGateway,
             503 => ErrorKind::ServiceUnavailable,
+            504 => ErrorKind::GatewayTimeout,
             400..=499 => ErrorKind::BadRequest,
             _ => ErrorKind::InternalServer,
         }
@@ -234,6 +240,7 @@ mod tests {
             (ErrorKind::InternalServer, 500, "InternalServerError"),
             (ErrorKind::BadGateway, 502, "BadGatewayError"),
             (ErrorKind::ServiceUnavailable, 503, "ServiceUnavailableError"),
+            (ErrorKind::GatewayTimeout, 504, "GatewayTimeoutError"),
         ];
         assert_eq!(want.len(), ErrorKind::ALL.len());
         for (kind, status, name) in want {
@@ -254,7 +261,7 @@ mod tests {
     fn unlisted_statuses_fall_into_a_class_but_keep_their_code() {
         let b = ErrorBody::from_status(413, "too big");
         assert_eq!((b.error.kind.as_str(), b.status()), ("BadRequestError", 413));
-        assert_eq!(ErrorKind::from_status(504), ErrorKind::InternalServer);
+        assert_eq!(ErrorKind::from_status(501), ErrorKind::InternalServer);
         assert_eq!(ErrorKind::from_status(200), ErrorKind::InternalServer);
     }
 

@@ -33,7 +33,8 @@ pub struct RequestTicket(u64);
 
 #[derive(Debug)]
 struct Tracked {
-    endpoints: Vec<String>,
+    // (endpoint id, its generation when the request was sent).
+    endpoints: Vec<(String, u64)>,
     tokens: u64,
     // Whether the response has started (the prompt's tokens are already released).
     prefilled: bool,
@@ -68,8 +69,21 @@ impl PrefillModel {
             self.rate = Some(self.rate.map_or(sample, |r| 0.7 * r + 0.3 * sample));
         }
         self.last_first_byte = Some(now);
+        match self.rate {
+            _ if still_pending == 0 => self.free_at = now,
+            // Work queued while the rate was unknown (or underestimated) is still ahead.
+            Some(r) => self.free_at = self.free_at.max(now + Duration::from_secs_f64(still_pending as f64 / r)),
+            None => {}
+        }
+    }
+
+    // A request that never started its response is gone: so is its work.
+    fn cancel(&mut self, tokens: u64, still_pending: u64, now: Duration) {
         if still_pending == 0 {
             self.free_at = now;
+        } else if let Some(r) = self.rate {
+            let less = self.free_at.saturating_sub(Duration::from_secs_f64(tokens as f64 / r));
+            self.free_at = less.max(now);
         }
     }
 
@@ -89,11 +103,35 @@ struct Inner {
     owners: HashMap<String, String>,
     requests: HashMap<RequestTicket, Tracked>,
     prefill: HashMap<String, PrefillModel>,
+    // Each endpoint's incarnation: a request sent to an endpoint that was removed and
+    // added again under the same id must not be counted against the new one.
+    generations: HashMap<String, u64>,
+    next_generation: u64,
     next_ticket: u64,
     version: u64,
 }
 
 impl Inner {
+    fn push(&mut self, e: Endpoint) {
+        self.next_generation += 1;
+        self.generations.insert(e.id.clone(), self.next_generation);
+        self.endpoints.push(e);
+    }
+
+    fn take(&mut self, i: usize) -> Endpoint {
+        let e = self.endpoints.remove(i);
+        self.generations.remove(&e.id);
+        self.prefill.remove(&e.id);
+        self.owners.remove(&e.id);
+        e
+    }
+
+    // Whether `source` may write endpoint `id`: it is new, the source's own, or the
+    // writer is not a discovery source ("").
+    fn may_write(&self, source: &str, id: &str) -> bool {
+        source.is_empty() || self.owners.get(id).is_none_or(|o| o == source || o.is_empty())
+    }
+
     fn position(&self, id: &str) -> Option<usize> {
         self.endpoints.iter().position(|e| e.id == id)
     }
@@ -195,16 +233,24 @@ impl DatastoreWriter {
         self.upsert_from("", endpoint)
     }
 
-    /// [`upsert`](Self::upsert) on behalf of discovery source `source`.
+    /// [`upsert`](Self::upsert) on behalf of discovery source `source`. An endpoint
+    /// another source added is left alone (logged): two sources naming one id is a
+    /// configuration mistake, and the first keeps it.
     pub fn upsert_from(&self, source: &str, endpoint: Endpoint) -> bool {
         let (added, change) = {
             let mut g = self.shared.write();
-            g.owners.insert(endpoint.id.clone(), source.to_string());
+            if !g.may_write(source, &endpoint.id) {
+                tracing::warn!(endpoint = %endpoint.id, source, "another discovery source owns this endpoint; ignored");
+                return false;
+            }
+            if !source.is_empty() || !g.owners.contains_key(&endpoint.id) {
+                g.owners.insert(endpoint.id.clone(), source.to_string());
+            }
             g.version += 1;
             match g.position(&endpoint.id) {
                 Some(i) => (false, merge(&mut g.endpoints[i], endpoint)),
                 None => {
-                    g.endpoints.push(endpoint.clone());
+                    g.push(endpoint.clone());
                     (true, Some(Change::Added(endpoint)))
                 }
             }
@@ -229,20 +275,25 @@ impl DatastoreWriter {
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in gone {
-                g.owners.remove(&id);
-                g.prefill.remove(&id);
-                if let Some(i) = g.position(&id) {
-                    changes.push(Change::Removed(g.endpoints.remove(i)));
+                match g.position(&id) {
+                    Some(i) => changes.push(Change::Removed(g.take(i))),
+                    None => {
+                        g.owners.remove(&id);
+                    }
                 }
             }
             let removed = changes.len();
             for e in endpoints {
+                if !g.may_write(source, &e.id) {
+                    tracing::warn!(endpoint = %e.id, source, "another discovery source owns this endpoint; ignored");
+                    continue;
+                }
                 g.owners.insert(e.id.clone(), source.to_string());
                 match g.position(&e.id) {
                     Some(i) => changes.extend(merge(&mut g.endpoints[i], e)),
                     None => {
                         added += 1;
-                        g.endpoints.push(e.clone());
+                        g.push(e.clone());
                         changes.push(Change::Added(e));
                     }
                 }
@@ -257,11 +308,9 @@ impl DatastoreWriter {
     pub fn remove(&self, id: &str) -> Option<Endpoint> {
         let removed = {
             let mut g = self.shared.write();
-            g.owners.remove(id);
-            g.prefill.remove(id);
             g.version += 1;
             let i = g.position(id)?;
-            g.endpoints.remove(i)
+            g.take(i)
         };
         self.shared.notify(&[Change::Removed(removed.clone())]);
         Some(removed)
@@ -318,7 +367,9 @@ impl DatastoreWriter {
         let mut n = 0;
         for e in &mut g.endpoints {
             if e.metrics.updated_at.is_some_and(|t| now.saturating_sub(t) > staleness) {
+                // Extractors write attributes from the same scrapes: just as stale.
                 e.metrics = EndpointMetrics::default();
+                e.attributes.clear();
                 n += 1;
             }
         }
@@ -332,15 +383,19 @@ impl DatastoreWriter {
         let mut g = self.shared.write();
         let ticket = RequestTicket(g.next_ticket);
         g.next_ticket += 1;
-        let mut ids: Vec<String> = endpoints.iter().map(|s| s.to_string()).collect();
-        ids.dedup();
-        for id in &ids {
+        let mut ids: Vec<(String, u64)> = Vec::new();
+        for id in endpoints {
+            if ids.iter().any(|(i, _)| i == id) {
+                continue;
+            }
+            let Some(&generation) = g.generations.get(*id) else { continue };
             if let Some(e) = g.get_mut(id) {
                 e.inflight.requests += 1;
                 e.inflight.prompt_tokens += prompt_tokens;
                 e.inflight.prefill_remaining += prompt_tokens;
                 e.inflight.last_sent = Some(now);
-                g.prefill.entry(id.clone()).or_default().add(prompt_tokens, now);
+                g.prefill.entry(id.to_string()).or_default().add(prompt_tokens, now);
+                ids.push((id.to_string(), generation));
             }
         }
         g.requests.insert(ticket, Tracked { endpoints: ids, tokens: prompt_tokens, prefilled: false, started: now });
@@ -359,7 +414,10 @@ impl DatastoreWriter {
         }
         t.prefilled = true;
         let (ids, tokens, started) = (t.endpoints.clone(), t.tokens, t.started);
-        for id in &ids {
+        for (id, generation) in &ids {
+            if g.generations.get(id) != Some(generation) {
+                continue;
+            }
             let Some(e) = g.get_mut(id) else { continue };
             e.inflight.prompt_tokens = e.inflight.prompt_tokens.saturating_sub(tokens);
             let pending = e.inflight.prompt_tokens;
@@ -386,9 +444,10 @@ impl DatastoreWriter {
 
     /// The request finished (or failed, or its client went away). Idempotent.
     pub fn request_finished(&self, ticket: RequestTicket) {
+        let now = self.shared.clock.now();
         let mut g = self.shared.write();
         if let Some(t) = g.requests.remove(&ticket) {
-            release(&mut g, &t);
+            release(&mut g, &t, now);
         }
     }
 
@@ -401,21 +460,29 @@ impl DatastoreWriter {
             g.requests.iter().filter(|(_, t)| now.saturating_sub(t.started) > timeout).map(|(k, _)| *k).collect();
         for k in &old {
             if let Some(t) = g.requests.remove(k) {
-                release(&mut g, &t);
+                release(&mut g, &t, now);
             }
         }
         old.len()
     }
 }
 
-fn release(g: &mut Inner, t: &Tracked) {
-    for id in &t.endpoints {
-        if let Some(e) = g.get_mut(id) {
-            e.inflight.requests = e.inflight.requests.saturating_sub(1);
-            if !t.prefilled {
-                e.inflight.prompt_tokens = e.inflight.prompt_tokens.saturating_sub(t.tokens);
-                e.inflight.prefill_remaining = e.inflight.prefill_remaining.min(e.inflight.prompt_tokens);
-            }
+fn release(g: &mut Inner, t: &Tracked, now: Duration) {
+    for (id, generation) in &t.endpoints {
+        if g.generations.get(id) != Some(generation) {
+            continue;
+        }
+        let Some(e) = g.get_mut(id) else { continue };
+        e.inflight.requests = e.inflight.requests.saturating_sub(1);
+        if t.prefilled {
+            continue;
+        }
+        // Never prefilled (cancelled, retried elsewhere, expired): its work is not coming.
+        e.inflight.prompt_tokens = e.inflight.prompt_tokens.saturating_sub(t.tokens);
+        e.inflight.prefill_remaining = e.inflight.prefill_remaining.min(e.inflight.prompt_tokens);
+        let pending = e.inflight.prompt_tokens;
+        if let Some(m) = g.prefill.get_mut(id) {
+            m.cancel(t.tokens, pending, now);
         }
     }
 }
@@ -569,6 +636,50 @@ mod tests {
         assert_eq!((a.prompt_tokens, a.prefill_remaining), (1000, 0), "not started yet, but due");
         w.request_first_byte(t);
         assert_eq!(r.get("a").unwrap().inflight.prompt_tokens, 0);
+    }
+
+    #[test]
+    fn work_queued_before_the_rate_is_known_and_cancelled_work_are_counted_right() {
+        let clock = Arc::new(ManualClock::new());
+        let w = datastore(clock.clone());
+        w.upsert(ep("a"));
+        let r = w.reader();
+        let first = w.request_started(&["a"], 1000);
+        let second = w.request_started(&["a"], 1000);
+        clock.advance(Duration::from_millis(100));
+        w.request_first_byte(first);
+        w.refresh_load();
+        assert_eq!(r.get("a").unwrap().inflight.prefill_remaining, 1000, "the second prompt is still ahead");
+        // The second request is cancelled before its response starts: nothing is left.
+        w.request_finished(second);
+        w.refresh_load();
+        assert_eq!(r.get("a").unwrap().inflight.prefill_remaining, 0);
+        let third = w.request_started(&["a"], 500);
+        w.refresh_load();
+        assert_eq!(r.get("a").unwrap().inflight.prefill_remaining, 500, "not queued behind cancelled work");
+        w.request_finished(third);
+        w.request_finished(first);
+    }
+
+    #[test]
+    fn sources_keep_their_own_endpoints_and_re_added_ids_start_fresh() {
+        let w = datastore(Arc::new(ManualClock::new()));
+        w.reconcile("file:a", vec![ep("x"), ep("shared")]);
+        w.reconcile("file:b", vec![ep("y"), ep("shared")]);
+        w.upsert_from("static", ep("x"));
+        assert_eq!(w.reconcile("file:b", vec![]), (0, 1), "b removes only y");
+        let ids: Vec<String> = w.reader().snapshot().into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["x", "shared"]);
+        // A request sent to an endpoint that is removed and added again does not count
+        // against the new one when it finishes.
+        let t = w.request_started(&["x"], 10);
+        w.remove("x");
+        w.upsert(ep("x"));
+        let fresh = w.request_started(&["x"], 10);
+        w.request_finished(t);
+        assert_eq!(w.reader().get("x").unwrap().inflight.requests, 1);
+        w.request_finished(fresh);
+        assert_eq!(w.reader().get("x").unwrap().inflight.requests, 0);
     }
 
     #[test]

@@ -140,6 +140,8 @@ struct RawEntry {
 #[derive(Debug)]
 pub struct FileDiscovery {
     path: PathBuf,
+    // `file:<path>`: two files are two sources, each owning its own endpoints.
+    name: String,
     poll: Option<Duration>,
     last: Option<Vec<u8>>,
 }
@@ -147,7 +149,8 @@ pub struct FileDiscovery {
 impl FileDiscovery {
     /// Reads `path`; `poll` is how often to look for changes (`None`: read once).
     pub fn new(path: impl Into<PathBuf>, poll: Option<Duration>) -> Self {
-        FileDiscovery { path: path.into(), poll, last: None }
+        let path = path.into();
+        FileDiscovery { name: format!("file:{}", path.display()), path, poll, last: None }
     }
 
     /// The file.
@@ -207,7 +210,7 @@ fn entry(v: serde_yaml_ng::Value) -> std::result::Result<Endpoint, String> {
 
 impl Discovery for FileDiscovery {
     fn name(&self) -> &str {
-        "file"
+        &self.name
     }
 
     fn sync(&mut self, writer: &DatastoreWriter) -> Result<SyncOutcome> {

@@ -5,6 +5,12 @@
 //! `envoy.lb` dynamic metadata, the way llm-d's EPP does. Response phases pass through;
 //! the request counts as in flight on its endpoint until the response body ends (or
 //! the stream closes). It needs only the [picker core](crate::picker), not the HTTP gateway.
+//!
+//! Configure Envoy's ext_proc filter with `request_body_mode: BUFFERED` (or
+//! `STREAMED`) and `response_body_mode: STREAMED`, as llm-d's EPP expects: the first
+//! response body chunk tells the picker a prompt is prefilled (its tokens stop counting
+//! as pending work), the last one that the request is done. With `response_body_mode:
+//! NONE` a request's tokens count until its stream closes.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -189,12 +195,16 @@ fn decide(
                 return immediate(503, "no destination");
             };
             let mut set = vec![header(DESTINATION_HEADER, &dest)];
-            if let Some(pf) = pick.prefill_address() {
-                set.push(header(PREFILL_HEADER, pf));
+            // A client's own prefill header must not reach the sidecar: replaced when
+            // this pick disaggregates, removed otherwise.
+            let mut remove_headers = Vec::new();
+            match pick.prefill_address() {
+                Some(pf) => set.push(header(PREFILL_HEADER, pf)),
+                None => remove_headers.push(PREFILL_HEADER.to_string()),
             }
             *picked = Some(pick);
             let common = CommonResponse {
-                header_mutation: Some(HeaderMutation { set_headers: set, ..Default::default() }),
+                header_mutation: Some(HeaderMutation { set_headers: set, remove_headers }),
                 clear_route_cache: true,
                 ..Default::default()
             };

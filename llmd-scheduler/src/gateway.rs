@@ -32,11 +32,18 @@ pub struct GatewayConfig {
     pub max_attempts: usize,
     /// Time to connect to an endpoint.
     pub connect_timeout: Duration,
+    /// Time for an endpoint to start its response (status and headers) once it has the
+    /// request; past it the client gets a 504. Streams then run as long as they last.
+    pub response_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { max_attempts: 3, connect_timeout: Duration::from_secs(5) }
+        GatewayConfig {
+            max_attempts: 3,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(300),
+        }
     }
 }
 
@@ -161,7 +168,14 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         if let Some(pf) = &prefill {
             out = out.header(PREFILL_HEADER, pf.as_str());
         }
-        match out.send().await {
+        let sent = match tokio::time::timeout(g.cfg.response_timeout, out.send()).await {
+            Ok(r) => r,
+            Err(_) => {
+                let msg = format!("{} did not answer within {:?}", dest.endpoint, g.cfg.response_timeout);
+                return error(ErrorKind::GatewayTimeout, msg);
+            }
+        };
+        match sent {
             Ok(resp) => return relay(resp, &dest.address, inflight),
             // Nothing was sent to the client yet: another endpoint may take it.
             Err(e) if e.is_connect() || e.is_request() => {
@@ -188,10 +202,13 @@ fn relay(resp: reqwest::Response, destination: &str, inflight: InFlightGuard) ->
     if let Ok(v) = HeaderValue::from_str(destination) {
         builder = builder.header(DESTINATION_HEADER, v);
     }
+    let mut started = false;
     let stream = resp.bytes_stream().map(move |chunk| {
         // The first chunk means the prompt is prefilled (the guard itself lives until
         // the stream is dropped).
-        inflight.first_byte();
+        if !std::mem::replace(&mut started, true) {
+            inflight.first_byte();
+        }
         chunk
     });
     builder.body(Body::from_stream(stream)).unwrap_or_else(|e| error(ErrorKind::BadGateway, e.to_string()))

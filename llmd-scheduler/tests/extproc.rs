@@ -103,6 +103,10 @@ async fn envoy_gets_the_destination_as_header_and_metadata() {
     assert!(matches!(replies[0].response, Some(Out::RequestHeaders(ref h)) if h.response.is_none()));
     assert_eq!(replies.len(), 2, "{replies:?}");
     assert_eq!(destination(&replies[1]), ("10.0.0.2:8000".into(), "10.0.0.2:8000".into()));
+    // Not disaggregated: a client's own prefill header is removed before the sidecar.
+    let Some(Out::RequestBody(b)) = &replies[1].response else { panic!("{replies:?}") };
+    let removed = &b.response.as_ref().unwrap().header_mutation.as_ref().unwrap().remove_headers;
+    assert_eq!(removed, &["x-prefiller-host-port".to_string()]);
     // The closed stream ends the request's in-flight count (the server sees it soon).
     for _ in 0..500 {
         if picker.datastore().requests_in_flight() == 0 {

@@ -9,12 +9,12 @@ use super::EndpointPicker;
 use crate::datalayer::{self, SourceData, SourceKind};
 
 /// Fetches one endpoint's metrics for data source `source` and writes what its
-/// extractors find into the datastore.
-pub(super) async fn scrape_endpoint(picker: &EndpointPicker, source: usize, id: &str) {
-    let Some(binding) = picker.scheduler.config().data_layer.sources.get(source) else { return };
-    let SourceKind::Metrics { path, .. } = &binding.kind else { return };
+/// extractors find into the datastore. Returns false when the endpoint is gone.
+pub(super) async fn scrape_endpoint(picker: &EndpointPicker, source: usize, id: &str) -> bool {
+    let Some(binding) = picker.scheduler.config().data_layer.sources.get(source) else { return false };
+    let SourceKind::Metrics { path, .. } = &binding.kind else { return false };
     let path = if path == "/metrics" { picker.cfg.metrics_path.as_str() } else { path.as_str() };
-    let Some(endpoint) = picker.reader.get(id) else { return };
+    let Some(endpoint) = picker.reader.get(id) else { return false };
     let url = format!("http://{}{path}", endpoint.address);
     let res = picker.client.get(&url).timeout(picker.cfg.scrape_timeout).send().await;
     let text = match res {
@@ -24,7 +24,7 @@ pub(super) async fn scrape_endpoint(picker: &EndpointPicker, source: usize, id: 
     let Some(text) = text else {
         // Stale numbers expire on their own (housekeeping); nothing to write.
         tracing::debug!(endpoint = %id, source = %binding.name, "metrics scrape failed");
-        return;
+        return true;
     };
     let found = datalayer::extract_all(binding, &endpoint, SourceData::Metrics(&text));
     if let Some(m) = found.metrics {
@@ -37,8 +37,24 @@ pub(super) async fn scrape_endpoint(picker: &EndpointPicker, source: usize, id: 
     if let Some(zmq) = found.kv_events
         && endpoint.kv_events.is_none()
     {
+        let zmq = reachable(&zmq, &endpoint.address);
         tracing::info!(endpoint = %id, %zmq, "KV event stream learned from the endpoint's metrics");
         picker.writer.set_kv_events(id, Some(zmq));
+    }
+    true
+}
+
+/// An advertised `tcp://0.0.0.0:PORT` (an engine bound to every interface) is reached
+/// at the host the endpoint itself is reached at.
+pub(super) fn reachable(zmq: &str, address: &str) -> String {
+    let Some(rest) = zmq.strip_prefix("tcp://") else { return zmq.to_string() };
+    let Some((host, port)) = rest.rsplit_once(':') else { return zmq.to_string() };
+    if !matches!(host, "0.0.0.0" | "*" | "[::]") {
+        return zmq.to_string();
+    }
+    match address.rsplit_once(':') {
+        Some((endpoint_host, _)) => format!("tcp://{endpoint_host}:{port}"),
+        None => zmq.to_string(),
     }
 }
 
@@ -58,7 +74,9 @@ pub(super) async fn scrape(picker: Weak<EndpointPicker>, source: usize, id: Stri
     loop {
         tick.tick().await;
         let Some(p) = picker.upgrade() else { return };
-        scrape_endpoint(&p, source, &id).await;
+        if !scrape_endpoint(&p, source, &id).await {
+            return;
+        }
     }
 }
 
@@ -66,7 +84,11 @@ pub(super) async fn scrape(picker: Weak<EndpointPicker>, source: usize, id: Stri
 /// aborted; reconnects after a failure.
 pub(super) async fn subscribe(picker: Weak<EndpointPicker>, source: usize, endpoint: String, zmq: String) {
     loop {
+        // Gone with the picker or the endpoint.
         let Some(p) = picker.upgrade() else { return };
+        if p.reader.get(&endpoint).is_none() {
+            return;
+        }
         drop(p);
         match read_events(&picker, source, &endpoint, &zmq).await {
             Ok(()) => return,
@@ -106,5 +128,18 @@ fn apply<F: AsRef<[u8]>>(p: &Arc<EndpointPicker>, source: usize, endpoint: &str,
             p.metrics.event_lag.observe((now - batch.ts).max(0.0));
         }
         Err(e) => tracing::warn!(%endpoint, error = %e, "undecodable KV event message"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable;
+
+    #[test]
+    fn wildcard_event_hosts_become_the_endpoints_host() {
+        assert_eq!(reachable("tcp://0.0.0.0:5557", "10.0.0.7:8000"), "tcp://10.0.0.7:5557");
+        assert_eq!(reachable("tcp://[::]:5557", "[fd00::1]:8000"), "tcp://[fd00::1]:5557");
+        assert_eq!(reachable("tcp://127.0.0.1:5557", "10.0.0.7:8000"), "tcp://127.0.0.1:5557");
+        assert_eq!(reachable("ipc:///tmp/kv", "10.0.0.7:8000"), "ipc:///tmp/kv");
     }
 }

@@ -151,6 +151,13 @@ pub struct EndpointPicker {
     picking: Mutex<()>,
 }
 
+impl Drop for EndpointPicker {
+    fn drop(&mut self) {
+        // Discovery polling holds no reference to the picker: stop it with its owner.
+        self.shutdown();
+    }
+}
+
 impl std::fmt::Debug for EndpointPicker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EndpointPicker").field("scheduler", &self.scheduler).field("datastore", &self.reader).finish()
@@ -276,10 +283,13 @@ impl EndpointPicker {
 
     fn apply_change(self: &Arc<Self>, change: Change) {
         match change {
-            Change::Added(e) => self.start_endpoint(&e),
-            Change::Updated(e) => {
+            // Changes from different writers can arrive out of order: start tasks only
+            // for an endpoint that is (still) there, as it is now.
+            Change::Added(e) | Change::Updated(e) => {
                 self.stop_endpoint(&e.id);
-                self.start_endpoint(&e);
+                if let Some(current) = self.reader.get(&e.id) {
+                    self.start_endpoint(&current);
+                }
             }
             Change::Removed(e) => {
                 self.stop_endpoint(&e.id);

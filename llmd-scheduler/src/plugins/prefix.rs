@@ -122,11 +122,9 @@ impl PickObserver for PrefixCacheScorer {
             lru.put(*h, ());
         }
     }
-}
 
-impl PrefixCacheScorer {
-    /// Drops what is known about an endpoint that went away.
-    pub fn forget(&self, endpoint: &str) {
+    /// Drops the routing history of an endpoint that went away.
+    fn forget(&self, endpoint: &str) {
         self.index.lock().unwrap_or_else(|p| p.into_inner()).remove(endpoint);
     }
 }
@@ -154,6 +152,9 @@ mod tests {
         // Another model shares nothing.
         let other = LlmRequest::new("3", "m2", "aaaabbbbccccdddd");
         assert_eq!(s.score(&mut CycleState::default(), &other, &refs), vec![0.0, 0.0]);
+        // b goes away: its history goes with it.
+        PickObserver::forget(&s, "b");
+        assert_eq!(s.score(&mut CycleState::default(), &req2, &refs), vec![0.0, 0.0]);
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmd::cluster::{LocalCluster, Replica};
-use llmd::engine::builtin;
 use llmd::engine::server::{Server, ServerConfig};
+use llmd::engine::{LatencyModel, builtin};
 use llmd::scheduler::gateway::{Gateway, GatewayConfig};
 use llmd::scheduler::picker::{EndpointPicker, PickerConfig, PromptTokenizer};
 use llmd::scheduler::{Endpoint, PluginRegistry, Role, Scheduler, SystemClock, datastore, presets};
@@ -267,4 +267,44 @@ async fn the_kv_index_learns_which_replica_holds_which_prefix() {
         assert!(round < 49, "index never reproduced the placement: {picks:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A streamed chat request counts its prompt as pending work until the first token: the
+/// engine sends nothing (not even the role chunk) before its prefill is done, and the
+/// gateway releases the prompt's tokens at the first byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_tokens_count_until_the_first_streamed_byte() {
+    use futures_util::StreamExt;
+    let reg = PluginRegistry::with_builtins();
+    // Default latency model: 160 µs a prompt token, so ~1 s of prefill for this prompt.
+    let replica = Replica::simulated("llmd-sim", LatencyModel::default(), 2048).unwrap();
+    let cluster =
+        LocalCluster::start(vec![replica], presets::preset("load", &reg).unwrap(), 1, "127.0.0.1:0").await.unwrap();
+    let body = json!({"messages": [{"role": "user", "content": "w".repeat(6000)}], "max_tokens": 2, "stream": true});
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("http://{}/v1/chat/completions", cluster.addr))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let store = cluster.picker.datastore().clone();
+    let load = store.get("replica-0").unwrap().inflight;
+    assert_eq!(load.requests, 1);
+    assert!(load.prompt_tokens > 0, "headers are back, the prefill is not: {load:?}");
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("assistant"), "the role comes with the first output");
+    assert_eq!(store.get("replica-0").unwrap().inflight.prompt_tokens, 0, "released at the first byte");
+    while stream.next().await.is_some() {}
+    drop(stream);
+    for _ in 0..200 {
+        if store.get("replica-0").unwrap().inflight.requests == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(store.get("replica-0").unwrap().inflight.requests, 0, "released when the response ended");
+    cluster.shutdown().await;
 }

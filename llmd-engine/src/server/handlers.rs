@@ -200,21 +200,16 @@ fn sse_json<T: Serialize>(v: &T) -> Event {
     Event::default().data(serde_json::to_string(v).unwrap_or_else(|e| ErrorBody::internal(e.to_string()).to_json()))
 }
 
-/// Streams `first`, then `render(output)` for each output, then `[DONE]`. A task moves
-/// events into the response body; when the client goes away its send fails and the
-/// dropped stream aborts the request.
+/// Streams `render(output)` for each output, then `[DONE]`. A task moves events into
+/// the response body; when the client goes away its send fails and the dropped stream
+/// aborts the request. Nothing is sent before the first output: a picker in front
+/// takes the first body byte as the end of the prefill (as vLLM behaves).
 fn sse_stream(
     mut rx: RequestStream,
-    first: Vec<Event>,
     mut render: impl FnMut(&RequestOutput) -> Vec<Event> + Send + 'static,
 ) -> Response {
     let (tx, events) = tmpsc::channel::<Event>(64);
     tokio::spawn(async move {
-        for e in first {
-            if tx.send(e).await.is_err() {
-                return;
-            }
-        }
         loop {
             let Some(o) = rx.recv().await else {
                 let e = ErrorBody::unavailable("the engine stopped while streaming");
@@ -251,6 +246,21 @@ fn sse_stream(
 /// The usage totals, on a request's last output.
 fn final_usage(o: &RequestOutput) -> Option<Usage> {
     o.finished.is_some().then(|| Usage::new(o.prompt_tokens, o.completion_tokens, o.cached_tokens))
+}
+
+/// The events of one output: its choice chunk, if it says anything, then — after the
+/// last output, when the client asked for usage — the usage chunk.
+fn output_events<C, T: Serialize>(
+    o: &RequestOutput,
+    choice: Option<C>,
+    usage: bool,
+    chunk: &impl Fn(Vec<C>, Option<Usage>) -> T,
+) -> Vec<Event> {
+    let mut events: Vec<Event> = choice.map(|c| sse_json(&chunk(vec![c], None))).into_iter().collect();
+    if let Some(u) = final_usage(o).filter(|_| usage) {
+        events.push(sse_json(&chunk(Vec::new(), Some(u))));
+    }
+    events
 }
 
 fn include_usage(c: &Common) -> bool {
@@ -311,32 +321,25 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
     let usage = include_usage(&req.common);
     let st = s.clone();
     let mut offset = 0;
-    sse_stream(rx, Vec::new(), move |o| {
+    let chunk = move |choices, usage| CompletionResponse {
+        id: id.clone(),
+        object: CompletionResponse::OBJECT.into(),
+        created,
+        model: model.clone(),
+        choices,
+        usage,
+    };
+    sse_stream(rx, move |o| {
         let lp = want_logprobs.then(|| completion_logprobs(&st, &sampled_pairs(o), offset));
         offset += o.text.len();
-        let chunk = |choices, usage| CompletionResponse {
-            id: id.clone(),
-            object: CompletionResponse::OBJECT.into(),
-            created,
-            model: model.clone(),
-            choices,
-            usage,
-        };
-        let mut events = Vec::new();
-        if !o.text.is_empty() || o.finished.is_some() || lp.is_some() {
-            let choice = CompletionChoice {
-                index: 0,
-                text: o.text.clone(),
-                logprobs: lp,
-                finish_reason: o.finished.map(|f| f.as_str().into()),
-                stop_reason: stop_reason(o),
-            };
-            events.push(sse_json(&chunk(vec![choice], None)));
-        }
-        if let Some(u) = final_usage(o).filter(|_| usage) {
-            events.push(sse_json(&chunk(Vec::new(), Some(u))));
-        }
-        events
+        let choice = (!o.text.is_empty() || o.finished.is_some() || lp.is_some()).then(|| CompletionChoice {
+            index: 0,
+            text: o.text.clone(),
+            logprobs: lp,
+            finish_reason: o.finished.map(|f| f.as_str().into()),
+            stop_reason: stop_reason(o),
+        });
+        output_events(o, choice, usage, &chunk)
     })
 }
 
@@ -419,31 +422,31 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
         choices,
         usage,
     };
-    let role = ChatChunkChoice {
-        index: 0,
-        delta: Delta { role: Some("assistant".into()), content: Some(String::new()) },
-        logprobs: None,
-        finish_reason: None,
-        stop_reason: None,
-    };
-    let first = vec![sse_json(&chunk(vec![role], None))];
     let st = s.clone();
-    sse_stream(rx, first, move |o| {
+    let mut role_sent = false;
+    sse_stream(rx, move |o| {
         let mut events = Vec::new();
-        // A token whose text is held back still carries its logprobs.
-        if !o.text.is_empty() || o.finished.is_some() || (want_logprobs && !o.logprobs.is_empty()) {
-            let choice = ChatChunkChoice {
+        // The role chunk goes with the first output, after the prefill, as vLLM sends it.
+        if !std::mem::replace(&mut role_sent, true) {
+            let role = ChatChunkChoice {
                 index: 0,
-                delta: Delta { role: None, content: (!o.text.is_empty()).then(|| o.text.clone()) },
-                logprobs: want_logprobs.then(|| chat_logprobs(&st, &sampled_pairs(o))),
-                finish_reason: o.finished.map(|f| f.as_str().into()),
-                stop_reason: stop_reason(o),
+                delta: Delta { role: Some("assistant".into()), content: Some(String::new()) },
+                logprobs: None,
+                finish_reason: None,
+                stop_reason: None,
             };
-            events.push(sse_json(&chunk(vec![choice], None)));
+            events.push(sse_json(&chunk(vec![role], None)));
         }
-        if let Some(u) = final_usage(o).filter(|_| usage) {
-            events.push(sse_json(&chunk(Vec::new(), Some(u))));
-        }
+        // A token whose text is held back still carries its logprobs.
+        let say = !o.text.is_empty() || o.finished.is_some() || (want_logprobs && !o.logprobs.is_empty());
+        let choice = say.then(|| ChatChunkChoice {
+            index: 0,
+            delta: Delta { role: None, content: (!o.text.is_empty()).then(|| o.text.clone()) },
+            logprobs: want_logprobs.then(|| chat_logprobs(&st, &sampled_pairs(o))),
+            finish_reason: o.finished.map(|f| f.as_str().into()),
+            stop_reason: stop_reason(o),
+        });
+        events.extend(output_events(o, choice, usage, &chunk));
         events
     })
 }

@@ -57,17 +57,19 @@ impl LocalCluster {
         seed: u64,
         bind: &str,
     ) -> anyhow::Result<Self> {
-        Self::start_with(replicas, scheduler, seed, bind, true).await
+        Self::start_with(replicas, scheduler, seed, bind, true, GatewayConfig::default()).await
     }
 
-    /// [`start`](Self::start), registering the replicas with the gateway only when
-    /// `register` (otherwise a discovery source of the caller's adds them).
+    /// [`start`](Self::start) with the gateway's settings, registering the replicas with
+    /// the gateway only when `register` (otherwise a discovery source of the caller's
+    /// adds them).
     pub async fn start_with(
         replicas: Vec<Replica>,
         scheduler: SchedulerConfig,
         seed: u64,
         bind: &str,
         register: bool,
+        gateway: GatewayConfig,
     ) -> anyhow::Result<Self> {
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut endpoints = Vec::new();
@@ -107,7 +109,7 @@ impl LocalCluster {
         }
         picker.start();
         picker.scrape_once().await;
-        let gateway = Gateway::new(picker.clone(), GatewayConfig::default());
+        let gateway = Gateway::new(picker.clone(), gateway);
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let stopped = until_stopped(&stop);

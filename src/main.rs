@@ -55,12 +55,16 @@ struct UpArgs {
     /// Gateway port (the one OpenAI-compatible endpoint).
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Built-in routing: round-robin, load or prefix.
+    /// Built-in routing: round-robin, load, prefix or precise-prefix.
     #[arg(long, default_value = "prefix")]
     routing: String,
     /// An EndpointPickerConfig file instead of a built-in routing.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Tell clients which replica served them (`x-gateway-destination-endpoint` on
+    /// responses); off by default, as it shows internal addresses.
+    #[arg(long)]
+    expose_destination: bool,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -159,6 +163,10 @@ struct EppArgs {
     /// How often to look for changes in endpoints files, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     endpoints_poll_ms: u64,
+    /// Tell HTTP clients which endpoint served them (`x-gateway-destination-endpoint`
+    /// on responses); off by default, as it shows internal addresses.
+    #[arg(long)]
+    expose_destination: bool,
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -453,7 +461,9 @@ fn up(a: UpArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let bind = format!("{}:{}", a.host, a.port);
-        let cluster = LocalCluster::start(replicas, sched_cfg, a.engine.seed, &bind)
+        let gateway =
+            llmd::scheduler::gateway::GatewayConfig { expose_destination: a.expose_destination, ..Default::default() };
+        let cluster = LocalCluster::start_with(replicas, sched_cfg, a.engine.seed, &bind, true, gateway)
             .await
             .with_context(|| format!("starting the local cluster on {bind}"))?;
         println!(
@@ -522,7 +532,10 @@ fn epp(a: EppArgs) -> Result<()> {
         if a.http_port != 0 {
             let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.http_port)).await?;
             println!("llmd epp: HTTP gateway at http://{}/v1", listener.local_addr()?);
-            let gateway = Gateway::new(picker.clone(), GatewayConfig::default());
+            let gateway = Gateway::new(
+                picker.clone(),
+                GatewayConfig { expose_destination: a.expose_destination, ..Default::default() },
+            );
             tasks.push(tokio::spawn(async move {
                 gateway
                     .serve(listener, async {

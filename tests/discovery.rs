@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use llmd::cluster::LocalCluster;
+use llmd::scheduler::gateway::GatewayConfig;
 use llmd::scheduler::{Endpoint, FileDiscovery, PluginRegistry, presets};
 use serde_json::json;
 
@@ -58,6 +59,8 @@ async fn an_endpoints_file_adds_and_removes_endpoints_while_load_flows() {
         3,
         "127.0.0.1:0",
         false,
+        // The test reads where each request went.
+        GatewayConfig { expose_destination: true, ..Default::default() },
     )
     .await
     .unwrap();

@@ -31,7 +31,7 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::picker::{DESTINATION_HEADER, EndpointPicker, PREFILL_HEADER, Picked, parse_body};
+use crate::picker::{DESTINATION_HEADER, EndpointPicker, PREFILL_HEADER, Picked, is_routing_header, parse_body};
 
 /// Dynamic-metadata namespace Envoy's load balancer reads the destination from.
 pub const LB_NAMESPACE: &str = "envoy.lb";
@@ -195,13 +195,17 @@ fn decide(
                 return immediate(503, "no destination");
             };
             let mut set = vec![header(DESTINATION_HEADER, &dest)];
-            // A client's own prefill header must not reach the sidecar: replaced when
-            // this pick disaggregates, removed otherwise.
-            let mut remove_headers = Vec::new();
-            match pick.prefill_address() {
-                Some(pf) => set.push(header(PREFILL_HEADER, pf)),
-                None => remove_headers.push(PREFILL_HEADER.to_string()),
+            // A client's own routing headers must not reach the sidecar: ours replace
+            // them, the rest are removed.
+            if let Some(pf) = pick.prefill_address() {
+                set.push(header(PREFILL_HEADER, pf));
             }
+            let remove_headers: Vec<String> = headers
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .filter(|k| is_routing_header(k) && set.iter().all(|h| h.header.as_ref().is_none_or(|h| h.key != *k)))
+                .map(String::from)
+                .collect();
             *picked = Some(pick);
             let common = CommonResponse {
                 header_mutation: Some(HeaderMutation { set_headers: set, remove_headers }),

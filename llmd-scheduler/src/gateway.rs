@@ -6,8 +6,10 @@
 //! - A connection failure before any byte was sent retries on another endpoint.
 //! - No fitting endpoint gives an OpenAI-style 503; a body that cannot be routed, 400.
 //! - For P/D picks the prefill endpoint travels in `x-prefiller-host-port`, llm-d's
-//!   header for the routing sidecar. Clients cannot set it (nor the destination
-//!   header): the gateway strips both from what it forwards.
+//!   header for the routing sidecar. Clients cannot set it, nor any other routing
+//!   header ([`ROUTING_HEADERS`](crate::picker::ROUTING_HEADERS)); hop-by-hop headers
+//!   (and those `Connection` names) are dropped both ways. The destination goes back to
+//!   the client only with [`GatewayConfig::expose_destination`].
 //! - `/metrics` exports the picker's own metrics.
 
 use std::collections::{BTreeMap, HashSet};
@@ -23,7 +25,7 @@ use axum::routing::{get, post};
 use futures_util::StreamExt;
 use llmd_openai::{ErrorBody, ErrorKind};
 
-use crate::picker::{DESTINATION_HEADER, EndpointPicker, InFlightGuard, PREFILL_HEADER, parse_body};
+use crate::picker::{DESTINATION_HEADER, EndpointPicker, InFlightGuard, PREFILL_HEADER, is_routing_header, parse_body};
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -35,6 +37,9 @@ pub struct GatewayConfig {
     /// Time for an endpoint to start its response (status and headers) once it has the
     /// request; past it the client gets a 504. Streams then run as long as they last.
     pub response_timeout: Duration,
+    /// Tell clients which endpoint served them (`x-gateway-destination-endpoint` on the
+    /// response). Off by default: it shows internal addresses.
+    pub expose_destination: bool,
 }
 
 impl Default for GatewayConfig {
@@ -43,6 +48,7 @@ impl Default for GatewayConfig {
             max_attempts: 3,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(300),
+            expose_destination: false,
         }
     }
 }
@@ -120,15 +126,38 @@ async fn own_metrics(State(g): State<Arc<Gateway>>) -> Response {
     }
 }
 
-// Headers that are the gateway's to set, or hop-by-hop.
-fn forwardable(name: &header::HeaderName) -> bool {
-    !(name == header::HOST
-        || name == header::CONTENT_LENGTH
-        || name == header::CONTENT_TYPE
-        || name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name.as_str() == PREFILL_HEADER
-        || name.as_str() == DESTINATION_HEADER)
+/// Hop-by-hop headers (RFC 9110 §7.6.1 and the ones proxies have always treated so):
+/// they describe one connection and are never forwarded.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The headers of `headers` that may cross the gateway: not hop-by-hop (nor named in
+/// `Connection`), not framing the gateway redoes (`Host`, `Content-Length`), and not a
+/// routing header only the picker may set.
+fn forwardable(headers: &HeaderMap) -> impl Iterator<Item = (&header::HeaderName, &HeaderValue)> {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    headers.iter().filter(move |(k, _)| {
+        let k = k.as_str();
+        !(HOP_BY_HOP.contains(&k)
+            || named.iter().any(|n| n == k)
+            || k == "host"
+            || k == "content-length"
+            || is_routing_header(k))
+    })
 }
 
 async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
@@ -136,9 +165,7 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         Ok(v) => v,
         Err(e) => return error(ErrorKind::BadRequest, e.to_string()),
     };
-    let header_map: BTreeMap<String, String> = headers
-        .iter()
-        .filter(|(k, _)| forwardable(k))
+    let header_map: BTreeMap<String, String> = forwardable(&headers)
         .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
         .collect();
     let req = g.picker.parse_request(uri.path(), &header_map, &parsed);
@@ -157,13 +184,12 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         let Some(dest) = result.destination().cloned() else {
             return error(ErrorKind::ServiceUnavailable, "no destination");
         };
-        let mut out = g
-            .client
-            .post(format!("http://{}{}", dest.address, uri.path()))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body.clone());
-        for (k, v) in headers.iter().filter(|(k, _)| forwardable(k)) {
+        let mut out = g.client.post(format!("http://{}{}", dest.address, uri.path())).body(body.clone());
+        for (k, v) in forwardable(&headers) {
             out = out.header(k, v);
+        }
+        if !headers.contains_key(header::CONTENT_TYPE) {
+            out = out.header(header::CONTENT_TYPE, "application/json");
         }
         if let Some(pf) = &prefill {
             out = out.header(PREFILL_HEADER, pf.as_str());
@@ -176,7 +202,7 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
             }
         };
         match sent {
-            Ok(resp) => return relay(resp, &dest.address, inflight),
+            Ok(resp) => return relay(resp, g.cfg.expose_destination.then_some(dest.address.as_str()), inflight),
             // Nothing was sent to the client yet: another endpoint may take it.
             Err(e) if e.is_connect() || e.is_request() => {
                 tracing::warn!(endpoint = %dest.endpoint, attempt, error = %e, "endpoint unreachable; retrying elsewhere");
@@ -192,14 +218,12 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
 
 /// Streams the endpoint's response through, holding the in-flight count until the body
 /// ends or the client goes away (dropping the stream drops the guard).
-fn relay(resp: reqwest::Response, destination: &str, inflight: InFlightGuard) -> Response {
+fn relay(resp: reqwest::Response, destination: Option<&str>, inflight: InFlightGuard) -> Response {
     let mut builder = Response::builder().status(resp.status().as_u16());
-    for (k, v) in resp.headers() {
-        if k != header::CONTENT_LENGTH && k != header::TRANSFER_ENCODING && k != header::CONNECTION {
-            builder = builder.header(k.as_str(), v.as_bytes());
-        }
+    for (k, v) in forwardable(resp.headers()) {
+        builder = builder.header(k.as_str(), v.as_bytes());
     }
-    if let Ok(v) = HeaderValue::from_str(destination) {
+    if let Some(v) = destination.and_then(|d| HeaderValue::from_str(d).ok()) {
         builder = builder.header(DESTINATION_HEADER, v);
     }
     let mut started = false;

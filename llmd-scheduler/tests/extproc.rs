@@ -43,7 +43,14 @@ fn headers(end_of_stream: bool) -> ProcessingRequest {
     ProcessingRequest {
         request: Some(In::RequestHeaders(HttpHeaders {
             headers: Some(HeaderMap {
-                headers: vec![hv(":path", "/v1/chat/completions"), hv(":method", "POST"), hv("x-request-id", "r-1")],
+                headers: vec![
+                    hv(":path", "/v1/chat/completions"),
+                    hv(":method", "POST"),
+                    hv("x-request-id", "r-1"),
+                    // A client trying to steer the P/D sidecar.
+                    hv("x-prefiller-host-port", "evil:1"),
+                    hv("X-LLM-D-Prefiller-Host-Port", "evil:2"),
+                ],
             }),
             end_of_stream,
             ..Default::default()
@@ -103,10 +110,10 @@ async fn envoy_gets_the_destination_as_header_and_metadata() {
     assert!(matches!(replies[0].response, Some(Out::RequestHeaders(ref h)) if h.response.is_none()));
     assert_eq!(replies.len(), 2, "{replies:?}");
     assert_eq!(destination(&replies[1]), ("10.0.0.2:8000".into(), "10.0.0.2:8000".into()));
-    // Not disaggregated: a client's own prefill header is removed before the sidecar.
+    // Not disaggregated: the client's own routing headers are removed before the sidecar.
     let Some(Out::RequestBody(b)) = &replies[1].response else { panic!("{replies:?}") };
     let removed = &b.response.as_ref().unwrap().header_mutation.as_ref().unwrap().remove_headers;
-    assert_eq!(removed, &["x-prefiller-host-port".to_string()]);
+    assert_eq!(removed, &["x-prefiller-host-port".to_string(), "x-llm-d-prefiller-host-port".to_string()]);
     // The closed stream ends the request's in-flight count (the server sees it soon).
     for _ in 0..500 {
         if picker.datastore().requests_in_flight() == 0 {

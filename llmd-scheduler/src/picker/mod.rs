@@ -36,6 +36,24 @@ pub const PREFILL_HEADER: &str = "x-prefiller-host-port";
 /// The header carrying the picked destination (llm-d's).
 pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
 
+/// Headers only the picker sets: where a request goes (destination, the P/D sidecar's
+/// prefill, encoder and KV-source targets, in llm-d's old and new spellings). A client
+/// that sets one could steer a sidecar to any host, so front ends drop them.
+pub const ROUTING_HEADERS: [&str; 7] = [
+    DESTINATION_HEADER,
+    PREFILL_HEADER,
+    "x-llm-d-prefiller-host-port",
+    "x-encoder-hosts-ports",
+    "x-llm-d-encoder-hosts-ports",
+    "x-llm-d-kv-cache-source-host-port",
+    "x-data-parallel-host-port",
+];
+
+/// Whether `name` (any case) is one of the [`ROUTING_HEADERS`].
+pub fn is_routing_header(name: &str) -> bool {
+    ROUTING_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
 /// Picker settings.
 #[derive(Debug, Clone)]
 pub struct PickerConfig {

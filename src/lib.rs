@@ -27,3 +27,6 @@ pub mod cluster;
 
 #[cfg(feature = "cli")]
 pub mod bench;
+
+#[cfg(feature = "cli")]
+pub mod shutdown;

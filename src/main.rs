@@ -72,6 +72,10 @@ struct UpArgs {
 /// Engine settings shared by `serve` and `up`.
 #[derive(Args, Debug, Clone)]
 struct EngineArgs {
+    /// Seconds to let requests in flight finish after SIGTERM or Ctrl-C (a second
+    /// signal exits at once).
+    #[arg(long, default_value_t = 25)]
+    shutdown_timeout: u64,
     /// Model checkpoint directory (default: the built-in tiny model).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -109,6 +113,12 @@ struct EngineArgs {
     /// Seed for built-in weights and for requests without a seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+impl EngineArgs {
+    fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout)
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -167,6 +177,10 @@ struct EppArgs {
     /// on responses); off by default, as it shows internal addresses.
     #[arg(long)]
     expose_destination: bool,
+    /// Seconds to let requests in flight finish after SIGTERM or Ctrl-C (a second
+    /// signal exits at once).
+    #[arg(long, default_value_t = 25)]
+    shutdown_timeout: u64,
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -429,12 +443,13 @@ fn serve(a: ServeArgs) -> Result<()> {
             cfg.model_name,
             server.kv_events_endpoint().unwrap_or("off")
         );
-        server
-            .serve(listener, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("serving")
+        let shutdown = llmd::shutdown::Shutdown::install();
+        match shutdown.drain(server.serve(listener, shutdown.begun()), a.engine.shutdown_timeout()).await {
+            Some(served) => served.context("serving")?,
+            None => bail!("requests still in flight at the drain deadline were cut"),
+        }
+        println!("llmd serve: stopped");
+        Ok(())
     })
 }
 
@@ -470,8 +485,11 @@ fn up(a: UpArgs) -> Result<()> {
             "llmd up: {} replicas of {model_name:?} behind http://{}/v1 (routing: {routing}); Ctrl-C to stop",
             a.replicas, cluster.addr
         );
-        let _ = tokio::signal::ctrl_c().await;
-        cluster.shutdown().await;
+        let shutdown = llmd::shutdown::Shutdown::install();
+        shutdown.begun().await;
+        if shutdown.drain(cluster.shutdown(), a.engine.shutdown_timeout()).await.is_none() {
+            bail!("requests still in flight at the drain deadline were cut");
+        }
         println!("llmd up: stopped");
         Ok(())
     })
@@ -528,6 +546,7 @@ fn epp(a: EppArgs) -> Result<()> {
         }
         // Scrapers and subscribers live as long as the process.
         picker.start();
+        let shutdown = llmd::shutdown::Shutdown::install();
         let mut tasks = Vec::new();
         if a.http_port != 0 {
             let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.http_port)).await?;
@@ -536,32 +555,34 @@ fn epp(a: EppArgs) -> Result<()> {
                 picker.clone(),
                 GatewayConfig { expose_destination: a.expose_destination, ..Default::default() },
             );
-            tasks.push(tokio::spawn(async move {
-                gateway
-                    .serve(listener, async {
-                        let _ = tokio::signal::ctrl_c().await;
-                    })
-                    .await
-                    .map_err(anyhow::Error::from)
-            }));
+            let stop = shutdown.begun();
+            tasks.push(tokio::spawn(async move { gateway.serve(listener, stop).await.map_err(anyhow::Error::from) }));
         }
         if a.grpc_port != 0 {
             let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.grpc_port)).await?;
             println!("llmd epp: Envoy ext-proc on grpc://{}", listener.local_addr()?);
             let svc = ExtProc::server(picker.clone());
+            let stop = shutdown.begun();
             tasks.push(tokio::spawn(async move {
                 tonic::transport::Server::builder()
                     .add_service(svc)
-                    .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
-                        let _ = tokio::signal::ctrl_c().await;
-                    })
+                    .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop)
                     .await
                     .map_err(anyhow::Error::from)
             }));
         }
-        for t in tasks {
-            t.await??;
+        let all = async {
+            for t in tasks {
+                t.await??;
+            }
+            anyhow::Ok(())
+        };
+        match shutdown.drain(all, Duration::from_secs(a.shutdown_timeout)).await {
+            Some(r) => r?,
+            None => bail!("requests still in flight at the drain deadline were cut"),
         }
+        picker.shutdown();
+        println!("llmd epp: stopped");
         Ok(())
     })
 }

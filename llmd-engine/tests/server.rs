@@ -282,3 +282,25 @@ async fn kv_events_are_published_over_zmq_in_vllms_framing() {
     }
     panic!("no KV event batch arrived");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framework_errors_and_long_echoes_are_openai_json() {
+    let (addr, _stop) = start(8).await;
+    for (method, path, body, status) in [
+        ("GET", "/v1/nothing-here", "", 404),
+        ("GET", "/v1/completions", "", 405),
+        ("POST", "/v1/completions", &"x".repeat(3 << 20), 413),
+    ] {
+        let (got, text) = http(&addr, method, path, body).await;
+        assert_eq!(got, status, "{method} {path}: {text}");
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+        assert_eq!(v["error"]["code"], status, "{v}");
+        assert!(v["error"]["type"].is_string(), "{v}");
+    }
+    // A huge bad field is not echoed back whole.
+    let huge = "y".repeat(1_500_000);
+    let (status, text) = http(&addr, "POST", "/v1/completions", &format!(r#"{{"prompt": "hi", "n": "{huge}"}}"#)).await;
+    assert_eq!(status, 400);
+    assert!(text.len() < 4096, "{} bytes came back", text.len());
+}

@@ -84,6 +84,24 @@ impl ErrorKind {
     }
 }
 
+/// The longest message a body carries, in bytes: messages quote input (a parse error
+/// echoes the offending text), and a 1.5 MB field must not come back whole.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+fn truncate(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut cut = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let dropped = message.len() - cut;
+    message.truncate(cut);
+    message.push_str(&format!("… ({dropped} more bytes)"));
+    message
+}
+
 /// A whole error body: `{"error": {...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -118,7 +136,7 @@ impl ErrorBody {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         ErrorBody {
             error: ErrorDetail {
-                message: message.into(),
+                message: truncate(message.into()),
                 kind: kind.type_name().into(),
                 param: None,
                 code: Some(kind.status()),
@@ -255,6 +273,15 @@ mod tests {
         }
         let v = serde_json::to_value(ErrorBody::bad_request("no").with_param("n")).unwrap();
         assert_eq!(v, json!({"error": {"message": "no", "type": "BadRequestError", "param": "n", "code": 400}}));
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(1000); // 2 000 bytes
+        let b = ErrorBody::bad_request(format!("bad value {long}"));
+        assert!(b.message().len() < MAX_MESSAGE_BYTES + 40, "{}", b.message().len());
+        assert!(b.message().ends_with("more bytes)"), "{}", b.message());
+        assert_eq!(ErrorBody::bad_request("short").message(), "short");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! responses, and serving a router with the socket options token streams need.
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::error_body::ErrorBody;
@@ -12,6 +12,36 @@ impl IntoResponse for ErrorBody {
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, axum::Json(self)).into_response()
     }
+}
+
+/// Turns any error reply that is not JSON already — the framework's own 404, 405, 413
+/// (a body over the size limit) or 415 — into an OpenAI-style body with the same status
+/// and headers (`Allow` included). Add it to a router with
+/// `.layer(axum::middleware::map_response(json_errors))`.
+pub async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    // Framework messages are short; anything longer is cut by `ErrorBody` anyway.
+    let text = axum::body::to_bytes(body, 64 * 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    let message = match text {
+        Ok(t) if !t.is_empty() => t,
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let mut out = ErrorBody::from_status(status.as_u16(), message).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves (then finishes the requests
@@ -43,5 +73,23 @@ mod tests {
     fn error_bodies_answer_with_their_status() {
         let r = ErrorBody::new(ErrorKind::RateLimit, "slow down").into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[tokio::test]
+    async fn plain_framework_errors_become_openai_json() {
+        let plain = (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")], "").into_response();
+        let r = json_errors(plain).await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "POST");
+        let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], 405);
+        assert_eq!(v["error"]["message"], "Method Not Allowed");
+        // JSON errors and successes pass untouched.
+        let ok = json_errors(StatusCode::OK.into_response()).await;
+        assert_eq!(ok.status(), StatusCode::OK);
+        let typed = json_errors(ErrorBody::bad_request("x").into_response()).await;
+        let body = axum::body::to_bytes(typed.into_body(), 4096).await.unwrap();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["error"]["message"], "x");
     }
 }

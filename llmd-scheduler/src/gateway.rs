@@ -91,6 +91,8 @@ impl Gateway {
             .route("/health", get(|| async { StatusCode::OK }))
             .route("/metrics", get(own_metrics))
             .with_state(self.clone())
+            // 404, 405, 413 and the like in the same OpenAI shape as every other error.
+            .layer(axum::middleware::map_response(llmd_openai::http::json_errors))
     }
 
     /// Serves [`Gateway::router`] on `listener` until `shutdown` resolves.

@@ -87,4 +87,13 @@ async fn hop_by_hop_and_routing_headers_do_not_cross_the_gateway() {
         .await
         .unwrap();
     assert_eq!(resp.headers()["x-gateway-destination-endpoint"], engine.as_str());
+
+    // The framework's own errors come in the OpenAI shape too.
+    let resp = reqwest::Client::new().get(format!("{base}/v1/completions")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    let v: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], 405);
+    let resp = reqwest::Client::new().get(format!("{base}/nowhere")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&resp.text().await.unwrap()).unwrap()["error"]["code"], 404);
 }

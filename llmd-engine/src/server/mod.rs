@@ -144,7 +144,9 @@ impl Server {
             .route("/v1/models", get(handlers::models))
             .route("/health", get(handlers::health))
             .route("/metrics", get(handlers::metrics))
-            .with_state(state);
+            .with_state(state)
+            // 404, 405, 413 and the like in the same OpenAI shape as every other error.
+            .layer(axum::middleware::map_response(llmd_openai::http::json_errors));
         Server { router, engine: handle, events_endpoint: None }
     }
 

@@ -3,7 +3,9 @@
 //!
 //! - Responses stream through unbuffered, SSE included; the request counts as in flight
 //!   on its endpoint until the last byte has passed (or the client went away).
-//! - A connection failure before any byte was sent retries on another endpoint.
+//! - A connection failure before any byte was sent, or a 429 from a full endpoint,
+//!   retries on another endpoint (up to `max_attempts`); when none is left, the last
+//!   429 is the answer.
 //! - No fitting endpoint gives an OpenAI-style 503; a body that cannot be routed, 400.
 //! - For P/D picks the prefill endpoint travels in `x-prefiller-host-port`, llm-d's
 //!   header for the routing sidecar. Clients cannot set it, nor any other routing
@@ -173,9 +175,16 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
     let req = g.picker.parse_request(uri.path(), &header_map, &parsed);
     let mut excluded: HashSet<String> = HashSet::new();
     let mut last_err = String::new();
-    for attempt in 0..g.cfg.max_attempts.max(1) {
+    // The last 429 seen: the answer when no other endpoint is left to try.
+    let mut busy: Option<(reqwest::Response, String, InFlightGuard)> = None;
+    let attempts = g.cfg.max_attempts.max(1);
+    for attempt in 0..attempts {
         let picked = match g.picker.pick_request(&req, &excluded) {
             Ok(p) => p,
+            Err(_) if busy.is_some() => {
+                let Some((resp, address, inflight)) = busy.take() else { break };
+                return relay(resp, g.cfg.expose_destination.then_some(address.as_str()), inflight);
+            }
             Err(e) => {
                 let msg = if last_err.is_empty() { e.to_string() } else { format!("{e} (after: {last_err})") };
                 return ErrorBody::from_status(e.http_status(), msg).into_response();
@@ -203,8 +212,17 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
                 return error(ErrorKind::GatewayTimeout, msg);
             }
         };
+        let shown = g.cfg.expose_destination.then_some(dest.address.as_str());
         match sent {
-            Ok(resp) => return relay(resp, g.cfg.expose_destination.then_some(dest.address.as_str()), inflight),
+            // A full endpoint (429) has taken nothing: another may take the request.
+            Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS && attempt + 1 < attempts => {
+                tracing::info!(endpoint = %dest.endpoint, attempt, "endpoint overloaded (429); retrying elsewhere");
+                g.picker.record_retry();
+                last_err = format!("{}: 429 Too Many Requests", dest.endpoint);
+                excluded.insert(dest.endpoint.clone());
+                busy = Some((resp, dest.address.clone(), inflight));
+            }
+            Ok(resp) => return relay(resp, shown, inflight),
             // Nothing was sent to the client yet: another endpoint may take it.
             Err(e) if e.is_connect() || e.is_request() => {
                 tracing::warn!(endpoint = %dest.endpoint, attempt, error = %e, "endpoint unreachable; retrying elsewhere");
@@ -214,6 +232,9 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
             }
             Err(e) => return error(ErrorKind::BadGateway, format!("{}: {e}", dest.endpoint)),
         }
+    }
+    if let Some((resp, address, inflight)) = busy {
+        return relay(resp, g.cfg.expose_destination.then_some(address.as_str()), inflight);
     }
     error(ErrorKind::BadGateway, format!("every attempt failed; last: {last_err}"))
 }

@@ -97,3 +97,59 @@ async fn hop_by_hop_and_routing_headers_do_not_cross_the_gateway() {
     assert_eq!(resp.status(), 404);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&resp.text().await.unwrap()).unwrap()["error"]["code"], 404);
 }
+
+/// An engine that is always full.
+async fn full() -> String {
+    let app = axum::Router::new().route(
+        "/v1/completions",
+        axum::routing::post(|| async {
+            let body = r#"{"error": {"message": "full", "type": "RateLimitError", "param": null, "code": 429}}"#;
+            (axum::http::StatusCode::TOO_MANY_REQUESTS, [("content-type", "application/json")], body)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+async fn gateway_over(engines: Vec<String>) -> String {
+    let store = datastore(Arc::new(ManualClock::new()));
+    for (i, e) in engines.into_iter().enumerate() {
+        store.upsert(Endpoint::new(format!("e{i}"), e, Role::Both));
+    }
+    let sched = Scheduler::new(presets::preset("round-robin", &PluginRegistry::with_builtins()).unwrap(), 0);
+    let g = Gateway::new(EndpointPicker::new(sched, store, PickerConfig::default(), None), GatewayConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    addr
+}
+
+#[tokio::test]
+async fn a_full_endpoint_429_is_retried_elsewhere_and_returned_when_none_is_left() {
+    let client = reqwest::Client::new();
+    let post = |base: String| {
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("{base}/v1/completions"))
+                .header("content-type", "application/json")
+                .body(r#"{"prompt": "hi"}"#)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Round robin tries the full engine first; the request lands on the other.
+    let base = gateway_over(vec![full().await, echo().await]).await;
+    assert_eq!(post(base.clone()).await.status(), 200);
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("llmd_epp_retries_total 1"), "{metrics}");
+    // Only full engines: the client gets the 429 (retry later), not a 503.
+    let base = gateway_over(vec![full().await, full().await]).await;
+    let resp = post(base).await;
+    assert_eq!(resp.status(), 429);
+    let v: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["type"], "RateLimitError");
+}

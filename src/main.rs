@@ -65,6 +65,11 @@ struct UpArgs {
     /// responses); off by default, as it shows internal addresses.
     #[arg(long)]
     expose_destination: bool,
+    /// Require `Authorization: Bearer <KEY>` on the OpenAI API (vLLM's `--api-key`;
+    /// also read from VLLM_API_KEY). /health and /metrics stay open.
+    #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -150,6 +155,11 @@ struct ServeArgs {
     /// Do not publish KV events.
     #[arg(long)]
     no_kv_events: bool,
+    /// Require `Authorization: Bearer <KEY>` on the OpenAI API (vLLM's `--api-key`;
+    /// also read from VLLM_API_KEY). /health and /metrics stay open.
+    #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -177,6 +187,11 @@ struct EppArgs {
     /// on responses); off by default, as it shows internal addresses.
     #[arg(long)]
     expose_destination: bool,
+    /// Require `Authorization: Bearer <KEY>` on the OpenAI API (vLLM's `--api-key`;
+    /// also read from VLLM_API_KEY). /health and /metrics stay open.
+    #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+
     /// Seconds to let requests in flight finish after SIGTERM or Ctrl-C (a second
     /// signal exits at once).
     #[arg(long, default_value_t = 25)]
@@ -421,6 +436,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             topic: a.kv_events_topic.clone(),
         }),
         defaults: generation,
+        api_key: a.api_key.clone(),
         ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -476,8 +492,11 @@ fn up(a: UpArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let bind = format!("{}:{}", a.host, a.port);
-        let gateway =
-            llmd::scheduler::gateway::GatewayConfig { expose_destination: a.expose_destination, ..Default::default() };
+        let gateway = llmd::scheduler::gateway::GatewayConfig {
+            expose_destination: a.expose_destination,
+            api_key: a.api_key.clone(),
+            ..Default::default()
+        };
         let cluster = LocalCluster::start_with(replicas, sched_cfg, a.engine.seed, &bind, true, gateway)
             .await
             .with_context(|| format!("starting the local cluster on {bind}"))?;
@@ -553,7 +572,11 @@ fn epp(a: EppArgs) -> Result<()> {
             println!("llmd epp: HTTP gateway at http://{}/v1", listener.local_addr()?);
             let gateway = Gateway::new(
                 picker.clone(),
-                GatewayConfig { expose_destination: a.expose_destination, ..Default::default() },
+                GatewayConfig {
+                    expose_destination: a.expose_destination,
+                    api_key: a.api_key.clone(),
+                    ..Default::default()
+                },
             );
             let stop = shutdown.begun();
             tasks.push(tokio::spawn(async move { gateway.serve(listener, stop).await.map_err(anyhow::Error::from) }));

@@ -36,6 +36,7 @@ fn serve_with(extra: &[&str]) -> Serve {
     let mut child = Command::new(env!("CARGO_BIN_EXE_llmd"))
         .args(["serve", "--sim", "--port", "0"])
         .args(extra)
+        .env_remove("VLLM_API_KEY")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -32,9 +32,14 @@ async fn start_with(server_cfg: ServerConfig) -> (String, tokio::sync::oneshot::
 
 /// One HTTP/1.1 exchange; returns status and body.
 async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(addr, method, path, body, "").await
+}
+
+/// `extra`: more header lines, each ending in CRLF.
+async fn http_with(addr: &str, method: &str, path: &str, body: &str, extra: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -303,4 +308,22 @@ async fn framework_errors_and_long_echoes_are_openai_json() {
     let (status, text) = http(&addr, "POST", "/v1/completions", &format!(r#"{{"prompt": "hi", "n": "{huge}"}}"#)).await;
     assert_eq!(status, 400);
     assert!(text.len() < 4096, "{} bytes came back", text.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_guards_the_openai_routes_only() {
+    let (addr, _stop, _) = start_with(ServerConfig { api_key: Some("s3cret".into()), ..Default::default() }).await;
+    let body = r#"{"prompt": "hi", "max_tokens": 1}"#;
+    for key in [None, Some("wrong"), Some("s3cret2"), Some("")] {
+        let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+        let (status, text) = http_with(&addr, "POST", "/v1/completions", body, &auth).await;
+        assert_eq!(status, 401, "{key:?}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["type"], "AuthenticationError");
+    }
+    let (status, _) = http_with(&addr, "POST", "/v1/completions", body, "Authorization: Bearer s3cret\r\n").await;
+    assert_eq!(status, 200);
+    // Probes and scrapers need no key.
+    assert_eq!(http(&addr, "GET", "/health", "").await.0, 200);
+    assert_eq!(http(&addr, "GET", "/metrics", "").await.0, 200);
 }

@@ -12,6 +12,8 @@ use crate::error::OpenAiError;
 pub enum ErrorKind {
     /// 400: the request is malformed or asks for something unsupported.
     BadRequest,
+    /// 401: no or a wrong API key.
+    Unauthorized,
     /// 404: an unknown model or route.
     NotFound,
     /// 429: the server is overloaded; retry later.
@@ -28,8 +30,9 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for iterating.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::BadRequest,
+        ErrorKind::Unauthorized,
         ErrorKind::NotFound,
         ErrorKind::RateLimit,
         ErrorKind::InternalServer,
@@ -42,6 +45,7 @@ impl ErrorKind {
     pub const fn status(self) -> u16 {
         match self {
             ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
             ErrorKind::NotFound => 404,
             ErrorKind::RateLimit => 429,
             ErrorKind::InternalServer => 500,
@@ -55,6 +59,7 @@ impl ErrorKind {
     pub const fn type_name(self) -> &'static str {
         match self {
             ErrorKind::BadRequest => "BadRequestError",
+            ErrorKind::Unauthorized => "AuthenticationError",
             ErrorKind::NotFound => "NotFoundError",
             ErrorKind::RateLimit => "RateLimitError",
             ErrorKind::InternalServer => "InternalServerError",
@@ -68,6 +73,7 @@ impl ErrorKind {
     /// other 4xx and `InternalServer` for anything else.
     pub const fn from_status(status: u16) -> Self {
         match status {
+            401 => ErrorKind::Unauthorized,
             404 => ErrorKind::NotFound,
             429 => ErrorKind::RateLimit,
             502 => ErrorKind::BadGateway,
@@ -253,6 +259,7 @@ mod tests {
     fn each_kind_has_its_status_and_type_and_the_body_has_its_shape() {
         let want = [
             (ErrorKind::BadRequest, 400, "BadRequestError"),
+            (ErrorKind::Unauthorized, 401, "AuthenticationError"),
             (ErrorKind::NotFound, 404, "NotFoundError"),
             (ErrorKind::RateLimit, 429, "RateLimitError"),
             (ErrorKind::InternalServer, 500, "InternalServerError"),

@@ -44,6 +44,46 @@ pub async fn json_errors(resp: Response) -> Response {
     out
 }
 
+/// Requires `Authorization: Bearer <key>` on the OpenAI routes (`/v1/...`), as vLLM's
+/// `--api-key` does; `/health` and `/metrics` stay open for probes and scrapers. A
+/// missing or wrong key gets a 401 `AuthenticationError`. The comparison takes the same
+/// time wherever the keys differ.
+pub fn require_api_key(router: Router, key: String) -> Router {
+    let key = std::sync::Arc::new(key);
+    router.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+        let key = key.clone();
+        async move {
+            if !req.uri().path().starts_with("/v1") {
+                return next.run(req).await;
+            }
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if same(given.as_bytes(), key.as_bytes()) {
+                next.run(req).await
+            } else {
+                ErrorBody::new(
+                    crate::ErrorKind::Unauthorized,
+                    "a valid API key is required (Authorization: Bearer ...)",
+                )
+                .into_response()
+            }
+        }
+    }))
+}
+
+// Constant time in the contents: every byte is looked at, whatever differs first.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves (then finishes the requests
 /// in progress).
 ///
@@ -73,6 +113,15 @@ mod tests {
     fn error_bodies_answer_with_their_status() {
         let r = ErrorBody::new(ErrorKind::RateLimit, "slow down").into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
+    fn keys_compare_equal_only_when_equal() {
+        assert!(same(b"secret", b"secret"));
+        assert!(!same(b"secret", b"secreT"));
+        assert!(!same(b"secret", b"secret2"));
+        assert!(!same(b"", b"x"));
+        assert!(same(b"", b""));
     }
 
     #[tokio::test]

@@ -42,6 +42,8 @@ pub struct GatewayConfig {
     /// Tell clients which endpoint served them (`x-gateway-destination-endpoint` on the
     /// response). Off by default: it shows internal addresses.
     pub expose_destination: bool,
+    /// Require `Authorization: Bearer <key>` on `/v1/...` (vLLM's `--api-key`).
+    pub api_key: Option<String>,
 }
 
 impl Default for GatewayConfig {
@@ -51,6 +53,7 @@ impl Default for GatewayConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(300),
             expose_destination: false,
+            api_key: None,
         }
     }
 }
@@ -86,7 +89,7 @@ impl Gateway {
 
     /// The routes: the OpenAI API (proxied), `/v1/models`, `/health`, `/metrics`.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/v1/completions", post(proxy))
             .route("/v1/chat/completions", post(proxy))
             .route("/v1/models", get(models))
@@ -94,7 +97,11 @@ impl Gateway {
             .route("/metrics", get(own_metrics))
             .with_state(self.clone())
             // 404, 405, 413 and the like in the same OpenAI shape as every other error.
-            .layer(axum::middleware::map_response(llmd_openai::http::json_errors))
+            .layer(axum::middleware::map_response(llmd_openai::http::json_errors));
+        match &self.cfg.api_key {
+            Some(key) => llmd_openai::http::require_api_key(router, key.clone()),
+            None => router,
+        }
     }
 
     /// Serves [`Gateway::router`] on `listener` until `shutdown` resolves.

@@ -153,3 +153,27 @@ async fn a_full_endpoint_429_is_retried_elsewhere_and_returned_when_none_is_left
     let v: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
     assert_eq!(v["error"]["type"], "RateLimitError");
 }
+
+#[tokio::test]
+async fn the_gateway_asks_for_its_api_key() {
+    let store = datastore(Arc::new(ManualClock::new()));
+    store.upsert(Endpoint::new("e", echo().await, Role::Both));
+    let sched = Scheduler::new(presets::preset("round-robin", &PluginRegistry::with_builtins()).unwrap(), 0);
+    let cfg = GatewayConfig { api_key: Some("k1".into()), ..Default::default() };
+    let g = Gateway::new(EndpointPicker::new(sched, store, PickerConfig::default(), None), cfg);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    let client = reqwest::Client::new();
+    let post = |key: &str| {
+        client
+            .post(format!("{base}/v1/completions"))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .body(r#"{"prompt": "hi"}"#)
+            .send()
+    };
+    assert_eq!(post("nope").await.unwrap().status(), 401);
+    assert_eq!(post("k1").await.unwrap().status(), 200);
+    assert_eq!(client.get(format!("{base}/health")).send().await.unwrap().status(), 200);
+}

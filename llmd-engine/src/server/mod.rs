@@ -37,11 +37,13 @@ pub struct ServerConfig {
     pub kv_events: Option<KvEventsConfig>,
     /// Sampling defaults from the checkpoint's `generation_config.json`.
     pub defaults: crate::model::GenerationConfig,
+    /// Require `Authorization: Bearer <key>` on `/v1/...` (vLLM's `--api-key`).
+    pub api_key: Option<String>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_queued_requests: 1024, kv_events: None, defaults: Default::default() }
+        ServerConfig { max_queued_requests: 1024, kv_events: None, defaults: Default::default(), api_key: None }
     }
 }
 
@@ -98,6 +100,9 @@ impl Server {
         let advertised = events_endpoint.clone().zip(cfg.kv_events.as_ref().map(|e| e.topic.clone()));
         let mut server = Self::build(handle, template, cfg.defaults, advertised);
         server.events_endpoint = events_endpoint;
+        if let Some(key) = cfg.api_key {
+            server.router = llmd_openai::http::require_api_key(server.router.clone(), key);
+        }
         Ok(server)
     }
 

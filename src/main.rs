@@ -460,10 +460,10 @@ fn serve(a: ServeArgs) -> Result<()> {
             server.kv_events_endpoint().unwrap_or("off")
         );
         let shutdown = llmd::shutdown::Shutdown::install();
-        match shutdown.drain(server.serve(listener, shutdown.begun()), a.engine.shutdown_timeout()).await {
-            Some(served) => served.context("serving")?,
-            None => bail!("requests still in flight at the drain deadline were cut"),
-        }
+        shutdown
+            .drain(server.serve(listener, shutdown.begun()), a.engine.shutdown_timeout())
+            .await?
+            .context("serving")?;
         println!("llmd serve: stopped");
         Ok(())
     })
@@ -506,9 +506,7 @@ fn up(a: UpArgs) -> Result<()> {
         );
         let shutdown = llmd::shutdown::Shutdown::install();
         shutdown.begun().await;
-        if shutdown.drain(cluster.shutdown(), a.engine.shutdown_timeout()).await.is_none() {
-            bail!("requests still in flight at the drain deadline were cut");
-        }
+        shutdown.drain(cluster.shutdown(), a.engine.shutdown_timeout()).await?;
         println!("llmd up: stopped");
         Ok(())
     })
@@ -600,10 +598,7 @@ fn epp(a: EppArgs) -> Result<()> {
             }
             anyhow::Ok(())
         };
-        match shutdown.drain(all, Duration::from_secs(a.shutdown_timeout)).await {
-            Some(r) => r?,
-            None => bail!("requests still in flight at the drain deadline were cut"),
-        }
+        shutdown.drain(all, Duration::from_secs(a.shutdown_timeout)).await??;
         picker.shutdown();
         println!("llmd epp: stopped");
         Ok(())

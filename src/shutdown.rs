@@ -71,9 +71,9 @@ impl Shutdown {
     }
 
     /// Runs `work` (servers that stop accepting on [`begun`](Self::begun) and finish
-    /// their requests) to completion, or until `drain` after shutdown began. Returns
-    /// `None` when the deadline cut it short.
-    pub async fn drain<T>(&self, work: impl Future<Output = T>, drain: Duration) -> Option<T> {
+    /// their requests) to completion, or until `drain` after shutdown began; the
+    /// deadline cutting it short is an error.
+    pub async fn drain<T>(&self, work: impl Future<Output = T>, drain: Duration) -> Result<T, DrainCut> {
         let deadline = {
             let begun = self.begun();
             async move {
@@ -82,12 +82,23 @@ impl Shutdown {
             }
         };
         tokio::select! {
-            out = work => Some(out),
+            out = work => Ok(out),
             _ = deadline => {
                 tracing::warn!(?drain, "drain deadline passed; closing the remaining connections");
-                eprintln!("llmd: drain deadline ({drain:?}) passed; closing the remaining connections");
-                None
+                Err(DrainCut(drain))
             }
         }
     }
 }
+
+/// Requests were still in flight when the drain deadline passed, and were cut.
+#[derive(Debug)]
+pub struct DrainCut(pub Duration);
+
+impl std::fmt::Display for DrainCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "requests still in flight at the drain deadline ({:?}) were cut", self.0)
+    }
+}
+
+impl std::error::Error for DrainCut {}

@@ -436,7 +436,8 @@ impl DatastoreWriter {
         let now = self.shared.clock.now();
         let mut g = self.shared.write();
         let Inner { endpoints, prefill, .. } = &mut *g;
-        for e in endpoints.iter_mut() {
+        // Only endpoints with prompts pending have anything to age.
+        for e in endpoints.iter_mut().filter(|e| e.inflight.prompt_tokens > 0) {
             e.inflight.prefill_remaining =
                 prefill.get(&e.id).map_or(e.inflight.prompt_tokens, |m| m.remaining(e.inflight.prompt_tokens, now));
         }

@@ -25,16 +25,33 @@ async fn echo() -> String {
     addr
 }
 
-async fn gateway(engine: String, expose_destination: bool) -> String {
+/// A round-robin gateway over `engines` (ids e0, e1, …); returns its base URL.
+async fn gateway_over(engines: Vec<String>, cfg: GatewayConfig) -> String {
     let store = datastore(Arc::new(ManualClock::new()));
-    store.upsert(Endpoint::new("e", engine, Role::Both));
+    for (i, e) in engines.into_iter().enumerate() {
+        store.upsert(Endpoint::new(format!("e{i}"), e, Role::Both));
+    }
     let sched = Scheduler::new(presets::preset("round-robin", &PluginRegistry::with_builtins()).unwrap(), 0);
-    let picker = EndpointPicker::new(sched, store, PickerConfig::default(), None);
-    let g = Gateway::new(picker, GatewayConfig { expose_destination, ..Default::default() });
+    let g = Gateway::new(EndpointPicker::new(sched, store, PickerConfig::default(), None), cfg);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
     addr
+}
+
+/// POSTs a small completion request to the gateway at `base`.
+async fn post_hi(base: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/v1/completions"))
+        .header("content-type", "application/json")
+        .body(r#"{"prompt": "hi"}"#)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn gateway(engine: String, expose_destination: bool) -> String {
+    gateway_over(vec![engine], GatewayConfig { expose_destination, ..Default::default() }).await
 }
 
 #[tokio::test]
@@ -79,13 +96,7 @@ async fn hop_by_hop_and_routing_headers_do_not_cross_the_gateway() {
 
     // With the flag, the client learns where its request went.
     let base = gateway(engine.clone(), true).await;
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/v1/completions"))
-        .header("content-type", "application/json")
-        .body(r#"{"prompt": "hi"}"#)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_hi(&base).await;
     assert_eq!(resp.headers()["x-gateway-destination-endpoint"], engine.as_str());
 
     // The framework's own errors come in the OpenAI shape too.
@@ -113,42 +124,17 @@ async fn full() -> String {
     addr
 }
 
-async fn gateway_over(engines: Vec<String>) -> String {
-    let store = datastore(Arc::new(ManualClock::new()));
-    for (i, e) in engines.into_iter().enumerate() {
-        store.upsert(Endpoint::new(format!("e{i}"), e, Role::Both));
-    }
-    let sched = Scheduler::new(presets::preset("round-robin", &PluginRegistry::with_builtins()).unwrap(), 0);
-    let g = Gateway::new(EndpointPicker::new(sched, store, PickerConfig::default(), None), GatewayConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
-    addr
-}
-
 #[tokio::test]
 async fn a_full_endpoint_429_is_retried_elsewhere_and_returned_when_none_is_left() {
     let client = reqwest::Client::new();
-    let post = |base: String| {
-        let client = client.clone();
-        async move {
-            client
-                .post(format!("{base}/v1/completions"))
-                .header("content-type", "application/json")
-                .body(r#"{"prompt": "hi"}"#)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
     // Round robin tries the full engine first; the request lands on the other.
-    let base = gateway_over(vec![full().await, echo().await]).await;
-    assert_eq!(post(base.clone()).await.status(), 200);
+    let base = gateway_over(vec![full().await, echo().await], GatewayConfig::default()).await;
+    assert_eq!(post_hi(&base).await.status(), 200);
     let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("llmd_epp_retries_total 1"), "{metrics}");
     // Only full engines: the client gets the 429 (retry later), not a 503.
-    let base = gateway_over(vec![full().await, full().await]).await;
-    let resp = post(base).await;
+    let base = gateway_over(vec![full().await, full().await], GatewayConfig::default()).await;
+    let resp = post_hi(&base).await;
     assert_eq!(resp.status(), 429);
     let v: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
     assert_eq!(v["error"]["type"], "RateLimitError");
@@ -156,14 +142,8 @@ async fn a_full_endpoint_429_is_retried_elsewhere_and_returned_when_none_is_left
 
 #[tokio::test]
 async fn the_gateway_asks_for_its_api_key() {
-    let store = datastore(Arc::new(ManualClock::new()));
-    store.upsert(Endpoint::new("e", echo().await, Role::Both));
-    let sched = Scheduler::new(presets::preset("round-robin", &PluginRegistry::with_builtins()).unwrap(), 0);
     let cfg = GatewayConfig { api_key: Some("k1".into()), ..Default::default() };
-    let g = Gateway::new(EndpointPicker::new(sched, store, PickerConfig::default(), None), cfg);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    let base = gateway_over(vec![echo().await], cfg).await;
     let client = reqwest::Client::new();
     let post = |key: &str| {
         client
@@ -176,4 +156,39 @@ async fn the_gateway_asks_for_its_api_key() {
     assert_eq!(post("nope").await.unwrap().status(), 401);
     assert_eq!(post("k1").await.unwrap().status(), 200);
     assert_eq!(client.get(format!("{base}/health")).send().await.unwrap().status(), 200);
+}
+
+/// Peers that accept and then say nothing, or hang up at once.
+async fn bad_peer(hang_up: bool) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            if hang_up {
+                drop(sock);
+            } else {
+                held.push(sock);
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn silent_and_hanging_up_endpoints_get_clean_errors() {
+    let post = |base: String| async move {
+        let r = post_hi(&base).await;
+        let status = r.status().as_u16();
+        (status, serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap())
+    };
+    // Silent: accepts, never answers; the response-start timeout gives a 504.
+    let cfg = GatewayConfig { response_timeout: std::time::Duration::from_millis(300), ..Default::default() };
+    let (status, v) = post(gateway_over(vec![bad_peer(false).await], cfg).await).await;
+    assert_eq!((status, v["error"]["type"].as_str()), (504, Some("GatewayTimeoutError")), "{v}");
+    // Hanging up: the connection fails before anything was sent; with no other endpoint
+    // left the client gets an OpenAI error naming it, not a hang.
+    let (status, v) = post(gateway_over(vec![bad_peer(true).await], GatewayConfig::default()).await).await;
+    assert!(status == 502 || status == 503, "{status} {v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("e0"), "{v}");
 }

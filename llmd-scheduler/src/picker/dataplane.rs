@@ -13,7 +13,6 @@ use crate::datalayer::{self, SourceData, SourceKind};
 pub(super) async fn scrape_endpoint(picker: &EndpointPicker, source: usize, id: &str) -> bool {
     let Some(binding) = picker.scheduler.config().data_layer.sources.get(source) else { return false };
     let SourceKind::Metrics { path, .. } = &binding.kind else { return false };
-    let path = if path == "/metrics" { picker.cfg.metrics_path.as_str() } else { path.as_str() };
     let Some(endpoint) = picker.reader.get(id) else { return false };
     let url = format!("http://{}{path}", endpoint.address);
     let res = picker.client.get(&url).timeout(picker.cfg.scrape_timeout).send().await;

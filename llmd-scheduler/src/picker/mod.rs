@@ -66,9 +66,6 @@ pub struct PickerConfig {
     /// How long a request counts as in flight when its end is never seen; `None` takes
     /// the scheduler config's (`active-request-scorer`'s `requestTimeout`).
     pub request_timeout: Option<Duration>,
-    /// Path of the engines' Prometheus metrics when the config's data layer does not set
-    /// one (`metrics-data-source`'s `path`).
-    pub metrics_path: String,
 }
 
 impl Default for PickerConfig {
@@ -78,7 +75,6 @@ impl Default for PickerConfig {
             scrape_timeout: Duration::from_secs(2),
             staleness: Duration::from_secs(5),
             request_timeout: None,
-            metrics_path: "/metrics".into(),
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct LocalCluster {
     pub endpoints: Vec<Endpoint>,
     /// The picker core behind the gateway (its datastore takes endpoints at run time).
     pub picker: Arc<EndpointPicker>,
+    /// The gateway (drain and cut its streams through it).
+    pub gateway: Arc<Gateway>,
     stop: tokio::sync::broadcast::Sender<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -46,6 +48,24 @@ fn until_stopped(stop: &tokio::sync::broadcast::Sender<()>) -> impl std::future:
     let mut rx = stop.subscribe();
     async move {
         let _ = rx.recv().await;
+    }
+}
+
+/// How a [`LocalCluster`] is set up beyond its replicas and routing.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Register the replicas with the picker (otherwise a discovery source of the
+    /// caller's adds them).
+    pub register: bool,
+    /// The gateway's timeouts, retries and API key.
+    pub gateway: GatewayConfig,
+    /// The picker's scraping and health settings.
+    pub picker: PickerConfig,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { register: true, gateway: GatewayConfig::default(), picker: PickerConfig::default() }
     }
 }
 
@@ -71,6 +91,19 @@ impl LocalCluster {
         register: bool,
         gateway: GatewayConfig,
     ) -> anyhow::Result<Self> {
+        let opts = ClusterOptions { register, gateway, picker: PickerConfig::default() };
+        Self::start_opts(replicas, scheduler, seed, bind, opts).await
+    }
+
+    /// [`start`](Self::start) with every setting.
+    pub async fn start_opts(
+        replicas: Vec<Replica>,
+        scheduler: SchedulerConfig,
+        seed: u64,
+        bind: &str,
+        opts: ClusterOptions,
+    ) -> anyhow::Result<Self> {
+        let ClusterOptions { register, gateway, picker: picker_cfg } = opts;
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut endpoints = Vec::new();
         let mut addrs = Vec::new();
@@ -103,7 +136,7 @@ impl LocalCluster {
             }));
         }
         let store = datastore(Arc::new(SystemClock::default()));
-        let picker = EndpointPicker::new(Scheduler::new(scheduler, seed), store, PickerConfig::default(), tokenizer);
+        let picker = EndpointPicker::new(Scheduler::new(scheduler, seed), store, picker_cfg, tokenizer);
         if register {
             picker.run_discovery(Box::new(StaticDiscovery::new(endpoints.clone())))?;
         }
@@ -113,14 +146,18 @@ impl LocalCluster {
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let stopped = until_stopped(&stop);
+        let served = gateway.clone();
         tasks.push(tokio::spawn(async move {
-            let _ = gateway.serve(listener, stopped).await;
+            let _ = served.serve(listener, stopped).await;
         }));
-        Ok(LocalCluster { addr, replicas: addrs, endpoints, picker, stop, tasks })
+        Ok(LocalCluster { addr, replicas: addrs, endpoints, picker, gateway, stop, tasks })
     }
 
-    /// Stops the gateway and every replica, and waits for them.
+    /// Stops the gateway and every replica (requests in flight finish), and waits for
+    /// them. [`Gateway::cut_streams`] ends the streams still running when waiting
+    /// longer is not an option.
     pub async fn shutdown(self) {
+        self.gateway.begin_drain();
         let _ = self.stop.send(());
         // Scrapers and KV subscribers would otherwise reconnect to the stopped replicas.
         self.picker.shutdown();

@@ -71,7 +71,66 @@ struct UpArgs {
     api_key: Option<String>,
 
     #[command(flatten)]
+    gateway: GatewayArgs,
+
+    #[command(flatten)]
     engine: EngineArgs,
+}
+
+/// Parses seconds, fractions allowed (`0.5`).
+fn seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(v).map_err(|_| format!("{s:?} is not a usable number of seconds"))
+}
+
+/// The gateway's timeouts, retries and endpoint health (`up` and `epp`).
+#[derive(Args, Debug, Clone)]
+struct GatewayArgs {
+    /// Attempts per request, the first included: a refused connection, a 429 or an
+    /// endpoint silent past --first-byte-timeout moves the request to another endpoint.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: usize,
+    /// Seconds to connect to an endpoint.
+    #[arg(long, default_value = "5", value_parser = seconds)]
+    connect_timeout: Duration,
+    /// Seconds for an endpoint to send response headers (streams send them at once;
+    /// for other replies the endpoint's /health then decides whether to wait on).
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    first_byte_timeout: Duration,
+    /// Seconds a live endpoint may take to start a non-stream reply (then 504).
+    #[arg(long, default_value = "300", value_parser = seconds)]
+    response_timeout: Duration,
+    /// Seconds of silence between stream chunks before the stream ends with an error
+    /// event.
+    #[arg(long, default_value = "60", value_parser = seconds)]
+    stream_idle_timeout: Duration,
+    /// Seconds between active checks of each endpoint's /health (0: none).
+    #[arg(long, default_value = "5", value_parser = seconds)]
+    health_check_interval: Duration,
+    /// Failed attempts in a row that eject an endpoint from picks for a while (0: never).
+    #[arg(long, default_value_t = 3)]
+    eject_after_failures: u32,
+}
+
+impl GatewayArgs {
+    fn gateway(&self, expose_destination: bool, api_key: Option<String>) -> llmd::scheduler::gateway::GatewayConfig {
+        llmd::scheduler::gateway::GatewayConfig {
+            max_attempts: self.max_attempts.max(1),
+            connect_timeout: self.connect_timeout,
+            first_byte_timeout: self.first_byte_timeout,
+            response_timeout: self.response_timeout,
+            stream_idle_timeout: self.stream_idle_timeout,
+            expose_destination,
+            api_key,
+        }
+    }
+
+    fn picker(&self) -> llmd::scheduler::picker::PickerConfig {
+        let mut p = llmd::scheduler::picker::PickerConfig::default();
+        p.health.check_interval = (!self.health_check_interval.is_zero()).then_some(self.health_check_interval);
+        p.health.consecutive_failures = self.eject_after_failures;
+        p
+    }
 }
 
 /// Engine settings shared by `serve` and `up`.
@@ -191,6 +250,8 @@ struct EppArgs {
     /// also read from VLLM_API_KEY). /health and /metrics stay open.
     #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    #[command(flatten)]
+    gateway: GatewayArgs,
 
     /// Seconds to let requests in flight finish after SIGTERM or Ctrl-C (a second
     /// signal exits at once).
@@ -492,12 +553,12 @@ fn up(a: UpArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let bind = format!("{}:{}", a.host, a.port);
-        let gateway = llmd::scheduler::gateway::GatewayConfig {
-            expose_destination: a.expose_destination,
-            api_key: a.api_key.clone(),
-            ..Default::default()
+        let opts = llmd::cluster::ClusterOptions {
+            register: true,
+            gateway: a.gateway.gateway(a.expose_destination, a.api_key.clone()),
+            picker: a.gateway.picker(),
         };
-        let cluster = LocalCluster::start_with(replicas, sched_cfg, a.engine.seed, &bind, true, gateway)
+        let cluster = LocalCluster::start_opts(replicas, sched_cfg, a.engine.seed, &bind, opts)
             .await
             .with_context(|| format!("starting the local cluster on {bind}"))?;
         println!(
@@ -506,7 +567,15 @@ fn up(a: UpArgs) -> Result<()> {
         );
         let shutdown = llmd::shutdown::Shutdown::install();
         shutdown.begun().await;
-        shutdown.drain(cluster.shutdown(), a.engine.shutdown_timeout()).await?;
+        let gateway = cluster.gateway.clone();
+        let stopping = cluster.shutdown();
+        tokio::pin!(stopping);
+        if let Err(cut) = shutdown.drain(&mut stopping, a.engine.shutdown_timeout()).await {
+            // Streams still running end with an error event rather than a bare cut.
+            gateway.cut_streams();
+            let _ = tokio::time::timeout(Duration::from_secs(1), stopping).await;
+            return Err(cut.into());
+        }
         println!("llmd up: stopped");
         Ok(())
     })
@@ -515,8 +584,8 @@ fn up(a: UpArgs) -> Result<()> {
 fn epp(a: EppArgs) -> Result<()> {
     use llmd::scheduler::discovery::{Discovery, FileDiscovery, StaticDiscovery, parse_endpoint_spec};
     use llmd::scheduler::extproc::ExtProc;
-    use llmd::scheduler::gateway::{Gateway, GatewayConfig};
-    use llmd::scheduler::picker::{EndpointPicker, PickerConfig};
+    use llmd::scheduler::gateway::Gateway;
+    use llmd::scheduler::picker::EndpointPicker;
     use llmd::scheduler::{DiscoveryRef, PluginRegistry, Scheduler, SchedulerConfig, SystemClock, datastore, presets};
 
     let registry = PluginRegistry::with_builtins();
@@ -555,7 +624,7 @@ fn epp(a: EppArgs) -> Result<()> {
             }
         };
         let store = datastore(std::sync::Arc::new(SystemClock::default()));
-        let picker = EndpointPicker::new(Scheduler::new(cfg, 0), store, PickerConfig::default(), tokenizer);
+        let picker = EndpointPicker::new(Scheduler::new(cfg, 0), store, a.gateway.picker(), tokenizer);
         for s in sources {
             let name = s.name().to_string();
             let first = picker.run_discovery(s).with_context(|| format!("endpoint discovery ({name})"))?;
@@ -565,19 +634,22 @@ fn epp(a: EppArgs) -> Result<()> {
         picker.start();
         let shutdown = llmd::shutdown::Shutdown::install();
         let mut tasks = Vec::new();
+        let mut http_gateway: Option<std::sync::Arc<Gateway>> = None;
         if a.http_port != 0 {
             let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.http_port)).await?;
             println!("llmd epp: HTTP gateway at http://{}/v1", listener.local_addr()?);
-            let gateway = Gateway::new(
-                picker.clone(),
-                GatewayConfig {
-                    expose_destination: a.expose_destination,
-                    api_key: a.api_key.clone(),
-                    ..Default::default()
-                },
-            );
+            let gateway = Gateway::new(picker.clone(), a.gateway.gateway(a.expose_destination, a.api_key.clone()));
             let stop = shutdown.begun();
-            tasks.push(tokio::spawn(async move { gateway.serve(listener, stop).await.map_err(anyhow::Error::from) }));
+            let served = gateway.clone();
+            let draining = shutdown.begun();
+            let readiness = gateway.clone();
+            // Not ready from the first signal on, so load balancers stop sending.
+            tokio::spawn(async move {
+                draining.await;
+                readiness.begin_drain();
+            });
+            http_gateway = Some(gateway);
+            tasks.push(tokio::spawn(async move { served.serve(listener, stop).await.map_err(anyhow::Error::from) }));
         }
         if a.grpc_port != 0 {
             let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.grpc_port)).await?;
@@ -598,7 +670,18 @@ fn epp(a: EppArgs) -> Result<()> {
             }
             anyhow::Ok(())
         };
-        shutdown.drain(all, Duration::from_secs(a.shutdown_timeout)).await??;
+        tokio::pin!(all);
+        match shutdown.drain(&mut all, Duration::from_secs(a.shutdown_timeout)).await {
+            Ok(done) => done?,
+            Err(cut) => {
+                // Streams still running end with an error event rather than a bare cut.
+                if let Some(g) = &http_gateway {
+                    g.cut_streams();
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut all).await;
+                return Err(cut.into());
+            }
+        }
         picker.shutdown();
         println!("llmd epp: stopped");
         Ok(())

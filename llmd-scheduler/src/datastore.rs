@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::endpoint::{AttributeValue, Endpoint, EndpointMetrics, EndpointStatus};
+use crate::health::HealthConfig;
 
 /// What changed in the endpoint set. Metric, attribute, status and in-flight updates
 /// are not changes: they do not affect what runs per endpoint.
@@ -430,6 +431,62 @@ impl DatastoreWriter {
         }
     }
 
+    /// Records a failed attempt on endpoint `id` (connect failure, timeout, cut
+    /// stream). When that makes `cfg.consecutive_failures` in a row it is ejected from
+    /// picks, unless no other endpoint would be left serving. Returns the ejection's
+    /// length when it was ejected.
+    pub fn record_failure(&self, id: &str, cfg: &HealthConfig) -> Option<Duration> {
+        let now = self.shared.clock.now();
+        let mut g = self.shared.write();
+        let others = g.endpoints.iter().filter(|e| e.id != id && e.is_serving()).count();
+        let e = g.get_mut(id)?;
+        if !e.health.failed(cfg) {
+            return None;
+        }
+        if others == 0 {
+            tracing::warn!(endpoint = %id, "endpoint keeps failing but is the last one serving; not ejected");
+            return None;
+        }
+        let span = e.health.eject(cfg, now);
+        g.version += 1;
+        Some(span)
+    }
+
+    /// Records a successful attempt on endpoint `id`.
+    pub fn record_success(&self, id: &str) {
+        let mut g = self.shared.write();
+        if let Some(e) = g.get_mut(id) {
+            e.health.succeeded();
+        }
+    }
+
+    /// Records an active health check's outcome. Returns `Some(serving)` when the
+    /// endpoint's standing changed.
+    pub fn record_check(&self, id: &str, ok: bool, cfg: &HealthConfig) -> Option<bool> {
+        let mut g = self.shared.write();
+        let changed = g.get_mut(id)?.health.checked(ok, cfg);
+        if changed.is_some() {
+            g.version += 1;
+        }
+        changed
+    }
+
+    /// Ends the ejections whose time has passed; returns the endpoints readmitted.
+    pub fn readmit_due(&self) -> Vec<String> {
+        let now = self.shared.clock.now();
+        let mut g = self.shared.write();
+        let mut back = Vec::new();
+        for e in g.endpoints.iter_mut() {
+            if e.health.readmit_if_due(now) {
+                back.push(e.id.clone());
+            }
+        }
+        if !back.is_empty() {
+            g.version += 1;
+        }
+        back
+    }
+
     /// Ages every endpoint's pending prefill to now (`InFlightLoad::prefill_remaining`);
     /// the picker calls it before each pick.
     pub fn refresh_load(&self) {
@@ -519,6 +576,11 @@ impl DatastoreReader {
         self.shared.read().requests.len()
     }
 
+    /// Endpoints picks may choose now: ready, not ejected, passing health checks.
+    pub fn serving(&self) -> usize {
+        self.shared.read().endpoints.iter().filter(|e| e.is_serving()).count()
+    }
+
     /// Grows with every change to the set or a status (not with metrics).
     pub fn version(&self) -> u64 {
         self.shared.read().version
@@ -539,6 +601,37 @@ mod tests {
 
     fn ep(id: &str) -> Endpoint {
         Endpoint::new(id, format!("{id}:8000"), Role::Both)
+    }
+
+    #[test]
+    fn failures_eject_until_due_but_never_the_last_serving_endpoint() {
+        let clock = Arc::new(ManualClock::new());
+        let w = datastore(clock.clone());
+        w.upsert(ep("a"));
+        w.upsert(ep("b"));
+        let cfg =
+            HealthConfig { consecutive_failures: 2, base_ejection: Duration::from_secs(10), ..Default::default() };
+        assert_eq!(w.record_failure("a", &cfg), None);
+        assert_eq!(w.record_failure("a", &cfg), Some(Duration::from_secs(10)));
+        let r = w.reader();
+        assert!(!r.get("a").unwrap().is_serving());
+        assert_eq!(r.serving(), 1);
+        // b is now the last one serving: its failures are counted but it stays.
+        for _ in 0..5 {
+            assert_eq!(w.record_failure("b", &cfg), None);
+        }
+        assert!(r.get("b").unwrap().is_serving());
+        clock.advance(Duration::from_secs(9));
+        assert!(w.readmit_due().is_empty());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(w.readmit_due(), vec!["a".to_string()]);
+        assert_eq!(r.serving(), 2);
+        // Rediscovery keeps the health state: an ejected endpoint stays ejected.
+        w.record_failure("a", &cfg);
+        w.record_failure("a", &cfg);
+        w.upsert(ep("a"));
+        assert!(!r.get("a").unwrap().is_serving());
+        assert_eq!(w.record_check("a", true, &cfg), Some(true), "a passing check readmits");
     }
 
     #[test]

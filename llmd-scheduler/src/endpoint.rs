@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::health::EndpointHealth;
+
 /// What a pod does in prefill/decode disaggregation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Role {
@@ -134,6 +136,8 @@ pub struct Endpoint {
     /// Named attributes written by data-layer extractors (`llmd.ai/…` names and the
     /// config's custom ones); filters and scorers read them by name.
     pub attributes: BTreeMap<String, AttributeValue>,
+    /// Ejection and health-check state (see [`crate::health`]).
+    pub health: EndpointHealth,
 }
 
 impl Endpoint {
@@ -149,6 +153,7 @@ impl Endpoint {
             status: EndpointStatus::Ready,
             inflight: InFlightLoad::default(),
             attributes: BTreeMap::new(),
+            health: EndpointHealth::default(),
         }
     }
 
@@ -158,9 +163,14 @@ impl Endpoint {
         self
     }
 
-    /// Whether new requests may go here.
+    /// Whether discovery says new requests may go here.
     pub fn is_ready(&self) -> bool {
         self.status == EndpointStatus::Ready
+    }
+
+    /// Whether picks may choose it: ready, not ejected, not failing health checks.
+    pub fn is_serving(&self) -> bool {
+        self.is_ready() && self.health.serving()
     }
 
     /// An attribute by name.

@@ -58,6 +58,7 @@ mod error;
 pub mod extproc;
 #[cfg(feature = "gateway")]
 pub mod gateway;
+pub mod health;
 pub mod kvindex;
 #[cfg(feature = "runtime")]
 pub mod picker;
@@ -75,6 +76,7 @@ pub use datastore::{Change, DatastoreReader, DatastoreWriter, RequestTicket, dat
 pub use discovery::{Discovery, FileDiscovery, StaticDiscovery, SyncOutcome};
 pub use endpoint::{AttributeValue, Endpoint, EndpointMetrics, EndpointStatus, InFlightLoad, Role};
 pub use error::{Result, SchedulerError};
+pub use health::{EndpointHealth, Failure, HealthConfig};
 pub use plugin::{
     CycleState, Filter, PickObserver, Picker, PluginHandle, ProfileHandler, ProfilePick, ProfileRoles, Scorer,
 };

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use llmd_scheduler::gateway::{Gateway, GatewayConfig};
@@ -12,13 +13,15 @@ use llmd_scheduler::{Endpoint, ManualClock, PluginRegistry, Role, Scheduler, dat
 
 /// An "engine" that answers with the request headers it got, and some hop-by-hop ones.
 async fn echo() -> String {
-    let app = axum::Router::new().route(
-        "/v1/completions",
-        axum::routing::post(|headers: HeaderMap| async move {
-            let names: Vec<String> = headers.keys().map(|k| k.as_str().to_string()).collect();
-            ([("keep-alive", "timeout=5"), ("x-engine", "yes")], names.join(","))
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/v1/completions",
+            axum::routing::post(|headers: HeaderMap| async move {
+                let names: Vec<String> = headers.keys().map(|k| k.as_str().to_string()).collect();
+                ([("keep-alive", "timeout=5"), ("x-engine", "yes")], names.join(","))
+            }),
+        )
+        .route("/health", axum::routing::get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -27,16 +30,32 @@ async fn echo() -> String {
 
 /// A round-robin gateway over `engines` (ids e0, e1, …); returns its base URL.
 async fn gateway_over(engines: Vec<String>, cfg: GatewayConfig) -> String {
+    gateway_with(engines, cfg, PickerConfig::default(), false).await.0
+}
+
+/// [`gateway_over`] with picker settings, its data plane (health checks) running when
+/// `start`; returns the base URL and the gateway.
+async fn gateway_with(
+    engines: Vec<String>,
+    cfg: GatewayConfig,
+    pcfg: PickerConfig,
+    start: bool,
+) -> (String, Arc<Gateway>) {
     let store = datastore(Arc::new(ManualClock::new()));
     for (i, e) in engines.into_iter().enumerate() {
         store.upsert(Endpoint::new(format!("e{i}"), e, Role::Both));
     }
     let sched = Scheduler::new(presets::preset("round-robin", &PluginRegistry::with_builtins()).unwrap(), 0);
-    let g = Gateway::new(EndpointPicker::new(sched, store, PickerConfig::default(), None), cfg);
+    let picker = EndpointPicker::new(sched, store, pcfg, None);
+    if start {
+        picker.start();
+    }
+    let g = Gateway::new(picker, cfg);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
-    addr
+    let served = g.clone();
+    tokio::spawn(async move { served.serve(listener, std::future::pending()).await });
+    (addr, g)
 }
 
 /// POSTs a small completion request to the gateway at `base`.
@@ -111,13 +130,15 @@ async fn hop_by_hop_and_routing_headers_do_not_cross_the_gateway() {
 
 /// An engine that is always full.
 async fn full() -> String {
-    let app = axum::Router::new().route(
-        "/v1/completions",
-        axum::routing::post(|| async {
-            let body = r#"{"error": {"message": "full", "type": "RateLimitError", "param": null, "code": 429}}"#;
-            (axum::http::StatusCode::TOO_MANY_REQUESTS, [("content-type", "application/json")], body)
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/v1/completions",
+            axum::routing::post(|| async {
+                let body = r#"{"error": {"message": "full", "type": "RateLimitError", "param": null, "code": 429}}"#;
+                (axum::http::StatusCode::TOO_MANY_REQUESTS, [("content-type", "application/json")], body)
+            }),
+        )
+        .route("/health", axum::routing::get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -182,8 +203,9 @@ async fn silent_and_hanging_up_endpoints_get_clean_errors() {
         let status = r.status().as_u16();
         (status, serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap())
     };
-    // Silent: accepts, never answers; the response-start timeout gives a 504.
-    let cfg = GatewayConfig { response_timeout: std::time::Duration::from_millis(300), ..Default::default() };
+    // Silent: accepts, never answers (its health path neither); the response-start
+    // timeout gives a 504.
+    let cfg = GatewayConfig { response_timeout: Duration::from_millis(300), ..Default::default() };
     let (status, v) = post(gateway_over(vec![bad_peer(false).await], cfg).await).await;
     assert_eq!((status, v["error"]["type"].as_str()), (504, Some("GatewayTimeoutError")), "{v}");
     // Hanging up: the connection fails before anything was sent; with no other endpoint
@@ -191,4 +213,159 @@ async fn silent_and_hanging_up_endpoints_get_clean_errors() {
     let (status, v) = post(gateway_over(vec![bad_peer(true).await], GatewayConfig::default()).await).await;
     assert!(status == 502 || status == 503, "{status} {v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("e0"), "{v}");
+}
+
+/// Quick health checks and ejection for tests: checks every 50 ms (only where the data
+/// plane runs), each given 200 ms; two failures in a row eject.
+fn quick_health() -> PickerConfig {
+    let mut p = PickerConfig::default();
+    p.health.check_interval = Some(Duration::from_millis(50));
+    p.health.check_timeout = Duration::from_millis(200);
+    p.health.consecutive_failures = 2;
+    p.health.unhealthy_threshold = 1;
+    p
+}
+
+/// POSTs `body`; a gateway that would hang fails the test in 30 s instead.
+async fn post_json(base: &str, body: &'static str) -> (u16, String) {
+    let send = async {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/v1/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    tokio::time::timeout(Duration::from_secs(30), send).await.expect("the gateway hung")
+}
+
+#[tokio::test]
+async fn a_never_answering_endpoint_costs_one_first_byte_timeout_then_is_ejected() {
+    let first_byte = Duration::from_millis(300);
+    let cfg = GatewayConfig { first_byte_timeout: first_byte, ..Default::default() };
+    // Round robin sends the first request to the silent endpoint (e0).
+    let (base, _g) = gateway_with(vec![bad_peer(false).await, echo().await], cfg, quick_health(), false).await;
+    // A non-stream request: past the first-byte timeout the silent endpoint's health
+    // check fails too, so the request moves on instead of waiting for the 300 s cap.
+    let t = Instant::now();
+    let (status, body) = post_json(&base, r#"{"prompt": "hi"}"#).await;
+    let took = t.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(took >= first_byte, "{took:?}");
+    assert!(took < first_byte + Duration::from_millis(200) + Duration::from_secs(2), "{took:?}");
+    // A stream: silence past the first-byte timeout is enough (headers come at once).
+    let t = Instant::now();
+    let (status, body) = post_json(&base, r#"{"prompt": "hi", "stream": true}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(t.elapsed() < first_byte + Duration::from_secs(1), "{:?}", t.elapsed());
+    // Two failures in a row: e0 is out of picks, and requests go straight to e1.
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"llmd_epp_endpoint_failures_total{reason="timeout"} 2"#), "{metrics}");
+    assert!(metrics.contains("llmd_epp_endpoint_ejections_total 1"), "{metrics}");
+    assert!(metrics.contains(r#"llmd_epp_endpoints{status="ejected"} 1"#), "{metrics}");
+    for _ in 0..4 {
+        let t = Instant::now();
+        assert_eq!(post_json(&base, r#"{"prompt": "hi"}"#).await.0, 200);
+        assert!(t.elapsed() < first_byte, "an ejected endpoint was tried: {:?}", t.elapsed());
+    }
+}
+
+/// An engine that starts an event stream, sends one event, then breaks the connection
+/// (`true`: the chunked body never ends) or goes silent (`false`).
+async fn stream_then(break_off: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut sock, _)) = listener.accept().await {
+            // Read the request (headers and the small body arrive together).
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            let event = "data: {\"n\": 1}\n\n";
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let out = format!("{head}{:x}\r\n{event}\r\n", event.len());
+            let _ = sock.write_all(out.as_bytes()).await;
+            let _ = sock.flush().await;
+            if break_off {
+                drop(sock);
+            } else {
+                held.push(sock);
+            }
+        }
+    });
+    addr
+}
+
+/// The last event's data in an SSE body, before `[DONE]`.
+fn error_before_done(body: &str) -> serde_json::Value {
+    let datas: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(datas.last(), Some(&"[DONE]"), "{body}");
+    assert_eq!(datas.first(), Some(&r#"{"n": 1}"#), "the event before the break passed through: {body}");
+    serde_json::from_str(datas[datas.len() - 2]).unwrap()
+}
+
+#[tokio::test]
+async fn streams_broken_off_or_gone_silent_end_with_an_error_event() {
+    let cfg = GatewayConfig { stream_idle_timeout: Duration::from_millis(300), ..Default::default() };
+    let (base, _g) = gateway_with(vec![stream_then(true).await], cfg.clone(), PickerConfig::default(), false).await;
+    let (status, body) = post_json(&base, r#"{"prompt": "hi", "stream": true}"#).await;
+    assert_eq!(status, 200);
+    let v = error_before_done(&body);
+    assert_eq!(v["error"]["type"], "BadGatewayError", "{v}");
+    let (base, _g) = gateway_with(vec![stream_then(false).await], cfg, PickerConfig::default(), false).await;
+    let t = Instant::now();
+    let (_, body) = post_json(&base, r#"{"prompt": "hi", "stream": true}"#).await;
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let v = error_before_done(&body);
+    assert_eq!(v["error"]["type"], "GatewayTimeoutError", "{v}");
+}
+
+#[tokio::test]
+async fn draining_reports_not_ready_refuses_new_requests_and_cuts_streams_with_an_error_event() {
+    let (base, g) =
+        gateway_with(vec![stream_then(false).await], GatewayConfig::default(), PickerConfig::default(), false).await;
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(format!("{base}/health")).send().await.unwrap().status(), 200);
+    // A stream in flight (silent after its first event) when the drain begins.
+    let mut resp = client
+        .post(format!("{base}/v1/completions"))
+        .header("content-type", "application/json")
+        .body(r#"{"prompt": "hi", "stream": true}"#)
+        .send()
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), resp.chunk()).await.unwrap().unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains(r#"{"n": 1}"#));
+    g.begin_drain();
+    assert_eq!(client.get(format!("{base}/health")).send().await.unwrap().status(), 503);
+    assert_eq!(post_json(&base, r#"{"prompt": "hi"}"#).await.0, 503);
+    // The drain deadline: the stream ends, with an error event saying why.
+    g.cut_streams();
+    let rest = tokio::time::timeout(Duration::from_secs(5), resp.text()).await.unwrap().unwrap();
+    let v = error_before_done(&format!("data: {{\"n\": 1}}\n\n{rest}"));
+    assert_eq!(v["error"]["type"], "ServiceUnavailableError", "{v}");
+}
+
+#[tokio::test]
+async fn readiness_follows_active_health_checks() {
+    // One endpoint that refuses everything: active checks take it out, and the
+    // gateway's own readiness goes with it.
+    let (base, g) = gateway_with(vec![bad_peer(true).await], GatewayConfig::default(), quick_health(), true).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.is_ready() {
+        assert!(Instant::now() < deadline, "the failing endpoint was never taken out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("no endpoint is serving"));
+    // A healthy one: checks pass, ready.
+    let (_, g) = gateway_with(vec![echo().await], GatewayConfig::default(), quick_health(), true).await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(g.is_ready());
+    }
 }

@@ -130,6 +130,37 @@ fn apply<F: AsRef<[u8]>>(p: &Arc<EndpointPicker>, source: usize, endpoint: &str,
     }
 }
 
+/// Checks every endpoint's health path each `every` until the picker is gone: all at
+/// once, each within the check timeout, so one hung endpoint delays no other.
+pub(super) async fn health_checks(picker: Weak<EndpointPicker>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(p) = picker.upgrade() else { return };
+        let cfg = &p.cfg.health;
+        let endpoints = p.reader.snapshot();
+        let checks = endpoints.iter().map(|e| {
+            let url = format!("http://{}{}", e.address, cfg.check_path);
+            let req = p.client.get(url).timeout(cfg.check_timeout).send();
+            async move { matches!(req.await, Ok(r) if r.status().is_success()) }
+        });
+        let results = futures_util::future::join_all(checks).await;
+        for (e, ok) in endpoints.iter().zip(results) {
+            match p.writer.record_check(&e.id, ok, cfg) {
+                Some(true) => tracing::info!(endpoint = %e.id, "health check passes; endpoint back in picks"),
+                Some(false) => {
+                    tracing::warn!(endpoint = %e.id, path = %cfg.check_path, "health checks fail; endpoint out of picks")
+                }
+                None => {}
+            }
+        }
+        for id in p.writer.readmit_due() {
+            tracing::info!(endpoint = %id, "ejection over; endpoint back in picks");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::reachable;

@@ -20,8 +20,15 @@ pub(crate) struct StatusLabel {
     pub(crate) status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: String,
+}
+
 pub(crate) struct PickerMetrics {
     pub(crate) picks: Family<EndpointLabel, Counter>,
+    pub(crate) failures: Family<ReasonLabel, Counter>,
+    pub(crate) ejections: Counter,
     pub(crate) retries: Counter,
     pub(crate) pick_seconds: Histogram,
     pub(crate) pick_errors: Family<StatusLabel, Counter>,
@@ -38,6 +45,8 @@ impl PickerMetrics {
         let mut registry = Registry::default();
         let picks = Family::<EndpointLabel, Counter>::default();
         let retries = Counter::default();
+        let failures = Family::<ReasonLabel, Counter>::default();
+        let ejections = Counter::default();
         let pick_seconds = Histogram::new([1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]);
         let pick_errors = Family::<StatusLabel, Counter>::default();
         let index_blocks = Gauge::default();
@@ -47,6 +56,16 @@ impl PickerMetrics {
         let endpoints = Family::<StatusLabel, Gauge>::default();
         registry.register("llmd_epp_picks", "Requests routed, by endpoint", picks.clone());
         registry.register("llmd_epp_retries", "Requests retried on another endpoint", retries.clone());
+        registry.register(
+            "llmd_epp_endpoint_failures",
+            "Attempts on an endpoint that failed (connect, timeout, cut), by reason",
+            failures.clone(),
+        );
+        registry.register(
+            "llmd_epp_endpoint_ejections",
+            "Endpoints taken out of picks after failing in a row",
+            ejections.clone(),
+        );
         registry.register("llmd_epp_pick_duration_seconds", "Time to pick an endpoint", pick_seconds.clone());
         registry.register(
             "llmd_epp_pick_errors",
@@ -72,6 +91,8 @@ impl PickerMetrics {
         registry.register("llmd_epp_endpoints", "Endpoints in the datastore, by status", endpoints.clone());
         PickerMetrics {
             picks,
+            failures,
+            ejections,
             retries,
             pick_seconds,
             pick_errors,
@@ -98,7 +119,13 @@ impl PickerMetrics {
             for e in eps {
                 let label = EndpointLabel { endpoint: e.id.clone() };
                 self.inflight.get_or_create(&label).set(e.inflight.requests as i64);
-                self.endpoints.get_or_create(&StatusLabel { status: e.status.as_str().into() }).inc();
+                // Ready by discovery but out of picks: say why.
+                let status = match (e.is_ready(), e.health.ejected_until.is_some(), e.health.unhealthy) {
+                    (true, true, _) => "ejected",
+                    (true, false, true) => "unhealthy",
+                    _ => e.status.as_str(),
+                };
+                self.endpoints.get_or_create(&StatusLabel { status: status.into() }).inc();
                 if !consumers.is_empty() {
                     indexed.insert(e.id.clone());
                 }

@@ -9,6 +9,9 @@
 //!   plugins learned about it (its prefix-index entries included).
 //! - Each pick counts the request as in flight on the endpoints it chose until the
 //!   returned [`Picked`] is dropped: front ends hold it until the response is done.
+//! - Endpoints that fail attempts in a row (front ends report them) are ejected from
+//!   picks for a while; active checks of each endpoint's `/health` take failing ones
+//!   out and bring them back ([`crate::health`]).
 //! - Staleness of scraped metrics and the expiry of in-flight entries whose end was
 //!   never seen run on the datastore's injected clock.
 
@@ -25,11 +28,12 @@ use crate::datalayer::SourceKind;
 use crate::datastore::{Change, DatastoreReader, DatastoreWriter, RequestTicket};
 use crate::discovery::Discovery;
 use crate::error::SchedulerError;
+use crate::health::{Failure, HealthConfig};
 use crate::plugin::{KvEventConsumer, PickObserver};
 use crate::request::LlmRequest;
 use crate::scheduler::{PickResult, Scheduler};
 
-use metrics::{EndpointLabel, PickerMetrics, StatusLabel};
+use metrics::{EndpointLabel, PickerMetrics, ReasonLabel, StatusLabel};
 
 /// The header naming the prefill endpoint of a disaggregated request (llm-d's).
 pub const PREFILL_HEADER: &str = "x-prefiller-host-port";
@@ -66,6 +70,8 @@ pub struct PickerConfig {
     /// How long a request counts as in flight when its end is never seen; `None` takes
     /// the scheduler config's (`active-request-scorer`'s `requestTimeout`).
     pub request_timeout: Option<Duration>,
+    /// Passive ejection and active health checks.
+    pub health: HealthConfig,
 }
 
 impl Default for PickerConfig {
@@ -75,6 +81,7 @@ impl Default for PickerConfig {
             scrape_timeout: Duration::from_secs(2),
             staleness: Duration::from_secs(5),
             request_timeout: None,
+            health: HealthConfig::default(),
         }
     }
 }
@@ -258,6 +265,10 @@ impl EndpointPicker {
             }
         });
         self.background.lock().unwrap_or_else(|p| p.into_inner()).extend([follow, housekeeping]);
+        if let Some(every) = self.cfg.health.check_interval {
+            let task = tokio::spawn(dataplane::health_checks(Arc::downgrade(self), every));
+            self.background.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        }
     }
 
     /// Runs a discovery source: syncs now, then every poll interval, until
@@ -410,10 +421,13 @@ impl EndpointPicker {
     pub fn pick_request(&self, req: &LlmRequest, exclude: &HashSet<String>) -> Result<Picked, SchedulerError> {
         let serial = self.picking.lock().unwrap_or_else(|p| p.into_inner());
         self.writer.refresh_load();
+        for id in self.writer.readmit_due() {
+            tracing::info!(endpoint = %id, "ejection over; endpoint back in picks");
+        }
         let started = Instant::now();
         // Pick under the read lock: no copies of the endpoint list.
         let result = self.reader.with_endpoints(|all| {
-            let cands = all.iter().filter(|e| e.is_ready() && !exclude.contains(&e.id)).collect();
+            let cands = all.iter().filter(|e| e.is_serving() && !exclude.contains(&e.id)).collect();
             self.scheduler.pick_among(req, cands)
         });
         self.metrics.pick_seconds.observe(started.elapsed().as_secs_f64());
@@ -433,6 +447,26 @@ impl EndpointPicker {
                 Err(e)
             }
         }
+    }
+
+    /// A front end's report that an attempt on endpoint `id` failed; enough in a row
+    /// eject it (see [`crate::health`]).
+    pub fn record_failure(&self, id: &str, failure: Failure) {
+        self.metrics.failures.get_or_create(&ReasonLabel { reason: failure.as_str().into() }).inc();
+        if let Some(span) = self.writer.record_failure(id, &self.cfg.health) {
+            self.metrics.ejections.inc();
+            tracing::warn!(endpoint = %id, ?span, reason = failure.as_str(), "endpoint ejected after failing in a row");
+        }
+    }
+
+    /// A front end's report that endpoint `id` answered.
+    pub fn record_success(&self, id: &str) {
+        self.writer.record_success(id);
+    }
+
+    /// The health settings.
+    pub fn health_config(&self) -> &HealthConfig {
+        &self.cfg.health
     }
 
     /// Counts a retry on another endpoint (front ends call it).

@@ -55,8 +55,8 @@ struct UpArgs {
     /// Gateway port (the one OpenAI-compatible endpoint).
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Built-in routing: round-robin, load, prefix or precise-prefix.
-    #[arg(long, default_value = "prefix")]
+    /// Built-in routing (see BENCHMARKS.md for how they compare).
+    #[arg(long, default_value = "prefix", value_parser = clap::builder::PossibleValuesParser::new(llmd::scheduler::presets::PRESETS))]
     routing: String,
     /// An EndpointPickerConfig file instead of a built-in routing.
     #[arg(long)]
@@ -147,7 +147,8 @@ struct EngineArgs {
     #[arg(long)]
     served_model_name: Option<String>,
     /// Simulate the model: real scheduling, blocks, metrics and events; compute replaced
-    /// by a latency model.
+    /// by a latency model. With --model DIR, the checkpoint's tokenizer, chat template
+    /// and context length (its weights are not read).
     #[arg(long)]
     sim: bool,
     /// Tokens per KV block.
@@ -228,8 +229,8 @@ struct EppArgs {
     /// EndpointPickerConfig YAML (llm-d's format).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Built-in routing when no --config: round-robin, load, prefix, precise-prefix.
-    #[arg(long, default_value = "prefix")]
+    /// Built-in routing when no --config.
+    #[arg(long, default_value = "prefix", value_parser = clap::builder::PossibleValuesParser::new(llmd::scheduler::presets::PRESETS))]
     routing: String,
     /// An endpoint: `NAME=HOST:PORT`, optionally `,kv=tcp://HOST:PORT` (its KV events),
     /// `,role=prefill|decode|both`. Repeat for each.
@@ -454,7 +455,7 @@ fn build_engine(a: &EngineArgs) -> Result<Built> {
 
     let kv_dtype: KvDtype = a.kv_cache_dtype.parse().map_err(anyhow::Error::msg)?;
     let builder = match (&a.model, a.sim) {
-        (Some(_), true) => bail!("--sim simulates the built-in model; drop --model"),
+        (Some(dir), true) => EngineBuilder::sim_checkpoint(dir, LatencyModel::default()),
         (None, false) => EngineBuilder::builtin(),
         (None, true) => EngineBuilder::sim(LatencyModel::default()),
         (Some(dir), false) => EngineBuilder::checkpoint(dir),
@@ -484,7 +485,7 @@ fn build_engine(a: &EngineArgs) -> Result<Built> {
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
-    use llmd::engine::server::{KvEventsConfig, Server, ServerConfig};
+    use llmd::engine::server::{KvEventsConfig, ServeConfig, Server, ServerConfig};
 
     if !matches!(a.role, Role::Both) {
         bail!("--role prefill/decode needs the KV transfer path, which is not built yet; use --role both");
@@ -521,10 +522,10 @@ fn serve(a: ServeArgs) -> Result<()> {
             server.kv_events_endpoint().unwrap_or("off")
         );
         let shutdown = llmd::shutdown::Shutdown::install();
-        shutdown
-            .drain(server.serve(listener, shutdown.begun()), a.engine.shutdown_timeout())
-            .await?
-            .context("serving")?;
+        // The server drains itself: /health is 503 from the signal on, and streams still
+        // open at the deadline end with an error event before the connections close.
+        let http = ServeConfig { drain_timeout: Some(a.engine.shutdown_timeout()), ..Default::default() };
+        server.serve_with(listener, shutdown.begun(), http).await.context("serving")?;
         println!("llmd serve: stopped");
         Ok(())
     })
@@ -716,7 +717,9 @@ fn bench(a: BenchArgs) -> Result<()> {
             }
             s.requests = n;
         }
-        scenarios.push(s);
+        // A cache-pressure sweep is one scenario per factor, sized to the replicas' cache.
+        let kv_blocks = a.kv_blocks.or(s.kv_blocks).unwrap_or(if a.sim { 8192 } else { 2048 });
+        scenarios.extend(s.pressure_variants(kv_blocks, 16));
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut reports = Vec::with_capacity(scenarios.len());

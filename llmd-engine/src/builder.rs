@@ -22,7 +22,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{EngineError, Result};
 use crate::kv::KvDtype;
-use crate::model::{GenerationConfig, LlamaModel};
+use crate::model::{GenerationConfig, LlamaModel, ModelConfig};
 use crate::sim::{LatencyModel, SimBackend};
 use crate::tokenizer::{ByteTokenizer, ChatTemplate, DEFAULT_CHAT_TEMPLATE, PromptRenderer, Tokenize};
 
@@ -42,6 +42,12 @@ pub enum ModelSource {
     Checkpoint(PathBuf),
     /// The simulator (byte tokenizer, latency model, no weights).
     Sim(LatencyModel),
+    /// The simulator speaking a checkpoint's language: its tokenizer, chat template,
+    /// generation defaults, vocabulary, context length and end-of-sequence tokens, read
+    /// from the directory (`config.json`, `tokenizer.json`, …; weights are not read), with
+    /// the latency model's compute. Load generators that count tokens with the
+    /// checkpoint's tokenizer (inference-perf, aiperf) see the lengths they planned.
+    SimCheckpoint(PathBuf, LatencyModel),
 }
 
 /// An engine with what serving it needs besides.
@@ -115,6 +121,12 @@ impl EngineBuilder {
     /// The simulator with `latency`.
     pub fn sim(latency: LatencyModel) -> Self {
         Self::new(ModelSource::Sim(latency))
+    }
+
+    /// The simulator with `latency`, speaking the checkpoint in `dir`'s tokenizer
+    /// ([`ModelSource::SimCheckpoint`]).
+    pub fn sim_checkpoint(dir: impl Into<PathBuf>, latency: LatencyModel) -> Self {
+        Self::new(ModelSource::SimCheckpoint(dir.into(), latency))
     }
 
     /// Name clients use in the `model` field (default: the checkpoint directory's name,
@@ -207,6 +219,11 @@ impl EngineBuilder {
             ModelSource::Sim(_) => {
                 (None, Arc::new(ByteTokenizer), byte_template(), GenerationConfig::default(), SIM_MODEL_NAME.into())
             }
+            ModelSource::SimCheckpoint(dir, _) => {
+                let r = PromptRenderer::from_dir(dir)?;
+                let name = dir.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+                (None, r.tokenizer, r.template, GenerationConfig::from_dir(dir)?, name)
+            }
             ModelSource::Checkpoint(dir) => {
                 tracing::info!(dir = %dir.display(), "loading checkpoint");
                 let model = LlamaModel::load(dir)?;
@@ -215,9 +232,15 @@ impl EngineBuilder {
                 (Some(model), r.tokenizer, r.template, GenerationConfig::from_dir(dir)?, name)
             }
         };
-        let (mut eos, max_ctx) = match &model {
-            Some(m) => (m.config().eos_token_ids.clone(), m.config().max_position_embeddings),
-            None => (vec![ByteTokenizer::EOS], DEFAULT_MAX_MODEL_LEN),
+        // The checkpoint's shape without its weights, for the simulator.
+        let sim_shape = match &self.source {
+            ModelSource::SimCheckpoint(dir, _) => Some(ModelConfig::from_dir(dir)?),
+            _ => None,
+        };
+        let (mut eos, max_ctx) = match (&model, &sim_shape) {
+            (Some(m), _) => (m.config().eos_token_ids.clone(), m.config().max_position_embeddings),
+            (None, Some(c)) => (c.eos_token_ids.clone(), c.max_position_embeddings),
+            (None, None) => (vec![ByteTokenizer::EOS], DEFAULT_MAX_MODEL_LEN),
         };
         for id in &generation.eos_token_ids {
             if !eos.contains(id) {
@@ -242,6 +265,16 @@ impl EngineBuilder {
                 SimBackend::new(*latency, clock.clone(), ByteTokenizer::VOCAB, max_ctx, 32..127, self.seed)
                     .with_block_size(self.block_size),
             ),
+            (None, ModelSource::SimCheckpoint(_, latency)) => {
+                let vocab = sim_shape.as_ref().map_or(tokenizer.vocab_size(), |c| c.vocab_size).max(2);
+                // Ordinary tokens: past the low ids (bytes, specials in most vocabularies)
+                // and short of the end, where added special tokens usually sit.
+                let tokens = (vocab / 16) as u32..(vocab * 3 / 4).max(vocab / 16 + 1) as u32;
+                Box::new(
+                    SimBackend::new(*latency, clock.clone(), vocab, max_ctx, tokens, self.seed)
+                        .with_block_size(self.block_size),
+                )
+            }
             (None, _) => return Err(EngineError::config("engine", "model", "no model to run")),
         };
         let cfg = EngineConfig {

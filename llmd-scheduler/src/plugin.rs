@@ -125,6 +125,9 @@ pub struct ProfilePick {
     pub breakdown: Vec<ScoreBreakdown>,
     /// Candidates that survived the filters.
     pub candidates: usize,
+    /// Prompt tokens the chosen endpoint's cache lacks, when a prefix scorer ran (the
+    /// picker counts these, not the whole prompt, as the prefill it queued there).
+    pub uncached_tokens: Option<usize>,
 }
 
 /// A configured plugin instance: one type can play several roles (a scorer that also

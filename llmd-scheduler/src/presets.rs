@@ -37,8 +37,63 @@ schedulingProfiles:
   - pluginRef: max-score-picker
 ";
 
-// llm-d's default inference-scheduling profile.
+// Prefix affinity weighed against load in one unit: `prefill-cost-scorer` scores each
+// endpoint by the prefill a request would wait behind plus the part of its prompt that
+// endpoint's cache lacks (llm-d's approximate prefix index says which), so a cache hit
+// wins until the queue in front of it costs more than a miss elsewhere, and prefixes no
+// one holds go to the least loaded endpoint. The prefix score itself (weight 1) breaks
+// near-ties toward the holder, keeping one copy of a prefix in the fleet rather than
+// several; in-flight requests (the decode batch) follow, then the endpoint sent a
+// request longest ago. Scraped queue and cache usage are left out, as in `load`.
 const PREFIX: &str = "
+plugins:
+- type: prefix-cache-scorer
+  parameters:
+    blockSizeTokens: 16
+    maxPrefixBlocksToMatch: 256
+    lruCapacityPerServer: 31250
+- type: prefill-cost-scorer
+- type: active-request-scorer
+- type: max-score-picker
+  parameters:
+    tieBreak: least-recent
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: prefix-cache-scorer
+    weight: 1
+  - pluginRef: prefill-cost-scorer
+    weight: 3
+  - pluginRef: active-request-scorer
+  - pluginRef: max-score-picker
+";
+
+// As `prefix`, with what each endpoint's cache holds taken from the engines' own KV
+// events (exact, evictions included) instead of the picker's guess.
+const PRECISE_PREFIX: &str = "
+plugins:
+- type: precise-prefix-cache-scorer
+  parameters:
+    blockSize: 16
+- type: prefill-cost-scorer
+- type: active-request-scorer
+- type: max-score-picker
+  parameters:
+    tieBreak: least-recent
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: precise-prefix-cache-scorer
+    weight: 1
+  - pluginRef: prefill-cost-scorer
+    weight: 3
+  - pluginRef: active-request-scorer
+  - pluginRef: max-score-picker
+";
+
+// llm-d's inference-scheduling well-lit path as it ships: prefix affinity weighed
+// against scraped queue length and KV usage.
+const LLMD_PREFIX: &str = "
 plugins:
 - type: prefix-cache-scorer
   parameters:
@@ -58,27 +113,8 @@ schedulingProfiles:
   - pluginRef: max-score-picker
 ";
 
-// Prefix scoring from the engines' own KV events.
-const PRECISE_PREFIX: &str = "
-plugins:
-- type: precise-prefix-cache-scorer
-  parameters:
-    blockSize: 16
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
-- type: max-score-picker
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: precise-prefix-cache-scorer
-    weight: 3
-  - pluginRef: queue-scorer
-  - pluginRef: kv-cache-utilization-scorer
-  - pluginRef: max-score-picker
-";
-
 /// The names `--routing` accepts.
-pub const PRESETS: [&str; 4] = ["round-robin", "load", "prefix", "precise-prefix"];
+pub const PRESETS: [&str; 5] = ["round-robin", "load", "prefix", "precise-prefix", "llm-d-prefix"];
 
 /// The configuration of a named preset.
 pub fn preset(name: &str, registry: &PluginRegistry) -> Result<SchedulerConfig> {
@@ -87,6 +123,7 @@ pub fn preset(name: &str, registry: &PluginRegistry) -> Result<SchedulerConfig> 
         "load" => LOAD,
         "prefix" => PREFIX,
         "precise-prefix" => PRECISE_PREFIX,
+        "llm-d-prefix" => LLMD_PREFIX,
         other => {
             return Err(SchedulerError::config(
                 "--routing",

@@ -52,6 +52,9 @@ impl PluginRegistry {
                 ..handle(n, "token-load-scorer")
             })
         });
+        r.register("prefill-cost-scorer", |n, _| {
+            Ok(PluginHandle { scorer: Some(Arc::new(scorers::PrefillCostScorer)), ..handle(n, "prefill-cost-scorer") })
+        });
         r.register("kv-cache-utilization-scorer", |n, _| {
             Ok(PluginHandle {
                 scorer: Some(Arc::new(scorers::KvCacheUtilizationScorer)),

@@ -186,6 +186,9 @@ impl Scheduler {
             score: totals[idx].1,
             breakdown,
             candidates: cands.len(),
+            uncached_tokens: state
+                .get::<crate::plugins::prefix::PrefixMatch>(crate::plugins::prefix::PREFIX_MATCH_KEY)
+                .map(|m| m.uncached_tokens(&chosen.id)),
         })
     }
 }

@@ -15,13 +15,22 @@ use llmd_scheduler::extproc::{ExtProc, LB_NAMESPACE};
 use llmd_scheduler::picker::{DESTINATION_HEADER, EndpointPicker, PickerConfig};
 use llmd_scheduler::{Endpoint, ManualClock, PluginRegistry, Role, Scheduler, datastore, presets};
 
+/// How long any one exchange with the server may take before the test fails (instead
+/// of hanging on a server that never answers).
+const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `fut`, or a failure naming `what` after [`WAIT`].
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("{what}: no answer within {WAIT:?}"))
+}
+
 async fn start(endpoints: Vec<Endpoint>) -> String {
     start_picker(endpoints).await.0
 }
 
 async fn start_picker(endpoints: Vec<Endpoint>) -> (String, std::sync::Arc<EndpointPicker>) {
     // Scraped load decides between the endpoints here (the prompt is too short to share).
-    let sched = Scheduler::new(presets::preset("prefix", &PluginRegistry::with_builtins()).unwrap(), 0);
+    let sched = Scheduler::new(presets::preset("llm-d-prefix", &PluginRegistry::with_builtins()).unwrap(), 0);
     let store = datastore(std::sync::Arc::new(ManualClock::new()));
     for e in endpoints {
         store.upsert(e);
@@ -67,12 +76,13 @@ fn body(bytes: &[u8], end_of_stream: bool) -> ProcessingRequest {
 }
 
 async fn exchange(addr: String, msgs: Vec<ProcessingRequest>) -> Vec<ProcessingResponse> {
-    let mut client = ExternalProcessorClient::connect(addr).await.unwrap();
+    let mut client = within("connect", ExternalProcessorClient::connect(addr)).await.unwrap();
     let n = msgs.len();
-    let mut stream = client.process(futures_util::stream::iter(msgs)).await.unwrap().into_inner();
+    let mut stream =
+        within("open the stream", client.process(futures_util::stream::iter(msgs))).await.unwrap().into_inner();
     let mut out = Vec::new();
     while out.len() < n {
-        match stream.message().await.unwrap() {
+        match within("the next response", stream.message()).await.unwrap() {
             Some(m) => out.push(m),
             None => break,
         }
@@ -115,13 +125,12 @@ async fn envoy_gets_the_destination_as_header_and_metadata() {
     let removed = &b.response.as_ref().unwrap().header_mutation.as_ref().unwrap().remove_headers;
     assert_eq!(removed, &["x-prefiller-host-port".to_string(), "x-llm-d-prefiller-host-port".to_string()]);
     // The closed stream ends the request's in-flight count (the server sees it soon).
-    for _ in 0..500 {
-        if picker.datastore().requests_in_flight() == 0 {
-            break;
+    within("the in-flight count to drop", async {
+        while picker.datastore().requests_in_flight() != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    assert_eq!(picker.datastore().requests_in_flight(), 0);
+    })
+    .await;
 
     // A request without a body is picked on its headers.
     let replies = exchange(addr, vec![headers(true)]).await;
@@ -147,20 +156,20 @@ async fn no_endpoint_and_bad_bodies_get_immediate_responses() {
 async fn a_request_is_in_flight_until_its_response_ends() {
     use envoy_types::pb::envoy::service::ext_proc::v3::HttpBody as Body;
     let (addr, picker) = start_picker(vec![Endpoint::new("a", "10.0.0.4:8000", Role::Both)]).await;
-    let mut client = ExternalProcessorClient::connect(addr).await.unwrap();
+    let mut client = within("connect", ExternalProcessorClient::connect(addr)).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ProcessingRequest>();
     let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut inbound = client.process(outbound).await.unwrap().into_inner();
+    let mut inbound = within("open the stream", client.process(outbound)).await.unwrap().into_inner();
     tx.send(headers(false)).unwrap();
     tx.send(body(br#"{"prompt": "hi"}"#, true)).unwrap();
-    inbound.message().await.unwrap().unwrap();
-    inbound.message().await.unwrap().unwrap();
+    within("the headers response", inbound.message()).await.unwrap().unwrap();
+    within("the body response", inbound.message()).await.unwrap().unwrap();
     assert_eq!(picker.datastore().get("a").unwrap().inflight.requests, 1, "picked and sent on");
     let response_end = ProcessingRequest {
         request: Some(In::ResponseBody(Body { body: b"done".to_vec(), end_of_stream: true, ..Default::default() })),
         ..Default::default()
     };
     tx.send(response_end).unwrap();
-    inbound.message().await.unwrap().unwrap();
+    within("the response-body response", inbound.message()).await.unwrap().unwrap();
     assert_eq!(picker.datastore().get("a").unwrap().inflight.requests, 0, "the response ended");
 }

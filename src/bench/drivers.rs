@@ -288,7 +288,7 @@ pub fn inference_perf_stats(v: &Value, rate: f64) -> Result<RunStats> {
             .ok()
             .zip(num(v, &["successes", "prompt_tokens", "total"]).ok())
             .and_then(|(cached, total)| (total > 0.0).then(|| cached / total)),
-        samples: Vec::new(),
+        ..Default::default()
     })
 }
 
@@ -311,7 +311,7 @@ pub fn aiperf_stats(v: &Value, rate: f64) -> Result<RunStats> {
         output_tokens_per_s: num(v, &["output_token_throughput", "avg"])?,
         goodput: num(v, &["goodput", "avg"]).ok(),
         hit_rate: num(v, &["overall_usage_prompt_cache_read_pct", "avg"]).ok().map(|pct| pct / 100.0),
-        samples: Vec::new(),
+        ..Default::default()
     })
 }
 

@@ -223,7 +223,7 @@ async fn one_run(
             let pb = progress(plan.len() as u64, label.clone());
             let samples = run::run(client, base, Some(&model), &plan, &pb).await;
             pb.finish_and_clear();
-            run::stats(&samples, rate, started.elapsed(), s.slo)
+            run::stats(&samples, rate, started.elapsed(), s.slo, s.warmup())
         }
         external => {
             let tokenizer = match &opts.tokenizer {
@@ -267,25 +267,36 @@ async fn one_run(
 }
 
 /// The Markdown table for one or more reports: one row per scenario, routing, driver and
-/// rate, with the ratio against round robin at the same rate with the same driver.
+/// rate, whole-run and steady-state (after the warm-up) figures, with round robin's
+/// TTFT at the same rate with the same driver divided by this routing's (above 1: this
+/// routing is faster), steady state where both have it.
 pub fn markdown(reports: &[Report]) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| scenario | routing | driver | rate (req/s) | ok | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) | e2e p50 (ms) | tok/s | goodput (req/s) | hit rate | round-robin TTFT p50 ÷ this |"
+        "| scenario | routing | driver | rate (req/s) | ok | TTFT p50 / p99 (ms) | steady TTFT p50 / p99 (ms) | ITL p50 (ms) | tok/s | goodput (req/s) | steady goodput | hit rate | RR ÷ this p50 | RR ÷ this p99 |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let ratio = |rr: f64, this: f64| if this > 0.0 { format!("{:.2}×", rr / this) } else { "–".into() };
     for r in reports {
         for res in &r.results {
             let rr = r.results.iter().find(|x| x.routing == "round-robin" && x.driver == res.driver);
             for run in &res.runs {
                 let base = rr.and_then(|rr| rr.runs.iter().find(|b| b.rate == run.rate));
-                let ratio = base
-                    .filter(|_| run.ttft_ms[0] > 0.0)
-                    .map_or("–".into(), |b| format!("{:.2}×", b.ttft_ms[0] / run.ttft_ms[0]));
+                // Steady state where both runs have it, else whole runs.
+                let (this, theirs) = match (run.steady.as_deref(), base.and_then(|b| b.steady.as_deref())) {
+                    (Some(a), Some(b)) => (a, Some(b)),
+                    _ => (run, base),
+                };
+                let steady = run
+                    .steady
+                    .as_deref()
+                    .map_or("–".into(), |st| format!("{:.1} / {:.1}", st.ttft_ms[0], st.ttft_ms[2]));
+                let steady_goodput =
+                    run.steady.as_deref().and_then(|st| st.goodput).map_or("–".into(), |g| format!("{g:.1}"));
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {}/{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {}/{} | {:.1} / {:.1} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} |",
                     r.scenario,
                     res.routing,
                     res.driver,
@@ -294,12 +305,14 @@ pub fn markdown(reports: &[Report]) -> String {
                     run.requests,
                     run.ttft_ms[0],
                     run.ttft_ms[2],
+                    steady,
                     run.itl_ms[0],
-                    run.e2e_ms[0],
                     run.output_tokens_per_s,
                     run.goodput.map_or("–".into(), |g| format!("{g:.1}")),
+                    steady_goodput,
                     run.hit_rate.map_or("–".into(), |h| format!("{h:.3}")),
-                    ratio
+                    theirs.map_or("–".into(), |b| ratio(b.ttft_ms[0], this.ttft_ms[0])),
+                    theirs.map_or("–".into(), |b| ratio(b.ttft_ms[2], this.ttft_ms[2])),
                 );
             }
         }

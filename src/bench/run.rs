@@ -26,6 +26,8 @@ pub struct Sample {
     pub prompt_tokens: usize,
     /// Prompt tokens served from the prefix cache (`prompt_tokens_details.cached_tokens`).
     pub cached_tokens: usize,
+    /// When it was sent, seconds from the run's start.
+    pub sent_at: f64,
 }
 
 /// Sends every planned request at its time (open loop: arrivals do not wait for
@@ -59,7 +61,8 @@ pub async fn run(
         let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            let sample = one(&client, &url, body).await;
+            let sent_at = start.elapsed().as_secs_f64();
+            let sample = Sample { sent_at, ..one(&client, &url, body).await };
             progress.inc(1);
             sample
         }));
@@ -117,7 +120,16 @@ async fn one(client: &reqwest::Client, url: &str, body: CompletionRequest) -> Sa
         (Some(f), Some(l)) if chunks > 1 => (l - f).as_secs_f64() / (chunks - 1) as f64,
         _ => 0.0,
     };
-    Sample { ok: done && !failed, ttft, itl, e2e, output_tokens: tokens.max(chunks), prompt_tokens, cached_tokens }
+    Sample {
+        ok: done && !failed,
+        ttft,
+        itl,
+        e2e,
+        output_tokens: tokens.max(chunks),
+        prompt_tokens,
+        cached_tokens,
+        sent_at: 0.0,
+    }
 }
 
 /// Percentiles and rates of one run.
@@ -143,6 +155,13 @@ pub struct RunStats {
     /// counters when `llmd bench` started them, else cached over prompt tokens as the
     /// responses' usage reported them.
     pub hit_rate: Option<f64>,
+    /// The same figures over the steady state: the requests after the scenario's
+    /// warm-up (caches filled, queues formed), rates over the time those requests took.
+    /// Only where per-request figures exist (the built-in client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steady: Option<Box<RunStats>>,
+    /// Requests left out of `steady` as warm-up.
+    pub warmup_requests: usize,
     /// Every request's own figures, in plan order (the built-in client's runs; the
     /// external tools keep theirs in their own reports).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -158,15 +177,29 @@ fn pct(v: &mut [f64]) -> [f64; 3] {
     [at(0.5), at(0.9), at(0.99)]
 }
 
-/// Summarises a run's samples.
 /// Summarises a run's samples; the hit rate is the responses' cached share of prompt
-/// tokens (the caller prefers the engines' own counters when it has them).
-pub fn stats(samples: &[Sample], rate: f64, wall: Duration, slo: Slo) -> RunStats {
+/// tokens (the caller prefers the engines' own counters when it has them). Requests
+/// after the first `warmup` make the steady-state figures.
+pub fn stats(samples: &[Sample], rate: f64, wall: Duration, slo: Slo, warmup: usize) -> RunStats {
+    let mut whole = summarise(samples, rate, wall.as_secs_f64(), slo);
+    let rest = samples.get(warmup..).unwrap_or_default();
+    if warmup > 0 && !rest.is_empty() {
+        // From the first steady request's send to the last one's end.
+        let from = rest.iter().map(|s| s.sent_at).fold(f64::INFINITY, f64::min);
+        let to = rest.iter().map(|s| s.sent_at + s.e2e).fold(0.0, f64::max);
+        whole.steady = Some(Box::new(summarise(rest, rate, to - from, slo)));
+    }
+    whole.warmup_requests = warmup.min(samples.len());
+    whole.samples = samples.to_vec();
+    whole
+}
+
+fn summarise(samples: &[Sample], rate: f64, secs: f64, slo: Slo) -> RunStats {
     let ok: Vec<&Sample> = samples.iter().filter(|s| s.ok).collect();
     let mut ttft: Vec<f64> = ok.iter().map(|s| s.ttft).collect();
     let mut itl: Vec<f64> = ok.iter().map(|s| s.itl).collect();
     let mut e2e: Vec<f64> = ok.iter().map(|s| s.e2e).collect();
-    let secs = wall.as_secs_f64().max(1e-9);
+    let secs = secs.max(1e-9);
     let good = ok.iter().filter(|s| s.ttft * 1e3 <= slo.ttft_ms && s.itl * 1e3 <= slo.itl_ms).count();
     RunStats {
         requests: samples.len(),
@@ -178,7 +211,7 @@ pub fn stats(samples: &[Sample], rate: f64, wall: Duration, slo: Slo) -> RunStat
         output_tokens_per_s: ok.iter().map(|s| s.output_tokens).sum::<usize>() as f64 / secs,
         goodput: Some(good as f64 / secs),
         hit_rate: usage_hit_rate(ok.iter().map(|s| s.cached_tokens).sum(), ok.iter().map(|s| s.prompt_tokens).sum()),
-        samples: samples.to_vec(),
+        ..Default::default()
     }
 }
 

@@ -63,6 +63,14 @@ pub struct Scenario {
     /// pressure the scenario is about (`--kv-blocks` overrides).
     #[serde(default)]
     pub kv_blocks: Option<usize>,
+    /// Requests left out of the steady-state figures (default: the first quarter).
+    #[serde(default)]
+    pub warmup_requests: Option<usize>,
+    /// A cache-pressure sweep (`shared-prefix`): for each factor, a run whose prefix
+    /// working set is that many times one replica's KV capacity (`prefixes` is then
+    /// derived: factor × blocks × 16 tokens ÷ the prefix's tokens at a byte a token).
+    #[serde(default)]
+    pub kv_pressure: Option<Vec<f64>>,
 }
 
 /// One request of a run.
@@ -117,8 +125,18 @@ impl Scenario {
             bail!("requests must be positive and rates a non-empty list of positive numbers");
         }
         match self.kind.as_str() {
-            "shared-prefix" if self.prefixes == 0 || self.prefix_chars == 0 => {
-                bail!("shared-prefix needs prefixes and prefix_chars")
+            "shared-prefix" if (self.prefixes == 0 && self.kv_pressure.is_none()) || self.prefix_chars == 0 => {
+                bail!("shared-prefix needs prefix_chars, and prefixes or kv_pressure")
+            }
+            _ if self
+                .kv_pressure
+                .as_ref()
+                .is_some_and(|p| p.is_empty() || p.iter().any(|f| !(f.is_finite() && *f > 0.0))) =>
+            {
+                bail!("kv_pressure must be a non-empty list of positive factors")
+            }
+            _ if self.kv_pressure.is_some() && self.kind != "shared-prefix" => {
+                bail!("kv_pressure applies to shared-prefix scenarios")
             }
             "shared-prefix" => Ok(()),
             "random" if self.prompt_chars == 0 => bail!("random needs prompt_chars"),
@@ -135,6 +153,27 @@ impl Scenario {
             "multi-turn" => Ok(()),
             other => bail!("unknown kind {other:?} (shared-prefix, multi-turn, random)"),
         }
+    }
+
+    /// Requests left out of the steady-state figures.
+    pub fn warmup(&self) -> usize {
+        self.warmup_requests.unwrap_or(self.requests / 4).min(self.requests)
+    }
+
+    /// The scenario once per cache-pressure factor (itself alone without a sweep), each
+    /// named `NAME@FACTORx` with the prefix count that makes the prefixes' working set
+    /// that factor of `kv_blocks` blocks of `block_size` tokens (byte tokenizer: a token
+    /// a character, plus one).
+    pub fn pressure_variants(&self, kv_blocks: usize, block_size: usize) -> Vec<Scenario> {
+        let Some(factors) = &self.kv_pressure else { return vec![self.clone()] };
+        let prefix_blocks = (self.prefix_chars + 1).div_ceil(block_size).max(1) as f64;
+        factors
+            .iter()
+            .map(|&f| {
+                let prefixes = ((f * kv_blocks as f64 / prefix_blocks).round() as usize).max(1);
+                Scenario { name: format!("{}@{f}x", self.name), prefixes, kv_pressure: None, ..self.clone() }
+            })
+            .collect()
     }
 
     /// The requests of a run at `rate` requests per second.

@@ -436,8 +436,12 @@ impl EndpointPicker {
                 if let Some(d) = result.destination() {
                     self.metrics.picks.get_or_create(&EndpointLabel { endpoint: d.endpoint.clone() }).inc();
                 }
-                // Without token ids, llm-d's estimate: a token per four characters.
-                let tokens = req.token_ids.as_ref().map_or(req.prompt.len().div_ceil(4), Vec::len) as u64;
+                // Without token ids, llm-d's estimate: a token per four characters. Of
+                // those, only what the destination's cache lacks is prefill work queued
+                // there (when a prefix scorer knows).
+                let prompt = req.token_ids.as_ref().map_or(req.prompt.len().div_ceil(4), Vec::len);
+                let uncached = result.destination().and_then(|d| d.uncached_tokens).unwrap_or(prompt);
+                let tokens = uncached.min(prompt) as u64;
                 let ticket = self.writer.request_started(&result.endpoints(), tokens);
                 drop(serial);
                 Ok(Picked { result, inflight: InFlightGuard { writer: self.writer.clone(), ticket } })

@@ -1,6 +1,7 @@
 //! Load, cache-pressure, session and LoRA scorers.
 
 use super::Params;
+use super::prefix::{PREFIX_MATCH_KEY, PrefixMatch};
 use crate::endpoint::Endpoint;
 use crate::plugin::{CycleState, Scorer};
 use crate::request::LlmRequest;
@@ -123,6 +124,35 @@ impl Scorer for TokenLoadScorer {
     }
 }
 
+/// `prefill-cost-scorer` (llmd's): the prefill work a request would wait behind and do
+/// on each endpoint — the prompt tokens still pending there (the picker's own count,
+/// aged by the endpoint's prefill rate) plus the tokens of this prompt its cache lacks —
+/// scored against the cheapest candidate, `min_cost / cost`. It weighs prefix affinity
+/// against load in one unit (tokens to prefill, which is what delays a first token):
+/// a cache hit wins until the queue in front of it costs more than a miss elsewhere,
+/// and a prefix no endpoint holds goes to the least loaded one. What each endpoint's
+/// cache holds comes from a prefix scorer listed before it in the profile
+/// (`prefix-cache-scorer` or `precise-prefix-cache-scorer`); without one every prompt
+/// counts whole.
+#[derive(Debug, Default)]
+pub struct PrefillCostScorer;
+
+impl Scorer for PrefillCostScorer {
+    fn score(&self, state: &mut CycleState, req: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
+        let prompt = req.token_ids.as_ref().map_or(req.prompt.len().div_ceil(4), Vec::len);
+        let matched = state.get::<PrefixMatch>(PREFIX_MATCH_KEY);
+        let costs: Vec<f64> = eps
+            .iter()
+            .map(|e| {
+                let uncached = matched.map_or(prompt, |m| m.uncached_tokens(&e.id).min(prompt));
+                (e.inflight.prefill_remaining.saturating_add(uncached as u64)).max(1) as f64
+            })
+            .collect();
+        let min = costs.iter().copied().fold(f64::INFINITY, f64::min);
+        costs.iter().map(|c| min / c).collect()
+    }
+}
+
 /// `kv-cache-utilization-scorer`: `1 - kv_cache_usage`.
 #[derive(Debug, Default)]
 pub struct KvCacheUtilizationScorer;
@@ -222,6 +252,31 @@ mod tests {
         let s = TokenLoadScorer::from_params(&serde_json::json!({"queueThresholdTokens": 4096})).unwrap();
         assert_eq!(s.score(&mut st, &req, &eps.iter().collect::<Vec<_>>()), [0.75, 0.0, 1.0]);
         assert!(TokenLoadScorer::from_params(&serde_json::json!({"queueThresholdTokens": 0})).is_err());
+    }
+
+    #[test]
+    fn prefill_cost_weighs_a_cache_hit_against_the_queue_in_front_of_it() {
+        // a holds 900 of the 1 000 prompt tokens but has 1 500 queued; b is idle and
+        // cold; c is cold with 200 queued.
+        let mut eps = [ep("a", 0, 0.0), ep("b", 0, 0.0), ep("c", 0, 0.0)];
+        eps[0].inflight.prefill_remaining = 1500;
+        eps[2].inflight.prefill_remaining = 200;
+        let req = LlmRequest { token_ids: Some(vec![1; 1000]), ..Default::default() };
+        let mut st = CycleState::default();
+        let matched = [("a".to_string(), 9)].into_iter().collect();
+        st.put(PREFIX_MATCH_KEY, PrefixMatch { hashes: vec![], prompt_tokens: 1000, tokens_per_block: 100, matched });
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        // Costs 1 600, 1 000, 1 200 tokens: the idle cold endpoint beats the busy holder.
+        assert_eq!(PrefillCostScorer.score(&mut st, &req, &refs), [1000.0 / 1600.0, 1.0, 1000.0 / 1200.0]);
+        // With a shorter queue the holder wins: 100 + 600 < 1 000.
+        eps[0].inflight.prefill_remaining = 600;
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        let s = PrefillCostScorer.score(&mut st, &req, &refs);
+        assert_eq!(s[0], 1.0);
+        assert!(s[1] < 1.0 && s[2] < s[1]);
+        // No prefix scorer ran: every prompt counts whole, so load alone decides.
+        let s = PrefillCostScorer.score(&mut CycleState::default(), &req, &refs);
+        assert_eq!(s, [1000.0 / 1600.0, 1.0, 1000.0 / 1200.0]);
     }
 
     #[test]

@@ -3,7 +3,13 @@
 //! * `hash/*`: block hashing (blocks/s) vs raw SHA-256 / XXH3 over the same CBOR bytes,
 //!   so the ratio is the cost of building the input.
 //! * `alloc_free/*`: pool allocate + free vs a bare `Vec` free list, at 1K and 1M blocks
-//!   (equal times at both sizes show the operations are O(1)).
+//!   (equal times at both sizes show the operations are O(1)). Half the pool is free and
+//!   uncached, so these allocations never evict.
+//! * `alloc_evict/*`: the same with the pool full of cached blocks, so every allocation
+//!   evicts (drops the least recently used hash from the index) and every block is
+//!   cached again under a new hash before it is freed: allocate + cache + free, at 1K and
+//!   1M blocks, vs a FIFO free list plus a hash map doing the same index removals and
+//!   insertions.
 //! * `prefix_lookup/*`: longest-cached-prefix lookup in a pool holding 1M cached blocks vs
 //!   10K, for prefixes of 16 to 1024 blocks (time follows prefix length, not pool size).
 //!
@@ -11,6 +17,9 @@
 
 use std::hint::black_box;
 use std::time::Duration;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use llmd_kvcache::{BlockHash, BlockHasher, BlockPool, HashAlgo, StoredInfo};
@@ -92,6 +101,92 @@ fn alloc_free(c: &mut Criterion) {
     g.finish();
 }
 
+/// The `n`th of a sequence of distinct 16-byte hashes (an `xxhash_cbor` hash's size),
+/// uniformly spread like real ones: `n` through two rounds of a bijective mixer.
+fn nth_hash(n: u64) -> BlockHash {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&mix(n).to_le_bytes());
+    bytes[8..].copy_from_slice(&mix(!n).to_le_bytes());
+    BlockHash::from_bytes(&bytes).expect("16 bytes")
+}
+
+/// Hashes the first eight bytes of a [`BlockHash`] (already uniformly distributed), as
+/// the pool's own index does: the baseline map pays no SipHash the pool does not.
+#[derive(Default)]
+struct FirstBytes(u64);
+
+impl Hasher for FirstBytes {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut w = [0u8; 8];
+        let n = bytes.len().min(8);
+        w[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(w);
+    }
+}
+
+fn alloc_evict(c: &mut Criterion) {
+    let mut g = c.benchmark_group("alloc_evict");
+    g.throughput(Throughput::Elements(16));
+    for cap in [1_000usize, 1_000_000] {
+        // Every block cached and free: no allocation can be served without evicting.
+        let mut pool = BlockPool::new(cap, BLOCK).expect("pool");
+        let all = pool.allocate(cap).expect("alloc");
+        let hashes: Vec<BlockHash> = (0..cap as u64).map(nth_hash).collect();
+        pool.cache_blocks(&all, &hashes, StoredInfo::default()).expect("cache");
+        pool.free(&all).expect("free");
+        let mut next = cap as u64;
+        let mut fresh = [nth_hash(0); 16];
+        let before = pool.stats().evictions;
+        g.bench_function(BenchmarkId::new("pool_full_16_blocks", cap), |b| {
+            b.iter(|| {
+                let ids = pool.allocate(16).expect("alloc");
+                for h in &mut fresh {
+                    *h = nth_hash(next);
+                    next += 1;
+                }
+                pool.cache_blocks(&ids, &fresh, StoredInfo::default()).expect("cache");
+                pool.free(black_box(&ids)).expect("free");
+            })
+        });
+        // Every allocation above evicted: the path measured is the eviction path.
+        let allocated = next - cap as u64;
+        assert_eq!(pool.stats().evictions - before, allocated, "allocations that did not evict");
+        assert_eq!((pool.num_cached(), pool.num_free()), (cap, cap));
+
+        // Baseline: the bookkeeping eviction needs at the least, on plain structures: a
+        // FIFO free list (least recently freed first, as the pool's LRU order) and a map
+        // from hash to block.
+        let mut free: std::collections::VecDeque<u32> = (0..cap as u32).collect();
+        let mut index: HashMap<BlockHash, u32, BuildHasherDefault<FirstBytes>> =
+            (0..cap as u32).map(|i| (nth_hash(u64::from(i)), i)).collect();
+        let mut owner: Vec<BlockHash> = (0..cap as u64).map(nth_hash).collect();
+        let mut next = cap as u64;
+        g.bench_function(BenchmarkId::new("vec_freelist_hashmap_16_blocks", cap), |b| {
+            b.iter(|| {
+                let ids: Vec<u32> = free.drain(..16).collect();
+                for &id in &ids {
+                    index.remove(&owner[id as usize]);
+                    let h = nth_hash(next);
+                    next += 1;
+                    owner[id as usize] = h;
+                    index.insert(h, id);
+                }
+                free.extend(black_box(ids));
+            })
+        });
+        assert_eq!(index.len(), cap);
+    }
+    g.finish();
+}
+
 /// A pool of `cap` blocks, all cached under chains of 1024 blocks, all free.
 fn cached_pool(cap: usize) -> (BlockPool, Vec<BlockHash>) {
     let hasher = BlockHasher::new(HashAlgo::XxHashCbor, "0");
@@ -132,6 +227,6 @@ fn prefix_lookup(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1)).sample_size(30);
-    targets = hashing, alloc_free, prefix_lookup
+    targets = hashing, alloc_free, alloc_evict, prefix_lookup
 }
 criterion_main!(benches);

@@ -3,9 +3,13 @@
 //! `pick/<routing>/<endpoints>`: one pick for an 8k-token prompt (token ids given, so
 //! tokenization excluded) over 16, 256 and 1024 endpoints, with `precise-prefix` (index
 //! holding 64 prefixes spread over the endpoints), `prefix` (approximate) and
-//! `round-robin` (the baseline: no scoring). `pick_tokenized/*` adds tokenizing the
-//! 8k-token prompt with a BPE `tokenizer.json`. After criterion, p50/p99 over 20 000
-//! picks (2 000 with tokenization) are printed for each case.
+//! `round-robin` (the baseline: no scoring). The presets match at most 256 blocks
+//! (`maxPrefixBlocksToMatch`, llm-d's default): 4 096 of the prompt's 8 192 tokens.
+//! `precise-prefix-8k` and `prefix-8k` are the same presets with
+//! `maxPrefixBlocksToMatch: 512`, so the whole prompt is matched (checked before the
+//! runs). `precise-prefix+tokenize` adds tokenizing the 8k-token prompt with a BPE
+//! `tokenizer.json`. After criterion, p50/p99 over 20 000 picks (2 000 with
+//! tokenization) are printed for each case.
 //!
 //! Run: `cargo bench --bench scheduler`. Results go in BENCHMARKS.md.
 
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion};
 use llmd::engine::{HfTokenizer, Tokenize};
 use llmd::kvcache::{BlockHash, BlockStored, ExternalBlockHash, KvEvent, KvEventBatch};
-use llmd::scheduler::{Endpoint, LlmRequest, PluginRegistry, Role, Scheduler, presets};
+use llmd::scheduler::{Endpoint, LlmRequest, PluginRegistry, Role, Scheduler, SchedulerConfig, presets};
 
 const PROMPT_TOKENS: usize = 8192;
 
@@ -34,34 +38,77 @@ fn tokens(seed: u32) -> Vec<u32> {
     (0..PROMPT_TOKENS as u32).map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) % 32_000).collect()
 }
 
+/// The preset's configuration; for `<preset>-8k`, the same preset built with its
+/// prefix scorers matching up to 512 blocks (the whole 8 192-token prompt) instead of
+/// the default 256: the registry's factories get the parameter added, nothing else.
+fn config(routing: &str) -> SchedulerConfig {
+    let mut reg = PluginRegistry::with_builtins();
+    let Some(base) = routing.strip_suffix("-8k") else { return presets::preset(routing, &reg).expect("preset") };
+    for t in ["prefix-cache-scorer", "precise-prefix-cache-scorer"] {
+        let factory = reg.get(t).expect("built-in").clone();
+        reg.register(t, move |name, params| {
+            let mut params = if params.is_object() { params.clone() } else { serde_json::json!({}) };
+            params["maxPrefixBlocksToMatch"] = (PROMPT_TOKENS / 16).into();
+            factory(name, &params)
+        });
+    }
+    presets::preset(base, &reg).expect("preset")
+}
+
+/// A `BlockStored` event for the first `blocks` blocks of prompt `p`.
+fn stored(p: u32, blocks: usize) -> KvEventBatch {
+    let toks = tokens(p);
+    let hashes: Vec<ExternalBlockHash> = (0..blocks)
+        .map(|b| {
+            let mut bytes = [0u8; 32];
+            bytes[..4].copy_from_slice(&p.to_le_bytes());
+            bytes[4..8].copy_from_slice(&(b as u32).to_le_bytes());
+            ExternalBlockHash::Bytes(BlockHash::from_bytes(&bytes).expect("hash"))
+        })
+        .collect();
+    let ev = KvEvent::BlockStored(BlockStored {
+        block_hashes: hashes,
+        token_ids: toks[..blocks * 16].to_vec(),
+        block_size: 16,
+        medium: Some("GPU".into()),
+        ..Default::default()
+    });
+    KvEventBatch { ts: 0.0, events: vec![ev], data_parallel_rank: None }
+}
+
 fn scheduler(routing: &str, eps: &[Endpoint]) -> Scheduler {
-    let s = Scheduler::new(presets::preset(routing, &PluginRegistry::with_builtins()).expect("preset"), 1);
+    let s = Scheduler::new(config(routing), 1);
     // Feed the precise index: 64 prompts, each cached (fully) on four endpoints.
     for c in s.config().plugins.values().filter_map(|h| h.kv_events.clone()) {
         for p in 0..64u32 {
-            let toks = tokens(p);
-            let hashes: Vec<ExternalBlockHash> = (0..toks.len() / 16)
-                .map(|b| {
-                    let mut bytes = [0u8; 32];
-                    bytes[..4].copy_from_slice(&p.to_le_bytes());
-                    bytes[4..8].copy_from_slice(&(b as u32).to_le_bytes());
-                    ExternalBlockHash::Bytes(BlockHash::from_bytes(&bytes).expect("hash"))
-                })
-                .collect();
-            let ev = KvEvent::BlockStored(BlockStored {
-                block_hashes: hashes,
-                token_ids: toks,
-                block_size: 16,
-                medium: Some("GPU".into()),
-                ..Default::default()
-            });
+            let batch = stored(p, PROMPT_TOKENS / 16);
             for k in 0..4 {
-                let ep = &eps[(p as usize * 4 + k) % eps.len()].id;
-                c.apply(ep, None, &KvEventBatch { ts: 0.0, events: vec![ev.clone()], data_parallel_rank: None });
+                c.apply(&eps[(p as usize * 4 + k) % eps.len()].id, None, &batch);
             }
         }
     }
     s
+}
+
+/// Checks that `<preset>-8k` matches the whole prompt where the preset matches half:
+/// one endpoint holds the prompt's first 4 096 tokens, another all 8 192.
+fn check_full_match() {
+    let eps: Vec<Endpoint> =
+        ["half", "full"].iter().map(|n| Endpoint::new(*n, format!("{n}:8000"), Role::Both)).collect();
+    for (routing, full_wins) in [("precise-prefix", false), ("precise-prefix-8k", true)] {
+        let s = Scheduler::new(config(routing), 1);
+        for c in s.config().plugins.values().filter_map(|h| h.kv_events.clone()) {
+            c.apply("half", None, &stored(7, PROMPT_TOKENS / 32));
+            c.apply("full", None, &stored(7, PROMPT_TOKENS / 16));
+        }
+        let pick = s.pick(&request(true), &eps).expect("pick");
+        let d = pick.destination().expect("destination");
+        let raw = d.breakdown.iter().find(|b| b.scorer == "precise-prefix-cache-scorer").expect("scored").raw;
+        assert_eq!(raw, 1.0, "{routing}: {d:?}");
+        if full_wins {
+            assert_eq!(d.endpoint, "full", "{routing} does not see past 4 096 tokens: {d:?}");
+        }
+    }
 }
 
 fn request(with_tokens: bool) -> LlmRequest {
@@ -95,12 +142,13 @@ fn main() {
     let tokenizer = HfTokenizer::from_file(&tok_path).expect("tokenizer");
     let text = "Paged attention stores keys and values in blocks; the gateway picks a replica. ".repeat(400);
     let text_tokens = tokenizer.encode(&text, true).expect("encode").len();
+    check_full_match();
     let mut rows = Vec::new();
     {
         let mut g = c.benchmark_group("pick");
         for n in [16usize, 256, 1024] {
             let eps = endpoints(n);
-            for routing in ["round-robin", "prefix", "precise-prefix"] {
+            for routing in ["round-robin", "prefix", "prefix-8k", "precise-prefix", "precise-prefix-8k"] {
                 let s = scheduler(routing, &eps);
                 let req = request(true);
                 g.bench_function(BenchmarkId::new(routing, n), |b| {

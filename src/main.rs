@@ -151,6 +151,10 @@ struct EngineArgs {
     /// and context length (its weights are not read).
     #[arg(long)]
     sim: bool,
+    /// The simulator's costs, e.g. `step=7ms,prefill=32us,decode=32us,context=56ns`
+    /// (keys left out keep the default: Llama-3.1-8B on one H100, see BENCHMARKS.md).
+    #[arg(long, requires = "sim")]
+    sim_latency: Option<llmd::engine::LatencyModel>,
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     block_size: usize,
@@ -325,6 +329,9 @@ struct BenchArgs {
     /// Simulated replicas (default: the built-in model on the CPU).
     #[arg(long)]
     sim: bool,
+    /// The simulator's costs (see `llmd up --help`), for sensitivity runs.
+    #[arg(long, requires = "sim")]
+    sim_latency: Option<llmd::engine::LatencyModel>,
     /// KV-cache blocks per replica (default: the scenario's, else 8192 simulated, 2048 built-in).
     #[arg(long)]
     kv_blocks: Option<usize>,
@@ -377,6 +384,8 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("bad --log filter")?)
         .with_writer(std::io::stderr)
         .init();
+    // Every connection (served or made) is a descriptor; the usual 1 024 is a few hundred clients.
+    llmd::openai::http::raise_fd_limit();
 
     match cli.command {
         Command::Kv(KvCommand::Hash(a)) => kv_hash(a),
@@ -451,13 +460,13 @@ struct Built {
 }
 
 fn build_engine(a: &EngineArgs) -> Result<Built> {
-    use llmd::engine::{EngineBuilder, KvDtype, LatencyModel};
+    use llmd::engine::{EngineBuilder, KvDtype};
 
     let kv_dtype: KvDtype = a.kv_cache_dtype.parse().map_err(anyhow::Error::msg)?;
     let builder = match (&a.model, a.sim) {
-        (Some(dir), true) => EngineBuilder::sim_checkpoint(dir, LatencyModel::default()),
+        (Some(dir), true) => EngineBuilder::sim_checkpoint(dir, a.sim_latency.unwrap_or_default()),
         (None, false) => EngineBuilder::builtin(),
-        (None, true) => EngineBuilder::sim(LatencyModel::default()),
+        (None, true) => EngineBuilder::sim(a.sim_latency.unwrap_or_default()),
         (Some(dir), false) => EngineBuilder::checkpoint(dir),
     };
     let mut builder = builder
@@ -734,6 +743,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             tokenizer: a.tokenizer.clone(),
             replicas: a.replicas,
             sim: a.sim,
+            sim_latency: a.sim_latency.unwrap_or_default(),
             kv_blocks: a.kv_blocks,
             out: a.out.clone(),
         };

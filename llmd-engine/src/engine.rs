@@ -308,10 +308,17 @@ impl Engine {
         self.running.retain(|r| r != id);
         // A request that never got blocks is unknown to the KV manager; nothing to free.
         let _ = self.kv.free(id);
-        // Client aborts are not finished requests in vLLM's statistics.
-        if let Some(st) = self.reqs.remove(id).filter(|_| reason != FinishReason::Abort) {
-            let m = &self.metrics;
-            m.request_success.get_or_create(&FinishLabel { finished_reason: reason.as_str().into() }).inc();
+        let Some(st) = self.reqs.remove(id) else {
+            self.update_gauges();
+            return;
+        };
+        // Aborts (client gone, engine stopping) count under vLLM's `abort` label, which
+        // vLLM itself exports but leaves at zero (vllm-project/vllm#31503).
+        let m = &self.metrics;
+        m.request_success.get_or_create(&FinishLabel { finished_reason: reason.as_str().into() }).inc();
+        // An abort's timings and sizes measure the client's patience, not the engine: only
+        // requests that ran to their end feed the histograms, as in vLLM.
+        if reason != FinishReason::Abort {
             let now = self.clock.now();
             let secs = |d: Duration| d.as_secs_f64();
             m.e2e.observe(secs(now.saturating_sub(st.arrival)));

@@ -394,5 +394,9 @@ fn engine_loop(mut engine: Engine, rx: mpsc::Receiver<Command>, cfg: HandleConfi
             events = None;
         }
     }
-    // Dropping the senders ends every open stream.
+    // Requests still open when the loop stops are aborted (and counted so); dropping
+    // their senders ends their streams.
+    for id in outs.keys() {
+        engine.abort(id);
+    }
 }

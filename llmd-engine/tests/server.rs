@@ -197,17 +197,27 @@ async fn models_health_and_metrics() {
     assert_eq!(status, 200);
     let models: Value = serde_json::from_str(&models).unwrap();
     assert_eq!(models["data"][0]["id"], "llmd-tiny");
-    post(&addr, "/v1/completions", json!({"prompt": "hello", "max_tokens": 2})).await;
+    assert_eq!(http(&addr, "GET", "/health", "").await.0, 200);
+    let (status, v) = post(&addr, "/v1/completions", json!({"prompt": "hello", "max_tokens": 2})).await;
+    assert_eq!(status, 200, "{v}");
+    let prompt_tokens = v["usage"]["prompt_tokens"].as_f64().unwrap();
     let (status, text) = http(&addr, "GET", "/metrics", "").await;
     assert_eq!(status, 200);
-    for name in [
-        "vllm:num_requests_running",
-        "vllm:kv_cache_usage_perc",
-        "vllm:generation_tokens_total",
-        "vllm:cache_config_info",
+    // The request shows in the counters, and nothing is left running or holding blocks.
+    let labels = "{model_name=\"llmd-tiny\",engine=\"0\"}";
+    for (name, want) in [
+        ("vllm:num_requests_running", 0.0),
+        ("vllm:num_requests_waiting", 0.0),
+        ("vllm:kv_cache_usage_perc", 0.0),
+        ("vllm:prompt_tokens_total", prompt_tokens),
+        ("vllm:generation_tokens_total", 2.0),
+        ("vllm:e2e_request_latency_seconds_count", 1.0),
     ] {
-        assert!(text.contains(name), "{name} missing from /metrics");
+        assert_eq!(metric(&text, &format!("{name}{labels}")), Some(want), "{name} in\n{text}");
     }
+    let length = "vllm:request_success_total{model_name=\"llmd-tiny\",engine=\"0\",finished_reason=\"length\"}";
+    assert_eq!(metric(&text, length), Some(1.0), "{text}");
+    assert!(text.contains("vllm:cache_config_info{") && text.contains("num_gpu_blocks=\"64\""), "{text}");
 }
 
 fn metric(text: &str, series: &str) -> Option<f64> {
@@ -216,7 +226,26 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn a_client_that_disconnects_frees_its_blocks() {
-    let (addr, _stop) = start(100).await;
+    // A simulated engine at 100 ms a step: 480 tokens would take 48 s, so a request that
+    // is not aborted cannot end (and free its blocks) within the 20 s allowed below,
+    // and an abort has 20 s to land however slow the machine.
+    let latency = llmd_engine::LatencyModel {
+        step_overhead: std::time::Duration::from_millis(100),
+        per_prefill_token: std::time::Duration::ZERO,
+        per_decode_seq: std::time::Duration::ZERO,
+        per_context_token: std::time::Duration::ZERO,
+    };
+    let built = EngineBuilder::sim(latency).num_blocks(64).max_model_len(512).build().unwrap();
+    let server = Server::start(built.engine, built.template, ServerConfig::default()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let labels = "{model_name=\"llmd-sim\",engine=\"0\"}";
+    let series = |name: &str| format!("{name}{labels}");
+
     let body = json!({"prompt": "a long story", "max_tokens": 480, "stream": true, "ignore_eos": true}).to_string();
     let mut s = TcpStream::connect(&addr).await.unwrap();
     let req = format!(
@@ -224,33 +253,42 @@ async fn a_client_that_disconnects_frees_its_blocks() {
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 512];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    drop(s);
-    // The abort reaches the engine thread asynchronously: poll, bounded.
-    let mut last = String::new();
-    for _ in 0..200 {
-        let (_, text) = http(&addr, "GET", "/metrics", "").await;
-        let running = metric(&text, "vllm:num_requests_running{model_name=\"llmd-tiny\",engine=\"0\"}");
-        let usage = metric(&text, "vllm:kv_cache_usage_perc{model_name=\"llmd-tiny\",engine=\"0\"}");
-        let generated = metric(&text, "vllm:generation_tokens_total{model_name=\"llmd-tiny\",engine=\"0\"}");
-        if running == Some(0.0) && usage == Some(0.0) {
-            // Stopped early: far fewer tokens than asked for, and no natural finish.
-            assert!(generated.is_some_and(|g| g < 400.0), "{text}");
-            assert_eq!(
-                metric(
-                    &text,
-                    "vllm:request_success_total{model_name=\"llmd-tiny\",engine=\"0\",finished_reason=\"length\"}"
-                ),
-                Some(0.0)
-            );
-            return;
-        }
-        last = text;
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    // Read until the first generated token has arrived: the request is running.
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("\"text\"") {
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the stream ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
     }
-    panic!("request was not aborted after the client left:\n{last}");
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    let (_, text) = http(&addr, "GET", "/metrics", "").await;
+    assert_eq!(metric(&text, &series("vllm:num_requests_running")), Some(1.0), "{text}");
+    assert!(metric(&text, &series("vllm:kv_cache_usage_perc")).is_some_and(|u| u > 0.0), "{text}");
+    drop(s);
+    // The abort reaches the engine thread asynchronously: poll, bounded well below the
+    // request's natural end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let (_, text) = http(&addr, "GET", "/metrics", "").await;
+        let running = metric(&text, &series("vllm:num_requests_running"));
+        let usage = metric(&text, &series("vllm:kv_cache_usage_perc"));
+        if running == Some(0.0) && usage == Some(0.0) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "request was not aborted after the client left:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    // Stopped early: fewer tokens than asked for, and no natural finish.
+    let generated = metric(&text, &series("vllm:generation_tokens_total")).unwrap();
+    assert!(generated < 480.0, "{text}");
+    let finished = |reason: &str| {
+        metric(
+            &text,
+            &format!("vllm:request_success_total{{model_name=\"llmd-sim\",engine=\"0\",finished_reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!((finished("length"), finished("abort")), (Some(0.0), Some(1.0)), "{text}");
 }
 
 #[tokio::test]

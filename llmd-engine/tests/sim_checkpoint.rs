@@ -19,11 +19,8 @@ fn a_simulated_checkpoint_uses_its_tokenizer_and_shape_but_not_its_weights() {
     let dir = fixture("qwen2-bias-yarn-f16");
     let shape = ModelConfig::from_dir(&dir).unwrap();
     let clock = Arc::new(ManualClock::new());
-    let built = EngineBuilder::sim_checkpoint(&dir, LatencyModel::default())
-        .clock(clock)
-        .num_blocks(64)
-        .build()
-        .unwrap();
+    let built =
+        EngineBuilder::sim_checkpoint(&dir, LatencyModel::default()).clock(clock).num_blocks(64).build().unwrap();
     let mut engine = built.engine;
     assert_eq!(engine.config().model_name, "qwen2-bias-yarn-f16");
     assert_eq!(engine.config().max_model_len, shape.max_position_embeddings.min(8192));

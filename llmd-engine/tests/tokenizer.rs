@@ -7,20 +7,24 @@ use llmd_engine::ByteTokenizer;
 use llmd_engine::tokenizer::{HfTokenizer, Tokenize};
 use proptest::prelude::*;
 
-static EXPORTED: std::sync::LazyLock<HfTokenizer> = std::sync::LazyLock::new(exported);
-
-fn exported() -> HfTokenizer {
-    let dir = std::env::temp_dir().join(format!("llmd-byte-tokenizer-{}", std::process::id()));
+/// Exports the built-in tokenizer into a directory of the caller's own (`name`), so no
+/// test reads a file another is rewriting, and loads it back.
+fn exported(name: &str) -> HfTokenizer {
+    let dir = std::env::temp_dir().join(format!("llmd-byte-tokenizer-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     ByteTokenizer::write_hf_files(&dir).unwrap();
     assert!(dir.join("tokenizer_config.json").exists());
-    HfTokenizer::from_file(&dir.join("tokenizer.json")).unwrap()
+    let tok = HfTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    tok
 }
+
+/// The proptest's cases share one export (made once, in its own directory).
+static EXPORTED_FOR_PROPTEST: std::sync::LazyLock<HfTokenizer> = std::sync::LazyLock::new(|| exported("proptest"));
 
 #[test]
 fn exported_tokenizer_matches_byte_tokenizer_on_fixed_cases() {
-    // The shared instance: a second export into the same directory would race the
-    // proptest's reads of it.
-    let hf = &*EXPORTED;
+    let hf = exported("fixed-cases");
     assert_eq!(hf.vocab_size(), ByteTokenizer::VOCAB);
     for text in ["", "hello world", "  two  spaces\n\ttab", "naïve café ✓ 日本語 🚀", "\u{0}\u{7f}", "a</s"] {
         for special in [false, true] {
@@ -41,7 +45,7 @@ fn exported_tokenizer_matches_byte_tokenizer_on_fixed_cases() {
 proptest! {
     #[test]
     fn exported_tokenizer_matches_byte_tokenizer(text in ".{0,64}") {
-        let hf = &*EXPORTED;
+        let hf = &*EXPORTED_FOR_PROPTEST;
         prop_assert_eq!(hf.encode(&text, false).unwrap(), ByteTokenizer.encode(&text, false).unwrap());
         prop_assert_eq!(hf.decode(&ByteTokenizer.encode(&text, false).unwrap(), false).unwrap(), text);
     }

@@ -47,6 +47,13 @@ pub enum OpenAiError {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    /// A request body that did not arrive whole within the server's body-read timeout.
+    #[error("the request body was not received within {after:?}")]
+    BodyReadTimeout {
+        /// The timeout.
+        after: std::time::Duration,
+    },
+
     /// A chat template that does not parse or fails while rendering (the message says
     /// which: `chat template does not parse: …` or `chat template failed: …`).
     #[error("{0}")]

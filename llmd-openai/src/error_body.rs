@@ -238,6 +238,8 @@ impl From<&OpenAiError> for ErrorBody {
             OpenAiError::UnsupportedContentPart { .. } => Self::bad_request(msg).with_param("messages"),
             OpenAiError::EmptyPrompt | OpenAiError::BatchedPrompt => Self::bad_request(msg).with_param("prompt"),
             OpenAiError::Tokenizer(_) | OpenAiError::Template(_) => Self::bad_request(msg),
+            // The client was too slow to send; 400 as axum answers a body that fails.
+            OpenAiError::BodyReadTimeout { .. } => Self::bad_request(msg),
             OpenAiError::StreamData(_) | OpenAiError::Io { .. } | OpenAiError::Config { .. } => Self::internal(msg),
         }
     }

@@ -11,8 +11,11 @@
 //! * [`stream`]: stream chunk types and an SSE decoder ([`SseDecoder`], [`parse_data`]).
 //! * [`error_body`]: `{"error": {"message", "type", "param", "code"}}` bodies with the
 //!   type names vLLM uses for each HTTP status ([`ErrorBody`], [`ErrorKind`]).
-//! * `http` (feature `axum`): error bodies as axum responses and `http::serve`, which
-//!   serves a router with `TCP_NODELAY` on every connection.
+//! * [`json`]: request bodies as Python writes them ([`replace_lone_surrogates`] turns a
+//!   lone UTF-16 surrogate, which `serde_json` refuses, into U+FFFD; [`json::from_slice`]).
+//! * `http` (feature `axum`): error bodies as axum responses and `http::serve_with`,
+//!   which serves a router with `TCP_NODELAY`, header-read, idle and body timeouts, a
+//!   connection limit (a clear 503 beyond it) and a graceful drain; `raise_fd_limit`.
 //! * `render` (feature `render`): the `Tokenize` trait, Hugging Face tokenizers,
 //!   chat templates, and `PromptRenderer`, which loads both from a checkpoint
 //!   directory and turns a request into the token ids an engine computes on.
@@ -41,6 +44,7 @@ mod error;
 pub mod error_body;
 #[cfg(feature = "axum")]
 pub mod http;
+pub mod json;
 #[cfg(feature = "render")]
 pub mod render;
 pub mod request;
@@ -49,6 +53,7 @@ pub mod stream;
 
 pub use error::{OpenAiError, Result};
 pub use error_body::{ErrorBody, ErrorDetail, ErrorKind};
+pub use json::replace_lone_surrogates;
 #[cfg(feature = "render")]
 pub use render::{ChatTemplate, DEFAULT_CHAT_TEMPLATE, HfTokenizer, PromptRenderer, Tokenize};
 pub use request::{

@@ -290,8 +290,8 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
     let req = g.picker.parse_request(uri.path(), &header_map, &parsed);
     let mut excluded: HashSet<String> = HashSet::new();
     let mut last_err = String::new();
-    // The status that failure would answer with (504 for a silent endpoint, 502 for a
-    // refused connection); a 429 is kept whole in `busy` instead.
+    // The status that failure would answer with (504 for a silent endpoint, 503 for a
+    // refused connection, as Envoy answers); a 429 is kept whole in `busy` instead.
     let mut last_status: Option<u16> = None;
     // The last 429 seen: the answer when no other endpoint is left to try.
     let mut busy: Option<(reqwest::Response, Destination, InFlightGuard)> = None;
@@ -364,7 +364,7 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
                 g.picker.record_failure(&dest.endpoint, Failure::Connect);
                 g.picker.record_retry();
                 last_err = format!("{}: {e}", dest.endpoint);
-                last_status = Some(502);
+                last_status = Some(503);
                 excluded.insert(dest.endpoint);
             }
             Err(e) => {

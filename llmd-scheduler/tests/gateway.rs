@@ -369,3 +369,14 @@ async fn readiness_follows_active_health_checks() {
         assert!(g.is_ready());
     }
 }
+
+#[tokio::test]
+async fn a_lone_surrogate_escape_is_routed_not_refused() {
+    // Python's json.dumps writes an unpaired surrogate as an escape; serde_json alone
+    // refuses it.
+    let body = r#"{"prompt": "half a pair: \ud800 then text"}"#;
+    assert!(serde_json::from_str::<serde_json::Value>(body).is_err(), "the control must fail");
+    let base = gateway_over(vec![echo().await], GatewayConfig::default()).await;
+    let (status, text) = post_json(&base, body).await;
+    assert_eq!(status, 200, "{text}");
+}

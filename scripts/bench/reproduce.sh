@@ -5,6 +5,9 @@
 #   bash scripts/bench/reproduce.sh tools    # the same clusters driven by inference-perf and aiperf
 #   bash scripts/bench/reproduce.sh up       # inference-perf against a running `llmd up`
 #   bash scripts/bench/reproduce.sh cpu      # 2 real CPU replicas of the built-in model
+#   bash scripts/bench/reproduce.sh sweep    # rate sweep per scenario: round robin vs prefix, precise-prefix
+#   bash scripts/bench/reproduce.sh pressure # cache-pressure sweep (0.25x-4x one replica's KV cache)
+#   bash scripts/bench/reproduce.sh sensitivity  # the pressure sweep under other simulator costs
 # Each part writes bench-results/PART/{results.md,NAME.json,NAME.md,NAME.svg}; the
 # combined table is bench-results/RESULTS.md.
 set -euo pipefail
@@ -48,13 +51,36 @@ run_up() {
     for routing in round-robin precise-prefix; do
         for driver in builtin inference-perf aiperf; do
             f=bench-results/up/$routing-$driver/results.md
-            if [ $first = 1 ]; then head -2 "$f"; first=0; fi
-            tail -n +3 "$f"
+            if [ $first = 1 ]; then grep -m2 '^|' "$f"; first=0; fi
+            grep '^|' "$f" | tail -n +3
         done
     done > bench-results/up/results.md
 }
 run_cpu() {
     $llmd bench cpu-shared-prefix --replicas 2 --out bench-results/cpu
+}
+# Each scenario at rates up to past round robin's saturation under the default simulator
+# (Llama-3.1-8B on one H100, see LatencyModel), steady state after each warm-up.
+run_sweep() {
+    local routings=round-robin,prefix,precise-prefix
+    $llmd bench shared-prefix,random --sim --replicas 8 --routing $routings --rate 25,50,100,150 --out bench-results/sweep/a
+    $llmd bench mixed --sim --replicas 8 --routing $routings --rate 16,32,64 --out bench-results/sweep/b
+    $llmd bench multi-turn --sim --replicas 8 --routing $routings --rate 12,24,48 --out bench-results/sweep/c
+    $llmd bench code-completion --sim --replicas 8 --routing $routings --rate 4,8,16,32 --out bench-results/sweep/d
+    rows bench-results/sweep/{a,b,c,d}/results.md > bench-results/sweep/results.md
+}
+run_pressure() {
+    $llmd bench cache-pressure --sim --replicas 8 --routing round-robin,prefix,precise-prefix --out bench-results/pressure
+}
+# Prefill five times dearer (a larger model, or an older accelerator): the old default.
+run_sensitivity() {
+    $llmd bench cache-pressure --sim --replicas 8 --routing round-robin,prefix,precise-prefix --rate 10,20 \
+        --sim-latency step=8ms,prefill=160us,decode=120us,context=60ns --out bench-results/sensitivity
+}
+# The table rows of several results.md files under one header.
+rows() {
+    grep -h -m2 '^|' "$1"
+    for f in "$@"; do grep '^|' "$f" | tail -n +3; done
 }
 
 case $part in
@@ -62,15 +88,13 @@ case $part in
     tools) run_tools ;;
     up) run_up ;;
     cpu) run_cpu ;;
-    all) run_sim; run_tools; run_up; run_cpu ;;
-    *) echo "usage: $0 [all|sim|tools|up|cpu]" >&2; exit 2 ;;
+    sweep) run_sweep ;;
+    pressure) run_pressure ;;
+    sensitivity) run_sensitivity ;;
+    all) run_sim; run_tools; run_up; run_cpu; run_sweep; run_pressure; run_sensitivity ;;
+    *) echo "usage: $0 [all|sim|tools|up|cpu|sweep|pressure|sensitivity]" >&2; exit 2 ;;
 esac
 # One table: the header once, then every part's rows.
-{
-    for f in bench-results/{sim,tools,up,cpu}/results.md; do
-        [ -f "$f" ] || continue
-        if [ -z "${header_done:-}" ]; then head -2 "$f"; header_done=1; fi
-        tail -n +3 "$f"
-    done
-} > bench-results/RESULTS.md
+mapfile -t parts < <(ls bench-results/{sim,tools,up,cpu,sweep,pressure,sensitivity}/results.md 2> /dev/null)
+[ ${#parts[@]} -gt 0 ] && rows "${parts[@]}" > bench-results/RESULTS.md
 echo "wrote bench-results/RESULTS.md"

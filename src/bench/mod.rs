@@ -46,6 +46,8 @@ pub struct BenchOptions {
     pub replicas: usize,
     /// Simulated replicas (else the built-in model on the CPU).
     pub sim: bool,
+    /// The simulated replicas' costs.
+    pub sim_latency: llmd_engine::LatencyModel,
     /// KV-cache blocks per started replica (default: the scenario's, else 8192 simulated
     /// or 2048 built-in).
     pub kv_blocks: Option<usize>,
@@ -73,6 +75,9 @@ pub struct Report {
     pub replicas: usize,
     /// Simulated replicas.
     pub sim: bool,
+    /// The simulator's costs, when simulated (`LatencyModel`'s spelling).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sim_latency: Option<String>,
     /// KV-cache blocks per replica (0 for an external URL).
     pub kv_blocks: usize,
     /// Results per routing and driver.
@@ -174,6 +179,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<Report> {
         scenario: s.name.clone(),
         replicas: if opts.url.is_some() { 0 } else { opts.replicas },
         sim: opts.sim,
+        sim_latency: (opts.sim && opts.url.is_none()).then(|| opts.sim_latency.to_string()),
         kv_blocks: if opts.url.is_some() { 0 } else { kv_blocks },
         results,
     };
@@ -190,7 +196,7 @@ async fn start_cluster(routing: &str, opts: &BenchOptions, kv_blocks: usize) -> 
     let mut replicas = Vec::with_capacity(opts.replicas);
     for _ in 0..opts.replicas {
         replicas.push(if opts.sim {
-            Replica::simulated("llmd-sim", llmd_engine::LatencyModel::default(), kv_blocks)?
+            Replica::simulated("llmd-sim", opts.sim_latency, kv_blocks)?
         } else {
             Replica::builtin(kv_blocks)?
         });
@@ -272,6 +278,17 @@ async fn one_run(
 /// routing is faster), steady state where both have it.
 pub fn markdown(reports: &[Report]) -> String {
     let mut md = String::new();
+    // What every simulated figure follows from.
+    let mut setups: Vec<String> = reports
+        .iter()
+        .map(|r| match &r.sim_latency {
+            Some(l) => format!("{} simulated replicas ({l}), {} KV blocks each", r.replicas, r.kv_blocks),
+            None if r.replicas > 0 => format!("{} CPU replicas, {} KV blocks each", r.replicas, r.kv_blocks),
+            None => "an external endpoint".to_string(),
+        })
+        .collect();
+    setups.dedup();
+    let _ = writeln!(md, "Setup: {}.\n", setups.join("; "));
     let _ = writeln!(
         md,
         "| scenario | routing | driver | rate (req/s) | ok | TTFT p50 / p99 (ms) | steady TTFT p50 / p99 (ms) | ITL p50 (ms) | tok/s | goodput (req/s) | steady goodput | hit rate | RR ÷ this p50 | RR ÷ this p99 |"
@@ -364,9 +381,10 @@ pub fn svg(r: &Report) -> String {
 
 fn write_outputs(r: &Report, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let base = dir.join(&r.scenario);
-    std::fs::write(base.with_extension("json"), serde_json::to_string_pretty(r)?)?;
-    std::fs::write(base.with_extension("md"), markdown(std::slice::from_ref(r)))?;
-    std::fs::write(base.with_extension("svg"), svg(r))?;
+    // Not `with_extension`: a name like `cache-pressure@0.25x` has a dot of its own.
+    let file = |ext: &str| dir.join(format!("{}.{ext}", r.scenario));
+    std::fs::write(file("json"), serde_json::to_string_pretty(r)?)?;
+    std::fs::write(file("md"), markdown(std::slice::from_ref(r)))?;
+    std::fs::write(file("svg"), svg(r))?;
     Ok(())
 }

@@ -6,11 +6,12 @@
 #![allow(clippy::result_large_err)]
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -65,8 +66,25 @@ fn engine_error_for(e: EngineError, prompt_param: &str) -> Response {
     }
 }
 
+/// vLLM's `validate_json_request` (`vllm/entrypoints/openai/utils.py`): a body whose
+/// media type is not `application/json` is refused with a 400, before it is parsed.
+fn json_content_type(headers: &HeaderMap) -> Result<(), Response> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if media.as_deref() == Some("application/json") {
+        Ok(())
+    } else {
+        Err(bad_request("Unsupported Media Type: Only 'application/json' is allowed", None))
+    }
+}
+
+/// Parses a JSON body; lone UTF-16 surrogates (which Python's `json` writes) read as
+/// U+FFFD rather than failing the request.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| {
+    llmd_openai::json::from_slice(body).map_err(|e| {
         let msg = if e.is_syntax() || e.is_eof() {
             format!("request body is not valid JSON: {e}")
         } else {
@@ -179,11 +197,23 @@ fn sampled_pairs(o: &RequestOutput) -> Vec<(u32, Sampled)> {
     o.token_ids.iter().copied().zip(o.logprobs.iter().cloned()).collect()
 }
 
-/// Collects a request's outputs to the end.
-async fn collect(rx: &mut RequestStream) -> Result<(String, Vec<(u32, Sampled)>, RequestOutput), Response> {
+/// Why a request still in flight at the drain deadline ends.
+const CUT: &str = "the server is shutting down: the request was still in flight at the drain deadline";
+
+/// Collects a request's outputs to the end, or until `cut` (the drain deadline).
+async fn collect(
+    rx: &mut RequestStream,
+    cut: impl Future<Output = ()>,
+) -> Result<(String, Vec<(u32, Sampled)>, RequestOutput), Response> {
     let mut text = String::new();
     let mut lps = Vec::new();
-    while let Some(o) = rx.recv().await {
+    tokio::pin!(cut);
+    loop {
+        let o = tokio::select! {
+            o = rx.recv() => o,
+            () = &mut cut => return Err(error(ErrorKind::ServiceUnavailable, CUT, None)),
+        };
+        let Some(o) = o else { break };
         text.push_str(&o.text);
         lps.extend(sampled_pairs(&o));
         if o.finished.is_some() {
@@ -203,15 +233,26 @@ fn sse_json<T: Serialize>(v: &T) -> Event {
 /// Streams `render(output)` for each output, then `[DONE]`. A task moves events into
 /// the response body; when the client goes away its send fails and the dropped stream
 /// aborts the request. Nothing is sent before the first output: a picker in front
-/// takes the first body byte as the end of the prefill (as vLLM behaves).
+/// takes the first body byte as the end of the prefill (as vLLM behaves). At `cut` (the
+/// drain deadline) the stream ends with an error event rather than a bare cut.
 fn sse_stream(
     mut rx: RequestStream,
+    cut: impl Future<Output = ()> + Send + 'static,
     mut render: impl FnMut(&RequestOutput) -> Vec<Event> + Send + 'static,
 ) -> Response {
     let (tx, events) = tmpsc::channel::<Event>(64);
     tokio::spawn(async move {
+        tokio::pin!(cut);
         loop {
-            let Some(o) = rx.recv().await else {
+            let next = tokio::select! {
+                o = rx.recv() => o,
+                () = &mut cut => {
+                    let _ = tx.send(Event::default().data(ErrorBody::unavailable(CUT).to_json())).await;
+                    let _ = tx.send(Event::default().data("[DONE]")).await;
+                    return;
+                }
+            };
+            let Some(o) = next else {
                 let e = ErrorBody::unavailable("the engine stopped while streaming");
                 let _ = tx.send(Event::default().data(e.to_json())).await;
                 let _ = tx.send(Event::default().data("[DONE]")).await;
@@ -268,7 +309,10 @@ fn include_usage(c: &Common) -> bool {
 }
 
 /// `POST /v1/completions`.
-pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
+pub(crate) async fn completions(State(s): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(resp) = json_content_type(&headers) {
+        return resp;
+    }
     let req: CompletionRequest = match parse(&body) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -298,7 +342,7 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
     let created = now_secs();
     let want_logprobs = req.logprobs.is_some();
     if !req.common.stream {
-        let (text, lps, last) = match collect(&mut rx).await {
+        let (text, lps, last) = match collect(&mut rx, s.lifecycle.cut()).await {
             Ok(x) => x,
             Err(resp) => return resp,
         };
@@ -329,7 +373,7 @@ pub(crate) async fn completions(State(s): Shared, body: Bytes) -> Response {
         choices,
         usage,
     };
-    sse_stream(rx, move |o| {
+    sse_stream(rx, s.lifecycle.cut(), move |o| {
         let lp = want_logprobs.then(|| completion_logprobs(&st, &sampled_pairs(o), offset));
         offset += o.text.len();
         let choice = (!o.text.is_empty() || o.finished.is_some() || lp.is_some()).then(|| CompletionChoice {
@@ -352,7 +396,10 @@ fn chat_messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, Response> {
 }
 
 /// `POST /v1/chat/completions`.
-pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
+pub(crate) async fn chat(State(s): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(resp) = json_content_type(&headers) {
+        return resp;
+    }
     let req: ChatRequest = match parse(&body) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -392,7 +439,7 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
     let model = s.model_name.clone();
     let created = now_secs();
     if !req.common.stream {
-        let (text, lps, last) = match collect(&mut rx).await {
+        let (text, lps, last) = match collect(&mut rx, s.lifecycle.cut()).await {
             Ok(x) => x,
             Err(resp) => return resp,
         };
@@ -424,7 +471,7 @@ pub(crate) async fn chat(State(s): Shared, body: Bytes) -> Response {
     };
     let st = s.clone();
     let mut role_sent = false;
-    sse_stream(rx, move |o| {
+    sse_stream(rx, s.lifecycle.cut(), move |o| {
         let mut events = Vec::new();
         // The role chunk goes with the first output, after the prefill, as vLLM sends it.
         if !std::mem::replace(&mut role_sent, true) {
@@ -467,8 +514,12 @@ pub(crate) async fn models(State(s): Shared) -> Response {
     .into_response()
 }
 
-/// `GET /health`: 200 while the engine loop runs, 503 after it stopped.
+/// `GET /health`: 200 while the engine loop runs; 503 after it stopped, and from the
+/// start of a drain (so that a load balancer stops sending before the server stops).
 pub(crate) async fn health(State(s): Shared) -> Response {
+    if s.lifecycle.is_draining() {
+        return error(ErrorKind::ServiceUnavailable, "the server is shutting down", None);
+    }
     if s.engine.is_alive() {
         StatusCode::OK.into_response()
     } else {

@@ -11,6 +11,7 @@ mod handlers;
 mod openai;
 
 pub use events::KvEventsConfig;
+pub use llmd_openai::http::{Lifecycle, Phase, ServeConfig};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +61,8 @@ pub(crate) struct AppState {
     // Distinguishes this process's request ids from other replicas'.
     pub(crate) instance: u32,
     pub(crate) created: u64,
+    // Draining: /health answers 503; cut: open streams end with an error event.
+    pub(crate) lifecycle: Lifecycle,
 }
 
 impl AppState {
@@ -73,6 +76,7 @@ pub struct Server {
     router: Router,
     engine: EngineHandle,
     events_endpoint: Option<String>,
+    lifecycle: Lifecycle,
 }
 
 impl std::fmt::Debug for Server {
@@ -124,6 +128,7 @@ impl Server {
     ) -> Self {
         let mut registry = Registry::default();
         handle.metrics().register(&mut registry);
+        let lifecycle = Lifecycle::new();
         if let Some((endpoint, topic)) = events {
             let info = prometheus_client::metrics::info::Info::new(vec![("endpoint", endpoint), ("topic", topic)]);
             registry.register("llmd:kv_events", "Where this engine publishes KV events", info);
@@ -142,6 +147,7 @@ impl Server {
                 (t as u32) ^ std::process::id().rotate_left(16)
             },
             created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            lifecycle: lifecycle.clone(),
         });
         let router = Router::new()
             .route("/v1/completions", post(handlers::completions))
@@ -152,7 +158,7 @@ impl Server {
             .with_state(state)
             // 404, 405, 413 and the like in the same OpenAI shape as every other error.
             .layer(axum::middleware::map_response(llmd_openai::http::json_errors));
-        Server { router, engine: handle, events_endpoint: None }
+        Server { router, engine: handle, events_endpoint: None, lifecycle }
     }
 
     /// The engine behind the routes (to export or import KV prefixes, for instance).
@@ -170,13 +176,37 @@ impl Server {
         self.router.clone()
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then stops the engine.
+    /// Where the server stands in its shutdown (what `/health` and open streams follow).
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    /// Serves on `listener` with [`ServeConfig::default`] until `shutdown` resolves, lets
+    /// the requests in flight finish, then stops the engine. See
+    /// [`serve_with`](Self::serve_with).
     pub async fn serve(
-        mut self,
+        self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let result = llmd_openai::http::serve(listener, self.router.clone(), shutdown).await;
+        self.serve_with(listener, shutdown, ServeConfig::default()).await
+    }
+
+    /// Serves on `listener` as `cfg` says (timeouts, connection limit, drain deadline)
+    /// until `shutdown` resolves, then stops the engine. From `shutdown` on, `/health`
+    /// answers 503 so that load balancers stop sending; requests in flight finish, up to
+    /// `cfg.drain_timeout`, past which each open stream ends with an OpenAI error event
+    /// (`data: {"error": ...}` then `[DONE]`), each waiting non-streamed request gets a
+    /// 503, and this fails with [`std::io::ErrorKind::TimedOut`]. `cfg.lifecycle` is
+    /// replaced by this server's own ([`lifecycle`](Self::lifecycle)).
+    pub async fn serve_with(
+        mut self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+        cfg: ServeConfig,
+    ) -> std::io::Result<()> {
+        let cfg = ServeConfig { lifecycle: Some(self.lifecycle.clone()), ..cfg };
+        let result = llmd_openai::http::serve_with(listener, self.router.clone(), shutdown, &cfg).await;
         self.stop();
         result
     }

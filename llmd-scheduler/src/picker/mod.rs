@@ -185,12 +185,14 @@ impl std::fmt::Debug for EndpointPicker {
     }
 }
 
-/// Parses a JSON request body (empty bodies count as `{}`).
+/// Parses a JSON request body (empty bodies count as `{}`). A lone UTF-16 surrogate
+/// escape (which Python's `json` writes) becomes U+FFFD, as the engines read it.
 pub fn parse_body(body: &[u8]) -> Result<Value, SchedulerError> {
     if body.is_empty() {
         return Ok(Value::Object(Default::default()));
     }
-    serde_json::from_slice(body).map_err(|e| SchedulerError::Request(format!("request body is not valid JSON: {e}")))
+    llmd_openai::json::from_slice(body)
+        .map_err(|e| SchedulerError::Request(format!("request body is not valid JSON: {e}")))
 }
 
 #[cfg(feature = "render")]

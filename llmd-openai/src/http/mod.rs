@@ -1,5 +1,13 @@
 //! The HTTP edge shared by llmd's servers (feature `axum`): error bodies as axum
-//! responses, and serving a router with the socket options token streams need.
+//! responses, the API key, and serving a router the way a server on the open network
+//! must ([`serve_with`]: socket options token streams need, timeouts for slow and idle
+//! clients, a connection limit below the file-descriptor limit, a graceful drain).
+
+mod fdlimit;
+mod serve;
+
+pub use fdlimit::{open_file_limit, raise_fd_limit};
+pub use serve::*;
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -82,26 +90,6 @@ fn same(a: &[u8], b: &[u8]) -> bool {
         diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
     }
     diff == 0
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves (then finishes the requests
-/// in progress).
-///
-/// Every accepted connection gets `TCP_NODELAY`: tokens stream as small writes, and
-/// without it Nagle holds each one until the previous is acknowledged, which delayed
-/// acknowledgements stretch to tens of milliseconds of TTFT and inter-token latency.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: sets up what the interop tests need, then runs
+# every test, those included.
+#
+#   .venv                  scripts/interop/requirements.txt: the serialization libraries
+#                          vLLM uses and the official `openai` client (LLMD_PYTHON)
+#   .venv-inference-perf   inference-perf and aiperf, by scripts/loadgen/setup.sh
+#   .venv-aiperf           (LLMD_INFERENCE_PERF, LLMD_AIPERF)
+#
+# Needs Rust, gcc, Python 3.11+ and 3.12 (on PATH or under pyenv), and the network the
+# first time (pip). Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p llmd-kvcache`.
+#
+# Tests that need these tools are `#[ignore = "needs ..."]`, so a plain `cargo test`
+# lists them as ignored (not passed); here they run (`--include-ignored`), and a missing
+# tool fails them. `#[ignore]` in this workspace means "needs what this script installs".
+# A test needing hardware this script cannot provide (a GPU, a Kubernetes cluster) goes
+# in a `mod needs_hardware` with its own ignore reason: skipped here, run by hand with
+# `cargo test -- --ignored needs_hardware::`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== Python venv for the interop tests (.venv)" >&2
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -r scripts/interop/requirements.txt >&2
+export LLMD_PYTHON="$PWD/.venv/bin/python"
+
+echo "== load generators for llmd bench (inference-perf, aiperf)" >&2
+# Prints LLMD_INFERENCE_PERF=... and LLMD_AIPERF=... lines.
+loadgen_env=$(bash scripts/loadgen/setup.sh)
+while IFS= read -r line; do export "${line?}"; done <<< "$loadgen_env"
+
+echo "== cargo test, the interop tests included" >&2
+cargo test --workspace --no-fail-fast "$@" -- --include-ignored --skip needs_hardware::

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+mod common;
+
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -67,22 +69,6 @@ fn silent_peer() -> String {
         }
     });
     addr
-}
-
-fn signal(p: &Proc, name: &str) {
-    let ok = Command::new("kill").args([&format!("-{name}"), &p.child.id().to_string()]).status().unwrap();
-    assert!(ok.success());
-}
-
-fn wait_exit(p: &mut Proc, limit: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = p.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(started.elapsed() < limit, "still running {limit:?} after the signal");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 async fn post(base: &str, body: serde_json::Value) -> reqwest::Response {
@@ -170,13 +156,13 @@ async fn sigterm_on_up_lets_streams_finish_and_exits_zero() {
     // Simulated decode steps of several ms each: still streaming when the signal lands.
     let streams = [open_stream(&base, 150).await, open_stream(&base, 150).await];
     let signalled = Instant::now();
-    signal(&p, "TERM");
+    common::signal(&p.child, "TERM");
     for r in streams {
         let rest = tokio::time::timeout(Duration::from_secs(30), r.text()).await.unwrap().unwrap();
         assert!(rest.trim_end().ends_with("data: [DONE]"), "stream cut: {rest}");
         assert!(!rest.contains("\"error\""), "{rest}");
     }
-    let status = wait_exit(&mut p, Duration::from_secs(25));
+    let status = common::wait_exit(&mut p.child, Duration::from_secs(25));
     assert_eq!(status.code(), Some(0), "{status}");
     assert!(signalled.elapsed() < Duration::from_secs(25));
 }
@@ -186,12 +172,12 @@ async fn up_cuts_streams_at_the_drain_deadline_with_an_error_event() {
     let (mut p, base) = up(&["--shutdown-timeout", "1"]);
     // Far longer than the 1 s deadline.
     let r = open_stream(&base, 5000).await;
-    signal(&p, "TERM");
+    common::signal(&p.child, "TERM");
     let rest = tokio::time::timeout(Duration::from_secs(30), r.text()).await.unwrap().unwrap();
     let datas: Vec<&str> = rest.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
     assert_eq!(datas.last(), Some(&"[DONE]"), "{rest}");
     let v: serde_json::Value = serde_json::from_str(datas[datas.len() - 2]).unwrap();
     assert_eq!(v["error"]["type"], "ServiceUnavailableError", "{v}");
-    let status = wait_exit(&mut p, Duration::from_secs(10));
+    let status = common::wait_exit(&mut p.child, Duration::from_secs(10));
     assert_ne!(status.code(), Some(0), "a cut drain is not a clean exit: {status}");
 }

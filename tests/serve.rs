@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+mod common;
+
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -114,23 +116,6 @@ async fn two_serves_on_one_host_start_and_publish_events_on_loopback() {
     picker.shutdown();
 }
 
-fn signal(s: &Serve, name: &str) {
-    let ok = Command::new("kill").args([&format!("-{name}"), &s.child.id().to_string()]).status().unwrap();
-    assert!(ok.success());
-}
-
-/// Waits for the process to exit, at most `limit`.
-fn wait_exit(s: &mut Serve, limit: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = s.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(started.elapsed() < limit, "still running {limit:?} after the signal");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 async fn stream(s: &Serve, max_tokens: usize) -> reqwest::Response {
     let body = json!({"prompt": "Drain me.", "max_tokens": max_tokens, "stream": true, "ignore_eos": true});
     let r = reqwest::Client::new()
@@ -151,7 +136,7 @@ async fn sigterm_lets_streams_in_flight_finish_then_exits_cleanly() {
     // ~150 simulated decode steps of 8 ms: still streaming when the signal lands.
     let mut body = stream(&s, 150).await.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
-    signal(&s, "TERM");
+    common::signal(&s.child, "TERM");
     let mut text = String::from_utf8_lossy(&first).into_owned();
     while let Some(chunk) = body.next().await {
         text += &String::from_utf8_lossy(&chunk.unwrap());
@@ -161,7 +146,7 @@ async fn sigterm_lets_streams_in_flight_finish_then_exits_cleanly() {
         "the stream finished: {}",
         &text[text.len().saturating_sub(200)..]
     );
-    let status = wait_exit(&mut s, Duration::from_secs(20));
+    let status = common::wait_exit(&mut s.child, Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
     // New connections are refused once draining is over.
     assert!(reqwest::Client::new().get(format!("http://{}/health", s.http)).send().await.is_err());
@@ -174,18 +159,18 @@ async fn a_second_signal_exits_at_once_and_the_deadline_bounds_the_drain() {
     let mut s = serve_with(&["--shutdown-timeout", "600"]);
     let mut body = stream(&s, 5000).await.bytes_stream();
     body.next().await.unwrap().unwrap();
-    signal(&s, "TERM");
+    common::signal(&s.child, "TERM");
     std::thread::sleep(Duration::from_millis(200));
-    signal(&s, "INT");
-    let status = wait_exit(&mut s, Duration::from_secs(5));
+    common::signal(&s.child, "INT");
+    let status = common::wait_exit(&mut s.child, Duration::from_secs(5));
     assert_eq!(status.code(), Some(llmd::shutdown::FORCED_EXIT));
     // The drain deadline: a stream that would run ~40 s is cut after 1 s.
     let mut s = serve_with(&["--shutdown-timeout", "1"]);
     let mut body = stream(&s, 5000).await.bytes_stream();
     body.next().await.unwrap().unwrap();
     let signalled = Instant::now();
-    signal(&s, "TERM");
-    let status = wait_exit(&mut s, Duration::from_secs(10));
+    common::signal(&s.child, "TERM");
+    let status = common::wait_exit(&mut s.child, Duration::from_secs(10));
     assert!(!status.success(), "cut requests are reported: {status:?}");
     assert!(signalled.elapsed() < Duration::from_secs(8));
 }

@@ -74,7 +74,7 @@ run_pressure() {
 }
 # Prefill five times dearer (a larger model, or an older accelerator): the old default.
 run_sensitivity() {
-    $llmd bench cache-pressure --sim --replicas 8 --routing round-robin,prefix,precise-prefix --rate 10,20 \
+    $llmd bench cache-pressure --sim --replicas 8 --routing round-robin,prefix,precise-prefix --rate 20 \
         --sim-latency step=8ms,prefill=160us,decode=120us,context=60ns --out bench-results/sensitivity
 }
 # The table rows of several results.md files under one header.

@@ -17,3 +17,21 @@ pub(crate) fn sim() -> Replica {
     };
     Replica::simulated("llmd-sim", latency, 2048).unwrap()
 }
+
+/// Sends signal `name` (`TERM`, `INT`) to `child`.
+pub(crate) fn signal(child: &std::process::Child, name: &str) {
+    let ok = std::process::Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+}
+
+/// Waits for `child` to exit, at most `limit`.
+pub(crate) fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < limit, "still running {limit:?} after the signal");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -8,6 +8,7 @@
 #   bash scripts/bench/reproduce.sh sweep    # rate sweep per scenario: round robin vs prefix, precise-prefix
 #   bash scripts/bench/reproduce.sh pressure # cache-pressure sweep (0.25x-4x one replica's KV cache)
 #   bash scripts/bench/reproduce.sh sensitivity  # the pressure sweep under other simulator costs
+#   bash scripts/bench/reproduce.sh toolpressure # the pressure sweep from inference-perf's own generator
 # Each part writes bench-results/PART/{results.md,NAME.json,NAME.md,NAME.svg}; the
 # combined table is bench-results/RESULTS.md.
 set -euo pipefail
@@ -77,6 +78,83 @@ run_sensitivity() {
     $llmd bench cache-pressure --sim --replicas 8 --routing round-robin,prefix,precise-prefix --rate 20 \
         --sim-latency step=8ms,prefill=160us,decode=120us,context=60ns --out bench-results/sensitivity
 }
+# The pressure sweep sent by inference-perf's own `shared_prefix` generator (random token
+# ids of a real vocabulary, exact lengths) against `llmd up --sim --model DIR`: a
+# checkpoint's tokenizer with simulated compute. Stage 0 is the warm-up, stage 1 the
+# steady state the table reports.
+run_toolpressure() {
+    load_tools
+    local out=bench-results/toolpressure port=18100 pid
+    local model=$out/sim-model
+    mkdir -p "$model"
+    # A checkpoint without weights (--sim never reads them): a Llama config with an 8k
+    # context and a word-level tokenizer of 8 192 ids, whose decode and encode agree
+    # exactly, as the generator's exact-length prompts need (the test fixtures' 512-id
+    # BPE does not round-trip; the built-in byte tokenizer decodes random ids to invalid
+    # UTF-8).
+    "$(dirname "$LLMD_INFERENCE_PERF")/python" - "$model" <<'PY'
+import json, sys
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+out = sys.argv[1]
+words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(8189)]
+tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+tok.add_special_tokens([AddedToken(t, special=True) for t in words[:3]])
+tok.save(f"{out}/tokenizer.json")
+json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "<unk>", "bos_token": "<s>",
+           "eos_token": "</s>", "model_max_length": 8192}, open(f"{out}/tokenizer_config.json", "w"))
+json.dump({"model_type": "llama", "vocab_size": len(words), "hidden_size": 4096, "intermediate_size": 14336,
+           "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+           "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False}, open(f"{out}/config.json", "w"))
+PY
+    for point in 0.25:2 1:7 2:14 4:27; do
+        for routing in round-robin precise-prefix; do
+            local run=$out/${point%%:*}x-$routing
+            mkdir -p "$run"
+            $llmd up --sim --model "$model" --replicas 8 --num-blocks 1024 --routing "$routing" --port $port \
+                > "$run/up.log" 2>&1 &
+            pid=$!
+            for _ in $(seq 150); do curl -sf "http://127.0.0.1:$port/health" > /dev/null && break; sleep 0.2; done
+            cat > "$run/config.yaml" <<YAML
+api: {type: completion, streaming: true}
+data:
+  type: shared_prefix
+  shared_prefix: {num_groups: ${point##*:}, num_prompts_per_group: 64, system_prompt_len: 2400, question_len: 80, output_len: 16, seed: 3}
+load: {type: poisson, stages: [{rate: 50, duration: 6}, {rate: 50, duration: 12}]}
+server: {type: vllm, model_name: sim-model, base_url: "http://127.0.0.1:$port", ignore_eos: true}
+tokenizer: {pretrained_model_name_or_path: $model}
+report:
+  request_lifecycle: {summary: true, per_stage: true, per_request: false}
+  goodput: {constraints: {ttft: 0.2, tpot: 0.05}}
+storage: {local_storage: {path: $run/report}}
+YAML
+            HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 "$LLMD_INFERENCE_PERF" --config_file "$run/config.yaml" > "$run/driver.log" 2>&1
+            kill -INT $pid
+            wait $pid || true
+        done
+    done
+    python3 - "$out" > "$out/results.md" <<'PY'
+import glob, json, os, sys
+out = sys.argv[1]
+print("| working set ÷ one replica's cache | routing | steady TTFT p50 / p99 (ms) | steady goodput (req/s) | cached share of prompt tokens | requests ok |")
+print("|---|---|---|---|---|---|")
+for point in ["0.25", "1", "2", "4"]:
+    for routing in ["round-robin", "precise-prefix"]:
+        f = glob.glob(f"{out}/{point}x-{routing}/report/**/stage_1_lifecycle_metrics.json", recursive=True)
+        if not f:
+            print(f"| {point}x | {routing} | – | – | – | – |")
+            continue
+        v = json.load(open(f[0]))
+        s = v["successes"]
+        ttft = s["latency"]["time_to_first_token"]
+        good = s.get("goodput_metrics", {}).get("request_goodput")
+        p = s["prompt_tokens"]
+        hit = p["cached"] / p["total"] if p.get("total") else float("nan")
+        print(f"| {point}× | {routing} | {ttft['median']*1e3:.1f} / {ttft['p99']*1e3:.1f} | {good if good is None else round(good, 1)} | {hit:.2f} | {s['count']} |")
+PY
+}
 # The table rows of several results.md files under one header.
 rows() {
     grep -h -m2 '^|' "$1"
@@ -91,10 +169,12 @@ case $part in
     sweep) run_sweep ;;
     pressure) run_pressure ;;
     sensitivity) run_sensitivity ;;
-    all) run_sim; run_tools; run_up; run_cpu; run_sweep; run_pressure; run_sensitivity ;;
-    *) echo "usage: $0 [all|sim|tools|up|cpu|sweep|pressure|sensitivity]" >&2; exit 2 ;;
+    toolpressure) run_toolpressure ;;
+    all) run_sim; run_tools; run_up; run_cpu; run_sweep; run_pressure; run_sensitivity; run_toolpressure ;;
+    *) echo "usage: $0 [all|sim|tools|up|cpu|sweep|pressure|sensitivity|toolpressure]" >&2; exit 2 ;;
 esac
 # One table: the header once, then every part's rows.
 mapfile -t parts < <(ls bench-results/{sim,tools,up,cpu,sweep,pressure,sensitivity}/results.md 2> /dev/null)
+# (toolpressure's table has columns of its own: bench-results/toolpressure/results.md.)
 [ ${#parts[@]} -gt 0 ] && rows "${parts[@]}" > bench-results/RESULTS.md
 echo "wrote bench-results/RESULTS.md"

@@ -218,3 +218,30 @@ fn summarise(samples: &[Sample], rate: f64, secs: f64, slo: Slo) -> RunStats {
 fn usage_hit_rate(cached: usize, prompt: usize) -> Option<f64> {
     (prompt > 0).then(|| cached as f64 / prompt as f64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(sent_at: f64, ttft: f64) -> Sample {
+        Sample { ok: true, ttft, itl: 0.001, e2e: ttft + 0.1, output_tokens: 4, sent_at, ..Default::default() }
+    }
+
+    #[test]
+    fn steady_figures_leave_the_warm_up_out() {
+        // Four slow first visits, then sixteen fast requests.
+        let mut samples: Vec<Sample> = (0..4).map(|i| sample(i as f64 * 0.1, 0.5)).collect();
+        samples.extend((4..20).map(|i| sample(i as f64 * 0.1, 0.01)));
+        let slo = Slo { ttft_ms: 100.0, itl_ms: 50.0 };
+        let st = stats(&samples, 10.0, Duration::from_secs(2), slo, 4);
+        assert_eq!(st.warmup_requests, 4);
+        assert_eq!(st.ttft_ms[2], 500.0, "the whole run's p99 is a warm-up request");
+        let steady = st.steady.as_deref().unwrap();
+        assert_eq!(steady.requests, 16);
+        assert_eq!(steady.ttft_ms, [10.0, 10.0, 10.0]);
+        // All sixteen meet the SLO, over the 0.4 s to 2.01 s they took.
+        assert!((steady.goodput.unwrap() - 16.0 / 1.61).abs() < 1e-9, "{:?}", steady.goodput);
+        // No warm-up: no steady figures.
+        assert!(stats(&samples, 10.0, Duration::from_secs(2), slo, 0).steady.is_none());
+    }
+}

@@ -254,6 +254,32 @@ mod tests {
     }
 
     #[test]
+    fn a_pressure_sweep_sizes_the_prefix_count_to_the_cache() {
+        let s: Scenario = serde_yaml_ng::from_str(
+            "{name: cp, kind: shared-prefix, requests: 40, rates: [5], seed: 1, kv_pressure: [0.25, 1, 4], prefix_chars: 2399, question_chars: 8, max_tokens: 2, slo: {ttft_ms: 1, itl_ms: 1}}",
+        )
+        .unwrap();
+        s.check().unwrap();
+        // 2 400 tokens a prefix = 150 blocks of 16; 1 024 blocks a replica.
+        let v = s.pressure_variants(1024, 16);
+        let got: Vec<(&str, usize)> = v.iter().map(|x| (x.name.as_str(), x.prefixes)).collect();
+        assert_eq!(got, [("cp@0.25x", 2), ("cp@1x", 7), ("cp@4x", 27)]);
+        assert!(v.iter().all(|x| x.kv_pressure.is_none() && x.plan(5.0).len() == 40));
+        assert_eq!(s.warmup(), 10, "a quarter by default");
+        // Nonsense factors, or a sweep on a scenario without prefixes, are refused.
+        let bad: Scenario = serde_yaml_ng::from_str(
+            "{name: cp, kind: shared-prefix, requests: 4, rates: [5], seed: 1, kv_pressure: [0], prefix_chars: 10, max_tokens: 2, slo: {ttft_ms: 1, itl_ms: 1}}",
+        )
+        .unwrap();
+        assert!(bad.check().is_err());
+        let random: Scenario = serde_yaml_ng::from_str(
+            "{name: r, kind: random, requests: 4, rates: [5], seed: 1, kv_pressure: [1], prompt_chars: 10, max_tokens: 2, slo: {ttft_ms: 1, itl_ms: 1}}",
+        )
+        .unwrap();
+        assert!(random.check().is_err());
+    }
+
+    #[test]
     fn mixed_sizes_stay_in_their_ranges() {
         let s: Scenario = serde_yaml_ng::from_str(
             "{name: m, kind: random, requests: 500, rates: [10], seed: 2, prompt_chars: 10, prompt_chars_max: 40, max_tokens: 2, max_tokens_max: 9, slo: {ttft_ms: 1, itl_ms: 1}}",

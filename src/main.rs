@@ -61,15 +61,6 @@ struct UpArgs {
     /// An EndpointPickerConfig file instead of a built-in routing.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Tell clients which replica served them (`x-gateway-destination-endpoint` on
-    /// responses); off by default, as it shows internal addresses.
-    #[arg(long)]
-    expose_destination: bool,
-    /// Require `Authorization: Bearer <KEY>` on the OpenAI API (vLLM's `--api-key`;
-    /// also read from VLLM_API_KEY). /health and /metrics stay open.
-    #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
-
     #[command(flatten)]
     gateway: GatewayArgs,
 
@@ -83,9 +74,17 @@ fn seconds(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v).map_err(|_| format!("{s:?} is not a usable number of seconds"))
 }
 
-/// The gateway's timeouts, retries and endpoint health (`up` and `epp`).
+/// The gateway's exposure, key, timeouts, retries and endpoint health (`up` and `epp`).
 #[derive(Args, Debug, Clone)]
 struct GatewayArgs {
+    /// Tell clients which endpoint served them (`x-gateway-destination-endpoint` on
+    /// responses); off by default, as it shows internal addresses.
+    #[arg(long)]
+    expose_destination: bool,
+    /// Require `Authorization: Bearer <KEY>` on the OpenAI API (vLLM's `--api-key`;
+    /// also read from VLLM_API_KEY). /health and /metrics stay open.
+    #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Attempts per request, the first included: a refused connection, a 429 or an
     /// endpoint silent past --first-byte-timeout moves the request to another endpoint.
     #[arg(long, default_value_t = 3)]
@@ -113,15 +112,15 @@ struct GatewayArgs {
 }
 
 impl GatewayArgs {
-    fn gateway(&self, expose_destination: bool, api_key: Option<String>) -> llmd::scheduler::gateway::GatewayConfig {
+    fn gateway(&self) -> llmd::scheduler::gateway::GatewayConfig {
         llmd::scheduler::gateway::GatewayConfig {
             max_attempts: self.max_attempts.max(1),
             connect_timeout: self.connect_timeout,
             first_byte_timeout: self.first_byte_timeout,
             response_timeout: self.response_timeout,
             stream_idle_timeout: self.stream_idle_timeout,
-            expose_destination,
-            api_key,
+            expose_destination: self.expose_destination,
+            api_key: self.api_key.clone(),
         }
     }
 
@@ -247,14 +246,6 @@ struct EppArgs {
     /// How often to look for changes in endpoints files, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     endpoints_poll_ms: u64,
-    /// Tell HTTP clients which endpoint served them (`x-gateway-destination-endpoint`
-    /// on responses); off by default, as it shows internal addresses.
-    #[arg(long)]
-    expose_destination: bool,
-    /// Require `Authorization: Bearer <KEY>` on the OpenAI API (vLLM's `--api-key`;
-    /// also read from VLLM_API_KEY). /health and /metrics stay open.
-    #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
     #[command(flatten)]
     gateway: GatewayArgs,
 
@@ -563,11 +554,8 @@ fn up(a: UpArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let bind = format!("{}:{}", a.host, a.port);
-        let opts = llmd::cluster::ClusterOptions {
-            register: true,
-            gateway: a.gateway.gateway(a.expose_destination, a.api_key.clone()),
-            picker: a.gateway.picker(),
-        };
+        let opts =
+            llmd::cluster::ClusterOptions { register: true, gateway: a.gateway.gateway(), picker: a.gateway.picker() };
         let cluster = LocalCluster::start_opts(replicas, sched_cfg, a.engine.seed, &bind, opts)
             .await
             .with_context(|| format!("starting the local cluster on {bind}"))?;
@@ -648,7 +636,7 @@ fn epp(a: EppArgs) -> Result<()> {
         if a.http_port != 0 {
             let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.http_port)).await?;
             println!("llmd epp: HTTP gateway at http://{}/v1", listener.local_addr()?);
-            let gateway = Gateway::new(picker.clone(), a.gateway.gateway(a.expose_destination, a.api_key.clone()));
+            let gateway = Gateway::new(picker.clone(), a.gateway.gateway());
             let stop = shutdown.begun();
             let served = gateway.clone();
             let draining = shutdown.begun();

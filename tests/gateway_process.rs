@@ -6,52 +6,9 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-
-struct Proc {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `llmd ARGS` and waits for a stdout line starting with `ready`; returns the
-/// process and that line, or `None` when it exited first (a port taken, say).
-fn start(args: &[String], ready: &str) -> Option<(Proc, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llmd"))
-        .args(args)
-        .env_remove("VLLM_API_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut p = Proc { child, lines };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match p.lines.recv_timeout(Duration::from_millis(100)) {
-            Ok(l) if l.starts_with(ready) => return Some((p, l)),
-            Ok(_) => {}
-            Err(_) if p.child.try_wait().unwrap().is_some() => return None,
-            Err(_) => assert!(Instant::now() < deadline, "llmd {args:?} did not start"),
-        }
-    }
-}
 
 /// The `host:port` after `http://` in a start-up line.
 fn http_addr(line: &str) -> String {
@@ -82,7 +39,8 @@ async fn post(base: &str, body: serde_json::Value) -> reqwest::Response {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epp_routes_around_an_endpoint_that_never_answers() {
-    let (_engine, line) = start(&["serve".into(), "--sim".into(), "--port".into(), "0".into()], "llmd serve:").unwrap();
+    let (_engine, line) =
+        common::start_llmd(&["serve".into(), "--sim".into(), "--port".into(), "0".into()], "llmd serve:").unwrap();
     let healthy = http_addr(&line);
     let silent = silent_peer();
     // A port for the gateway: free now, and retried if another test takes it first.
@@ -109,7 +67,7 @@ async fn epp_routes_around_an_endpoint_that_never_answers() {
             ]
             .map(String::from)
             .to_vec();
-            start(&args, "llmd epp: HTTP gateway").map(|(p, l)| (p, http_addr(&l)))
+            common::start_llmd(&args, "llmd epp: HTTP gateway").map(|(p, l)| (p, http_addr(&l)))
         })
         .expect("llmd epp did not start");
     // Round robin sends one of the first two requests to the silent endpoint.
@@ -133,10 +91,10 @@ async fn epp_routes_around_an_endpoint_that_never_answers() {
 }
 
 /// `llmd up --sim` on a free port, with `extra` flags.
-fn up(extra: &[&str]) -> (Proc, String) {
+fn up(extra: &[&str]) -> (common::Llmd, String) {
     let mut args: Vec<String> = ["up", "--sim", "--replicas", "2", "--port", "0"].map(String::from).to_vec();
     args.extend(extra.iter().map(|s| s.to_string()));
-    let (p, line) = start(&args, "llmd up:").expect("llmd up did not start");
+    let (p, line) = common::start_llmd(&args, "llmd up:").expect("llmd up did not start");
     (p, http_addr(&line))
 }
 

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,16 +14,9 @@ use llmd::scheduler::{Endpoint, PluginRegistry, Role, Scheduler, SystemClock, da
 use serde_json::json;
 
 struct Serve {
-    child: Child,
+    proc: common::Llmd,
     http: String,
     events: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts `llmd serve --sim` with default flags but for a free HTTP port, and reads
@@ -35,34 +26,12 @@ fn serve() -> Serve {
 }
 
 fn serve_with(extra: &[&str]) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llmd"))
-        .args(["serve", "--sim", "--port", "0"])
-        .args(extra)
-        .env_remove("VLLM_API_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) if l.starts_with("llmd serve:") => break l,
-            Ok(_) => continue,
-            Err(e) => {
-                let _ = child.kill();
-                panic!("llmd serve did not start: {e}");
-            }
-        }
-    };
+    let mut args: Vec<String> = ["serve", "--sim", "--port", "0"].map(String::from).to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let (proc, line) = common::start_llmd(&args, "llmd serve:").expect("llmd serve did not start");
     let http = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_string();
     let events = line.rsplit("KV events on ").next().unwrap().trim().to_string();
-    Serve { child, http, events }
+    Serve { proc, http, events }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +105,7 @@ async fn sigterm_lets_streams_in_flight_finish_then_exits_cleanly() {
     // ~150 simulated decode steps of 8 ms: still streaming when the signal lands.
     let mut body = stream(&s, 150).await.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
-    common::signal(&s.child, "TERM");
+    common::signal(&s.proc.child, "TERM");
     let mut text = String::from_utf8_lossy(&first).into_owned();
     while let Some(chunk) = body.next().await {
         text += &String::from_utf8_lossy(&chunk.unwrap());
@@ -146,7 +115,7 @@ async fn sigterm_lets_streams_in_flight_finish_then_exits_cleanly() {
         "the stream finished: {}",
         &text[text.len().saturating_sub(200)..]
     );
-    let status = common::wait_exit(&mut s.child, Duration::from_secs(20));
+    let status = common::wait_exit(&mut s.proc.child, Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
     // New connections are refused once draining is over.
     assert!(reqwest::Client::new().get(format!("http://{}/health", s.http)).send().await.is_err());
@@ -159,18 +128,18 @@ async fn a_second_signal_exits_at_once_and_the_deadline_bounds_the_drain() {
     let mut s = serve_with(&["--shutdown-timeout", "600"]);
     let mut body = stream(&s, 5000).await.bytes_stream();
     body.next().await.unwrap().unwrap();
-    common::signal(&s.child, "TERM");
+    common::signal(&s.proc.child, "TERM");
     std::thread::sleep(Duration::from_millis(200));
-    common::signal(&s.child, "INT");
-    let status = common::wait_exit(&mut s.child, Duration::from_secs(5));
+    common::signal(&s.proc.child, "INT");
+    let status = common::wait_exit(&mut s.proc.child, Duration::from_secs(5));
     assert_eq!(status.code(), Some(llmd::shutdown::FORCED_EXIT));
     // The drain deadline: a stream that would run ~40 s is cut after 1 s.
     let mut s = serve_with(&["--shutdown-timeout", "1"]);
     let mut body = stream(&s, 5000).await.bytes_stream();
     body.next().await.unwrap().unwrap();
     let signalled = Instant::now();
-    common::signal(&s.child, "TERM");
-    let status = common::wait_exit(&mut s.child, Duration::from_secs(10));
+    common::signal(&s.proc.child, "TERM");
+    let status = common::wait_exit(&mut s.proc.child, Duration::from_secs(10));
     assert!(!status.success(), "cut requests are reported: {status:?}");
     assert!(signalled.elapsed() < Duration::from_secs(8));
 }

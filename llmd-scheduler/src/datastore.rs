@@ -216,6 +216,20 @@ fn merge(old: &mut Endpoint, new: Endpoint) -> Option<Change> {
     restart.then(|| Change::Updated(old.clone()))
 }
 
+// Ends the ejections due by `now`; bumps the version when any did.
+fn readmit(g: &mut Inner, now: Duration) -> Vec<String> {
+    let mut back = Vec::new();
+    for e in g.endpoints.iter_mut() {
+        if e.health.readmit_if_due(now) {
+            back.push(e.id.clone());
+        }
+    }
+    if !back.is_empty() {
+        g.version += 1;
+    }
+    back
+}
+
 impl DatastoreWriter {
     /// A reader over the same endpoints.
     pub fn reader(&self) -> DatastoreReader {
@@ -474,22 +488,13 @@ impl DatastoreWriter {
     /// Ends the ejections whose time has passed; returns the endpoints readmitted.
     pub fn readmit_due(&self) -> Vec<String> {
         let now = self.shared.clock.now();
-        let mut g = self.shared.write();
-        let mut back = Vec::new();
-        for e in g.endpoints.iter_mut() {
-            if e.health.readmit_if_due(now) {
-                back.push(e.id.clone());
-            }
-        }
-        if !back.is_empty() {
-            g.version += 1;
-        }
-        back
+        readmit(&mut self.shared.write(), now)
     }
 
-    /// Ages every endpoint's pending prefill to now (`InFlightLoad::prefill_remaining`);
-    /// the picker calls it before each pick.
-    pub fn refresh_load(&self) {
+    /// Brings the picker's view up to now before a pick, under one lock: ages every
+    /// endpoint's pending prefill (`InFlightLoad::prefill_remaining`) and ends the
+    /// ejections whose time has passed. Returns the endpoints readmitted.
+    pub fn refresh_load(&self) -> Vec<String> {
         let now = self.shared.clock.now();
         let mut g = self.shared.write();
         let Inner { endpoints, prefill, .. } = &mut *g;
@@ -498,6 +503,7 @@ impl DatastoreWriter {
             e.inflight.prefill_remaining =
                 prefill.get(&e.id).map_or(e.inflight.prompt_tokens, |m| m.remaining(e.inflight.prompt_tokens, now));
         }
+        readmit(&mut g, now)
     }
 
     /// The request finished (or failed, or its client went away). Idempotent.

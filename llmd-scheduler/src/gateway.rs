@@ -38,6 +38,7 @@ use tokio::sync::watch;
 
 use crate::health::Failure;
 use crate::picker::{DESTINATION_HEADER, EndpointPicker, InFlightGuard, PREFILL_HEADER, is_routing_header, parse_body};
+use crate::plugin::ProfilePick;
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -294,7 +295,7 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
     // refused connection, as Envoy answers); a 429 is kept whole in `busy` instead.
     let mut last_status: Option<u16> = None;
     // The last 429 seen: the answer when no other endpoint is left to try.
-    let mut busy: Option<(reqwest::Response, Destination, InFlightGuard)> = None;
+    let mut busy: Option<(reqwest::Response, ProfilePick, InFlightGuard)> = None;
     // The retry budget: every attempt, the first included, spends one.
     let attempts = g.cfg.max_attempts.max(1);
     for attempt in 0..attempts {
@@ -317,7 +318,6 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         let Some(dest) = result.destination().cloned() else {
             return error(ErrorKind::ServiceUnavailable, "no destination");
         };
-        let dest = Destination { endpoint: dest.endpoint, address: dest.address };
         let mut out = g.client.post(format!("http://{}{}", dest.address, uri.path())).body(body.clone());
         for (k, v) in forwardable(&headers) {
             out = out.header(k, v);
@@ -380,12 +380,6 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         .into_response()
 }
 
-/// Where an attempt went.
-struct Destination {
-    endpoint: String,
-    address: String,
-}
-
 /// What the relay does next.
 enum Next {
     Chunk(Bytes),
@@ -413,7 +407,7 @@ fn error_event(kind: ErrorKind, message: String) -> Bytes {
 /// past the idle timeout, cut by the endpoint, or still running when the gateway cuts
 /// its streams at the drain deadline ends with an error event when it is an event
 /// stream (and is aborted otherwise: a truncated JSON body must not look whole).
-fn relay(g: &Arc<Gateway>, resp: reqwest::Response, dest: Destination, inflight: InFlightGuard) -> Response {
+fn relay(g: &Arc<Gateway>, resp: reqwest::Response, dest: ProfilePick, inflight: InFlightGuard) -> Response {
     let mut builder = Response::builder().status(resp.status().as_u16());
     for (k, v) in forwardable(resp.headers()) {
         builder = builder.header(k.as_str(), v.as_bytes());

@@ -22,4 +22,10 @@ impl LlmRequest {
     pub fn new(id: impl Into<String>, model: impl Into<String>, prompt: impl Into<String>) -> Self {
         LlmRequest { id: id.into(), model: model.into(), prompt: prompt.into(), ..Default::default() }
     }
+
+    /// Prompt length in tokens: the token ids when known, else llm-d's estimate of a
+    /// token per four characters.
+    pub fn prompt_tokens(&self) -> usize {
+        self.token_ids.as_ref().map_or(self.prompt.len().div_ceil(4), Vec::len)
+    }
 }

@@ -2,7 +2,9 @@
 
 #![allow(dead_code, clippy::unwrap_used)] // each test file uses some of them
 
-use std::time::Duration;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use llmd::cluster::Replica;
 use llmd::engine::LatencyModel;
@@ -33,5 +35,47 @@ pub(crate) fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std
         }
         assert!(started.elapsed() < limit, "still running {limit:?} after the signal");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `llmd`, killed when dropped.
+pub(crate) struct Llmd {
+    pub(crate) child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Llmd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `llmd ARGS` and waits for a stdout line starting with `ready`; returns the
+/// process and that line, or `None` when it exited first (a port taken, say).
+pub(crate) fn start_llmd(args: &[String], ready: &str) -> Option<(Llmd, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llmd"))
+        .args(args)
+        .env_remove("VLLM_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut p = Llmd { child, lines };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match p.lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) if l.starts_with(ready) => return Some((p, l)),
+            Ok(_) => {}
+            Err(_) if p.child.try_wait().unwrap().is_some() => return None,
+            Err(_) => assert!(Instant::now() < deadline, "llmd {args:?} did not start"),
+        }
     }
 }

@@ -422,8 +422,7 @@ impl EndpointPicker {
     /// [`pick`](Self::pick) for a request already parsed.
     pub fn pick_request(&self, req: &LlmRequest, exclude: &HashSet<String>) -> Result<Picked, SchedulerError> {
         let serial = self.picking.lock().unwrap_or_else(|p| p.into_inner());
-        self.writer.refresh_load();
-        for id in self.writer.readmit_due() {
+        for id in self.writer.refresh_load() {
             tracing::info!(endpoint = %id, "ejection over; endpoint back in picks");
         }
         let started = Instant::now();
@@ -438,10 +437,9 @@ impl EndpointPicker {
                 if let Some(d) = result.destination() {
                     self.metrics.picks.get_or_create(&EndpointLabel { endpoint: d.endpoint.clone() }).inc();
                 }
-                // Without token ids, llm-d's estimate: a token per four characters. Of
-                // those, only what the destination's cache lacks is prefill work queued
-                // there (when a prefix scorer knows).
-                let prompt = req.token_ids.as_ref().map_or(req.prompt.len().div_ceil(4), Vec::len);
+                // Of the prompt, only what the destination's cache lacks is prefill work
+                // queued there (when a prefix scorer knows).
+                let prompt = req.prompt_tokens();
                 let uncached = result.destination().and_then(|d| d.uncached_tokens).unwrap_or(prompt);
                 let tokens = uncached.min(prompt) as u64;
                 let ticket = self.writer.request_started(&result.endpoints(), tokens);

@@ -139,7 +139,7 @@ pub struct PrefillCostScorer;
 
 impl Scorer for PrefillCostScorer {
     fn score(&self, state: &mut CycleState, req: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
-        let prompt = req.token_ids.as_ref().map_or(req.prompt.len().div_ceil(4), Vec::len);
+        let prompt = req.prompt_tokens();
         let matched = state.get::<PrefixMatch>(PREFIX_MATCH_KEY);
         let costs: Vec<f64> = eps
             .iter()

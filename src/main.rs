@@ -150,7 +150,7 @@ struct EngineArgs {
     /// and context length (its weights are not read).
     #[arg(long)]
     sim: bool,
-    /// The simulator's costs, e.g. `step=7ms,prefill=32us,decode=32us,context=56ns`
+    /// The simulator's costs, e.g. `step=9.3ms,prefill=33.5us,decode=10.7us,context=42ns`
     /// (keys left out keep the default: Llama-3.1-8B on one H100, see BENCHMARKS.md).
     #[arg(long, requires = "sim")]
     sim_latency: Option<llmd::engine::LatencyModel>,

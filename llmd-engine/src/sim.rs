@@ -18,40 +18,46 @@ use crate::clock::Clock;
 use crate::error::{EngineError, Result};
 use crate::kv::{KvBlockLayout, KvDtype};
 
-/// Step time as a function of the batch: a fixed overhead, a cost per prefill token, and
-/// for decode a cost per sequence and per token of context attended to.
+/// Step time as a function of the batch, a roofline: a step takes the longer of reading
+/// the weights once (`step_overhead`) and the prompt tokens' arithmetic (they overlap: a
+/// small prefill hides under the weight read, a large one is compute-bound), plus a small
+/// cost per decoding sequence, plus reading the cached K/V every sequence attends to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LatencyModel {
-    /// Fixed cost of any step.
+    /// The floor of any step: reading the weights once.
     pub step_overhead: Duration,
-    /// Cost per token of prompt processed.
+    /// Arithmetic per prompt token processed (overlaps the weight read).
     pub per_prefill_token: Duration,
-    /// Cost per sequence decoding a token.
+    /// Added per sequence decoding a token.
     pub per_decode_seq: Duration,
-    /// Cost per cached token a decoding sequence attends to.
+    /// Added per cached token a sequence attends to (decode, or a prompt chunk after a
+    /// cached prefix).
     pub per_context_token: Duration,
 }
 
 impl Default for LatencyModel {
-    /// Llama-3.1-8B in bf16 on one H100 SXM, from the card's datasheet figures (3.35 TB/s
-    /// of HBM3, 989 TFLOPS dense bf16) and stated efficiencies, not from a trace:
-    /// - `step_overhead` 7 ms: every step reads the 16 GB of weights, at 70 % of peak
-    ///   bandwidth (the decode floor at batch 1: ~140 tokens/s, in line with what vLLM
-    ///   users report for this pair);
-    /// - `per_prefill_token` 32 µs: 2 × 8 G FLOPs a token at 50 % of peak compute
-    ///   (~31 k prefill tokens/s);
-    /// - `per_decode_seq` 32 µs: the same FLOPs for each sequence decoding a token;
-    /// - `per_context_token` 56 ns: 128 KiB of K/V a cached token (32 layers × 8 KV
-    ///   heads × 128 × 2 × 2 bytes) read at 70 % of peak bandwidth.
+    /// Llama-3.1-8B's shapes in bf16 on one H100 80GB HBM3, measured by
+    /// `scripts/gpu/calibrate_sim.py` (recorded in
+    /// `benches/calibration/h100-llama-3.1-8b-shape.json`: PyTorch 2.11, cuBLAS GEMMs,
+    /// flash attention, every step replayed as a CUDA graph):
+    /// - `step_overhead` 9.3 ms: a decode step of one sequence (16 GB of weights read at
+    ///   ~1.7 TB/s; vLLM's fused kernels get nearer the 3.35 TB/s peak, so this is on the
+    ///   slow side);
+    /// - `per_prefill_token` 33.5 µs: the slope of prefill time over 1 024–4 096 tokens
+    ///   (~30 k tokens/s);
+    /// - `per_decode_seq` 10.7 µs and `per_context_token` 42 ns: least squares over decode
+    ///   steps of 1–128 sequences with 512–4 096 cached tokens each (within 7 %).
     ///
-    /// Routing ratios depend on these (a miss costs `per_prefill_token` × its tokens);
-    /// `llmd bench --sim-latency` runs others for sensitivity.
+    /// With these a 2 400-token prompt computed from scratch takes ~80 ms in two chunks of
+    /// the engine's 2 048-token budget, and the same prompt with its prefix cached ~9.4 ms.
+    /// Routing ratios depend on that gap; `llmd bench --sim-latency` runs other costs for
+    /// sensitivity.
     fn default() -> Self {
         LatencyModel {
-            step_overhead: Duration::from_micros(7_000),
-            per_prefill_token: Duration::from_micros(32),
-            per_decode_seq: Duration::from_micros(32),
-            per_context_token: Duration::from_nanos(56),
+            step_overhead: Duration::from_micros(9_300),
+            per_prefill_token: Duration::from_nanos(33_500),
+            per_decode_seq: Duration::from_nanos(10_700),
+            per_context_token: Duration::from_nanos(42),
         }
     }
 }
@@ -73,7 +79,7 @@ impl std::fmt::Display for LatencyModel {
 impl std::str::FromStr for LatencyModel {
     type Err = String;
 
-    /// `step=7ms,prefill=32us,decode=32us,context=56ns` (units `s`, `ms`, `us`, `ns`;
+    /// `step=9.3ms,prefill=33.5us,decode=10.7us,context=42ns` (units `s`, `ms`, `us`, `ns`;
     /// keys left out keep the default's value).
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let mut m = LatencyModel::default();
@@ -106,15 +112,17 @@ impl std::str::FromStr for LatencyModel {
 impl LatencyModel {
     /// Time for one step over `inputs`.
     pub fn step_time(&self, inputs: &[SeqInput<'_>]) -> Duration {
-        let mut t = self.step_overhead;
+        let mut prefill = Duration::ZERO;
+        let mut added = Duration::ZERO;
         for s in inputs {
             if s.tokens.len() == 1 && s.start > 0 {
-                t += self.per_decode_seq + self.per_context_token * s.start as u32;
+                added += self.per_decode_seq;
             } else {
-                t += self.per_prefill_token * s.tokens.len() as u32;
+                prefill += self.per_prefill_token * s.tokens.len() as u32;
             }
+            added += self.per_context_token * s.start as u32;
         }
-        t
+        self.step_overhead.max(prefill) + added
     }
 }
 
@@ -226,5 +234,39 @@ mod tests {
         for bad in ["step", "step=fast", "step=3 parsecs", "warp=1ms", "step=-1ms"] {
             assert!(bad.parse::<LatencyModel>().is_err(), "{bad}");
         }
+    }
+
+    fn seq(tokens: &[u32], start: usize) -> SeqInput<'_> {
+        SeqInput { tokens, start, block_table: &[], logits: LogitsWanted::Last }
+    }
+
+    #[test]
+    fn step_time_is_a_roofline_of_weight_reads_and_prompt_arithmetic() {
+        let m: LatencyModel = "step=10ms,prefill=10us,decode=1us,context=1ns".parse().unwrap();
+        let ms = Duration::from_millis;
+        // an empty step still reads the weights
+        assert_eq!(m.step_time(&[]), ms(10));
+        // 500 prompt tokens (5 ms of arithmetic) hide under the weight read; 3 000 do not
+        let small = vec![0u32; 500];
+        let big = vec![0u32; 3_000];
+        assert_eq!(m.step_time(&[seq(&small, 0)]), ms(10));
+        assert_eq!(m.step_time(&[seq(&big, 0)]), ms(30));
+        // decoding sequences add their own cost and their context's, prefill or not
+        let one = [7u32];
+        let t = m.step_time(&[seq(&big, 0), seq(&one, 1_000), seq(&one, 2_000)]);
+        assert_eq!(t, ms(30) + Duration::from_micros(2) + Duration::from_nanos(3_000));
+        // a prompt chunk after a cached prefix pays for attending to it
+        assert_eq!(m.step_time(&[seq(&small, 4_000)]), ms(10) + Duration::from_nanos(4_000));
+    }
+
+    #[test]
+    fn the_default_prices_a_cached_prefix_far_below_a_miss() {
+        // the routing benchmarks rest on this gap: a 2 400-token prompt in the engine's
+        // 2 048-token chunks, against its last 80 tokens after a cached prefix
+        let m = LatencyModel::default();
+        let prompt = vec![0u32; 2_400];
+        let miss = m.step_time(&[seq(&prompt[..2_048], 0)]) + m.step_time(&[seq(&prompt[2_048..], 2_048)]);
+        let hit = m.step_time(&[seq(&prompt[2_320..], 2_320)]);
+        assert!(miss > hit * 8 && miss < hit * 10, "miss {miss:?} hit {hit:?}");
     }
 }

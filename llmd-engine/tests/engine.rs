@@ -250,11 +250,11 @@ fn the_simulated_backend_runs_on_virtual_time() {
     let out = run(&mut e).remove("a").unwrap();
     assert_eq!(out.0.len(), 5);
     assert!(out.0.iter().all(|&t| (32..127).contains(&t)));
-    // Prefill step: 10 + 100×1 ms; then four decode steps of 10 + 2 ms.
-    assert_eq!(clock.now(), Duration::from_millis(110 + 4 * 12));
+    // Prefill step: the larger of 10 ms and 100×1 ms; then four decode steps of 10 + 2 ms.
+    assert_eq!(clock.now(), Duration::from_millis(100 + 4 * 12));
     let text = prometheus_text(&e);
     assert!(
-        text.contains("vllm:time_to_first_token_seconds_sum{model_name=\"llmd-tiny\",engine=\"0\"} 0.11"),
+        text.contains("vllm:time_to_first_token_seconds_sum{model_name=\"llmd-tiny\",engine=\"0\"} 0.1"),
         "{text}"
     );
 }

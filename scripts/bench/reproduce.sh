@@ -61,7 +61,7 @@ run_cpu() {
     $llmd bench cpu-shared-prefix --replicas 2 --out bench-results/cpu
 }
 # Each scenario at rates up to past round robin's saturation under the default simulator
-# (Llama-3.1-8B on one H100, see LatencyModel), steady state after each warm-up.
+# (Llama-3.1-8B's shapes measured on one H100, see LatencyModel), steady state after each warm-up.
 run_sweep() {
     local routings=round-robin,prefix,precise-prefix
     $llmd bench shared-prefix,random --sim --replicas 8 --routing $routings --rate 25,50,100,150 --out bench-results/sweep/a
@@ -73,10 +73,11 @@ run_sweep() {
 run_pressure() {
     $llmd bench cache-pressure --sim --replicas 8 --routing round-robin,prefix,precise-prefix --out bench-results/pressure
 }
-# Prefill five times dearer (a larger model, or an older accelerator): the old default.
+# Prefill five times dearer than the measured H100 figure (a larger model, or an older
+# accelerator), the rest as measured.
 run_sensitivity() {
     $llmd bench cache-pressure --sim --replicas 8 --routing round-robin,prefix,precise-prefix --rate 20 \
-        --sim-latency step=8ms,prefill=160us,decode=120us,context=60ns --out bench-results/sensitivity
+        --sim-latency prefill=167.5us --out bench-results/sensitivity
 }
 # The pressure sweep sent by inference-perf's own `shared_prefix` generator (random token
 # ids of a real vocabulary, exact lengths) against `llmd up --sim --model DIR`: a

@@ -109,6 +109,10 @@ struct GatewayArgs {
     /// Failed attempts in a row that eject an endpoint from picks for a while (0: never).
     #[arg(long, default_value_t = 3)]
     eject_after_failures: u32,
+    /// Copy a prefix that draws more than its share of traffic onto another endpoint
+    /// with room for it, by a one-token warm-up request, before its holders queue.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    hot_prefix_replication: bool,
 }
 
 impl GatewayArgs {
@@ -128,6 +132,9 @@ impl GatewayArgs {
         let mut p = llmd::scheduler::picker::PickerConfig::default();
         p.health.check_interval = (!self.health_check_interval.is_zero()).then_some(self.health_check_interval);
         p.health.consecutive_failures = self.eject_after_failures;
+        if !self.hot_prefix_replication {
+            p.replication = None;
+        }
         p
     }
 }
@@ -326,6 +333,9 @@ struct BenchArgs {
     /// KV-cache blocks per replica (default: the scenario's, else 8192 simulated, 2048 built-in).
     #[arg(long)]
     kv_blocks: Option<usize>,
+    /// Hot-prefix replication in the started clusters' gateways (as `up`'s flag).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    hot_prefix_replication: bool,
     /// Replace the scenario's rates (comma separated, requests/s).
     #[arg(long, value_delimiter = ',')]
     rate: Vec<f64>,
@@ -733,6 +743,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             sim: a.sim,
             sim_latency: a.sim_latency.unwrap_or_default(),
             kv_blocks: a.kv_blocks,
+            replication: a.hot_prefix_replication,
             out: a.out.clone(),
         };
         let report = rt.block_on(llmd::bench::bench(&opts))?;

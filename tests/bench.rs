@@ -19,6 +19,7 @@ fn smoke(out: &std::path::Path, drivers: Vec<Driver>) -> BenchOptions {
         sim: true,
         sim_latency: Default::default(),
         kv_blocks: None,
+        replication: true,
         out: out.to_path_buf(),
     }
 }

@@ -134,8 +134,13 @@ async fn sum_metric(client: &reqwest::Client, cluster: &LocalCluster, series: &s
 async fn shared_prefix_run(routing: &str) -> (f64, f64) {
     let reg = PluginRegistry::with_builtins();
     let replicas = (0..8).map(|_| sim()).collect();
-    let cluster =
-        LocalCluster::start(replicas, presets::preset(routing, &reg).unwrap(), 7, "127.0.0.1:0").await.unwrap();
+    // Routing alone: no hot-prefix warm-ups, whose misses and first tokens would count
+    // in the replicas' figures.
+    let picker = PickerConfig { replication: None, ..Default::default() };
+    let opts = llmd::cluster::ClusterOptions { picker, ..Default::default() };
+    let cluster = LocalCluster::start_opts(replicas, presets::preset(routing, &reg).unwrap(), 7, "127.0.0.1:0", opts)
+        .await
+        .unwrap();
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/completions", cluster.addr);
     // Three long system prompts ("tenants"; three, so round robin over eight replicas

@@ -253,10 +253,7 @@ fn the_simulated_backend_runs_on_virtual_time() {
     // Prefill step: the larger of 10 ms and 100×1 ms; then four decode steps of 10 + 2 ms.
     assert_eq!(clock.now(), Duration::from_millis(100 + 4 * 12));
     let text = prometheus_text(&e);
-    assert!(
-        text.contains("vllm:time_to_first_token_seconds_sum{model_name=\"llmd-tiny\",engine=\"0\"} 0.1"),
-        "{text}"
-    );
+    assert!(text.contains("vllm:time_to_first_token_seconds_sum{model_name=\"llmd-tiny\",engine=\"0\"} 0.1"), "{text}");
 }
 
 /// Fails its `fail_at`-th step, otherwise runs the model.

@@ -36,6 +36,8 @@ pub mod attributes {
     pub const MAX_ACTIVE_MODELS: &str = "MaxActiveModels";
     /// `block_size` of `vllm:cache_config_info`.
     pub const BLOCK_SIZE: &str = "BlockSize";
+    /// `num_gpu_blocks` of `vllm:cache_config_info`: the KV cache's size in blocks.
+    pub const NUM_GPU_BLOCKS: &str = "NumGpuBlocks";
 }
 
 /// What a data source fetched for one endpoint.
@@ -228,6 +230,9 @@ impl Extractor for CoreMetricsExtractor {
         ]);
         if let Some(b) = scraped.block_size {
             out.attributes.push((BLOCK_SIZE.to_string(), AttributeValue::Int(b as i64)));
+        }
+        if let Some(n) = scraped.num_gpu_blocks {
+            out.attributes.push((NUM_GPU_BLOCKS.to_string(), AttributeValue::Int(n.min(i64::MAX as u64) as i64)));
         }
         out.kv_events = scraped.kv_events;
         out.metrics = Some(m);

@@ -176,7 +176,7 @@ fn lb_metadata(dest: String) -> Struct {
 
 /// Picks for a complete request; answers in the phase that completed it.
 fn decide(
-    picker: &EndpointPicker,
+    picker: &Arc<EndpointPicker>,
     headers: &[(String, String)],
     body: &[u8],
     in_headers: bool,
@@ -189,8 +189,10 @@ fn decide(
     };
     // Clients must not choose the destination themselves.
     let header_map = headers.iter().filter(|(k, _)| k != PREFILL_HEADER && k != DESTINATION_HEADER).cloned().collect();
-    match picker.pick(path, &header_map, &parsed, &Default::default()) {
+    let req = picker.parse_request(path, &header_map, &parsed);
+    match picker.pick_request(&req, &Default::default()) {
         Ok(pick) => {
+            picker.replicate(path, &parsed, &req, &pick.result);
             let Some(dest) = pick.destination_address().map(String::from) else {
                 return immediate(503, "no destination");
             };

@@ -315,6 +315,9 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         };
         let prefill = picked.prefill_address().map(String::from);
         let (result, inflight) = picked.into_parts();
+        if attempt == 0 {
+            g.picker.replicate(uri.path(), &parsed, &req, &result);
+        }
         let Some(dest) = result.destination().cloned() else {
             return error(ErrorKind::ServiceUnavailable, "no destination");
         };

@@ -66,6 +66,7 @@ pub mod plugin;
 pub mod plugins;
 pub mod presets;
 pub mod registry;
+pub mod replication;
 pub mod request;
 pub mod scheduler;
 pub mod scrape;
@@ -81,5 +82,6 @@ pub use plugin::{
     CycleState, Filter, PickObserver, Picker, PluginHandle, ProfileHandler, ProfilePick, ProfileRoles, Scorer,
 };
 pub use registry::PluginRegistry;
+pub use replication::{HeldPrefix, ReplicationConfig, Replicator, WarmPlan};
 pub use request::LlmRequest;
 pub use scheduler::{PickResult, Scheduler};

@@ -44,6 +44,12 @@ pub trait Filter: Send + Sync {
 pub trait Scorer: Send + Sync {
     /// One score in [0, 1] per endpoint, in the order given.
     fn score(&self, state: &mut CycleState, req: &LlmRequest, endpoints: &[&Endpoint]) -> Vec<f64>;
+
+    /// Whether this scorer reads the request's token ids when a front end can supply
+    /// them (tokenizing costs more than a pick, so front ends only do it when asked).
+    fn wants_token_ids(&self) -> bool {
+        false
+    }
 }
 
 /// Chooses among scored candidates.
@@ -99,6 +105,12 @@ pub trait PickObserver: Send + Sync {
 
     /// An endpoint went away: drop what was learned about it.
     fn forget(&self, _endpoint: &str) {}
+
+    /// Blocks this observer believes `endpoint` holds, if it keeps such a count (the
+    /// approximate prefix index does).
+    fn endpoint_blocks(&self, _endpoint: &str) -> Option<usize> {
+        None
+    }
 }
 
 /// One scorer's contribution to an endpoint's total.
@@ -128,6 +140,9 @@ pub struct ProfilePick {
     /// Prompt tokens the chosen endpoint's cache lacks, when a prefix scorer ran (the
     /// picker counts these, not the whole prompt, as the prefill it queued there).
     pub uncached_tokens: Option<usize>,
+    /// The longest prefix of the prompt some candidate holds, when a prefix scorer ran
+    /// (hot-prefix replication reads it).
+    pub held_prefix: Option<crate::replication::HeldPrefix>,
 }
 
 /// A configured plugin instance: one type can play several roles (a scorer that also

@@ -7,6 +7,7 @@ use crate::config::{Profile, SchedulerConfig};
 use crate::endpoint::Endpoint;
 use crate::error::{Result, SchedulerError};
 use crate::plugin::{CycleState, ProfilePick, ProfileResults, ProfileRoles, ScoreBreakdown};
+use crate::plugins::prefix::{PREFIX_MATCH_KEY, PrefixMatch};
 use crate::request::LlmRequest;
 use llmd_kvcache::rng::SplitMix64;
 
@@ -180,15 +181,15 @@ impl Scheduler {
         for o in &profile.observers {
             o.on_pick(state, req, &profile.name, chosen);
         }
+        let matched = state.get::<PrefixMatch>(PREFIX_MATCH_KEY);
         Ok(ProfilePick {
             endpoint: chosen.id.clone(),
             address: chosen.address.clone(),
             score: totals[idx].1,
             breakdown,
             candidates: cands.len(),
-            uncached_tokens: state
-                .get::<crate::plugins::prefix::PrefixMatch>(crate::plugins::prefix::PREFIX_MATCH_KEY)
-                .map(|m| m.uncached_tokens(&chosen.id)),
+            uncached_tokens: matched.map(|m| m.uncached_tokens(&chosen.id)),
+            held_prefix: matched.and_then(PrefixMatch::longest_held),
         })
     }
 }

@@ -11,6 +11,8 @@ pub struct Scraped {
     pub metrics: EndpointMetrics,
     /// `block_size` label of `vllm:cache_config_info`, if present.
     pub block_size: Option<usize>,
+    /// `num_gpu_blocks` label of `vllm:cache_config_info` (the KV cache's size), if present.
+    pub num_gpu_blocks: Option<u64>,
     /// Where the engine publishes KV events (`endpoint` label of llmd's
     /// `llmd:kv_events_info`), so pickers find the stream without being told.
     pub kv_events: Option<String>,
@@ -109,6 +111,7 @@ pub fn parse(text: &str) -> Scraped {
             }
             "vllm:cache_config_info" => {
                 out.block_size = label(&labels, "block_size").and_then(|b| b.parse().ok());
+                out.num_gpu_blocks = label(&labels, "num_gpu_blocks").and_then(|b| b.parse().ok());
             }
             "llmd:kv_events_info" => out.kv_events = label(&labels, "endpoint").map(String::from),
             _ => {}
@@ -132,7 +135,7 @@ vllm:gpu_cache_usage_perc{engine="0",model_name="llama"} 0.25
 vllm:kv_cache_usage_perc{engine="1",model_name="llama"} 0.5
 vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql, chat",waiting_lora_adapters=""} 1.7e9
 vllm:lora_requests_info{max_lora="4",running_lora_adapters="old",waiting_lora_adapters="x"} 1.6e9
-vllm:cache_config_info{block_size="16",cache_dtype="auto",enable_prefix_caching="True"} 1.0
+vllm:cache_config_info{block_size="16",cache_dtype="auto",enable_prefix_caching="True",num_gpu_blocks="2048"} 1.0
 vllm:prompt_tokens_total{engine="0",model_name="llama"} 1234.0
 llmd:kv_events_info{endpoint="tcp://127.0.0.1:40123",topic=""} 1
 "#;
@@ -141,7 +144,7 @@ llmd:kv_events_info{endpoint="tcp://127.0.0.1:40123",topic=""} 1
         assert_eq!(s.metrics.kv_usage, 0.5);
         assert_eq!(s.metrics.active_loras, vec!["sql", "chat"]);
         assert!(s.metrics.waiting_loras.is_empty());
-        assert_eq!((s.metrics.max_loras, s.block_size), (4, Some(16)));
+        assert_eq!((s.metrics.max_loras, s.block_size, s.num_gpu_blocks), (4, Some(16), Some(2048)));
         assert_eq!(s.kv_events.as_deref(), Some("tcp://127.0.0.1:40123"));
     }
 

@@ -41,11 +41,22 @@ async fn gateway_with(
     pcfg: PickerConfig,
     start: bool,
 ) -> (String, Arc<Gateway>) {
+    gateway_routing(engines, "round-robin", cfg, pcfg, start).await
+}
+
+/// [`gateway_with`] under routing `preset`.
+async fn gateway_routing(
+    engines: Vec<String>,
+    preset: &str,
+    cfg: GatewayConfig,
+    pcfg: PickerConfig,
+    start: bool,
+) -> (String, Arc<Gateway>) {
     let store = datastore(Arc::new(ManualClock::new()));
     for (i, e) in engines.into_iter().enumerate() {
         store.upsert(Endpoint::new(format!("e{i}"), e, Role::Both));
     }
-    let sched = Scheduler::new(presets::preset("round-robin", &PluginRegistry::with_builtins()).unwrap(), 0);
+    let sched = Scheduler::new(presets::preset(preset, &PluginRegistry::with_builtins()).unwrap(), 0);
     let picker = EndpointPicker::new(sched, store, pcfg, None);
     if start {
         picker.start();
@@ -382,4 +393,85 @@ async fn a_lone_surrogate_escape_is_routed_not_refused() {
     let base = gateway_over(vec![echo().await], GatewayConfig::default()).await;
     let (status, text) = post_json(&base, body).await;
     assert_eq!(status, 200, "{text}");
+}
+
+/// An "engine" that reports each completion body it gets, tagged with `name`, on `seen`.
+async fn recorder(name: usize, seen: tokio::sync::mpsc::UnboundedSender<(usize, serde_json::Value)>) -> String {
+    let app = axum::Router::new().route(
+        "/v1/completions",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                let _ = seen.send((name, serde_json::from_slice(&body).unwrap_or_default()));
+                axum::Json(serde_json::json!({"choices": [{"text": "x", "index": 0, "finish_reason": "length"}]}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Sends `n` requests sharing one long prompt through a `prefix`-routed gateway over 3
+/// recording engines; returns what each engine got, in arrival order.
+async fn one_hot_prefix(n: usize, replication: bool) -> (Vec<(usize, serde_json::Value)>, Arc<Gateway>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut engines = Vec::new();
+    for i in 0..3 {
+        engines.push(recorder(i, tx.clone()).await);
+    }
+    let pcfg = PickerConfig { replication: replication.then(Default::default), ..Default::default() };
+    let (base, g) = gateway_routing(engines, "prefix", GatewayConfig::default(), pcfg, false).await;
+    // 6 000 characters: ~1 500 tokens by the approximate scorer's estimate, past the
+    // replication threshold of 1 024.
+    let body =
+        serde_json::json!({"prompt": "You are a helpful assistant. ".repeat(207), "max_tokens": 8, "stream": false});
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/v1/completions"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // The user's request, and any warm-up it set off, arrive before the next one.
+        got.push(tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap());
+    }
+    while let Ok(Some(more)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        got.push(more);
+    }
+    (got, g)
+}
+
+#[tokio::test]
+async fn a_hot_prefix_is_warmed_on_another_endpoint_then_shared() {
+    let (got, g) = one_hot_prefix(16, true).await;
+    let warm: Vec<&(usize, serde_json::Value)> = got.iter().filter(|(_, b)| b["max_tokens"] == 1).collect();
+    assert!(!warm.is_empty(), "no warm-up was sent: {got:?}");
+    let holder = got[0].0;
+    for (engine, body) in &warm {
+        assert_ne!(*engine, holder, "a warm-up goes to an endpoint without the prefix");
+        assert_eq!(body["stream"], false);
+        assert_eq!(body["prompt"], got[0].1["prompt"]);
+    }
+    // After the warm-up, the prefix's own requests are spread over its holders.
+    let users: Vec<usize> = got.iter().filter(|(_, b)| b["max_tokens"] == 8).map(|(e, _)| *e).collect();
+    assert_eq!(users.len(), 16);
+    let mut distinct = users.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() >= 2, "every request still went to one endpoint: {users:?}");
+    let metrics = g.picker().metrics_text().unwrap();
+    assert!(metrics.contains("llmd_epp_prefix_replications_total{outcome=\"ok\"}"), "{metrics}");
+}
+
+#[tokio::test]
+async fn without_replication_a_hot_prefix_stays_on_one_endpoint() {
+    // The control for the test above: the same traffic, replication off.
+    let (got, _) = one_hot_prefix(16, false).await;
+    assert_eq!(got.len(), 16, "no warm-ups: {got:?}");
+    assert!(got.iter().all(|(e, _)| *e == got[0].0), "{got:?}");
 }

@@ -51,6 +51,9 @@ pub struct BenchOptions {
     /// KV-cache blocks per started replica (default: the scenario's, else 8192 simulated
     /// or 2048 built-in).
     pub kv_blocks: Option<usize>,
+    /// Hot-prefix replication in the started clusters' gateways (on by default, as in
+    /// `llmd up`).
+    pub replication: bool,
     /// Where to write `NAME.json`, `NAME.md` and `NAME.svg`.
     pub out: PathBuf,
 }
@@ -80,6 +83,8 @@ pub struct Report {
     pub sim_latency: Option<String>,
     /// KV-cache blocks per replica (0 for an external URL).
     pub kv_blocks: usize,
+    /// Whether the started clusters' gateways replicated hot prefixes.
+    pub replication: bool,
     /// Results per routing and driver.
     pub results: Vec<RoutingResult>,
 }
@@ -181,6 +186,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<Report> {
         sim: opts.sim,
         sim_latency: (opts.sim && opts.url.is_none()).then(|| opts.sim_latency.to_string()),
         kv_blocks: if opts.url.is_some() { 0 } else { kv_blocks },
+        replication: opts.replication && opts.url.is_none(),
         results,
     };
     write_outputs(&report, &opts.out)?;
@@ -201,7 +207,12 @@ async fn start_cluster(routing: &str, opts: &BenchOptions, kv_blocks: usize) -> 
             Replica::builtin(kv_blocks)?
         });
     }
-    LocalCluster::start(replicas, cfg, opts.scenario.seed, "127.0.0.1:0").await
+    let picker = llmd_scheduler::picker::PickerConfig {
+        replication: opts.replication.then(Default::default),
+        ..Default::default()
+    };
+    let cluster = crate::cluster::ClusterOptions { picker, ..Default::default() };
+    LocalCluster::start_opts(replicas, cfg, opts.scenario.seed, "127.0.0.1:0", cluster).await
 }
 
 async fn one_run(
@@ -281,10 +292,17 @@ pub fn markdown(reports: &[Report]) -> String {
     // What every simulated figure follows from.
     let mut setups: Vec<String> = reports
         .iter()
-        .map(|r| match &r.sim_latency {
-            Some(l) => format!("{} simulated replicas ({l}), {} KV blocks each", r.replicas, r.kv_blocks),
-            None if r.replicas > 0 => format!("{} CPU replicas, {} KV blocks each", r.replicas, r.kv_blocks),
-            None => "an external endpoint".to_string(),
+        .map(|r| {
+            let gateway = if r.replication { "hot-prefix replication on" } else { "hot-prefix replication off" };
+            match &r.sim_latency {
+                Some(l) => {
+                    format!("{} simulated replicas ({l}), {} KV blocks each, {gateway}", r.replicas, r.kv_blocks)
+                }
+                None if r.replicas > 0 => {
+                    format!("{} CPU replicas, {} KV blocks each, {gateway}", r.replicas, r.kv_blocks)
+                }
+                None => "an external endpoint".to_string(),
+            }
         })
         .collect();
     setups.dedup();

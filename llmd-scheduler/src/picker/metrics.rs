@@ -25,7 +25,13 @@ pub(crate) struct ReasonLabel {
     pub(crate) reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabel {
+    pub(crate) outcome: String,
+}
+
 pub(crate) struct PickerMetrics {
+    pub(crate) replications: Family<OutcomeLabel, Counter>,
     pub(crate) picks: Family<EndpointLabel, Counter>,
     pub(crate) failures: Family<ReasonLabel, Counter>,
     pub(crate) ejections: Counter,
@@ -44,6 +50,7 @@ impl PickerMetrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::default();
         let picks = Family::<EndpointLabel, Counter>::default();
+        let replications = Family::<OutcomeLabel, Counter>::default();
         let retries = Counter::default();
         let failures = Family::<ReasonLabel, Counter>::default();
         let ejections = Counter::default();
@@ -55,6 +62,11 @@ impl PickerMetrics {
         let inflight = Family::<EndpointLabel, Gauge>::default();
         let endpoints = Family::<StatusLabel, Gauge>::default();
         registry.register("llmd_epp_picks", "Requests routed, by endpoint", picks.clone());
+        registry.register(
+            "llmd_epp_prefix_replications",
+            "Hot-prefix warm-ups sent to another endpoint, by outcome (ok, failed)",
+            replications.clone(),
+        );
         registry.register("llmd_epp_retries", "Requests retried on another endpoint", retries.clone());
         registry.register(
             "llmd_epp_endpoint_failures",
@@ -90,6 +102,7 @@ impl PickerMetrics {
         );
         registry.register("llmd_epp_endpoints", "Endpoints in the datastore, by status", endpoints.clone());
         PickerMetrics {
+            replications,
             picks,
             failures,
             ejections,

@@ -27,13 +27,15 @@ use serde_json::Value;
 use crate::datalayer::SourceKind;
 use crate::datastore::{Change, DatastoreReader, DatastoreWriter, RequestTicket};
 use crate::discovery::Discovery;
+use crate::endpoint::Endpoint;
 use crate::error::SchedulerError;
 use crate::health::{Failure, HealthConfig};
 use crate::plugin::{KvEventConsumer, PickObserver};
+use crate::replication::{Capacity, ReplicationConfig, Replicator, WarmPlan};
 use crate::request::LlmRequest;
 use crate::scheduler::{PickResult, Scheduler};
 
-use metrics::{EndpointLabel, PickerMetrics, ReasonLabel, StatusLabel};
+use metrics::{EndpointLabel, OutcomeLabel, PickerMetrics, ReasonLabel, StatusLabel};
 
 /// The header naming the prefill endpoint of a disaggregated request (llm-d's).
 pub const PREFILL_HEADER: &str = "x-prefiller-host-port";
@@ -72,6 +74,8 @@ pub struct PickerConfig {
     pub request_timeout: Option<Duration>,
     /// Passive ejection and active health checks.
     pub health: HealthConfig,
+    /// Hot-prefix replication ([`crate::replication`]); `None` turns it off.
+    pub replication: Option<ReplicationConfig>,
 }
 
 impl Default for PickerConfig {
@@ -82,6 +86,7 @@ impl Default for PickerConfig {
             staleness: Duration::from_secs(5),
             request_timeout: None,
             health: HealthConfig::default(),
+            replication: Some(ReplicationConfig::default()),
         }
     }
 }
@@ -170,6 +175,7 @@ pub struct EndpointPicker {
     // Makes pick + in-flight count one step: two requests arriving together must not
     // both see the same idle endpoint (picks take microseconds, so serializing is cheap).
     picking: Mutex<()>,
+    replicator: Option<Mutex<Replicator>>,
 }
 
 impl Drop for EndpointPicker {
@@ -213,8 +219,10 @@ impl EndpointPicker {
         let plugins = &scheduler.config().plugins;
         let consumers: Vec<Arc<dyn KvEventConsumer>> = scheduler.config().data_layer.consumers();
         let observers: Vec<Arc<dyn PickObserver>> = plugins.values().filter_map(|h| h.observer.clone()).collect();
-        let needs_tokens = !consumers.is_empty();
+        let needs_tokens =
+            !consumers.is_empty() || plugins.values().any(|h| h.scorer.as_ref().is_some_and(|s| s.wants_token_ids()));
         let request_timeout = cfg.request_timeout.unwrap_or(scheduler.config().request_timeout);
+        let replicator = cfg.replication.clone().map(|c| Mutex::new(Replicator::new(c)));
         Arc::new(EndpointPicker {
             reader: writer.reader(),
             writer,
@@ -230,6 +238,7 @@ impl EndpointPicker {
             tasks: Mutex::default(),
             background: Mutex::default(),
             picking: Mutex::default(),
+            replicator,
         })
     }
 
@@ -421,6 +430,11 @@ impl EndpointPicker {
 
     /// [`pick`](Self::pick) for a request already parsed.
     pub fn pick_request(&self, req: &LlmRequest, exclude: &HashSet<String>) -> Result<Picked, SchedulerError> {
+        self.pick_where(req, |e| !exclude.contains(&e.id))
+    }
+
+    // The pick among the serving endpoints `allowed` lets through.
+    fn pick_where(&self, req: &LlmRequest, allowed: impl Fn(&Endpoint) -> bool) -> Result<Picked, SchedulerError> {
         let serial = self.picking.lock().unwrap_or_else(|p| p.into_inner());
         for id in self.writer.refresh_load() {
             tracing::info!(endpoint = %id, "ejection over; endpoint back in picks");
@@ -428,7 +442,7 @@ impl EndpointPicker {
         let started = Instant::now();
         // Pick under the read lock: no copies of the endpoint list.
         let result = self.reader.with_endpoints(|all| {
-            let cands = all.iter().filter(|e| e.is_serving() && !exclude.contains(&e.id)).collect();
+            let cands = all.iter().filter(|e| e.is_serving() && allowed(e)).collect();
             self.scheduler.pick_among(req, cands)
         });
         self.metrics.pick_seconds.observe(started.elapsed().as_secs_f64());
@@ -451,6 +465,93 @@ impl EndpointPicker {
                 Err(e)
             }
         }
+    }
+
+    /// Hot-prefix replication ([`crate::replication`]): front ends call this once per
+    /// request after its first pick, with the body they received at `path`. When the
+    /// request's prefix draws more than its share of traffic onto too few holders, this
+    /// sends a warm-up copy of the request (one token, answered to nobody) to another
+    /// endpoint, counted as a pick there, in the background. Needs a tokio runtime;
+    /// does nothing without one or with replication off.
+    pub fn replicate(self: &Arc<Self>, path: &str, body: &Value, req: &LlmRequest, picked: &PickResult) {
+        let Some(replicator) = &self.replicator else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let held = picked.destination().and_then(|d| d.held_prefix.as_ref());
+        let now = self.reader.clock().now();
+        let plan = self.reader.with_endpoints(|all| {
+            let serving: Vec<&Endpoint> = all.iter().filter(|e| e.is_serving()).collect();
+            let mut r = replicator.lock().unwrap_or_else(|p| p.into_inner());
+            r.observe(now, held, &serving, |e| self.capacity(e))
+        });
+        let Some(plan) = plan else { return };
+        let timeout = replicator.lock().unwrap_or_else(|p| p.into_inner()).config().timeout;
+        let mut warm = req.clone();
+        warm.id = format!("{}-warm", req.id);
+        let sent = match self.pick_where(&warm, |e| e.id == plan.endpoint) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(endpoint = %plan.endpoint, error = %e, "hot-prefix warm-up not sent");
+                self.warm_finished(&plan, false);
+                return;
+            }
+        };
+        let Some(address) = sent.destination_address().map(String::from) else {
+            self.warm_finished(&plan, false);
+            return;
+        };
+        tracing::info!(
+            endpoint = %plan.endpoint,
+            prefix_tokens = plan.tokens,
+            holders = ?held.map(|h| &h.holders),
+            "hot prefix: warming another endpoint"
+        );
+        let mut request = self
+            .client
+            .post(format!("http://{address}{path}"))
+            .header("content-type", "application/json")
+            .body(warm_body(path, body).to_string())
+            .timeout(timeout);
+        if let Some(auth) = req.headers.get("authorization") {
+            request = request.header("authorization", auth);
+        }
+        let picker = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let ok = match request.send().await {
+                Ok(resp) => {
+                    sent.first_byte();
+                    let status = resp.status();
+                    resp.bytes().await.is_ok() && status.is_success()
+                }
+                Err(_) => false,
+            };
+            drop(sent);
+            if let Some(p) = picker.upgrade() {
+                p.warm_finished(&plan, ok);
+            }
+        });
+    }
+
+    fn warm_finished(&self, plan: &WarmPlan, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.metrics.replications.get_or_create(&OutcomeLabel { outcome: outcome.into() }).inc();
+        if let Some(r) = &self.replicator {
+            r.lock().unwrap_or_else(|p| p.into_inner()).finished(self.reader.clock().now(), plan, ok);
+        }
+    }
+
+    // An endpoint's KV cache size (scraped) and the blocks the picker's index says it
+    // holds: the precise index's (KV events) when there is one, else the approximate
+    // index's (routing history). Both count blocks of the scorer's size, taken to be the
+    // engine's.
+    fn capacity(&self, e: &Endpoint) -> Capacity {
+        let total_blocks =
+            e.attribute(crate::datalayer::attributes::NUM_GPU_BLOCKS).and_then(|v| v.as_f64()).map(|v| v as u64);
+        let held_blocks = if self.consumers.is_empty() {
+            self.observers.iter().filter_map(|o| o.endpoint_blocks(&e.id)).map(|n| n as u64).max()
+        } else {
+            Some(self.consumers.iter().map(|c| c.endpoint_blocks(&e.id) as u64).sum())
+        };
+        Capacity { total_blocks, held_blocks }
     }
 
     /// A front end's report that an attempt on endpoint `id` failed; enough in a row
@@ -483,5 +584,47 @@ impl EndpointPicker {
         self.metrics
             .encode(&self.reader, &self.consumers)
             .map_err(|e| SchedulerError::Request(format!("encoding metrics: {e}")))
+    }
+}
+
+/// The body of a warm-up: the request itself, made to compute its prompt and stop after
+/// one token, unstreamed, with nothing extra to return.
+fn warm_body(path: &str, body: &Value) -> Value {
+    let mut warm = body.clone();
+    if let Some(o) = warm.as_object_mut() {
+        for key in ["stream_options", "min_tokens", "best_of", "logprobs", "top_logprobs", "prompt_logprobs", "echo"] {
+            o.remove(key);
+        }
+        o.insert("stream".into(), Value::Bool(false));
+        o.insert("n".into(), Value::from(1));
+        o.insert("max_tokens".into(), Value::from(1));
+        if path.contains("chat") || o.contains_key("max_completion_tokens") {
+            o.insert("max_completion_tokens".into(), Value::from(1));
+        }
+    }
+    warm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warm_up_computes_the_prompt_and_stops_after_one_token() {
+        let body = serde_json::json!({
+            "model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true,
+            "stream_options": {"include_usage": true}, "max_completion_tokens": 500, "n": 3,
+            "logprobs": true, "top_logprobs": 5, "min_tokens": 10, "temperature": 0.7,
+        });
+        let warm = warm_body("/v1/chat/completions", &body);
+        assert_eq!(
+            warm,
+            serde_json::json!({
+                "model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": false,
+                "max_completion_tokens": 1, "max_tokens": 1, "n": 1, "temperature": 0.7,
+            })
+        );
+        let warm = warm_body("/v1/completions", &serde_json::json!({"prompt": "p", "max_tokens": 9, "echo": true}));
+        assert_eq!(warm, serde_json::json!({"prompt": "p", "max_tokens": 1, "stream": false, "n": 1}));
     }
 }

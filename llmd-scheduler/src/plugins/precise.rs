@@ -51,13 +51,16 @@ impl Scorer for PrecisePrefixCacheScorer {
         let keys = block_keys(tokens, self.block_size, self.max_blocks);
         let credit = self.index.lock().unwrap_or_else(|p| p.into_inner()).prefix_credit(&keys);
         let matched: HashMap<String, usize> = credit.iter().map(|(e, c)| (e.clone(), c.round() as usize)).collect();
+        let n = keys.len() as f64;
         state.put(
             PREFIX_MATCH_KEY,
-            PrefixMatch { hashes: Vec::new(), prompt_tokens: tokens.len(), tokens_per_block: self.block_size, matched },
+            PrefixMatch { hashes: keys, prompt_tokens: tokens.len(), tokens_per_block: self.block_size, matched },
         );
-        eps.iter()
-            .map(|e| if keys.is_empty() { 0.0 } else { credit.get(&e.id).copied().unwrap_or(0.0) / keys.len() as f64 })
-            .collect()
+        eps.iter().map(|e| if n == 0.0 { 0.0 } else { credit.get(&e.id).copied().unwrap_or(0.0) / n }).collect()
+    }
+
+    fn wants_token_ids(&self) -> bool {
+        true
     }
 }
 

@@ -34,6 +34,19 @@ pub struct PrefixMatch {
 }
 
 impl PrefixMatch {
+    /// The longest prefix of this prompt that some endpoint holds, and who holds it (all
+    /// of it, or at least nine tenths: partial holders are near enough to share the
+    /// load). `None` when nothing is held or the scorer left no hashes.
+    pub fn longest_held(&self) -> Option<crate::replication::HeldPrefix> {
+        let blocks = self.matched.values().copied().max().filter(|&b| b > 0)?.min(self.hashes.len());
+        let key = *self.hashes.get(blocks.checked_sub(1)?)?;
+        let near = blocks - blocks / 10;
+        let mut holders: Vec<String> =
+            self.matched.iter().filter(|&(_, &n)| n >= near).map(|(e, _)| e.clone()).collect();
+        holders.sort();
+        Some(crate::replication::HeldPrefix { key, tokens: blocks * self.tokens_per_block, blocks, holders })
+    }
+
     /// Prompt tokens `endpoint` would have to compute.
     pub fn uncached_tokens(&self, endpoint: &str) -> usize {
         let hit = self.matched.get(endpoint).copied().unwrap_or(0) * self.tokens_per_block;
@@ -111,6 +124,12 @@ impl Scorer for PrefixCacheScorer {
         state.put(PREFIX_MATCH_KEY, PrefixMatch { hashes, prompt_tokens, tokens_per_block, matched });
         scores
     }
+
+    /// Token ids make its blocks exact (`blockSizeTokens`); without them it cuts the
+    /// prompt's characters and estimates four to a token.
+    fn wants_token_ids(&self) -> bool {
+        true
+    }
 }
 
 impl PickObserver for PrefixCacheScorer {
@@ -126,6 +145,12 @@ impl PickObserver for PrefixCacheScorer {
     /// Drops the routing history of an endpoint that went away.
     fn forget(&self, endpoint: &str) {
         self.index.lock().unwrap_or_else(|p| p.into_inner()).remove(endpoint);
+    }
+
+    /// The blocks of prompts recently sent to `endpoint` (an upper bound on what its
+    /// cache holds: the engine may have evicted some since).
+    fn endpoint_blocks(&self, endpoint: &str) -> Option<usize> {
+        Some(self.index.lock().unwrap_or_else(|p| p.into_inner()).get(endpoint).map_or(0, LruCache::len))
     }
 }
 
@@ -155,6 +180,20 @@ mod tests {
         // b goes away: its history goes with it.
         PickObserver::forget(&s, "b");
         assert_eq!(s.score(&mut CycleState::default(), &req2, &refs), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn the_longest_held_prefix_names_its_last_block_and_near_holders() {
+        let matched = [("a", 10), ("b", 9), ("c", 8), ("d", 0)].into_iter().map(|(e, n)| (e.to_string(), n)).collect();
+        let m = PrefixMatch { hashes: (100..120).collect(), prompt_tokens: 320, tokens_per_block: 16, matched };
+        let held = m.longest_held().unwrap();
+        // 10 blocks: the tenth hash; b holds 9 of 10 (near enough), c 8 (not).
+        assert_eq!((held.key, held.tokens, held.blocks), (109, 160, 10));
+        assert_eq!(held.holders, ["a", "b"]);
+        let none = PrefixMatch { matched: [("a".to_string(), 0)].into_iter().collect(), ..m.clone() };
+        assert_eq!(none.longest_held(), None);
+        // A scorer that left no hashes names no prefix.
+        assert_eq!(PrefixMatch { hashes: vec![], ..m }.longest_held(), None);
     }
 
     #[test]

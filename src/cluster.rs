@@ -112,8 +112,10 @@ impl LocalCluster {
         for (i, r) in replicas.into_iter().enumerate() {
             if tokenizer.is_none() {
                 // Tokenized exactly as the engines will: the same tokenizer and template.
+                // (cached by text prefix: the gateway tokenizes for routing only)
+                let cached = llmd_scheduler::tokencache::PrefixCachedTokenizer::new(r.engine.tokenizer());
                 let t: Arc<dyn PromptTokenizer> =
-                    Arc::new(PromptRenderer { tokenizer: r.engine.tokenizer(), template: r.template.clone() });
+                    Arc::new(PromptRenderer { tokenizer: Arc::new(cached), template: r.template.clone() });
                 tokenizer = Some(t);
             }
             let events = KvEventsConfig { endpoint: "tcp://127.0.0.1:0".into(), topic: format!("replica-{i}") };

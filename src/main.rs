@@ -68,6 +68,12 @@ struct UpArgs {
     engine: EngineArgs,
 }
 
+/// A renderer whose tokenizer caches by text prefix (routing only needs the ids).
+fn cached_renderer(mut r: llmd::openai::PromptRenderer) -> llmd::openai::PromptRenderer {
+    r.tokenizer = std::sync::Arc::new(llmd::scheduler::tokencache::PrefixCachedTokenizer::new(r.tokenizer));
+    r
+}
+
 /// Parses seconds, fractions allowed (`0.5`).
 fn seconds(s: &str) -> Result<Duration, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
@@ -627,7 +633,7 @@ fn epp(a: EppArgs) -> Result<()> {
             None => None,
             Some(dir) => {
                 let t: std::sync::Arc<dyn llmd::scheduler::picker::PromptTokenizer> =
-                    std::sync::Arc::new(llmd::openai::PromptRenderer::from_dir(dir)?);
+                    std::sync::Arc::new(cached_renderer(llmd::openai::PromptRenderer::from_dir(dir)?));
                 Some(t)
             }
         };

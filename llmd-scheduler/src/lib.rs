@@ -70,6 +70,8 @@ pub mod replication;
 pub mod request;
 pub mod scheduler;
 pub mod scrape;
+#[cfg(feature = "render")]
+pub mod tokencache;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{DiscoveryRef, Profile, SchedulerConfig};

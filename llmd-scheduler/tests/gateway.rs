@@ -238,7 +238,7 @@ fn quick_health() -> PickerConfig {
 }
 
 /// POSTs `body`; a gateway that would hang fails the test in 30 s instead.
-async fn post_json(base: &str, body: &'static str) -> (u16, String) {
+async fn post_json(base: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
     let send = async {
         let r = reqwest::Client::new()
             .post(format!("{base}/v1/completions"))
@@ -429,14 +429,8 @@ async fn one_hot_prefix(n: usize, replication: bool) -> (Vec<(usize, serde_json:
         serde_json::json!({"prompt": "You are a helpful assistant. ".repeat(207), "max_tokens": 8, "stream": false});
     let mut got = Vec::new();
     for _ in 0..n {
-        let r = reqwest::Client::new()
-            .post(format!("{base}/v1/completions"))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let (status, text) = post_json(&base, body.to_string()).await;
+        assert_eq!(status, 200, "{text}");
         // The user's request, and any warm-up it set off, arrive before the next one.
         got.push(tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap());
     }

@@ -127,14 +127,21 @@ class Model:
                 kc[:, :, start : start + T] = k
                 vc[:, :, start : start + T] = v
                 # GQA by repeating K/V heads (a copy; small against the prefill's GEMMs)
-                keys = kc[:, :, : start + T].repeat_interleave(H // KV, dim=1)
-                vals = vc[:, :, : start + T].repeat_interleave(H // KV, dim=1)
+                keys = kc[:, :, :T].repeat_interleave(H // KV, dim=1) if start == 0 else None
+                vals = vc[:, :, :T].repeat_interleave(H // KV, dim=1) if start == 0 else None
                 # causal within the new tokens, everything cached before them visible
                 if start == 0:
                     a = F.scaled_dot_product_attention(q, keys, vals, is_causal=True)
                 else:
-                    mask = torch.ones(T, start + T, device=self.device, dtype=torch.bool).tril(diagonal=start)
-                    a = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
+                    # A chunk after a cached prefix. PyTorch's causal flag aligns the mask
+                    # top-left, and an explicit mask leaves the flash kernel: attend to
+                    # every key instead (the chunk's last few causal positions over-
+                    # counted), with the query heads of a KV head as its rows, so K/V are
+                    # read once, as a paged prefill kernel does.
+                    g = H // KV
+                    qg = q.reshape(B, KV, g, T, D).reshape(B, KV, g * T, D)
+                    a = F.scaled_dot_product_attention(qg, kc[:, :, : start + T], vc[:, :, : start + T])
+                    a = a.reshape(B, KV, g, T, D).reshape(B, H, T, D)
             else:
                 # decode: every row has the same length here (start is uniform), written in
                 # place; the query heads sharing a KV head ride as its 'query rows', so K/V

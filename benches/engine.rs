@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use llmd::engine::attention::{AttentionBackend, AttentionInput, CpuAttention, QueryPos};
+use llmd::engine::attention::{AttentionBackend, AttentionInput, CpuAttention, QueryPos, dot, softmax_rows};
 use llmd::engine::kv::{KvDtype, KvShape, PagedKvCache};
 
 const BLOCK: usize = 16;
@@ -91,21 +91,6 @@ fn prefill_attention(c: &mut Criterion) {
     g.finish();
 }
 
-/// Dot product with eight independent accumulators, as the engine's kernel computes it.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Causal attention over contiguous `[pos][kv_head][dim]` K/V, written as the engine's
 /// paged kernel is: one work item per (query token, KV head), each key and value row
 /// read once for the query heads sharing it, scores normalised in place.
@@ -124,18 +109,7 @@ fn contiguous_causal(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
                 scores[g * n + j] = dot(&qg[g * hd..(g + 1) * hd], row) * scale;
             }
         }
-        for s in scores.chunks_mut(n) {
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for x in s.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            for x in s.iter_mut() {
-                *x *= inv;
-            }
-        }
+        softmax_rows(&mut scores, n);
         o.fill(0.0);
         for j in 0..n {
             let row = &v[(j * KV_HEADS + kh) * hd..][..hd];

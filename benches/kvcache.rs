@@ -18,9 +18,6 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use llmd_kvcache::{BlockHash, BlockHasher, BlockPool, HashAlgo, StoredInfo};
 use sha2::{Digest, Sha256};
@@ -115,23 +112,6 @@ fn nth_hash(n: u64) -> BlockHash {
     BlockHash::from_bytes(&bytes).expect("16 bytes")
 }
 
-/// Hashes the first eight bytes of a [`BlockHash`] (already uniformly distributed), as
-/// the pool's own index does: the baseline map pays no SipHash the pool does not.
-#[derive(Default)]
-struct FirstBytes(u64);
-
-impl Hasher for FirstBytes {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut w = [0u8; 8];
-        let n = bytes.len().min(8);
-        w[..n].copy_from_slice(&bytes[..n]);
-        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(w);
-    }
-}
-
 fn alloc_evict(c: &mut Criterion) {
     let mut g = c.benchmark_group("alloc_evict");
     g.throughput(Throughput::Elements(16));
@@ -165,8 +145,8 @@ fn alloc_evict(c: &mut Criterion) {
         // FIFO free list (least recently freed first, as the pool's LRU order) and a map
         // from hash to block.
         let mut free: std::collections::VecDeque<u32> = (0..cap as u32).collect();
-        let mut index: HashMap<BlockHash, u32, BuildHasherDefault<FirstBytes>> =
-            (0..cap as u32).map(|i| (nth_hash(u64::from(i)), i)).collect();
+        // The pool's own map type: the baseline pays no SipHash the pool does not.
+        let mut index: llmd_kvcache::HashIndex<u32> = (0..cap as u32).map(|i| (nth_hash(u64::from(i)), i)).collect();
         let mut owner: Vec<BlockHash> = (0..cap as u64).map(nth_hash).collect();
         let mut next = cap as u64;
         g.bench_function(BenchmarkId::new("vec_freelist_hashmap_16_blocks", cap), |b| {

@@ -58,7 +58,7 @@ fn write<T: KvElem>(dst: &mut [T], slot_len: usize, slots: &[usize], src: &[f32]
 
 /// Dot product with eight independent accumulators, so it vectorizes.
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -69,6 +69,22 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
     acc.iter().sum::<f32>() + tail
+}
+
+/// Softmax in place over each row of `n` scores (max-subtracted, so it cannot overflow).
+pub fn softmax_rows(scores: &mut [f32], n: usize) {
+    for s in scores.chunks_mut(n.max(1)) {
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for x in s.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        for x in s.iter_mut() {
+            *x *= inv;
+        }
+    }
 }
 
 fn attend_typed<T: KvElem>(shape: &KvShape, kbuf: &[T], vbuf: &[T], input: &AttentionInput<'_>, out: &mut [f32]) {
@@ -94,18 +110,7 @@ fn attend_typed<T: KvElem>(shape: &KvShape, kbuf: &[T], vbuf: &[T], input: &Atte
                 scores[g * n + j] = dot(&qg[g * hd..(g + 1) * hd], &row) * scale;
             }
         }
-        for s in scores.chunks_mut(n) {
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for x in s.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            for x in s.iter_mut() {
-                *x *= inv;
-            }
-        }
+        softmax_rows(&mut scores, n);
         o.fill(0.0);
         for (j, p) in (qp.window_start..=qp.pos).enumerate() {
             let base = (qp.block_table[p / bs] as usize * bs + p % bs) * slot_len + kh * hd;

@@ -68,5 +68,5 @@ pub use extra_keys::{
 };
 pub use hash::{BlockHash, BlockHasher, DEFAULT_NONE_HASH_SEED, HashAlgo};
 pub use manager::{ComputedBlocks, KvCacheManager, PrefixCacheStats, Sequence};
-pub use pool::{BlockId, BlockPool, PoolStats, StoredInfo};
+pub use pool::{BlockId, BlockPool, HashIndex, PoolStats, PrehashedHasher, StoredInfo};
 pub use tier::Tier;

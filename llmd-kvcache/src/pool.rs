@@ -27,8 +27,8 @@ const NIL: u32 = u32::MAX;
 
 /// Block hashes are already uniformly random: use eight of their bytes as the map hash
 /// instead of running SipHash over all of them on every lookup.
-#[derive(Default)]
-pub(crate) struct PrehashedHasher(u64);
+#[derive(Debug, Default)]
+pub struct PrehashedHasher(u64);
 
 impl Hasher for PrehashedHasher {
     fn finish(&self) -> u64 {
@@ -43,7 +43,8 @@ impl Hasher for PrehashedHasher {
     }
 }
 
-pub(crate) type HashIndex<V> = HashMap<BlockHash, V, BuildHasherDefault<PrehashedHasher>>;
+/// A map keyed by block hash, hashed by [`PrehashedHasher`] (the pool's own index).
+pub type HashIndex<V> = HashMap<BlockHash, V, BuildHasherDefault<PrehashedHasher>>;
 
 #[derive(Debug, Clone)]
 struct Block {

@@ -183,7 +183,8 @@ impl Replicator {
 
     /// Records a request arriving at `now` whose longest held prefix is `prefix`, among
     /// the `serving` endpoints (with `capacity` of each, by id), and returns a warm-up to
-    /// send, if this prefix needs another holder.
+    /// send, if this prefix needs another holder: [`arrive`](Self::arrive), then
+    /// [`plan`](Self::plan).
     pub fn observe(
         &mut self,
         now: Duration,
@@ -191,21 +192,44 @@ impl Replicator {
         serving: &[&Endpoint],
         capacity: impl Fn(&Endpoint) -> Capacity,
     ) -> Option<WarmPlan> {
+        if !self.arrive(now, prefix) {
+            return None;
+        }
+        self.plan(now, prefix?, serving, capacity)
+    }
+
+    /// Counts a request arriving at `now` with longest held prefix `prefix`; whether that
+    /// prefix may get a warm-up now (long and hot enough, none of its own in flight, not
+    /// backing off, room under `max_in_flight`). Only then is [`plan`](Self::plan) worth
+    /// its look at the endpoints.
+    pub fn arrive(&mut self, now: Duration, prefix: Option<&HeldPrefix>) -> bool {
         let hl = self.cfg.half_life;
         self.total.add(now, hl);
-        let prefix = prefix.filter(|p| p.tokens >= self.cfg.min_prefix_tokens)?;
+        let Some(prefix) = prefix.filter(|p| p.tokens >= self.cfg.min_prefix_tokens) else { return false };
         self.forget_cold(now);
-        let total = self.total.at(now, hl);
         let st = self.prefixes.entry(prefix.key).or_default();
         st.heat.add(now, hl);
         st.settling.retain(|(_, until)| *until > now);
+        st.heat.at(now, hl) >= self.cfg.min_arrivals
+            && st.warming.is_none()
+            && now >= st.retry_at
+            && self.in_flight < self.cfg.max_in_flight
+    }
+
+    /// The warm-up for `prefix` (just counted by [`arrive`](Self::arrive)) among the
+    /// `serving` endpoints, if it needs another holder and one has room.
+    pub fn plan(
+        &mut self,
+        now: Duration,
+        prefix: &HeldPrefix,
+        serving: &[&Endpoint],
+        capacity: impl Fn(&Endpoint) -> Capacity,
+    ) -> Option<WarmPlan> {
+        let hl = self.cfg.half_life;
+        let total = self.total.at(now, hl);
+        let st = self.prefixes.get_mut(&prefix.key)?;
         let heat = st.heat.at(now, hl);
-        if heat < self.cfg.min_arrivals
-            || st.warming.is_some()
-            || now < st.retry_at
-            || self.in_flight >= self.cfg.max_in_flight
-            || serving.is_empty()
-        {
+        if serving.is_empty() || st.warming.is_some() {
             return None;
         }
         let holds = |id: &str| prefix.holders.iter().any(|h| h == id) || st.settling.iter().any(|(e, _)| e == id);

@@ -478,13 +478,18 @@ impl EndpointPicker {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let held = picked.destination().and_then(|d| d.held_prefix.as_ref());
         let now = self.reader.clock().now();
-        let plan = self.reader.with_endpoints(|all| {
-            let serving: Vec<&Endpoint> = all.iter().filter(|e| e.is_serving()).collect();
+        let plan = {
             let mut r = replicator.lock().unwrap_or_else(|p| p.into_inner());
-            r.observe(now, held, &serving, |e| self.capacity(e))
-        });
+            // Most arrivals are only counted: the endpoints are read when a plan may follow.
+            let judged = r.arrive(now, held);
+            let Some(held) = held.filter(|_| judged) else { return };
+            self.reader.with_endpoints(|all| {
+                let serving: Vec<&Endpoint> = all.iter().filter(|e| e.is_serving()).collect();
+                r.plan(now, held, &serving, |e| self.capacity(e))
+            })
+        };
         let Some(plan) = plan else { return };
-        let timeout = replicator.lock().unwrap_or_else(|p| p.into_inner()).config().timeout;
+        let Some(timeout) = self.cfg.replication.as_ref().map(|c| c.timeout) else { return };
         let mut warm = req.clone();
         warm.id = format!("{}-warm", req.id);
         let sent = match self.pick_where(&warm, |e| e.id == plan.endpoint) {

@@ -11,6 +11,8 @@
 #   bash scripts/bench/reproduce.sh toolpressure # the pressure sweep from inference-perf's own generator
 #   bash scripts/bench/reproduce.sh ablation # the pressure sweep at 25 and 75 req/s without hot-prefix replication
 #   bash scripts/bench/reproduce.sh seeds    # the 0.25x point at 25 and 75 req/s under three more seeds
+#   bash scripts/bench/reproduce.sh overhead # the gateway's own cost per request, where nothing queues
+#   bash scripts/bench/reproduce.sh spread   # the random control near saturation, four seeds, each run twice
 # Each part writes bench-results/PART/{results.md,NAME.json,NAME.md,NAME.svg}; the
 # combined table is bench-results/RESULTS.md.
 set -euo pipefail
@@ -93,6 +95,28 @@ run_seeds() {
             --out bench-results/seeds/$seed
     done
     rows bench-results/seeds/{4,5,6}/results.md > bench-results/seeds/results.md
+}
+# What routing itself costs per request: the 0.25x point at 5 req/s, where nothing
+# queues and every replica holds both prefixes.
+run_overhead() {
+    $llmd bench benches/scenarios/routing-overhead.yaml --sim --replicas 8 \
+        --routing round-robin,load,prefix,precise-prefix --out bench-results/overhead
+}
+# The random control (nothing to reuse) at 150 req/s, 1 000 requests, seeds 3-6, every
+# routing run twice: round robin against itself is the noise band the others sit in.
+run_spread() {
+    local seed rep f
+    mkdir -p bench-results/spread
+    for seed in 3 4 5 6; do
+        f=bench-results/spread/random-seed$seed.yaml
+        sed -e "s/^seed: .*/seed: $seed/" -e "s/^requests: .*/requests: 1000/" -e "s/^rates: .*/rates: [150]/" \
+            -e "s/^name: .*/name: random-seed$seed/" benches/scenarios/random.yaml > "$f"
+        for rep in 1 2; do
+            $llmd bench "$f" --sim --replicas 8 --routing round-robin,prefix,precise-prefix \
+                --out bench-results/spread/$seed-$rep
+        done
+    done
+    python3 scripts/bench/spread.py bench-results/spread/*-? > bench-results/spread/results.md
 }
 # The pressure sweep under other costs: a step floor of 11 ms (a hit then costs what the
 # H100 measured, 11.3 ms, where the default model says 9.4), and prefill five times
@@ -198,8 +222,10 @@ case $part in
     toolpressure) run_toolpressure ;;
     ablation) run_ablation ;;
     seeds) run_seeds ;;
-    all) run_sim; run_tools; run_up; run_cpu; run_sweep; run_pressure; run_ablation; run_seeds; run_sensitivity; run_toolpressure ;;
-    *) echo "usage: $0 [all|sim|tools|up|cpu|sweep|pressure|ablation|seeds|sensitivity|toolpressure]" >&2; exit 2 ;;
+    overhead) run_overhead ;;
+    spread) run_spread ;;
+    all) run_sim; run_tools; run_up; run_cpu; run_sweep; run_pressure; run_ablation; run_seeds; run_sensitivity; run_toolpressure; run_overhead; run_spread ;;
+    *) echo "usage: $0 [all|sim|tools|up|cpu|sweep|pressure|ablation|seeds|sensitivity|toolpressure|overhead|spread]" >&2; exit 2 ;;
 esac
 # One table: the header once, then every part's rows.
 mapfile -t parts < <(ls bench-results/{sim,tools,up,cpu,sweep,pressure,ablation,seeds,sensitivity}/results.md 2> /dev/null)

@@ -56,6 +56,16 @@ impl Params<'_> {
         }
     }
 
+    pub(crate) fn f64(&self, key: &str, default: f64) -> Result<f64, String> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .ok_or_else(|| format!("parameter {key}: expected a non-negative number, got {v}")),
+        }
+    }
+
     pub(crate) fn bool(&self, key: &str, default: bool) -> Result<bool, String> {
         match self.get(key) {
             None => Ok(default),

@@ -6,28 +6,33 @@ use crate::plugin::Picker;
 /// `max-score-picker`: the highest total. Ties are broken at random (llm-d's way), or
 /// with `tieBreak: least-recent` (an llmd addition) in favour of the endpoint the picker
 /// sent a request to longest ago — round robin among equals, which under load is the
-/// one most likely done with its last prefill.
+/// one most likely done with its last prefill. `tieTolerance` (an llmd addition, default
+/// 0) counts totals within that much of the best as tied, so that differences too small
+/// to change latency do not override the tie-break.
 #[derive(Debug, Default)]
 pub struct MaxScorePicker {
     least_recent: bool,
+    tolerance: f64,
 }
 
 impl MaxScorePicker {
-    /// From `parameters`: `tieBreak` (`random` | `least-recent`).
+    /// From `parameters`: `tieBreak` (`random` | `least-recent`), `tieTolerance` (a
+    /// non-negative number).
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let least_recent = match super::Params(p).string("tieBreak")?.as_deref() {
             None | Some("random") => false,
             Some("least-recent") => true,
             Some(o) => return Err(format!("parameter tieBreak: {o:?} is not random or least-recent")),
         };
-        Ok(MaxScorePicker { least_recent })
+        let tolerance = super::Params(p).f64("tieTolerance", 0.0)?;
+        Ok(MaxScorePicker { least_recent, tolerance })
     }
 }
 
 impl Picker for MaxScorePicker {
     fn pick<'a>(&self, scored: &[(&'a Endpoint, f64)], draw: &mut dyn FnMut() -> f64) -> Option<&'a Endpoint> {
         let best = scored.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
-        let mut top: Vec<&Endpoint> = scored.iter().filter(|s| s.1 >= best).map(|s| s.0).collect();
+        let mut top: Vec<&Endpoint> = scored.iter().filter(|s| s.1 >= best - self.tolerance).map(|s| s.0).collect();
         if self.least_recent {
             // Never-picked endpoints (None) sort first; still-equal ones go to the draw.
             let oldest = top.iter().map(|e| e.inflight.last_sent).min().flatten();
@@ -104,6 +109,25 @@ mod tie_tests {
         let scored: Vec<(&Endpoint, f64)> = eps.iter().map(|e| (e, 1.0)).collect();
         assert_eq!(p.pick(&scored, &mut || 0.0).unwrap().id, "c", "never picked comes first");
         assert!(MaxScorePicker::from_params(&serde_json::json!({"tieBreak": "coin"})).is_err());
+    }
+
+    #[test]
+    fn tie_tolerance_lets_the_tie_break_decide_close_calls() {
+        let mut eps: Vec<Endpoint> = ["a", "b", "c"].iter().map(|n| Endpoint::new(*n, *n, Role::Both)).collect();
+        eps[0].inflight.last_sent = Some(Duration::from_millis(30));
+        eps[1].inflight.last_sent = Some(Duration::from_millis(10));
+        eps[2].inflight.last_sent = Some(Duration::from_millis(5));
+        let scored = [(&eps[0], 4.0), (&eps[1], 3.8), (&eps[2], 3.0)];
+        let strict = MaxScorePicker::from_params(&serde_json::json!({"tieBreak": "least-recent"})).unwrap();
+        assert_eq!(strict.pick(&scored, &mut || 0.0).unwrap().id, "a");
+        let p =
+            MaxScorePicker::from_params(&serde_json::json!({"tieBreak": "least-recent", "tieTolerance": 0.3})).unwrap();
+        // b is within 0.3 of the best and was sent to longer ago; c, older still, is not close.
+        assert_eq!(p.pick(&scored, &mut || 0.0).unwrap().id, "b");
+        for bad in [serde_json::json!(-0.1), serde_json::json!("0.3")] {
+            let err = MaxScorePicker::from_params(&serde_json::json!({"tieTolerance": bad})).unwrap_err();
+            assert!(err.contains("tieTolerance"), "{err}");
+        }
     }
 }
 

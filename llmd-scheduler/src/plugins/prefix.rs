@@ -6,9 +6,11 @@
 //! prompt's leading blocks it is believed to hold.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 
+use llmd_kvcache::PrehashedHasher;
 use lru::LruCache;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -61,8 +63,11 @@ pub struct PrefixCacheScorer {
     block_tokens: usize,
     max_blocks: usize,
     capacity: NonZeroUsize,
-    index: Mutex<HashMap<String, LruCache<u64, ()>>>,
+    index: Mutex<HashMap<String, BlockLru>>,
 }
+
+// Keys are xxh3 chain hashes already: hashing them again would only cost time.
+type BlockLru = LruCache<u64, (), BuildHasherDefault<PrehashedHasher>>;
 
 impl PrefixCacheScorer {
     /// From `parameters`: `blockSize` (characters, default 64), `blockSizeTokens`
@@ -88,8 +93,10 @@ impl PrefixCacheScorer {
         let mut out = Vec::new();
         match &req.token_ids {
             Some(ids) => {
+                let mut bytes = Vec::with_capacity(self.block_tokens * 4);
                 for chunk in ids.chunks_exact(self.block_tokens).take(self.max_blocks) {
-                    let bytes: Vec<u8> = chunk.iter().flat_map(|t| t.to_le_bytes()).collect();
+                    bytes.clear();
+                    bytes.extend(chunk.iter().flat_map(|t| t.to_le_bytes()));
                     prev = xxh3_64_with_seed(&bytes, prev);
                     out.push(prev);
                 }
@@ -107,16 +114,27 @@ impl PrefixCacheScorer {
     }
 }
 
+/// How many of `hashes` (a prompt's chained block hashes) `lru` holds from the start.
+/// Held blocks always form a prefix (see `on_pick`), so a binary search finds the end of
+/// it: a few lookups instead of one per block, each a likely cache miss. Lookups only
+/// peek: scoring must not refresh the history of endpoints the request does not go to.
+fn held_blocks(lru: &BlockLru, hashes: &[u64]) -> usize {
+    // Most endpoints hold none of a prompt: one lookup says so.
+    match hashes.first() {
+        Some(h) if lru.contains(h) => hashes.partition_point(|h| lru.contains(h)),
+        _ => 0,
+    }
+}
+
 impl Scorer for PrefixCacheScorer {
     fn score(&self, state: &mut CycleState, req: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
         let (hashes, prompt_tokens, tokens_per_block) = self.hashes(req);
-        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
         let mut matched = HashMap::new();
         let scores = eps
             .iter()
             .map(|e| {
-                let n =
-                    index.get_mut(&e.id).map_or(0, |lru| hashes.iter().take_while(|h| lru.get(h).is_some()).count());
+                let n = index.get(&e.id).map_or(0, |lru| held_blocks(lru, &hashes));
                 matched.insert(e.id.clone(), n);
                 if hashes.is_empty() { 0.0 } else { n as f64 / hashes.len() as f64 }
             })
@@ -136,8 +154,13 @@ impl PickObserver for PrefixCacheScorer {
     fn on_pick(&self, state: &CycleState, _: &LlmRequest, _: &str, chosen: &Endpoint) {
         let Some(m) = state.get::<PrefixMatch>(PREFIX_MATCH_KEY) else { return };
         let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        let lru = index.entry(chosen.id.clone()).or_insert_with(|| LruCache::new(self.capacity));
-        for h in &m.hashes {
+        let lru = index
+            .entry(chosen.id.clone())
+            .or_insert_with(|| LruCache::with_hasher(self.capacity, BuildHasherDefault::default()));
+        // Last block first, so a prompt's head is always at least as recent as its tail:
+        // eviction then takes tails first (as an engine's cache does), and what an
+        // endpoint holds of any prompt is a prefix of its blocks (`held_blocks`).
+        for h in m.hashes.iter().rev() {
             lru.put(*h, ());
         }
     }
@@ -205,8 +228,91 @@ mod tests {
         let mut st = CycleState::default();
         s.score(&mut st, &req, &[&e]);
         s.on_pick(&st, &req, "p", &e);
-        // Only the 3 most recent block hashes survive; the chain's head is gone.
-        assert_eq!(s.score(&mut CycleState::default(), &req, &[&e]), vec![0.0]);
+        // Only 3 block hashes survive: the prompt's head, as an engine would keep it.
+        assert_eq!(s.score(&mut CycleState::default(), &req, &[&e]), vec![0.5]);
         assert!(PrefixCacheScorer::from_params(&serde_json::json!({"lruCapacityPerServer": 0})).is_err());
+    }
+
+    #[test]
+    fn scoring_does_not_refresh_an_endpoint_s_history() {
+        // Capacity 4, blocks of one character: "ab" then "cd" fill it.
+        let s =
+            PrefixCacheScorer::from_params(&serde_json::json!({"blockSize": 1, "lruCapacityPerServer": 4})).unwrap();
+        let e = Endpoint::new("a", "a", Role::Both);
+        let send = |text: &str| {
+            let req = LlmRequest::new("1", "m", text);
+            let mut st = CycleState::default();
+            s.score(&mut st, &req, &[&e]);
+            s.on_pick(&st, &req, "p", &e);
+        };
+        send("ab");
+        send("xy");
+        // Scored ("ab" is held) but sent elsewhere: its blocks stay the oldest...
+        let ab = LlmRequest::new("2", "m", "ab");
+        assert_eq!(s.score(&mut CycleState::default(), &ab, &[&e]), vec![1.0]);
+        // ...so the next prompt sent here evicts them.
+        send("cd");
+        assert_eq!(s.score(&mut CycleState::default(), &ab, &[&e]), vec![0.0]);
+        assert_eq!(s.score(&mut CycleState::default(), &LlmRequest::new("3", "m", "xy"), &[&e]), vec![1.0]);
+    }
+
+    // Sends prompts drawn from a few shared stems to one endpoint with a small history
+    // (through `on_pick` when `tail_first`, else inserted head first by hand);
+    // returns, for probe prompts, (binary-search count, block-by-block count).
+    fn counts(ops: &[(u8, u8)], capacity: u64, tail_first: bool) -> Vec<(usize, usize)> {
+        let s = PrefixCacheScorer::from_params(&serde_json::json!({"blockSize": 1, "lruCapacityPerServer": capacity}))
+            .unwrap();
+        let prompt = |stem: u8, len: u8| -> String { (0..len).map(|i| (b'a' + (stem + i) % 5) as char).collect() };
+        let e = Endpoint::new("a", "a", Role::Both);
+        for &(stem, len) in ops {
+            let req = LlmRequest::new("1", "m", prompt(stem % 3, len % 12 + 1));
+            if tail_first {
+                // The scorer's own path.
+                let mut st = CycleState::default();
+                s.score(&mut st, &req, &[&e]);
+                s.on_pick(&st, &req, "p", &e);
+                continue;
+            }
+            let (hashes, ..) = s.hashes(&req);
+            let mut index = s.index.lock().unwrap();
+            let lru = index
+                .entry("a".into())
+                .or_insert_with(|| LruCache::with_hasher(s.capacity, BuildHasherDefault::default()));
+            for h in hashes {
+                lru.put(h, ());
+            }
+        }
+        let index = s.index.lock().unwrap();
+        let lru = &index["a"];
+        (0..3u8)
+            .map(|stem| {
+                let (hashes, ..) = s.hashes(&LlmRequest::new("p", "m", prompt(stem, 12)));
+                (held_blocks(lru, &hashes), hashes.iter().take_while(|h| lru.contains(h)).count())
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn held_blocks_agrees_with_a_block_by_block_scan(
+            ops in proptest::collection::vec((0u8..3, 0u8..12), 1..40),
+            capacity in 1u64..30,
+        ) {
+            for (fast, slow) in counts(&ops, capacity, true) {
+                proptest::prop_assert_eq!(fast, slow);
+            }
+        }
+    }
+
+    #[test]
+    fn the_binary_search_needs_tails_evicted_first() {
+        // Negative control: inserted head first, a prompt's middle can be evicted while
+        // its head (refreshed by a shorter prompt) stays, so the held blocks stop being
+        // a prefix, which the proptest above would catch.
+        let ops = [(0u8, 11u8), (0, 1), (1, 11)];
+        let ok = counts(&ops, 21, true);
+        assert!(ok.iter().all(|(f, s)| f == s), "{ok:?}");
+        let broken = counts(&ops, 21, false);
+        assert!(broken.iter().any(|(f, s)| f != s), "{broken:?}");
     }
 }

@@ -18,7 +18,10 @@
 //! ```
 //!
 //! Errors name the file, the plugin or profile, and the reason. Unknown fields are
-//! ignored (as llm-d's loader does), so files written for newer llm-d versions load.
+//! errors, as in llm-d-router's loader (strict decoding), so a misspelt section is not
+//! silently dropped. As there, a config without `schedulingProfiles` gets one `default`
+//! profile of every filter, scorer and picker it defines, and profile entries that are
+//! neither (producers, say) are skipped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -34,10 +37,17 @@ use crate::plugins::pickers::MaxScorePicker;
 use crate::plugins::profiles::SingleProfileHandler;
 use crate::registry::PluginRegistry;
 
-const API_VERSIONS: [&str; 2] = ["inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1"];
+// llm-d-router reads `llm-d.ai/v1alpha1` and the deprecated
+// `inference.networking.x-k8s.io/v1alpha1`; `llm-d.ai/v1` is accepted ahead of it.
+const API_VERSIONS: [&str; 3] = ["llm-d.ai/v1alpha1", "llm-d.ai/v1", "inference.networking.x-k8s.io/v1alpha1"];
+
+// llm-d-router's feature gates (`cmd/epp/runner/runner.go`), with their defaults, and
+// `prepareDataPlugins` from llm-d-inference-scheduler's configs (now always on there).
+const FEATURE_GATES: [(&str, bool); 3] =
+    [("flowControl", false), ("haPopulateNonLeaderDatastore", true), ("prepareDataPlugins", true)];
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawConfig {
     api_version: Option<String>,
     kind: Option<String>,
@@ -48,19 +58,70 @@ struct RawConfig {
     #[serde(default)]
     scheduling_profiles: Vec<RawProfile>,
     data_layer: Option<RawDataLayer>,
+    flow_control: Option<RawFlowControl>,
+    // Deprecated top-level spellings of flowControl.saturationDetector and
+    // requestHandler.parsers.
+    saturation_detector: Option<RawPluginRef>,
+    request_handler: Option<RawRequestHandler>,
+    parser: Option<RawPluginRef>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawDataLayer {
     discovery: Option<RawPluginRef>,
     inject_defaults: Option<bool>,
     #[serde(default)]
     sources: Vec<RawSource>,
+    peer_discovery: Option<RawPluginRef>,
+    cross_replica_syncer_plugin_ref: Option<String>,
+    // Accepted for its shape only: without a syncer it does nothing.
+    #[allow(dead_code)]
+    cross_replica_sync_interval: Option<String>,
+}
+
+// llm-d-router's `flowControl` section: read so that files carrying it load and
+// misspellings are caught; the flow-control layer itself is not built yet, so most
+// fields are only checked for their shape.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawFlowControl {
+    max_bytes: Option<Value>,
+    max_requests: Option<Value>,
+    #[serde(rename = "defaultRequestTTL")]
+    default_request_ttl: Option<String>,
+    #[serde(rename = "noEndpointRequestTTL")]
+    no_endpoint_request_ttl: Option<String>,
+    default_priority_band: Option<RawPriorityBand>,
+    default_negative_priority_band: Option<RawPriorityBand>,
+    #[serde(default)]
+    priority_bands: Vec<RawPriorityBand>,
+    usage_limit_policy_plugin_ref: Option<String>,
+    saturation_detector: Option<RawPluginRef>,
+    enable_eviction: Option<bool>,
+}
+
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawPriorityBand {
+    priority: Option<i64>,
+    max_bytes: Option<Value>,
+    max_requests: Option<Value>,
+    fairness_policy_ref: Option<String>,
+    ordering_policy_ref: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawRequestHandler {
+    #[serde(default)]
+    parsers: Vec<RawPluginRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawSource {
     plugin_ref: String,
     #[serde(default)]
@@ -68,12 +129,13 @@ struct RawSource {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawPluginRef {
     plugin_ref: String,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawPlugin {
     #[serde(rename = "type")]
     type_name: String,
@@ -83,6 +145,7 @@ struct RawPlugin {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawProfile {
     name: String,
     #[serde(default)]
@@ -90,7 +153,7 @@ struct RawProfile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawRef {
     plugin_ref: String,
     weight: Option<f64>,
@@ -145,6 +208,96 @@ fn resolve_data_layer(
         }
     }
     Ok(DataLayerConfig { sources })
+}
+
+/// `featureGates` entries (`name`, `name=true`, `name=false`) over the known gates'
+/// defaults; unknown gates and values are errors, as in llm-d-router.
+fn feature_gates(entries: &[String]) -> std::result::Result<BTreeMap<String, bool>, String> {
+    let mut gates: BTreeMap<String, bool> = FEATURE_GATES.iter().map(|(n, d)| (n.to_string(), *d)).collect();
+    for entry in entries {
+        let (name, value) = match entry.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (entry.trim(), None),
+        };
+        if !gates.contains_key(name) {
+            let known: Vec<&str> = FEATURE_GATES.iter().map(|g| g.0).collect();
+            return Err(format!("feature gate {name:?} is unknown (known: {})", known.join(", ")));
+        }
+        // Go's strconv.ParseBool, which the router uses.
+        let on = match value {
+            None => true,
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True") => true,
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => false,
+            Some(v) => return Err(format!("{v:?} is not a valid value for the feature gate {name:?}")),
+        };
+        gates.insert(name.to_string(), on);
+    }
+    Ok(gates)
+}
+
+// Sections llm-d-router acts on that llmd does not build yet: refused with the reason,
+// not dropped, so no one runs without the load shedding or parsing they configured.
+// `flowControl` without its feature gate is ignored, as in the router (which warns).
+fn check_unbuilt_sections(
+    raw: &RawConfig,
+    plugins: &BTreeMap<String, PluginHandle>,
+    flow_control_gate: bool,
+    file: &str,
+) -> Result<()> {
+    let detector =
+        raw.flow_control.as_ref().and_then(|f| f.saturation_detector.as_ref()).or(raw.saturation_detector.as_ref());
+    if let Some(d) = detector {
+        let what =
+            if raw.saturation_detector.is_some() { "saturationDetector" } else { "flowControl.saturationDetector" };
+        let reason = match plugins.get(&d.plugin_ref) {
+            Some(h) => format!("{:?} ({}) is not a saturation detector", h.name, h.type_name),
+            None => format!("{:?}: saturation detectors are not built in llmd yet", d.plugin_ref),
+        };
+        return Err(SchedulerError::config(file, what, reason));
+    }
+    if raw.flow_control.is_some() {
+        if flow_control_gate {
+            return Err(SchedulerError::config(
+                file,
+                "flowControl",
+                "flow control (priority bands, fairness, ordering, usage limits) is not built in llmd yet; \
+                 leave the flowControl feature gate off to load this file without it",
+            ));
+        }
+        tracing::warn!(file, "the flowControl section is set but the flowControl feature gate is off; ignored");
+    }
+    let parsers: Vec<&str> = raw
+        .request_handler
+        .iter()
+        .flat_map(|r| r.parsers.iter())
+        .chain(raw.parser.iter())
+        .map(|p| p.plugin_ref.as_str())
+        .collect();
+    if !parsers.is_empty() {
+        return Err(SchedulerError::config(
+            file,
+            if raw.parser.is_some() { "parser" } else { "requestHandler.parsers" },
+            format!(
+                "parser plugins are not built in llmd yet (the gateway reads OpenAI completions and chat bodies \
+                 itself); named: {}",
+                parsers.join(", ")
+            ),
+        ));
+    }
+    if let Some(dl) = &raw.data_layer {
+        let unbuilt = [
+            dl.peer_discovery.as_ref().map(|_| "dataLayer.peerDiscovery"),
+            dl.cross_replica_syncer_plugin_ref.as_ref().map(|_| "dataLayer.crossReplicaSyncerPluginRef"),
+        ];
+        if let Some(what) = unbuilt.into_iter().flatten().next() {
+            return Err(SchedulerError::config(
+                file,
+                what,
+                "not supported (llm-d-router registers no such plugin either)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An endpoint discovery plugin named by `dataLayer.discovery` (llm-d's
@@ -251,6 +404,7 @@ impl SchedulerConfig {
         {
             return Err(SchedulerError::config(file, "kind", format!("{k:?} is not EndpointPickerConfig")));
         }
+        let gates = feature_gates(&raw.feature_gates).map_err(|e| SchedulerError::config(file, "featureGates", e))?;
         let raw_params: HashMap<String, Value> = raw
             .plugins
             .iter()
@@ -302,8 +456,28 @@ impl SchedulerConfig {
             }
         }
 
+        check_unbuilt_sections(&raw, &plugins, gates.get("flowControl").copied().unwrap_or(false), file)?;
+
+        // No profiles: one `default` profile of every filter, scorer and picker, in file
+        // order (llm-d-router's `ensureSchedulingLayer`).
+        let default_profile;
+        let raw_profiles = if raw.scheduling_profiles.is_empty() {
+            let refs = raw
+                .plugins
+                .iter()
+                .map(|p| p.name.clone().unwrap_or_else(|| p.type_name.clone()))
+                .filter(|n| {
+                    plugins.get(n).is_some_and(|h| h.filter.is_some() || h.scorer.is_some() || h.picker.is_some())
+                })
+                .map(|plugin_ref| RawRef { plugin_ref, weight: None })
+                .collect();
+            default_profile = [RawProfile { name: "default".into(), plugins: refs }];
+            &default_profile[..]
+        } else {
+            &raw.scheduling_profiles[..]
+        };
         let mut profiles = Vec::new();
-        for rp in &raw.scheduling_profiles {
+        for rp in raw_profiles {
             let what = format!("schedulingProfiles[{:?}]", rp.name);
             let mut prof = Profile {
                 name: rp.name.clone(),
@@ -346,17 +520,12 @@ impl SchedulerConfig {
                     prof.observers.push(o.clone());
                 }
                 if !used {
-                    return Err(SchedulerError::config(
-                        file,
-                        &what,
-                        format!("{:?} ({}) is not a filter, scorer or picker", h.name, h.type_name),
-                    ));
+                    // As llm-d-router does: a producer or handler listed in a profile
+                    // does its work elsewhere.
+                    tracing::debug!(file, profile = %rp.name, plugin = %h.name, "not a filter, scorer or picker; skipped in the profile");
                 }
             }
             profiles.push(prof);
-        }
-        if profiles.is_empty() {
-            return Err(SchedulerError::config(file, "schedulingProfiles", "at least one profile is required"));
         }
         let handlers: Vec<&PluginHandle> = plugins.values().filter(|h| h.profile_handler.is_some()).collect();
         let handler: Arc<dyn ProfileHandler> = match handlers.as_slice() {

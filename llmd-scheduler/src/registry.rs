@@ -200,6 +200,7 @@ impl PluginRegistry {
         for t in ["prefill-header-handler", "disagg-headers-handler", "approx-prefix-cache-producer"] {
             r.register(t, move |n, _| Ok(handle(n, t)));
         }
+        crate::plugins::selection::register(&mut r);
         r
     }
 

@@ -6,6 +6,7 @@ pub mod precise;
 pub mod prefix;
 pub mod profiles;
 pub mod scorers;
+pub mod selection;
 
 use serde_json::Value;
 

@@ -23,7 +23,7 @@
 //! profile of every filter, scorer and picker it defines, and profile entries that are
 //! neither (producers, say) are skipped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -405,11 +405,6 @@ impl SchedulerConfig {
             return Err(SchedulerError::config(file, "kind", format!("{k:?} is not EndpointPickerConfig")));
         }
         let gates = feature_gates(&raw.feature_gates).map_err(|e| SchedulerError::config(file, "featureGates", e))?;
-        let raw_params: HashMap<String, Value> = raw
-            .plugins
-            .iter()
-            .map(|p| (p.name.clone().unwrap_or_else(|| p.type_name.clone()), p.parameters.clone()))
-            .collect();
         let mut plugins = BTreeMap::new();
         for p in &raw.plugins {
             let name = p.name.clone().unwrap_or_else(|| p.type_name.clone());
@@ -425,27 +420,41 @@ impl SchedulerConfig {
                     ),
                 )
             })?;
-            let mut params =
+            let params =
                 if p.parameters.is_null() { Value::Object(Default::default()) } else { p.parameters.clone() };
-            // The P/D handler takes its threshold from the decider it names.
-            if p.type_name == "pd-profile-handler" || p.type_name == "disagg-profile-handler" {
-                let decider = params
-                    .get("deciderPluginName")
-                    .or_else(|| params.get("deciders").and_then(|d| d.get("prefill")))
-                    .and_then(Value::as_str)
-                    .map(String::from);
-                if let Some(d) = decider {
-                    let dp = raw_params.get(&d).ok_or_else(|| {
-                        SchedulerError::config(file, &what, format!("decider {d:?} is not a configured plugin"))
-                    })?;
-                    if let (Some(n), Some(obj)) = (dp.get("nonCachedTokens"), params.as_object_mut()) {
-                        obj.insert("nonCachedTokens".into(), n.clone());
-                    }
-                }
-            }
             let handle = factory(&name, &params).map_err(|reason| SchedulerError::config(file, &what, reason))?;
             if plugins.insert(name.clone(), handle).is_some() {
                 return Err(SchedulerError::config(file, &what, "two plugins have this name; give one a `name`"));
+            }
+        }
+
+        // P/D handlers consult the decider they name, wherever it is in the file.
+        for p in raw
+            .plugins
+            .iter()
+            .filter(|p| p.type_name == "pd-profile-handler" || p.type_name == "disagg-profile-handler")
+        {
+            let name = p.name.clone().unwrap_or_else(|| p.type_name.clone());
+            let what = format!("plugin {name:?}");
+            let params = if p.parameters.is_null() { Value::Object(Default::default()) } else { p.parameters.clone() };
+            let decider = match crate::plugins::profiles::decider_ref(&p.type_name, &params)
+                .map_err(|e| SchedulerError::config(file, &what, e))?
+            {
+                None => None,
+                Some(d) => {
+                    let h = plugins.get(&d).ok_or_else(|| {
+                        SchedulerError::config(file, &what, format!("decider {d:?} is not a configured plugin"))
+                    })?;
+                    Some(h.decider.clone().ok_or_else(|| {
+                        SchedulerError::config(file, &what, format!("{d:?} ({}) is not a P/D decider", h.type_name))
+                    })?)
+                }
+            };
+            let handler = crate::plugins::profiles::PdProfileHandler::from_params(&params)
+                .map_err(|e| SchedulerError::config(file, &what, e))?
+                .with_decider(decider);
+            if let Some(h) = plugins.get_mut(&name) {
+                h.profile_handler = Some(Arc::new(handler));
             }
         }
 

@@ -81,7 +81,7 @@ pub use endpoint::{AttributeValue, Endpoint, EndpointMetrics, EndpointStatus, In
 pub use error::{Result, SchedulerError};
 pub use health::{EndpointHealth, Failure, HealthConfig};
 pub use plugin::{
-    CycleState, Filter, PickObserver, Picker, PluginHandle, ProfileHandler, ProfilePick, ProfileRoles, Scorer,
+    CycleState, Decider, Filter, PickObserver, Picker, PluginHandle, ProfileHandler, ProfilePick, ProfileRoles, Scorer,
 };
 pub use registry::PluginRegistry;
 pub use replication::{HeldPrefix, ReplicationConfig, Replicator, WarmPlan};

@@ -89,6 +89,13 @@ pub trait ProfileHandler: Send + Sync {
     }
 }
 
+/// Decides whether a request whose decode endpoint is picked also gets a separate
+/// prefill (llm-d's P/D deciders, named by `disagg-profile-handler`'s `deciders`).
+pub trait Decider: Send + Sync {
+    /// Whether to disaggregate `req`, whose decode profile picked `decode`.
+    fn disaggregate(&self, state: &CycleState, req: &LlmRequest, decode: &ProfilePick) -> bool;
+}
+
 /// The profiles that play each part of prefill/decode disaggregation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProfileRoles {
@@ -161,6 +168,8 @@ pub struct PluginHandle {
     pub picker: Option<std::sync::Arc<dyn Picker>>,
     /// Profile-handler role.
     pub profile_handler: Option<std::sync::Arc<dyn ProfileHandler>>,
+    /// P/D decider role.
+    pub decider: Option<std::sync::Arc<dyn Decider>>,
     /// Observer role.
     pub observer: Option<std::sync::Arc<dyn PickObserver>>,
     /// KV-event consumer role.
@@ -180,6 +189,7 @@ impl std::fmt::Debug for PluginHandle {
             .field("scorer", &self.scorer.is_some())
             .field("picker", &self.picker.is_some())
             .field("profile_handler", &self.profile_handler.is_some())
+            .field("decider", &self.decider.is_some())
             .field("extractor", &self.extractor.is_some())
             .field("source", &self.source)
             .finish()

@@ -135,11 +135,18 @@ impl PluginRegistry {
                 ..handle(n, "pd-profile-handler")
             })
         });
-        // Configuration-only plugins: their parameters are read by others (the P/D
-        // handler reads the decider's threshold); they take no part in a cycle.
+        // P/D deciders, bound to the handler that names them by the config loader.
         r.register("prefix-based-pd-decider", |n, p| {
-            super::plugins::Params(p).u64("nonCachedTokens", 0)?;
-            Ok(handle(n, "prefix-based-pd-decider"))
+            Ok(PluginHandle {
+                decider: Some(Arc::new(profiles::PrefixBasedPdDecider::from_params(p)?)),
+                ..handle(n, "prefix-based-pd-decider")
+            })
+        });
+        r.register("always-disagg-pd-decider", |n, _| {
+            Ok(PluginHandle {
+                decider: Some(Arc::new(profiles::AlwaysDisaggPdDecider)),
+                ..handle(n, "always-disagg-pd-decider")
+            })
         });
         // The data layer: sources and extractors (wired by dataLayer.sources).
         r.register("metrics-data-source", |n, p| {

@@ -55,7 +55,9 @@ fn mistakes_name_file_plugin_and_reason() {
         (format!("requestHandler: {{parsers: [{{pluginRef: openai-parser}}]}}\nplugins:\n- type: queue-scorer\n{profile}"), "requestHandler.parsers: parser plugins are not built"),
         (format!("saturationDetector: {{pluginRef: utilization-detector}}\nplugins:\n- type: queue-scorer\n{profile}"), "epp.yaml: saturationDetector: \"utilization-detector\""),
         (format!("plugins: 7\n{profile}"), "epp.yaml: (document):"),
-        ("plugins:\n- type: queue-scorer\n- type: pd-profile-handler\nschedulingProfiles:\n- name: only\n  plugins:\n  - pluginRef: queue-scorer\n".into(), "needs a profile named \"prefill\""),
+        ("plugins:\n- type: queue-scorer\n- type: prefix-based-pd-decider\n- type: pd-profile-handler\nschedulingProfiles:\n- name: only\n  plugins:\n  - pluginRef: queue-scorer\n".into(), "needs a profile named \"prefill\""),
+        ("plugins:\n- type: queue-scorer\n- type: pd-profile-handler\nschedulingProfiles:\n- name: only\n  plugins:\n  - pluginRef: queue-scorer\n".into(), "decider \"prefix-based-pd-decider\" is not a configured plugin"),
+        ("plugins:\n- type: queue-scorer\n- type: disagg-profile-handler\n  parameters: {deciders: {prefill: queue-scorer}}\nschedulingProfiles:\n- name: only\n  plugins:\n  - pluginRef: queue-scorer\n".into(), "is not a P/D decider"),
     ];
     for (yaml, want) in cases {
         let e = err(&yaml);

@@ -1,8 +1,10 @@
 //! Profile handlers: one profile, or prefill/decode disaggregation.
 
+use std::sync::Arc;
+
 use super::Params;
 use super::prefix::{PREFIX_MATCH_KEY, PrefixMatch};
-use crate::plugin::{CycleState, ProfileHandler, ProfileResults, ProfileRoles};
+use crate::plugin::{CycleState, Decider, ProfileHandler, ProfilePick, ProfileResults, ProfileRoles};
 use crate::request::LlmRequest;
 
 /// `single-profile-handler`: runs the only profile.
@@ -25,50 +27,88 @@ impl ProfileHandler for SingleProfileHandler {
     }
 }
 
-/// `pd-profile-handler`: runs the `decode` profile, then the `prefill` profile when the
-/// part of the prompt the chosen decode endpoint lacks is at least `threshold` tokens
-/// (`prefix-based-pd-decider`'s `nonCachedTokens`). The decode pick is the destination;
-/// the prefill pick travels in a header for the routing sidecar.
-#[derive(Debug)]
+/// `pd-profile-handler` / `disagg-profile-handler`: runs the `decode` profile, then the
+/// `prefill` profile when the prefill decider says so. The decode pick is the
+/// destination; the prefill pick travels in a header for the routing sidecar. Without a
+/// decider (`disagg-profile-handler` with no `deciders.prefill`) every request stays
+/// on its decode endpoint, as in llm-d-router.
 pub struct PdProfileHandler {
-    threshold: usize,
     prefill: String,
     decode: String,
+    decider: Option<Arc<dyn Decider>>,
+}
+
+impl std::fmt::Debug for PdProfileHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PdProfileHandler")
+            .field("prefill", &self.prefill)
+            .field("decode", &self.decode)
+            .field("decider", &self.decider.is_some())
+            .finish()
+    }
+}
+
+/// The decider a P/D handler's parameters name, if any: `pd-profile-handler`'s
+/// `deciderPluginName` (default `prefix-based-pd-decider`), `disagg-profile-handler`'s
+/// `deciders.prefill` or its older flat `prefillDeciderPluginName` / `deciderPluginName`.
+pub fn decider_ref(type_name: &str, p: &serde_json::Value) -> Result<Option<String>, String> {
+    let q = Params(p);
+    let nested = p.get("deciders").cloned().unwrap_or(serde_json::Value::Null);
+    let named =
+        Params(&nested).string("prefill")?.or(q.string("prefillDeciderPluginName")?).or(q.string("deciderPluginName")?);
+    Ok(match type_name {
+        "pd-profile-handler" => Some(named.unwrap_or_else(|| "prefix-based-pd-decider".into())),
+        _ => named,
+    })
 }
 
 impl PdProfileHandler {
-    /// From `parameters`: `threshold` (or a decider's `nonCachedTokens`, merged in by the
-    /// config loader); the profile names as `pd-profile-handler` spells them
+    /// From `parameters`: the profile names as `pd-profile-handler` spells them
     /// (`prefillProfile` / `decodeProfile`) or as `disagg-profile-handler` does
-    /// (`profiles: {prefill, decode}`).
+    /// (`profiles: {prefill, decode}`); the decider is bound by [`with_decider`](Self::with_decider)
+    /// once every plugin exists (the config loader does it).
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let q = Params(p);
-        let threshold = match q.u64("nonCachedTokens", u64::MAX)? {
-            u64::MAX => q.u64("threshold", 0)?,
-            n => n,
-        } as usize;
         let nested = p.get("profiles").cloned().unwrap_or(serde_json::Value::Null);
         let n = Params(&nested);
         let name = |flat: &str, key: &str| -> Result<String, String> {
             Ok(q.string(flat)?.or(n.string(key)?).unwrap_or_else(|| key.to_string()))
         };
+        if let Some(order) = q.string("stageOrder")?
+            && order != "decode-first"
+        {
+            return Err(format!("parameter stageOrder: {order:?} is not built (only decode-first)"));
+        }
         Ok(PdProfileHandler {
-            threshold,
             prefill: name("prefillProfile", "prefill")?,
             decode: name("decodeProfile", "decode")?,
+            decider: None,
         })
+    }
+
+    /// The same handler consulting `decider` on whether to add a prefill pick.
+    pub fn with_decider(mut self, decider: Option<Arc<dyn Decider>>) -> Self {
+        self.decider = decider;
+        self
     }
 }
 
 impl ProfileHandler for PdProfileHandler {
-    fn next_profiles(&self, state: &CycleState, _: &LlmRequest, _: &[String], results: &ProfileResults) -> Vec<String> {
+    fn next_profiles(
+        &self,
+        state: &CycleState,
+        req: &LlmRequest,
+        _: &[String],
+        results: &ProfileResults,
+    ) -> Vec<String> {
         let Some(decode) = results.get(&self.decode) else { return vec![self.decode.clone()] };
         if results.contains_key(&self.prefill) {
             return Vec::new();
         }
-        let uncached =
-            state.get::<PrefixMatch>(PREFIX_MATCH_KEY).map_or(usize::MAX, |m| m.uncached_tokens(&decode.endpoint));
-        if uncached >= self.threshold { vec![self.prefill.clone()] } else { Vec::new() }
+        match &self.decider {
+            Some(d) if d.disaggregate(state, req, decode) => vec![self.prefill.clone()],
+            _ => Vec::new(),
+        }
     }
 
     fn primary(&self, _: &ProfileResults) -> Option<String> {
@@ -81,5 +121,100 @@ impl ProfileHandler for PdProfileHandler {
 
     fn required_profiles(&self) -> Vec<String> {
         vec![self.prefill.clone(), self.decode.clone()]
+    }
+}
+
+/// `prefix-based-pd-decider`: disaggregate when the part of the prompt the decode
+/// endpoint's cache lacks is at least `nonCachedTokens` (0, the default, never
+/// disaggregates), and the prompt is at least `promptTokens` long (0: no such gate).
+/// Without a prefix scorer's match for the decode endpoint it does not disaggregate.
+#[derive(Debug, Default)]
+pub struct PrefixBasedPdDecider {
+    non_cached_tokens: u64,
+    prompt_tokens: u64,
+}
+
+impl PrefixBasedPdDecider {
+    /// From `parameters`: `nonCachedTokens`, `promptTokens`.
+    pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let q = Params(p);
+        Ok(PrefixBasedPdDecider {
+            non_cached_tokens: q.u64("nonCachedTokens", 0)?,
+            prompt_tokens: q.u64("promptTokens", 0)?,
+        })
+    }
+}
+
+impl Decider for PrefixBasedPdDecider {
+    fn disaggregate(&self, state: &CycleState, req: &LlmRequest, decode: &ProfilePick) -> bool {
+        let len = req.prompt_tokens() as u64;
+        if self.non_cached_tokens == 0 || len < self.prompt_tokens || len < self.non_cached_tokens {
+            return false;
+        }
+        state
+            .get::<PrefixMatch>(PREFIX_MATCH_KEY)
+            .is_some_and(|m| m.uncached_tokens(&decode.endpoint) as u64 >= self.non_cached_tokens)
+    }
+}
+
+/// `always-disagg-pd-decider`: every request gets a prefill pick.
+#[derive(Debug, Default)]
+pub struct AlwaysDisaggPdDecider;
+
+impl Decider for AlwaysDisaggPdDecider {
+    fn disaggregate(&self, _: &CycleState, _: &LlmRequest, _: &ProfilePick) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_pick(endpoint: &str) -> ProfilePick {
+        ProfilePick {
+            endpoint: endpoint.into(),
+            address: endpoint.into(),
+            score: 0.0,
+            breakdown: Vec::new(),
+            candidates: 1,
+            uncached_tokens: None,
+            held_prefix: None,
+        }
+    }
+
+    #[test]
+    fn prefix_based_decider_follows_llm_d_router() {
+        // A 100-token prompt (token ids given) of which "warm" holds 6 blocks of 16.
+        let req = LlmRequest { token_ids: Some(vec![1; 100]), ..Default::default() };
+        let mut st = CycleState::default();
+        let matched = [("warm".to_string(), 6), ("cold".to_string(), 0)].into_iter().collect();
+        st.put(PREFIX_MATCH_KEY, PrefixMatch { hashes: vec![], prompt_tokens: 100, tokens_per_block: 16, matched });
+        let d = |n: u64, p: u64| {
+            PrefixBasedPdDecider::from_params(&serde_json::json!({"nonCachedTokens": n, "promptTokens": p})).unwrap()
+        };
+        // 100 uncached on cold, 4 on warm.
+        assert!(d(16, 0).disaggregate(&st, &req, &decode_pick("cold")));
+        assert!(!d(16, 0).disaggregate(&st, &req, &decode_pick("warm")));
+        assert!(d(4, 0).disaggregate(&st, &req, &decode_pick("warm")));
+        // 0 never disaggregates; nor does a prompt shorter than the threshold or the gate.
+        assert!(!d(0, 0).disaggregate(&st, &req, &decode_pick("cold")));
+        assert!(!d(101, 0).disaggregate(&st, &req, &decode_pick("cold")));
+        assert!(!d(16, 200).disaggregate(&st, &req, &decode_pick("cold")));
+        // No prefix match known: stay on the decode endpoint.
+        assert!(!d(16, 0).disaggregate(&CycleState::default(), &req, &decode_pick("cold")));
+        assert!(AlwaysDisaggPdDecider.disaggregate(&CycleState::default(), &req, &decode_pick("cold")));
+    }
+
+    #[test]
+    fn handlers_name_their_deciders() {
+        let none = serde_json::json!({});
+        assert_eq!(decider_ref("pd-profile-handler", &none).unwrap().as_deref(), Some("prefix-based-pd-decider"));
+        assert_eq!(decider_ref("disagg-profile-handler", &none).unwrap(), None);
+        let nested = serde_json::json!({"deciders": {"prefill": "d1"}});
+        assert_eq!(decider_ref("disagg-profile-handler", &nested).unwrap().as_deref(), Some("d1"));
+        let flat = serde_json::json!({"prefillDeciderPluginName": "d2"});
+        assert_eq!(decider_ref("disagg-profile-handler", &flat).unwrap().as_deref(), Some("d2"));
+        assert!(PdProfileHandler::from_params(&serde_json::json!({"stageOrder": "prefill-first"})).is_err());
     }
 }

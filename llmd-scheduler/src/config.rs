@@ -420,8 +420,7 @@ impl SchedulerConfig {
                     ),
                 )
             })?;
-            let params =
-                if p.parameters.is_null() { Value::Object(Default::default()) } else { p.parameters.clone() };
+            let params = if p.parameters.is_null() { Value::Object(Default::default()) } else { p.parameters.clone() };
             let handle = factory(&name, &params).map_err(|reason| SchedulerError::config(file, &what, reason))?;
             if plugins.insert(name.clone(), handle).is_some() {
                 return Err(SchedulerError::config(file, &what, "two plugins have this name; give one a `name`"));

@@ -202,6 +202,9 @@ fn decide(
             if let Some(pf) = pick.prefill_address() {
                 set.push(header(PREFILL_HEADER, pf));
             }
+            for (k, v) in &pick.result.headers {
+                set.push(header(k, v));
+            }
             let remove_headers: Vec<String> = headers
                 .iter()
                 .map(|(k, _)| k.as_str())

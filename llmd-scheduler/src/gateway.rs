@@ -331,6 +331,10 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         if let Some(pf) = &prefill {
             out = out.header(PREFILL_HEADER, pf.as_str());
         }
+        // The profile handler's own (data parallelism's rank); clients' copies were dropped.
+        for (k, v) in &result.headers {
+            out = out.header(k.as_str(), v.as_str());
+        }
         let sent = match g.wait_headers(&dest.endpoint, &dest.address, streaming, out.send()).await {
             Waited::Answer(r) => r,
             Waited::Dead(msg) => {

@@ -87,6 +87,13 @@ pub trait ProfileHandler: Send + Sync {
     fn required_profiles(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Last changes to the picks before the request is sent, and request headers the
+    /// front end sets on it (data parallelism sends to the pod's primary port and names
+    /// the chosen rank in a header). The default changes nothing.
+    fn finish(&self, _primary: &str, _results: &mut ProfileResults) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// Decides whether a request whose decode endpoint is picked also gets a separate

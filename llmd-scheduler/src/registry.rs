@@ -142,6 +142,12 @@ impl PluginRegistry {
                 ..handle(n, "prefix-based-pd-decider")
             })
         });
+        r.register("data-parallel-profile-handler", |n, p| {
+            Ok(PluginHandle {
+                profile_handler: Some(Arc::new(profiles::DataParallelProfileHandler::from_params(p)?)),
+                ..handle(n, "data-parallel-profile-handler")
+            })
+        });
         r.register("always-disagg-pd-decider", |n, _| {
             Ok(PluginHandle {
                 decider: Some(Arc::new(profiles::AlwaysDisaggPdDecider)),

@@ -20,6 +20,9 @@ pub struct PickResult {
     pub picks: ProfileResults,
     /// The profile handler's P/D roles.
     pub roles: ProfileRoles,
+    /// Request headers the profile handler asks front ends to set (after dropping any
+    /// copy the client sent).
+    pub headers: Vec<(String, String)>,
 }
 
 impl PickResult {
@@ -110,7 +113,8 @@ impl Scheduler {
             .primary(&results)
             .filter(|p| results.contains_key(p))
             .ok_or_else(|| SchedulerError::NoEndpoint("no profile produced a destination".into()))?;
-        Ok(PickResult { primary, picks: results, roles: self.config.handler.roles() })
+        let headers = self.config.handler.finish(&primary, &mut results);
+        Ok(PickResult { primary, picks: results, roles: self.config.handler.roles(), headers })
     }
 
     fn run_profile(

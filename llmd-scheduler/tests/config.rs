@@ -110,7 +110,6 @@ fn data_layer_mistakes_are_named() {
 // loader reports. The list may only shrink: a file that starts loading fails this test
 // until it is taken off.
 const ROUTER_GAPS: &[(&str, &str)] = &[
-    ("dp-epp-config.yaml", "data-parallel-profile-handler"),
     ("epp-burst-prefix-cache-config.yaml", "token-producer"),
     ("epp-mm-embeddings-cache-config.yaml", "token-producer"),
     ("epp-precise-prefix-cache-config.yaml", "token-producer"),

@@ -469,3 +469,51 @@ async fn without_replication_a_hot_prefix_stays_on_one_endpoint() {
     assert_eq!(got.len(), 16, "no warm-ups: {got:?}");
     assert!(got.iter().all(|(e, _)| *e == got[0].0), "{got:?}");
 }
+
+#[tokio::test]
+async fn data_parallel_picks_go_to_the_primary_port_with_the_rank_named() {
+    // The pod's primary port answers with the rank header it got; the ranks' own ports
+    // (the endpoints' addresses) have nothing listening.
+    let app = axum::Router::new().route(
+        "/v1/completions",
+        axum::routing::post(|headers: HeaderMap| async move {
+            let rank = headers.get_all("x-data-parallel-host-port").iter().map(|v| v.to_str().unwrap().to_string());
+            rank.collect::<Vec<_>>().join(";")
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let primary = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let yaml = format!(
+        "plugins:\n- type: data-parallel-profile-handler\n  parameters: {{primaryPort: {primary}}}\n\
+         - type: max-score-picker\n  parameters: {{tieBreak: least-recent}}\n\
+         schedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: max-score-picker\n"
+    );
+    let config =
+        llmd_scheduler::SchedulerConfig::from_yaml(&yaml, "dp.yaml", &PluginRegistry::with_builtins()).unwrap();
+    let store = datastore(Arc::new(ManualClock::new()));
+    for rank in 0..2 {
+        store.upsert(Endpoint::new(format!("pod-rank-{rank}"), format!("127.0.0.1:{}", 1 + rank), Role::Both));
+    }
+    let picker = EndpointPicker::new(Scheduler::new(config, 0), store, PickerConfig::default(), None);
+    let g = Gateway::new(picker, GatewayConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    let mut ranks = Vec::new();
+    for _ in 0..2 {
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/v1/completions"))
+            .header("content-type", "application/json")
+            .header("x-data-parallel-host-port", "10.9.9.9:1")
+            .body(r#"{"prompt": "hi"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        ranks.push(resp.text().await.unwrap());
+    }
+    ranks.sort();
+    // One header each, the picker's (the client's is dropped), naming each rank in turn.
+    assert_eq!(ranks, ["127.0.0.1:1", "127.0.0.1:2"]);
+}

@@ -27,6 +27,59 @@ impl ProfileHandler for SingleProfileHandler {
     }
 }
 
+/// The header naming the data-parallel rank a request was picked for (llm-d's).
+pub const DATA_PARALLEL_HEADER: &str = "x-data-parallel-host-port";
+
+/// `data-parallel-profile-handler`: runs the only profile over endpoints that are the
+/// data-parallel ranks of vLLM pods (one `host:port` each), then sends the request to
+/// the pod's `primaryPort` (default 8000) with the chosen rank's `host:port` in
+/// `x-data-parallel-host-port`, as llm-d-router does.
+#[derive(Debug)]
+pub struct DataParallelProfileHandler {
+    primary_port: u16,
+}
+
+impl DataParallelProfileHandler {
+    /// From `parameters`: `primaryPort` (1–65535).
+    pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let port = Params(p).u64("primaryPort", 8000)?;
+        let primary_port = u16::try_from(port)
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("parameter primaryPort: {port} is not a port (1-65535)"))?;
+        Ok(DataParallelProfileHandler { primary_port })
+    }
+}
+
+impl ProfileHandler for DataParallelProfileHandler {
+    fn next_profiles(
+        &self,
+        s: &CycleState,
+        r: &LlmRequest,
+        profiles: &[String],
+        results: &ProfileResults,
+    ) -> Vec<String> {
+        SingleProfileHandler.next_profiles(s, r, profiles, results)
+    }
+
+    fn primary(&self, results: &ProfileResults) -> Option<String> {
+        SingleProfileHandler.primary(results)
+    }
+
+    fn finish(&self, primary: &str, results: &mut ProfileResults) -> Vec<(String, String)> {
+        let rank = results.get(primary).map(|p| p.address.clone());
+        for pick in results.values_mut() {
+            // `host:port`, `[v6]:port`, or a bare host.
+            let host = match pick.address.rsplit_once(':') {
+                Some((h, port)) if port.parse::<u16>().is_ok() => h.to_string(),
+                _ => pick.address.clone(),
+            };
+            pick.address = format!("{host}:{}", self.primary_port);
+        }
+        rank.map(|r| vec![(DATA_PARALLEL_HEADER.to_string(), r)]).unwrap_or_default()
+    }
+}
+
 /// `pd-profile-handler` / `disagg-profile-handler`: runs the `decode` profile, then the
 /// `prefill` profile when the prefill decider says so. The decode pick is the
 /// destination; the prefill pick travels in a header for the routing sidecar. Without a
@@ -204,6 +257,25 @@ mod tests {
         // No prefix match known: stay on the decode endpoint.
         assert!(!d(16, 0).disaggregate(&CycleState::default(), &req, &decode_pick("cold")));
         assert!(AlwaysDisaggPdDecider.disaggregate(&CycleState::default(), &req, &decode_pick("cold")));
+    }
+
+    #[test]
+    fn data_parallel_sends_to_the_primary_port_and_names_the_rank() {
+        let h = DataParallelProfileHandler::from_params(&serde_json::json!({})).unwrap();
+        let mut results = ProfileResults::new();
+        results.insert("default".into(), ProfilePick { address: "10.0.0.7:8002".into(), ..decode_pick("pod-rank-2") });
+        let headers = h.finish("default", &mut results);
+        assert_eq!(results["default"].address, "10.0.0.7:8000");
+        assert_eq!(headers, [(DATA_PARALLEL_HEADER.to_string(), "10.0.0.7:8002".to_string())]);
+        let h = DataParallelProfileHandler::from_params(&serde_json::json!({"primaryPort": 9000})).unwrap();
+        let mut results = ProfileResults::new();
+        results.insert("default".into(), ProfilePick { address: "[fd00::7]:8001".into(), ..decode_pick("p") });
+        h.finish("default", &mut results);
+        assert_eq!(results["default"].address, "[fd00::7]:9000");
+        for bad in [0, 70000] {
+            let e = DataParallelProfileHandler::from_params(&serde_json::json!({"primaryPort": bad})).unwrap_err();
+            assert!(e.contains("primaryPort"), "{e}");
+        }
     }
 
     #[test]

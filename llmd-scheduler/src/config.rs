@@ -457,6 +457,14 @@ impl SchedulerConfig {
             }
         }
 
+        let named: Vec<(String, String, Value)> = raw
+            .plugins
+            .iter()
+            .map(|p| (p.name.clone().unwrap_or_else(|| p.type_name.clone()), p.type_name.clone(), p.parameters.clone()))
+            .collect();
+        crate::plugins::topology::bind(&named, &mut plugins)
+            .map_err(|(name, e)| SchedulerError::config(file, format!("plugin {name:?}"), e))?;
+
         let mut request_timeout = crate::plugins::scorers::DEFAULT_REQUEST_TIMEOUT;
         for p in raw.plugins.iter().filter(|p| p.type_name == "active-request-scorer") {
             if let Ok(s) = crate::plugins::scorers::ActiveRequestScorer::from_params(&p.parameters) {

@@ -148,6 +148,12 @@ impl PluginRegistry {
                 ..handle(n, "data-parallel-profile-handler")
             })
         });
+        r.register("header-profile-handler", |n, p| {
+            Ok(PluginHandle {
+                profile_handler: Some(Arc::new(profiles::HeaderProfileHandler::from_params(p)?)),
+                ..handle(n, "header-profile-handler")
+            })
+        });
         r.register("always-disagg-pd-decider", |n, _| {
             Ok(PluginHandle {
                 decider: Some(Arc::new(profiles::AlwaysDisaggPdDecider)),
@@ -214,6 +220,7 @@ impl PluginRegistry {
             r.register(t, move |n, _| Ok(handle(n, t)));
         }
         crate::plugins::selection::register(&mut r);
+        crate::plugins::topology::register(&mut r);
         r
     }
 

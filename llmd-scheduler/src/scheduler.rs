@@ -8,6 +8,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Result, SchedulerError};
 use crate::plugin::{CycleState, ProfilePick, ProfileResults, ProfileRoles, ScoreBreakdown};
 use crate::plugins::prefix::{PREFIX_MATCH_KEY, PrefixMatch};
+use crate::plugins::topology::{PEER_ENDPOINT_KEY, PeerEndpoint};
 use crate::request::LlmRequest;
 use llmd_kvcache::rng::SplitMix64;
 
@@ -91,6 +92,7 @@ impl Scheduler {
         let mut state = CycleState::default();
         let mut results = ProfileResults::new();
         let names: Vec<String> = self.config.profiles.iter().map(|p| p.name.clone()).collect();
+        let decode_profile = self.config.handler.roles().decode;
         loop {
             let next = self.config.handler.next_profiles(&state, req, &names, &results);
             if next.is_empty() {
@@ -103,6 +105,12 @@ impl Scheduler {
                 let profile = self.config.profiles.iter().find(|p| p.name == name).ok_or_else(|| {
                     SchedulerError::Request(format!("profile handler asked for unknown profile {name:?}"))
                 })?;
+                // A profile running after the decode pick knows it as the request's peer
+                // (topology affinity places the prefill near it).
+                let peer = decode_profile.as_ref().filter(|d| **d != name).and_then(|d| results.get(d));
+                if let Some(e) = peer.and_then(|p| candidates.iter().find(|e| e.id == p.endpoint)) {
+                    state.put(PEER_ENDPOINT_KEY, PeerEndpoint { id: e.id.clone(), labels: e.labels.clone() });
+                }
                 let pick = self.run_profile(profile, &mut state, req, candidates.clone())?;
                 results.insert(name, pick);
             }

@@ -113,7 +113,6 @@ const ROUTER_GAPS: &[(&str, &str)] = &[
     ("epp-burst-prefix-cache-config.yaml", "token-producer"),
     ("epp-mm-embeddings-cache-config.yaml", "token-producer"),
     ("epp-precise-prefix-cache-config.yaml", "token-producer"),
-    ("pd-topology-epp-config.yaml", "topology-extractor"),
     ("probabilistic-admitter-epp-config.yaml", "probabilistic-admitter"),
     ("sim-e-p-d-epp-config.yaml", "always-disagg-multimodal-decider"),
     ("sim-e-pd-epp-config.yaml", "always-disagg-multimodal-decider"),

@@ -83,3 +83,31 @@ fn renamed_pd_profiles_still_name_their_prefill_and_decode_picks() {
     let single = scheduler("prefix-aware.yaml").pick(&LlmRequest::new("b", "m", "hi"), &eps).unwrap();
     assert!(single.prefill().is_none());
 }
+
+#[test]
+fn llm_d_router_topology_config_places_the_prefill_on_the_decode_host() {
+    let s = scheduler("llm-d-router/pd-topology-epp-config.yaml");
+    let mut eps = Vec::new();
+    for (id, role, host) in [
+        ("decode-a", Role::Decode, "n1"),
+        ("decode-b", Role::Decode, "n2"),
+        ("prefill-a", Role::Prefill, "n1"),
+        ("prefill-b", Role::Prefill, "n2"),
+    ] {
+        let mut e = ep(id, role, 0);
+        e.labels.insert("kubernetes.io/hostname".into(), host.into());
+        eps.push(e);
+    }
+    let host = |id: &str| eps.iter().find(|e| e.id == id).unwrap().labels["kubernetes.io/hostname"].clone();
+    let mut decodes = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let prompt = format!("request {i}: ") + &"Paged attention stores keys and values in blocks. ".repeat(10);
+        let pick = s.pick(&LlmRequest::new(format!("r{i}"), "m", prompt), &eps).unwrap();
+        let decode = &pick.destination().unwrap().endpoint;
+        let prefill = &pick.prefill().expect("a cold 500-token prompt is disaggregated").endpoint;
+        assert_eq!(host(prefill), host(decode), "{pick:?}");
+        decodes.insert(decode.clone());
+    }
+    // Negative control: both hosts served decodes, so the match is not by chance.
+    assert_eq!(decodes.len(), 2, "{decodes:?}");
+}

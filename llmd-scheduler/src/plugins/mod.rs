@@ -7,6 +7,7 @@ pub mod prefix;
 pub mod profiles;
 pub mod scorers;
 pub mod selection;
+pub mod topology;
 
 use serde_json::Value;
 

@@ -27,6 +27,58 @@ impl ProfileHandler for SingleProfileHandler {
     }
 }
 
+/// `header-profile-handler`: runs the one profile a request header names (`headerName`,
+/// default `EPP-Profile`, matched without case), or `defaultProfile` (`decode`) when the
+/// header is absent; with a single profile configured, always that one. A name that is
+/// not a profile leaves the request without a destination.
+#[derive(Debug)]
+pub struct HeaderProfileHandler {
+    header: String,
+    default_profile: String,
+}
+
+impl HeaderProfileHandler {
+    /// From `parameters`: `headerName`, `defaultProfile`.
+    pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let q = Params(p);
+        let header = q.string("headerName")?.map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty());
+        let default_profile = q.string("defaultProfile")?.map(|d| d.trim().to_string()).filter(|d| !d.is_empty());
+        Ok(HeaderProfileHandler {
+            header: header.unwrap_or_else(|| "epp-profile".into()),
+            default_profile: default_profile.unwrap_or_else(|| "decode".into()),
+        })
+    }
+}
+
+impl ProfileHandler for HeaderProfileHandler {
+    fn next_profiles(
+        &self,
+        _: &CycleState,
+        req: &LlmRequest,
+        profiles: &[String],
+        results: &ProfileResults,
+    ) -> Vec<String> {
+        if !results.is_empty() {
+            return Vec::new();
+        }
+        if let [only] = profiles {
+            return vec![only.clone()];
+        }
+        let named = req.headers.get(&self.header).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let want = named.unwrap_or(&self.default_profile);
+        if profiles.iter().any(|p| p == want) {
+            vec![want.to_string()]
+        } else {
+            tracing::info!(header = %self.header, profile = %want, ?profiles, "no scheduling profile selected for the request");
+            Vec::new()
+        }
+    }
+
+    fn primary(&self, results: &ProfileResults) -> Option<String> {
+        results.keys().next().cloned()
+    }
+}
+
 /// The header naming the data-parallel rank a request was picked for (llm-d's).
 pub const DATA_PARALLEL_HEADER: &str = "x-data-parallel-host-port";
 
@@ -276,6 +328,26 @@ mod tests {
             let e = DataParallelProfileHandler::from_params(&serde_json::json!({"primaryPort": bad})).unwrap_err();
             assert!(e.contains("primaryPort"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_header_names_the_profile() {
+        let h = HeaderProfileHandler::from_params(&serde_json::json!({"headerName": "X-Route"})).unwrap();
+        let profiles = ["decode".to_string(), "batch".to_string()];
+        let mut req = LlmRequest::default();
+        let next = |req: &LlmRequest, profiles: &[String]| {
+            h.next_profiles(&CycleState::default(), req, profiles, &ProfileResults::new())
+        };
+        assert_eq!(next(&req, &profiles), ["decode"], "no header: the default profile");
+        req.headers.insert("x-route".into(), " batch ".into());
+        assert_eq!(next(&req, &profiles), ["batch"]);
+        req.headers.insert("x-route".into(), "gpu-9".into());
+        assert!(next(&req, &profiles).is_empty(), "an unknown profile runs nothing");
+        assert_eq!(next(&req, &profiles[1..]), ["batch"], "a single profile always runs");
+        let mut done = ProfileResults::new();
+        done.insert("batch".into(), decode_pick("e"));
+        assert!(h.next_profiles(&CycleState::default(), &req, &profiles, &done).is_empty());
+        assert_eq!(h.primary(&done).as_deref(), Some("batch"));
     }
 
     #[test]

@@ -266,24 +266,6 @@ fn check_unbuilt_sections(
         }
         tracing::warn!(file, "the flowControl section is set but the flowControl feature gate is off; ignored");
     }
-    let parsers: Vec<&str> = raw
-        .request_handler
-        .iter()
-        .flat_map(|r| r.parsers.iter())
-        .chain(raw.parser.iter())
-        .map(|p| p.plugin_ref.as_str())
-        .collect();
-    if !parsers.is_empty() {
-        return Err(SchedulerError::config(
-            file,
-            if raw.parser.is_some() { "parser" } else { "requestHandler.parsers" },
-            format!(
-                "parser plugins are not built in llmd yet (the gateway reads OpenAI completions and chat bodies \
-                 itself); named: {}",
-                parsers.join(", ")
-            ),
-        ));
-    }
     if let Some(dl) = &raw.data_layer {
         let unbuilt = [
             dl.peer_discovery.as_ref().map(|_| "dataLayer.peerDiscovery"),
@@ -298,6 +280,43 @@ fn check_unbuilt_sections(
         }
     }
     Ok(())
+}
+
+/// `requestHandler.parsers` (or the deprecated top-level `parser`): each reference names
+/// a parser plugin, or a parser type, which is then made as llm-d-router makes it.
+/// `None` when the file names none: the picker then reads every path's body as OpenAI's.
+fn resolve_parsers(
+    raw: &RawConfig,
+    plugins: &BTreeMap<String, PluginHandle>,
+    file: &str,
+) -> Result<Option<crate::parsers::ParserSet>> {
+    use crate::parsers::{BodyParser, ParserSet};
+    let (what, refs): (&str, Vec<&RawPluginRef>) = match (&raw.request_handler, &raw.parser) {
+        (Some(rh), _) if !rh.parsers.is_empty() => ("requestHandler.parsers", rh.parsers.iter().collect()),
+        (_, Some(p)) => ("parser", vec![p]),
+        _ => return Ok(None),
+    };
+    let mut list = Vec::new();
+    for r in refs {
+        let name = &r.plugin_ref;
+        let parser = match plugins.get(name) {
+            Some(h) => h.parser.ok_or_else(|| {
+                SchedulerError::config(file, what, format!("{name:?} ({}) is not a parser plugin", h.type_name))
+            })?,
+            None => BodyParser::from_type(name).ok_or_else(|| {
+                let reason = match name.as_str() {
+                    "anthropic-parser" | "vllmhttp-parser" | "vllmgrpc-parser" | "sglanghttp-parser"
+                    | "vertexai-parser" => {
+                        format!("{name:?} is not built in llmd yet (openai-parser and passthrough-parser are)")
+                    }
+                    _ => format!("parser references undefined plugin {name:?}"),
+                };
+                SchedulerError::config(file, what, reason)
+            })?,
+        };
+        list.push(parser);
+    }
+    Ok(Some(ParserSet::new(&list)))
 }
 
 /// An endpoint discovery plugin named by `dataLayer.discovery` (llm-d's
@@ -370,6 +389,9 @@ pub struct SchedulerConfig {
     pub data_layer: DataLayerConfig,
     /// Every plugin instance by name.
     pub plugins: BTreeMap<String, PluginHandle>,
+    /// The request parsers `requestHandler.parsers` names; `None` reads every body as
+    /// OpenAI's.
+    pub parsers: Option<crate::parsers::ParserSet>,
 }
 
 impl std::fmt::Debug for SchedulerConfig {
@@ -566,6 +588,7 @@ impl SchedulerConfig {
             }
         }
         let data_layer = resolve_data_layer(raw.data_layer.as_ref(), &plugins, file)?;
+        let parsers = resolve_parsers(&raw, &plugins, file)?;
         let discovery = match raw.data_layer.and_then(|d| d.discovery) {
             None => None,
             Some(r) => {
@@ -594,6 +617,7 @@ impl SchedulerConfig {
             discovery,
             data_layer,
             plugins,
+            parsers,
         })
     }
 }

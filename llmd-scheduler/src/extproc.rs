@@ -183,13 +183,22 @@ fn decide(
     picked: &mut Option<Picked>,
 ) -> Out {
     let path = headers.iter().find(|(k, _)| k == ":path").map_or("/v1/completions", |(_, v)| v.as_str());
+    let reads_body = match picker.reads_body(path) {
+        Ok(r) => r,
+        Err(e) => return immediate(e.http_status(), &e.to_string()),
+    };
     let parsed = match parse_body(body) {
         Ok(v) => v,
+        // A path the passthrough parser takes: the body is the backend's business.
+        Err(_) if !reads_body => serde_json::Value::Null,
         Err(e) => return immediate(e.http_status(), &e.to_string()),
     };
     // Clients must not choose the destination themselves.
     let header_map = headers.iter().filter(|(k, _)| k != PREFILL_HEADER && k != DESTINATION_HEADER).cloned().collect();
-    let req = picker.parse_request(path, &header_map, &parsed);
+    let req = match picker.parse_request(path, &header_map, &parsed) {
+        Ok(r) => r,
+        Err(e) => return immediate(e.http_status(), &e.to_string()),
+    };
     match picker.pick_request(&req, &Default::default()) {
         Ok(pick) => {
             picker.replicate(path, &parsed, &req, &pick.result);

@@ -280,15 +280,24 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
     if g.draining.load(Ordering::Relaxed) {
         return error(ErrorKind::ServiceUnavailable, "the gateway is shutting down");
     }
+    let reads_body = match g.picker.reads_body(uri.path()) {
+        Ok(r) => r,
+        Err(e) => return ErrorBody::from_status(e.http_status(), e.to_string()).into_response(),
+    };
     let parsed = match parse_body(&body) {
         Ok(v) => v,
+        // A path the passthrough parser takes: the body is the backend's business.
+        Err(_) if !reads_body => serde_json::Value::Null,
         Err(e) => return error(ErrorKind::BadRequest, e.to_string()),
     };
     let streaming = parsed.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
     let header_map: BTreeMap<String, String> = forwardable(&headers)
         .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
         .collect();
-    let req = g.picker.parse_request(uri.path(), &header_map, &parsed);
+    let req = match g.picker.parse_request(uri.path(), &header_map, &parsed) {
+        Ok(r) => r,
+        Err(e) => return ErrorBody::from_status(e.http_status(), e.to_string()).into_response(),
+    };
     let mut excluded: HashSet<String> = HashSet::new();
     let mut last_err = String::new();
     // The status that failure would answer with (504 for a silent endpoint, 503 for a

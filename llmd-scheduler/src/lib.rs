@@ -60,6 +60,7 @@ pub mod extproc;
 pub mod gateway;
 pub mod health;
 pub mod kvindex;
+pub mod parsers;
 #[cfg(feature = "runtime")]
 pub mod picker;
 pub mod plugin;

@@ -177,6 +177,8 @@ pub struct PluginHandle {
     pub profile_handler: Option<std::sync::Arc<dyn ProfileHandler>>,
     /// P/D decider role.
     pub decider: Option<std::sync::Arc<dyn Decider>>,
+    /// Request-parser role.
+    pub parser: Option<crate::parsers::BodyParser>,
     /// Observer role.
     pub observer: Option<std::sync::Arc<dyn PickObserver>>,
     /// KV-event consumer role.

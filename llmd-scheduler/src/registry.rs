@@ -221,6 +221,7 @@ impl PluginRegistry {
         }
         crate::plugins::selection::register(&mut r);
         crate::plugins::topology::register(&mut r);
+        crate::parsers::register(&mut r);
         r
     }
 

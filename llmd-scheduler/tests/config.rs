@@ -52,7 +52,9 @@ fn mistakes_name_file_plugin_and_reason() {
         (format!("featureGates: [flowControl=maybe]\nplugins:\n- type: queue-scorer\n{profile}"), "not a valid value"),
         (format!("featureGates: [flowControl]\nflowControl: {{maxRequests: 10}}\nplugins:\n- type: queue-scorer\n{profile}"), "epp.yaml: flowControl: flow control"),
         (format!("flowControl: {{maxRequest: 10}}\nplugins:\n- type: queue-scorer\n{profile}"), "unknown field `maxRequest`"),
-        (format!("requestHandler: {{parsers: [{{pluginRef: openai-parser}}]}}\nplugins:\n- type: queue-scorer\n{profile}"), "requestHandler.parsers: parser plugins are not built"),
+        (format!("requestHandler: {{parsers: [{{pluginRef: anthropic-parser}}]}}\nplugins:\n- type: queue-scorer\n{profile}"), "requestHandler.parsers: \"anthropic-parser\" is not built"),
+        (format!("requestHandler: {{parsers: [{{pluginRef: queue-scorer}}]}}\nplugins:\n- type: queue-scorer\n{profile}"), "is not a parser plugin"),
+        (format!("parser: {{pluginRef: nope}}\nplugins:\n- type: queue-scorer\n{profile}"), "epp.yaml: parser: parser references undefined plugin \"nope\""),
         (format!("saturationDetector: {{pluginRef: utilization-detector}}\nplugins:\n- type: queue-scorer\n{profile}"), "epp.yaml: saturationDetector: \"utilization-detector\""),
         (format!("plugins: 7\n{profile}"), "epp.yaml: (document):"),
         ("plugins:\n- type: queue-scorer\n- type: prefix-based-pd-decider\n- type: pd-profile-handler\nschedulingProfiles:\n- name: only\n  plugins:\n  - pluginRef: queue-scorer\n".into(), "needs a profile named \"prefill\""),
@@ -123,11 +125,8 @@ const ROUTER_GAPS: &[(&str, &str)] = &[
     ("sim-program-aware-config.yaml", "program-aware-fairness"),
     ("soft-reflective-ceiling-epp-config.yaml", "soft-reflective-ceiling-policy"),
     ("chart-default-plugins-latency-predictor.yaml", "predicted-latency-producer"),
-    ("chart-payload-agnostic.yaml", "passthrough-parser"),
     ("docs-disaggregation-epd-label-selector.yaml", "always-disagg-multimodal-decider"),
-    ("integration-default-config.yaml", "openai-parser"),
     ("perf-precise-prefix.yaml", "token-producer"),
-    ("perf-random-passthrough-parser.yaml", "passthrough-parser"),
     ("plugins-readme-multicluster.yaml", "multicluster-file-discovery"),
 ];
 

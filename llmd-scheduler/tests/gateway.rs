@@ -517,3 +517,51 @@ async fn data_parallel_picks_go_to_the_primary_port_with_the_rank_named() {
     // One header each, the picker's (the client's is dropped), naming each rank in turn.
     assert_eq!(ranks, ["127.0.0.1:1", "127.0.0.1:2"]);
 }
+
+/// A gateway over one engine under the EndpointPickerConfig `yaml`; returns its base URL.
+async fn gateway_config(engine: String, yaml: &str) -> String {
+    let config =
+        llmd_scheduler::SchedulerConfig::from_yaml(yaml, "epp.yaml", &PluginRegistry::with_builtins()).unwrap();
+    let store = datastore(Arc::new(ManualClock::new()));
+    store.upsert(Endpoint::new("e0", engine, Role::Both));
+    let picker = EndpointPicker::new(Scheduler::new(config, 0), store, PickerConfig::default(), None);
+    let g = Gateway::new(picker, GatewayConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    base
+}
+
+#[tokio::test]
+async fn request_parsers_decide_which_bodies_are_read() {
+    // An engine that takes any path and body.
+    let app = axum::Router::new().fallback(|body: String| async move { format!("got {} bytes", body.len()) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let engine = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let profile = "schedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: random-picker\n";
+    let post = |base: String, path: &'static str, body: &'static str| async move {
+        let resp = reqwest::Client::new().post(format!("{base}{path}")).body(body).send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    };
+    // llm-d-router's payload-agnostic setup: nothing is read, any body passes.
+    let passthrough = gateway_config(
+        engine.clone(),
+        &format!("plugins:\n- type: random-picker\n- type: passthrough-parser\nrequestHandler:\n  parsers:\n  - pluginRef: passthrough-parser\n{profile}"),
+    )
+    .await;
+    assert_eq!(post(passthrough.clone(), "/v1/completions", "not json").await, (200, "got 8 bytes".into()));
+    assert_eq!(post(passthrough, "/v1/chat/completions", "\u{1}\u{2}").await, (200, "got 2 bytes".into()));
+    // Only the OpenAI parser: its paths are read (bad JSON refused), other paths refused.
+    let openai = gateway_config(
+        engine.clone(),
+        &format!(
+            "plugins:\n- type: random-picker\nrequestHandler:\n  parsers:\n  - pluginRef: openai-parser\n{profile}"
+        ),
+    )
+    .await;
+    assert_eq!(post(openai.clone(), "/v1/completions", r#"{"prompt": "hi"}"#).await.0, 200);
+    assert_eq!(post(openai.clone(), "/v1/completions", "not json").await.0, 400);
+    // (The gateway serves the OpenAI completion paths; Envoy, through ext-proc, brings
+    // others, which the picker refuses when no configured parser takes them.)
+}

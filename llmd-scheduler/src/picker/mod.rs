@@ -400,7 +400,18 @@ impl EndpointPicker {
 
     /// Builds the scheduler's view of a request: model, prompt text, token ids (from
     /// the body, or the tokenizer when a scorer needs them), headers.
-    pub fn parse_request(&self, path: &str, headers: &BTreeMap<String, String>, body: &Value) -> LlmRequest {
+    pub fn parse_request(
+        &self,
+        path: &str,
+        headers: &BTreeMap<String, String>,
+        body: &Value,
+    ) -> Result<LlmRequest, SchedulerError> {
+        if !self.reads_body(path)? {
+            // The passthrough parser: routing sees the headers only.
+            let mut req = LlmRequest::new(headers.get("x-request-id").cloned().unwrap_or_default(), "", "");
+            req.headers = headers.clone();
+            return Ok(req);
+        }
         let mut req = LlmRequest::new(
             headers.get("x-request-id").cloned().unwrap_or_default(),
             body.get("model").and_then(Value::as_str).unwrap_or_default(),
@@ -411,7 +422,22 @@ impl EndpointPicker {
             self.needs_tokens.then(|| self.tokenizer.as_ref().and_then(|t| t.tokenize(path, body))).flatten()
         });
         req.headers = headers.clone();
-        req
+        Ok(req)
+    }
+
+    /// Whether the parser for `path` reads the request body (`requestHandler.parsers`;
+    /// without them every body is read as OpenAI's). An error when no configured parser
+    /// takes the path, as llm-d-router answers.
+    pub fn reads_body(&self, path: &str) -> Result<bool, SchedulerError> {
+        use crate::parsers::BodyParser;
+        match &self.scheduler.config().parsers {
+            None => Ok(true),
+            Some(set) => match set.resolve(path) {
+                Some(BodyParser::OpenAi) => Ok(true),
+                Some(BodyParser::Passthrough) => Ok(false),
+                None => Err(SchedulerError::Request(format!("no configured request parser takes the path {path:?}"))),
+            },
+        }
     }
 
     /// Picks for an OpenAI request body arriving at `path` with `headers` (lower-case
@@ -424,7 +450,7 @@ impl EndpointPicker {
         body: &Value,
         exclude: &HashSet<String>,
     ) -> Result<Picked, SchedulerError> {
-        let req = self.parse_request(path, headers, body);
+        let req = self.parse_request(path, headers, body)?;
         self.pick_request(&req, exclude)
     }
 

@@ -210,6 +210,51 @@ fn resolve_data_layer(
     Ok(DataLayerConfig { sources })
 }
 
+/// llm-d-router splits approximate prefix matching into `approx-prefix-cache-producer`
+/// (which hashes prompts and remembers where they went) and `prefix-cache-scorer`
+/// (which reads the producer's match); llmd's `prefix-cache-scorer` does both, so it
+/// takes its matching parameters from the producer it names (`prefixMatchInfoProducerName`,
+/// default `approx-prefix-cache-producer`), with the router's defaults: up to
+/// `maxPrefixTokensToMatch` (131 072) tokens, or `maxPrefixBlocksToMatch` when that is
+/// 0. Its blocks stay `blockSizeTokens` long (16) where the router floors them at 64.
+fn bind_prefix_producers(
+    named: &[(String, String, Value)],
+    plugins: &mut BTreeMap<String, PluginHandle>,
+) -> std::result::Result<(), (String, String)> {
+    for (name, _, params) in named.iter().filter(|(_, t, _)| t == "prefix-cache-scorer") {
+        let want = params
+            .get("prefixMatchInfoProducerName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("approx-prefix-cache-producer");
+        let Some((_, _, producer)) = named.iter().find(|(n, t, _)| n == want && t == "approx-prefix-cache-producer")
+        else {
+            continue;
+        };
+        let fail = |e: String| (name.clone(), e);
+        let q = crate::plugins::Params(producer);
+        let block = q.u64("blockSizeTokens", 16).map_err(fail)?.max(1);
+        let max_blocks = match q.u64("maxPrefixTokensToMatch", 131_072).map_err(fail)? {
+            0 => q.u64("maxPrefixBlocksToMatch", 2048).map_err(fail)?,
+            tokens => (tokens / block).max(1),
+        };
+        let mut merged = serde_json::json!({
+            "blockSizeTokens": block,
+            // 0 means no limit in the router.
+            "maxPrefixBlocksToMatch": if max_blocks == 0 { u64::from(u32::MAX) } else { max_blocks },
+        });
+        if let (Some(cap), Some(obj)) = (producer.get("lruCapacityPerServer"), merged.as_object_mut()) {
+            obj.insert("lruCapacityPerServer".into(), cap.clone());
+        }
+        let scorer = Arc::new(crate::plugins::prefix::PrefixCacheScorer::from_params(&merged).map_err(fail)?);
+        if let Some(h) = plugins.get_mut(name) {
+            h.scorer = Some(scorer.clone());
+            h.observer = Some(scorer);
+        }
+    }
+    Ok(())
+}
+
 /// `featureGates` entries (`name`, `name=true`, `name=false`) over the known gates'
 /// defaults; unknown gates and values are errors, as in llm-d-router.
 fn feature_gates(entries: &[String]) -> std::result::Result<BTreeMap<String, bool>, String> {
@@ -485,6 +530,8 @@ impl SchedulerConfig {
             .map(|p| (p.name.clone().unwrap_or_else(|| p.type_name.clone()), p.type_name.clone(), p.parameters.clone()))
             .collect();
         crate::plugins::topology::bind(&named, &mut plugins)
+            .map_err(|(name, e)| SchedulerError::config(file, format!("plugin {name:?}"), e))?;
+        bind_prefix_producers(&named, &mut plugins)
             .map_err(|(name, e)| SchedulerError::config(file, format!("plugin {name:?}"), e))?;
 
         let mut request_timeout = crate::plugins::scorers::DEFAULT_REQUEST_TIMEOUT;

@@ -188,3 +188,26 @@ fn without_profiles_every_filter_scorer_and_picker_forms_a_default_profile() {
     let off = format!("{yaml}flowControl: {{maxRequests: 10, defaultRequestTTL: 30s}}\n");
     assert!(SchedulerConfig::from_yaml(&off, "epp.yaml", &PluginRegistry::with_builtins()).is_ok());
 }
+
+#[test]
+fn the_prefix_scorer_matches_as_far_as_its_producer_says() {
+    use llmd_scheduler::plugins::prefix::{PREFIX_MATCH_KEY, PrefixMatch};
+    use llmd_scheduler::{CycleState, LlmRequest};
+    let reg = PluginRegistry::with_builtins();
+    let blocks = |c: &SchedulerConfig| {
+        let scorer = c.plugins["prefix-cache-scorer"].scorer.clone().unwrap();
+        let req = LlmRequest { token_ids: Some(vec![7; 40_000]), ..Default::default() };
+        let mut st = CycleState::default();
+        scorer.score(&mut st, &req, &[]);
+        st.get::<PrefixMatch>(PREFIX_MATCH_KEY).unwrap().hashes.len()
+    };
+    // llm-d-router's P/D example: the producer matches up to 16 384 tokens.
+    let pd = SchedulerConfig::from_file(&path("llm-d-router/pd-epp-config.yaml"), &reg).unwrap();
+    assert_eq!(blocks(&pd), 16_384 / 16);
+    // A producer without limits: the router's 131 072 tokens (all 40 000 here).
+    let yaml = "plugins:\n- type: approx-prefix-cache-producer\n- type: prefix-cache-scorer\n";
+    assert_eq!(blocks(&SchedulerConfig::from_yaml(yaml, "epp.yaml", &reg).unwrap()), 40_000 / 16);
+    // No producer: the scorer's own parameters (256 blocks by default).
+    let own = "plugins:\n- type: prefix-cache-scorer\n";
+    assert_eq!(blocks(&SchedulerConfig::from_yaml(own, "epp.yaml", &reg).unwrap()), 256);
+}

@@ -30,7 +30,14 @@ async fn start(endpoints: Vec<Endpoint>) -> String {
 
 async fn start_picker(endpoints: Vec<Endpoint>) -> (String, std::sync::Arc<EndpointPicker>) {
     // Scraped load decides between the endpoints here (the prompt is too short to share).
-    let sched = Scheduler::new(presets::preset("llm-d-prefix", &PluginRegistry::with_builtins()).unwrap(), 0);
+    start_with(presets::preset("llm-d-prefix", &PluginRegistry::with_builtins()).unwrap(), endpoints).await
+}
+
+async fn start_with(
+    config: llmd_scheduler::SchedulerConfig,
+    endpoints: Vec<Endpoint>,
+) -> (String, std::sync::Arc<EndpointPicker>) {
+    let sched = Scheduler::new(config, 0);
     let store = datastore(std::sync::Arc::new(ManualClock::new()));
     for e in endpoints {
         store.upsert(e);
@@ -172,4 +179,43 @@ async fn a_request_is_in_flight_until_its_response_ends() {
     tx.send(response_end).unwrap();
     within("the response-body response", inbound.message()).await.unwrap().unwrap();
     assert_eq!(picker.datastore().get("a").unwrap().inflight.requests, 0, "the response ended");
+}
+
+fn headers_for(path: &str) -> ProcessingRequest {
+    let mut h = headers(false);
+    if let Some(In::RequestHeaders(hh)) = &mut h.request {
+        let map = hh.headers.as_mut().unwrap();
+        map.headers.retain(|v| v.key != ":path");
+        map.headers.push(HeaderValue {
+            key: ":path".into(),
+            raw_value: path.as_bytes().to_vec(),
+            ..Default::default()
+        });
+    }
+    h
+}
+
+#[tokio::test]
+async fn request_parsers_decide_which_paths_and_bodies_are_read() {
+    let reg = PluginRegistry::with_builtins();
+    let profile = "schedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: random-picker\n";
+    let ep = || vec![Endpoint::new("a", "10.0.0.5:8000", Role::Both)];
+    // Only the OpenAI parser: a path it does not claim is refused at once.
+    let yaml = format!(
+        "plugins:\n- type: random-picker\nrequestHandler:\n  parsers:\n  - pluginRef: openai-parser\n{profile}"
+    );
+    let c = llmd_scheduler::SchedulerConfig::from_yaml(&yaml, "epp.yaml", &reg).unwrap();
+    let addr = start_with(c, ep()).await.0;
+    let replies = exchange(addr, vec![headers_for("/v1/messages"), body(br#"{"messages": []}"#, true)]).await;
+    let Some(Out::ImmediateResponse(r)) = &replies[1].response else { panic!("{replies:?}") };
+    assert_eq!(r.status.as_ref().unwrap().code, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("no configured request parser"), "{r:?}");
+    // The passthrough parser: any path, a body that is not JSON, still routed.
+    let yaml = format!(
+        "plugins:\n- type: random-picker\nrequestHandler:\n  parsers:\n  - pluginRef: passthrough-parser\n{profile}"
+    );
+    let c = llmd_scheduler::SchedulerConfig::from_yaml(&yaml, "epp.yaml", &reg).unwrap();
+    let addr = start_with(c, ep()).await.0;
+    let replies = exchange(addr, vec![headers_for("/v1/messages"), body(b"\x01binary", true)]).await;
+    assert_eq!(destination(&replies[1]).0, "10.0.0.5:8000");
 }

@@ -222,16 +222,16 @@ fn bind_prefix_producers(
     plugins: &mut BTreeMap<String, PluginHandle>,
 ) -> std::result::Result<(), (String, String)> {
     for (name, _, params) in named.iter().filter(|(_, t, _)| t == "prefix-cache-scorer") {
-        let want = params
-            .get("prefixMatchInfoProducerName")
-            .and_then(Value::as_str)
+        let fail = |e: String| (name.clone(), e);
+        let want = crate::plugins::Params(params)
+            .string("prefixMatchInfoProducerName")
+            .map_err(fail)?
             .filter(|s| !s.is_empty())
-            .unwrap_or("approx-prefix-cache-producer");
-        let Some((_, _, producer)) = named.iter().find(|(n, t, _)| n == want && t == "approx-prefix-cache-producer")
+            .unwrap_or_else(|| "approx-prefix-cache-producer".into());
+        let Some((_, _, producer)) = named.iter().find(|(n, t, _)| *n == want && t == "approx-prefix-cache-producer")
         else {
             continue;
         };
-        let fail = |e: String| (name.clone(), e);
         let q = crate::plugins::Params(producer);
         let block = q.u64("blockSizeTokens", 16).map_err(fail)?.max(1);
         let max_blocks = match q.u64("maxPrefixTokensToMatch", 131_072).map_err(fail)? {

@@ -150,9 +150,13 @@ impl Default for CoreMetricsExtractor {
 impl CoreMetricsExtractor {
     /// From `parameters`: `engineLabelKey`, `defaultEngine`, `engineConfigs: [{name,
     /// queuedRequestsSpec, runningRequestsSpec, kvUsageSpec, customMetrics: [{attributeKey,
-    /// metricSpec}]}]`.
+    /// metricSpec}]}]`. An engine's other llm-d-router keys (`loraSpec`, `cacheInfoSpec`,
+    /// `cacheBlockSizeLabelName`, `cacheNumBlocksLabelName`, `cacheBlockSizeSpec`,
+    /// `cacheNumBlocksSpec`) are accepted and not read; unknown keys are refused, at any
+    /// depth, as the router refuses them.
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let q = crate::plugins::Params(p);
+        q.check(&["engineLabelKey", "defaultEngine", "engineConfigs"])?;
         let mut x = CoreMetricsExtractor::default();
         if let Some(k) = q.string("engineLabelKey")? {
             x.engine_label = k;
@@ -160,28 +164,47 @@ impl CoreMetricsExtractor {
         if let Some(d) = q.string("defaultEngine")? {
             x.default_engine = d;
         }
-        let configs = match p.get("engineConfigs") {
-            None | Some(serde_json::Value::Null) => Vec::new(),
+        let configs = match q.value("engineConfigs") {
+            None => Vec::new(),
             Some(serde_json::Value::Array(a)) => a.clone(),
             Some(v) => return Err(format!("parameter engineConfigs: expected a list, got {v}")),
         };
         for (i, c) in configs.iter().enumerate() {
             let at = |e: String| format!("engineConfigs[{i}]: {e}");
             let cq = crate::plugins::Params(c);
+            cq.check_at(
+                &format!("engineConfigs[{i}]"),
+                &[
+                    "name",
+                    "queuedRequestsSpec",
+                    "runningRequestsSpec",
+                    "kvUsageSpec",
+                    "loraSpec",
+                    "cacheInfoSpec",
+                    "cacheBlockSizeLabelName",
+                    "cacheNumBlocksLabelName",
+                    "cacheBlockSizeSpec",
+                    "cacheNumBlocksSpec",
+                    "customMetrics",
+                ],
+            )?;
             let name = cq.string("name").map_err(at)?.ok_or_else(|| at("name is required".into()))?;
             let spec = |key: &str| -> Result<Option<MetricSpec>, String> {
                 cq.string(key).map_err(at)?.map(|s| MetricSpec::parse(&s).map_err(at)).transpose()
             };
             let mut custom = Vec::new();
-            if let Some(list) = c.get("customMetrics").and_then(|v| v.as_array()) {
-                for m in list {
-                    let mq = crate::plugins::Params(m);
-                    let key =
-                        mq.string("attributeKey").map_err(at)?.ok_or_else(|| at("attributeKey is required".into()))?;
-                    let sel =
-                        mq.string("metricSpec").map_err(at)?.ok_or_else(|| at("metricSpec is required".into()))?;
-                    custom.push((key, MetricSpec::parse(&sel).map_err(at)?));
-                }
+            let list = match cq.value("customMetrics") {
+                None => &[][..],
+                Some(serde_json::Value::Array(a)) => &a[..],
+                Some(v) => return Err(at(format!("customMetrics: expected a list, got {v}"))),
+            };
+            for (j, m) in list.iter().enumerate() {
+                let mq = crate::plugins::Params(m);
+                mq.check_at(&format!("engineConfigs[{i}].customMetrics[{j}]"), &["attributeKey", "metricSpec"])?;
+                let key =
+                    mq.string("attributeKey").map_err(at)?.ok_or_else(|| at("attributeKey is required".into()))?;
+                let sel = mq.string("metricSpec").map_err(at)?.ok_or_else(|| at("metricSpec is required".into()))?;
+                custom.push((key, MetricSpec::parse(&sel).map_err(at)?));
             }
             let e = EngineMetricSpecs {
                 queued: spec("queuedRequestsSpec")?,
@@ -258,6 +281,16 @@ impl SourceKind {
     /// From a `metrics-data-source`'s parameters (`scheme` http only, `path`, `interval`).
     pub fn metrics_from_params(p: &serde_json::Value) -> Result<Self, String> {
         let q = crate::plugins::Params(p);
+        q.check(&[
+            "scheme",
+            "path",
+            "port",
+            "insecureSkipVerify",
+            "caCertPath",
+            "clientCertPath",
+            "clientKeyPath",
+            "interval",
+        ])?;
         if let Some(s) = q.string("scheme")?
             && s != "http"
         {

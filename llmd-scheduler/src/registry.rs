@@ -52,7 +52,8 @@ impl PluginRegistry {
                 ..handle(n, "token-load-scorer")
             })
         });
-        r.register("prefill-cost-scorer", |n, _| {
+        r.register("prefill-cost-scorer", |n, p| {
+            crate::plugins::Params(p).check(&[])?;
             Ok(PluginHandle { scorer: Some(Arc::new(scorers::PrefillCostScorer)), ..handle(n, "prefill-cost-scorer") })
         });
         r.register("kv-cache-utilization-scorer", |n, _| {
@@ -67,7 +68,14 @@ impl PluginRegistry {
                 ..handle(n, "load-aware-scorer")
             })
         });
-        r.register("session-affinity-scorer", |n, _| {
+        r.register("session-affinity-scorer", |n, p| {
+            // llm-d-router's keys; the header-token strategy is the one built.
+            crate::plugins::Params(p).check(&[
+                "strategy",
+                "encodedEndpointHeaderConfig",
+                "sessionIdConfig",
+                "profileName",
+            ])?;
             Ok(PluginHandle {
                 scorer: Some(Arc::new(scorers::SessionAffinityScorer)),
                 ..handle(n, "session-affinity-scorer")
@@ -108,16 +116,19 @@ impl PluginRegistry {
                 ..handle(n, "max-score-picker")
             })
         });
-        r.register("random-picker", |n, _| {
+        r.register("random-picker", |n, p| {
+            crate::plugins::Params(p).check(&[pickers::MAX_NUM_OF_ENDPOINTS])?;
             Ok(PluginHandle { picker: Some(Arc::new(pickers::RandomPicker)), ..handle(n, "random-picker") })
         });
-        r.register("weighted-random-picker", |n, _| {
+        r.register("weighted-random-picker", |n, p| {
+            crate::plugins::Params(p).check(&[pickers::MAX_NUM_OF_ENDPOINTS])?;
             Ok(PluginHandle {
                 picker: Some(Arc::new(pickers::WeightedRandomPicker)),
                 ..handle(n, "weighted-random-picker")
             })
         });
-        r.register("round-robin-picker", |n, _| {
+        r.register("round-robin-picker", |n, p| {
+            crate::plugins::Params(p).check(&[])?;
             Ok(PluginHandle {
                 picker: Some(Arc::new(pickers::RoundRobinPicker::default())),
                 ..handle(n, "round-robin-picker")
@@ -130,6 +141,7 @@ impl PluginRegistry {
             })
         });
         r.register("pd-profile-handler", |n, p| {
+            profiles::check_pd_params("pd-profile-handler", p)?;
             Ok(PluginHandle {
                 profile_handler: Some(Arc::new(profiles::PdProfileHandler::from_params(p)?)),
                 ..handle(n, "pd-profile-handler")
@@ -167,7 +179,8 @@ impl PluginRegistry {
                 ..handle(n, "metrics-data-source")
             })
         });
-        r.register("kv-events-data-source", |n, _| {
+        r.register("kv-events-data-source", |n, p| {
+            crate::plugins::Params(p).check(&[])?;
             Ok(PluginHandle {
                 source: Some(crate::datalayer::SourceKind::KvEvents),
                 ..handle(n, "kv-events-data-source")
@@ -194,20 +207,30 @@ impl PluginRegistry {
         // The picker core always keeps llm-d's in-flight counts (prompt tokens released at
         // the first response byte); the producer's output-token estimate is not built.
         r.register("inflight-load-producer", |n, p| {
-            if super::plugins::Params(p).bool("addEstimatedOutputTokens", false)? {
+            let q = crate::plugins::Params(p);
+            q.check(&[
+                "addEstimatedOutputTokens",
+                "outputRatio",
+                "maxEstimatedOutputTokens",
+                "prefixMatchInfoProducerName",
+                "syncCrossReplicaState",
+            ])?;
+            if q.bool("addEstimatedOutputTokens", false)? {
                 return Err("parameter addEstimatedOutputTokens: estimated output tokens are not supported".into());
             }
             Ok(handle(n, "inflight-load-producer"))
         });
         // Endpoint discovery from a file; the data layer runs it (dataLayer.discovery).
         r.register("file-discovery", |n, p| {
-            let q = super::plugins::Params(p);
+            let q = crate::plugins::Params(p);
+            q.check(&["path", "watchFile"])?;
             q.string("path")?.ok_or("parameter path is required")?;
             q.bool("watchFile", false)?;
             Ok(handle(n, "file-discovery"))
         });
         // Newer llm-d spells the P/D handler this way (deciders: {prefill: <decider>}).
         r.register("disagg-profile-handler", |n, p| {
+            profiles::check_pd_params("disagg-profile-handler", p)?;
             Ok(PluginHandle {
                 profile_handler: Some(Arc::new(profiles::PdProfileHandler::from_params(p)?)),
                 ..handle(n, "disagg-profile-handler")
@@ -217,7 +240,14 @@ impl PluginRegistry {
         // the approximate prefix producer that llmd's prefix-cache-scorer folds in).
         // Accepted so llm-d files load unchanged.
         for t in ["prefill-header-handler", "disagg-headers-handler", "approx-prefix-cache-producer"] {
-            r.register(t, move |n, _| Ok(handle(n, t)));
+            r.register(t, move |n, p| {
+                let known: &[&str] = match t {
+                    "approx-prefix-cache-producer" => prefix::APPROX_PREFIX_CACHE_PRODUCER_PARAMS,
+                    _ => &["prefillProfile", "encodeProfile"],
+                };
+                crate::plugins::Params(p).check(known)?;
+                Ok(handle(n, t))
+            });
         }
         crate::plugins::selection::register(&mut r);
         crate::plugins::topology::register(&mut r);

@@ -38,6 +38,7 @@ impl ByLabel {
     /// From `parameters`.
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let p = Params(p);
+        p.check(&["label", "validValues", "allowsNoLabel"])?;
         let label = p.string("label")?.ok_or("parameter label: required")?;
         Ok(ByLabel { label, values: p.strings("validValues")?, allows_no_label: p.bool("allowsNoLabel", false)? })
     }
@@ -64,7 +65,9 @@ pub struct QueueThresholdFilter {
 impl QueueThresholdFilter {
     /// From `parameters` (`threshold`, default 128).
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
-        Ok(QueueThresholdFilter { threshold: Params(p).u64("threshold", 128)? })
+        let q = Params(p);
+        q.check(&["threshold"])?;
+        Ok(QueueThresholdFilter { threshold: q.u64("threshold", 128)? })
     }
 }
 
@@ -129,16 +132,11 @@ impl AttributeFilter {
     /// From `parameters`: `attribute` (required), `min`, `max`, `keepMissing`.
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let q = Params(p);
-        let num = |k: &str, d: f64| -> Result<f64, String> {
-            match p.get(k) {
-                None | Some(serde_json::Value::Null) => Ok(d),
-                Some(v) => v.as_f64().ok_or_else(|| format!("parameter {k}: expected a number, got {v}")),
-            }
-        };
+        q.check(&["attribute", "min", "max", "keepMissing"])?;
         Ok(AttributeFilter {
             attribute: q.string("attribute")?.ok_or("parameter attribute is required")?,
-            min: num("min", f64::NEG_INFINITY)?,
-            max: num("max", f64::INFINITY)?,
+            min: q.number("min")?.unwrap_or(f64::NEG_INFINITY),
+            max: q.number("max")?.unwrap_or(f64::INFINITY),
             keep_missing: q.bool("keepMissing", false)?,
         })
     }

@@ -3,6 +3,10 @@
 use crate::endpoint::Endpoint;
 use crate::plugin::Picker;
 
+/// llm-d-router's one picker parameter (`random-picker`, `weighted-random-picker`,
+/// `max-score-picker`): how many endpoints to pick. Accepted; llmd picks one.
+pub(crate) const MAX_NUM_OF_ENDPOINTS: &str = "maxNumOfEndpoints";
+
 /// `max-score-picker`: the highest total. Ties are broken at random (llm-d's way), or
 /// with `tieBreak: least-recent` (an llmd addition) in favour of the endpoint the picker
 /// sent a request to longest ago — round robin among equals, which under load is the
@@ -17,14 +21,16 @@ pub struct MaxScorePicker {
 
 impl MaxScorePicker {
     /// From `parameters`: `tieBreak` (`random` | `least-recent`), `tieTolerance` (a
-    /// non-negative number).
+    /// non-negative number); llm-d's `maxNumOfEndpoints` is accepted and not built.
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
-        let least_recent = match super::Params(p).string("tieBreak")?.as_deref() {
+        let q = super::Params(p);
+        q.check(&[MAX_NUM_OF_ENDPOINTS, "tieBreak", "tieTolerance"])?;
+        let least_recent = match q.string("tieBreak")?.as_deref() {
             None | Some("random") => false,
             Some("least-recent") => true,
             Some(o) => return Err(format!("parameter tieBreak: {o:?} is not random or least-recent")),
         };
-        let tolerance = super::Params(p).f64("tieTolerance", 0.0)?;
+        let tolerance = q.f64("tieTolerance", 0.0)?;
         Ok(MaxScorePicker { least_recent, tolerance })
     }
 }

@@ -25,10 +25,29 @@ pub struct PrecisePrefixCacheScorer {
 
 impl PrecisePrefixCacheScorer {
     /// From `parameters`: `blockSize` (the engines' block size in tokens, default 16),
-    /// `maxPrefixBlocksToMatch` (default 256).
+    /// `maxPrefixBlocksToMatch` (default 256), both llmd's. llm-d-router's keys
+    /// (`tokenProcessorConfig`, `indexerConfig`, `kvEventsConfig`, `speculativeIndexing`,
+    /// `speculativeTTL`) are accepted and not read; others are refused.
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let p = Params(p);
-        let block_size = p.u64("blockSize", 16)? as usize;
+        p.check(&[
+            "blockSize",
+            "maxPrefixBlocksToMatch",
+            "tokenProcessorConfig",
+            "indexerConfig",
+            "kvEventsConfig",
+            "speculativeIndexing",
+            "speculativeTTL",
+        ])?;
+        // llm-d-router sets the engines' block size in tokenProcessorConfig
+        // (`blockSizeTokens`, or the older `blockSize`); llmd's own top-level key wins.
+        let nested = p.0.get("tokenProcessorConfig").cloned().unwrap_or(serde_json::Value::Null);
+        let tp = Params(&nested);
+        let router = match tp.u64("blockSizeTokens", 0)? {
+            0 => tp.u64("blockSize", 16)?,
+            n => n,
+        };
+        let block_size = p.u64("blockSize", router)? as usize;
         if block_size == 0 {
             return Err("parameter blockSize: must be at least 1".into());
         }
@@ -92,6 +111,15 @@ impl KvEventConsumer for PrecisePrefixCacheScorer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_block_size_comes_from_the_router_s_token_processor_config() {
+        let bs = |p: serde_json::Value| PrecisePrefixCacheScorer::from_params(&p).unwrap().block_size;
+        assert_eq!(bs(serde_json::json!({})), 16);
+        assert_eq!(bs(serde_json::json!({"tokenProcessorConfig": {"blockSize": 64}})), 64);
+        assert_eq!(bs(serde_json::json!({"tokenProcessorConfig": {"blockSizeTokens": 32, "blockSize": 64}})), 32);
+        assert_eq!(bs(serde_json::json!({"blockSize": 8, "tokenProcessorConfig": {"blockSizeTokens": 32}})), 8);
+    }
     use crate::endpoint::Role;
     use llmd_kvcache::{BlockHash, BlockStored, ExternalBlockHash, KvEvent};
 

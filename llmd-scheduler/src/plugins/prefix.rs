@@ -56,6 +56,33 @@ impl PrefixMatch {
     }
 }
 
+/// `approx-prefix-cache-producer`'s parameters in llm-d-router: the index that llmd's
+/// `prefix-cache-scorer` keeps itself, so it reads them too.
+pub(crate) const APPROX_PREFIX_CACHE_PRODUCER_PARAMS: &[&str] = &[
+    "autoTune",
+    "blockSizeTokens",
+    "blockSize",
+    "maxPrefixBlocksToMatch",
+    "maxPrefixTokensToMatch",
+    "lruCapacityPerServer",
+];
+
+/// `prefix-cache-scorer`'s parameters: llm-d-router's (`prefixMatchInfoProducerName`,
+/// `matchLengthWeight`, `matchLengthScaleTokens`, accepted and not built) and the
+/// producer's ([`APPROX_PREFIX_CACHE_PRODUCER_PARAMS`]), as llm-d's older scorer took
+/// them.
+pub(crate) const PREFIX_CACHE_SCORER_PARAMS: &[&str] = &[
+    "prefixMatchInfoProducerName",
+    "matchLengthWeight",
+    "matchLengthScaleTokens",
+    "autoTune",
+    "blockSizeTokens",
+    "blockSize",
+    "maxPrefixBlocksToMatch",
+    "maxPrefixTokensToMatch",
+    "lruCapacityPerServer",
+];
+
 /// The approximate prefix-cache scorer.
 #[derive(Debug)]
 pub struct PrefixCacheScorer {
@@ -72,9 +99,11 @@ type BlockLru = LruCache<u64, (), BuildHasherDefault<PrehashedHasher>>;
 impl PrefixCacheScorer {
     /// From `parameters`: `blockSize` (characters, default 64), `blockSizeTokens`
     /// (default 16), `maxPrefixBlocksToMatch` (256), `lruCapacityPerServer` (31250).
-    /// `autoTune` is accepted; block size and capacity are not inferred yet.
+    /// `autoTune` is accepted; block size and capacity are not inferred yet. The rest of
+    /// [`PREFIX_CACHE_SCORER_PARAMS`] is accepted and not built.
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let p = Params(p);
+        p.check(PREFIX_CACHE_SCORER_PARAMS)?;
         let block_chars = p.u64("blockSize", 64)? as usize;
         let block_tokens = p.u64("blockSizeTokens", 16)? as usize;
         let max_blocks = p.u64("maxPrefixBlocksToMatch", 256)? as usize;

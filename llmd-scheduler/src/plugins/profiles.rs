@@ -41,6 +41,7 @@ impl HeaderProfileHandler {
     /// From `parameters`: `headerName`, `defaultProfile`.
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let q = Params(p);
+        q.check(&["headerName", "defaultProfile"])?;
         let header = q.string("headerName")?.map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty());
         let default_profile = q.string("defaultProfile")?.map(|d| d.trim().to_string()).filter(|d| !d.is_empty());
         Ok(HeaderProfileHandler {
@@ -94,7 +95,9 @@ pub struct DataParallelProfileHandler {
 impl DataParallelProfileHandler {
     /// From `parameters`: `primaryPort` (1–65535).
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
-        let port = Params(p).u64("primaryPort", 8000)?;
+        let q = Params(p);
+        q.check(&["primaryPort"])?;
+        let port = q.u64("primaryPort", 8000)?;
         let primary_port = u16::try_from(port)
             .ok()
             .filter(|&p| p > 0)
@@ -158,13 +161,67 @@ impl std::fmt::Debug for PdProfileHandler {
 /// `deciders.prefill` or its older flat `prefillDeciderPluginName` / `deciderPluginName`.
 pub fn decider_ref(type_name: &str, p: &serde_json::Value) -> Result<Option<String>, String> {
     let q = Params(p);
-    let nested = p.get("deciders").cloned().unwrap_or(serde_json::Value::Null);
+    let nested = q.value("deciders").cloned().unwrap_or(serde_json::Value::Null);
     let named =
         Params(&nested).string("prefill")?.or(q.string("prefillDeciderPluginName")?).or(q.string("deciderPluginName")?);
     Ok(match type_name {
         "pd-profile-handler" => Some(named.unwrap_or_else(|| "prefix-based-pd-decider".into())),
         _ => named,
     })
+}
+
+/// `pd-profile-handler`'s parameters in llm-d-router (`prefixPluginType`,
+/// `prefixPluginName`, `prefixMatchInfoProducerName` and `primaryPort` are accepted and
+/// not built).
+const PD_PROFILE_HANDLER_PARAMS: &[&str] = &[
+    "decodeProfile",
+    "prefillProfile",
+    "prefixPluginType",
+    "prefixPluginName",
+    "primaryPort",
+    "deciderPluginName",
+    "prefixMatchInfoProducerName",
+];
+
+/// `disagg-profile-handler`'s nested schema, and `stageOrder`, which both schemas take.
+const DISAGG_NESTED_PARAMS: &[&str] = &["profiles", "deciders"];
+
+/// `disagg-profile-handler`'s deprecated flat schema (and `stageOrder`).
+const DISAGG_FLAT_PARAMS: &[&str] = &[
+    "decodeProfile",
+    "prefillProfile",
+    "encodeProfile",
+    "prefillDeciderPluginName",
+    "encodeDeciderPluginName",
+    "deciderPluginName",
+];
+
+/// Refuses parameters the P/D handler `type_name` (`pd-profile-handler` or
+/// `disagg-profile-handler`) does not take, as llm-d-router's strict decoding does:
+/// `disagg-profile-handler` takes its nested schema (`profiles: {decode, prefill,
+/// encode}`, `deciders: {prefill, encode}`) or the deprecated flat one (`decodeProfile`,
+/// `prefillDeciderPluginName`, ...), not a mix of the two, and `stageOrder` with either.
+pub(crate) fn check_pd_params(type_name: &str, p: &serde_json::Value) -> Result<(), String> {
+    if type_name != "disagg-profile-handler" {
+        return Params(p).check(PD_PROFILE_HANDLER_PARAMS);
+    }
+    let all: Vec<&str> =
+        std::iter::once("stageOrder").chain(DISAGG_NESTED_PARAMS.iter().chain(DISAGG_FLAT_PARAMS).copied()).collect();
+    let fields = super::known_fields(p, "", &all)?;
+    if let Some(v) = fields.get("profiles") {
+        Params(v).check_at("profiles", &["decode", "prefill", "encode"])?;
+    }
+    if let Some(v) = fields.get("deciders") {
+        Params(v).check_at("deciders", &["prefill", "encode"])?;
+    }
+    let nested = fields.keys().find(|k| DISAGG_NESTED_PARAMS.contains(&k.as_str()));
+    let flat = fields.keys().find(|k| DISAGG_FLAT_PARAMS.contains(&k.as_str()));
+    if let (Some(n), Some(f)) = (nested, flat) {
+        return Err(format!(
+            "parameters {n:?} and {f:?}: use either the nested profiles/deciders or the deprecated flat keys, not both"
+        ));
+    }
+    Ok(())
 }
 
 impl PdProfileHandler {
@@ -174,7 +231,7 @@ impl PdProfileHandler {
     /// once every plugin exists (the config loader does it).
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let q = Params(p);
-        let nested = p.get("profiles").cloned().unwrap_or(serde_json::Value::Null);
+        let nested = q.value("profiles").cloned().unwrap_or(serde_json::Value::Null);
         let n = Params(&nested);
         let name = |flat: &str, key: &str| -> Result<String, String> {
             Ok(q.string(flat)?.or(n.string(key)?).unwrap_or_else(|| key.to_string()))
@@ -243,6 +300,7 @@ impl PrefixBasedPdDecider {
     /// From `parameters`: `nonCachedTokens`, `promptTokens`.
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let q = Params(p);
+        q.check(&["nonCachedTokens", "promptTokens"])?;
         Ok(PrefixBasedPdDecider {
             non_cached_tokens: q.u64("nonCachedTokens", 0)?,
             prompt_tokens: q.u64("promptTokens", 0)?,

@@ -33,8 +33,12 @@ pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::fr
 
 impl ActiveRequestScorer {
     /// From `parameters`: `requestTimeout` (a duration such as `"30s"`, `"2m"`).
+    /// llm-d-router's other keys (`idleThreshold`, `maxBusyScore`,
+    /// `inFlightLoadProducerName`) are accepted and not built; others are refused.
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
-        let request_timeout = match Params(p).string("requestTimeout")? {
+        let q = Params(p);
+        q.check(&["requestTimeout", "idleThreshold", "maxBusyScore", "inFlightLoadProducerName"])?;
+        let request_timeout = match q.string("requestTimeout")? {
             None => DEFAULT_REQUEST_TIMEOUT,
             Some(s) => super::parse_duration(&s).map_err(|e| format!("parameter requestTimeout: {e}"))?,
         };
@@ -69,6 +73,7 @@ impl AttributeScorer {
     /// From `parameters`: `attribute` (required), `prefer` (`lower` | `higher`).
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let q = Params(p);
+        q.check(&["attribute", "prefer"])?;
         let attribute = q.string("attribute")?.ok_or("parameter attribute is required")?;
         let higher = match q.string("prefer")?.as_deref() {
             None | Some("lower") => false,
@@ -108,9 +113,12 @@ pub struct TokenLoadScorer {
 }
 
 impl TokenLoadScorer {
-    /// From `parameters`: `queueThresholdTokens` (default 4 194 304, llm-d's).
+    /// From `parameters`: `queueThresholdTokens` (default 4 194 304, llm-d's);
+    /// `inFlightLoadProducerName` is accepted (the picker keeps the counts itself).
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
-        let threshold = Params(p).u64("queueThresholdTokens", 4_194_304)?;
+        let q = Params(p);
+        q.check(&["queueThresholdTokens", "inFlightLoadProducerName"])?;
+        let threshold = q.u64("queueThresholdTokens", 4_194_304)?;
         if threshold == 0 {
             return Err("parameter queueThresholdTokens: must be positive".into());
         }
@@ -173,7 +181,9 @@ pub struct LoadAwareScorer {
 impl LoadAwareScorer {
     /// From `parameters` (`threshold`, default 128).
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
-        let threshold = Params(p).u64("threshold", 128)?;
+        let q = Params(p);
+        q.check(&["threshold"])?;
+        let threshold = q.u64("threshold", 128)?;
         if threshold == 0 {
             return Err("parameter threshold: must be at least 1".into());
         }

@@ -19,6 +19,7 @@ use lru::LruCache;
 use serde_json::{Map, Value};
 
 use super::prefix::{PREFIX_MATCH_KEY, PrefixMatch};
+use super::{join_path, known_fields};
 use crate::discovery::ROLE_LABEL;
 use crate::endpoint::Endpoint;
 use crate::plugin::{CycleState, Filter, PickObserver, PluginHandle, Scorer};
@@ -101,13 +102,10 @@ pub(crate) fn register(r: &mut PluginRegistry) {
 // ---------------------------------------------------------------------------------
 // Strict parameter decoding.
 
-fn join(at: &str, key: &str) -> String {
-    if at.is_empty() { key.to_string() } else { format!("{at}.{key}") }
-}
-
 /// One parameters object, decoded as Go's `json.Decoder` with `DisallowUnknownFields`
-/// decodes into a struct: every key must name a field (exactly, or failing that
-/// ignoring ASCII case, as `encoding/json` matches), and `null` leaves a field unset.
+/// decodes into a struct ([`known_fields`]): every key must name a field (exactly, or
+/// failing that ignoring ASCII case, as `encoding/json` matches), and `null` leaves a
+/// field unset.
 struct Fields {
     /// Where the object sits (`""` for the parameters themselves, `algorithm`, ...).
     at: String,
@@ -117,31 +115,11 @@ struct Fields {
 
 impl Fields {
     fn new(v: &Value, at: &str, known: &[&str]) -> Result<Self, String> {
-        let obj = match v {
-            Value::Null => return Ok(Fields { at: at.into(), map: Map::new() }),
-            Value::Object(m) => m,
-            other if at.is_empty() => return Err(format!("parameters: expected an object, got {other}")),
-            other => return Err(format!("parameter {at}: expected an object, got {other}")),
-        };
-        let mut map = Map::new();
-        for (k, v) in obj {
-            let name = known
-                .iter()
-                .find(|n| **n == k.as_str())
-                .or_else(|| known.iter().find(|n| n.eq_ignore_ascii_case(k)))
-                .ok_or_else(|| {
-                    let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-                    format!("parameter {}: unknown field (known: {known})", join(at, k))
-                })?;
-            if !v.is_null() {
-                map.insert((*name).to_string(), v.clone());
-            }
-        }
-        Ok(Fields { at: at.into(), map })
+        Ok(Fields { at: at.into(), map: known_fields(v, at, known)? })
     }
 
     fn path(&self, key: &str) -> String {
-        join(&self.at, key)
+        join_path(&self.at, key)
     }
 
     fn string(&self, key: &str) -> Result<Option<String>, String> {
@@ -1072,7 +1050,7 @@ mod tests {
         ];
         for (t, p, key) in cases {
             let e = build(t, p).unwrap_err();
-            assert!(e.contains(key) && e.contains("unknown field"), "{t}: {e}");
+            assert!(e.contains(&format!("parameter {key:?} is not ")), "{t}: {e}");
         }
         // Wrong types name the parameter.
         let e = build(NO_HIT_LRU_SCORER, json!({"lruSize": "big"})).unwrap_err();

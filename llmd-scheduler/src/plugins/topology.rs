@@ -50,6 +50,7 @@ impl TopologyLabels {
     /// (label keys; empty keeps the default).
     pub fn from_params(p: &Value) -> Result<Self, String> {
         let q = Params(p);
+        q.check(&["hostname", "rack", "zone", "region"])?;
         let d = TopologyLabels::default();
         let key = |k: &str, def: String| -> Result<String, String> {
             Ok(q.string(k)?.filter(|s| !s.is_empty()).unwrap_or(def))
@@ -163,6 +164,7 @@ fn producer(p: &Value) -> Result<String, String> {
 }
 
 fn filter(p: &Value, labels: Option<TopologyLabels>) -> Result<TopologyAffinityFilter, String> {
+    Params(p).check(&["minAffinity", "topologyProducerName"])?;
     producer(p)?;
     let min = Level::parse(&Params(p).string("minAffinity")?.unwrap_or_else(|| "host".into()))?;
     Ok(TopologyAffinityFilter { min, labels })
@@ -184,6 +186,7 @@ pub(crate) fn register(r: &mut crate::registry::PluginRegistry) {
         })
     });
     r.register("topology-affinity-scorer", |n, p| {
+        Params(p).check(&["topologyProducerName"])?;
         producer(p)?;
         Ok(PluginHandle {
             name: n.into(),

@@ -67,21 +67,11 @@ pub(crate) const APPROX_PREFIX_CACHE_PRODUCER_PARAMS: &[&str] = &[
     "lruCapacityPerServer",
 ];
 
-/// `prefix-cache-scorer`'s parameters: llm-d-router's (`prefixMatchInfoProducerName`,
-/// `matchLengthWeight`, `matchLengthScaleTokens`, accepted and not built) and the
-/// producer's ([`APPROX_PREFIX_CACHE_PRODUCER_PARAMS`]), as llm-d's older scorer took
-/// them.
-pub(crate) const PREFIX_CACHE_SCORER_PARAMS: &[&str] = &[
-    "prefixMatchInfoProducerName",
-    "matchLengthWeight",
-    "matchLengthScaleTokens",
-    "autoTune",
-    "blockSizeTokens",
-    "blockSize",
-    "maxPrefixBlocksToMatch",
-    "maxPrefixTokensToMatch",
-    "lruCapacityPerServer",
-];
+/// `prefix-cache-scorer`'s own parameters in llm-d-router (`prefixMatchInfoProducerName`,
+/// `matchLengthWeight`, `matchLengthScaleTokens`, accepted and not built); it also takes
+/// the producer's ([`APPROX_PREFIX_CACHE_PRODUCER_PARAMS`]), as llm-d's older scorer did.
+const PREFIX_CACHE_SCORER_OWN_PARAMS: &[&str] =
+    &["prefixMatchInfoProducerName", "matchLengthWeight", "matchLengthScaleTokens"];
 
 /// The approximate prefix-cache scorer.
 #[derive(Debug)]
@@ -103,7 +93,7 @@ impl PrefixCacheScorer {
     /// [`PREFIX_CACHE_SCORER_PARAMS`] is accepted and not built.
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let p = Params(p);
-        p.check(PREFIX_CACHE_SCORER_PARAMS)?;
+        p.check(&[PREFIX_CACHE_SCORER_OWN_PARAMS, APPROX_PREFIX_CACHE_PRODUCER_PARAMS].concat())?;
         let block_chars = p.u64("blockSize", 64)? as usize;
         let block_tokens = p.u64("blockSizeTokens", 16)? as usize;
         let max_blocks = p.u64("maxPrefixBlocksToMatch", 256)? as usize;

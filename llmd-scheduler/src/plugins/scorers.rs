@@ -13,10 +13,16 @@ pub struct QueueScorer;
 
 impl Scorer for QueueScorer {
     fn score(&self, _: &mut CycleState, _: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
-        let q: Vec<u64> = eps.iter().map(|e| e.metrics.waiting).collect();
-        let (min, max) = (q.iter().copied().min().unwrap_or(0), q.iter().copied().max().unwrap_or(0));
-        q.iter().map(|&w| if max == min { 1.0 } else { (max - w) as f64 / (max - min) as f64 }).collect()
+        fewer_is_better(eps.iter().map(|e| e.metrics.waiting))
     }
+}
+
+/// Min-max normalised, lower values scoring higher; 1 for all when they are equal
+/// (llm-d's queue and running-requests scorers).
+pub(crate) fn fewer_is_better(values: impl Iterator<Item = u64>) -> Vec<f64> {
+    let q: Vec<u64> = values.collect();
+    let (min, max) = (q.iter().copied().min().unwrap_or(0), q.iter().copied().max().unwrap_or(0));
+    q.iter().map(|&v| if max == min { 1.0 } else { (max - v) as f64 / (max - min) as f64 }).collect()
 }
 
 /// `active-request-scorer` (llm-d's): fewer requests in flight from this picker score

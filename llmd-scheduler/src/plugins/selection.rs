@@ -571,9 +571,7 @@ pub struct RunningRequestsSizeScorer;
 
 impl Scorer for RunningRequestsSizeScorer {
     fn score(&self, _: &mut CycleState, _: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
-        let q: Vec<u64> = eps.iter().map(|e| e.metrics.running).collect();
-        let (min, max) = (q.iter().copied().min().unwrap_or(0), q.iter().copied().max().unwrap_or(0));
-        q.iter().map(|&r| if max == min { 1.0 } else { (max - r) as f64 / (max - min) as f64 }).collect()
+        super::scorers::fewer_is_better(eps.iter().map(|e| e.metrics.running))
     }
 }
 

@@ -200,9 +200,12 @@ fn resolve_data_layer(
         sources.push(binding);
     }
     if raw.inject_defaults.unwrap_or(true) {
-        let defaults = DataLayerConfig::defaults(all_consumers);
-        for d in defaults.sources {
-            if !sources.iter().any(|s| std::mem::discriminant(&s.kind) == std::mem::discriminant(&d.kind)) {
+        // As llm-d-router: the defaults come unless a source of their own type is
+        // configured (a DCGM source scrapes metrics too, but not the engine's).
+        let types: Vec<&str> =
+            raw.sources.iter().filter_map(|rs| plugins.get(&rs.plugin_ref).map(|h| h.type_name.as_str())).collect();
+        for d in DataLayerConfig::defaults(all_consumers).sources {
+            if !types.contains(&d.name.as_str()) {
                 sources.push(d);
             }
         }

@@ -265,13 +265,16 @@ impl Extractor for CoreMetricsExtractor {
 /// What a source fetches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceKind {
-    /// `metrics-data-source`: GETs `path` on each endpoint every `interval` (`None`:
-    /// the picker's scrape interval).
+    /// `metrics-data-source` (and `dcgm-data-source`): GETs `path` on each endpoint,
+    /// at `port` when set (else the endpoint's own), every `interval` (`None`: the
+    /// picker's scrape interval).
     Metrics {
         /// The URL path.
         path: String,
         /// How often.
         interval: Option<Duration>,
+        /// A port other than the endpoint's (a DCGM exporter's, say).
+        port: Option<u16>,
     },
     /// `kv-events-data-source`: subscribes to each endpoint's KV-event stream.
     KvEvents,
@@ -304,7 +307,73 @@ impl SourceKind {
             .string("interval")?
             .map(|s| crate::plugins::parse_duration(&s).map_err(|e| format!("parameter interval: {e}")))
             .transpose()?;
-        Ok(SourceKind::Metrics { path, interval })
+        let port = match q.u64("port", 0)? {
+            0 if q.0.get("port").is_none_or(serde_json::Value::is_null) => None,
+            p => Some(
+                u16::try_from(p).ok().filter(|&p| p > 0).ok_or_else(|| format!("parameter port: {p} is not a port"))?,
+            ),
+        };
+        Ok(SourceKind::Metrics { path, interval, port })
+    }
+
+    /// From a `dcgm-data-source`'s parameters: a DCGM exporter on each endpoint's host
+    /// (`port` 9400, `path` /metrics, `scheme` http, `interval`). `useNodeAddress`
+    /// (scraping the node's address rather than the pod's) needs the Kubernetes
+    /// reflector and is refused.
+    pub fn dcgm_from_params(p: &serde_json::Value) -> Result<Self, String> {
+        let q = crate::plugins::Params(p);
+        q.check(&["scheme", "path", "port", "insecureSkipVerify", "useNodeAddress", "interval"])?;
+        if q.bool("useNodeAddress", false)? {
+            return Err(
+                "parameter useNodeAddress: node addresses are not known to llmd yet (needs Kubernetes discovery)"
+                    .into(),
+            );
+        }
+        let mut plain = p.clone();
+        if let Some(o) = plain.as_object_mut() {
+            o.remove("useNodeAddress");
+            o.entry("port").or_insert(9400.into());
+        } else {
+            plain = serde_json::json!({"port": 9400});
+        }
+        Self::metrics_from_params(&plain)
+    }
+}
+
+/// `dcgm-extractor`: a DCGM exporter's `DCGM_FI_DEV_GPU_UTIL` (percent) for the
+/// endpoint's pod — the samples whose `pod` label names it, or all of them when the
+/// exporter labels none — as the attribute `GPUUtilization`, the busiest GPU's share
+/// in [0, 1].
+#[derive(Debug, Default)]
+pub struct DcgmExtractor;
+
+/// The attribute [`DcgmExtractor`] writes (llm-d-router's name).
+pub const GPU_UTILIZATION: &str = "GPUUtilization";
+
+impl Extractor for DcgmExtractor {
+    fn extract(&self, endpoint: &Endpoint, data: SourceData<'_>, out: &mut Extracted) {
+        let SourceData::Metrics(text) = data;
+        // The pod's name: the endpoint id without a namespace.
+        let pod = endpoint.id.rsplit('/').next().unwrap_or(&endpoint.id);
+        let mut any_pod_label = false;
+        let mut mine: Option<f64> = None;
+        let mut all: Option<f64> = None;
+        for (name, labels, value) in crate::scrape::samples(text) {
+            if name != "DCGM_FI_DEV_GPU_UTIL" || !value.is_finite() {
+                continue;
+            }
+            all = Some(all.map_or(value, |a: f64| a.max(value)));
+            if let Some((_, p)) = labels.iter().find(|(k, _)| k == "pod") {
+                any_pod_label = true;
+                if p == pod {
+                    mine = Some(mine.map_or(value, |m: f64| m.max(value)));
+                }
+            }
+        }
+        let util = if any_pod_label { mine } else { all };
+        if let Some(u) = util {
+            out.attributes.push((GPU_UTILIZATION.into(), AttributeValue::Float(u / 100.0)));
+        }
     }
 }
 
@@ -344,7 +413,7 @@ impl DataLayerConfig {
     pub fn defaults(consumers: Vec<Arc<dyn KvEventConsumer>>) -> Self {
         let mut sources = vec![SourceBinding {
             name: "metrics-data-source".into(),
-            kind: SourceKind::Metrics { path: "/metrics".into(), interval: None },
+            kind: SourceKind::Metrics { path: "/metrics".into(), interval: None, port: None },
             extractors: vec![("core-metrics-extractor".into(), Arc::new(CoreMetricsExtractor::default()))],
             consumers: Vec::new(),
         }];
@@ -377,6 +446,45 @@ pub fn extract_all(binding: &SourceBinding, endpoint: &Endpoint, data: SourceDat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dcgm_extractor_reads_the_busiest_gpu_of_the_endpoint_s_pod() {
+        let text = "# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n\
+            DCGM_FI_DEV_GPU_UTIL{gpu=\"0\",pod=\"vllm-0\",namespace=\"ns\"} 35\n\
+            DCGM_FI_DEV_GPU_UTIL{gpu=\"1\",pod=\"vllm-0\",namespace=\"ns\"} 80\n\
+            DCGM_FI_DEV_GPU_UTIL{gpu=\"2\",pod=\"vllm-1\",namespace=\"ns\"} 99\n\
+            DCGM_FI_DEV_FB_USED{gpu=\"0\",pod=\"vllm-0\"} 1000\n";
+        let got = |id: &str, text: &str| {
+            let mut out = Extracted::default();
+            DcgmExtractor.extract(
+                &Endpoint::new(id, "10.0.0.1:8000", crate::endpoint::Role::Both),
+                SourceData::Metrics(text),
+                &mut out,
+            );
+            out.attributes
+        };
+        assert_eq!(got("ns/vllm-0", text), [(GPU_UTILIZATION.to_string(), AttributeValue::Float(0.8))]);
+        assert_eq!(got("vllm-1", text), [(GPU_UTILIZATION.to_string(), AttributeValue::Float(0.99))]);
+        assert!(got("vllm-9", text).is_empty(), "another pod's GPUs are not this one's");
+        // An exporter that labels no pods: every GPU it reports.
+        assert_eq!(
+            got("any", "DCGM_FI_DEV_GPU_UTIL{gpu=\"0\"} 12\n"),
+            [(GPU_UTILIZATION.to_string(), AttributeValue::Float(0.12))]
+        );
+        let k = SourceKind::dcgm_from_params(&serde_json::json!({"interval": "1s"})).unwrap();
+        assert_eq!(
+            k,
+            SourceKind::Metrics { path: "/metrics".into(), interval: Some(Duration::from_secs(1)), port: Some(9400) }
+        );
+        assert!(
+            SourceKind::dcgm_from_params(&serde_json::json!({"useNodeAddress": true}))
+                .unwrap_err()
+                .contains("useNodeAddress")
+        );
+        let m = SourceKind::metrics_from_params(&serde_json::json!({"port": 9090})).unwrap();
+        assert!(matches!(m, SourceKind::Metrics { port: Some(9090), .. }));
+        assert!(SourceKind::metrics_from_params(&serde_json::json!({"port": 70000})).is_err());
+    }
     use crate::endpoint::Role;
 
     const VLLM: &str = "vllm:num_requests_waiting{engine=\"0\"} 3\nvllm:num_requests_waiting{engine=\"1\"} 2\n\
@@ -429,7 +537,7 @@ mod tests {
         assert!(SourceKind::metrics_from_params(&serde_json::json!({"scheme": "https"})).is_err());
         assert_eq!(
             SourceKind::metrics_from_params(&serde_json::json!({"interval": "1s"})).unwrap(),
-            SourceKind::Metrics { path: "/metrics".into(), interval: Some(Duration::from_secs(1)) }
+            SourceKind::Metrics { path: "/metrics".into(), interval: Some(Duration::from_secs(1)), port: None }
         );
     }
 }

@@ -192,6 +192,20 @@ impl PluginRegistry {
                 ..handle(n, "core-metrics-extractor")
             })
         });
+        // GPU telemetry from a DCGM exporter on each endpoint's host (accepts any
+        // parameters, as the router's extractor does).
+        r.register("dcgm-data-source", |n, p| {
+            Ok(PluginHandle {
+                source: Some(crate::datalayer::SourceKind::dcgm_from_params(p)?),
+                ..handle(n, "dcgm-data-source")
+            })
+        });
+        r.register("dcgm-extractor", |n, _| {
+            Ok(PluginHandle {
+                extractor: Some(Arc::new(crate::datalayer::DcgmExtractor)),
+                ..handle(n, "dcgm-extractor")
+            })
+        });
         r.register("attribute-scorer", |n, p| {
             Ok(PluginHandle {
                 scorer: Some(Arc::new(scorers::AttributeScorer::from_params(p)?)),

@@ -77,7 +77,11 @@ fn the_data_layer_and_discovery_are_wired_from_the_config() {
     assert_eq!(
         kinds,
         [
-            &SourceKind::Metrics { path: "/metrics".into(), interval: Some(std::time::Duration::from_secs(1)) },
+            &SourceKind::Metrics {
+                path: "/metrics".into(),
+                interval: Some(std::time::Duration::from_secs(1)),
+                port: None
+            },
             &SourceKind::KvEvents
         ]
     );
@@ -118,7 +122,6 @@ const ROUTER_GAPS: &[(&str, &str)] = &[
     ("probabilistic-admitter-epp-config.yaml", "probabilistic-admitter"),
     ("sim-e-p-d-epp-config.yaml", "always-disagg-multimodal-decider"),
     ("sim-e-pd-epp-config.yaml", "always-disagg-multimodal-decider"),
-    ("sim-epp-gpu-config.yaml", "dcgm-data-source"),
     ("sim-epp-kvcache-config.yaml", "token-producer"),
     ("sim-epp-no-hit-lru.yaml", "precise-prefix-cache-producer"),
     ("sim-epp-tokenizer-vllm-http-config.yaml", "token-producer"),

@@ -565,3 +565,51 @@ async fn request_parsers_decide_which_bodies_are_read() {
     // (The gateway serves the OpenAI completion paths; Envoy, through ext-proc, brings
     // others, which the picker refuses when no configured parser takes them.)
 }
+
+#[tokio::test]
+async fn gpu_utilization_from_a_dcgm_exporter_steers_picks() {
+    // One DCGM exporter for the host both endpoints run on, labelling each GPU's pod.
+    let util = Arc::new(std::sync::Mutex::new((95, 20)));
+    let shared = util.clone();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (a, b) = *shared.lock().unwrap();
+            async move {
+                format!("DCGM_FI_DEV_GPU_UTIL{{gpu=\"0\",pod=\"e0\"}} {a}\nDCGM_FI_DEV_GPU_UTIL{{gpu=\"1\",pod=\"e1\"}} {b}\n")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // llm-d-router's sim-epp-gpu-config, with the exporter's port.
+    let file =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs/llm-d-router/sim-epp-gpu-config.yaml");
+    let yaml = std::fs::read_to_string(file).unwrap().replace("port: 9400", &format!("port: {port}"));
+    let config =
+        llmd_scheduler::SchedulerConfig::from_yaml(&yaml, "gpu.yaml", &PluginRegistry::with_builtins()).unwrap();
+    let store = datastore(Arc::new(ManualClock::new()));
+    for i in 0..2 {
+        // Nothing listens at the endpoints themselves: only the exporter is scraped here.
+        store.upsert(Endpoint::new(format!("e{i}"), format!("127.0.0.1:{}", 1 + i), Role::Both));
+    }
+    let picker = EndpointPicker::new(Scheduler::new(config, 0), store, PickerConfig::default(), None);
+    let pick = |picker: &EndpointPicker| {
+        let req = llmd_scheduler::LlmRequest::new("r", "m", "hi");
+        picker.pick_request(&req, &Default::default()).unwrap().result.destination().unwrap().endpoint.clone()
+    };
+    picker.scrape_once().await;
+    assert_eq!(
+        picker.datastore().get("e0").unwrap().attributes.get("GPUUtilization"),
+        Some(&llmd_scheduler::AttributeValue::Float(0.95))
+    );
+    for _ in 0..4 {
+        assert_eq!(pick(&picker), "e1", "e0's GPU is past the filter's 0.90");
+    }
+    *util.lock().unwrap() = (10, 60);
+    picker.scrape_once().await;
+    for _ in 0..4 {
+        assert_eq!(pick(&picker), "e0", "both pass; the scorer prefers the idler GPU");
+    }
+}

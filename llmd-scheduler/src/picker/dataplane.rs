@@ -12,9 +12,16 @@ use crate::datalayer::{self, SourceData, SourceKind};
 /// extractors find into the datastore. Returns false when the endpoint is gone.
 pub(super) async fn scrape_endpoint(picker: &EndpointPicker, source: usize, id: &str) -> bool {
     let Some(binding) = picker.scheduler.config().data_layer.sources.get(source) else { return false };
-    let SourceKind::Metrics { path, .. } = &binding.kind else { return false };
+    let SourceKind::Metrics { path, port, .. } = &binding.kind else { return false };
     let Some(endpoint) = picker.reader.get(id) else { return false };
-    let url = format!("http://{}{path}", endpoint.address);
+    let url = match port {
+        // The endpoint's host (`host:port` or `[v6]:port`) at another port.
+        Some(p) => {
+            let host = endpoint.address.rsplit_once(':').map_or(endpoint.address.as_str(), |(h, _)| h);
+            format!("http://{host}:{p}{path}")
+        }
+        None => format!("http://{}{path}", endpoint.address),
+    };
     let res = picker.client.get(&url).timeout(picker.cfg.scrape_timeout).send().await;
     let text = match res {
         Ok(r) if r.status().is_success() => r.text().await.ok(),

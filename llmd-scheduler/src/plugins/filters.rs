@@ -39,17 +39,23 @@ impl ByLabel {
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let p = Params(p);
         p.check(&["label", "validValues", "allowsNoLabel"])?;
-        let label = p.string("label")?.ok_or("parameter label: required")?;
-        Ok(ByLabel { label, values: p.strings("validValues")?, allows_no_label: p.bool("allowsNoLabel", false)? })
+        let label = p.string("label")?.filter(|l| !l.is_empty()).ok_or("parameter label: required")?;
+        let (values, allows_no_label) = (p.strings("validValues")?, p.bool("allowsNoLabel", false)?);
+        if values.is_empty() && !allows_no_label {
+            return Err("parameters: either validValues must be non-empty or allowsNoLabel must be true".into());
+        }
+        Ok(ByLabel { label, values, allows_no_label })
     }
 }
 
 impl Filter for ByLabel {
     fn filter<'a>(&self, _: &mut CycleState, _: &LlmRequest, eps: Vec<&'a Endpoint>) -> Vec<&'a Endpoint> {
         eps.into_iter()
+            // As llm-d-router compares: a missing label reads as "", so `""` among the
+            // valid values lets unlabelled endpoints through too.
             .filter(|e| match e.labels.get(&self.label) {
                 Some(v) => self.values.contains(v),
-                None => self.allows_no_label,
+                None => self.allows_no_label || self.values.iter().any(String::is_empty),
             })
             .collect()
     }
@@ -110,6 +116,11 @@ mod tests {
                 .unwrap();
         assert_eq!(ids(by.filter(&mut st, &req, all())), vec!["p", "d"]);
         assert!(ByLabel::from_params(&serde_json::json!({})).unwrap_err().contains("label"));
+        // llm-d-router: "" among the valid values admits the unlabelled; no values and no
+        // allowsNoLabel admits nothing, so it is refused.
+        let by = ByLabel::from_params(&serde_json::json!({"label": "zone", "validValues": ["a", ""]})).unwrap();
+        assert_eq!(ids(by.filter(&mut st, &req, all())), vec!["p", "d"]);
+        assert!(ByLabel::from_params(&serde_json::json!({"label": "zone"})).unwrap_err().contains("validValues"));
         let q = QueueThresholdFilter::from_params(&serde_json::json!({"threshold": 10})).unwrap();
         assert_eq!(ids(q.filter(&mut st, &req, all())), vec!["d", "b"]);
         // Never filters everything away.

@@ -90,7 +90,9 @@ impl PrefixCacheScorer {
     /// From `parameters`: `blockSize` (characters, default 64), `blockSizeTokens`
     /// (default 16), `maxPrefixBlocksToMatch` (256), `lruCapacityPerServer` (31250).
     /// `autoTune` is accepted; block size and capacity are not inferred yet. The rest of
-    /// [`PREFIX_CACHE_SCORER_PARAMS`] is accepted and not built.
+    /// the router's keys (`prefixMatchInfoProducerName`, `matchLengthWeight`,
+    /// `matchLengthScaleTokens`, `maxPrefixTokensToMatch`) are accepted and not built
+    /// here (the config loader reads a producer's limits).
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let p = Params(p);
         p.check(&[PREFIX_CACHE_SCORER_OWN_PARAMS, APPROX_PREFIX_CACHE_PRODUCER_PARAMS].concat())?;

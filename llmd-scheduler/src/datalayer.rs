@@ -299,6 +299,11 @@ impl SourceKind {
         {
             return Err(format!("parameter scheme: {s:?} is not supported (http only)"));
         }
+        for tls in ["caCertPath", "clientCertPath", "clientKeyPath"] {
+            if q.value(tls).is_some() {
+                return Err(format!("parameter {tls}: TLS scraping is not built in llmd yet (http only)"));
+            }
+        }
         let path = q.string("path")?.unwrap_or_else(|| "/metrics".into());
         if !path.starts_with('/') {
             return Err(format!("parameter path: {path:?} must start with /"));

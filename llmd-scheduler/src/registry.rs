@@ -70,12 +70,9 @@ impl PluginRegistry {
         });
         r.register("session-affinity-scorer", |n, p| {
             // llm-d-router's keys; the header-token strategy is the one built.
-            crate::plugins::Params(p).check(&[
-                "strategy",
-                "encodedEndpointHeaderConfig",
-                "sessionIdConfig",
-                "profileName",
-            ])?;
+            let q = crate::plugins::Params(p);
+            q.check(&["strategy", "encodedEndpointHeaderConfig", "sessionIdConfig", "profileName"])?;
+            q.unbuilt("strategy", &"encoded_endpoint_header".into(), "only encoded_endpoint_header")?;
             Ok(PluginHandle {
                 scorer: Some(Arc::new(scorers::SessionAffinityScorer)),
                 ..handle(n, "session-affinity-scorer")
@@ -117,11 +114,11 @@ impl PluginRegistry {
             })
         });
         r.register("random-picker", |n, p| {
-            crate::plugins::Params(p).check(&[pickers::MAX_NUM_OF_ENDPOINTS])?;
+            pickers::one_endpoint(p)?;
             Ok(PluginHandle { picker: Some(Arc::new(pickers::RandomPicker)), ..handle(n, "random-picker") })
         });
         r.register("weighted-random-picker", |n, p| {
-            crate::plugins::Params(p).check(&[pickers::MAX_NUM_OF_ENDPOINTS])?;
+            pickers::one_endpoint(p)?;
             Ok(PluginHandle {
                 picker: Some(Arc::new(pickers::WeightedRandomPicker)),
                 ..handle(n, "weighted-random-picker")

@@ -103,6 +103,18 @@ impl Params<'_> {
         known_fields(self.0, "", known).map(|_| ())
     }
 
+    /// Refuses a value of `key` other than `built` (a router key llmd accepts at the
+    /// value it behaves as): a config asking for what is not built must not load as if
+    /// it had been honoured. Numbers compare by value.
+    pub(crate) fn unbuilt(&self, key: &str, built: &Value, not_built: &str) -> Result<(), String> {
+        let Some(v) = self.value(key) else { return Ok(()) };
+        let same = match (v.as_f64(), built.as_f64()) {
+            (Some(a), Some(b)) => a == b,
+            _ => v == built,
+        };
+        if same { Ok(()) } else { Err(format!("parameter {key}: {v} is not built in llmd yet ({not_built})")) }
+    }
+
     /// [`check`](Self::check) for the object at `at` (a path such as `profiles` or
     /// `engineConfigs[0]`, which the error names).
     pub(crate) fn check_at(&self, at: &str, known: &[&str]) -> Result<(), String> {
@@ -323,17 +335,17 @@ mod tests {
         // One key of each type's parameters in llm-d-router (checked against its Go
         // structs at commit ebab687), with a value the router would take.
         let router: &[(&str, Value)] = &[
-            ("prefix-cache-scorer", json!({"matchLengthWeight": 0.5})),
+            ("prefix-cache-scorer", json!({"matchLengthWeight": 0.0})),
             ("prefix-cache-scorer", json!({"prefixMatchInfoProducerName": "approx-prefix-cache-producer"})),
             ("precise-prefix-cache-scorer", json!({"tokenProcessorConfig": {"blockSize": 64}})),
-            ("active-request-scorer", json!({"maxBusyScore": 0.5})),
+            ("active-request-scorer", json!({"maxBusyScore": 1.0})),
             ("token-load-scorer", json!({"inFlightLoadProducerName": "inflight-load-producer"})),
             ("load-aware-scorer", json!({"threshold": 10})),
             ("session-affinity-scorer", json!({"strategy": "encoded_endpoint_header"})),
             ("by-label", json!({"label": "zone", "allowsNoLabel": true})),
-            ("max-score-picker", json!({"maxNumOfEndpoints": 2})),
-            ("random-picker", json!({"maxNumOfEndpoints": 2})),
-            ("weighted-random-picker", json!({"maxNumOfEndpoints": 2})),
+            ("max-score-picker", json!({"maxNumOfEndpoints": 1})),
+            ("random-picker", json!({"maxNumOfEndpoints": 1})),
+            ("weighted-random-picker", json!({"maxNumOfEndpoints": 0})),
             ("metrics-data-source", json!({"insecureSkipVerify": true})),
             ("core-metrics-extractor", json!({"engineConfigs": [{"name": "sglang", "loraSpec": "x"}]})),
             ("inflight-load-producer", json!({"syncCrossReplicaState": false})),
@@ -343,7 +355,7 @@ mod tests {
             ("disagg-headers-handler", json!({"prefillProfile": "prefill"})),
             ("pd-profile-handler", json!({"prefixPluginType": "prefix-cache-scorer"})),
             ("disagg-profile-handler", json!({"profiles": {"encode": "e"}, "stageOrder": "decode-first"})),
-            ("disagg-profile-handler", json!({"encodeDeciderPluginName": "d", "stageOrder": "decode-first"})),
+            ("disagg-profile-handler", json!({"prefillDeciderPluginName": "d", "stageOrder": "decode-first"})),
             ("prefix-based-pd-decider", json!({"promptTokens": 10})),
             ("data-parallel-profile-handler", json!({"primaryPort": 8001})),
             ("header-profile-handler", json!({"defaultProfile": "decode"})),
@@ -417,12 +429,37 @@ mod tests {
                 let t = p["type"].as_str().unwrap();
                 let Some(factory) = r.get(t) else { continue };
                 let params = if p["parameters"].is_null() { json!({}) } else { p["parameters"].clone() };
-                if let Err(e) = factory("p", &params) {
-                    panic!("{}: {t}: {e}", f.display());
+                match factory("p", &params) {
+                    Ok(_) => {}
+                    // A feature the file asks for that llmd refuses by name (the file
+                    // is then among the config test's listed gaps).
+                    Err(e) if e.contains("not built in llmd yet") => continue,
+                    Err(e) => panic!("{}: {t}: {e}", f.display()),
                 }
                 built += 1;
             }
         }
         assert!(built > 100, "{built}");
+    }
+
+    #[test]
+    fn router_keys_at_values_llmd_does_not_build_are_refused() {
+        let reg = crate::registry::PluginRegistry::with_builtins();
+        for (t, params, key) in [
+            ("max-score-picker", json!({"maxNumOfEndpoints": 2}), "maxNumOfEndpoints"),
+            ("random-picker", json!({"maxNumOfEndpoints": 3}), "maxNumOfEndpoints"),
+            ("active-request-scorer", json!({"maxBusyScore": 0.5}), "maxBusyScore"),
+            ("active-request-scorer", json!({"idleThreshold": 2}), "idleThreshold"),
+            ("prefix-cache-scorer", json!({"matchLengthWeight": 0.5}), "matchLengthWeight"),
+            ("session-affinity-scorer", json!({"strategy": "session_id"}), "strategy"),
+            ("precise-prefix-cache-scorer", json!({"speculativeIndexing": true}), "speculativeIndexing"),
+            ("pd-profile-handler", json!({"primaryPort": 8000}), "primaryPort"),
+            ("disagg-profile-handler", json!({"deciders": {"encode": "d"}}), "deciders.encode"),
+            ("metrics-data-source", json!({"caCertPath": "/etc/ca.pem"}), "caCertPath"),
+        ] {
+            let factory = reg.get(t).unwrap();
+            let e = factory(t, &params).err().unwrap_or_else(|| panic!("{t} took {params}"));
+            assert!(e.contains(key) && e.contains("not built"), "{t}: {e}");
+        }
     }
 }

@@ -7,6 +7,19 @@ use crate::plugin::Picker;
 /// `max-score-picker`): how many endpoints to pick. Accepted; llmd picks one.
 pub(crate) const MAX_NUM_OF_ENDPOINTS: &str = "maxNumOfEndpoints";
 
+/// The parameters of llm-d's pickers: `maxNumOfEndpoints`, of which llmd builds 1 (the
+/// router reads 0 and below as 1 too).
+pub(crate) fn one_endpoint(p: &serde_json::Value) -> Result<(), String> {
+    let q = super::Params(p);
+    q.check(&[MAX_NUM_OF_ENDPOINTS])?;
+    match q.number(MAX_NUM_OF_ENDPOINTS)? {
+        Some(n) if n > 1.0 => {
+            Err(format!("parameter {MAX_NUM_OF_ENDPOINTS}: {n} is not built in llmd yet (one endpoint per pick)"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `max-score-picker`: the highest total. Ties are broken at random (llm-d's way), or
 /// with `tieBreak: least-recent` (an llmd addition) in favour of the endpoint the picker
 /// sent a request to longest ago — round robin among equals, which under load is the
@@ -25,6 +38,11 @@ impl MaxScorePicker {
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let q = super::Params(p);
         q.check(&[MAX_NUM_OF_ENDPOINTS, "tieBreak", "tieTolerance"])?;
+        let mut only = p.clone();
+        if let Some(o) = only.as_object_mut() {
+            o.retain(|k, _| k.eq_ignore_ascii_case(MAX_NUM_OF_ENDPOINTS));
+        }
+        one_endpoint(&only)?;
         let least_recent = match q.string("tieBreak")?.as_deref() {
             None | Some("random") => false,
             Some("least-recent") => true,

@@ -48,6 +48,7 @@ impl PrecisePrefixCacheScorer {
             n => n,
         };
         let block_size = p.u64("blockSize", router)? as usize;
+        p.unbuilt("speculativeIndexing", &false.into(), "only false")?;
         if block_size == 0 {
             return Err("parameter blockSize: must be at least 1".into());
         }

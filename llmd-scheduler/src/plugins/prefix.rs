@@ -96,6 +96,7 @@ impl PrefixCacheScorer {
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let p = Params(p);
         p.check(&[PREFIX_CACHE_SCORER_OWN_PARAMS, APPROX_PREFIX_CACHE_PRODUCER_PARAMS].concat())?;
+        p.unbuilt("matchLengthWeight", &0.into(), "only 0: the score is the matched fraction")?;
         let block_chars = p.u64("blockSize", 64)? as usize;
         let block_tokens = p.u64("blockSizeTokens", 16)? as usize;
         let max_blocks = p.u64("maxPrefixBlocksToMatch", 256)? as usize;

@@ -203,7 +203,12 @@ const DISAGG_FLAT_PARAMS: &[&str] = &[
 /// `prefillDeciderPluginName`, ...), not a mix of the two, and `stageOrder` with either.
 pub(crate) fn check_pd_params(type_name: &str, p: &serde_json::Value) -> Result<(), String> {
     if type_name != "disagg-profile-handler" {
-        return Params(p).check(PD_PROFILE_HANDLER_PARAMS);
+        Params(p).check(PD_PROFILE_HANDLER_PARAMS)?;
+        return Params(p).unbuilt("primaryPort", &0.into(), "only 0; see data-parallel-profile-handler");
+    }
+    let deciders = p.get("deciders").cloned().unwrap_or(serde_json::Value::Null);
+    if Params(&deciders).value("encode").is_some() || Params(p).value("encodeDeciderPluginName").is_some() {
+        return Err("parameter deciders.encode: the encode stage is not built in llmd yet".into());
     }
     let all: Vec<&str> =
         std::iter::once("stageOrder").chain(DISAGG_NESTED_PARAMS.iter().chain(DISAGG_FLAT_PARAMS).copied()).collect();

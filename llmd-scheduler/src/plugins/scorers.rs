@@ -44,6 +44,8 @@ impl ActiveRequestScorer {
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let q = Params(p);
         q.check(&["requestTimeout", "idleThreshold", "maxBusyScore", "inFlightLoadProducerName"])?;
+        q.unbuilt("idleThreshold", &0.into(), "only 0")?;
+        q.unbuilt("maxBusyScore", &1.into(), "only 1")?;
         let request_timeout = match q.string("requestTimeout")? {
             None => DEFAULT_REQUEST_TIMEOUT,
             Some(s) => super::parse_duration(&s).map_err(|e| format!("parameter requestTimeout: {e}"))?,

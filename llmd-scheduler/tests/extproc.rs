@@ -219,3 +219,31 @@ async fn request_parsers_decide_which_paths_and_bodies_are_read() {
     let replies = exchange(addr, vec![headers_for("/v1/messages"), body(b"\x01binary", true)]).await;
     assert_eq!(destination(&replies[1]).0, "10.0.0.5:8000");
 }
+
+#[tokio::test]
+async fn data_parallel_picks_name_the_rank_and_go_to_the_primary_port() {
+    let yaml = "plugins:\n- type: data-parallel-profile-handler\n- type: max-score-picker\n\
+                schedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: max-score-picker\n";
+    let c = llmd_scheduler::SchedulerConfig::from_yaml(yaml, "dp.yaml", &PluginRegistry::with_builtins()).unwrap();
+    let addr = start_with(c, vec![Endpoint::new("pod-rank-1", "10.0.0.6:8001", Role::Both)]).await.0;
+    let mut h = headers(false);
+    // A client naming a rank itself is overruled.
+    if let Some(In::RequestHeaders(hh)) = &mut h.request {
+        hh.headers.as_mut().unwrap().headers.push(HeaderValue {
+            key: "x-data-parallel-host-port".into(),
+            raw_value: b"10.9.9.9:1".to_vec(),
+            ..Default::default()
+        });
+    }
+    let replies = exchange(addr, vec![h, body(br#"{"prompt": "hi"}"#, true)]).await;
+    assert_eq!(destination(&replies[1]).0, "10.0.0.6:8000");
+    let Some(Out::RequestBody(b)) = &replies[1].response else { panic!("{replies:?}") };
+    let set = &b.response.as_ref().unwrap().header_mutation.as_ref().unwrap().set_headers;
+    let rank: Vec<String> = set
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .filter(|h| h.key == "x-data-parallel-host-port")
+        .map(|h| String::from_utf8(h.raw_value.clone()).unwrap())
+        .collect();
+    assert_eq!(rank, ["10.0.0.6:8001"]);
+}

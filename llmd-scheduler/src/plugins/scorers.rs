@@ -226,7 +226,8 @@ impl Scorer for SessionAffinityScorer {
 }
 
 /// `lora-affinity-scorer`: prefers endpoints with the request's adapter loaded (1.0),
-/// then queued for loading (0.8), then with room for another adapter (0.5).
+/// then with room for another adapter (0.8), then with it queued for loading (0.6), as
+/// llm-d-router scores them.
 #[derive(Debug, Default)]
 pub struct LoraAffinityScorer;
 
@@ -235,12 +236,13 @@ impl Scorer for LoraAffinityScorer {
         eps.iter()
             .map(|e| {
                 let m = &e.metrics;
+                // llm-d-router's order: loaded, then room to load it, then already queued.
                 if m.active_loras.contains(&req.model) {
                     1.0
-                } else if m.waiting_loras.contains(&req.model) {
-                    0.8
                 } else if m.active_loras.len() + m.waiting_loras.len() < m.max_loras {
-                    0.5
+                    0.8
+                } else if m.waiting_loras.contains(&req.model) {
+                    0.6
                 } else {
                     0.0
                 }
@@ -363,6 +365,23 @@ mod tests {
         req.headers.insert(SESSION_HEADER.into(), "b".into());
         let mut st = CycleState::default();
         assert_eq!(SessionAffinityScorer.score(&mut st, &req, &refs), vec![0.0, 1.0]);
-        assert_eq!(LoraAffinityScorer.score(&mut st, &req, &refs), vec![1.0, 0.5]);
+        assert_eq!(LoraAffinityScorer.score(&mut st, &req, &refs), vec![1.0, 0.8]);
+    }
+
+    #[test]
+    fn lora_affinity_orders_as_llm_d_router() {
+        let mut eps = [ep("loaded", 0, 0.0), ep("room", 0, 0.0), ep("queued", 0, 0.0), ep("full", 0, 0.0)];
+        eps[0].metrics.active_loras = vec!["sql".into()];
+        eps[0].metrics.max_loras = 1;
+        eps[1].metrics.active_loras = vec!["chat".into()];
+        eps[1].metrics.max_loras = 2;
+        eps[2].metrics.active_loras = vec!["chat".into()];
+        eps[2].metrics.waiting_loras = vec!["sql".into()];
+        eps[2].metrics.max_loras = 2;
+        eps[3].metrics.active_loras = vec!["chat".into()];
+        eps[3].metrics.max_loras = 1;
+        let req = LlmRequest::new("r", "sql", "hi");
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        assert_eq!(LoraAffinityScorer.score(&mut CycleState::default(), &req, &refs), [1.0, 0.8, 0.6, 0.0]);
     }
 }

@@ -497,45 +497,18 @@ impl SchedulerConfig {
             }
         }
 
-        // P/D handlers consult the decider they name, wherever it is in the file.
-        for p in raw
-            .plugins
-            .iter()
-            .filter(|p| p.type_name == "pd-profile-handler" || p.type_name == "disagg-profile-handler")
-        {
-            let name = p.name.clone().unwrap_or_else(|| p.type_name.clone());
-            let what = format!("plugin {name:?}");
-            let params = if p.parameters.is_null() { Value::Object(Default::default()) } else { p.parameters.clone() };
-            let decider = match crate::plugins::profiles::decider_ref(&p.type_name, &params)
-                .map_err(|e| SchedulerError::config(file, &what, e))?
-            {
-                None => None,
-                Some(d) => {
-                    let h = plugins.get(&d).ok_or_else(|| {
-                        SchedulerError::config(file, &what, format!("decider {d:?} is not a configured plugin"))
-                    })?;
-                    Some(h.decider.clone().ok_or_else(|| {
-                        SchedulerError::config(file, &what, format!("{d:?} ({}) is not a P/D decider", h.type_name))
-                    })?)
-                }
-            };
-            let handler = crate::plugins::profiles::PdProfileHandler::from_params(&params)
-                .map_err(|e| SchedulerError::config(file, &what, e))?
-                .with_decider(decider);
-            if let Some(h) = plugins.get_mut(&name) {
-                h.profile_handler = Some(Arc::new(handler));
-            }
-        }
-
+        // Plugins that read another plugin of the file (P/D handlers their decider,
+        // topology plugins their extractor, the prefix scorer its producer) are bound to
+        // it once every plugin exists, wherever it sits in the file.
         let named: Vec<(String, String, Value)> = raw
             .plugins
             .iter()
             .map(|p| (p.name.clone().unwrap_or_else(|| p.type_name.clone()), p.type_name.clone(), p.parameters.clone()))
             .collect();
-        crate::plugins::topology::bind(&named, &mut plugins)
-            .map_err(|(name, e)| SchedulerError::config(file, format!("plugin {name:?}"), e))?;
-        bind_prefix_producers(&named, &mut plugins)
-            .map_err(|(name, e)| SchedulerError::config(file, format!("plugin {name:?}"), e))?;
+        for bind in [crate::plugins::profiles::bind, crate::plugins::topology::bind, bind_prefix_producers] {
+            bind(&named, &mut plugins)
+                .map_err(|(name, e)| SchedulerError::config(file, format!("plugin {name:?}"), e))?;
+        }
 
         let mut request_timeout = crate::plugins::scorers::DEFAULT_REQUEST_TIMEOUT;
         for p in raw.plugins.iter().filter(|p| p.type_name == "active-request-scorer") {

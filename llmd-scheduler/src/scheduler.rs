@@ -92,7 +92,7 @@ impl Scheduler {
         let mut state = CycleState::default();
         let mut results = ProfileResults::new();
         let names: Vec<String> = self.config.profiles.iter().map(|p| p.name.clone()).collect();
-        let decode_profile = self.config.handler.roles().decode;
+        let roles = self.config.handler.roles();
         loop {
             let next = self.config.handler.next_profiles(&state, req, &names, &results);
             if next.is_empty() {
@@ -107,7 +107,7 @@ impl Scheduler {
                 })?;
                 // A profile running after the decode pick knows it as the request's peer
                 // (topology affinity places the prefill near it).
-                let peer = decode_profile.as_ref().filter(|d| **d != name).and_then(|d| results.get(d));
+                let peer = roles.decode.as_ref().filter(|d| **d != name).and_then(|d| results.get(d));
                 if let Some(e) = peer.and_then(|p| candidates.iter().find(|e| e.id == p.endpoint)) {
                     state.put(PEER_ENDPOINT_KEY, PeerEndpoint { id: e.id.clone(), labels: e.labels.clone() });
                 }
@@ -122,7 +122,7 @@ impl Scheduler {
             .filter(|p| results.contains_key(p))
             .ok_or_else(|| SchedulerError::NoEndpoint("no profile produced a destination".into()))?;
         let headers = self.config.handler.finish(&primary, &mut results);
-        Ok(PickResult { primary, picks: results, roles: self.config.handler.roles(), headers })
+        Ok(PickResult { primary, picks: results, roles, headers })
     }
 
     fn run_profile(

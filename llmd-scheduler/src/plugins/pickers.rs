@@ -12,6 +12,11 @@ pub(crate) const MAX_NUM_OF_ENDPOINTS: &str = "maxNumOfEndpoints";
 pub(crate) fn one_endpoint(p: &serde_json::Value) -> Result<(), String> {
     let q = super::Params(p);
     q.check(&[MAX_NUM_OF_ENDPOINTS])?;
+    check_max_endpoints(&q)
+}
+
+// `maxNumOfEndpoints` above 1 asks for more than llmd picks.
+fn check_max_endpoints(q: &super::Params<'_>) -> Result<(), String> {
     match q.number(MAX_NUM_OF_ENDPOINTS)? {
         Some(n) if n > 1.0 => {
             Err(format!("parameter {MAX_NUM_OF_ENDPOINTS}: {n} is not built in llmd yet (one endpoint per pick)"))
@@ -38,11 +43,7 @@ impl MaxScorePicker {
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let q = super::Params(p);
         q.check(&[MAX_NUM_OF_ENDPOINTS, "tieBreak", "tieTolerance"])?;
-        let mut only = p.clone();
-        if let Some(o) = only.as_object_mut() {
-            o.retain(|k, _| k.eq_ignore_ascii_case(MAX_NUM_OF_ENDPOINTS));
-        }
-        one_endpoint(&only)?;
+        check_max_endpoints(&q)?;
         let least_recent = match q.string("tieBreak")?.as_deref() {
             None | Some("random") => false,
             Some("least-recent") => true,

@@ -229,6 +229,32 @@ pub(crate) fn check_pd_params(type_name: &str, p: &serde_json::Value) -> Result<
     Ok(())
 }
 
+/// Gives each P/D handler of a file the decider it names ([`decider_ref`]), which must
+/// be a configured decider plugin. `named` is every plugin of the file: (name, type,
+/// parameters).
+pub(crate) fn bind(
+    named: &[(String, String, serde_json::Value)],
+    plugins: &mut std::collections::BTreeMap<String, crate::plugin::PluginHandle>,
+) -> Result<(), (String, String)> {
+    for (name, ty, params) in
+        named.iter().filter(|(_, t, _)| t == "pd-profile-handler" || t == "disagg-profile-handler")
+    {
+        let fail = |e: String| (name.clone(), e);
+        let decider = match decider_ref(ty, params).map_err(fail)? {
+            None => None,
+            Some(d) => {
+                let h = plugins.get(&d).ok_or_else(|| fail(format!("decider {d:?} is not a configured plugin")))?;
+                Some(h.decider.clone().ok_or_else(|| fail(format!("{d:?} ({}) is not a P/D decider", h.type_name)))?)
+            }
+        };
+        let handler = PdProfileHandler::from_params(params).map_err(fail)?.with_decider(decider);
+        if let Some(h) = plugins.get_mut(name) {
+            h.profile_handler = Some(Arc::new(handler));
+        }
+    }
+    Ok(())
+}
+
 impl PdProfileHandler {
     /// From `parameters`: the profile names as `pd-profile-handler` spells them
     /// (`prefillProfile` / `decodeProfile`) or as `disagg-profile-handler` does

@@ -58,7 +58,8 @@ struct RawConfig {
     #[serde(default)]
     scheduling_profiles: Vec<RawProfile>,
     data_layer: Option<RawDataLayer>,
-    flow_control: Option<RawFlowControl>,
+    // Checked and resolved by `flowcontrol::resolve`.
+    flow_control: Option<Value>,
     // Deprecated top-level spellings of flowControl.saturationDetector and
     // requestHandler.parsers.
     saturation_detector: Option<RawPluginRef>,
@@ -78,39 +79,6 @@ struct RawDataLayer {
     // Accepted for its shape only: without a syncer it does nothing.
     #[allow(dead_code)]
     cross_replica_sync_interval: Option<String>,
-}
-
-// llm-d-router's `flowControl` section: read so that files carrying it load and
-// misspellings are caught; the flow-control layer itself is not built yet, so most
-// fields are only checked for their shape.
-#[allow(dead_code)]
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawFlowControl {
-    max_bytes: Option<Value>,
-    max_requests: Option<Value>,
-    #[serde(rename = "defaultRequestTTL")]
-    default_request_ttl: Option<String>,
-    #[serde(rename = "noEndpointRequestTTL")]
-    no_endpoint_request_ttl: Option<String>,
-    default_priority_band: Option<RawPriorityBand>,
-    default_negative_priority_band: Option<RawPriorityBand>,
-    #[serde(default)]
-    priority_bands: Vec<RawPriorityBand>,
-    usage_limit_policy_plugin_ref: Option<String>,
-    saturation_detector: Option<RawPluginRef>,
-    enable_eviction: Option<bool>,
-}
-
-#[allow(dead_code)]
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawPriorityBand {
-    priority: Option<i64>,
-    max_bytes: Option<Value>,
-    max_requests: Option<Value>,
-    fairness_policy_ref: Option<String>,
-    ordering_policy_ref: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,26 +260,20 @@ fn check_unbuilt_sections(
     flow_control_gate: bool,
     file: &str,
 ) -> Result<()> {
-    let detector =
-        raw.flow_control.as_ref().and_then(|f| f.saturation_detector.as_ref()).or(raw.saturation_detector.as_ref());
-    if let Some(d) = detector {
-        let what =
-            if raw.saturation_detector.is_some() { "saturationDetector" } else { "flowControl.saturationDetector" };
-        let reason = match plugins.get(&d.plugin_ref) {
-            Some(h) => format!("{:?} ({}) is not a saturation detector", h.name, h.type_name),
-            None => format!("{:?}: saturation detectors are not built in llmd yet", d.plugin_ref),
-        };
-        return Err(SchedulerError::config(file, what, reason));
-    }
-    if raw.flow_control.is_some() {
-        if flow_control_gate {
-            return Err(SchedulerError::config(
-                file,
-                "flowControl",
-                "flow control (priority bands, fairness, ordering, usage limits) is not built in llmd yet; \
-                 leave the flowControl feature gate off to load this file without it",
-            ));
-        }
+    let detector_in_section = raw
+        .flow_control
+        .as_ref()
+        .and_then(|f| f.get("saturationDetector"))
+        .and_then(|d| d.get("pluginRef"))
+        .and_then(Value::as_str);
+    let detector = match (detector_in_section, raw.saturation_detector.as_ref()) {
+        (Some(d), _) => Some(("flowControl.saturationDetector", d)),
+        (None, Some(d)) => Some(("saturationDetector", d.plugin_ref.as_str())),
+        (None, None) => None,
+    };
+    crate::flowcontrol::resolve(raw.flow_control.as_ref(), detector, plugins, flow_control_gate)
+        .map_err(|(what, reason)| SchedulerError::config(file, what, reason))?;
+    if raw.flow_control.is_some() && !flow_control_gate {
         tracing::warn!(file, "the flowControl section is set but the flowControl feature gate is off; ignored");
     }
     if let Some(dl) = &raw.data_layer {

@@ -56,6 +56,7 @@ pub mod endpoint;
 mod error;
 #[cfg(feature = "ext-proc")]
 pub mod extproc;
+pub mod flowcontrol;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod health;

@@ -187,6 +187,8 @@ pub struct PluginHandle {
     pub extractor: Option<std::sync::Arc<dyn crate::datalayer::Extractor>>,
     /// Data-layer source role.
     pub source: Option<crate::datalayer::SourceKind>,
+    /// Flow-control role (a policy or saturation detector).
+    pub flow: Option<crate::flowcontrol::FlowPlugin>,
 }
 
 impl std::fmt::Debug for PluginHandle {

@@ -263,6 +263,7 @@ impl PluginRegistry {
         crate::plugins::selection::register(&mut r);
         crate::plugins::topology::register(&mut r);
         crate::parsers::register(&mut r);
+        crate::flowcontrol::register(&mut r);
         r
     }
 

@@ -74,6 +74,7 @@ pub mod scheduler;
 pub mod scrape;
 #[cfg(feature = "render")]
 pub mod tokencache;
+pub mod tokenproducer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{DiscoveryRef, Profile, SchedulerConfig};

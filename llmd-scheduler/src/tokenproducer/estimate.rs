@@ -1,0 +1,1 @@
+//! The `token-producer`'s estimate backend (being built).

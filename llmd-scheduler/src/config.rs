@@ -172,8 +172,11 @@ fn resolve_data_layer(
         // configured (a DCGM source scrapes metrics too, but not the engine's).
         let types: Vec<&str> =
             raw.sources.iter().filter_map(|rs| plugins.get(&rs.plugin_ref).map(|h| h.type_name.as_str())).collect();
+        // Either KV-event source type (llmd's or the router's) stands for the default.
+        let has_kv = sources.iter().any(|s: &SourceBinding| matches!(s.kind, SourceKind::KvEvents));
         for d in DataLayerConfig::defaults(all_consumers).sources {
-            if !types.contains(&d.name.as_str()) {
+            let kv = matches!(d.kind, SourceKind::KvEvents);
+            if !(types.contains(&d.name.as_str()) || kv && has_kv) {
                 sources.push(d);
             }
         }
@@ -192,6 +195,16 @@ fn bind_prefix_producers(
     named: &[(String, String, Value)],
     plugins: &mut BTreeMap<String, PluginHandle>,
 ) -> std::result::Result<(), (String, String)> {
+    // A precise producer scores only through a prefix-cache-scorer that names it.
+    type Precise = (Arc<dyn crate::plugin::Scorer>, Option<Arc<dyn crate::plugin::PickObserver>>);
+    let mut precise: BTreeMap<String, Precise> = BTreeMap::new();
+    for (name, _, _) in named.iter().filter(|(_, t, _)| t == "precise-prefix-cache-producer") {
+        if let Some(h) = plugins.get_mut(name)
+            && let Some(s) = h.scorer.take()
+        {
+            precise.insert(name.clone(), (s, h.observer.take()));
+        }
+    }
     for (name, _, params) in named.iter().filter(|(_, t, _)| t == "prefix-cache-scorer") {
         let fail = |e: String| (name.clone(), e);
         let want = crate::plugins::Params(params)
@@ -199,10 +212,22 @@ fn bind_prefix_producers(
             .map_err(fail)?
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "approx-prefix-cache-producer".into());
-        let Some((_, _, producer)) = named.iter().find(|(n, t, _)| *n == want && t == "approx-prefix-cache-producer")
-        else {
+        if let Some((s, o)) = precise.get(&want) {
+            if let Some(h) = plugins.get_mut(name) {
+                h.scorer = Some(s.clone());
+                h.observer = o.clone();
+            }
+            continue;
+        }
+        let Some((_, t, producer)) = named.iter().find(|(n, _, _)| *n == want) else {
             continue;
         };
+        if t != "approx-prefix-cache-producer" {
+            return Err(fail(format!(
+                "prefixMatchInfoProducerName {want:?} is a {t}, which produces no prefix match information llmd reads \
+                 (approx-prefix-cache-producer or precise-prefix-cache-producer)"
+            )));
+        }
         let q = crate::plugins::Params(producer);
         let block = q.u64("blockSizeTokens", 16).map_err(fail)?.max(1);
         let max_blocks = match q.u64("maxPrefixTokensToMatch", 131_072).map_err(fail)? {

@@ -103,7 +103,7 @@ impl ExternalProcessor for ExtProc {
                             })
                             .unwrap_or_default();
                         if h.end_of_stream {
-                            Some(decide(&picker, &headers, b"", true, &mut picked))
+                            Some(decide(&picker, &headers, b"", true, &mut picked).await)
                         } else {
                             Some(Out::RequestHeaders(HeadersResponse::default()))
                         }
@@ -111,7 +111,11 @@ impl ExternalProcessor for ExtProc {
                     Some(In::RequestBody(b)) => {
                         body.extend_from_slice(&b.body);
                         // Streamed bodies arrive in pieces; the pick waits for the end.
-                        b.end_of_stream.then(|| decide(&picker, &headers, &body, false, &mut picked))
+                        if b.end_of_stream {
+                            Some(decide(&picker, &headers, &body, false, &mut picked).await)
+                        } else {
+                            None
+                        }
                     }
                     Some(In::ResponseHeaders(h)) => {
                         if h.end_of_stream {
@@ -175,7 +179,7 @@ fn lb_metadata(dest: String) -> Struct {
 }
 
 /// Picks for a complete request; answers in the phase that completed it.
-fn decide(
+async fn decide(
     picker: &Arc<EndpointPicker>,
     headers: &[(String, String)],
     body: &[u8],
@@ -195,7 +199,7 @@ fn decide(
     };
     // Clients must not choose the destination themselves.
     let header_map = headers.iter().filter(|(k, _)| k != PREFILL_HEADER && k != DESTINATION_HEADER).cloned().collect();
-    let req = match picker.parse_request(path, &header_map, &parsed) {
+    let req = match picker.parse_request_async(path, &header_map, &parsed).await {
         Ok(r) => r,
         Err(e) => return immediate(e.http_status(), &e.to_string()),
     };

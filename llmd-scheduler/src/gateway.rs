@@ -294,7 +294,7 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
     let header_map: BTreeMap<String, String> = forwardable(&headers)
         .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
         .collect();
-    let req = match g.picker.parse_request(uri.path(), &header_map, &parsed) {
+    let req = match g.picker.parse_request_async(uri.path(), &header_map, &parsed).await {
         Ok(r) => r,
         Err(e) => return ErrorBody::from_status(e.http_status(), e.to_string()).into_response(),
     };

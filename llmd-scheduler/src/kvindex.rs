@@ -250,6 +250,13 @@ impl KvBlockIndex {
         }
     }
 
+    /// The credit `endpoint` earns for block `key` (its best tier), `None` when it does
+    /// not hold it.
+    pub fn block_credit(&self, key: BlockKey, endpoint: &str) -> Option<f64> {
+        let id = *self.ids.get(endpoint)?;
+        self.blocks.get(&key)?.iter().filter(|(e, _)| *e == id).map(|(_, m)| m.credit()).reduce(f64::max)
+    }
+
     /// For each endpoint holding a prefix of `keys`: the credit-weighted length of the
     /// longest prefix it holds (GPU blocks count 1, lower tiers less).
     pub fn prefix_credit(&self, keys: &[BlockKey]) -> HashMap<String, f64> {

@@ -187,6 +187,8 @@ pub struct PluginHandle {
     pub extractor: Option<std::sync::Arc<dyn crate::datalayer::Extractor>>,
     /// Data-layer source role.
     pub source: Option<crate::datalayer::SourceKind>,
+    /// Token-producer role.
+    pub tokens: Option<std::sync::Arc<crate::tokenproducer::TokenProducer>>,
     /// Flow-control role (a policy or saturation detector).
     pub flow: Option<crate::flowcontrol::FlowPlugin>,
 }
@@ -215,6 +217,16 @@ pub trait KvEventConsumer: Send + Sync {
     fn forget(&self, endpoint: &str);
     /// Distinct blocks indexed.
     fn blocks(&self) -> usize;
+    /// The publisher to subscribe to for endpoint `e` (`None`: none): by default the
+    /// stream the endpoint advertises.
+    fn events_address(&self, e: &crate::endpoint::Endpoint) -> Option<String> {
+        e.kv_events.clone()
+    }
+    /// A socket to bind where every engine publishes (`zmqEndpoint`), with the topic
+    /// prefix to subscribe to; `None` by default.
+    fn global_socket(&self) -> Option<(String, String)> {
+        None
+    }
     /// Blocks indexed as held by `endpoint`.
     fn endpoint_blocks(&self, _endpoint: &str) -> usize {
         0

@@ -88,9 +88,26 @@ impl PluginRegistry {
             let s = Arc::new(prefix::PrefixCacheScorer::from_params(p)?);
             Ok(PluginHandle { scorer: Some(s.clone()), observer: Some(s), ..handle(n, "prefix-cache-scorer") })
         });
+        // llm-d-router's split of the precise scorer: the producer keeps the index (and
+        // takes KV events); a `prefix-cache-scorer` naming it in
+        // `prefixMatchInfoProducerName` scores from it (bound in the config loader).
+        r.register("precise-prefix-cache-producer", |n, p| {
+            let s = Arc::new(precise::PrecisePrefixCacheScorer::from_params(p)?);
+            Ok(PluginHandle {
+                scorer: Some(s.clone()),
+                observer: s.is_speculative().then(|| s.clone() as Arc<dyn crate::plugin::PickObserver>),
+                kv_events: Some(s),
+                ..handle(n, "precise-prefix-cache-producer")
+            })
+        });
         r.register("precise-prefix-cache-scorer", |n, p| {
             let s = Arc::new(precise::PrecisePrefixCacheScorer::from_params(p)?);
-            Ok(PluginHandle { scorer: Some(s.clone()), kv_events: Some(s), ..handle(n, "precise-prefix-cache-scorer") })
+            Ok(PluginHandle {
+                scorer: Some(s.clone()),
+                observer: s.is_speculative().then(|| s.clone() as Arc<dyn crate::plugin::PickObserver>),
+                kv_events: Some(s),
+                ..handle(n, "precise-prefix-cache-scorer")
+            })
         });
         r.register("prefill-filter", |n, _| {
             Ok(PluginHandle { filter: Some(Arc::new(filters::PrefillFilter)), ..handle(n, "prefill-filter") })
@@ -174,6 +191,16 @@ impl PluginRegistry {
             Ok(PluginHandle {
                 source: Some(crate::datalayer::SourceKind::metrics_from_params(p)?),
                 ..handle(n, "metrics-data-source")
+            })
+        });
+        // The router's source of endpoint add/remove notifications; its extractors
+        // (the precise producer) subscribe to each endpoint's KV events, which is what
+        // llmd's kv-events-data-source does.
+        r.register("endpoint-notification-source", |n, p| {
+            crate::plugins::Params(p).check(&[])?;
+            Ok(PluginHandle {
+                source: Some(crate::datalayer::SourceKind::KvEvents),
+                ..handle(n, "endpoint-notification-source")
             })
         });
         r.register("kv-events-data-source", |n, p| {
@@ -263,6 +290,17 @@ impl PluginRegistry {
         crate::plugins::selection::register(&mut r);
         crate::plugins::topology::register(&mut r);
         crate::parsers::register(&mut r);
+        for t in [crate::tokenproducer::TYPE, crate::tokenproducer::LEGACY_TYPE] {
+            r.register(t, move |n, p| {
+                if t == crate::tokenproducer::LEGACY_TYPE {
+                    tracing::warn!(plugin = n, "plugin type 'tokenizer' is deprecated; use 'token-producer' instead");
+                }
+                Ok(PluginHandle {
+                    tokens: Some(Arc::new(crate::tokenproducer::TokenProducer::from_params(p)?)),
+                    ..handle(n, t)
+                })
+            });
+        }
         crate::flowcontrol::register(&mut r);
         r
     }

@@ -89,6 +89,7 @@ pub(super) async fn scrape(picker: Weak<EndpointPicker>, source: usize, id: Stri
 /// Reads one endpoint's KV event stream into the plugins that consume events, until
 /// aborted; reconnects after a failure.
 pub(super) async fn subscribe(picker: Weak<EndpointPicker>, source: usize, endpoint: String, zmq: String) {
+    let mut failures = 0u32;
     loop {
         // Gone with the picker or the endpoint.
         let Some(p) = picker.upgrade() else { return };
@@ -98,9 +99,66 @@ pub(super) async fn subscribe(picker: Weak<EndpointPicker>, source: usize, endpo
         drop(p);
         match read_events(&picker, source, &endpoint, &zmq).await {
             Ok(()) => return,
-            Err(e) => tracing::warn!(%endpoint, %zmq, error = %e, "KV event subscription failed; retrying in 1 s"),
+            Err(e) => {
+                // A publisher that is not up yet: back off to 30 s, warn now and then.
+                let wait = Duration::from_secs(1 << failures.min(5)).min(Duration::from_secs(30));
+                if failures.is_multiple_of(10) {
+                    tracing::warn!(%endpoint, %zmq, error = %e, failures = failures + 1, ?wait, "KV event subscription failed; retrying");
+                } else {
+                    tracing::debug!(%endpoint, %zmq, error = %e, ?wait, "KV event subscription failed; retrying");
+                }
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(wait).await;
+            }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The endpoint a global-socket message is from: the pod its topic names
+/// (`kv@<pod>@<model>`, as llm-d has engines publish), matched to an endpoint's host,
+/// id or name.
+pub(super) fn topic_endpoint(topic: &[u8], endpoints: &[crate::endpoint::Endpoint]) -> Option<String> {
+    let topic = std::str::from_utf8(topic).ok()?;
+    let parts: Vec<&str> = topic.split('@').collect();
+    let pod = if parts.len() == 3 { parts[1] } else { topic };
+    endpoints
+        .iter()
+        .find(|e| {
+            let host = e.address.rsplit_once(':').map_or(e.address.as_str(), |(h, _)| h);
+            host == pod || e.id == pod || e.id.rsplit('/').next() == Some(pod)
+        })
+        .map(|e| e.id.clone())
+}
+
+/// Binds `zmq` and feeds the messages every engine publishes there to source
+/// `source`'s consumers, attributed by topic, until the picker is gone.
+pub(super) async fn subscribe_global(picker: Weak<EndpointPicker>, source: usize, zmq: String, topic: String) {
+    use zeromq::{Socket, SocketRecv};
+    let mut sock = zeromq::SubSocket::new();
+    if let Err(e) = sock.bind(&zmq).await {
+        tracing::error!(%zmq, error = %e, "cannot bind the KV event socket (kvEventsConfig.zmqEndpoint)");
+        return;
+    }
+    if let Err(e) = sock.subscribe(&topic).await {
+        tracing::error!(%zmq, error = %e, "cannot subscribe on the KV event socket");
+        return;
+    }
+    tracing::info!(%zmq, %topic, "KV event socket bound: engines publish here");
+    loop {
+        let msg = match sock.recv().await {
+            Ok(m) => m.into_vec(),
+            Err(e) => {
+                tracing::warn!(%zmq, error = %e, "KV event socket receive failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(p) = picker.upgrade() else { return };
+        let Some(first) = msg.first() else { continue };
+        match p.reader.with_endpoints(|all| topic_endpoint(first, all)) {
+            Some(endpoint) => apply(&p, source, &endpoint, &msg),
+            None => tracing::debug!(topic = %String::from_utf8_lossy(first), "KV events from no known endpoint"),
+        }
     }
 }
 

@@ -43,10 +43,17 @@ pub(crate) struct PickerMetrics {
     pub(crate) event_lag: Histogram,
     pub(crate) inflight: Family<EndpointLabel, Gauge>,
     pub(crate) endpoints: Family<StatusLabel, Gauge>,
+    pub(crate) render_failures: Counter,
+    pub(crate) render_seconds: Histogram,
     pub(crate) registry: Registry,
 }
 
 impl PickerMetrics {
+    /// A token-producer render call failed.
+    pub(crate) fn render_failed(&self) {
+        self.render_failures.inc();
+    }
+
     pub(crate) fn new() -> Self {
         let mut registry = Registry::default();
         let picks = Family::<EndpointLabel, Counter>::default();
@@ -61,6 +68,18 @@ impl PickerMetrics {
         let event_lag = Histogram::new([1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0]);
         let inflight = Family::<EndpointLabel, Gauge>::default();
         let endpoints = Family::<StatusLabel, Gauge>::default();
+        let render_failures = Counter::default();
+        let render_seconds = Histogram::new([1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.5, 1.0, 5.0]);
+        registry.register(
+            "llmd_epp_token_render_failures",
+            "Token-producer render calls that failed or timed out (the request was routed without token ids)",
+            render_failures.clone(),
+        );
+        registry.register(
+            "llmd_epp_token_render_seconds",
+            "Time of the token-producer's render calls",
+            render_seconds.clone(),
+        );
         registry.register("llmd_epp_picks", "Requests routed, by endpoint", picks.clone());
         registry.register(
             "llmd_epp_prefix_replications",
@@ -114,6 +133,8 @@ impl PickerMetrics {
             event_lag,
             inflight,
             endpoints,
+            render_failures,
+            render_seconds,
             registry,
         }
     }

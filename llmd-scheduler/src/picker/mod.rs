@@ -91,12 +91,8 @@ impl Default for PickerConfig {
     }
 }
 
-/// Turns an OpenAI request body into the prompt token ids the engine will see (the
-/// precise prefix scorer hashes them). `path` tells completions from chat.
-pub trait PromptTokenizer: Send + Sync {
-    /// The token ids, or `None` when the body cannot be tokenized.
-    fn tokenize(&self, path: &str, body: &Value) -> Option<Vec<u32>>;
-}
+pub use crate::tokenproducer::PromptTokenizer;
+use crate::tokenproducer::{Backend, RenderCall, Step, TokenProducer};
 
 /// A request on its way to the endpoints picked for it. Counted as in flight there until
 /// dropped: keep it until the response is complete (or has failed).
@@ -160,8 +156,11 @@ pub struct EndpointPicker {
     scheduler: Scheduler,
     writer: DatastoreWriter,
     reader: DatastoreReader,
-    tokenizer: Option<Arc<dyn PromptTokenizer>>,
-    // Whether a configured scorer reads token ids (only then is tokenizing worth it).
+    // The config's token-producer, else the tokenizer the picker was given (as a
+    // local backend).
+    tokens: Option<Arc<TokenProducer>>,
+    // Whether to produce token ids: a token-producer is configured (the router runs it
+    // for every request), or a configured scorer reads them.
     needs_tokens: bool,
     consumers: Vec<Arc<dyn KvEventConsumer>>,
     observers: Vec<Arc<dyn PickObserver>>,
@@ -201,13 +200,6 @@ pub fn parse_body(body: &[u8]) -> Result<Value, SchedulerError> {
         .map_err(|e| SchedulerError::Request(format!("request body is not valid JSON: {e}")))
 }
 
-#[cfg(feature = "render")]
-impl PromptTokenizer for llmd_openai::PromptRenderer {
-    fn tokenize(&self, path: &str, body: &Value) -> Option<Vec<u32>> {
-        self.tokenize_request(path, body)
-    }
-}
-
 impl EndpointPicker {
     /// A picker over the endpoints `writer` holds.
     pub fn new(
@@ -219,15 +211,21 @@ impl EndpointPicker {
         let plugins = &scheduler.config().plugins;
         let consumers: Vec<Arc<dyn KvEventConsumer>> = scheduler.config().data_layer.consumers();
         let observers: Vec<Arc<dyn PickObserver>> = plugins.values().filter_map(|h| h.observer.clone()).collect();
-        let needs_tokens =
-            !consumers.is_empty() || plugins.values().any(|h| h.scorer.as_ref().is_some_and(|s| s.wants_token_ids()));
+        let configured = plugins.values().find_map(|h| h.tokens.clone());
+        if configured.is_some() && tokenizer.is_some() {
+            tracing::info!("the config's token-producer replaces the tokenizer given to the picker");
+        }
+        let needs_tokens = configured.is_some()
+            || !consumers.is_empty()
+            || plugins.values().any(|h| h.scorer.as_ref().is_some_and(|s| s.wants_token_ids()));
+        let tokens = configured.or_else(|| tokenizer.map(|t| Arc::new(TokenProducer::new(Backend::Local(t)))));
         let request_timeout = cfg.request_timeout.unwrap_or(scheduler.config().request_timeout);
         let replicator = cfg.replication.clone().map(|c| Mutex::new(Replicator::new(c)));
         Arc::new(EndpointPicker {
             reader: writer.reader(),
             writer,
             scheduler,
-            tokenizer,
+            tokens,
             needs_tokens,
             consumers,
             observers,
@@ -276,6 +274,16 @@ impl EndpointPicker {
             }
         });
         self.background.lock().unwrap_or_else(|p| p.into_inner()).extend([follow, housekeeping]);
+        // "Global socket" KV events: one bound socket every engine publishes to.
+        let mut bound = HashSet::new();
+        for (i, source) in self.scheduler.config().data_layer.sources.iter().enumerate() {
+            for (zmq, topic) in source.consumers.iter().filter_map(|c| c.global_socket()) {
+                if bound.insert(zmq.clone()) {
+                    let task = tokio::spawn(dataplane::subscribe_global(Arc::downgrade(self), i, zmq, topic));
+                    self.background.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+                }
+            }
+        }
         if let Some(every) = self.cfg.health.check_interval {
             let task = tokio::spawn(dataplane::health_checks(Arc::downgrade(self), every));
             self.background.lock().unwrap_or_else(|p| p.into_inner()).push(task);
@@ -349,7 +357,7 @@ impl EndpointPicker {
                     tasks.push(tokio::spawn(dataplane::scrape(Arc::downgrade(self), i, e.id.clone())));
                 }
                 SourceKind::KvEvents => {
-                    if let Some(zmq) = e.kv_events.clone().filter(|_| !source.consumers.is_empty()) {
+                    if let Some(zmq) = source.consumers.iter().find_map(|c| c.events_address(e)) {
                         tasks.push(tokio::spawn(dataplane::subscribe(Arc::downgrade(self), i, e.id.clone(), zmq)));
                     }
                 }
@@ -399,30 +407,93 @@ impl EndpointPicker {
     }
 
     /// Builds the scheduler's view of a request: model, prompt text, token ids (from
-    /// the body, or the tokenizer when a scorer needs them), headers.
+    /// the body, or the token producer when one is configured or a scorer needs them),
+    /// headers. A token producer that must call a render endpoint is skipped here: the
+    /// front ends use [`parse_request_async`](Self::parse_request_async).
     pub fn parse_request(
         &self,
         path: &str,
         headers: &BTreeMap<String, String>,
         body: &Value,
     ) -> Result<LlmRequest, SchedulerError> {
+        let (req, step) = self.parse_untokenized(path, headers, body)?;
+        Ok(match step {
+            Some(Step::Done(ids)) => LlmRequest { token_ids: ids, ..req },
+            _ => req,
+        })
+    }
+
+    /// [`parse_request`](Self::parse_request), calling the token producer's render
+    /// endpoint when it has one (within its timeout; a failure routes without token ids,
+    /// as llm-d-router does).
+    pub async fn parse_request_async(
+        &self,
+        path: &str,
+        headers: &BTreeMap<String, String>,
+        body: &Value,
+    ) -> Result<LlmRequest, SchedulerError> {
+        let (req, step) = self.parse_untokenized(path, headers, body)?;
+        let ids = match step {
+            None => return Ok(req),
+            Some(Step::Done(ids)) => ids,
+            Some(Step::Render(call)) => match self.render(&call, headers).await {
+                Ok(ids) => Some(ids),
+                Err(e) => {
+                    self.metrics.render_failed();
+                    tracing::warn!(url = %call.url, error = %e, "token-producer render failed; routing without token ids");
+                    None
+                }
+            },
+        };
+        Ok(LlmRequest { token_ids: ids, ..req })
+    }
+
+    async fn render(&self, call: &RenderCall, headers: &BTreeMap<String, String>) -> Result<Vec<u32>, String> {
+        let body = serde_json::to_vec(&call.body).map_err(|e| format!("encoding the render body: {e}"))?;
+        let mut rq =
+            self.client.post(&call.url).header("content-type", "application/json").body(body).timeout(call.timeout);
+        if let Some(id) = headers.get("x-request-id") {
+            rq = rq.header("x-request-id", id);
+        }
+        let started = Instant::now();
+        let resp = rq.send().await.map_err(|e| format!("post {}: {e}", call.url))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| format!("reading the render answer: {e}"))?;
+        self.metrics.render_seconds.observe(started.elapsed().as_secs_f64());
+        if !status.is_success() {
+            let snippet = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+            return Err(format!("vLLM render returned status {}: {snippet}", status.as_u16()));
+        }
+        crate::tokenproducer::parse_render(call.completions, &body)
+    }
+
+    // The request without producer-made token ids, and what producing them takes
+    // (`None`: nothing to produce).
+    fn parse_untokenized(
+        &self,
+        path: &str,
+        headers: &BTreeMap<String, String>,
+        body: &Value,
+    ) -> Result<(LlmRequest, Option<Step>), SchedulerError> {
         if !self.reads_body(path)? {
             // The passthrough parser: routing sees the headers only.
             let mut req = LlmRequest::new(headers.get("x-request-id").cloned().unwrap_or_default(), "", "");
             req.headers = headers.clone();
-            return Ok(req);
+            return Ok((req, None));
         }
         let mut req = LlmRequest::new(
             headers.get("x-request-id").cloned().unwrap_or_default(),
             body.get("model").and_then(Value::as_str).unwrap_or_default(),
             llmd_openai::prompt_text(body),
         );
-        // Tokenizing costs far more than a pick: only when a scorer needs token ids.
-        req.token_ids = llmd_openai::prompt_token_ids(body).or_else(|| {
-            self.needs_tokens.then(|| self.tokenizer.as_ref().and_then(|t| t.tokenize(path, body))).flatten()
-        });
         req.headers = headers.clone();
-        Ok(req)
+        req.token_ids = llmd_openai::prompt_token_ids(body);
+        if req.token_ids.is_some() || !self.needs_tokens {
+            return Ok((req, None));
+        }
+        // Tokenizing costs far more than a pick: only when something reads the ids.
+        let step = self.tokens.as_ref().map(|t| t.start(path, headers, body));
+        Ok((req, step))
     }
 
     /// Whether the parser for `path` reads the request body (`requestHandler.parsers`;

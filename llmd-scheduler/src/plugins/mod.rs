@@ -452,10 +452,14 @@ mod tests {
             ("active-request-scorer", json!({"idleThreshold": 2}), "idleThreshold"),
             ("prefix-cache-scorer", json!({"matchLengthWeight": 0.5}), "matchLengthWeight"),
             ("session-affinity-scorer", json!({"strategy": "session_id"}), "strategy"),
-            ("precise-prefix-cache-scorer", json!({"speculativeIndexing": true}), "speculativeIndexing"),
             ("pd-profile-handler", json!({"primaryPort": 8000}), "primaryPort"),
             ("disagg-profile-handler", json!({"deciders": {"encode": "d"}}), "deciders.encode"),
             ("metrics-data-source", json!({"caCertPath": "/etc/ca.pem"}), "caCertPath"),
+            (
+                "precise-prefix-cache-producer",
+                json!({"indexerConfig": {"kvBlockIndexConfig": {"redisConfig": {}}}}),
+                "redisConfig",
+            ),
         ] {
             let factory = reg.get(t).unwrap();
             let e = factory(t, &params).err().unwrap_or_else(|| panic!("{t} took {params}"));

@@ -140,6 +140,38 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// [`Engine::validate`] less what needs the engine's state (duplicate ids): what an
+/// [`EngineHandle`](crate::EngineHandle) checks on the caller's thread.
+pub(crate) fn check_limits(max_model_len: usize, vocab: usize, r: &NewRequest) -> Result<()> {
+    r.params.validate()?;
+    if r.prompt.is_empty() {
+        return Err(EngineError::InvalidParam { param: "prompt".into(), message: "the prompt is empty".into() });
+    }
+    if let Some(&t) = r.prompt.iter().find(|&&t| t as usize >= vocab) {
+        return Err(EngineError::InvalidParam {
+            param: "prompt".into(),
+            message: format!("token id {t} is out of vocabulary (size {vocab})"),
+        });
+    }
+    // As vLLM: the prompt must leave room for one token; max_tokens may not exceed
+    // the context and is otherwise clamped to what is left.
+    if r.prompt.len() >= max_model_len || r.params.max_tokens > max_model_len {
+        return Err(EngineError::ContextTooLong {
+            max: max_model_len,
+            prompt: r.prompt.len(),
+            max_tokens: r.params.max_tokens,
+            needed: r.prompt.len().saturating_add(r.params.max_tokens),
+        });
+    }
+    Ok(())
+}
+
+/// The `max_tokens` a request that passed [`check_limits`] runs with: what it asked
+/// for, at most what the context leaves after its prompt.
+pub(crate) fn admitted_max_tokens(max_model_len: usize, r: &NewRequest) -> usize {
+    r.params.max_tokens.min(max_model_len.saturating_sub(r.prompt.len()))
+}
+
 impl Engine {
     /// An engine over `backend`, whose KV cache must have `cfg.num_blocks` blocks of
     /// `cfg.block_size` tokens.
@@ -235,30 +267,14 @@ impl Engine {
         self.kv.sink_mut().flush(ts)
     }
 
+    /// The model's vocabulary size (token ids at or above it are refused).
+    pub fn vocab_size(&self) -> usize {
+        self.backend.vocab_size()
+    }
+
     /// Checks a request against the model's limits without admitting it.
     pub fn validate(&self, r: &NewRequest) -> Result<()> {
-        r.params.validate()?;
-        if r.prompt.is_empty() {
-            return Err(EngineError::InvalidParam { param: "prompt".into(), message: "the prompt is empty".into() });
-        }
-        let vocab = self.backend.vocab_size();
-        if let Some(&t) = r.prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::InvalidParam {
-                param: "prompt".into(),
-                message: format!("token id {t} is out of vocabulary (size {vocab})"),
-            });
-        }
-        // As vLLM: the prompt must leave room for one token; max_tokens may not exceed
-        // the context and is otherwise clamped to what is left.
-        let max = self.cfg.max_model_len;
-        if r.prompt.len() >= max || r.params.max_tokens > max {
-            return Err(EngineError::ContextTooLong {
-                max,
-                prompt: r.prompt.len(),
-                max_tokens: r.params.max_tokens,
-                needed: r.prompt.len().saturating_add(r.params.max_tokens),
-            });
-        }
+        check_limits(self.cfg.max_model_len, self.backend.vocab_size(), r)?;
         if self.reqs.contains_key(&r.id) {
             return Err(EngineError::DuplicateRequest(r.id.clone()));
         }
@@ -268,7 +284,7 @@ impl Engine {
     /// Queues a request.
     pub fn add_request(&mut self, mut r: NewRequest) -> Result<()> {
         self.validate(&r)?;
-        r.params.max_tokens = r.params.max_tokens.min(self.cfg.max_model_len - r.prompt.len());
+        r.params.max_tokens = admitted_max_tokens(self.cfg.max_model_len, &r);
         self.metrics.request_max_tokens.observe(r.params.max_tokens as f64);
         let seq = Sequence::new(r.id.clone(), r.prompt.clone(), r.keys, self.cfg.block_size, &self.cfg.hasher)?;
         let rng = Rng::new(r.params.seed.unwrap_or_else(|| self.rng.next_u64()));

@@ -82,6 +82,7 @@ struct Inner {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     serial: AtomicU64,
     config: EngineConfig,
+    vocab_size: usize,
     tokenizer: Arc<dyn Tokenize>,
     metrics: Arc<EngineMetrics>,
 }
@@ -111,6 +112,7 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel();
         let alive = Arc::new(AtomicBool::new(true));
         let config = engine.config().clone();
+        let vocab_size = engine.vocab_size();
         let tokenizer = engine.tokenizer();
         let metrics = engine.metrics();
         let flag = alive.clone();
@@ -125,6 +127,7 @@ impl EngineHandle {
                 thread: Mutex::new(Some(thread)),
                 serial: AtomicU64::new(0),
                 config,
+                vocab_size,
                 tokenizer,
                 metrics,
             }),
@@ -134,6 +137,19 @@ impl EngineHandle {
     /// The engine's configuration (as it was when spawned).
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// Checks `req` as the engine would before admitting it ([`Engine::validate`]'s
+    /// sampling, prompt, vocabulary and context checks; not its duplicate-id check nor
+    /// the queue limit), here on the caller's thread: nothing reaches the engine.
+    pub fn validate(&self, req: &NewRequest) -> Result<()> {
+        crate::engine::check_limits(self.inner.config.max_model_len, self.inner.vocab_size, req)
+    }
+
+    /// The `max_tokens` the engine would run `req` (valid by [`validate`](Self::validate))
+    /// with: at most what the context leaves after the prompt.
+    pub fn admitted_max_tokens(&self, req: &NewRequest) -> usize {
+        crate::engine::admitted_max_tokens(self.inner.config.max_model_len, req)
     }
 
     /// The engine's tokenizer.

@@ -8,6 +8,9 @@
 //!   ([`prompt_text`], [`prompt_token_ids`], [`chat_messages`]).
 //! * [`response`]: completion and chat responses, [`Usage`] with
 //!   `prompt_tokens_details.cached_tokens`, logprobs as vLLM emits them.
+//! * [`generate`]: vLLM's token-in / token-out [`GenerateRequest`], what its render
+//!   routes (`/v1/completions/render`, `/v1/chat/completions/render`) answer with: the
+//!   prompt's token ids and the sampling parameters the engine will run.
 //! * [`stream`]: stream chunk types and an SSE decoder ([`SseDecoder`], [`parse_data`]).
 //! * [`error_body`]: `{"error": {"message", "type", "param", "code"}}` bodies with the
 //!   type names vLLM uses for each HTTP status ([`ErrorBody`], [`ErrorKind`]).
@@ -42,6 +45,7 @@ pub struct ReadmeDoctests;
 
 mod error;
 pub mod error_body;
+pub mod generate;
 #[cfg(feature = "axum")]
 pub mod http;
 pub mod json;
@@ -53,6 +57,7 @@ pub mod stream;
 
 pub use error::{OpenAiError, Result};
 pub use error_body::{ErrorBody, ErrorDetail, ErrorKind};
+pub use generate::{GenerateRequest, GenerateSamplingParams};
 pub use json::replace_lone_surrogates;
 #[cfg(feature = "render")]
 pub use render::{ChatTemplate, DEFAULT_CHAT_TEMPLATE, HfTokenizer, PromptRenderer, Tokenize};

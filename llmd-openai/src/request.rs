@@ -51,6 +51,18 @@ impl Prompt {
             Prompt::TokenLists(v) => one(v).map(SinglePrompt::Tokens),
         }
     }
+
+    /// Every prompt this holds, in order (vLLM's batched completions: one per string or
+    /// list of ids). `[]` is [`OpenAiError::EmptyPrompt`].
+    pub fn into_prompts(self) -> Result<Vec<SinglePrompt>> {
+        let all: Vec<SinglePrompt> = match self {
+            Prompt::Text(t) => vec![SinglePrompt::Text(t)],
+            Prompt::Tokens(ids) => vec![SinglePrompt::Tokens(ids)],
+            Prompt::Texts(v) => v.into_iter().map(SinglePrompt::Text).collect(),
+            Prompt::TokenLists(v) => v.into_iter().map(SinglePrompt::Tokens).collect(),
+        };
+        if all.is_empty() { Err(OpenAiError::EmptyPrompt) } else { Ok(all) }
+    }
 }
 
 fn one<T>(v: Vec<T>) -> Result<T> {
@@ -426,6 +438,16 @@ mod tests {
         assert!(matches!(p(json!([])).single(), Err(OpenAiError::EmptyPrompt)));
         assert!(matches!(p(json!(["a", "b"])).single(), Err(OpenAiError::BatchedPrompt)));
         assert!(matches!(p(json!([[1], [2]])).single(), Err(OpenAiError::BatchedPrompt)));
+
+        let text = |t: &str| SinglePrompt::Text(t.into());
+        assert_eq!(p(json!("hi")).into_prompts().unwrap(), vec![text("hi")]);
+        assert_eq!(p(json!(["a", "b"])).into_prompts().unwrap(), vec![text("a"), text("b")]);
+        assert_eq!(p(json!([7, 8])).into_prompts().unwrap(), vec![SinglePrompt::Tokens(vec![7, 8])]);
+        assert_eq!(
+            p(json!([[1], [2, 3]])).into_prompts().unwrap(),
+            vec![SinglePrompt::Tokens(vec![1]), SinglePrompt::Tokens(vec![2, 3])]
+        );
+        assert!(matches!(p(json!([])).into_prompts(), Err(OpenAiError::EmptyPrompt)));
     }
 
     #[test]

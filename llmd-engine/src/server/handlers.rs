@@ -27,14 +27,14 @@ use crate::handle::RequestStream;
 use crate::sampling::{Sampled, SamplingParams};
 use llmd_kvcache::RequestKeys;
 
-type Shared = State<Arc<AppState>>;
+pub(super) type Shared = State<Arc<AppState>>;
 
 /// An OpenAI-style error response.
 pub(crate) fn error(kind: ErrorKind, message: impl Into<String>, param: Option<&str>) -> Response {
     ErrorBody::new(kind, message).with_param_opt(param).into_response()
 }
 
-fn bad_request(message: impl Into<String>, param: Option<&str>) -> Response {
+pub(super) fn bad_request(message: impl Into<String>, param: Option<&str>) -> Response {
     error(ErrorKind::BadRequest, message, param)
 }
 
@@ -55,7 +55,7 @@ fn engine_error(e: EngineError) -> Response {
 }
 
 /// `prompt_param` names where the prompt came from (`prompt` or `messages`).
-fn engine_error_for(e: EngineError, prompt_param: &str) -> Response {
+pub(super) fn engine_error_for(e: EngineError, prompt_param: &str) -> Response {
     match e {
         EngineError::InvalidParam { param, message } => bad_request(message, Some(&param)),
         e @ EngineError::ContextTooLong { .. } => bad_request(e.to_string(), Some(prompt_param)),
@@ -68,7 +68,7 @@ fn engine_error_for(e: EngineError, prompt_param: &str) -> Response {
 
 /// vLLM's `validate_json_request` (`vllm/entrypoints/openai/utils.py`): a body whose
 /// media type is not `application/json` is refused with a 400, before it is parsed.
-fn json_content_type(headers: &HeaderMap) -> Result<(), Response> {
+pub(super) fn json_content_type(headers: &HeaderMap) -> Result<(), Response> {
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -83,7 +83,7 @@ fn json_content_type(headers: &HeaderMap) -> Result<(), Response> {
 
 /// Parses a JSON body; lone UTF-16 surrogates (which Python's `json` writes) read as
 /// U+FFFD rather than failing the request.
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+pub(super) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
     llmd_openai::json::from_slice(body).map_err(|e| {
         let msg = if e.is_syntax() || e.is_eof() {
             format!("request body is not valid JSON: {e}")
@@ -94,7 +94,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
     })
 }
 
-fn check_common(s: &AppState, c: &Common) -> Result<(), Response> {
+pub(super) fn check_common(s: &AppState, c: &Common) -> Result<(), Response> {
     if let Some(m) = &c.model
         && m != &s.model_name
     {
@@ -129,6 +129,64 @@ fn sampling(s: &AppState, c: &Common, max_tokens: usize, logprobs: Option<usize>
     }
 }
 
+/// What a generate route hands the engine for one prompt: the prompt's token ids and
+/// the sampling parameters. Its render route builds them with the same function, so
+/// both see the same ids.
+pub(super) struct Prepared {
+    pub(super) prompt: Vec<u32>,
+    pub(super) params: SamplingParams,
+}
+
+/// One prompt of a `/v1/completions` body made ready: text encoded with special tokens
+/// (as vLLM does for completions), ids as sent; the body's sampling parameters.
+pub(super) fn prepare_completion(
+    s: &AppState,
+    req: &CompletionRequest,
+    prompt: SinglePrompt,
+) -> Result<Prepared, Response> {
+    let prompt = match prompt {
+        SinglePrompt::Text(t) => s.tokenizer.encode(&t, true).map_err(|e| engine_error(e.into()))?,
+        SinglePrompt::Tokens(ids) => ids,
+    };
+    if req.echo {
+        return Err(bad_request("echo is not supported", Some("echo")));
+    }
+    let params = sampling(s, &req.common, req.max_tokens.unwrap_or(16), req.logprobs);
+    Ok(Prepared { prompt, params })
+}
+
+/// A `/v1/chat/completions` body made ready: its messages (text only) rendered with the
+/// chat template (`add_generation_prompt` as asked), encoded without special tokens
+/// (the template writes them); `max_tokens` defaults to what the context leaves.
+pub(super) fn prepare_chat(s: &AppState, req: &ChatRequest) -> Result<Prepared, Response> {
+    let messages = chat_messages(req)?;
+    let prompt = s
+        .template
+        .render(&messages, req.add_generation_prompt)
+        .and_then(|text| s.tokenizer.encode(&text, false))
+        .map_err(|e| engine_error(e.into()))?;
+    let max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or_else(|| s.max_model_len.saturating_sub(prompt.len()).max(1));
+    if req.top_logprobs.is_some_and(|n| n > crate::sampling::MAX_LOGPROBS) {
+        return Err(bad_request(
+            format!("top_logprobs must be at most {}", crate::sampling::MAX_LOGPROBS),
+            Some("top_logprobs"),
+        ));
+    }
+    let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
+    let params = sampling(s, &req.common, max_tokens, logprobs);
+    Ok(Prepared { prompt, params })
+}
+
+/// The engine request for a prepared prompt: `id`, and the body's cache salt as a
+/// prefix-cache key.
+pub(super) fn new_request(id: String, p: Prepared, c: &Common) -> NewRequest {
+    let keys = RequestKeys::new().with_cache_salt(c.cache_salt.clone().unwrap_or_default());
+    NewRequest { id, prompt: p.prompt, params: p.params, keys }
+}
+
 /// Hands a request to the engine thread; the stream aborts it if dropped before its
 /// end (client gone).
 async fn submit(s: &AppState, req: NewRequest, prompt_param: &str) -> Result<RequestStream, Response> {
@@ -139,14 +197,12 @@ async fn submit(s: &AppState, req: NewRequest, prompt_param: &str) -> Result<Req
 async fn start(
     s: &AppState,
     id_prefix: &str,
-    prompt: Vec<u32>,
-    params: SamplingParams,
+    prepared: Prepared,
     c: &Common,
     prompt_param: &str,
 ) -> Result<(String, RequestStream), Response> {
-    let keys = RequestKeys::new().with_cache_salt(c.cache_salt.clone().unwrap_or_default());
     let id = s.request_id(id_prefix);
-    let rx = submit(s, NewRequest { id: id.clone(), prompt, params, keys }, prompt_param).await?;
+    let rx = submit(s, new_request(id.clone(), prepared, c), prompt_param).await?;
     Ok((id, rx))
 }
 
@@ -313,28 +369,22 @@ pub(crate) async fn completions(State(s): Shared, headers: HeaderMap, body: Byte
     if let Err(resp) = json_content_type(&headers) {
         return resp;
     }
-    let req: CompletionRequest = match parse(&body) {
+    let mut req: CompletionRequest = match parse(&body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
     if let Err(resp) = check_common(&s, &req.common) {
         return resp;
     }
-    let prompt = match req.prompt.single() {
-        Ok(SinglePrompt::Text(t)) => s.tokenizer.encode(&t, true).map_err(EngineError::from),
-        Ok(SinglePrompt::Tokens(ids)) => Ok(ids),
+    let prompt = match std::mem::take(&mut req.prompt).single() {
+        Ok(p) => p,
         Err(e) => return ErrorBody::from(e).into_response(),
     };
-    let prompt = match prompt {
+    let prepared = match prepare_completion(&s, &req, prompt) {
         Ok(p) => p,
-        Err(e) => return engine_error(e),
+        Err(resp) => return resp,
     };
-    if req.echo {
-        return bad_request("echo is not supported", Some("echo"));
-    }
-    let max_tokens = req.max_tokens.unwrap_or(16);
-    let params = sampling(&s, &req.common, max_tokens, req.logprobs);
-    let (id, mut rx) = match start(&s, "cmpl", prompt, params, &req.common, "prompt").await {
+    let (id, mut rx) = match start(&s, "cmpl", prepared, &req.common, "prompt").await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
@@ -388,7 +438,7 @@ pub(crate) async fn completions(State(s): Shared, headers: HeaderMap, body: Byte
 }
 
 /// The messages with their content as text; a non-text part is refused.
-fn chat_messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, Response> {
+pub(super) fn chat_messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, Response> {
     if req.messages.is_empty() {
         return Err(bad_request("messages must not be empty", Some("messages")));
     }
@@ -407,32 +457,11 @@ pub(crate) async fn chat(State(s): Shared, headers: HeaderMap, body: Bytes) -> R
     if let Err(resp) = check_common(&s, &req.common) {
         return resp;
     }
-    let messages = match chat_messages(&req) {
-        Ok(m) => m,
+    let prepared = match prepare_chat(&s, &req) {
+        Ok(p) => p,
         Err(resp) => return resp,
     };
-    let prompt = match s
-        .template
-        .render(&messages, req.add_generation_prompt)
-        .and_then(|text| s.tokenizer.encode(&text, false))
-        .map_err(EngineError::from)
-    {
-        Ok(p) => p,
-        Err(e) => return engine_error(e),
-    };
-    let max_tokens = req
-        .max_completion_tokens
-        .or(req.max_tokens)
-        .unwrap_or_else(|| s.max_model_len.saturating_sub(prompt.len()).max(1));
-    if req.top_logprobs.is_some_and(|n| n > crate::sampling::MAX_LOGPROBS) {
-        return bad_request(
-            format!("top_logprobs must be at most {}", crate::sampling::MAX_LOGPROBS),
-            Some("top_logprobs"),
-        );
-    }
-    let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
-    let params = sampling(&s, &req.common, max_tokens, logprobs);
-    let (id, mut rx) = match start(&s, "chatcmpl", prompt, params, &req.common, "messages").await {
+    let (id, mut rx) = match start(&s, "chatcmpl", prepared, &req.common, "messages").await {
         Ok(x) => x,
         Err(resp) => return resp,
     };

@@ -4,11 +4,14 @@
 //! [`RequestOutput`]s. A client that goes away (dropped connection or stream) drops its
 //! stream, which aborts its request and frees its blocks.
 //! Routes: `POST /v1/completions`, `POST /v1/chat/completions` (both with SSE
-//! streaming), `GET /v1/models`, `GET /health`, `GET /metrics`.
+//! streaming), vLLM's render routes `POST /v1/completions/render` and
+//! `POST /v1/chat/completions/render` (the prompt token ids those would run, computed
+//! here and never sent to the engine), `GET /v1/models`, `GET /health`, `GET /metrics`.
 
 mod events;
 mod handlers;
 mod openai;
+mod render;
 
 pub use events::KvEventsConfig;
 pub use llmd_openai::http::{Lifecycle, Phase, ServeConfig};
@@ -67,7 +70,12 @@ pub(crate) struct AppState {
 
 impl AppState {
     pub(crate) fn request_id(&self, prefix: &str) -> String {
-        format!("{prefix}-{:08x}{:012x}", self.instance, self.next_id.fetch_add(1, Ordering::Relaxed))
+        format!("{prefix}-{}", self.base_id())
+    }
+
+    /// A fresh id unique to this process and replica (the part after the prefix).
+    pub(crate) fn base_id(&self) -> String {
+        format!("{:08x}{:012x}", self.instance, self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 }
 
@@ -152,6 +160,8 @@ impl Server {
         let router = Router::new()
             .route("/v1/completions", post(handlers::completions))
             .route("/v1/chat/completions", post(handlers::chat))
+            .route("/v1/completions/render", post(render::completions))
+            .route("/v1/chat/completions/render", post(render::chat))
             .route("/v1/models", get(handlers::models))
             .route("/health", get(handlers::health))
             .route("/metrics", get(handlers::metrics))

@@ -15,17 +15,54 @@ pub enum Role {
     /// Both (no disaggregation).
     #[default]
     Both,
+    /// Multimodal encoding only (E/P/D).
+    Encode,
+    /// Encoding and prefill.
+    EncodePrefill,
+    /// Every stage.
+    EncodePrefillDecode,
 }
 
 impl Role {
-    /// Parses llm-d's role label values (`prefill`, `decode`, `both`, `prefill-decode`).
+    /// Parses llm-d's role label values (`prefill`, `decode`, `both`, `prefill-decode`,
+    /// `encode`, `encode-prefill`, `encode-prefill-decode`).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "prefill" => Some(Role::Prefill),
             "decode" => Some(Role::Decode),
             "both" | "prefill-decode" | "" => Some(Role::Both),
+            "encode" => Some(Role::Encode),
+            "encode-prefill" => Some(Role::EncodePrefill),
+            "encode-prefill-decode" => Some(Role::EncodePrefillDecode),
             _ => None,
         }
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Prefill => "prefill",
+            Role::Decode => "decode",
+            Role::Both => "both",
+            Role::Encode => "encode",
+            Role::EncodePrefill => "encode-prefill",
+            Role::EncodePrefillDecode => "encode-prefill-decode",
+        }
+    }
+
+    /// Runs prefill.
+    pub fn prefills(self) -> bool {
+        matches!(self, Role::Prefill | Role::Both | Role::EncodePrefill | Role::EncodePrefillDecode)
+    }
+
+    /// Decodes.
+    pub fn decodes(self) -> bool {
+        matches!(self, Role::Decode | Role::Both | Role::EncodePrefillDecode)
+    }
+
+    /// Encodes multimodal inputs.
+    pub fn encodes(self) -> bool {
+        matches!(self, Role::Encode | Role::EncodePrefill | Role::EncodePrefillDecode)
     }
 }
 

@@ -180,6 +180,13 @@ impl PluginRegistry {
                 ..handle(n, "header-profile-handler")
             })
         });
+        // The router's factory ignores its parameters.
+        r.register("always-disagg-multimodal-decider", |n, _| {
+            Ok(PluginHandle {
+                decider: Some(Arc::new(profiles::AlwaysDisaggMultimodalDecider)),
+                ..handle(n, "always-disagg-multimodal-decider")
+            })
+        });
         r.register("always-disagg-pd-decider", |n, _| {
             Ok(PluginHandle {
                 decider: Some(Arc::new(profiles::AlwaysDisaggPdDecider)),

@@ -15,6 +15,27 @@ pub struct LlmRequest {
     pub token_ids: Option<Vec<u32>>,
     /// Request headers, lower-case names.
     pub headers: BTreeMap<String, String>,
+    /// Multimodal items in the prompt (images, audio, video): the E/P/D encode stage
+    /// runs for requests that have some.
+    pub multimodal: usize,
+}
+
+/// The multimodal content parts of a chat body's messages (`image_url`, `video_url`,
+/// `input_audio`, `audio_url`, and the Anthropic and Responses spellings), as
+/// llm-d-router's token producer marks them.
+pub fn count_multimodal(body: &serde_json::Value) -> usize {
+    const KINDS: [&str; 8] =
+        ["image_url", "video_url", "input_audio", "audio_url", "image", "input_image", "video", "audio"];
+    let parts = |m: &serde_json::Value| -> usize {
+        m.get("content").and_then(serde_json::Value::as_array).map_or(0, |a| {
+            a.iter()
+                .filter(|p| p.get("type").and_then(serde_json::Value::as_str).is_some_and(|t| KINDS.contains(&t)))
+                .count()
+        })
+    };
+    let in_list =
+        |key: &str| body.get(key).and_then(serde_json::Value::as_array).map_or(0, |ms| ms.iter().map(parts).sum());
+    in_list("messages") + in_list("input")
 }
 
 impl LlmRequest {

@@ -8,6 +8,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Result, SchedulerError};
 use crate::plugin::{CycleState, ProfilePick, ProfileResults, ProfileRoles, ScoreBreakdown};
 use crate::plugins::prefix::{PREFIX_MATCH_KEY, PrefixMatch};
+use crate::plugins::profiles::{FAILED_PROFILES_KEY, FailedProfiles};
 use crate::plugins::topology::{PEER_ENDPOINT_KEY, PeerEndpoint};
 use crate::request::LlmRequest;
 use llmd_kvcache::rng::SplitMix64;
@@ -93,7 +94,10 @@ impl Scheduler {
         let mut results = ProfileResults::new();
         let names: Vec<String> = self.config.profiles.iter().map(|p| p.name.clone()).collect();
         let roles = self.config.handler.roles();
-        loop {
+        // Profiles that found no endpoint: the handler decides whether the request goes
+        // on without them (an encode or prefill stage) or fails (its destination's).
+        let mut failed: Vec<(String, SchedulerError)> = Vec::new();
+        'stages: loop {
             let next = self.config.handler.next_profiles(&state, req, &names, &results);
             if next.is_empty() {
                 break;
@@ -101,6 +105,10 @@ impl Scheduler {
             for name in next {
                 if results.contains_key(&name) {
                     return Err(SchedulerError::Request(format!("profile handler asked for {name:?} twice")));
+                }
+                if failed.iter().any(|(f, _)| *f == name) {
+                    // Asked again for a profile that found nothing: nothing more to run.
+                    break 'stages;
                 }
                 let profile = self.config.profiles.iter().find(|p| p.name == name).ok_or_else(|| {
                     SchedulerError::Request(format!("profile handler asked for unknown profile {name:?}"))
@@ -111,16 +119,31 @@ impl Scheduler {
                 if let Some(e) = peer.and_then(|p| candidates.iter().find(|e| e.id == p.endpoint)) {
                     state.put(PEER_ENDPOINT_KEY, PeerEndpoint { id: e.id.clone(), labels: e.labels.clone() });
                 }
-                let pick = self.run_profile(profile, &mut state, req, candidates.clone())?;
-                results.insert(name, pick);
+                match self.run_profile(profile, &mut state, req, candidates.clone()) {
+                    Ok(pick) => {
+                        results.insert(name, pick);
+                    }
+                    Err(e @ SchedulerError::NoEndpoint(_)) => {
+                        tracing::debug!(request = %req.id, profile = %name, error = %e, "profile found no endpoint");
+                        failed.push((name, e));
+                        let names = failed.iter().map(|(n, _)| n.clone()).collect();
+                        state.put(FAILED_PROFILES_KEY, FailedProfiles(names));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
-        let primary = self
-            .config
-            .handler
-            .primary(&results)
-            .filter(|p| results.contains_key(p))
-            .ok_or_else(|| SchedulerError::NoEndpoint("no profile produced a destination".into()))?;
+        let primary = match self.config.handler.primary(&results) {
+            Some(p) if results.contains_key(&p) => p,
+            // The destination's own failure says best why there is none.
+            want => {
+                let i = failed.iter().position(|(n, _)| Some(n) == want.as_ref()).or(failed.len().checked_sub(1));
+                return Err(match i {
+                    Some(i) => failed.swap_remove(i).1,
+                    None => SchedulerError::NoEndpoint("no profile produced a destination".into()),
+                });
+            }
+        };
         let headers = self.config.handler.finish(&primary, &mut results);
         Ok(PickResult { primary, picks: results, roles, headers })
     }

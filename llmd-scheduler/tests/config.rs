@@ -119,12 +119,9 @@ const ROUTER_GAPS: &[(&str, &str)] = &[
     ("epp-burst-prefix-cache-config.yaml", "unknown plugin type \"burst-prefix-cache-producer\""),
     ("epp-mm-embeddings-cache-config.yaml", "unknown plugin type \"mm-embeddings-cache-producer\""),
     ("probabilistic-admitter-epp-config.yaml", "probabilistic-admitter"),
-    ("sim-e-p-d-epp-config.yaml", "the encode stage is not built"),
-    ("sim-e-pd-epp-config.yaml", "always-disagg-multimodal-decider"),
     ("sim-program-aware-config.yaml", "program-aware-fairness"),
     ("soft-reflective-ceiling-epp-config.yaml", "soft-reflective-ceiling-policy"),
     ("chart-default-plugins-latency-predictor.yaml", "predicted-latency-producer"),
-    ("docs-disaggregation-epd-label-selector.yaml", "always-disagg-multimodal-decider"),
     ("plugins-readme-multicluster.yaml", "multicluster-file-discovery"),
 ];
 
@@ -209,4 +206,52 @@ fn the_prefix_scorer_matches_as_far_as_its_producer_says() {
     // No producer: the scorer's own parameters (256 blocks by default).
     let own = "plugins:\n- type: prefix-cache-scorer\n";
     assert_eq!(blocks(&SchedulerConfig::from_yaml(own, "epp.yaml", &reg).unwrap()), 256);
+}
+
+#[test]
+fn e_p_d_runs_the_encode_stage_for_multimodal_requests_only() {
+    use llmd_scheduler::{Endpoint, LlmRequest, Role, Scheduler};
+    let reg = PluginRegistry::with_builtins();
+    let c = SchedulerConfig::from_file(&path("llm-d-router/sim-e-p-d-epp-config.yaml"), &reg).unwrap();
+    let sched = Scheduler::new(c, 7);
+    let ep = |id: &str, role: &str| {
+        let mut e = Endpoint::new(id, format!("{id}:8000"), Role::parse(role).unwrap());
+        e.labels.insert("llm-d.ai/role".into(), role.into());
+        e
+    };
+    let eps = [ep("enc", "encode"), ep("pre", "prefill"), ep("dec", "decode")];
+    let mut image = LlmRequest::new("r", "m", "what is in this picture?");
+    image.multimodal = 1;
+    let r = sched.pick(&image, &eps).unwrap();
+    assert_eq!(r.destination().unwrap().endpoint, "dec");
+    assert_eq!(r.picks["encode"].endpoint, "enc");
+    assert_eq!(r.headers, [("x-encoder-hosts-ports".to_string(), "enc:8000".to_string())]);
+    // Short text: decode alone (the P/D decider wants 16 uncached tokens).
+    let text = LlmRequest::new("r", "m", "hi");
+    let r = sched.pick(&text, &eps).unwrap();
+    assert_eq!(r.picks.keys().collect::<Vec<_>>(), ["decode"]);
+    assert!(r.headers.is_empty());
+    // No encoder left: the request goes on without the encode stage, not failing.
+    let r = sched.pick(&image, &eps[1..]).unwrap();
+    assert_eq!(r.destination().unwrap().endpoint, "dec");
+    assert!(!r.picks.contains_key("encode") && r.headers.is_empty());
+    // No decoder: the decode profile's own failure is the answer.
+    let e = sched.pick(&image, &eps[..2]).unwrap_err().to_string();
+    assert!(e.contains("\"decode\""), "{e}");
+}
+
+#[test]
+fn a_prefill_stage_without_endpoints_leaves_the_request_on_its_decoder() {
+    use llmd_scheduler::{Endpoint, LlmRequest, Role, Scheduler};
+    let reg = PluginRegistry::with_builtins();
+    let yaml = "plugins:\n- type: prefill-filter\n- type: decode-filter\n- type: always-disagg-pd-decider\n\
+                - type: disagg-profile-handler\n  parameters: {deciders: {prefill: always-disagg-pd-decider}}\n\
+                schedulingProfiles:\n- name: prefill\n  plugins: [{pluginRef: prefill-filter}]\n\
+                - name: decode\n  plugins: [{pluginRef: decode-filter}]\n";
+    let sched = Scheduler::new(SchedulerConfig::from_yaml(yaml, "epp.yaml", &reg).unwrap(), 7);
+    let req = LlmRequest::new("r", "m", "hello");
+    let both = [Endpoint::new("p", "p:1", Role::Prefill), Endpoint::new("d", "d:1", Role::Decode)];
+    assert_eq!(sched.pick(&req, &both).unwrap().prefill().unwrap().endpoint, "p");
+    let r = sched.pick(&req, &both[1..]).unwrap();
+    assert_eq!((r.destination().unwrap().endpoint.as_str(), r.prefill().is_none()), ("d", true));
 }

@@ -487,6 +487,7 @@ impl EndpointPicker {
             llmd_openai::prompt_text(body),
         );
         req.headers = headers.clone();
+        req.multimodal = crate::request::count_multimodal(body);
         req.token_ids = llmd_openai::prompt_token_ids(body);
         if req.token_ids.is_some() || !self.needs_tokens {
             return Ok((req, None));

@@ -5,24 +5,60 @@ use crate::endpoint::{Endpoint, Role};
 use crate::plugin::{CycleState, Filter};
 use crate::request::LlmRequest;
 
-/// `prefill-filter`: endpoints that run prefill (role `prefill`).
+/// `prefill-filter`: endpoints that run prefill, as llm-d-router decides it: a role
+/// label of `prefill`, `encode-prefill`, `prefill-decode`, `both` or
+/// `encode-prefill-decode`; an endpoint without the label only when it was given a
+/// prefill role otherwise (an unlabelled endpoint is not a prefill one in the router).
 #[derive(Debug, Default)]
 pub struct PrefillFilter;
 
 impl Filter for PrefillFilter {
     fn filter<'a>(&self, _: &mut CycleState, _: &LlmRequest, eps: Vec<&'a Endpoint>) -> Vec<&'a Endpoint> {
-        eps.into_iter().filter(|e| e.role == Role::Prefill).collect()
+        eps.into_iter()
+            .filter(|e| match labelled_role(e) {
+                Some(r) => r.is_some_and(Role::prefills),
+                None => e.role.prefills() && e.role != Role::Both,
+            })
+            .collect()
     }
 }
 
-/// `decode-filter`: endpoints that decode (role `decode` or `both`).
+/// `decode-filter`: endpoints that decode: a role label of `decode`, `prefill-decode`,
+/// `both` or `encode-prefill-decode`, or no label and a decoding role.
 #[derive(Debug, Default)]
 pub struct DecodeFilter;
 
 impl Filter for DecodeFilter {
     fn filter<'a>(&self, _: &mut CycleState, _: &LlmRequest, eps: Vec<&'a Endpoint>) -> Vec<&'a Endpoint> {
-        eps.into_iter().filter(|e| matches!(e.role, Role::Decode | Role::Both)).collect()
+        eps.into_iter()
+            .filter(|e| match labelled_role(e) {
+                Some(r) => r.is_some_and(Role::decodes),
+                None => e.role.decodes(),
+            })
+            .collect()
     }
+}
+
+/// `encode-filter`: endpoints that encode multimodal inputs: a role label of `encode`,
+/// `encode-prefill` or `encode-prefill-decode` (or such a role given otherwise).
+#[derive(Debug, Default)]
+pub struct EncodeFilter;
+
+impl Filter for EncodeFilter {
+    fn filter<'a>(&self, _: &mut CycleState, _: &LlmRequest, eps: Vec<&'a Endpoint>) -> Vec<&'a Endpoint> {
+        eps.into_iter()
+            .filter(|e| match labelled_role(e) {
+                Some(r) => r.is_some_and(Role::encodes),
+                None => e.role.encodes(),
+            })
+            .collect()
+    }
+}
+
+// The role the `llm-d.ai/role` label names: `None` without the label, `Some(None)` for
+// a value that is no role (kept by no role filter, as in the router).
+fn labelled_role(e: &Endpoint) -> Option<Option<Role>> {
+    e.labels.get(crate::discovery::ROLE_LABEL).map(|v| Role::parse(v).filter(|_| !v.is_empty()))
 }
 
 /// `by-label`: endpoints whose `label` has one of `validValues` (or lacks the label

@@ -453,7 +453,7 @@ mod tests {
             ("prefix-cache-scorer", json!({"matchLengthWeight": 0.5}), "matchLengthWeight"),
             ("session-affinity-scorer", json!({"strategy": "session_id"}), "strategy"),
             ("pd-profile-handler", json!({"primaryPort": 8000}), "primaryPort"),
-            ("disagg-profile-handler", json!({"deciders": {"encode": "d"}}), "deciders.encode"),
+            ("disagg-profile-handler", json!({"stageOrder": "prefill-first"}), "stageOrder"),
             ("metrics-data-source", json!({"caCertPath": "/etc/ca.pem"}), "caCertPath"),
             (
                 "precise-prefix-cache-producer",

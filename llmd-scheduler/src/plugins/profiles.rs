@@ -143,7 +143,12 @@ impl ProfileHandler for DataParallelProfileHandler {
 pub struct PdProfileHandler {
     prefill: String,
     decode: String,
+    encode: String,
     decider: Option<Arc<dyn Decider>>,
+    encode_decider: Option<Arc<dyn Decider>>,
+    // `pd-profile-handler` needs its prefill profile; `disagg-profile-handler` runs
+    // the stages whose profiles exist.
+    strict_profiles: bool,
 }
 
 impl std::fmt::Debug for PdProfileHandler {
@@ -151,7 +156,9 @@ impl std::fmt::Debug for PdProfileHandler {
         f.debug_struct("PdProfileHandler")
             .field("prefill", &self.prefill)
             .field("decode", &self.decode)
+            .field("encode", &self.encode)
             .field("decider", &self.decider.is_some())
+            .field("encode_decider", &self.encode_decider.is_some())
             .finish()
     }
 }
@@ -206,10 +213,6 @@ pub(crate) fn check_pd_params(type_name: &str, p: &serde_json::Value) -> Result<
         Params(p).check(PD_PROFILE_HANDLER_PARAMS)?;
         return Params(p).unbuilt("primaryPort", &0.into(), "only 0; see data-parallel-profile-handler");
     }
-    let deciders = p.get("deciders").cloned().unwrap_or(serde_json::Value::Null);
-    if Params(&deciders).value("encode").is_some() || Params(p).value("encodeDeciderPluginName").is_some() {
-        return Err("parameter deciders.encode: the encode stage is not built in llmd yet".into());
-    }
     let all: Vec<&str> =
         std::iter::once("stageOrder").chain(DISAGG_NESTED_PARAMS.iter().chain(DISAGG_FLAT_PARAMS).copied()).collect();
     let fields = super::known_fields(p, "", &all)?;
@@ -229,8 +232,16 @@ pub(crate) fn check_pd_params(type_name: &str, p: &serde_json::Value) -> Result<
     Ok(())
 }
 
-/// Gives each P/D handler of a file the decider it names ([`decider_ref`]), which must
-/// be a configured decider plugin. `named` is every plugin of the file: (name, type,
+/// The encode decider a `disagg-profile-handler` names (`deciders.encode`, or the
+/// flat `encodeDeciderPluginName`); none turns the encode stage off.
+pub fn encode_decider_ref(p: &serde_json::Value) -> Result<Option<String>, String> {
+    let q = Params(p);
+    let nested = q.value("deciders").cloned().unwrap_or(serde_json::Value::Null);
+    Ok(Params(&nested).string("encode")?.or(q.string("encodeDeciderPluginName")?))
+}
+
+/// Gives each P/D handler of a file the deciders it names ([`decider_ref`],
+/// [`encode_decider_ref`]), which must be configured decider plugins. `named` is every plugin of the file: (name, type,
 /// parameters).
 pub(crate) fn bind(
     named: &[(String, String, serde_json::Value)],
@@ -240,14 +251,27 @@ pub(crate) fn bind(
         named.iter().filter(|(_, t, _)| t == "pd-profile-handler" || t == "disagg-profile-handler")
     {
         let fail = |e: String| (name.clone(), e);
-        let decider = match decider_ref(ty, params).map_err(fail)? {
-            None => None,
-            Some(d) => {
-                let h = plugins.get(&d).ok_or_else(|| fail(format!("decider {d:?} is not a configured plugin")))?;
-                Some(h.decider.clone().ok_or_else(|| fail(format!("{d:?} ({}) is not a P/D decider", h.type_name)))?)
+        let resolve = |r: Option<String>| -> Result<Option<Arc<dyn Decider>>, (String, String)> {
+            match r {
+                None => Ok(None),
+                Some(d) => {
+                    let h = plugins.get(&d).ok_or_else(|| fail(format!("decider {d:?} is not a configured plugin")))?;
+                    Ok(Some(
+                        h.decider
+                            .clone()
+                            .ok_or_else(|| fail(format!("{d:?} ({}) is not a P/D decider", h.type_name)))?,
+                    ))
+                }
             }
         };
-        let handler = PdProfileHandler::from_params(params).map_err(fail)?.with_decider(decider);
+        let decider = resolve(decider_ref(ty, params).map_err(fail)?)?;
+        let encode = match ty.as_str() {
+            "disagg-profile-handler" => resolve(encode_decider_ref(params).map_err(fail)?)?,
+            _ => None,
+        };
+        let mut handler = PdProfileHandler::from_params(params).map_err(fail)?.with_decider(decider);
+        handler.encode_decider = encode;
+        handler.strict_profiles = ty == "pd-profile-handler";
         if let Some(h) = plugins.get_mut(name) {
             h.profile_handler = Some(Arc::new(handler));
         }
@@ -275,7 +299,10 @@ impl PdProfileHandler {
         Ok(PdProfileHandler {
             prefill: name("prefillProfile", "prefill")?,
             decode: name("decodeProfile", "decode")?,
+            encode: name("encodeProfile", "encode")?,
             decider: None,
+            encode_decider: None,
+            strict_profiles: true,
         })
     }
 
@@ -287,21 +314,29 @@ impl PdProfileHandler {
 }
 
 impl ProfileHandler for PdProfileHandler {
+    // Decode first, as llm-d-router's default stage order: then encode when its profile
+    // exists and its decider says the request needs it, then prefill likewise. A stage
+    // whose profile found no endpoint is dropped; the request goes on without it.
     fn next_profiles(
         &self,
         state: &CycleState,
         req: &LlmRequest,
-        _: &[String],
+        profiles: &[String],
         results: &ProfileResults,
     ) -> Vec<String> {
-        let Some(decode) = results.get(&self.decode) else { return vec![self.decode.clone()] };
-        if results.contains_key(&self.prefill) {
-            return Vec::new();
+        let failed = state.get::<FailedProfiles>(FAILED_PROFILES_KEY);
+        let done = |p: &String| results.contains_key(p) || failed.is_some_and(|f| f.0.contains(p));
+        let Some(decode) = results.get(&self.decode) else {
+            return if done(&self.decode) { Vec::new() } else { vec![self.decode.clone()] };
+        };
+        let stages = [(&self.encode, &self.encode_decider), (&self.prefill, &self.decider)];
+        for (profile, decider) in stages {
+            let exists = self.strict_profiles || profiles.contains(profile);
+            if exists && !done(profile) && decider.as_ref().is_some_and(|d| d.disaggregate(state, req, decode)) {
+                return vec![profile.clone()];
+            }
         }
-        match &self.decider {
-            Some(d) if d.disaggregate(state, req, decode) => vec![self.prefill.clone()],
-            _ => Vec::new(),
-        }
+        Vec::new()
     }
 
     fn primary(&self, _: &ProfileResults) -> Option<String> {
@@ -313,7 +348,33 @@ impl ProfileHandler for PdProfileHandler {
     }
 
     fn required_profiles(&self) -> Vec<String> {
-        vec![self.prefill.clone(), self.decode.clone()]
+        if self.strict_profiles { vec![self.prefill.clone(), self.decode.clone()] } else { vec![self.decode.clone()] }
+    }
+
+    // The encode picks travel to the decode sidecar in `x-encoder-hosts-ports`.
+    fn finish(&self, _primary: &str, results: &mut ProfileResults) -> Vec<(String, String)> {
+        results.get(&self.encode).map(|e| vec![(ENCODER_HEADER.to_string(), e.address.clone())]).unwrap_or_default()
+    }
+}
+
+/// The header naming the encode endpoints of an E/P/D request (llm-d's).
+pub const ENCODER_HEADER: &str = "x-encoder-hosts-ports";
+
+/// The cycle-state key of [`FailedProfiles`].
+pub const FAILED_PROFILES_KEY: &str = "failed-profiles";
+
+/// Profiles of this pick that found no endpoint (the scheduler records them).
+#[derive(Debug, Clone, Default)]
+pub struct FailedProfiles(pub Vec<String>);
+
+/// `always-disagg-multimodal-decider`: run the encode stage for every request with
+/// multimodal content.
+#[derive(Debug, Default)]
+pub struct AlwaysDisaggMultimodalDecider;
+
+impl Decider for AlwaysDisaggMultimodalDecider {
+    fn disaggregate(&self, _: &CycleState, req: &LlmRequest, _: &ProfilePick) -> bool {
+        req.multimodal > 0
     }
 }
 

@@ -1,5 +1,5 @@
 //! Selection plugins of llm-d-router, under its type names and parameter schemas:
-//! the `encode-filter` role filter, `label-selector-filter` (and its deprecated alias
+//! `encode-filter` (registered here; the role filters live in `filters`), `label-selector-filter` (and its deprecated alias
 //! `by-label-selector`), `utilization-filter`, `context-length-aware` (a filter and a
 //! scorer), `running-requests-size-scorer`, `header-label-affinity-scorer`,
 //! `no-hit-lru-scorer`, and the router's `endpoint-attribute-filter` /
@@ -20,7 +20,6 @@ use serde_json::{Map, Value};
 
 use super::prefix::{PREFIX_MATCH_KEY, PrefixMatch};
 use super::{join_path, known_fields};
-use crate::discovery::ROLE_LABEL;
 use crate::endpoint::Endpoint;
 use crate::plugin::{CycleState, Filter, PickObserver, PluginHandle, Scorer};
 use crate::registry::PluginRegistry;
@@ -54,7 +53,7 @@ pub(crate) fn register(r: &mut PluginRegistry) {
     }
     // The router's factory ignores its parameters.
     r.register(ENCODE_FILTER, |n, _| {
-        Ok(PluginHandle { filter: Some(Arc::new(EncodeFilter)), ..handle(n, ENCODE_FILTER) })
+        Ok(PluginHandle { filter: Some(Arc::new(super::filters::EncodeFilter)), ..handle(n, ENCODE_FILTER) })
     });
     for t in [LABEL_SELECTOR_FILTER, BY_LABEL_SELECTOR] {
         r.register(t, move |n, p| {
@@ -204,27 +203,6 @@ impl Fields {
 
 fn attribute_number(e: &Endpoint, name: &str) -> Option<f64> {
     e.attribute(name).and_then(|v| v.as_f64())
-}
-
-// ---------------------------------------------------------------------------------
-// encode-filter
-
-/// `encode-filter`: endpoints whose `llm-d.ai/role` label is `encode`, `encode-prefill`
-/// or `encode-prefill-decode`; unlabeled endpoints are dropped. The role is read from
-/// the label itself: [`crate::endpoint::Role`], which `prefill-filter` and
-/// `decode-filter` read, has no encode stage.
-#[derive(Debug, Default)]
-pub struct EncodeFilter;
-
-/// The role-label values `encode-filter` keeps (the router's `NewEncodeRole`).
-pub const ENCODE_ROLES: [&str; 3] = ["encode", "encode-prefill", "encode-prefill-decode"];
-
-impl Filter for EncodeFilter {
-    fn filter<'a>(&self, _: &mut CycleState, _: &LlmRequest, eps: Vec<&'a Endpoint>) -> Vec<&'a Endpoint> {
-        eps.into_iter()
-            .filter(|e| e.labels.get(ROLE_LABEL).is_some_and(|r| ENCODE_ROLES.contains(&r.as_str())))
-            .collect()
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -953,6 +931,7 @@ impl Scorer for EndpointAttributeScorer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::ROLE_LABEL;
     use crate::endpoint::{AttributeValue, Role};
     use serde_json::json;
 
@@ -1069,6 +1048,7 @@ mod tests {
 
     #[test]
     fn encode_filter_keeps_encode_stages() {
+        use crate::plugins::filters::{DecodeFilter, PrefillFilter};
         let eps = [
             ep("decode-pod", &[(ROLE_LABEL, "decode")]),
             ep("prefill-pod", &[(ROLE_LABEL, "prefill")]),
@@ -1078,8 +1058,18 @@ mod tests {
             ep("no-label-pod", &[("app", "vllm")]),
         ];
         let req = LlmRequest::default();
-        assert_eq!(filter_ids(&EncodeFilter, &req, &eps), ["encode-pod", "ep-pod", "epd-pod"]);
-        assert!(filter_ids(&EncodeFilter, &req, &[]).is_empty());
+        assert_eq!(filter_ids(&crate::plugins::filters::EncodeFilter, &req, &eps), ["encode-pod", "ep-pod", "epd-pod"]);
+        assert!(filter_ids(&crate::plugins::filters::EncodeFilter, &req, &[]).is_empty());
+        // The prefill and decode role filters on the same pods, as roles_test.go.
+        assert_eq!(filter_ids(&PrefillFilter, &req, &eps), ["prefill-pod", "ep-pod", "epd-pod"]);
+        assert_eq!(filter_ids(&DecodeFilter, &req, &eps), ["decode-pod", "epd-pod", "no-label-pod"]);
+        let both = [
+            ep("both", &[(ROLE_LABEL, "both")]),
+            ep("pd", &[(ROLE_LABEL, "prefill-decode")]),
+            ep("x", &[(ROLE_LABEL, "router")]),
+        ];
+        assert_eq!(filter_ids(&PrefillFilter, &req, &both), ["both", "pd"]);
+        assert_eq!(filter_ids(&DecodeFilter, &req, &both), ["both", "pd"], "an unknown role is no stage");
     }
 
     // --- label-selector-filter (bylabel/selector_test.go) ---------------------

@@ -434,7 +434,7 @@ mod tests {
 
     use super::*;
 
-    const NOW: Duration = Duration::from_secs(100);
+    const NOW: Duration = Duration::from_secs(10_000);
 
     fn ep(name: &str, waiting: u64, kv: f64, age_ms: Option<u64>) -> Endpoint {
         let mut e = Endpoint::new(name, "10.0.0.1:8000", Role::Both);

@@ -421,10 +421,8 @@ fn band(
     (bytes, requests): (Option<i64>, Option<i64>),
     label: &str,
 ) -> Result<PriorityBandConfig, String> {
-    let mut b = PriorityBandConfig { priority: raw.priority, ..defaults.clone() }.with_capacity(
-        non_negative(bytes, label, "MaxBytes")?,
-        non_negative(requests, label, "MaxRequests")?,
-    );
+    let mut b = PriorityBandConfig { priority: raw.priority, ..defaults.clone() }
+        .with_capacity(non_negative(bytes, label, "MaxBytes")?, non_negative(requests, label, "MaxRequests")?);
     if !raw.ordering_policy_ref.is_empty() {
         b = b.with_ordering(&raw.ordering_policy_ref, ordering(plugins, &raw.ordering_policy_ref)?);
     }
@@ -463,11 +461,8 @@ pub(crate) fn resolve(
         detector_implicit: implicit,
         ..Default::default()
     };
-    cfg.controller.eviction_confirmation_grace = eviction_confirmation_grace(
-        cfg.detector.type_name(),
-        Duration::from_millis(50),
-        Duration::from_secs(2),
-    );
+    cfg.controller.eviction_confirmation_grace =
+        eviction_confirmation_grace(cfg.detector.type_name(), Duration::from_millis(50), Duration::from_secs(2));
     if !gate {
         // The router builds the rest only with the gate on.
         return Ok(cfg);
@@ -506,7 +501,8 @@ pub(crate) fn resolve(
     cfg.registry = registry;
 
     let c = &mut cfg.controller;
-    let default_ttl = ttl(parsed.default_ttl, "DefaultRequestTTL").map_err(|e| fail("flowControl.defaultRequestTTL", e))?;
+    let default_ttl =
+        ttl(parsed.default_ttl, "DefaultRequestTTL").map_err(|e| fail("flowControl.defaultRequestTTL", e))?;
     let no_ep_ttl =
         ttl(parsed.no_endpoint_ttl, "NoEndpointRequestTTL").map_err(|e| fail("flowControl.noEndpointRequestTTL", e))?;
     if let Some(d) = default_ttl {
@@ -521,8 +517,9 @@ pub(crate) fn resolve(
     if !raw.usage_limit_policy_plugin_ref.is_empty() {
         cfg.usage_limit_name = raw.usage_limit_policy_plugin_ref.clone();
     }
-    cfg.usage_limit = usage_limit(plugins, &cfg.usage_limit_name)
-        .map_err(|e| fail("flowControl.usageLimitPolicyPluginRef", format!("failed to resolve usage limit policy: {e}")))?;
+    cfg.usage_limit = usage_limit(plugins, &cfg.usage_limit_name).map_err(|e| {
+        fail("flowControl.usageLimitPolicyPluginRef", format!("failed to resolve usage limit policy: {e}"))
+    })?;
     Ok(cfg)
 }
 
@@ -552,7 +549,10 @@ mod tests {
         // Mirrors loader/flowcontrol_test.go and registry/config_test.go defaults.
         let c = resolve(None, None, &BTreeMap::new(), true).unwrap();
         assert!(c.enabled && c.detector_implicit);
-        assert_eq!((c.detector_name.as_str(), c.detector.type_name()), ("utilization-detector", "utilization-detector"));
+        assert_eq!(
+            (c.detector_name.as_str(), c.detector.type_name()),
+            ("utilization-detector", "utilization-detector")
+        );
         assert_eq!(c.controller.default_request_ttl, Duration::from_secs(60));
         assert_eq!(c.controller.no_endpoint_request_ttl, Duration::from_secs(60));
         assert!(!c.controller.enable_eviction);
@@ -587,9 +587,17 @@ mod tests {
         assert!(c.controller.enable_eviction);
         assert_eq!(c.registry.priority_bands.keys().copied().collect::<Vec<_>>(), [-5, 0, 10]);
         assert_eq!(c.registry.priority_bands[&10].max_bytes, 1_000_000);
-        assert_eq!(c.registry.priority_bands[&10].fairness.type_name(), GLOBAL_STRICT, "listed bands use the system defaults");
+        assert_eq!(
+            c.registry.priority_bands[&10].fairness.type_name(),
+            GLOBAL_STRICT,
+            "listed bands use the system defaults"
+        );
         let b0 = &c.registry.priority_bands[&0];
-        assert_eq!((b0.max_requests, b0.fairness.type_name()), (100, "round-robin-fairness-policy"), "band 0 from the template");
+        assert_eq!(
+            (b0.max_requests, b0.fairness.type_name()),
+            (100, "round-robin-fairness-policy"),
+            "band 0 from the template"
+        );
         assert_eq!(c.registry.template_for(-3).ordering.type_name(), "edf-ordering-policy");
         assert_eq!(c.registry.template_for(7).fairness.type_name(), "round-robin-fairness-policy");
         let split = on(json!({"defaultRequestTTL": "30s", "noEndpointRequestTTL": "0s"}), &ps).unwrap();
@@ -600,7 +608,10 @@ mod tests {
     fn errors_name_the_field_and_reason() {
         let ps = plugins(&[("qs", "queue-scorer", json!({}))]);
         let e = |v: Value| on(v, &ps).unwrap_err();
-        assert_eq!(e(json!({"maxBytes": "-5"})), fail("flowControl.maxBytes", "global MaxBytes must be non-negative, got -5"));
+        assert_eq!(
+            e(json!({"maxBytes": "-5"})),
+            fail("flowControl.maxBytes", "global MaxBytes must be non-negative, got -5")
+        );
         assert!(e(json!({"maxRequests": "lots"})).1.contains("not a quantity"));
         assert_eq!(
             e(json!({"priorityBands": [{"priority": 1}, {"priority": 1}]})),
@@ -611,7 +622,11 @@ mod tests {
             "priority band 3 MaxRequests must be non-negative, got -1"
         );
         assert_eq!(e(json!({"defaultPriorityBand": {"fairnessPolicyRef": "nope"}})).1, "plugin \"nope\" not found");
-        assert!(e(json!({"defaultPriorityBand": {"orderingPolicyRef": "qs"}})).1.contains("does not implement OrderingPolicy (actual type: queue-scorer)"));
+        assert!(
+            e(json!({"defaultPriorityBand": {"orderingPolicyRef": "qs"}}))
+                .1
+                .contains("does not implement OrderingPolicy (actual type: queue-scorer)")
+        );
         assert!(e(json!({"usageLimitPolicyPluginRef": "nope"})).1.contains("failed to resolve usage limit policy"));
         assert_eq!(e(json!({"defaultRequestTTL": "-1s"})).1, "DefaultRequestTTL cannot be negative, but got -1s");
         assert!(e(json!({"defaultRequestTTL": "soon"})).0 == "flowControl.defaultRequestTTL");
@@ -644,8 +659,13 @@ mod tests {
     fn with_the_gate_off_only_syntax_and_the_detector_are_checked() {
         // The router ignores the section's settings (it warns) but decodes it strictly.
         let ps = BTreeMap::new();
-        let c = resolve(Some(&json!({"maxRequests": 10, "defaultPriorityBand": {"fairnessPolicyRef": "nope"}})), None, &ps, false)
-            .unwrap();
+        let c = resolve(
+            Some(&json!({"maxRequests": 10, "defaultPriorityBand": {"fairnessPolicyRef": "nope"}})),
+            None,
+            &ps,
+            false,
+        )
+        .unwrap();
         assert!(!c.enabled);
         assert_eq!(c.registry.max_requests, 0, "settings are not applied");
         assert!(resolve(Some(&json!({"maxRequest": 10})), None, &ps, false).is_err());

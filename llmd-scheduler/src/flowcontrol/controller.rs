@@ -337,7 +337,10 @@ impl FlowController {
             return reject(self, QueueOutcome::RejectedOther, r.unwrap_or_else(FlowRejection::evicted));
         }
         if req.fairness_id.is_empty() {
-            let r = FlowRejection::internal(QueueOutcome::RejectedOther, "request rejected pre-queue: flow ID cannot be empty");
+            let r = FlowRejection::internal(
+                QueueOutcome::RejectedOther,
+                "request rejected pre-queue: flow ID cannot be empty",
+            );
             return reject(self, QueueOutcome::RejectedOther, r);
         }
         // An unprovisioned priority falls back to band 0.
@@ -350,7 +353,10 @@ impl FlowController {
             return reject(self, outcome, r.unwrap_or_else(FlowRejection::evicted));
         }
         let Some(band) = self.bands.get_mut(&priority) else {
-            let r = FlowRejection::internal(QueueOutcome::RejectedOther, "request rejected pre-queue: priority band not found");
+            let r = FlowRejection::internal(
+                QueueOutcome::RejectedOther,
+                "request rejected pre-queue: priority band not found",
+            );
             return reject(self, QueueOutcome::RejectedOther, r);
         };
 
@@ -421,7 +427,13 @@ impl FlowController {
         Some((item, band.cfg.fairness.clone()))
     }
 
-    fn finalize(&mut self, item: Arc<QueueItem>, outcome: QueueOutcome, now: Duration, fairness: Option<Arc<dyn FairnessPolicy>>) {
+    fn finalize(
+        &mut self,
+        item: Arc<QueueItem>,
+        outcome: QueueOutcome,
+        now: Duration,
+        fairness: Option<Arc<dyn FairnessPolicy>>,
+    ) {
         *self.outcomes.entry((outcome, item.request().priority)).or_default() += 1;
         let waited = now.saturating_sub(item.enqueue_time());
         self.events.push(FlowEvent::Finalized(Finalized { item, outcome, waited, fairness }));
@@ -548,7 +560,8 @@ impl FlowController {
         let flow_gc = self.registry.flow_gc_timeout;
         let band_gc = self.registry.band_gc_timeout;
         for band in self.bands.values_mut() {
-            band.queues.retain(|_, q| !q.is_empty() || !q.idle_since().is_some_and(|t| now.saturating_sub(t) >= flow_gc));
+            band.queues
+                .retain(|_, q| !q.is_empty() || !q.idle_since().is_some_and(|t| now.saturating_sub(t) >= flow_gc));
         }
         let desired = &self.desired;
         self.bands.retain(|p, b| {
@@ -573,10 +586,9 @@ impl FlowController {
         }
     }
 
-    /// The counts the router's metrics report.
-    pub fn stats(&self) -> ControllerStats {
-        let bands = self
-            .bands
+    /// Each band's counts and capacities, highest priority first.
+    pub fn band_stats(&self) -> Vec<BandStats> {
+        self.bands
             .values()
             .rev()
             .map(|b| BandStats {
@@ -587,7 +599,22 @@ impl FlowController {
                 max_bytes: b.cfg.max_bytes,
                 flows: b.queues.len(),
             })
-            .collect();
+            .collect()
+    }
+
+    /// (items, bytes) queued.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.total_len, self.total_bytes)
+    }
+
+    /// The global (request, byte) capacities; 0: none.
+    pub fn limits(&self) -> (u64, u64) {
+        (self.registry.max_requests, self.registry.max_bytes)
+    }
+
+    /// The counts the router's metrics report.
+    pub fn stats(&self) -> ControllerStats {
+        let bands = self.band_stats();
         let flows = self
             .bands
             .values()

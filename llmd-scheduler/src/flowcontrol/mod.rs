@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 pub use admitter::{AdmitDenial, Admitter, ProbabilisticAdmitter, legacy_admit};
 pub use config::{ControllerConfig, FlowControlConfig, PriorityBandConfig, RegistryConfig};
-pub use controller::{ControllerStats, FlowController, FlowEvent, Finalized, Rejected};
+pub use controller::{ControllerStats, Finalized, FlowController, FlowEvent, Rejected};
 pub use policies::saturation::{PoolSample, sample_pool};
 pub use policies::{
     EvictionFilterPolicy, EvictionOrderingPolicy, FairnessPolicy, OrderingPolicy, SaturationDetector, UsageLimitPolicy,
@@ -108,8 +108,8 @@ fn handle(name: &str, type_name: &str, flow: FlowPlugin) -> PluginHandle {
 /// Registers the flow-control plugin types (and `probabilistic-admitter`). Types that
 /// take no parameters refuse any, naming the key (the router's factories ignore them).
 pub fn register(r: &mut PluginRegistry) {
-    use policies::{eviction, fairness, ordering, program_aware, saturation, usage};
     use crate::plugins::Params;
+    use policies::{eviction, fairness, ordering, program_aware, saturation, usage};
 
     let no_params = |t: &'static str, make: fn() -> FlowPlugin| {
         move |n: &str, p: &serde_json::Value| {
@@ -117,23 +117,28 @@ pub fn register(r: &mut PluginRegistry) {
             Ok(handle(n, t, make()))
         }
     };
-    r.register(fairness::GLOBAL_STRICT, no_params(fairness::GLOBAL_STRICT, || {
-        FlowPlugin::Fairness(Arc::new(fairness::GlobalStrict))
-    }));
-    r.register(fairness::ROUND_ROBIN, no_params(fairness::ROUND_ROBIN, || {
-        FlowPlugin::Fairness(Arc::new(fairness::RoundRobin))
-    }));
+    r.register(
+        fairness::GLOBAL_STRICT,
+        no_params(fairness::GLOBAL_STRICT, || FlowPlugin::Fairness(Arc::new(fairness::GlobalStrict))),
+    );
+    r.register(
+        fairness::ROUND_ROBIN,
+        no_params(fairness::ROUND_ROBIN, || FlowPlugin::Fairness(Arc::new(fairness::RoundRobin))),
+    );
     r.register(ordering::FCFS, no_params(ordering::FCFS, || FlowPlugin::Ordering(Arc::new(ordering::Fcfs))));
     r.register(ordering::EDF, no_params(ordering::EDF, || FlowPlugin::Ordering(Arc::new(ordering::Edf))));
-    r.register(ordering::SLO_DEADLINE, no_params(ordering::SLO_DEADLINE, || {
-        FlowPlugin::Ordering(Arc::new(ordering::SloDeadline))
-    }));
-    r.register(eviction::SHEDDABLE_FILTER, no_params(eviction::SHEDDABLE_FILTER, || {
-        FlowPlugin::EvictionFilter(Arc::new(eviction::SheddableFilter))
-    }));
-    r.register(eviction::PRIORITY_THEN_TIME, no_params(eviction::PRIORITY_THEN_TIME, || {
-        FlowPlugin::EvictionOrdering(Arc::new(eviction::PriorityThenTime))
-    }));
+    r.register(
+        ordering::SLO_DEADLINE,
+        no_params(ordering::SLO_DEADLINE, || FlowPlugin::Ordering(Arc::new(ordering::SloDeadline))),
+    );
+    r.register(
+        eviction::SHEDDABLE_FILTER,
+        no_params(eviction::SHEDDABLE_FILTER, || FlowPlugin::EvictionFilter(Arc::new(eviction::SheddableFilter))),
+    );
+    r.register(
+        eviction::PRIORITY_THEN_TIME,
+        no_params(eviction::PRIORITY_THEN_TIME, || FlowPlugin::EvictionOrdering(Arc::new(eviction::PriorityThenTime))),
+    );
     r.register(program_aware::PROGRAM_AWARE, |n, p| {
         let f = Arc::new(program_aware::ProgramAware::from_params(p)?);
         Ok(handle(n, program_aware::PROGRAM_AWARE, FlowPlugin::Fairness(f)))

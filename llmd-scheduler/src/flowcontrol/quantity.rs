@@ -25,7 +25,11 @@ pub fn parse_quantity(v: &Value) -> Result<i64, String> {
 }
 
 fn parse_quantity_str(s: &str) -> Result<i64, String> {
-    let bad = || format!("{s:?} is not a quantity like \"1Gi\" or \"500\" (quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$')");
+    let bad = || {
+        format!(
+            "{s:?} is not a quantity like \"1Gi\" or \"500\" (quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$')"
+        )
+    };
     let t = s.trim();
     let (neg, body) = match t.as_bytes().first() {
         Some(b'-') => (true, &t[1..]),

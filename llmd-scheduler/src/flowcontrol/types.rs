@@ -158,7 +158,13 @@ impl QueueItem {
     /// An item as the controller makes one: `flow` is the flow it is queued in (priority
     /// 0 when its own priority has no band), `effective_ttl` zero for none. Public for
     /// policy tests.
-    pub fn new(id: ItemId, request: FlowRequest, flow: FlowKey, enqueue_time: Duration, effective_ttl: Duration) -> Self {
+    pub fn new(
+        id: ItemId,
+        request: FlowRequest,
+        flow: FlowKey,
+        enqueue_time: Duration,
+        effective_ttl: Duration,
+    ) -> Self {
         let received = request.received.unwrap_or(enqueue_time);
         QueueItem { id, request, flow, enqueue_time, effective_ttl, received }
     }
@@ -353,9 +359,11 @@ impl FlowRejection {
             QueueOutcome::EvictedContextCancelled => {
                 (ErrorCode::ServiceUnavailable, "rejected-context-cancelled", format!("client disconnected: {msg}"))
             }
-            QueueOutcome::RejectedOther | QueueOutcome::EvictedOther => {
-                (ErrorCode::ServiceUnavailable, "rejected-shutting-down", format!("flow controller shutting down: {msg}"))
-            }
+            QueueOutcome::RejectedOther | QueueOutcome::EvictedOther => (
+                ErrorCode::ServiceUnavailable,
+                "rejected-shutting-down",
+                format!("flow controller shutting down: {msg}"),
+            ),
         };
         Some(FlowRejection { outcome: Some(outcome), code, reason: Some(reason), message })
     }

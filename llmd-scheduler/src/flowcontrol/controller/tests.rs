@@ -201,21 +201,41 @@ fn a_priority_without_a_band_queues_in_band_zero() {
 fn budgets_expire_by_regime() {
     // Mirrors processor_test.go TestProcessor_QueueWaitBudget "budget in force".
     let t0 = Duration::from_secs(10);
-    let item = |ttl: Duration| {
-        QueueItem::new(ItemId(0), FlowRequest::new("r", "f", 0, 1), FlowKey::new("f", 0), t0, ttl)
-    };
+    let item =
+        |ttl: Duration| QueueItem::new(ItemId(0), FlowRequest::new("r", "f", 0, 1), FlowKey::new("f", 0), t0, ttl);
     let (sat_ttl, no_ep) = (100 * MS, 2 * S);
     let r = |empty, since: Option<Duration>| Regime { empty, since };
     let cases: [(&str, Duration, Duration, Regime, Duration, Option<QueueOutcome>); 9] = [
         ("holds within the saturation budget", sat_ttl, no_ep, r(false, None), sat_ttl - MS, None),
         ("sheds at the saturation budget", sat_ttl, no_ep, r(false, None), sat_ttl, Some(QueueOutcome::EvictedTtl)),
         ("empty pool holds past it", sat_ttl, no_ep, r(true, None), no_ep - MS, None),
-        ("empty pool sheds at its budget", sat_ttl, no_ep, r(true, None), no_ep, Some(QueueOutcome::EvictedNoEndpoints)),
+        (
+            "empty pool sheds at its budget",
+            sat_ttl,
+            no_ep,
+            r(true, None),
+            no_ep,
+            Some(QueueOutcome::EvictedNoEndpoints),
+        ),
         ("empty pool, zero budget: waits", sat_ttl, Duration::ZERO, r(true, None), 3600 * S, None),
         ("zero saturation budget: waits", Duration::ZERO, no_ep, r(false, None), 3600 * S, None),
         ("pool came up: fresh budget", sat_ttl, no_ep, r(false, Some(t0 + S)), S + sat_ttl - MS, None),
-        ("pool came up: sheds after it", sat_ttl, no_ep, r(false, Some(t0 + S)), S + sat_ttl, Some(QueueOutcome::EvictedTtl)),
-        ("earlier change does not extend", sat_ttl, no_ep, r(false, Some(t0 - sat_ttl)), sat_ttl, Some(QueueOutcome::EvictedTtl)),
+        (
+            "pool came up: sheds after it",
+            sat_ttl,
+            no_ep,
+            r(false, Some(t0 + S)),
+            S + sat_ttl,
+            Some(QueueOutcome::EvictedTtl),
+        ),
+        (
+            "earlier change does not extend",
+            sat_ttl,
+            no_ep,
+            r(false, Some(t0 - sat_ttl)),
+            sat_ttl,
+            Some(QueueOutcome::EvictedTtl),
+        ),
     ];
     for (name, ttl, no_ep, regime, elapsed, want) in cases {
         assert_eq!(expiry(&item(ttl), t0 + elapsed, regime, no_ep), want, "{name}");
@@ -485,7 +505,10 @@ fn stats_report_queues_by_flow_and_band() {
     let s = c.stats();
     assert_eq!(
         s.flows,
-        [FlowStats { key: FlowKey::new("x", 5), len: 2, bytes: 20 }, FlowStats { key: FlowKey::new("y", 0), len: 1, bytes: 10 }]
+        [
+            FlowStats { key: FlowKey::new("x", 5), len: 2, bytes: 20 },
+            FlowStats { key: FlowKey::new("y", 0), len: 1, bytes: 10 }
+        ]
     );
     assert_eq!(s.bands.iter().map(|b| (b.priority, b.len)).collect::<Vec<_>>(), [(5, 2), (0, 1)]);
     c.dispatch_cycle(saturated(0.25));

@@ -78,7 +78,8 @@ impl FairnessPolicy for RoundRobin {
             return Ok(None);
         }
         keys.sort();
-        let start = cursor.last.as_ref().and_then(|l| keys.iter().position(|k| k == l)).map_or(0, |i| (i + 1) % keys.len());
+        let start =
+            cursor.last.as_ref().and_then(|l| keys.iter().position(|k| k == l)).map_or(0, |i| (i + 1) % keys.len());
         for i in 0..keys.len() {
             let key = &keys[(start + i) % keys.len()];
             if band.queue(&key.id).is_some_and(|q| !q.is_empty()) {
@@ -108,7 +109,13 @@ pub(crate) mod tests {
         let mut q = FlowQueue::new(key.clone(), ordering);
         for i in 0..len {
             let at = Duration::from_millis(head_ms + i as u64);
-            q.push(Arc::new(QueueItem::new(ItemId(i as u64), FlowRequest::new("r", id, 0, 1), key.clone(), at, Duration::ZERO)));
+            q.push(Arc::new(QueueItem::new(
+                ItemId(i as u64),
+                FlowRequest::new("r", id, 0, 1),
+                key.clone(),
+                at,
+                Duration::ZERO,
+            )));
         }
         q
     }
@@ -132,7 +139,11 @@ pub(crate) mod tests {
         let mut st = p.new_state();
         assert_eq!(pick(&p, &band(vec![better(), worse()]), &mut st).as_deref(), Some("flow1"), "BasicSelection");
         assert_eq!(pick(&p, &band(vec![worse(), better()]), &mut st).as_deref(), Some("flow1"), "order-independent");
-        assert_eq!(pick(&p, &band(vec![better(), empty(), worse()]), &mut st).as_deref(), Some("flow1"), "IgnoresEmpty");
+        assert_eq!(
+            pick(&p, &band(vec![better(), empty(), worse()]), &mut st).as_deref(),
+            Some("flow1"),
+            "IgnoresEmpty"
+        );
         assert_eq!(pick(&p, &band(vec![better()]), &mut st).as_deref(), Some("flow1"), "SingleNonEmptyQueue");
         assert_eq!(pick(&p, &band(vec![empty(), queue("flowEmpty2", 0, 0, fcfs.clone())]), &mut st), None, "AllEmpty");
         assert_eq!(pick(&p, &BTreeMap::new(), &mut st), None, "empty band");
@@ -146,7 +157,11 @@ pub(crate) mod tests {
     fn round_robin_cycles_through_sorted_flows() {
         // Mirrors roundrobin_test.go TestRoundRobin_Pick_Cycle.
         let fcfs: Arc<dyn OrderingPolicy> = Arc::new(Fcfs);
-        let b = band(vec![queue("flow3", 3, 0, fcfs.clone()), queue("flow1", 1, 0, fcfs.clone()), queue("flow2", 2, 0, fcfs)]);
+        let b = band(vec![
+            queue("flow3", 3, 0, fcfs.clone()),
+            queue("flow1", 1, 0, fcfs.clone()),
+            queue("flow2", 2, 0, fcfs),
+        ]);
         let p = RoundRobin;
         let mut st = p.new_state();
         for _ in 0..2 {
@@ -160,7 +175,11 @@ pub(crate) mod tests {
     fn round_robin_skips_empty_queues() {
         // Mirrors roundrobin_test.go TestRoundRobin_Pick_SkipsEmptyQueues.
         let fcfs: Arc<dyn OrderingPolicy> = Arc::new(Fcfs);
-        let b = band(vec![queue("flow1", 1, 0, fcfs.clone()), queue("flowEmpty", 0, 0, fcfs.clone()), queue("flow3", 3, 0, fcfs)]);
+        let b = band(vec![
+            queue("flow1", 1, 0, fcfs.clone()),
+            queue("flowEmpty", 0, 0, fcfs.clone()),
+            queue("flow3", 3, 0, fcfs),
+        ]);
         let p = RoundRobin;
         let mut st = p.new_state();
         for want in ["flow1", "flow3", "flow1"] {
@@ -179,7 +198,11 @@ pub(crate) mod tests {
         let three = band(vec![q("flow1"), q("flow2"), q("flow3")]);
         assert_eq!(pick(&p, &three, &mut st).as_deref(), Some("flow2"), "continues from the last index");
         assert_eq!(pick(&p, &three, &mut st).as_deref(), Some("flow3"), "the new flow");
-        assert_eq!(pick(&p, &band(vec![q("flow1"), q("flow3")]), &mut st).as_deref(), Some("flow1"), "wraps after removal");
+        assert_eq!(
+            pick(&p, &band(vec![q("flow1"), q("flow3")]), &mut st).as_deref(),
+            Some("flow1"),
+            "wraps after removal"
+        );
     }
 
     #[test]

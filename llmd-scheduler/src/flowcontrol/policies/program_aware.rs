@@ -363,7 +363,10 @@ mod tests {
     fn factory_checks_parameters_as_the_router_does() {
         // Mirrors plugin_test.go TestFactory_* .
         assert_eq!(ProgramAwareConfig::from_params(&json!({})).unwrap(), ProgramAwareConfig::default());
-        let c = ProgramAwareConfig::from_params(&json!({"strategy": "las", "lasWeightService": 0.7, "lasWeightHeadWait": 0.3, "lasHalfLifeSeconds": 60})).unwrap();
+        let c = ProgramAwareConfig::from_params(
+            &json!({"strategy": "las", "lasWeightService": 0.7, "lasWeightHeadWait": 0.3, "lasHalfLifeSeconds": 60}),
+        )
+        .unwrap();
         assert_eq!((c.las_weight_service, c.las_weight_head_wait), (0.7, 0.3));
         assert!(ProgramAwareConfig::from_params(&json!({"strategy": "wfq"})).unwrap_err().contains("only \"las\""));
         for bad in [
@@ -374,7 +377,11 @@ mod tests {
         ] {
             assert!(ProgramAwareConfig::from_params(&bad).is_err(), "{bad}");
         }
-        assert!(ProgramAwareConfig::from_params(&json!({"lasDecayFactor": 0.99997})).unwrap_err().contains("lasDecayFactor"));
+        assert!(
+            ProgramAwareConfig::from_params(&json!({"lasDecayFactor": 0.99997}))
+                .unwrap_err()
+                .contains("lasDecayFactor")
+        );
     }
 
     #[test]
@@ -385,7 +392,10 @@ mod tests {
         seed(&p, "alpha", 1000.0, now);
         seed(&p, "beta", 10.0, now);
         let fcfs = Arc::new(Fcfs);
-        assert_eq!(pick(&p, vec![queue("alpha", 1, 100_000, fcfs.clone()), queue("beta", 1, 100_000, fcfs)], now).as_deref(), Some("beta"));
+        assert_eq!(
+            pick(&p, vec![queue("alpha", 1, 100_000, fcfs.clone()), queue("beta", 1, 100_000, fcfs)], now).as_deref(),
+            Some("beta")
+        );
     }
 
     #[test]
@@ -464,7 +474,13 @@ mod tests {
         let p = las(1.0, 0.0, 0.0);
         assert_eq!(p.fairness_index(), 1.0, "no data");
         let item = |fid: &str| {
-            QueueItem::new(ItemId(1), FlowRequest::new("r", fid, 0, 1), FlowKey::new(fid, 0), Duration::ZERO, Duration::ZERO)
+            QueueItem::new(
+                ItemId(1),
+                FlowRequest::new("r", fid, 0, 1),
+                FlowKey::new(fid, 0),
+                Duration::ZERO,
+                Duration::ZERO,
+            )
         };
         p.on_dispatched(&item("a"), Duration::from_millis(10));
         assert_eq!(p.fairness_index(), 1.0, "one program");

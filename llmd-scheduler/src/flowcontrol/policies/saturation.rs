@@ -74,7 +74,10 @@ impl UtilizationConfig {
             errs.push(format!("kvCacheUtilThreshold must be in (0.0, 1.0], got {kv:.6}"));
         }
         if stale <= 0 {
-            errs.push(format!("metricsStalenessThreshold must be strictly positive, got {}", go_duration_string(stale)));
+            errs.push(format!(
+                "metricsStalenessThreshold must be strictly positive, got {}",
+                go_duration_string(stale)
+            ));
         }
         if headroom < 0.0 {
             errs.push(format!("headroom must be a non-negative value, got {headroom:.6}"));
@@ -451,13 +454,20 @@ mod tests {
         assert!(ok(json!({"queueDepthThreshold": 5, "kvCacheUtilThreshold": 0.8})).is_ok());
         assert!(ok(json!({"queueDepthThreshold": "invalid_type"})).is_err());
         assert_eq!(ok(json!({})).unwrap(), UtilizationConfig::default());
-        assert!(ok(json!({"queueDepthThreshold": 0})).unwrap_err().contains("queueDepthThreshold must be strictly positive"));
+        assert!(
+            ok(json!({"queueDepthThreshold": 0}))
+                .unwrap_err()
+                .contains("queueDepthThreshold must be strictly positive")
+        );
         assert!(ok(json!({"kvCacheUtilThreshold": 1.5})).is_err());
         assert!(ok(json!({"kvCacheUtilThreshold": 0.0})).is_err());
         assert!(ok(json!({"metricsStalenessThreshold": "0s"})).unwrap_err().contains("got 0s"));
         assert!(ok(json!({"headroom": -0.5})).is_err());
         assert!(ok(json!({"headroom": 2.0})).is_ok(), "high headroom only warns");
-        assert_eq!(ok(json!({"metricsStalenessThreshold": "1s"})).unwrap().metrics_staleness_threshold, Duration::from_secs(1));
+        assert_eq!(
+            ok(json!({"metricsStalenessThreshold": "1s"})).unwrap().metrics_staleness_threshold,
+            Duration::from_secs(1)
+        );
         assert!(ok(json!({"queueDepth": 5})).unwrap_err().contains("queueDepth"));
     }
 
@@ -493,7 +503,10 @@ mod tests {
     #[test]
     fn utilization_counts_stale_endpoints() {
         // Mirrors utilization/detector_test.go TestDetector_StaleEndpointObservability.
-        let d = Utilization::new(UtilizationConfig { metrics_staleness_threshold: Duration::from_secs(3600), ..Default::default() });
+        let d = Utilization::new(UtilizationConfig {
+            metrics_staleness_threshold: Duration::from_secs(3600),
+            ..Default::default()
+        });
         let eps = [ep("fresh", 1, 0.1, Some(0)), ep("stale", 1, 0.1, Some(7_200_000)), ep("nil", 0, 0.0, None)];
         let refs: Vec<&Endpoint> = eps.iter().collect();
         d.saturation(&refs, NOW);
@@ -636,10 +649,20 @@ mod tests {
     #[test]
     fn endpoints_partition_by_role_label() {
         // Mirrors processor_test.go partitionEndpoints.
-        let stages: Vec<Stage> = ["prefill", "encode-prefill", "decode", "prefill-decode", "both", "encode-prefill-decode", "encode", "unknown-role", ""]
-            .iter()
-            .map(|l| stage(&role(Some(l))))
-            .collect();
+        let stages: Vec<Stage> = [
+            "prefill",
+            "encode-prefill",
+            "decode",
+            "prefill-decode",
+            "both",
+            "encode-prefill-decode",
+            "encode",
+            "unknown-role",
+            "",
+        ]
+        .iter()
+        .map(|l| stage(&role(Some(l))))
+        .collect();
         use Stage::*;
         assert_eq!(stages, [Prefill, Prefill, Decode, Both, Both, Both, None, None, Decode]);
         let mut unlabelled = role(Option::None);

@@ -269,7 +269,10 @@ mod tests {
         assert!(near(&spread(stepwise_spread, 0.5, 1.0, &[100, 10]), &[1.0, 0.5]));
         assert!(near(&spread(stepwise_spread, 0.5, 1.0, &[100, 50, 10]), &[1.0, 0.75, 0.5]));
         assert!(near(&spread(stepwise_spread, 0.5, 1.0, &[100, 75, 50, 10]), &[1.0, 0.8333333, 0.6666666, 0.5]));
-        assert!(near(&spread(stepwise_spread, 0.5, 1.0, &[1000, 2, 1]), &spread(stepwise_spread, 0.5, 1.0, &[100, 50, 10])));
+        assert!(near(
+            &spread(stepwise_spread, 0.5, 1.0, &[1000, 2, 1]),
+            &spread(stepwise_spread, 0.5, 1.0, &[100, 50, 10])
+        ));
         let c = spread(stepwise_spread, 0.2, 0.9, &[50, 40, 30, 20, 10]);
         assert!(c.windows(2).all(|w| w[0] > w[1]), "strictly decreasing");
         assert!(near(&spread(stepwise_spread, 0.0, 1.0, &[10, 5, 1]), &[1.0, 0.5, 0.0]));
@@ -290,7 +293,8 @@ mod tests {
         assert!(neg[0] == 1.0 && neg[2] == 0.5 && neg[1] > 0.5 && neg[1] < 1.0);
         let even = [100, 55, 10];
         assert!(near(&spread(linear_proportional, 0.5, 1.0, &even), &spread(stepwise_spread, 0.5, 1.0, &even)));
-        let (rank, value) = (spread(stepwise_spread, 0.5, 1.0, &[100, 2, 1]), spread(linear_proportional, 0.5, 1.0, &[100, 2, 1]));
+        let (rank, value) =
+            (spread(stepwise_spread, 0.5, 1.0, &[100, 2, 1]), spread(linear_proportional, 0.5, 1.0, &[100, 2, 1]));
         assert!(rank[1] - value[1] > 0.2, "domains diverge on skewed spacing");
     }
 

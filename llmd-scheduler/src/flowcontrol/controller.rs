@@ -497,7 +497,7 @@ impl FlowController {
             if ceilings[j] <= 0.0 || saturation < ceilings[j] {
                 continue;
             }
-            if !self.bands.get(&priorities[j]).is_some_and(|b| b.len > 0) {
+            if self.bands.get(&priorities[j]).is_none_or(|b| b.len == 0) {
                 continue;
             }
             for (id, x) in reclaim.reclaim(now, tracker, saturation, ceilings[j], priorities[j]) {
@@ -560,8 +560,7 @@ impl FlowController {
         let flow_gc = self.registry.flow_gc_timeout;
         let band_gc = self.registry.band_gc_timeout;
         for band in self.bands.values_mut() {
-            band.queues
-                .retain(|_, q| !q.is_empty() || !q.idle_since().is_some_and(|t| now.saturating_sub(t) >= flow_gc));
+            band.queues.retain(|_, q| !q.is_empty() || q.idle_since().is_none_or(|t| now.saturating_sub(t) < flow_gc));
         }
         let desired = &self.desired;
         self.bands.retain(|p, b| {

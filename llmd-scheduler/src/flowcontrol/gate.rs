@@ -14,7 +14,7 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use super::config::FlowControlConfig;
 use super::controller::{FlowController, FlowEvent};
-use super::metrics::FlowMetrics;
+use super::metrics::{FlowMetrics, ReclaimDelta};
 use super::policies::saturation::PoolSample;
 use super::types::{FlowRejection, FlowRequest, ItemId, QueueItem, QueueOutcome, TokenUsage};
 use crate::clock::Clock;
@@ -184,7 +184,15 @@ impl Inner {
             let timed_out = s.revocations_timed_out - st.seen_timed_out;
             let times = st.ctl.drain_confirmation_times();
             if !issued.is_empty() || confirmed > 0 || timed_out > 0 || !times.is_empty() || s.pending_reclaim > 0.0 {
-                m.reclamation(&self.pool, &issued, confirmed, timed_out, &times, s.reclaim_target, s.pending_reclaim);
+                let delta = ReclaimDelta {
+                    issued,
+                    confirmed,
+                    timed_out,
+                    confirmation_times: times,
+                    target: s.reclaim_target,
+                    pending: s.pending_reclaim,
+                };
+                m.reclamation(&self.pool, &delta);
             }
             st.seen_issued = s.revocations_issued;
             st.seen_confirmed = s.revocations_confirmed;
@@ -507,8 +515,10 @@ mod tests {
 
     #[tokio::test]
     async fn rejections_carry_the_routers_status() {
-        let mut cfg = FlowControlConfig::default();
-        cfg.registry = RegistryConfig::new(BTreeMap::new(), PriorityBandConfig::new(0).with_capacity(0, 1), None);
+        let mut cfg = FlowControlConfig {
+            registry: RegistryConfig::new(BTreeMap::new(), PriorityBandConfig::new(0).with_capacity(0, 1), None),
+            ..Default::default()
+        };
         cfg.controller.default_request_ttl = Duration::from_secs(2);
         let sat = level(5.0);
         let (gate, clock) = start(&cfg, &sat);
@@ -521,7 +531,10 @@ mod tests {
         gate.poke();
         let r = first.await.unwrap().unwrap_err();
         assert_eq!((r.status(), r.reason), (429, Some("rejected-ttl-expired")));
-        assert_eq!(r.body(), "inference error: ResourceExhausted - request timed out in queue: request evicted from queue: request TTL expired");
+        assert_eq!(
+            r.body(),
+            "inference error: ResourceExhausted - request timed out in queue: request evicted from queue: request TTL expired"
+        );
     }
 
     #[tokio::test]

@@ -86,6 +86,23 @@ struct RevocationLabels {
     inference_pool: String,
 }
 
+/// Reclamation progress since the last report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReclaimDelta {
+    /// Revocations issued, by the priority of the demand they were for.
+    pub issued: Vec<(i32, u64)>,
+    /// Revocations confirmed.
+    pub confirmed: u64,
+    /// Revocations retired by timeout.
+    pub timed_out: u64,
+    /// Delays from revocation to the revoked request's end.
+    pub confirmation_times: Vec<Duration>,
+    /// The last decision's saturation deficit.
+    pub target: f64,
+    /// Credit not yet visible in the saturation signal.
+    pub pending: f64,
+}
+
 /// The flow-control metric families.
 #[derive(Clone, Debug)]
 pub struct FlowMetrics {
@@ -349,18 +366,10 @@ impl FlowMetrics {
         }
     }
 
-    /// Reclamation progress: revocations issued for demand at `priority`, retirements,
-    /// confirmation delays, and the current target and pending credit.
-    pub fn reclamation(
-        &self,
-        pool: &str,
-        issued: &[(i32, u64)],
-        confirmed: u64,
-        timed_out: u64,
-        confirmation_times: &[Duration],
-        target: f64,
-        pending: f64,
-    ) {
+    /// Reclamation progress since the last call.
+    pub fn reclamation(&self, pool: &str, d: &ReclaimDelta) {
+        let ReclaimDelta { issued, confirmed, timed_out, confirmation_times, target, pending } = d;
+        let (confirmed, timed_out, target, pending) = (*confirmed, *timed_out, *target, *pending);
         for (p, n) in issued {
             let l = PriorityPoolLabels { priority: p.to_string(), inference_pool: pool.into() };
             self.revocations_issued.get_or_create(&l).inc_by(*n);

@@ -17,6 +17,11 @@
 //! on without token ids, as in the router.
 
 pub mod estimate;
+mod estimate_body;
+mod estimate_config;
+mod gojson;
+mod imageconfig;
+mod mm_estimate;
 
 // Stand-in until the estimate backend lands in `estimate`.
 #[allow(unreachable_pub)]

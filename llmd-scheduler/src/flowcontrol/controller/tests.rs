@@ -205,7 +205,9 @@ fn budgets_expire_by_regime() {
         |ttl: Duration| QueueItem::new(ItemId(0), FlowRequest::new("r", "f", 0, 1), FlowKey::new("f", 0), t0, ttl);
     let (sat_ttl, no_ep) = (100 * MS, 2 * S);
     let r = |empty, since: Option<Duration>| Regime { empty, since };
-    let cases: [(&str, Duration, Duration, Regime, Duration, Option<QueueOutcome>); 9] = [
+    // (name, item TTL, empty-pool TTL, regime, elapsed, outcome)
+    type Case = (&'static str, Duration, Duration, Regime, Duration, Option<QueueOutcome>);
+    let cases: [Case; 9] = [
         ("holds within the saturation budget", sat_ttl, no_ep, r(false, None), sat_ttl - MS, None),
         ("sheds at the saturation budget", sat_ttl, no_ep, r(false, None), sat_ttl, Some(QueueOutcome::EvictedTtl)),
         ("empty pool holds past it", sat_ttl, no_ep, r(true, None), no_ep - MS, None),

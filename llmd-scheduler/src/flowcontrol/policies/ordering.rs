@@ -69,7 +69,7 @@ pub fn slo_deadline(item: &QueueItem) -> Option<Duration> {
     let raw = header(&item.request().headers, TTFT_SLO_HEADER, OLD_TTFT_SLO_HEADER)?;
     let ms: i64 = raw.trim().parse().ok()?;
     // The router refuses what would overflow a time.Duration of nanoseconds.
-    if ms < 0 || ms > i64::MAX / 1_000_000 {
+    if !(0..=i64::MAX / 1_000_000).contains(&ms) {
         return None;
     }
     item.received().checked_add(Duration::from_millis(ms as u64))

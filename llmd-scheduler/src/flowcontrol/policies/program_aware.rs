@@ -426,7 +426,7 @@ mod tests {
         // Mirrors TestLAS_Pick_DoesNotCreateStateForEmptyEntries and TestPick_AllQueuesEmpty.
         let p = las(1.0, 0.0, 0.0);
         assert_eq!(pick(&p, vec![queue("ghost", 0, 0, Arc::new(Fcfs))], S), None);
-        assert!(p.lock().las.get("ghost").is_none());
+        assert!(!p.lock().las.contains_key("ghost"));
     }
 
     #[test]

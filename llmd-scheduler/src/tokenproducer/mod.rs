@@ -23,39 +23,6 @@ mod gojson;
 mod imageconfig;
 mod mm_estimate;
 
-// Stand-in until the estimate backend lands in `estimate`.
-#[allow(unreachable_pub)]
-mod est {
-    /// Estimate parameters.
-    #[derive(Debug, Clone, Default)]
-    pub struct EstimateConfig;
-    impl EstimateConfig {
-        pub(super) fn from_params(_: &serde_json::Value) -> Result<Self, String> {
-            Ok(EstimateConfig)
-        }
-    }
-    pub(super) struct EstimatedPrompt {
-        pub(super) token_ids: Vec<u32>,
-    }
-    pub(super) fn estimate(
-        _: &EstimateConfig,
-        _: &str,
-        body: &serde_json::Value,
-        _: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Vec<EstimatedPrompt>, String> {
-        let text = llmd_openai::prompt_text(body);
-        let b = text.as_bytes();
-        let ids = b
-            .chunks(4)
-            .map(|c| {
-                let mut w = [0u8; 4];
-                w[..c.len()].copy_from_slice(c);
-                u32::from_le_bytes(w)
-            })
-            .collect();
-        Ok(vec![EstimatedPrompt { token_ids: ids }])
-    }
-}
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -101,7 +68,7 @@ pub struct VllmRender {
 #[derive(Clone)]
 pub enum Backend {
     /// Packed prompt bytes.
-    Estimate(est::EstimateConfig),
+    Estimate(estimate::EstimateConfig),
     /// vLLM's render API.
     Vllm(VllmRender),
     /// A tokenizer loaded into the picker.
@@ -201,7 +168,7 @@ impl TokenProducer {
         if let Some(l) = local {
             return Self::local(l);
         }
-        let cfg = est::EstimateConfig::from_params(estimate.unwrap_or(&Value::Null))?;
+        let cfg = estimate::EstimateConfig::from_params(estimate.unwrap_or(&Value::Null))?;
         Ok(TokenProducer { backend: Backend::Estimate(cfg) })
     }
 
@@ -234,7 +201,7 @@ impl TokenProducer {
         }
         match &self.backend {
             Backend::Local(t) => Step::Done(t.tokenize(path, body)),
-            Backend::Estimate(cfg) => match est::estimate(cfg, path, body, headers) {
+            Backend::Estimate(cfg) => match estimate::estimate(cfg, path, body, headers) {
                 // A request of several prompts routes by its first, as the engines
                 // run them as separate sequences.
                 Ok(prompts) => Step::Done(prompts.into_iter().next().map(|p| p.token_ids).filter(|t| !t.is_empty())),

@@ -140,6 +140,23 @@ pub struct ControllerStats {
     pub pending_reclaim: f64,
 }
 
+/// Reclamation progress since the last report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReclaimProgress {
+    /// Revocations issued, by the priority of the demand they were for.
+    pub issued: Vec<(i32, u64)>,
+    /// Revocations confirmed.
+    pub confirmed: u64,
+    /// Revocations retired by timeout.
+    pub timed_out: u64,
+    /// Delays from revocation to the revoked request's end.
+    pub confirmation_times: Vec<Duration>,
+    /// The last decision's saturation deficit.
+    pub target: f64,
+    /// Credit not yet visible in the saturation signal.
+    pub pending: f64,
+}
+
 // A band's runtime state.
 struct Band {
     cfg: PriorityBandConfig,
@@ -644,12 +661,33 @@ impl FlowController {
         }
     }
 
-    /// Revocation confirmation delays since the last call (for the metrics histogram).
-    pub fn drain_confirmation_times(&mut self) -> Vec<Duration> {
-        match &mut self.eviction {
-            Some((_, r)) => std::mem::take(&mut r.confirmation_times),
-            None => Vec::new(),
-        }
+    /// Reclamation progress since the last call (for the metrics), `None` with eviction
+    /// off or nothing new.
+    pub fn take_reclaim_progress(&mut self) -> Option<ReclaimProgress> {
+        let (_, r) = self.eviction.as_mut()?;
+        let issued: Vec<(i32, u64)> = r
+            .issued
+            .iter()
+            .map(|(p, n)| (*p, n - r.reported_issued.get(p).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let progress = ReclaimProgress {
+            issued,
+            confirmed: r.confirmed - r.reported_confirmed,
+            timed_out: r.timed_out - r.reported_timed_out,
+            confirmation_times: std::mem::take(&mut r.confirmation_times),
+            target: r.last_target,
+            pending: r.pending(),
+        };
+        r.reported_issued = r.issued.clone();
+        r.reported_confirmed = r.confirmed;
+        r.reported_timed_out = r.timed_out;
+        let quiet = progress.issued.is_empty()
+            && progress.confirmed == 0
+            && progress.timed_out == 0
+            && progress.confirmation_times.is_empty()
+            && progress.pending == 0.0;
+        (!quiet).then_some(progress)
     }
 }
 

@@ -6,7 +6,7 @@
 //! budgets are swept every `expiry_cleanup_interval`. The pool is read through a probe
 //! the caller supplies, so the gate knows nothing of datastores.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use super::config::FlowControlConfig;
 use super::controller::{FlowController, FlowEvent};
-use super::metrics::{FlowMetrics, ReclaimDelta};
+use super::metrics::FlowMetrics;
 use super::policies::saturation::PoolSample;
 use super::types::{FlowRejection, FlowRequest, ItemId, QueueItem, QueueOutcome, TokenUsage};
 use crate::clock::Clock;
@@ -96,10 +96,6 @@ struct State {
     waiters: HashMap<ItemId, oneshot::Sender<Reply>>,
     evictions: HashMap<ItemId, watch::Sender<bool>>,
     last_sweep: Duration,
-    // Reclamation counters already exported.
-    seen_issued: BTreeMap<i32, u64>,
-    seen_confirmed: u64,
-    seen_timed_out: u64,
 }
 
 struct Inner {
@@ -172,31 +168,8 @@ impl Inner {
                 }
             }
         }
-        if let Some(m) = &self.metrics {
-            let s = st.ctl.stats();
-            let issued: Vec<(i32, u64)> = s
-                .revocations_issued
-                .iter()
-                .map(|(p, n)| (*p, n - st.seen_issued.get(p).copied().unwrap_or(0)))
-                .filter(|(_, n)| *n > 0)
-                .collect();
-            let confirmed = s.revocations_confirmed - st.seen_confirmed;
-            let timed_out = s.revocations_timed_out - st.seen_timed_out;
-            let times = st.ctl.drain_confirmation_times();
-            if !issued.is_empty() || confirmed > 0 || timed_out > 0 || !times.is_empty() || s.pending_reclaim > 0.0 {
-                let delta = ReclaimDelta {
-                    issued,
-                    confirmed,
-                    timed_out,
-                    confirmation_times: times,
-                    target: s.reclaim_target,
-                    pending: s.pending_reclaim,
-                };
-                m.reclamation(&self.pool, &delta);
-            }
-            st.seen_issued = s.revocations_issued;
-            st.seen_confirmed = s.revocations_confirmed;
-            st.seen_timed_out = s.revocations_timed_out;
+        if let (Some(m), Some(p)) = (&self.metrics, st.ctl.take_reclaim_progress()) {
+            m.reclamation(&self.pool, &p);
         }
     }
 }
@@ -238,9 +211,6 @@ impl FlowGate {
                 waiters: HashMap::new(),
                 evictions: HashMap::new(),
                 last_sweep: clock.now(),
-                seen_issued: BTreeMap::new(),
-                seen_confirmed: 0,
-                seen_timed_out: 0,
             }),
             probe,
             wake: Notify::new(),
@@ -445,6 +415,7 @@ impl Drop for FlowPermit {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::controller::{BandStats, Finalized};
+use super::controller::{BandStats, Finalized, ReclaimProgress};
 use super::policies::saturation::PoolSample;
 use super::types::{FlowRequest, QueueOutcome};
 
@@ -84,23 +84,6 @@ struct OutcomeLabels {
 struct RevocationLabels {
     outcome: String,
     inference_pool: String,
-}
-
-/// Reclamation progress since the last report.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ReclaimDelta {
-    /// Revocations issued, by the priority of the demand they were for.
-    pub issued: Vec<(i32, u64)>,
-    /// Revocations confirmed.
-    pub confirmed: u64,
-    /// Revocations retired by timeout.
-    pub timed_out: u64,
-    /// Delays from revocation to the revoked request's end.
-    pub confirmation_times: Vec<Duration>,
-    /// The last decision's saturation deficit.
-    pub target: f64,
-    /// Credit not yet visible in the saturation signal.
-    pub pending: f64,
 }
 
 /// The flow-control metric families.
@@ -367,8 +350,8 @@ impl FlowMetrics {
     }
 
     /// Reclamation progress since the last call.
-    pub fn reclamation(&self, pool: &str, d: &ReclaimDelta) {
-        let ReclaimDelta { issued, confirmed, timed_out, confirmation_times, target, pending } = d;
+    pub fn reclamation(&self, pool: &str, d: &ReclaimProgress) {
+        let ReclaimProgress { issued, confirmed, timed_out, confirmation_times, target, pending } = d;
         let (confirmed, timed_out, target, pending) = (*confirmed, *timed_out, *target, *pending);
         for (p, n) in issued {
             let l = PriorityPoolLabels { priority: p.to_string(), inference_pool: pool.into() };

@@ -92,6 +92,10 @@ pub(crate) struct Reclamation {
     pub(crate) timed_out: u64,
     pub(crate) last_target: f64,
     pub(crate) confirmation_times: Vec<Duration>,
+    // What the metrics have been told.
+    pub(crate) reported_issued: BTreeMap<i32, u64>,
+    pub(crate) reported_confirmed: u64,
+    pub(crate) reported_timed_out: u64,
 }
 
 impl Reclamation {
@@ -106,6 +110,9 @@ impl Reclamation {
             timed_out: 0,
             last_target: 0.0,
             confirmation_times: Vec::new(),
+            reported_issued: BTreeMap::new(),
+            reported_confirmed: 0,
+            reported_timed_out: 0,
         }
     }
 

@@ -439,7 +439,7 @@ mod tests {
 
     #[test]
     fn outcomes_answer_as_the_admission_adapter_translates_them() {
-        // Mirrors admission_test.go's translateFlowControlOutcome table.
+        // Mirrors admission_test.go TestTranslateFlowControlOutcome.
         let r = |o, empty| FlowRejection::from_outcome(o, empty).unwrap();
         assert!(FlowRejection::from_outcome(QueueOutcome::Dispatched, false).is_none());
         let cap = r(QueueOutcome::RejectedCapacity, false);

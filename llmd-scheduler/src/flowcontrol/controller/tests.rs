@@ -185,7 +185,7 @@ fn global_limits_count_every_band() {
 
 #[test]
 fn a_priority_without_a_band_queues_in_band_zero() {
-    // Mirrors controller_test.go "falls back to priority 0".
+    // Mirrors controller_test.go TestFlowController_EnqueueAndWait_FallbackRewritesItemPriority.
     let (mut c, _) = harness(bands(&[]));
     c.enqueue(req("x", "f", 7)).unwrap();
     assert_eq!(c.stats().bands.iter().find(|b| b.priority == 0).map(|b| b.len), Some(1));

@@ -9,6 +9,33 @@
 //! config file's `flowControl` section into a [`FlowControlConfig`]. With the `runtime`
 //! feature, [`gate::FlowGate`] runs a controller for a gateway (requests wait in
 //! `admit` until dispatched or refused) and [`metrics`] exports the router's metrics.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use llmd_scheduler::ManualClock;
+//! use llmd_scheduler::flowcontrol::{FlowControlConfig, FlowController, FlowEvent, FlowRequest, PoolSample, QueueOutcome};
+//!
+//! let clock = Arc::new(ManualClock::new());
+//! let mut fc = FlowController::new(&FlowControlConfig::default(), clock.clone());
+//! let id = fc.enqueue(FlowRequest::new("r1", "tenant-a", 0, 512)).unwrap();
+//! // Saturated: the request waits; below saturation it is dispatched.
+//! assert_eq!(fc.dispatch_cycle(PoolSample::new(1.0, 2)), None);
+//! assert_eq!(fc.dispatch_cycle(PoolSample::new(0.4, 2)), Some(id));
+//! let Some(FlowEvent::Finalized(f)) = fc.drain_events().pop() else { unreachable!() };
+//! assert_eq!(f.outcome, QueueOutcome::Dispatched);
+//! // The request ran; its end frees its place.
+//! assert!(fc.complete(id, None));
+//!
+//! // A request that waits past its budget (60s by default) is shed with the router's 429.
+//! fc.enqueue(FlowRequest::new("r2", "tenant-a", 0, 512)).unwrap();
+//! clock.advance(Duration::from_secs(60));
+//! fc.sweep();
+//! let Some(FlowEvent::Finalized(f)) = fc.drain_events().pop() else { unreachable!() };
+//! let answer = f.rejection(fc.pool_empty()).unwrap();
+//! assert_eq!((answer.status(), answer.reason), (429, Some("rejected-ttl-expired")));
+//! ```
 
 pub mod admitter;
 pub mod config;

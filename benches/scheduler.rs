@@ -7,9 +7,12 @@
 //! (`maxPrefixBlocksToMatch`, llm-d's default): 4 096 of the prompt's 8 192 tokens.
 //! `precise-prefix-8k` and `prefix-8k` are the same presets with
 //! `maxPrefixBlocksToMatch: 512`, so the whole prompt is matched (checked before the
-//! runs). `precise-prefix+tokenize` adds tokenizing the 8k-token prompt with a BPE
-//! `tokenizer.json`. After criterion, p50/p99 over 20 000 picks (2 000 with
-//! tokenization) are printed for each case.
+//! runs). `precise-prefix+tokenize` adds tokenizing the prompt text (about 8 000
+//! tokens) with a BPE `tokenizer.json` on every pick; `+tokenize-warm` does the same
+//! through the picker's prefix-cached tokenizer after the prompt was seen once, and
+//! `+tokenize-next-turn` with the prompt grown by a new turn (only the new text is
+//! tokenized). After criterion, p50/p99 over 20 000 picks (2 000 with tokenization) are
+//! printed for each case (not under `--profile-time`, so a profile shows one case).
 //!
 //! Run: `cargo bench --bench scheduler`. Results go in BENCHMARKS.md.
 
@@ -140,8 +143,18 @@ fn main() {
     let tok_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("llmd-engine/tests/fixtures/llama-llama3rope-f32/tokenizer.json");
     let tokenizer = HfTokenizer::from_file(&tok_path).expect("tokenizer");
-    let text = "Paged attention stores keys and values in blocks; the gateway picks a replica. ".repeat(400);
+    let text = "Paged attention stores keys and values in blocks; the gateway picks a replica. ".repeat(500);
     let text_tokens = tokenizer.encode(&text, true).expect("encode").len();
+    let profiling = std::env::args().any(|a| a == "--profile-time");
+    let shared: std::sync::Arc<dyn Tokenize> =
+        std::sync::Arc::new(HfTokenizer::from_file(&tok_path).expect("tokenizer"));
+    let cached = llmd::scheduler::tokencache::PrefixCachedTokenizer::new(shared);
+    // Warm: the prompt seen once (the verification runs encode whole, then cache).
+    for _ in 0..20 {
+        cached.encode(&text, true).expect("encode");
+    }
+    assert!(!cached.is_off(), "the prefix cache verifies on this tokenizer");
+    let mut turn = 0u64;
     check_full_match();
     let mut rows = Vec::new();
     {
@@ -154,6 +167,9 @@ fn main() {
                 g.bench_function(BenchmarkId::new(routing, n), |b| {
                     b.iter(|| s.pick(black_box(&req), &eps).expect("pick"))
                 });
+                if profiling {
+                    continue;
+                }
                 let (p50, p99) = percentiles(20_000, || {
                     black_box(s.pick(&req, &eps).expect("pick"));
                 });
@@ -171,16 +187,53 @@ fn main() {
                     s.pick(&r, &eps).expect("pick")
                 })
             });
-            let (p50, p99) = percentiles(2_000, || {
-                let mut r = request(false);
-                r.token_ids = Some(tokenizer.encode(&text, true).expect("encode"));
-                black_box(s.pick(&r, &eps).expect("pick"));
+            g.bench_function(BenchmarkId::new("precise-prefix+tokenize-warm", n), |b| {
+                b.iter(|| {
+                    let mut r = request(false);
+                    r.token_ids = Some(cached.encode(black_box(&text), true).expect("encode"));
+                    s.pick(&r, &eps).expect("pick")
+                })
             });
-            rows.push(format!(
-                "| precise-prefix + tokenize | {n} | {text_tokens}-token text | {:.1} µs | {:.1} µs |",
-                p50.as_secs_f64() * 1e6,
-                p99.as_secs_f64() * 1e6
-            ));
+            // A conversation's next turn: the history is cached, the new text is not.
+            let mut next_turn = || {
+                turn += 1;
+                format!("{text} User turn {turn}: and how does the picker choose among the replicas?")
+            };
+            g.bench_function(BenchmarkId::new("precise-prefix+tokenize-next-turn", n), |b| {
+                b.iter_batched(
+                    &mut next_turn,
+                    |t| {
+                        let mut r = request(false);
+                        r.token_ids = Some(cached.encode(&t, true).expect("encode"));
+                        s.pick(&r, &eps).expect("pick")
+                    },
+                    criterion::BatchSize::SmallInput,
+                )
+            });
+            if profiling {
+                continue;
+            }
+            let cases: [(&str, &dyn Fn(&str) -> Vec<u32>); 3] = [
+                ("precise-prefix + tokenize", &|t| tokenizer.encode(t, true).expect("encode")),
+                ("precise-prefix + tokenize, prefix cache warm", &|t| cached.encode(t, true).expect("encode")),
+                ("precise-prefix + tokenize, next turn", &|t| cached.encode(t, true).expect("encode")),
+            ];
+            for (label, encode) in cases {
+                let next = label.ends_with("next turn");
+                let texts: Vec<String> = (0..2_000).map(|_| if next { next_turn() } else { text.clone() }).collect();
+                let mut i = 0;
+                let (p50, p99) = percentiles(2_000, || {
+                    let mut r = request(false);
+                    r.token_ids = Some(encode(&texts[i]));
+                    i += 1;
+                    black_box(s.pick(&r, &eps).expect("pick"));
+                });
+                rows.push(format!(
+                    "| {label} | {n} | {text_tokens}-token text | {:.1} µs | {:.1} µs |",
+                    p50.as_secs_f64() * 1e6,
+                    p99.as_secs_f64() * 1e6
+                ));
+            }
         }
         g.finish();
     }

@@ -156,6 +156,9 @@ fn resolve_data_layer(
             match (&kind, &e.extractor, &e.kv_events) {
                 (SourceKind::Metrics { .. }, Some(ex), _) => binding.extractors.push((e.name.clone(), ex.clone())),
                 (SourceKind::KvEvents, _, Some(c)) => binding.consumers.push(c.clone()),
+                // The router's mm-embeddings-cache-producer reads endpoint deletions from
+                // this source; llmd tells it through its observer's `forget` instead.
+                (SourceKind::KvEvents, _, None) if e.type_name == crate::plugins::mmcache::PRODUCER_TYPE => {}
                 _ => {
                     return Err(SchedulerError::config(
                         file,
@@ -284,7 +287,7 @@ fn check_unbuilt_sections(
     plugins: &BTreeMap<String, PluginHandle>,
     flow_control_gate: bool,
     file: &str,
-) -> Result<()> {
+) -> Result<Option<crate::flowcontrol::FlowControlConfig>> {
     let detector_in_section = raw
         .flow_control
         .as_ref()
@@ -296,7 +299,7 @@ fn check_unbuilt_sections(
         (None, Some(d)) => Some(("saturationDetector", d.plugin_ref.as_str())),
         (None, None) => None,
     };
-    crate::flowcontrol::resolve(raw.flow_control.as_ref(), detector, plugins, flow_control_gate)
+    let flow = crate::flowcontrol::resolve(raw.flow_control.as_ref(), detector, plugins, flow_control_gate)
         .map_err(|(what, reason)| SchedulerError::config(file, what, reason))?;
     if raw.flow_control.is_some() && !flow_control_gate {
         tracing::warn!(file, "the flowControl section is set but the flowControl feature gate is off; ignored");
@@ -314,7 +317,7 @@ fn check_unbuilt_sections(
             ));
         }
     }
-    Ok(())
+    Ok(flow)
 }
 
 /// `requestHandler.parsers` (or the deprecated top-level `parser`): each reference names
@@ -427,6 +430,9 @@ pub struct SchedulerConfig {
     /// The request parsers `requestHandler.parsers` names; `None` reads every body as
     /// OpenAI's.
     pub parsers: Option<crate::parsers::ParserSet>,
+    /// Admission: the `flowControl` section and its saturation detector (`enabled` is
+    /// the feature gate; off, the router's legacy admission with the same detector).
+    pub flow_control: Option<crate::flowcontrol::FlowControlConfig>,
 }
 
 impl std::fmt::Debug for SchedulerConfig {
@@ -492,7 +498,12 @@ impl SchedulerConfig {
             .iter()
             .map(|p| (p.name.clone().unwrap_or_else(|| p.type_name.clone()), p.type_name.clone(), p.parameters.clone()))
             .collect();
-        for bind in [crate::plugins::profiles::bind, crate::plugins::topology::bind, bind_prefix_producers] {
+        for bind in [
+            crate::plugins::profiles::bind,
+            crate::plugins::topology::bind,
+            bind_prefix_producers,
+            crate::plugins::mmcache::bind,
+        ] {
             bind(&named, &mut plugins)
                 .map_err(|(name, e)| SchedulerError::config(file, format!("plugin {name:?}"), e))?;
         }
@@ -504,7 +515,8 @@ impl SchedulerConfig {
             }
         }
 
-        check_unbuilt_sections(&raw, &plugins, gates.get("flowControl").copied().unwrap_or(false), file)?;
+        let flow_control =
+            check_unbuilt_sections(&raw, &plugins, gates.get("flowControl").copied().unwrap_or(false), file)?;
 
         // No profiles: one `default` profile of every filter, scorer and picker, in file
         // order (llm-d-router's `ensureSchedulingLayer`).
@@ -628,6 +640,7 @@ impl SchedulerConfig {
             data_layer,
             plugins,
             parsers,
+            flow_control,
         })
     }
 }

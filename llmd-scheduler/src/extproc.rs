@@ -203,8 +203,15 @@ async fn decide(
         Ok(r) => r,
         Err(e) => return immediate(e.http_status(), &e.to_string()),
     };
+    // Flow control and admitters first; the permit is held with the pick until the
+    // response ends (the stream's `picked`).
+    let permit = match picker.admit(&req, body.len() as u64).await {
+        Ok(p) => p,
+        Err(r) => return rejected(&r),
+    };
     match picker.pick_request(&req, &Default::default()) {
-        Ok(pick) => {
+        Ok(mut pick) => {
+            pick.hold(permit);
             picker.replicate(path, &parsed, &req, &pick.result);
             let Some(dest) = pick.destination_address().map(String::from) else {
                 return immediate(503, "no destination");
@@ -238,6 +245,19 @@ async fn decide(
         }
         Err(e) => immediate(e.http_status(), &e.to_string()),
     }
+}
+
+/// Flow control's refusal: its status, body, and the router's
+/// `x-llm-d-request-dropped-reason` header.
+fn rejected(r: &crate::flowcontrol::FlowRejection) -> Out {
+    let mut out = immediate(r.status(), &r.body());
+    if let (Out::ImmediateResponse(i), Some(reason)) = (&mut out, r.reason) {
+        i.headers = Some(HeaderMutation {
+            set_headers: vec![header("x-llm-d-request-dropped-reason", reason)],
+            ..Default::default()
+        });
+    }
+    out
 }
 
 fn immediate(code: u16, message: &str) -> Out {

@@ -102,6 +102,18 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
     ErrorBody::new(kind, message).into_response()
 }
 
+/// Flow control's or an admitter's refusal: its status, the router's
+/// `x-llm-d-request-dropped-reason` header, and its message in OpenAI's error shape.
+fn flow_rejection(r: &crate::flowcontrol::FlowRejection) -> Response {
+    let mut resp = ErrorBody::from_status(r.status(), r.body()).into_response();
+    if let Some(reason) = r.reason
+        && let Ok(v) = HeaderValue::from_str(reason)
+    {
+        resp.headers_mut().insert("x-llm-d-request-dropped-reason", v);
+    }
+    resp
+}
+
 impl Gateway {
     /// A gateway over `picker`.
     pub fn new(picker: Arc<EndpointPicker>, cfg: GatewayConfig) -> Arc<Self> {
@@ -298,6 +310,11 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         Ok(r) => r,
         Err(e) => return ErrorBody::from_status(e.http_status(), e.to_string()).into_response(),
     };
+    // Flow control and admitters; the permit travels with the response.
+    let mut permit = match g.picker.admit(&req, body.len() as u64).await {
+        Ok(p) => p,
+        Err(rejected) => return flow_rejection(&rejected),
+    };
     let mut excluded: HashSet<String> = HashSet::new();
     let mut last_err = String::new();
     // The status that failure would answer with (504 for a silent endpoint, 503 for a
@@ -312,7 +329,7 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
             Ok(p) => p,
             Err(_) if busy.is_some() => {
                 let Some((resp, dest, inflight)) = busy.take() else { break };
-                return relay(&g, resp, dest, inflight);
+                return relay(&g, resp, dest, inflight, permit.take());
             }
             // Nothing left to try: after failed attempts, their failure is the answer.
             Err(e) => {
@@ -372,7 +389,7 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
             }
             Ok(resp) => {
                 g.picker.record_success(&dest.endpoint);
-                return relay(&g, resp, dest, inflight);
+                return relay(&g, resp, dest, inflight, permit.take());
             }
             // Nothing was sent to the client yet: another endpoint may take it.
             Err(e) if e.is_connect() || e.is_request() => {
@@ -390,7 +407,7 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         }
     }
     if let Some((resp, dest, inflight)) = busy {
-        return relay(&g, resp, dest, inflight);
+        return relay(&g, resp, dest, inflight, permit.take());
     }
     ErrorBody::from_status(last_status.unwrap_or(502), format!("every attempt failed; last: {last_err}"))
         .into_response()
@@ -398,6 +415,7 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
 
 /// What the relay does next.
 enum Next {
+    Evicted,
     Chunk(Bytes),
     End,
     Failed(String),
@@ -423,7 +441,14 @@ fn error_event(kind: ErrorKind, message: String) -> Bytes {
 /// past the idle timeout, cut by the endpoint, or still running when the gateway cuts
 /// its streams at the drain deadline ends with an error event when it is an event
 /// stream (and is aborted otherwise: a truncated JSON body must not look whole).
-fn relay(g: &Arc<Gateway>, resp: reqwest::Response, dest: ProfilePick, inflight: InFlightGuard) -> Response {
+fn relay(
+    g: &Arc<Gateway>,
+    resp: reqwest::Response,
+    dest: ProfilePick,
+    mut inflight: InFlightGuard,
+    permit: Option<crate::flowcontrol::gate::FlowPermit>,
+) -> Response {
+    inflight.hold(permit);
     let mut builder = Response::builder().status(resp.status().as_u16());
     for (k, v) in forwardable(resp.headers()) {
         builder = builder.header(k.as_str(), v.as_bytes());
@@ -466,6 +491,7 @@ fn relay(g: &Arc<Gateway>, resp: reqwest::Response, dest: ProfilePick, inflight:
         let next = tokio::select! {
             biased;
             _ = cut_signal(&mut s.cut) => Next::Cut,
+            _ = s.inflight.evicted() => Next::Evicted,
             r = tokio::time::timeout(idle, s.body.next()) => match r {
                 Ok(Some(Ok(b))) => Next::Chunk(b),
                 Ok(Some(Err(e))) => Next::Failed(e.to_string()),
@@ -492,6 +518,7 @@ fn relay(g: &Arc<Gateway>, resp: reqwest::Response, dest: ProfilePick, inflight:
                 (ErrorKind::GatewayTimeout, format!("{} sent nothing for {idle:?}", s.endpoint))
             }
             Next::Cut => (ErrorKind::ServiceUnavailable, "the gateway is shutting down".to_string()),
+            Next::Evicted => (ErrorKind::RateLimit, crate::flowcontrol::FlowRejection::evicted().body()),
         };
         tracing::warn!(endpoint = %s.endpoint, "{message}");
         s.done = true;

@@ -78,6 +78,11 @@ impl Scheduler {
         Scheduler { config, draws: Draws(Mutex::new(SplitMix64::new(seed))) }
     }
 
+    /// A uniform draw in [0, 1) from the scheduler's seeded source.
+    pub(crate) fn draw(&self) -> f64 {
+        self.draws.next()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &SchedulerConfig {
         &self.config

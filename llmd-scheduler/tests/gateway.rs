@@ -613,3 +613,43 @@ async fn gpu_utilization_from_a_dcgm_exporter_steers_picks() {
         assert_eq!(pick(&picker), "e0", "both pass; the scorer prefers the idler GPU");
     }
 }
+
+#[tokio::test]
+async fn flow_control_holds_requests_while_saturated_and_sheds_them_at_their_ttl() {
+    use llmd_scheduler::endpoint::EndpointMetrics;
+    let yaml = "featureGates: [flowControl]\nflowControl: {defaultRequestTTL: 300ms}\nplugins:\n- type: queue-scorer\n";
+    let config =
+        llmd_scheduler::SchedulerConfig::from_yaml(yaml, "epp.yaml", &PluginRegistry::with_builtins()).unwrap();
+    let store = datastore(Arc::new(ManualClock::new()));
+    store.upsert(Endpoint::new("e0", echo().await, Role::Both));
+    let picker = EndpointPicker::new(Scheduler::new(config, 0), store.clone(), PickerConfig::default(), None);
+    let g = Gateway::new(picker.clone(), GatewayConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+
+    // Never scraped: the utilization detector counts the pool as saturated, so the
+    // request waits in its queue and is shed when its TTL runs out.
+    let started = Instant::now();
+    let r = post_hi(&base).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-llm-d-request-dropped-reason"], "rejected-ttl-expired");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Fresh metrics with room: dispatched at once.
+    let room = EndpointMetrics { waiting: 0, kv_usage: 0.1, ..Default::default() };
+    let full = EndpointMetrics { waiting: 50, kv_usage: 0.99, ..Default::default() };
+    store.update_metrics("e0", room.clone());
+    assert_eq!(post_hi(&base).await.status(), 200);
+    // Saturated again: a request waits, and goes once the pool has room.
+    store.update_metrics("e0", full);
+    let waiting = tokio::spawn({
+        let base = base.clone();
+        async move { post_hi(&base).await.status() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "held while the pool is saturated");
+    store.update_metrics("e0", room);
+    assert_eq!(waiting.await.unwrap(), 200);
+    let metrics = picker.metrics_text().unwrap();
+    assert!(metrics.contains("llm_d_epp_flow_control_request_queue_duration_seconds"), "{metrics}");
+}

@@ -91,6 +91,9 @@ impl Default for PickerConfig {
     }
 }
 
+use crate::flowcontrol::admitter::Admitter;
+use crate::flowcontrol::gate::{FlowGate, FlowPermit, GateOptions};
+use crate::flowcontrol::{FlowControlConfig, FlowPlugin, FlowRejection, FlowRequest};
 pub use crate::tokenproducer::PromptTokenizer;
 use crate::tokenproducer::{Backend, RenderCall, Step, TokenProducer};
 
@@ -124,17 +127,24 @@ impl Picked {
         drop(self.inflight);
     }
 
+    /// Holds the request's flow-control permit until the request ends.
+    pub fn hold(&mut self, permit: Option<FlowPermit>) {
+        self.inflight.hold(permit);
+    }
+
     /// Splits off the in-flight guard (to hold it in a response stream, say).
     pub fn into_parts(self) -> (PickResult, InFlightGuard) {
         (self.result, self.inflight)
     }
 }
 
-/// Counts a request as in flight until dropped.
+/// Counts a request as in flight until dropped (and holds its flow-control permit, if
+/// it has one, released just after).
 #[derive(Debug)]
 pub struct InFlightGuard {
     writer: DatastoreWriter,
     ticket: RequestTicket,
+    permit: Option<FlowPermit>,
 }
 
 impl InFlightGuard {
@@ -142,6 +152,21 @@ impl InFlightGuard {
     /// count as pending work on the endpoint. Idempotent.
     pub fn first_byte(&self) {
         self.writer.request_first_byte(self.ticket);
+    }
+
+    /// Holds the request's flow-control permit until the request ends.
+    pub fn hold(&mut self, permit: Option<FlowPermit>) {
+        if permit.is_some() {
+            self.permit = permit;
+        }
+    }
+
+    /// Resolves when flow control evicts the request (never, without a permit).
+    pub async fn evicted(&self) {
+        match &self.permit {
+            Some(p) => p.evicted().await,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -175,6 +200,10 @@ pub struct EndpointPicker {
     // both see the same idle endpoint (picks take microseconds, so serializing is cheap).
     picking: Mutex<()>,
     replicator: Option<Mutex<Replicator>>,
+    // Flow control (gate on): started on the first request, inside the runtime.
+    flow: std::sync::OnceLock<FlowGate>,
+    flow_metrics: Option<crate::flowcontrol::metrics::FlowMetrics>,
+    admitters: Vec<Arc<dyn Admitter>>,
 }
 
 impl Drop for EndpointPicker {
@@ -221,6 +250,35 @@ impl EndpointPicker {
         let tokens = configured.or_else(|| tokenizer.map(|t| Arc::new(TokenProducer::new(Backend::Local(t)))));
         let request_timeout = cfg.request_timeout.unwrap_or(scheduler.config().request_timeout);
         let replicator = cfg.replication.clone().map(|c| Mutex::new(Replicator::new(c)));
+        // Detectors judge staleness on the datastore's clock.
+        for h in plugins.values() {
+            if let Some(f) = &h.flow {
+                f.bind_clock(writer.reader().clock());
+            }
+        }
+        let admitters = plugins
+            .values()
+            .filter_map(|h| match &h.flow {
+                Some(FlowPlugin::Admitter(a)) => Some(a.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut metrics = PickerMetrics::new();
+        let flow_metrics = scheduler
+            .config()
+            .flow_control
+            .as_ref()
+            .filter(|f| f.enabled)
+            .map(|_| crate::flowcontrol::metrics::FlowMetrics::register(&mut metrics.registry));
+        let mut cfg = cfg;
+        if let Some(fc) = scheduler.config().flow_control.as_ref().filter(|f| f.enabled)
+            && cfg.scrape_interval > Duration::from_millis(50)
+        {
+            // The router scrapes every 50 ms; a slower scrape would leave the detector
+            // reading metrics older than its staleness threshold, counted as saturated.
+            tracing::info!(detector = %fc.detector_name, "flow control on: metrics scraped every 50 ms");
+            cfg.scrape_interval = Duration::from_millis(50);
+        }
         Arc::new(EndpointPicker {
             reader: writer.reader(),
             writer,
@@ -232,11 +290,14 @@ impl EndpointPicker {
             cfg,
             request_timeout,
             client: reqwest::Client::new(),
-            metrics: PickerMetrics::new(),
+            metrics,
             tasks: Mutex::default(),
             background: Mutex::default(),
             picking: Mutex::default(),
             replicator,
+            flow: std::sync::OnceLock::new(),
+            flow_metrics,
+            admitters,
         })
     }
 
@@ -406,6 +467,57 @@ impl EndpointPicker {
         }
     }
 
+    /// Admission before the pick, as llm-d-router's director does it: flow control
+    /// (with the `flowControl` gate on, the request waits in its queue until dispatched
+    /// or refused; off, the legacy check sheds sheddable requests of a saturated pool),
+    /// then the configured admitters. The permit (gate on) is held until the request
+    /// ends ([`InFlightGuard::hold`]). The request's priority is 0: llmd has no
+    /// InferenceObjectives yet.
+    pub async fn admit(&self, req: &LlmRequest, body_len: u64) -> Result<Option<FlowPermit>, FlowRejection> {
+        let priority = 0;
+        let mut permit = None;
+        if let Some(fc) = &self.scheduler.config().flow_control {
+            if fc.enabled {
+                let gate = self.flow.get_or_init(|| self.start_gate(fc));
+                permit = Some(gate.admit(FlowRequest::from_llm_request(req, priority, body_len)).await?);
+            } else if crate::flowcontrol::types::is_sheddable(priority) {
+                let now = self.reader.clock().now();
+                let sample = self.reader.with_endpoints(|all| {
+                    let serving: Vec<&Endpoint> = all.iter().filter(|e| e.is_serving()).collect();
+                    crate::flowcontrol::sample_pool(fc.detector.as_ref(), &serving, now)
+                });
+                crate::flowcontrol::admitter::legacy_admit(priority, sample.saturation)?;
+            }
+        }
+        if !self.admitters.is_empty() {
+            let draws = &self.scheduler;
+            let denied = self.reader.with_endpoints(|all| {
+                let serving: Vec<&Endpoint> = all.iter().filter(|e| e.is_serving()).collect();
+                let mut draw = || draws.draw();
+                self.admitters.iter().find_map(|a| a.admit(req, priority, &serving, &mut draw).err())
+            });
+            if let Some(d) = denied {
+                tracing::info!(request = %req.id, reason = %d.message, "request not admitted");
+                return Err(d.rejection());
+            }
+        }
+        Ok(permit)
+    }
+
+    fn start_gate(&self, fc: &FlowControlConfig) -> FlowGate {
+        let reader = self.reader.clone();
+        let detector = fc.detector.clone();
+        let clock = self.reader.clock();
+        let probe: crate::flowcontrol::gate::PoolProbe = Arc::new(move || {
+            let now = clock.now();
+            reader.with_endpoints(|all| {
+                let serving: Vec<&Endpoint> = all.iter().filter(|e| e.is_serving()).collect();
+                crate::flowcontrol::sample_pool(detector.as_ref(), &serving, now)
+            })
+        });
+        FlowGate::start(fc, probe, GateOptions { metrics: self.flow_metrics.clone(), ..Default::default() })
+    }
+
     /// Builds the scheduler's view of a request: model, prompt text, token ids (from
     /// the body, or the token producer when one is configured or a scorer needs them),
     /// headers. A token producer that must call a render endpoint is skipped here: the
@@ -488,6 +600,7 @@ impl EndpointPicker {
         );
         req.headers = headers.clone();
         req.multimodal = crate::request::count_multimodal(body);
+        req.mm_hashes = crate::request::multimodal_hashes(body);
         req.token_ids = llmd_openai::prompt_token_ids(body);
         if req.token_ids.is_some() || !self.needs_tokens {
             return Ok((req, None));
@@ -505,8 +618,8 @@ impl EndpointPicker {
         match &self.scheduler.config().parsers {
             None => Ok(true),
             Some(set) => match set.resolve(path) {
-                Some(BodyParser::OpenAi) => Ok(true),
                 Some(BodyParser::Passthrough) => Ok(false),
+                Some(_) => Ok(true),
                 None => Err(SchedulerError::Request(format!("no configured request parser takes the path {path:?}"))),
             },
         }
@@ -556,7 +669,7 @@ impl EndpointPicker {
                 let tokens = uncached.min(prompt) as u64;
                 let ticket = self.writer.request_started(&result.endpoints(), tokens);
                 drop(serial);
-                Ok(Picked { result, inflight: InFlightGuard { writer: self.writer.clone(), ticket } })
+                Ok(Picked { result, inflight: InFlightGuard { writer: self.writer.clone(), ticket, permit: None } })
             }
             Err(e) => {
                 self.metrics.pick_errors.get_or_create(&StatusLabel { status: e.http_status().to_string() }).inc();

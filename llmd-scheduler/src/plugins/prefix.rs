@@ -51,9 +51,16 @@ impl PrefixMatch {
 
     /// Prompt tokens `endpoint` would have to compute.
     pub fn uncached_tokens(&self, endpoint: &str) -> usize {
-        let hit = self.matched.get(endpoint).copied().unwrap_or(0) * self.tokens_per_block;
+        let hit = small_get(&self.matched, endpoint).copied().unwrap_or(0) * self.tokens_per_block;
         self.prompt_tokens.saturating_sub(hit)
     }
+}
+
+/// `map[key]`, by a linear scan when the map is small. Scorers look up every candidate
+/// (1 024 of them, say) in a map of the few endpoints that hold a prefix: comparing a
+/// few short strings costs less than hashing each candidate's id with SipHash.
+pub fn small_get<'m, V>(map: &'m HashMap<String, V>, key: &str) -> Option<&'m V> {
+    if map.len() <= 16 { map.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v) } else { map.get(key) }
 }
 
 /// `approx-prefix-cache-producer`'s parameters in llm-d-router: the index that llmd's

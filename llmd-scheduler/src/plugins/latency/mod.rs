@@ -426,7 +426,12 @@ pub(crate) fn bind(
             default_wanted = true;
         }
     }
-    if default_wanted && !plugins.contains_key(PREDICTED_LATENCY_PRODUCER) {
+    // Created when wanted and the name is free (or holds one created before: binding
+    // again rebuilds it).
+    if default_wanted
+        && !named.iter().any(|(n, _, _)| n == PREDICTED_LATENCY_PRODUCER)
+        && plugins.get(PREDICTED_LATENCY_PRODUCER).is_none_or(|h| h.type_name == PREDICTED_LATENCY_PRODUCER)
+    {
         specs.push((PREDICTED_LATENCY_PRODUCER.to_string(), Value::Object(Default::default())));
     }
     let mut sources: BTreeMap<String, Arc<PrefixSource>> = BTreeMap::new();
@@ -486,9 +491,7 @@ pub(crate) fn bind(
                 continue;
             }
         }
-        if h.observer.is_none() {
-            h.observer = Some(Arc::new(ConsumerObserver { producer, prefix }));
-        }
+        h.observer = Some(Arc::new(ConsumerObserver { producer, prefix }));
     }
     Ok(())
 }

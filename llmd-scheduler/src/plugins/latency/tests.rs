@@ -859,3 +859,27 @@ fn model_config_default_matches_the_predictor_server() {
     let m = ModelConfig::default();
     assert_eq!((m.objective, m.max_samples), (Objective::Quantile(0.9), 1000));
 }
+
+#[test]
+fn binding_again_rebuilds_consistently() {
+    // The config loader binds once; binding again (as `load` does once the loader calls
+    // `bind` itself) must leave consumers and their observers on the same producer.
+    let yaml = "plugins:\n- type: latency-scorer\n- type: max-score-picker\n";
+    let mut cfg = load(yaml).unwrap();
+    let named = vec![
+        (LATENCY_SCORER.to_string(), LATENCY_SCORER.to_string(), Value::Null),
+        ("max-score-picker".to_string(), "max-score-picker".to_string(), Value::Null),
+    ];
+    bind(&named, &mut cfg.plugins).unwrap();
+    let ps = latency_producers(&cfg);
+    assert_eq!(ps.len(), 1);
+    let e = ep("a", 0.1, 0, 0);
+    let r = req("x", &[]);
+    let observer = cfg.plugins[LATENCY_SCORER].observer.clone().unwrap();
+    observer.on_pick(&CycleState::default(), &r, "default", &e);
+    assert!(ps[0].dispatch("x").is_some(), "the scorer's observer feeds the producer latency_producers finds");
+    // A plugin of another type under the default name: no producer, as in the router.
+    let yaml = "plugins:\n- type: max-score-picker\n  name: predicted-latency-producer\n- type: latency-scorer\n";
+    let cfg = load(yaml).unwrap();
+    assert!(latency_producers(&cfg).is_empty());
+}

@@ -35,7 +35,7 @@
 //! queueing ∝ waiting requests and prefill tokens ahead, decode steps ∝ batch size), so
 //! a linear model learns it from a few dozen samples where trees need hundreds; the fit
 //! is closed-form (a Cholesky solve of a ≤ 10×10 system) and deterministic given the
-//! samples; refits run on the training path (every sample up to 100, then every 1% of
+//! samples; refits run on the training path (every sample up to 200, then every 1% of
 //! the window), never while picking; and a prediction is two dot products per target
 //! (34 multiply-adds per endpoint in all), far under the 10 µs budget. Robustness: bad
 //! samples (non-finite, ≤ 0) are dropped, features that did not vary in the window get

@@ -220,7 +220,7 @@ impl<const N: usize> Regressor<N> {
         // Every sample while there are few (each one matters), then about every 1% of
         // the window: a refit is O(n·N²), so this bounds its amortized cost.
         let n = self.window.len();
-        let every = if n <= 100 { 1 } else { n / 100 };
+        let every = (n / 100).max(1);
         if n >= cfg.min_samples.max(1) && (self.fit.is_none() || self.since_refit >= every) {
             self.refit(cfg.objective);
         }

@@ -1,6 +1,7 @@
 //! The built-in plugins, under llm-d's type names.
 
 pub mod filters;
+pub mod latency;
 pub mod mmcache;
 pub mod pickers;
 pub mod precise;

@@ -341,15 +341,10 @@ fn resolve_parsers(
             Some(h) => h.parser.ok_or_else(|| {
                 SchedulerError::config(file, what, format!("{name:?} ({}) is not a parser plugin", h.type_name))
             })?,
+            // A reference to a parser type not listed among the plugins makes one, as
+            // the router does.
             None => BodyParser::from_type(name).ok_or_else(|| {
-                let reason = match name.as_str() {
-                    "anthropic-parser" | "vllmhttp-parser" | "vllmgrpc-parser" | "sglanghttp-parser"
-                    | "vertexai-parser" => {
-                        format!("{name:?} is not built in llmd yet (openai-parser and passthrough-parser are)")
-                    }
-                    _ => format!("parser references undefined plugin {name:?}"),
-                };
-                SchedulerError::config(file, what, reason)
+                SchedulerError::config(file, what, format!("parser references undefined plugin {name:?}"))
             })?,
         };
         list.push(parser);

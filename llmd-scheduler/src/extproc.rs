@@ -193,13 +193,14 @@ async fn decide(
     };
     let parsed = match parse_body(body) {
         Ok(v) => v,
-        // A path the passthrough parser takes: the body is the backend's business.
-        Err(_) if !reads_body => serde_json::Value::Null,
+        // A path the passthrough parser takes (the body is the backend's business), or a
+        // gRPC parser's (it reads the protobuf).
+        Err(_) if !reads_body || picker.reads_grpc(path) => serde_json::Value::Null,
         Err(e) => return immediate(e.http_status(), &e.to_string()),
     };
     // Clients must not choose the destination themselves.
     let header_map = headers.iter().filter(|(k, _)| k != PREFILL_HEADER && k != DESTINATION_HEADER).cloned().collect();
-    let req = match picker.parse_request_async(path, &header_map, &parsed).await {
+    let req = match picker.parse_request_raw(path, &header_map, &parsed, body).await {
         Ok(r) => r,
         Err(e) => return immediate(e.http_status(), &e.to_string()),
     };

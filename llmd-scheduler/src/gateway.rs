@@ -147,6 +147,13 @@ impl Gateway {
         let router = Router::new()
             .route("/v1/completions", post(proxy))
             .route("/v1/chat/completions", post(proxy))
+            // The other APIs llm-d-router's default parsers take: Anthropic's Messages,
+            // vLLM's token-in generate, and the OpenAI ones engines serve beside chat.
+            .route("/v1/messages", post(proxy))
+            .route("/v1/messages/count_tokens", post(proxy))
+            .route("/inference/v1/generate", post(proxy))
+            .route("/v1/embeddings", post(proxy))
+            .route("/v1/responses", post(proxy))
             .route("/v1/models", get(models))
             .route("/health", get(health))
             .route("/metrics", get(own_metrics))
@@ -298,15 +305,16 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
     };
     let parsed = match parse_body(&body) {
         Ok(v) => v,
-        // A path the passthrough parser takes: the body is the backend's business.
-        Err(_) if !reads_body => serde_json::Value::Null,
+        // A path the passthrough parser takes (the body is the backend's business), or a
+        // gRPC parser's (it reads the protobuf).
+        Err(_) if !reads_body || g.picker.reads_grpc(uri.path()) => serde_json::Value::Null,
         Err(e) => return error(ErrorKind::BadRequest, e.to_string()),
     };
     let streaming = parsed.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
     let header_map: BTreeMap<String, String> = forwardable(&headers)
         .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
         .collect();
-    let req = match g.picker.parse_request_async(uri.path(), &header_map, &parsed).await {
+    let req = match g.picker.parse_request_raw(uri.path(), &header_map, &parsed, &body).await {
         Ok(r) => r,
         Err(e) => return ErrorBody::from_status(e.http_status(), e.to_string()).into_response(),
     };

@@ -259,7 +259,7 @@ impl KvBlockIndex {
 
     /// For each endpoint holding a prefix of `keys`: the credit-weighted length of the
     /// longest prefix it holds (GPU blocks count 1, lower tiers less).
-    pub fn prefix_credit(&self, keys: &[BlockKey]) -> HashMap<String, f64> {
+    pub fn prefix_credit(&self, keys: &[BlockKey]) -> crate::plugins::prefix::IdMap<f64> {
         // Endpoints still matching every block so far, with their running credit; the
         // set only shrinks, so it is filtered in place without allocating per block.
         let mut active: Vec<(u32, f64)> = Vec::new();

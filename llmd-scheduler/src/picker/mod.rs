@@ -528,7 +528,7 @@ impl EndpointPicker {
         headers: &BTreeMap<String, String>,
         body: &Value,
     ) -> Result<LlmRequest, SchedulerError> {
-        let (req, step) = self.parse_untokenized(path, headers, body)?;
+        let (req, step) = self.parse_untokenized(path, headers, body, None)?;
         Ok(match step {
             Some(Step::Done(ids)) => LlmRequest { token_ids: ids, ..req },
             _ => req,
@@ -544,7 +544,35 @@ impl EndpointPicker {
         headers: &BTreeMap<String, String>,
         body: &Value,
     ) -> Result<LlmRequest, SchedulerError> {
-        let (req, step) = self.parse_untokenized(path, headers, body)?;
+        let (req, step) = self.parse_untokenized(path, headers, body, None)?;
+        self.produce_tokens(req, step, headers).await
+    }
+
+    /// [`parse_request_async`](Self::parse_request_async) with the raw body too, which
+    /// the gRPC parsers read (vLLM's gRPC `Generate`, Vertex AI): `body` is the parsed
+    /// JSON, `Null` for a body that is not JSON.
+    pub async fn parse_request_raw(
+        &self,
+        path: &str,
+        headers: &BTreeMap<String, String>,
+        body: &Value,
+        raw: &[u8],
+    ) -> Result<LlmRequest, SchedulerError> {
+        let (req, step) = self.parse_untokenized(path, headers, body, Some(raw))?;
+        self.produce_tokens(req, step, headers).await
+    }
+
+    /// Whether the parser for `path` reads a gRPC (protobuf) body rather than JSON.
+    pub fn reads_grpc(&self, path: &str) -> bool {
+        self.parser_for(path).is_ok_and(crate::parsers::BodyParser::is_grpc)
+    }
+
+    async fn produce_tokens(
+        &self,
+        req: LlmRequest,
+        step: Option<Step>,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<LlmRequest, SchedulerError> {
         let ids = match step {
             None => return Ok(req),
             Some(Step::Done(ids)) => ids,
@@ -586,23 +614,28 @@ impl EndpointPicker {
         path: &str,
         headers: &BTreeMap<String, String>,
         body: &Value,
+        raw: Option<&[u8]>,
     ) -> Result<(LlmRequest, Option<Step>), SchedulerError> {
-        if !self.reads_body(path)? {
+        let parser = self.parser_for(path)?;
+        let id = headers.get("x-request-id").cloned().unwrap_or_default();
+        if !parser.reads_body() {
             // The passthrough parser: routing sees the headers only.
-            let mut req = LlmRequest::new(headers.get("x-request-id").cloned().unwrap_or_default(), "", "");
+            let mut req = LlmRequest::new(id, "", "");
             req.headers = headers.clone();
             return Ok((req, None));
         }
-        let mut req = LlmRequest::new(
-            headers.get("x-request-id").cloned().unwrap_or_default(),
-            body.get("model").and_then(Value::as_str).unwrap_or_default(),
-            llmd_openai::prompt_text(body),
-        );
+        // gRPC parsers read the framed protobuf, the others the JSON.
+        let p = match raw {
+            Some(raw) if parser.is_grpc() => parser.parse_bytes(path, raw),
+            _ => parser.parse(path, body),
+        }
+        .map_err(SchedulerError::Request)?;
+        let mut req = LlmRequest::new(id, p.model, p.prompt);
         req.headers = headers.clone();
-        req.multimodal = crate::request::count_multimodal(body);
+        req.multimodal = p.multimodal;
         req.mm_hashes = crate::request::multimodal_hashes(body);
-        req.token_ids = llmd_openai::prompt_token_ids(body);
-        if req.token_ids.is_some() || !self.needs_tokens {
+        req.token_ids = p.token_ids;
+        if req.token_ids.is_some() || !self.needs_tokens || parser.is_grpc() {
             return Ok((req, None));
         }
         // Tokenizing costs far more than a pick: only when something reads the ids.
@@ -610,19 +643,21 @@ impl EndpointPicker {
         Ok((req, step))
     }
 
+    // The parser for `path`: the configured ones (`requestHandler.parsers`), else the
+    // router's defaults (OpenAI, Anthropic, vLLM generate, then passthrough).
+    fn parser_for(&self, path: &str) -> Result<crate::parsers::BodyParser, SchedulerError> {
+        let resolved = match &self.scheduler.config().parsers {
+            Some(set) => set.resolve(path),
+            None => crate::parsers::router_defaults().resolve(path),
+        };
+        resolved.ok_or_else(|| SchedulerError::Request(format!("no configured request parser takes the path {path:?}")))
+    }
+
     /// Whether the parser for `path` reads the request body (`requestHandler.parsers`;
-    /// without them every body is read as OpenAI's). An error when no configured parser
+    /// without them, the router's default parsers). An error when no configured parser
     /// takes the path, as llm-d-router answers.
     pub fn reads_body(&self, path: &str) -> Result<bool, SchedulerError> {
-        use crate::parsers::BodyParser;
-        match &self.scheduler.config().parsers {
-            None => Ok(true),
-            Some(set) => match set.resolve(path) {
-                Some(BodyParser::Passthrough) => Ok(false),
-                Some(_) => Ok(true),
-                None => Err(SchedulerError::Request(format!("no configured request parser takes the path {path:?}"))),
-            },
-        }
+        Ok(self.parser_for(path)?.reads_body())
     }
 
     /// Picks for an OpenAI request body arriving at `path` with `headers` (lower-case

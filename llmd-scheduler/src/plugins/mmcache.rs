@@ -813,6 +813,7 @@ mod tests {
             discovery: None,
             data_layer: Default::default(),
             plugins: BTreeMap::new(),
+            flow_control: None,
             parsers: None,
         };
         let sched = crate::Scheduler::new(config, 3);

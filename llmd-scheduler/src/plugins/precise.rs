@@ -314,15 +314,14 @@ impl Scorer for PrecisePrefixCacheScorer {
             }
             credit
         };
-        let matched: HashMap<String, usize> = credit.iter().map(|(e, c)| (e.clone(), c.round() as usize)).collect();
+        let matched: super::prefix::IdMap<usize> =
+            credit.iter().map(|(e, c)| (e.clone(), c.round() as usize)).collect();
         let n = keys.len() as f64;
         state.put(
             PREFIX_MATCH_KEY,
             PrefixMatch { hashes: keys, prompt_tokens: tokens.len(), tokens_per_block: self.block_size, matched },
         );
-        eps.iter()
-            .map(|e| if n == 0.0 { 0.0 } else { super::prefix::small_get(&credit, &e.id).copied().unwrap_or(0.0) / n })
-            .collect()
+        eps.iter().map(|e| if n == 0.0 { 0.0 } else { credit.get(&e.id).copied().unwrap_or(0.0) / n }).collect()
     }
 
     fn wants_token_ids(&self) -> bool {

@@ -32,7 +32,7 @@ pub struct PrefixMatch {
     /// Tokens each block covers.
     pub tokens_per_block: usize,
     /// Matched leading blocks per endpoint id.
-    pub matched: HashMap<String, usize>,
+    pub matched: IdMap<usize>,
 }
 
 impl PrefixMatch {
@@ -51,17 +51,15 @@ impl PrefixMatch {
 
     /// Prompt tokens `endpoint` would have to compute.
     pub fn uncached_tokens(&self, endpoint: &str) -> usize {
-        let hit = small_get(&self.matched, endpoint).copied().unwrap_or(0) * self.tokens_per_block;
+        let hit = self.matched.get(endpoint).copied().unwrap_or(0) * self.tokens_per_block;
         self.prompt_tokens.saturating_sub(hit)
     }
 }
 
-/// `map[key]`, by a linear scan when the map is small. Scorers look up every candidate
-/// (1 024 of them, say) in a map of the few endpoints that hold a prefix: comparing a
-/// few short strings costs less than hashing each candidate's id with SipHash.
-pub fn small_get<'m, V>(map: &'m HashMap<String, V>, key: &str) -> Option<&'m V> {
-    if map.len() <= 16 { map.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v) } else { map.get(key) }
-}
+/// A map keyed by endpoint id with a fast hasher: scorers look up every candidate (1 024
+/// of them, say) in it on every pick, and SipHash over each id cost more than the rest
+/// of the pick. Ids come from discovery, not from clients.
+pub type IdMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 /// `approx-prefix-cache-producer`'s parameters in llm-d-router: the index that llmd's
 /// `prefix-cache-scorer` keeps itself, so it reads them too.
@@ -159,12 +157,15 @@ impl Scorer for PrefixCacheScorer {
     fn score(&self, state: &mut CycleState, req: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
         let (hashes, prompt_tokens, tokens_per_block) = self.hashes(req);
         let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        let mut matched = HashMap::new();
+        let mut matched = IdMap::default();
         let scores = eps
             .iter()
             .map(|e| {
                 let n = index.get(&e.id).map_or(0, |lru| held_blocks(lru, &hashes));
-                matched.insert(e.id.clone(), n);
+                // Endpoints holding nothing are left out: a miss reads as 0.
+                if n > 0 {
+                    matched.insert(e.id.clone(), n);
+                }
                 if hashes.is_empty() { 0.0 } else { n as f64 / hashes.len() as f64 }
             })
             .collect();

@@ -497,6 +497,7 @@ impl SchedulerConfig {
             crate::plugins::profiles::bind,
             crate::plugins::topology::bind,
             bind_prefix_producers,
+            crate::plugins::latency::bind,
             crate::plugins::mmcache::bind,
         ] {
             bind(&named, &mut plugins)

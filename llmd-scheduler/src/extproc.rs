@@ -126,6 +126,10 @@ impl ExternalProcessor for ExtProc {
                     Some(In::ResponseBody(b)) => {
                         if let Some(p) = &picked {
                             p.first_byte();
+                            p.chunk();
+                            if b.end_of_stream {
+                                p.complete(None);
+                            }
                         }
                         if b.end_of_stream {
                             picked = None;

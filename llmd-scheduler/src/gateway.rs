@@ -514,9 +514,13 @@ fn relay(
                 if !std::mem::replace(&mut s.started, true) {
                     s.inflight.first_byte();
                 }
+                s.inflight.chunk();
                 return Some((Ok(b), s));
             }
-            Next::End => return None,
+            Next::End => {
+                s.inflight.complete(None);
+                return None;
+            }
             Next::Failed(e) => {
                 s.gateway.picker.record_failure(&s.endpoint, Failure::Cut);
                 (ErrorKind::BadGateway, format!("{} broke off the response: {e}", s.endpoint))

@@ -189,6 +189,9 @@ pub struct PluginHandle {
     pub source: Option<crate::datalayer::SourceKind>,
     /// Token-producer role.
     pub tokens: Option<std::sync::Arc<crate::tokenproducer::TokenProducer>>,
+    /// A `predicted-latency-producer` (the front ends report each request's latencies
+    /// to it).
+    pub latency: Option<std::sync::Arc<crate::plugins::latency::PredictedLatencyProducer>>,
     /// Flow-control role (a policy or saturation detector).
     pub flow: Option<crate::flowcontrol::FlowPlugin>,
 }

@@ -297,6 +297,7 @@ impl PluginRegistry {
         crate::plugins::selection::register(&mut r);
         crate::plugins::topology::register(&mut r);
         crate::plugins::mmcache::register(&mut r);
+        crate::plugins::latency::register(&mut r);
         crate::parsers::register(&mut r);
         for t in [crate::tokenproducer::TYPE, crate::tokenproducer::LEGACY_TYPE] {
             r.register(t, move |n, p| {

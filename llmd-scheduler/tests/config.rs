@@ -117,7 +117,6 @@ fn data_layer_mistakes_are_named() {
 // until it is taken off.
 const ROUTER_GAPS: &[(&str, &str)] = &[
     ("epp-burst-prefix-cache-config.yaml", "unknown plugin type \"burst-prefix-cache-producer\""),
-    ("chart-default-plugins-latency-predictor.yaml", "predicted-latency-producer"),
     ("plugins-readme-multicluster.yaml", "multicluster-file-discovery"),
 ];
 

@@ -653,3 +653,37 @@ async fn flow_control_holds_requests_while_saturated_and_sheds_them_at_their_ttl
     let metrics = picker.metrics_text().unwrap();
     assert!(metrics.contains("llm_d_epp_flow_control_request_queue_duration_seconds"), "{metrics}");
 }
+
+#[tokio::test]
+async fn the_latency_model_learns_from_the_requests_the_gateway_relays() {
+    let yaml = "plugins:\n- type: predicted-latency-producer\n- type: latency-scorer\n\
+                schedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: latency-scorer\n";
+    let config =
+        llmd_scheduler::SchedulerConfig::from_yaml(yaml, "epp.yaml", &PluginRegistry::with_builtins()).unwrap();
+    let producers = llmd_scheduler::plugins::latency::latency_producers(&config);
+    assert_eq!(producers.len(), 1);
+    let store = datastore(Arc::new(ManualClock::new()));
+    store.upsert(Endpoint::new("e0", echo().await, Role::Both));
+    store.upsert(Endpoint::new("e1", echo().await, Role::Both));
+    let picker = EndpointPicker::new(Scheduler::new(config, 0), store, PickerConfig::default(), None);
+    let g = Gateway::new(picker, GatewayConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    let client = reqwest::Client::new();
+    for i in 0..40 {
+        let r = client
+            .post(format!("{base}/v1/completions"))
+            .header("content-type", "application/json")
+            .header("x-request-id", format!("r{i}"))
+            .body(r#"{"model":"m","prompt":"hello there"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    // Non-streaming: each end trains TTFT (the router's rule: TTFT := e2e).
+    let stats = producers[0].model().unwrap().stats();
+    assert_eq!(stats.ttft_seen, 40, "{stats:?}");
+}

@@ -132,6 +132,16 @@ impl Picked {
         self.inflight.hold(permit);
     }
 
+    /// A response chunk arrived (see [`InFlightGuard::chunk`]).
+    pub fn chunk(&self) {
+        self.inflight.chunk();
+    }
+
+    /// The response ended whole (see [`InFlightGuard::complete`]).
+    pub fn complete(&self, output_tokens: Option<u64>) {
+        self.inflight.complete(output_tokens);
+    }
+
     /// Splits off the in-flight guard (to hold it in a response stream, say).
     pub fn into_parts(self) -> (PickResult, InFlightGuard) {
         (self.result, self.inflight)
@@ -145,6 +155,24 @@ pub struct InFlightGuard {
     writer: DatastoreWriter,
     ticket: RequestTicket,
     permit: Option<FlowPermit>,
+    latency: Option<LatencyReport>,
+}
+
+/// What a request's latencies are reported to (the `predicted-latency-producer`s), and
+/// the state of its response.
+struct LatencyReport {
+    observers: Vec<Arc<dyn crate::plugins::latency::LatencyObserver>>,
+    request: String,
+    sent: Instant,
+    chunks: std::sync::atomic::AtomicU64,
+    first: std::sync::atomic::AtomicBool,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for LatencyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatencyReport").field("request", &self.request).finish()
+    }
 }
 
 impl InFlightGuard {
@@ -152,6 +180,33 @@ impl InFlightGuard {
     /// count as pending work on the endpoint. Idempotent.
     pub fn first_byte(&self) {
         self.writer.request_first_byte(self.ticket);
+        if let Some(l) = &self.latency
+            && !l.first.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let ttft = l.sent.elapsed();
+            l.observers.iter().for_each(|o| o.observe_first_token(&l.request, ttft));
+        }
+    }
+
+    /// A response chunk arrived (streamed responses count their tokens this way, as
+    /// llm-d-router does without usage).
+    pub fn chunk(&self) {
+        if let Some(l) = &self.latency {
+            l.chunks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The response ended whole, with `output_tokens` when known (else the chunks
+    /// counted): the latencies train the latency model.
+    pub fn complete(&self, output_tokens: Option<u64>) {
+        use std::sync::atomic::Ordering;
+        if let Some(l) = &self.latency
+            && !l.ended.swap(true, Ordering::Relaxed)
+        {
+            let e2e = l.sent.elapsed();
+            let tokens = output_tokens.unwrap_or_else(|| l.chunks.load(Ordering::Relaxed));
+            l.observers.iter().for_each(|o| o.observe_end(&l.request, e2e, tokens));
+        }
     }
 
     /// Holds the request's flow-control permit until the request ends.
@@ -173,6 +228,12 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.writer.request_finished(self.ticket);
+        // Ended without `complete`: failed or cut, nothing to learn from.
+        if let Some(l) = &self.latency
+            && !l.ended.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            l.observers.iter().for_each(|o| o.abandon(&l.request));
+        }
     }
 }
 
@@ -204,6 +265,8 @@ pub struct EndpointPicker {
     flow: std::sync::OnceLock<FlowGate>,
     flow_metrics: Option<crate::flowcontrol::metrics::FlowMetrics>,
     admitters: Vec<Arc<dyn Admitter>>,
+    // The latency model's trainers: each request's latencies are reported to them.
+    latency: Vec<Arc<dyn crate::plugins::latency::LatencyObserver>>,
 }
 
 impl Drop for EndpointPicker {
@@ -263,6 +326,11 @@ impl EndpointPicker {
                 _ => None,
             })
             .collect();
+        let producers = crate::plugins::latency::latency_producers(scheduler.config());
+        for p in &producers {
+            p.bind_clock(writer.reader().clock());
+        }
+        let latency = producers.into_iter().map(|p| p as Arc<dyn crate::plugins::latency::LatencyObserver>).collect();
         let mut metrics = PickerMetrics::new();
         let flow_metrics = scheduler
             .config()
@@ -298,6 +366,7 @@ impl EndpointPicker {
             flow: std::sync::OnceLock::new(),
             flow_metrics,
             admitters,
+            latency,
         })
     }
 
@@ -704,7 +773,23 @@ impl EndpointPicker {
                 let tokens = uncached.min(prompt) as u64;
                 let ticket = self.writer.request_started(&result.endpoints(), tokens);
                 drop(serial);
-                Ok(Picked { result, inflight: InFlightGuard { writer: self.writer.clone(), ticket, permit: None } })
+                Ok(Picked {
+                    result,
+                    inflight: InFlightGuard {
+                        writer: self.writer.clone(),
+                        ticket,
+                        permit: None,
+                        // Timed from the pick, as the router times from its PreRequest.
+                        latency: (!self.latency.is_empty() && !req.id.is_empty()).then(|| LatencyReport {
+                            observers: self.latency.clone(),
+                            request: req.id.clone(),
+                            sent: Instant::now(),
+                            chunks: Default::default(),
+                            first: Default::default(),
+                            ended: Default::default(),
+                        }),
+                    },
+                })
             }
             Err(e) => {
                 self.metrics.pick_errors.get_or_create(&StatusLabel { status: e.http_status().to_string() }).inc();

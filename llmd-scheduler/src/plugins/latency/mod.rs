@@ -69,7 +69,7 @@ pub mod scorer;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -185,33 +185,10 @@ pub trait LatencyObserver: Send + Sync {
     fn abandon(&self, request_id: &str);
 }
 
-// The producers built, by allocation: `latency_producers` maps a config's handles back
-// to them. Weak, so a dropped config frees its producers; a held Weak keeps the
-// allocation, so an address cannot be reused while its entry exists.
-static PRODUCERS: Mutex<Vec<Weak<PredictedLatencyProducer>>> = Mutex::new(Vec::new());
-
-fn remember(p: &Arc<PredictedLatencyProducer>) {
-    let mut v = PRODUCERS.lock().unwrap_or_else(|e| e.into_inner());
-    v.retain(|w| w.strong_count() > 0);
-    v.push(Arc::downgrade(p));
-}
-
 /// The `predicted-latency-producer`s of a loaded config (configured or created by
 /// the config loader), for the front end's [`LatencyObserver`] calls and metrics export.
 pub fn latency_producers(config: &crate::config::SchedulerConfig) -> Vec<Arc<PredictedLatencyProducer>> {
-    producers_in(config.plugins.values())
-}
-
-fn producers_in<'a>(handles: impl Iterator<Item = &'a PluginHandle>) -> Vec<Arc<PredictedLatencyProducer>> {
-    let v = PRODUCERS.lock().unwrap_or_else(|e| e.into_inner());
-    handles
-        .filter(|h| h.type_name == PREDICTED_LATENCY_PRODUCER)
-        .filter_map(|h| h.observer.as_ref())
-        .filter_map(|o| {
-            let addr = Arc::as_ptr(o).cast::<()>();
-            v.iter().find(|w| w.as_ptr().cast::<()>() == addr).and_then(Weak::upgrade)
-        })
-        .collect()
+    config.plugins.values().filter_map(|h| h.latency.clone()).collect()
 }
 
 /// [`latency_producers`] as [`LatencyObserver`]s.
@@ -282,14 +259,15 @@ fn handle(name: &str, type_name: &str) -> PluginHandle {
 /// Registers the five types. Their instances are unbound until [`bind`] gives each
 /// consumer its producer and prefix source (unbound, consumers see no predictions and
 /// fall back as the router's do without them).
-// Called by the registry once wired (`crate::registry`); until then, by the tests.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn register(r: &mut crate::registry::PluginRegistry) {
     r.register(PREDICTED_LATENCY_PRODUCER, |n, p| {
         let cfg = ProducerConfig::from_params(p)?;
         let producer = Arc::new(PredictedLatencyProducer::new(n, cfg));
-        remember(&producer);
-        Ok(PluginHandle { observer: Some(producer), ..handle(n, PREDICTED_LATENCY_PRODUCER) })
+        Ok(PluginHandle {
+            observer: Some(producer.clone()),
+            latency: Some(producer),
+            ..handle(n, PREDICTED_LATENCY_PRODUCER)
+        })
     });
     r.register(LATENCY_SCORER, |n, p| {
         let cfg = ScorerConfig::from_params(p)?;
@@ -399,8 +377,6 @@ fn reads_predictions(ty: &str, params: &Value) -> Result<bool, String> {
 /// parameters)) to their producers and prefix sources, creating the default
 /// `predicted-latency-producer` when a consumer needs it and none is configured. Run
 /// after the prefix scorers are bound to their producers.
-// Called by the config loader once wired (`crate::config`); until then, by the tests.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn bind(
     named: &[(String, String, Value)],
     plugins: &mut BTreeMap<String, PluginHandle>,
@@ -444,9 +420,9 @@ pub(crate) fn bind(
         let want = prefix_producer_name(&params).map_err(fail)?;
         let source = resolve_prefix(named, plugins, &want, &name, &mut sources).map_err(fail)?;
         let producer = Arc::new(PredictedLatencyProducer::new(name.clone(), cfg).with_prefix_source(Some(source)));
-        remember(&producer);
         let h = plugins.entry(name.clone()).or_insert_with(|| handle(&name, PREDICTED_LATENCY_PRODUCER));
         h.observer = Some(producer.clone());
+        h.latency = Some(producer.clone());
         producers.insert(name, producer);
     }
     for (name, ty, params) in consumers {

@@ -23,7 +23,6 @@ mod gojson;
 mod imageconfig;
 mod mm_estimate;
 
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

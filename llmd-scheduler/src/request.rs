@@ -203,58 +203,7 @@ fn generate_feature_hashes(features: &serde_json::Value) -> Vec<String> {
 /// XXH64 with seed 0 (Go's `github.com/cespare/xxhash/v2`), the hash llm-d-router's
 /// estimate backend gives multimodal content.
 fn xxh64(data: &[u8]) -> u64 {
-    const P1: u64 = 0x9E37_79B1_85EB_CA87;
-    const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-    const P3: u64 = 0x1656_67B1_9E37_79F9;
-    const P4: u64 = 0x85EB_CA77_C2B2_AE63;
-    const P5: u64 = 0x27D4_EB2F_1656_67C5;
-    fn round(acc: u64, input: u64) -> u64 {
-        acc.wrapping_add(input.wrapping_mul(P2)).rotate_left(31).wrapping_mul(P1)
-    }
-    fn merge(acc: u64, val: u64) -> u64 {
-        (acc ^ round(0, val)).wrapping_mul(P1).wrapping_add(P4)
-    }
-    fn u64_le(b: &[u8]) -> u64 {
-        b.iter().rev().fold(0, |acc, &x| (acc << 8) | u64::from(x))
-    }
-    let mut rest = data;
-    let mut h = if data.len() >= 32 {
-        let mut v = [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)];
-        while rest.len() >= 32 {
-            let (stripe, tail) = rest.split_at(32);
-            for (acc, lane) in v.iter_mut().zip(stripe.chunks_exact(8)) {
-                *acc = round(*acc, u64_le(lane));
-            }
-            rest = tail;
-        }
-        let h = v[0]
-            .rotate_left(1)
-            .wrapping_add(v[1].rotate_left(7))
-            .wrapping_add(v[2].rotate_left(12))
-            .wrapping_add(v[3].rotate_left(18));
-        v.iter().fold(h, |h, &lane| merge(h, lane))
-    } else {
-        P5
-    };
-    h = h.wrapping_add(data.len() as u64);
-    while rest.len() >= 8 {
-        let (lane, tail) = rest.split_at(8);
-        h = (h ^ round(0, u64_le(lane))).rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
-        rest = tail;
-    }
-    if rest.len() >= 4 {
-        let (lane, tail) = rest.split_at(4);
-        h = (h ^ u64_le(lane).wrapping_mul(P1)).rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
-        rest = tail;
-    }
-    for &b in rest {
-        h = (h ^ u64::from(b).wrapping_mul(P5)).rotate_left(11).wrapping_mul(P1);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(P2);
-    h ^= h >> 29;
-    h = h.wrapping_mul(P3);
-    h ^ (h >> 32)
+    xxhash_rust::xxh64::xxh64(data, 0)
 }
 
 impl LlmRequest {

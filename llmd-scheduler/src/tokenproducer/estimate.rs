@@ -102,25 +102,6 @@ enum Api {
     Generate,
 }
 
-/// The path suffixes each parser claims, as registered.
-const CLAIMS: [(Parser, &[&str]); 3] = [
-    (
-        Parser::OpenAi,
-        &[
-            "chat/completions",
-            "completions",
-            "embeddings",
-            "responses",
-            "conversations",
-            "chat/completions/render",
-            "completions/render",
-            "images/generations",
-        ],
-    ),
-    (Parser::Anthropic, &["messages", "messages/count_tokens"]),
-    (Parser::VllmHttp, &["inference/v1/generate"]),
-];
-
 /// `request.MatchPathSuffix`: a plain suffix test (no segment boundary) after trimming
 /// blanks and one trailing `/` from the path and every `/` around the suffix.
 fn match_path_suffix(path: &str, suffix: &str) -> bool {
@@ -135,16 +116,13 @@ fn route(path: &str) -> Result<Option<(Parser, Api)>, String> {
     // The router's GetRequestPath: a missing path is /v1/completions; the query is dropped.
     let path = if path.is_empty() { "/v1/completions" } else { path };
     let path = path.split_once('?').map_or(path, |(p, _)| p);
-    let mut best: Option<(Parser, usize)> = None;
-    for (parser, claims) in CLAIMS {
-        for c in claims {
-            if match_path_suffix(path, c) && best.is_none_or(|(_, l)| c.len() > l) {
-                best = Some((parser, c.len()));
-            }
-        }
-    }
-    let Some((parser, _)) = best else {
-        return Ok(None);
+    // The router's default parsers pick the protocol, longest claimed suffix first.
+    use crate::parsers::BodyParser;
+    let parser = match crate::parsers::router_defaults().resolve(path) {
+        Some(BodyParser::OpenAi) => Parser::OpenAi,
+        Some(BodyParser::Anthropic) => Parser::Anthropic,
+        Some(BodyParser::VllmHttp) => Parser::VllmHttp,
+        _ => return Ok(None),
     };
     let m = |s| match_path_suffix(path, s);
     let api = match parser {

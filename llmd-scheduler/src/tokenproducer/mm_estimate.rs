@@ -30,66 +30,7 @@ const MAX_STREAM_TOKENS: usize = 1 << 27;
 
 /// XXH64 with seed 0 (`github.com/cespare/xxhash/v2.Sum64`).
 pub(crate) fn xxh64(data: &[u8]) -> u64 {
-    const P1: u64 = 0x9E37_79B1_85EB_CA87;
-    const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-    const P3: u64 = 0x1656_67B1_9E37_79F9;
-    const P4: u64 = 0x85EB_CA77_C2B2_AE63;
-    const P5: u64 = 0x27D4_EB2F_1656_67C5;
-    fn round(acc: u64, input: u64) -> u64 {
-        acc.wrapping_add(input.wrapping_mul(P2)).rotate_left(31).wrapping_mul(P1)
-    }
-    fn merge(acc: u64, val: u64) -> u64 {
-        (acc ^ round(0, val)).wrapping_mul(P1).wrapping_add(P4)
-    }
-    let u64_at = |i: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&data[i..i + 8]);
-        u64::from_le_bytes(b)
-    };
-    let len = data.len();
-    let mut i = 0;
-    let mut h = if len >= 32 {
-        let mut v = [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)];
-        while i + 32 <= len {
-            for (k, acc) in v.iter_mut().enumerate() {
-                *acc = round(*acc, u64_at(i + 8 * k));
-            }
-            i += 32;
-        }
-        let mut h = v[0]
-            .rotate_left(1)
-            .wrapping_add(v[1].rotate_left(7))
-            .wrapping_add(v[2].rotate_left(12))
-            .wrapping_add(v[3].rotate_left(18));
-        for acc in v {
-            h = merge(h, acc);
-        }
-        h
-    } else {
-        P5
-    };
-    h = h.wrapping_add(len as u64);
-    while i + 8 <= len {
-        h ^= round(0, u64_at(i));
-        h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
-        i += 8;
-    }
-    if i + 4 <= len {
-        let mut b = [0u8; 4];
-        b.copy_from_slice(&data[i..i + 4]);
-        h ^= u64::from(u32::from_le_bytes(b)).wrapping_mul(P1);
-        h = h.rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
-        i += 4;
-    }
-    for &b in &data[i..] {
-        h ^= u64::from(b).wrapping_mul(P5);
-        h = h.rotate_left(11).wrapping_mul(P1);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(P2);
-    h ^= h >> 29;
-    h = h.wrapping_mul(P3);
-    h ^ (h >> 32)
+    xxhash_rust::xxh64::xxh64(data, 0)
 }
 
 /// Go's `int(f)` on amd64 (CVTTSD2SQ): truncation toward zero, and the "integer

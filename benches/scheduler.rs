@@ -26,6 +26,9 @@ use llmd::scheduler::{Endpoint, LlmRequest, PluginRegistry, Role, Scheduler, Sch
 
 const PROMPT_TOKENS: usize = 8192;
 
+/// Tokenizes a prompt text.
+type Encode<'a> = dyn Fn(&str) -> Vec<u32> + 'a;
+
 fn endpoints(n: usize) -> Vec<Endpoint> {
     (0..n)
         .map(|i| {
@@ -213,7 +216,7 @@ fn main() {
             if profiling {
                 continue;
             }
-            let cases: [(&str, &dyn Fn(&str) -> Vec<u32>); 3] = [
+            let cases: [(&str, &Encode); 3] = [
                 ("precise-prefix + tokenize", &|t| tokenizer.encode(t, true).expect("encode")),
                 ("precise-prefix + tokenize, prefix cache warm", &|t| cached.encode(t, true).expect("encode")),
                 ("precise-prefix + tokenize, next turn", &|t| cached.encode(t, true).expect("encode")),

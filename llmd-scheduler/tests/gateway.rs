@@ -687,3 +687,49 @@ async fn the_latency_model_learns_from_the_requests_the_gateway_relays() {
     let stats = producers[0].model().unwrap().stats();
     assert_eq!(stats.ttft_seen, 40, "{stats:?}");
 }
+
+#[tokio::test]
+async fn a_burst_past_flow_control_capacity_is_shed_with_a_reason_and_nothing_admitted_is_lost() {
+    use llmd_scheduler::endpoint::EndpointMetrics;
+    let yaml = "featureGates: [flowControl]\nflowControl: {maxRequests: 3, defaultRequestTTL: 30s}\n\
+                plugins:\n- type: queue-scorer\n";
+    let config =
+        llmd_scheduler::SchedulerConfig::from_yaml(yaml, "epp.yaml", &PluginRegistry::with_builtins()).unwrap();
+    let store = datastore(Arc::new(ManualClock::new()));
+    store.upsert(Endpoint::new("e0", echo().await, Role::Both));
+    // Saturated: everything admitted waits in the queue.
+    store.update_metrics("e0", EndpointMetrics { waiting: 50, kv_usage: 0.99, ..Default::default() });
+    let picker = EndpointPicker::new(Scheduler::new(config, 0), store.clone(), PickerConfig::default(), None);
+    let g = Gateway::new(picker, GatewayConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    // A burst of 8 against room for 3 queued requests.
+    let sent: Vec<_> = (0..8)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let r = post_hi(&base).await;
+                let reason = r.headers().get("x-llm-d-request-dropped-reason").map(|v| v.to_str().unwrap().to_string());
+                (r.status().as_u16(), reason)
+            })
+        })
+        .collect();
+    // The shed ones answer at once; the queued ones wait until the pool has room.
+    let five_shed = async {
+        while sent.iter().filter(|h| h.is_finished()).count() < 5 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), five_shed).await.expect("the shed requests were answered");
+    assert_eq!(sent.iter().filter(|h| h.is_finished()).count(), 5, "3 queued, 5 shed");
+    store.update_metrics("e0", EndpointMetrics { waiting: 0, kv_usage: 0.1, ..Default::default() });
+    let mut answers = Vec::new();
+    for h in sent {
+        answers.push(tokio::time::timeout(Duration::from_secs(30), h).await.unwrap().unwrap());
+    }
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    let rejected: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert_eq!(ok, 3, "every queued request was served: {answers:?}");
+    assert!(rejected.iter().all(|(s, r)| *s == 429 && r.as_deref() == Some("rejected-saturated")), "{answers:?}");
+}

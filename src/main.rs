@@ -275,6 +275,11 @@ struct EppArgs {
     /// HTTP gateway port (0 to disable).
     #[arg(long, default_value_t = 8000)]
     http_port: u16,
+    /// InferenceObjective manifests (YAML, several documents allowed; other kinds are
+    /// skipped): a request's `x-llm-d-inference-objective` header names one, and its
+    /// `spec.priority` orders flow control (negative: sheddable).
+    #[arg(long)]
+    objectives: Option<PathBuf>,
     /// Checkpoint directory whose tokenizer.json and chat template the engines use; lets
     /// precise-prefix scoring hash text prompts (without it, only token-id prompts).
     #[arg(long)]
@@ -639,6 +644,13 @@ fn epp(a: EppArgs) -> Result<()> {
         };
         let store = datastore(std::sync::Arc::new(SystemClock::default()));
         let picker = EndpointPicker::new(Scheduler::new(cfg, 0), store, a.gateway.picker(), tokenizer);
+        if let Some(path) = &a.objectives {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let objectives =
+                llmd::scheduler::objectives::Objectives::from_manifests(&text, &path.display().to_string())?;
+            tracing::info!(objectives = ?objectives.priorities(), "InferenceObjectives loaded");
+            picker.set_objectives(objectives);
+        }
         for s in sources {
             let name = s.name().to_string();
             let first = picker.run_discovery(s).with_context(|| format!("endpoint discovery ({name})"))?;

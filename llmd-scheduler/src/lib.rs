@@ -61,6 +61,7 @@ pub mod flowcontrol;
 pub mod gateway;
 pub mod health;
 pub mod kvindex;
+pub mod objectives;
 pub mod parsers;
 #[cfg(feature = "runtime")]
 pub mod picker;

@@ -733,3 +733,41 @@ async fn a_burst_past_flow_control_capacity_is_shed_with_a_reason_and_nothing_ad
     assert_eq!(ok, 3, "every queued request was served: {answers:?}");
     assert!(rejected.iter().all(|(s, r)| *s == 429 && r.as_deref() == Some("rejected-saturated")), "{answers:?}");
 }
+
+#[tokio::test]
+async fn sheddable_objectives_are_dropped_while_the_pool_is_saturated() {
+    let config = llmd_scheduler::SchedulerConfig::from_yaml(
+        "plugins:\n- type: queue-scorer\n",
+        "epp.yaml",
+        &PluginRegistry::with_builtins(),
+    )
+    .unwrap();
+    let store = datastore(Arc::new(ManualClock::new()));
+    store.upsert(Endpoint::new("e0", echo().await, Role::Both));
+    let picker = EndpointPicker::new(Scheduler::new(config, 0), store, PickerConfig::default(), None);
+    let manifests = "kind: InferenceObjective\napiVersion: inference.networking.x-k8s.io/v1alpha2\n\
+                     metadata: {name: batch}\nspec: {priority: -1}\n";
+    picker.set_objectives(llmd_scheduler::objectives::Objectives::from_manifests(manifests, "o.yaml").unwrap());
+    let g = Gateway::new(picker, GatewayConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    let post = |objective: Option<&'static str>| {
+        let base = base.clone();
+        async move {
+            let mut r = reqwest::Client::new()
+                .post(format!("{base}/v1/completions"))
+                .header("content-type", "application/json")
+                .body(r#"{"model":"m","prompt":"hi"}"#);
+            if let Some(o) = objective {
+                r = r.header("x-llm-d-inference-objective", o);
+            }
+            r.send().await.unwrap().status().as_u16()
+        }
+    };
+    // Never scraped: the detector counts the pool as saturated. Flow control is off, so
+    // the router's legacy admission applies: sheddable requests are dropped, others go.
+    assert_eq!(post(Some("batch")).await, 429);
+    assert_eq!(post(None).await, 200);
+    assert_eq!(post(Some("unknown-objective")).await, 200, "an unknown objective is priority 0");
+}

@@ -267,6 +267,8 @@ pub struct EndpointPicker {
     admitters: Vec<Arc<dyn Admitter>>,
     // The latency model's trainers: each request's latencies are reported to them.
     latency: Vec<Arc<dyn crate::plugins::latency::LatencyObserver>>,
+    // InferenceObjectives: request priorities.
+    objectives: std::sync::RwLock<crate::objectives::Objectives>,
 }
 
 impl Drop for EndpointPicker {
@@ -367,6 +369,7 @@ impl EndpointPicker {
             flow_metrics,
             admitters,
             latency,
+            objectives: Default::default(),
         })
     }
 
@@ -540,10 +543,10 @@ impl EndpointPicker {
     /// (with the `flowControl` gate on, the request waits in its queue until dispatched
     /// or refused; off, the legacy check sheds sheddable requests of a saturated pool),
     /// then the configured admitters. The permit (gate on) is held until the request
-    /// ends ([`InFlightGuard::hold`]). The request's priority is 0: llmd has no
-    /// InferenceObjectives yet.
+    /// ends ([`InFlightGuard::hold`]). The request's priority is its InferenceObjective's
+    /// ([`set_objectives`](Self::set_objectives)), 0 without one.
     pub async fn admit(&self, req: &LlmRequest, body_len: u64) -> Result<Option<FlowPermit>, FlowRejection> {
-        let priority = 0;
+        let priority = self.objectives.read().unwrap_or_else(|p| p.into_inner()).priority_of(&req.headers);
         let mut permit = None;
         if let Some(fc) = &self.scheduler.config().flow_control {
             if fc.enabled {
@@ -573,6 +576,15 @@ impl EndpointPicker {
         Ok(permit)
     }
 
+    /// Sets the InferenceObjectives requests name for their priority (replacing any
+    /// before); the flow controller gets a band for each priority.
+    pub fn set_objectives(&self, objectives: crate::objectives::Objectives) {
+        if let Some(gate) = self.flow.get() {
+            gate.set_desired_priorities(objectives.priorities());
+        }
+        *self.objectives.write().unwrap_or_else(|p| p.into_inner()) = objectives;
+    }
+
     fn start_gate(&self, fc: &FlowControlConfig) -> FlowGate {
         let reader = self.reader.clone();
         let detector = fc.detector.clone();
@@ -584,7 +596,8 @@ impl EndpointPicker {
                 crate::flowcontrol::sample_pool(detector.as_ref(), &serving, now)
             })
         });
-        FlowGate::start(fc, probe, GateOptions { metrics: self.flow_metrics.clone(), ..Default::default() })
+        let priorities = self.objectives.read().unwrap_or_else(|p| p.into_inner()).priorities();
+        FlowGate::start(fc, probe, GateOptions { metrics: self.flow_metrics.clone(), priorities, ..Default::default() })
     }
 
     /// Builds the scheduler's view of a request: model, prompt text, token ids (from

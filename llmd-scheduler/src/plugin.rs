@@ -139,7 +139,7 @@ pub struct ScoreBreakdown {
 }
 
 /// What one profile picked, and why.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProfilePick {
     /// The chosen endpoint's id.
     pub endpoint: String,

@@ -119,8 +119,10 @@ impl Scheduler {
                     SchedulerError::Request(format!("profile handler asked for unknown profile {name:?}"))
                 })?;
                 // A profile running after the decode pick knows it as the request's peer
-                // (topology affinity places the prefill near it).
-                let peer = roles.decode.as_ref().filter(|d| **d != name).and_then(|d| results.get(d));
+                // (topology affinity places the prefill near it); a decode running after
+                // the prefill pick (stage order prefill-first) knows that one.
+                let other = if roles.decode.as_deref() == Some(name.as_str()) { &roles.prefill } else { &roles.decode };
+                let peer = other.as_ref().filter(|d| **d != name).and_then(|d| results.get(d));
                 if let Some(e) = peer.and_then(|p| candidates.iter().find(|e| e.id == p.endpoint)) {
                     state.put(PEER_ENDPOINT_KEY, PeerEndpoint { id: e.id.clone(), labels: e.labels.clone() });
                 }

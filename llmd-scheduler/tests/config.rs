@@ -250,3 +250,24 @@ fn a_prefill_stage_without_endpoints_leaves_the_request_on_its_decoder() {
     let r = sched.pick(&req, &both[1..]).unwrap();
     assert_eq!((r.destination().unwrap().endpoint.as_str(), r.prefill().is_none()), ("d", true));
 }
+
+#[test]
+fn prefill_first_runs_prefill_then_decode_next_to_it() {
+    use llmd_scheduler::{Endpoint, LlmRequest, Role, Scheduler};
+    let reg = PluginRegistry::with_builtins();
+    let yaml = "plugins:\n- type: prefill-filter\n- type: decode-filter\n\
+                - type: disagg-profile-handler\n  parameters: {stageOrder: prefill-first}\n\
+                schedulingProfiles:\n- name: prefill\n  plugins: [{pluginRef: prefill-filter}]\n\
+                - name: decode\n  plugins: [{pluginRef: decode-filter}]\n";
+    let sched = Scheduler::new(SchedulerConfig::from_yaml(yaml, "epp.yaml", &reg).unwrap(), 7);
+    let eps = [Endpoint::new("p", "p:1", Role::Prefill), Endpoint::new("d", "d:1", Role::Decode)];
+    let r = sched.pick(&LlmRequest::new("r", "m", "hello"), &eps).unwrap();
+    assert_eq!((r.destination().unwrap().endpoint.as_str(), r.prefill().unwrap().endpoint.as_str()), ("d", "p"));
+    // No prefill endpoint: decode alone.
+    let r = sched.pick(&LlmRequest::new("r", "m", "hello"), &eps[1..]).unwrap();
+    assert!(r.prefill().is_none());
+    // The router refuses a prefill decider in this order.
+    let bad = yaml.replace("{stageOrder: prefill-first}", "{stageOrder: prefill-first, deciders: {prefill: x}}");
+    let e = SchedulerConfig::from_yaml(&bad, "epp.yaml", &reg).unwrap_err().to_string();
+    assert!(e.contains("prefill decider is not supported in prefill-first stage order"), "{e}");
+}

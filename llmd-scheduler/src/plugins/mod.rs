@@ -455,7 +455,6 @@ mod tests {
             ("prefix-cache-scorer", json!({"matchLengthWeight": 0.5}), "matchLengthWeight"),
             ("session-affinity-scorer", json!({"strategy": "session_id"}), "strategy"),
             ("pd-profile-handler", json!({"primaryPort": 8000}), "primaryPort"),
-            ("disagg-profile-handler", json!({"stageOrder": "prefill-first"}), "stageOrder"),
             ("metrics-data-source", json!({"caCertPath": "/etc/ca.pem"}), "caCertPath"),
             (
                 "precise-prefix-cache-producer",

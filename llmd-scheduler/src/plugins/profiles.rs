@@ -149,6 +149,9 @@ pub struct PdProfileHandler {
     // `pd-profile-handler` needs its prefill profile; `disagg-profile-handler` runs
     // the stages whose profiles exist.
     strict_profiles: bool,
+    // `stageOrder: prefill-first`: prefill, encode, then decode (the router's
+    // alternative order; no prefill decider then).
+    prefill_first: bool,
 }
 
 impl std::fmt::Debug for PdProfileHandler {
@@ -291,10 +294,17 @@ impl PdProfileHandler {
         let name = |flat: &str, key: &str| -> Result<String, String> {
             Ok(q.string(flat)?.or(n.string(key)?).unwrap_or_else(|| key.to_string()))
         };
-        if let Some(order) = q.string("stageOrder")?
-            && order != "decode-first"
-        {
-            return Err(format!("parameter stageOrder: {order:?} is not built (only decode-first)"));
+        let prefill_first = match q.string("stageOrder")?.as_deref() {
+            None | Some("") | Some("decode-first") => false,
+            Some("prefill-first") => true,
+            Some(o) => {
+                return Err(format!(
+                    "parameter stageOrder: invalid stage order {o:?}, must be \"decode-first\" or \"prefill-first\""
+                ));
+            }
+        };
+        if prefill_first && decider_ref("disagg-profile-handler", p)?.is_some() {
+            return Err("prefill decider is not supported in prefill-first stage order".into());
         }
         Ok(PdProfileHandler {
             prefill: name("prefillProfile", "prefill")?,
@@ -303,6 +313,7 @@ impl PdProfileHandler {
             decider: None,
             encode_decider: None,
             strict_profiles: true,
+            prefill_first,
         })
     }
 
@@ -326,6 +337,24 @@ impl ProfileHandler for PdProfileHandler {
     ) -> Vec<String> {
         let failed = state.get::<FailedProfiles>(FAILED_PROFILES_KEY);
         let done = |p: &String| results.contains_key(p) || failed.is_some_and(|f| f.0.contains(p));
+        if self.prefill_first {
+            // Prefill when its profile exists, encode when its decider says so (it sees no
+            // decode pick yet), then decode, which knows the prefill pick as its peer.
+            if done(&self.decode) {
+                return Vec::new();
+            }
+            if profiles.contains(&self.prefill) && !done(&self.prefill) {
+                return vec![self.prefill.clone()];
+            }
+            let none = ProfilePick::default();
+            if profiles.contains(&self.encode)
+                && !done(&self.encode)
+                && self.encode_decider.as_ref().is_some_and(|d| d.disaggregate(state, req, &none))
+            {
+                return vec![self.encode.clone()];
+            }
+            return vec![self.decode.clone()];
+        }
         let Some(decode) = results.get(&self.decode) else {
             return if done(&self.decode) { Vec::new() } else { vec![self.decode.clone()] };
         };

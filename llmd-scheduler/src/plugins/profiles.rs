@@ -538,6 +538,7 @@ mod tests {
         assert_eq!(decider_ref("disagg-profile-handler", &nested).unwrap().as_deref(), Some("d1"));
         let flat = serde_json::json!({"prefillDeciderPluginName": "d2"});
         assert_eq!(decider_ref("disagg-profile-handler", &flat).unwrap().as_deref(), Some("d2"));
-        assert!(PdProfileHandler::from_params(&serde_json::json!({"stageOrder": "prefill-first"})).is_err());
+        assert!(PdProfileHandler::from_params(&serde_json::json!({"stageOrder": "prefill-first"})).is_ok());
+        assert!(PdProfileHandler::from_params(&serde_json::json!({"stageOrder": "sideways"})).is_err());
     }
 }

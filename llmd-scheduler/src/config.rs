@@ -201,7 +201,10 @@ fn bind_prefix_producers(
     // A precise producer scores only through a prefix-cache-scorer that names it.
     type Precise = (Arc<dyn crate::plugin::Scorer>, Option<Arc<dyn crate::plugin::PickObserver>>);
     let mut precise: BTreeMap<String, Precise> = BTreeMap::new();
-    for (name, _, _) in named.iter().filter(|(_, t, _)| t == "precise-prefix-cache-producer") {
+    // So does a burst producer (its window's placements, read by request id).
+    for (name, _, _) in
+        named.iter().filter(|(_, t, _)| t == "precise-prefix-cache-producer" || t == crate::plugins::burst::TYPE)
+    {
         if let Some(h) = plugins.get_mut(name)
             && let Some(s) = h.scorer.take()
         {
@@ -228,7 +231,7 @@ fn bind_prefix_producers(
         if t != "approx-prefix-cache-producer" {
             return Err(fail(format!(
                 "prefixMatchInfoProducerName {want:?} is a {t}, which produces no prefix match information llmd reads \
-                 (approx-prefix-cache-producer or precise-prefix-cache-producer)"
+                 (approx-prefix-cache-producer, precise-prefix-cache-producer or burst-prefix-cache-producer)"
             )));
         }
         let q = crate::plugins::Params(producer);

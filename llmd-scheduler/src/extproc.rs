@@ -214,6 +214,7 @@ async fn decide(
         Ok(p) => p,
         Err(r) => return rejected(&r),
     };
+    picker.burst_join(&req).await;
     match picker.pick_request(&req, &Default::default()) {
         Ok(mut pick) => {
             pick.hold(permit);

@@ -323,6 +323,7 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         Ok(p) => p,
         Err(rejected) => return flow_rejection(&rejected),
     };
+    g.picker.burst_join(&req).await;
     let mut excluded: HashSet<String> = HashSet::new();
     let mut last_err = String::new();
     // The status that failure would answer with (504 for a silent endpoint, 503 for a

@@ -192,6 +192,8 @@ pub struct PluginHandle {
     /// A `predicted-latency-producer` (the front ends report each request's latencies
     /// to it).
     pub latency: Option<std::sync::Arc<crate::plugins::latency::PredictedLatencyProducer>>,
+    /// A `burst-prefix-cache-producer` (the front ends join its window before the pick).
+    pub burst: Option<std::sync::Arc<crate::plugins::burst::BurstPrefixProducer>>,
     /// Flow-control role (a policy or saturation detector).
     pub flow: Option<crate::flowcontrol::FlowPlugin>,
 }

@@ -295,6 +295,7 @@ impl PluginRegistry {
             });
         }
         crate::plugins::selection::register(&mut r);
+        crate::plugins::burst::register(&mut r);
         crate::plugins::topology::register(&mut r);
         crate::plugins::mmcache::register(&mut r);
         crate::plugins::latency::register(&mut r);

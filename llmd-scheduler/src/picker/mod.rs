@@ -269,6 +269,8 @@ pub struct EndpointPicker {
     latency: Vec<Arc<dyn crate::plugins::latency::LatencyObserver>>,
     // InferenceObjectives: request priorities.
     objectives: std::sync::RwLock<crate::objectives::Objectives>,
+    // The burst producers' windows, joined before the pick.
+    burst: Vec<crate::plugins::burst::BurstWindow>,
 }
 
 impl Drop for EndpointPicker {
@@ -333,6 +335,22 @@ impl EndpointPicker {
             p.bind_clock(writer.reader().clock());
         }
         let latency = producers.into_iter().map(|p| p as Arc<dyn crate::plugins::latency::LatencyObserver>).collect();
+        let burst = {
+            let reader = writer.reader();
+            let serving: crate::plugins::burst::ReplicaSource = Arc::new(move || {
+                reader.with_endpoints(|all| {
+                    all.iter().filter(|e| e.is_serving()).map(crate::plugins::burst::Replica::of).collect()
+                })
+            });
+            plugins
+                .values()
+                .filter_map(|h| h.burst.clone())
+                .map(|p| {
+                    p.bind_clock(writer.reader().clock());
+                    crate::plugins::burst::BurstWindow::new(p, serving.clone())
+                })
+                .collect()
+        };
         let mut metrics = PickerMetrics::new();
         let flow_metrics = scheduler
             .config()
@@ -370,6 +388,7 @@ impl EndpointPicker {
             admitters,
             latency,
             objectives: Default::default(),
+            burst,
         })
     }
 
@@ -583,6 +602,16 @@ impl EndpointPicker {
             gate.set_desired_priorities(objectives.priorities());
         }
         *self.objectives.write().unwrap_or_else(|p| p.into_inner()) = objectives;
+    }
+
+    /// Joins the windows of the config's `burst-prefix-cache-producer`s: the request
+    /// waits up to `windowDurationMs` so a burst of prompt-sharing requests is placed
+    /// jointly, and the pick then reads its placement. Call after
+    /// [`admit`](Self::admit), before the pick; without such a producer it returns at once.
+    pub async fn burst_join(&self, req: &LlmRequest) {
+        for w in &self.burst {
+            w.join_request(req).await;
+        }
     }
 
     fn start_gate(&self, fc: &FlowControlConfig) -> FlowGate {

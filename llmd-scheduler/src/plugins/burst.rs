@@ -787,7 +787,13 @@ mod window {
 pub(crate) fn register(r: &mut PluginRegistry) {
     r.register(TYPE, |n, p| {
         let producer = Arc::new(BurstPrefixProducer::from_params(p)?);
-        Ok(PluginHandle { name: n.into(), type_name: TYPE.into(), scorer: Some(producer), ..Default::default() })
+        Ok(PluginHandle {
+            name: n.into(),
+            type_name: TYPE.into(),
+            scorer: Some(producer.clone()),
+            burst: Some(producer),
+            ..Default::default()
+        })
     });
 }
 

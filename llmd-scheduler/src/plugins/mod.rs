@@ -1,5 +1,6 @@
 //! The built-in plugins, under llm-d's type names.
 
+pub mod burst;
 pub mod filters;
 pub mod latency;
 pub mod mmcache;

@@ -86,6 +86,9 @@ pub struct Gateway {
     picker: Arc<EndpointPicker>,
     client: reqwest::Client,
     cfg: GatewayConfig,
+    // Minting ids for requests that come without one.
+    next_id: std::sync::atomic::AtomicU64,
+    started_nanos: u64,
     // Shutting down: not ready, no new requests.
     draining: AtomicBool,
     // Set at the drain deadline: streams still running end with an error event.
@@ -115,10 +118,27 @@ fn flow_rejection(r: &crate::flowcontrol::FlowRejection) -> Response {
 }
 
 impl Gateway {
+    // A request id for a request that came without one: unique within the process and
+    // across restarts (start time, then a counter).
+    fn mint_request_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("llmd-{:x}-{n:x}", self.started_nanos)
+    }
+
     /// A gateway over `picker`.
     pub fn new(picker: Arc<EndpointPicker>, cfg: GatewayConfig) -> Arc<Self> {
         let client = reqwest::Client::builder().connect_timeout(cfg.connect_timeout).build().unwrap_or_default();
-        Arc::new(Gateway { picker, client, cfg, draining: AtomicBool::new(false), cut: watch::channel(false).0 })
+        let started_nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        Arc::new(Gateway {
+            picker,
+            client,
+            cfg,
+            draining: AtomicBool::new(false),
+            cut: watch::channel(false).0,
+            next_id: std::sync::atomic::AtomicU64::new(0),
+            started_nanos,
+        })
     }
 
     /// Starts draining: `/health` answers 503 (load balancers stop sending), new
@@ -311,9 +331,15 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         Err(e) => return error(ErrorKind::BadRequest, e.to_string()),
     };
     let streaming = parsed.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
-    let header_map: BTreeMap<String, String> = forwardable(&headers)
+    let mut header_map: BTreeMap<String, String> = forwardable(&headers)
         .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
         .collect();
+    // Every request gets an id, as Envoy gives one (plugins key per-request state by it:
+    // latency training, burst windows); the engine sees the same id.
+    let minted = (!header_map.contains_key("x-request-id")).then(|| g.mint_request_id());
+    if let Some(id) = &minted {
+        header_map.insert("x-request-id".into(), id.clone());
+    }
     let req = match g.picker.parse_request_raw(uri.path(), &header_map, &parsed, &body).await {
         Ok(r) => r,
         Err(e) => return ErrorBody::from_status(e.http_status(), e.to_string()).into_response(),
@@ -359,6 +385,9 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
         let mut out = g.client.post(format!("http://{}{}", dest.address, uri.path())).body(body.clone());
         for (k, v) in forwardable(&headers) {
             out = out.header(k, v);
+        }
+        if let Some(id) = &minted {
+            out = out.header("x-request-id", id.as_str());
         }
         if !headers.contains_key(header::CONTENT_TYPE) {
             out = out.header(header::CONTENT_TYPE, "application/json");

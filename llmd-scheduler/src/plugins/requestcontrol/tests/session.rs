@@ -490,7 +490,7 @@ fn session_id_producer_reads_a_header_or_a_cookie() {
 #[test]
 fn produced_attributes_reach_the_session_filter() {
     // The router's documented wiring: agent-identity, or session-id-producer, feeding a
-    // session_id source by attribute (read through the cycle state).
+    // session_id source by attribute.
     let (a, b) = (ep("pod-a"), ep("pod-b"));
     let f = SessionAffinity::from_params(
         SESSION_AFFINITY_FILTER,
@@ -506,19 +506,41 @@ fn produced_attributes_reach_the_session_filter() {
         let mut attrs = RequestAttributes::default();
         agent.request_header(&req.headers, &mut attrs).unwrap();
         producer.produce(&req.headers, &mut attrs);
-        let mut state = CycleState::default();
-        state.put(REQUEST_ATTRIBUTES_KEY, attrs.clone());
-        let kept: Vec<String> = f.filter(&mut state, req, vec![&a, &b]).iter().map(|e| e.id.clone()).collect();
+        let kept = f.choose(req, Some(&attrs), &[&a, &b]);
         (attrs, kept)
     };
     let claude = req_with("r1", &[("x-claude-code-session-id", "agent-1")]);
     let (attrs, kept) = run(&claude);
-    assert_eq!(kept.len(), 2, "unbound");
+    assert_eq!(kept, None, "unbound");
     f.pre_request(&claude, &attrs, &pick_result("default", &[("default", "pod-b")]));
-    assert_eq!(run(&req_with("r2", &[("x-claude-code-session-id", "agent-1")])).1, ["pod-b"]);
+    assert_eq!(run(&req_with("r2", &[("x-claude-code-session-id", "agent-1")])).1, Some(1));
     // The producer's cookie comes first in the sources.
     let both = req_with("r3", &[("x-claude-code-session-id", "agent-1"), ("cookie", "sid=s9")]);
-    assert_eq!(run(&both).1.len(), 2);
+    assert_eq!(run(&both).1, None);
+}
+
+#[test]
+fn filters_find_the_attributes_in_the_cycle_state() {
+    // Where the front end leaves the request's attributes for filters and scorers
+    // (`attributes_of`): when `LlmRequest` carries them, set `req.attributes` here
+    // instead of the cycle state.
+    let (a, b) = (ep("pod-a"), ep("pod-b"));
+    let f = SessionAffinity::from_params(
+        SESSION_AFFINITY_FILTER,
+        &json!({"strategy": "session_id", "sessionIdConfig": {"sources": [{"attribute": "agent-identity"}]}}),
+    )
+    .unwrap();
+    let mut attrs = RequestAttributes::default();
+    attrs.put(DataKey::new("agent-identity", ""), json!("agent-1"));
+    let req = req_with("r1", &[]);
+    f.pre_request(&req, &attrs, &pick_result("default", &[("default", "pod-b")]));
+    let mut state = CycleState::default();
+    state.put(REQUEST_ATTRIBUTES_KEY, attrs);
+    let kept: Vec<String> = f.filter(&mut state, &req, vec![&a, &b]).iter().map(|e| e.id.clone()).collect();
+    assert_eq!(kept, ["pod-b"]);
+    let bare: Vec<String> =
+        f.filter(&mut CycleState::default(), &req, vec![&a, &b]).iter().map(|e| e.id.clone()).collect();
+    assert_eq!(bare.len(), 2);
 }
 
 /// The invariant: a non-empty candidate set is never filtered to nothing, and what is

@@ -431,6 +431,9 @@ pub struct SchedulerConfig {
     /// Admission: the `flowControl` section and its saturation detector (`enabled` is
     /// the feature gate; off, the router's legacy admission with the same detector).
     pub flow_control: Option<crate::flowcontrol::FlowControlConfig>,
+    /// The request-control plugins (header processors, producers, screeners,
+    /// pre-request and response plugins), in file order.
+    pub request_control: crate::plugins::requestcontrol::RequestControlChain,
 }
 
 impl std::fmt::Debug for SchedulerConfig {
@@ -507,6 +510,10 @@ impl SchedulerConfig {
                 .map_err(|(name, e)| SchedulerError::config(file, format!("plugin {name:?}"), e))?;
         }
 
+        let request_control =
+            crate::plugins::requestcontrol::RequestControlChain::new(named.iter().filter_map(|(n, _, _)| {
+                plugins.get(n).and_then(|h| h.request_control.clone()).map(|rc| (n.clone(), rc))
+            }));
         let mut request_timeout = crate::plugins::scorers::DEFAULT_REQUEST_TIMEOUT;
         for p in raw.plugins.iter().filter(|p| p.type_name == "active-request-scorer") {
             if let Ok(s) = crate::plugins::scorers::ActiveRequestScorer::from_params(&p.parameters) {
@@ -640,6 +647,7 @@ impl SchedulerConfig {
             plugins,
             parsers,
             flow_control,
+            request_control,
         })
     }
 }

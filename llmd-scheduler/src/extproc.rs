@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::picker::{DESTINATION_HEADER, EndpointPicker, PREFILL_HEADER, Picked, is_routing_header, parse_body};
+use crate::request::LlmRequest;
 
 /// Dynamic-metadata namespace Envoy's load balancer reads the destination from.
 pub const LB_NAMESPACE: &str = "envoy.lb";
@@ -75,6 +76,8 @@ impl ExternalProcessor for ExtProc {
             let mut body = Vec::new();
             // The pick of this stream's request: in flight until the response ends.
             let mut picked: Option<Picked> = None;
+            // The parsed request, for the response plugins.
+            let mut parsed_req: Option<LlmRequest> = None;
             loop {
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,
@@ -103,7 +106,7 @@ impl ExternalProcessor for ExtProc {
                             })
                             .unwrap_or_default();
                         if h.end_of_stream {
-                            Some(decide(&picker, &headers, b"", true, &mut picked).await)
+                            Some(decide(&picker, &headers, b"", true, &mut picked, &mut parsed_req).await)
                         } else {
                             Some(Out::RequestHeaders(HeadersResponse::default()))
                         }
@@ -112,16 +115,32 @@ impl ExternalProcessor for ExtProc {
                         body.extend_from_slice(&b.body);
                         // Streamed bodies arrive in pieces; the pick waits for the end.
                         if b.end_of_stream {
-                            Some(decide(&picker, &headers, &body, false, &mut picked).await)
+                            Some(decide(&picker, &headers, &body, false, &mut picked, &mut parsed_req).await)
                         } else {
                             None
                         }
                     }
                     Some(In::ResponseHeaders(h)) => {
+                        // Request-control plugins' response headers (a session token).
+                        let set: Vec<HeaderValueOption> = match (&picked, &parsed_req) {
+                            (Some(p), Some(r)) => {
+                                let metadata = msg.metadata_context.as_ref().map(metadata_json);
+                                picker
+                                    .response_headers(r, &p.result, metadata.as_ref())
+                                    .iter()
+                                    .map(|(k, v)| header(k, v))
+                                    .collect()
+                            }
+                            _ => Vec::new(),
+                        };
                         if h.end_of_stream {
                             picked = None;
                         }
-                        Some(Out::ResponseHeaders(HeadersResponse::default()))
+                        let response = (!set.is_empty()).then(|| CommonResponse {
+                            header_mutation: Some(HeaderMutation { set_headers: set, ..Default::default() }),
+                            ..Default::default()
+                        });
+                        Some(Out::ResponseHeaders(HeadersResponse { response }))
                     }
                     Some(In::ResponseBody(b)) => {
                         if let Some(p) = &picked {
@@ -171,6 +190,24 @@ fn destination_from_common(c: &CommonResponse) -> Option<String> {
     })
 }
 
+/// Envoy's metadata for the request as JSON, by namespace (`filter_metadata`).
+fn metadata_json(m: &envoy_types::pb::envoy::config::core::v3::Metadata) -> serde_json::Value {
+    fn value(v: &PbValue) -> serde_json::Value {
+        match &v.kind {
+            Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+            Some(Kind::NumberValue(n)) => serde_json::json!(n),
+            Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+            Some(Kind::StructValue(s)) => object(s),
+            Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(value).collect()),
+            Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
+        }
+    }
+    fn object(s: &Struct) -> serde_json::Value {
+        serde_json::Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), value(v))).collect())
+    }
+    serde_json::Value::Object(m.filter_metadata.iter().map(|(k, v)| (k.clone(), object(v))).collect())
+}
+
 fn destination_metadata(b: &BodyResponse) -> Option<Struct> {
     b.response.as_ref().and_then(destination_from_common).map(lb_metadata)
 }
@@ -189,6 +226,7 @@ async fn decide(
     body: &[u8],
     in_headers: bool,
     picked: &mut Option<Picked>,
+    parsed_req: &mut Option<LlmRequest>,
 ) -> Out {
     let path = headers.iter().find(|(k, _)| k == ":path").map_or("/v1/completions", |(_, v)| v.as_str());
     let reads_body = match picker.reads_body(path) {
@@ -222,6 +260,7 @@ async fn decide(
             let Some(dest) = pick.destination_address().map(String::from) else {
                 return immediate(503, "no destination");
             };
+            *parsed_req = Some(req.clone());
             let mut set = vec![header(DESTINATION_HEADER, &dest)];
             // A client's own routing headers must not reach the sidecar: ours replace
             // them, the rest are removed.

@@ -356,15 +356,15 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
     // refused connection, as Envoy answers); a 429 is kept whole in `busy` instead.
     let mut last_status: Option<u16> = None;
     // The last 429 seen: the answer when no other endpoint is left to try.
-    let mut busy: Option<(reqwest::Response, ProfilePick, InFlightGuard)> = None;
+    let mut busy: Option<(reqwest::Response, ProfilePick, InFlightGuard, BTreeMap<String, String>)> = None;
     // The retry budget: every attempt, the first included, spends one.
     let attempts = g.cfg.max_attempts.max(1);
     for attempt in 0..attempts {
         let picked = match g.picker.pick_request(&req, &excluded) {
             Ok(p) => p,
             Err(_) if busy.is_some() => {
-                let Some((resp, dest, inflight)) = busy.take() else { break };
-                return relay(&g, resp, dest, inflight, permit.take());
+                let Some((resp, dest, inflight, extra)) = busy.take() else { break };
+                return relay(&g, resp, dest, inflight, permit.take(), extra);
             }
             // Nothing left to try: after failed attempts, their failure is the answer.
             Err(e) => {
@@ -423,11 +423,12 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
                 g.picker.record_retry();
                 last_err = format!("{}: 429 Too Many Requests", dest.endpoint);
                 excluded.insert(dest.endpoint.clone());
-                busy = Some((resp, dest, inflight));
+                let extra = g.picker.response_headers(&req, &result, None);
+                busy = Some((resp, dest, inflight, extra));
             }
             Ok(resp) => {
                 g.picker.record_success(&dest.endpoint);
-                return relay(&g, resp, dest, inflight, permit.take());
+                return relay(&g, resp, dest, inflight, permit.take(), g.picker.response_headers(&req, &result, None));
             }
             // Nothing was sent to the client yet: another endpoint may take it.
             Err(e) if e.is_connect() || e.is_request() => {
@@ -444,8 +445,8 @@ async fn proxy(State(g): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap, body
             }
         }
     }
-    if let Some((resp, dest, inflight)) = busy {
-        return relay(&g, resp, dest, inflight, permit.take());
+    if let Some((resp, dest, inflight, extra)) = busy {
+        return relay(&g, resp, dest, inflight, permit.take(), extra);
     }
     ErrorBody::from_status(last_status.unwrap_or(502), format!("every attempt failed; last: {last_err}"))
         .into_response()
@@ -485,11 +486,16 @@ fn relay(
     dest: ProfilePick,
     mut inflight: InFlightGuard,
     permit: Option<crate::flowcontrol::gate::FlowPermit>,
+    extra: BTreeMap<String, String>,
 ) -> Response {
     inflight.hold(permit);
     let mut builder = Response::builder().status(resp.status().as_u16());
     for (k, v) in forwardable(resp.headers()) {
         builder = builder.header(k.as_str(), v.as_bytes());
+    }
+    // Request-control plugins' response headers (a session token, say).
+    for (k, v) in &extra {
+        builder = builder.header(k.as_str(), v.as_str());
     }
     if g.cfg.expose_destination
         && let Ok(v) = HeaderValue::from_str(&dest.address)

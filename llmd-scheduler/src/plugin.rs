@@ -194,6 +194,9 @@ pub struct PluginHandle {
     pub latency: Option<std::sync::Arc<crate::plugins::latency::PredictedLatencyProducer>>,
     /// A `burst-prefix-cache-producer` (the front ends join its window before the pick).
     pub burst: Option<std::sync::Arc<crate::plugins::burst::BurstPrefixProducer>>,
+    /// Request-control roles (request-header processor, screener, data producer,
+    /// pre-request, response-header and response-body processors).
+    pub request_control: Option<crate::plugins::requestcontrol::RequestControl>,
     /// Flow-control role (a policy or saturation detector).
     pub flow: Option<crate::flowcontrol::FlowPlugin>,
 }

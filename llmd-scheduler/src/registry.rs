@@ -68,16 +68,8 @@ impl PluginRegistry {
                 ..handle(n, "load-aware-scorer")
             })
         });
-        r.register("session-affinity-scorer", |n, p| {
-            // llm-d-router's keys; the header-token strategy is the one built.
-            let q = crate::plugins::Params(p);
-            q.check(&["strategy", "encodedEndpointHeaderConfig", "sessionIdConfig", "profileName"])?;
-            q.unbuilt("strategy", &"encoded_endpoint_header".into(), "only encoded_endpoint_header")?;
-            Ok(PluginHandle {
-                scorer: Some(Arc::new(scorers::SessionAffinityScorer)),
-                ..handle(n, "session-affinity-scorer")
-            })
-        });
+        // Both of the router's strategies (the header token, the session-id binding).
+        r.register("session-affinity-scorer", crate::plugins::requestcontrol::session::scorer_handle);
         r.register("lora-affinity-scorer", |n, _| {
             Ok(PluginHandle {
                 scorer: Some(Arc::new(scorers::LoraAffinityScorer)),
@@ -298,6 +290,7 @@ impl PluginRegistry {
         crate::plugins::burst::register(&mut r);
         crate::plugins::topology::register(&mut r);
         crate::plugins::mmcache::register(&mut r);
+        crate::plugins::requestcontrol::register(&mut r);
         crate::plugins::latency::register(&mut r);
         crate::parsers::register(&mut r);
         for t in [crate::tokenproducer::TYPE, crate::tokenproducer::LEGACY_TYPE] {

@@ -18,6 +18,9 @@ pub struct LlmRequest {
     /// Multimodal items in the prompt (images, audio, video): the E/P/D encode stage
     /// runs for requests that have some.
     pub multimodal: usize,
+    /// Attributes request-control plugins set before the pick (session ids, agent
+    /// identity), read by filters and scorers.
+    pub attributes: crate::plugins::requestcontrol::RequestAttributes,
     /// Content hashes of the prompt's multimodal items, each once, in prompt order
     /// ([`multimodal_hashes`]): `mm-embeddings-cache-producer` remembers which endpoints
     /// were sent which items, so a repeated image routes where it was encoded.

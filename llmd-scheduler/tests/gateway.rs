@@ -771,3 +771,35 @@ async fn sheddable_objectives_are_dropped_while_the_pool_is_saturated() {
     assert_eq!(post(None).await, 200);
     assert_eq!(post(Some("unknown-objective")).await, 200, "an unknown objective is priority 0");
 }
+
+#[tokio::test]
+async fn a_session_token_from_the_first_answer_brings_the_next_request_back() {
+    let yaml = "plugins:\n- type: session-affinity-scorer\n- type: max-score-picker\n\
+                schedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: session-affinity-scorer\n    weight: 10\n  - pluginRef: max-score-picker\n";
+    let config =
+        llmd_scheduler::SchedulerConfig::from_yaml(yaml, "epp.yaml", &PluginRegistry::with_builtins()).unwrap();
+    let store = datastore(Arc::new(ManualClock::new()));
+    for i in 0..3 {
+        store.upsert(Endpoint::new(format!("ns/e{i}"), echo().await, Role::Both));
+    }
+    let picker = EndpointPicker::new(Scheduler::new(config, 0), store, PickerConfig::default(), None);
+    let g = Gateway::new(picker, GatewayConfig { expose_destination: true, ..Default::default() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { g.serve(listener, std::future::pending()).await });
+    let first = post_hi(&base).await;
+    let token = first.headers()["x-session-token"].to_str().unwrap().to_string();
+    let served = first.headers()["x-gateway-destination-endpoint"].to_str().unwrap().to_string();
+    // Every endpoint ties without the token; with it, every request comes back.
+    for _ in 0..4 {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/v1/completions"))
+            .header("content-type", "application/json")
+            .header("x-session-token", &token)
+            .body(r#"{"model":"m","prompt":"hi"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-gateway-destination-endpoint"].to_str().unwrap(), served);
+    }
+}

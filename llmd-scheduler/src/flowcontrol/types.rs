@@ -128,7 +128,8 @@ impl FlowRequest {
     pub fn from_llm_request(req: &LlmRequest, priority: i32, byte_size: u64) -> Self {
         FlowRequest {
             request_id: req.id.clone(),
-            fairness_id: fairness_id(&req.headers).to_string(),
+            // The header, else the agent identity request control found, else the default.
+            fairness_id: crate::plugins::requestcontrol::fairness_id(&req.headers, &req.attributes).to_string(),
             priority,
             byte_size,
             headers: req.headers.clone(),

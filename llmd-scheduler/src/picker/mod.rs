@@ -330,6 +330,7 @@ impl EndpointPicker {
                 _ => None,
             })
             .collect();
+        scheduler.config().request_control.bind_clock(&writer.reader().clock());
         let producers = crate::plugins::latency::latency_producers(scheduler.config());
         for p in &producers {
             p.bind_clock(writer.reader().clock());
@@ -733,6 +734,7 @@ impl EndpointPicker {
             // The passthrough parser: routing sees the headers only.
             let mut req = LlmRequest::new(id, "", "");
             req.headers = headers.clone();
+            self.request_control(&mut req)?;
             return Ok((req, None));
         }
         // gRPC parsers read the framed protobuf, the others the JSON.
@@ -746,12 +748,61 @@ impl EndpointPicker {
         req.multimodal = p.multimodal;
         req.mm_hashes = crate::request::multimodal_hashes(body);
         req.token_ids = p.token_ids;
+        self.request_control(&mut req)?;
         if req.token_ids.is_some() || !self.needs_tokens || parser.is_grpc() {
             return Ok((req, None));
         }
         // Tokenizing costs far more than a pick: only when something reads the ids.
         let step = self.tokens.as_ref().map(|t| t.start(path, headers, body));
         Ok((req, step))
+    }
+
+    // Request control before admission and the pick: header processors (an error
+    // fails the request), then data producers, writing the request's attributes.
+    fn request_control(&self, req: &mut LlmRequest) -> Result<(), SchedulerError> {
+        let chain = &self.scheduler.config().request_control;
+        if chain.is_empty() {
+            return Ok(());
+        }
+        chain.request_headers(&req.headers, &mut req.attributes).map_err(SchedulerError::Request)?;
+        chain.produce(&req.headers, &mut req.attributes);
+        Ok(())
+    }
+
+    /// Headers the request-control plugins add to the client's response (a session
+    /// token, the rollout screener's), once `dest` answered the request `req` picked as
+    /// `result`. `metadata`: Envoy's metadata for the request, by namespace (the HTTP
+    /// gateway passes none and the served endpoint is `dest`'s address).
+    pub fn response_headers(
+        &self,
+        req: &LlmRequest,
+        result: &PickResult,
+        metadata: Option<&Value>,
+    ) -> BTreeMap<String, String> {
+        let chain = &self.scheduler.config().request_control;
+        let mut out = BTreeMap::new();
+        if chain.is_empty() {
+            return out;
+        }
+        let dest = result.destination();
+        let target = dest.and_then(|d| self.reader.get(&d.endpoint));
+        let served;
+        let metadata = match metadata {
+            Some(m) => Some(m),
+            None => {
+                served =
+                    dest.map(|d| serde_json::json!({"envoy.lb": {"x-gateway-destination-endpoint-served": d.address}}));
+                served.as_ref()
+            }
+        };
+        let cx = crate::plugins::requestcontrol::ResponseContext {
+            request: req,
+            result: Some(result),
+            target: target.as_ref(),
+            metadata,
+        };
+        chain.response_headers(&cx, &mut out);
+        out
     }
 
     // The parser for `path`: the configured ones (`requestHandler.parsers`), else the
@@ -787,19 +838,34 @@ impl EndpointPicker {
 
     /// [`pick`](Self::pick) for a request already parsed.
     pub fn pick_request(&self, req: &LlmRequest, exclude: &HashSet<String>) -> Result<Picked, SchedulerError> {
-        self.pick_where(req, |e| !exclude.contains(&e.id))
+        self.pick_where(req, |e| !exclude.contains(&e.id), true)
     }
 
     // The pick among the serving endpoints `allowed` lets through.
-    fn pick_where(&self, req: &LlmRequest, allowed: impl Fn(&Endpoint) -> bool) -> Result<Picked, SchedulerError> {
+    // `pre_request`: run the pre-request plugins (not for warm-up picks).
+    fn pick_where(
+        &self,
+        req: &LlmRequest,
+        allowed: impl Fn(&Endpoint) -> bool,
+        pre_request: bool,
+    ) -> Result<Picked, SchedulerError> {
         let serial = self.picking.lock().unwrap_or_else(|p| p.into_inner());
         for id in self.writer.refresh_load() {
             tracing::info!(endpoint = %id, "ejection over; endpoint back in picks");
         }
         let started = Instant::now();
         // Pick under the read lock: no copies of the endpoint list.
+        let chain = &self.scheduler.config().request_control;
         let result = self.reader.with_endpoints(|all| {
-            let cands = all.iter().filter(|e| e.is_serving() && allowed(e)).collect();
+            let mut cands: Vec<&Endpoint> = all.iter().filter(|e| e.is_serving() && allowed(e)).collect();
+            if !chain.is_empty() {
+                let pool: Vec<&Endpoint> = all.iter().collect();
+                let before = cands.len();
+                cands = chain.screen(req, &pool, cands, &mut || self.scheduler.draw());
+                if before > 0 && cands.is_empty() {
+                    return Err(SchedulerError::NoEndpoint("screeners eliminated all endpoint candidates".into()));
+                }
+            }
             self.scheduler.pick_among(req, cands)
         });
         self.metrics.pick_seconds.observe(started.elapsed().as_secs_f64());
@@ -807,6 +873,9 @@ impl EndpointPicker {
             Ok(result) => {
                 if let Some(d) = result.destination() {
                     self.metrics.picks.get_or_create(&EndpointLabel { endpoint: d.endpoint.clone() }).inc();
+                }
+                if pre_request && !chain.is_empty() {
+                    chain.pre_request(req, &req.attributes, &result);
                 }
                 // Of the prompt, only what the destination's cache lacks is prefill work
                 // queued there (when a prefix scorer knows).
@@ -865,7 +934,7 @@ impl EndpointPicker {
         let Some(timeout) = self.cfg.replication.as_ref().map(|c| c.timeout) else { return };
         let mut warm = req.clone();
         warm.id = format!("{}-warm", req.id);
-        let sent = match self.pick_where(&warm, |e| e.id == plan.endpoint) {
+        let sent = match self.pick_where(&warm, |e| e.id == plan.endpoint, false) {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(endpoint = %plan.endpoint, error = %e, "hot-prefix warm-up not sent");

@@ -814,6 +814,7 @@ mod tests {
             data_layer: Default::default(),
             plugins: BTreeMap::new(),
             flow_control: None,
+            request_control: Default::default(),
             parsers: None,
         };
         let sched = crate::Scheduler::new(config, 3);

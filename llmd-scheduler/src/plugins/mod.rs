@@ -8,6 +8,7 @@ pub mod pickers;
 pub mod precise;
 pub mod prefix;
 pub mod profiles;
+pub mod requestcontrol;
 pub mod scorers;
 pub mod selection;
 pub mod topology;
@@ -454,7 +455,6 @@ mod tests {
             ("active-request-scorer", json!({"maxBusyScore": 0.5}), "maxBusyScore"),
             ("active-request-scorer", json!({"idleThreshold": 2}), "idleThreshold"),
             ("prefix-cache-scorer", json!({"matchLengthWeight": 0.5}), "matchLengthWeight"),
-            ("session-affinity-scorer", json!({"strategy": "session_id"}), "strategy"),
             ("pd-profile-handler", json!({"primaryPort": 8000}), "primaryPort"),
             ("metrics-data-source", json!({"caCertPath": "/etc/ca.pem"}), "caCertPath"),
             (

@@ -114,14 +114,9 @@ impl RequestAttributes {
     }
 }
 
-/// Cycle-state key under which a front end leaves the request's [`RequestAttributes`]
-/// for the filters and scorers of the pick, until `LlmRequest` carries them itself.
-pub const REQUEST_ATTRIBUTES_KEY: &str = "request-control/attributes";
-
-/// The request's attributes as filters and scorers read them (see
-/// [`REQUEST_ATTRIBUTES_KEY`]); `None` when the front end left none.
-pub fn attributes_of<'a>(state: &'a CycleState, _req: &'a LlmRequest) -> Option<&'a RequestAttributes> {
-    state.get::<RequestAttributes>(REQUEST_ATTRIBUTES_KEY)
+/// The request's attributes as filters and scorers read them (`LlmRequest::attributes`).
+pub fn attributes_of<'a>(_state: &'a CycleState, req: &'a LlmRequest) -> Option<&'a RequestAttributes> {
+    Some(&req.attributes)
 }
 
 /// Runs on the request's headers before anything else (the router's
@@ -351,8 +346,7 @@ pub fn fairness_id<'a>(headers: &'a BTreeMap<String, String>, attrs: &'a Request
 /// A plugin handle with its request-control roles. `PluginHandle` has no field for
 /// them yet, so they are dropped here: the one line to change when it has one.
 fn with_roles(h: PluginHandle, rc: RequestControl) -> PluginHandle {
-    drop(rc);
-    h
+    PluginHandle { request_control: Some(rc), ..h }
 }
 
 fn handle(name: &str, type_name: &str) -> PluginHandle {
@@ -361,8 +355,6 @@ fn handle(name: &str, type_name: &str) -> PluginHandle {
 
 /// Registers this module's plugin types (not `session-affinity-scorer`, which the
 /// registry keeps: see [`session::scorer_handle`]).
-// Unused until the registry calls it.
-#[allow(dead_code)]
 pub(crate) fn register(r: &mut crate::registry::PluginRegistry) {
     r.register(session::SESSION_ID_PRODUCER, |n, p| {
         let s = Arc::new(session::SessionIdProducer::from_params(n, p)?);

@@ -15,8 +15,8 @@ use crate::plugins::requestcontrol::conformance::HeaderBasedTestingFilter;
 use crate::plugins::requestcontrol::identity::AgentIdentity;
 use crate::plugins::requestcontrol::session::*;
 use crate::plugins::requestcontrol::{
-    DataKey, DataProducer, PreRequest, REQUEST_ATTRIBUTES_KEY, RequestAttributes, RequestHeaderProcessor,
-    ResponseContext, ResponseHeaderProcessor,
+    DataKey, DataProducer, PreRequest, RequestAttributes, RequestHeaderProcessor, ResponseContext,
+    ResponseHeaderProcessor,
 };
 use crate::request::LlmRequest;
 
@@ -520,10 +520,7 @@ fn produced_attributes_reach_the_session_filter() {
 }
 
 #[test]
-fn filters_find_the_attributes_in_the_cycle_state() {
-    // Where the front end leaves the request's attributes for filters and scorers
-    // (`attributes_of`): when `LlmRequest` carries them, set `req.attributes` here
-    // instead of the cycle state.
+fn filters_find_the_request_attributes() {
     let (a, b) = (ep("pod-a"), ep("pod-b"));
     let f = SessionAffinity::from_params(
         SESSION_AFFINITY_FILTER,
@@ -532,14 +529,15 @@ fn filters_find_the_attributes_in_the_cycle_state() {
     .unwrap();
     let mut attrs = RequestAttributes::default();
     attrs.put(DataKey::new("agent-identity", ""), json!("agent-1"));
-    let req = req_with("r1", &[]);
+    let mut req = req_with("r1", &[]);
     f.pre_request(&req, &attrs, &pick_result("default", &[("default", "pod-b")]));
-    let mut state = CycleState::default();
-    state.put(REQUEST_ATTRIBUTES_KEY, attrs);
-    let kept: Vec<String> = f.filter(&mut state, &req, vec![&a, &b]).iter().map(|e| e.id.clone()).collect();
-    assert_eq!(kept, ["pod-b"]);
-    let bare: Vec<String> =
+    req.attributes = attrs;
+    let kept: Vec<String> =
         f.filter(&mut CycleState::default(), &req, vec![&a, &b]).iter().map(|e| e.id.clone()).collect();
+    assert_eq!(kept, ["pod-b"]);
+    let fresh = req_with("r1", &[]);
+    let bare: Vec<String> =
+        f.filter(&mut CycleState::default(), &fresh, vec![&a, &b]).iter().map(|e| e.id.clone()).collect();
     assert_eq!(bare.len(), 2);
 }
 

@@ -122,3 +122,41 @@ fn unknown_scenarios_list_the_known_ones() {
     let e = find_scenario("nope").unwrap_err().to_string();
     assert!(e.contains("shared-prefix") && e.contains("smoke"), "{e}");
 }
+
+/// With `slo_headers`, predicted-latency routing gets what it needs from the built-in
+/// client: each request's SLO and an id to match its latencies to its pick, so the
+/// producer trains on every request's streamed TTFT and TPOT and counts SLO violations
+/// against the scenario's own objectives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predicted_latency_trains_on_every_request_of_a_run() {
+    let out = std::env::temp_dir().join(format!("llmd-bench-latency-{}", std::process::id()));
+    let mut opts = smoke(&out, vec![Driver::Builtin]);
+    opts.routings = vec!["predicted-latency".into(), "llm-d-prefix".into()];
+    opts.scenario.slo_headers = true;
+    opts.scenario.requests = 64;
+    // An SLO every request breaks, so the violation counts are exact.
+    opts.scenario.slo = llmd::bench::scenario::Slo { ttft_ms: 0.001, itl_ms: 0.001 };
+    let report = bench(&opts).await.unwrap();
+    let run = &report.results[0].runs[0];
+    assert_eq!((run.requests, run.completed), (64, 64), "{run:?}");
+    let model = run.latency_model.as_ref().expect("the preset has a latency producer");
+    let p = &model[0];
+    assert_eq!(p["producer"], "predicted-latency-producer");
+    assert_eq!(p["ttft_samples_seen"], 64, "{model}");
+    // Four tokens each: a mean TPOT from every request.
+    assert_eq!(p["tpot_samples_seen"], 64, "{model}");
+    let m = &p["models"]["llmd-sim"];
+    assert_eq!((m["ttft"]["count"].as_u64(), m["predicted_ttft"]["count"].as_u64()), (Some(64), Some(64)), "{m}");
+    assert_eq!((m["ttft_slo_violations"].as_u64(), m["tpot_slo_violations"].as_u64()), (Some(64), Some(64)), "{m}");
+    // Trained after 32 samples (the default), it predicted for the requests after.
+    assert!(m["predicted_ttft"]["sum_s"].as_f64().is_some_and(|s| s > 0.0), "{m}");
+    // The baseline has no producer; every run keeps the gateway's metrics.
+    assert!(report.results[1].runs[0].latency_model.is_none());
+    assert!(out.join("smoke/predicted-latency-builtin-40.metrics.txt").exists());
+    // An external driver cannot send the headers: refused, not silently dropped.
+    opts.drivers = vec![Driver::parse("aiperf").unwrap()];
+    opts.routings = vec!["round-robin".into()];
+    let e = bench(&opts).await.unwrap_err().to_string();
+    assert!(e.contains("slo_headers"), "{e}");
+    std::fs::remove_dir_all(&out).unwrap();
+}

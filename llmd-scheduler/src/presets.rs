@@ -113,8 +113,56 @@ schedulingProfiles:
   - pluginRef: max-score-picker
 ";
 
+// llm-d's predicted-latency well-lit path with SLO headers (the guide's
+// `predicted-latency-slo.values.yaml`, profile `default`): the producer predicts each
+// endpoint's TTFT and TPOT from a model trained online on the requests' own TTFT and
+// mean TPOT (`streamingMode: true`, which the SLO headers need); a strict affinity
+// filter keeps endpoints holding ~all of the prompt, the tier filter those predicted to
+// meet the request's `x-llm-d-slo-ttft-ms` / `x-llm-d-slo-tpot-ms` (with probability
+// 0.99 when both tiers exist), a loose affinity filter those holding 80 % of it, and
+// `latency-scorer` weighs what is left by headroom for `weighted-random-picker`;
+// `latency-slo-admitter` sheds sheddable requests (priority < 0) no endpoint can serve
+// in time. As the guide has it, but for what llmd does not need: the guide also declares
+// `queue-scorer` and `kv-cache-utilization-scorer` (in no profile: no effect) and
+// `metrics-data-source` → `core-metrics-extractor` (llmd's data-layer default, applied
+// without them). `prefix-cache-scorer` is declared, as in the guide, in no profile: it is
+// the prefix match the affinity filters and the producer read; its parameters are the
+// router's defaults, spelled out as in `llm-d-prefix`.
+const PREDICTED_LATENCY: &str = "
+plugins:
+- type: prefix-cache-scorer
+  parameters:
+    blockSizeTokens: 16
+    maxPrefixBlocksToMatch: 256
+    lruCapacityPerServer: 31250
+- type: predicted-latency-producer
+  parameters:
+    streamingMode: true
+- type: prefix-cache-affinity-filter
+  name: strict-affinity-filter
+  parameters:
+    affinityThreshold: 0.99
+- type: prefix-cache-affinity-filter
+  name: loose-affinity-filter
+  parameters:
+    affinityThreshold: 0.8
+- type: latency-scorer
+- type: weighted-random-picker
+- type: slo-headroom-tier-filter
+- type: latency-slo-admitter
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: predicted-latency-producer
+  - pluginRef: strict-affinity-filter
+  - pluginRef: slo-headroom-tier-filter
+  - pluginRef: loose-affinity-filter
+  - pluginRef: latency-scorer
+  - pluginRef: weighted-random-picker
+";
+
 /// The names `--routing` accepts.
-pub const PRESETS: [&str; 5] = ["round-robin", "load", "prefix", "precise-prefix", "llm-d-prefix"];
+pub const PRESETS: [&str; 6] = ["round-robin", "load", "prefix", "precise-prefix", "llm-d-prefix", "predicted-latency"];
 
 /// The configuration of a named preset.
 pub fn preset(name: &str, registry: &PluginRegistry) -> Result<SchedulerConfig> {
@@ -124,6 +172,7 @@ pub fn preset(name: &str, registry: &PluginRegistry) -> Result<SchedulerConfig> 
         "prefix" => PREFIX,
         "precise-prefix" => PRECISE_PREFIX,
         "llm-d-prefix" => LLMD_PREFIX,
+        "predicted-latency" => PREDICTED_LATENCY,
         other => {
             return Err(SchedulerError::config(
                 "--routing",
@@ -146,5 +195,25 @@ mod tests {
             preset(p, &r).unwrap();
         }
         assert!(preset("fastest", &r).unwrap_err().to_string().contains("round-robin"));
+    }
+
+    #[test]
+    fn predicted_latency_is_the_guides_slo_pipeline() {
+        let r = PluginRegistry::with_builtins();
+        let cfg = preset("predicted-latency", &r).unwrap();
+        let p = &cfg.profiles[0];
+        let filters: Vec<&str> = p.filters.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(filters, ["strict-affinity-filter", "slo-headroom-tier-filter", "loose-affinity-filter"]);
+        let scorers: Vec<&str> = p.scorers.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(scorers, ["latency-scorer"]);
+        assert_eq!(p.picker.0, "weighted-random-picker");
+        // One producer, trained on streamed TTFT and TPOT, reading the declared prefix
+        // scorer's index (the one the affinity filters read too).
+        let producers = crate::plugins::latency::latency_producers(&cfg);
+        assert_eq!(producers.len(), 1);
+        assert!(producers[0].config().streaming_mode);
+        assert_eq!(producers[0].prefix_source().map(|s| s.name()), Some("approx-prefix-cache-producer"));
+        // The admitter is loaded as a flow plugin.
+        assert!(cfg.plugins["latency-slo-admitter"].flow.is_some());
     }
 }

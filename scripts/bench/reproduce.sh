@@ -13,13 +13,15 @@
 #   bash scripts/bench/reproduce.sh seeds    # the 0.25x point at 25 and 75 req/s under three more seeds
 #   bash scripts/bench/reproduce.sh overhead # the gateway's own cost per request, where nothing queues
 #   bash scripts/bench/reproduce.sh spread   # the random control near saturation, four seeds, each run twice
+#   bash scripts/bench/reproduce.sh latency  # predicted-latency routing against llm-d-prefix, SLO headers sent
+#                                              (steps: hot pressure mixed replication table; all by default)
 # Each part writes bench-results/PART/{results.md,NAME.json,NAME.md,NAME.svg}; the
 # combined table is bench-results/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 part=${1:-all}
 cargo build --release --quiet
-llmd=target/release/llmd
+llmd=${CARGO_TARGET_DIR:-target}/release/llmd
 
 # Installs inference-perf and aiperf (once) and exports their paths for `llmd bench`.
 load_tools() {
@@ -205,6 +207,119 @@ for point in ["0.25", "1", "2", "4"]:
         print(f"| {point}× | {routing} | {ttft['median']*1e3:.1f} / {ttft['p99']*1e3:.1f} | {good if good is None else round(good, 1)} | {hit:.2f} | {s['count']} |")
 PY
 }
+# Predicted-latency routing (llm-d's guide pipeline, the `predicted-latency` preset)
+# against load + prefix as llm-d ships it (`llm-d-prefix`), every request carrying the
+# scenario's SLO as llm-d's headers, steady state after each warm-up. Hot-prefix
+# replication is off (llm-d has none) but in the `replication` step, which runs llmd's
+# defaults and its own `prefix` preset beside them. Steps (each a few minutes, so a
+# shared machine can be locked for each): hot (three seeds of latency-hot-prefix),
+# pressure, mixed, replication, table.
+run_latency() {
+    local out=bench-results/latency pair=llm-d-prefix,predicted-latency seed f step
+    local steps=("$@")
+    [ ${#steps[@]} -gt 0 ] || steps=(hot pressure mixed replication table)
+    mkdir -p $out
+    for step in "${steps[@]}"; do
+        case $step in
+            hot)
+                for seed in 7 8 9; do
+                    f=$out/latency-hot-prefix-seed$seed.yaml
+                    sed -e "s/^seed: .*/seed: $seed/" -e "s/^name: .*/name: latency-hot-prefix-seed$seed/" \
+                        benches/scenarios/latency-hot-prefix.yaml > "$f"
+                    $llmd bench "$f" --sim --replicas 8 --routing $pair --rate 40,80,100,120 \
+                        --hot-prefix-replication false --log warn --out $out/hot-$seed
+                done ;;
+            pressure)
+                $llmd bench latency-cache-pressure --sim --replicas 8 --routing $pair \
+                    --hot-prefix-replication false --log warn --out $out/pressure ;;
+            mixed)
+                $llmd bench latency-mixed --sim --replicas 8 --routing $pair \
+                    --hot-prefix-replication false --log warn --out $out/mixed ;;
+            replication)
+                $llmd bench latency-hot-prefix --sim --replicas 8 --routing $pair,prefix --rate 40,80,100,120 \
+                    --log warn --out $out/replication ;;
+            table)
+                python3 - benches/scenarios/latency-hot-prefix.yaml:$out/hot-{7,8,9} \
+                    benches/scenarios/latency-cache-pressure.yaml:$out/pressure \
+                    benches/scenarios/latency-mixed.yaml:$out/mixed \
+                    "benches/scenarios/latency-hot-prefix.yaml:$out/replication:replication on" \
+                    > $out/results.md <<'PY'
+# For each scenario and rate: the steady state (after the warm-up) of each routing, SLO
+# attainment (the share of steady requests meeting the scenario's TTFT and mean-ITL SLO;
+# failed ones miss), and predicted latency against llm-d-prefix (1 - this / baseline).
+# A second table: how each routing spread its picks, and what the latency model learned
+# (whole run: a request picked before the model was trained counts a prediction of 0).
+# Arguments: SCENARIO.yaml:RUN_DIR[:LABEL] (RUN_DIR holds `llmd bench`'s NAME.json).
+import glob, json, os, re, sys
+
+def slo_of(yaml):
+    m = re.search(r"slo:\s*\{\s*ttft_ms:\s*([\d.]+),\s*itl_ms:\s*([\d.]+)\s*\}", open(yaml).read())
+    return float(m.group(1)), float(m.group(2))
+
+def picks(run_dir, scenario, routing, rate):
+    path = f"{run_dir}/{scenario}/{routing}-builtin-{rate:g}.metrics.txt"
+    if not os.path.exists(path):
+        return []
+    counts = [float(l.rsplit(" ", 1)[1]) for l in open(path) if l.startswith("llmd_epp_picks_total{")]
+    return sorted(counts, reverse=True)
+
+def better(mine, theirs):
+    return f"{(1 - mine / theirs) * 100:+.0f} %" if theirs > 0 else "–"
+
+def mean_ms(h):
+    return h["sum_s"] / max(h["count"], 1) * 1e3
+
+main, diag = [], []
+for arg in sys.argv[1:]:
+    yaml, run_dir, label = (arg.split(":") + [""])[:3]
+    slo_ttft, slo_itl = slo_of(yaml)
+    for path in sorted(glob.glob(f"{run_dir}/*.json")):
+        rep = json.load(open(path))
+        scen = rep["scenario"] + (f" ({label})" if label else "")
+        for i in range(len(rep["results"][0]["runs"])):
+            rows = {}
+            for res in rep["results"]:
+                run = res["runs"][i]
+                steady = run["samples"][run["warmup_requests"]:]
+                good = sum(s["ok"] and s["ttft"] * 1e3 <= slo_ttft and s["itl"] * 1e3 <= slo_itl for s in steady)
+                rows[res["routing"]] = (run, run["steady"], good / len(steady))
+            base = rows.get("llm-d-prefix")
+            for routing, (run, st, att) in rows.items():
+                vs = "baseline" if routing == "llm-d-prefix" else "–"
+                if base and routing != "llm-d-prefix":
+                    b = base[1]
+                    vs = (f"{better(st['ttft_ms'][0], b['ttft_ms'][0])} / {better(st['ttft_ms'][2], b['ttft_ms'][2])} · "
+                          f"{better(st['e2e_ms'][0], b['e2e_ms'][0])} / {better(st['e2e_ms'][2], b['e2e_ms'][2])}")
+                hit = run.get("hit_rate")
+                main.append(f"| {scen} | {run['rate']:g} | {routing} | {st['ttft_ms'][0]:.1f} / {st['ttft_ms'][2]:.1f} | "
+                            f"{st['e2e_ms'][0]:.0f} / {st['e2e_ms'][2]:.0f} | {att * 100:.1f} % | {st['goodput']:.1f} | "
+                            f"{st['output_tokens_per_s']:.0f} | {'–' if hit is None else f'{hit:.3f}'} | "
+                            f"{run['completed']}/{run['requests']} | {vs} |")
+                p = picks(run_dir, rep["scenario"], routing, run["rate"])
+                share = f"{sum(c > 0 for c in p)}, {p[0] / sum(p) * 100:.0f} %" if p else "–"
+                model = "– | – | – | –"
+                lm = run.get("latency_model")
+                m = next(iter(lm[0]["models"].values()), None) if lm else None
+                if m:
+                    model = (f"{lm[0]['ttft_samples_seen']} / {lm[0]['tpot_samples_seen']} | "
+                             f"{mean_ms(m['ttft']):.0f} / {mean_ms(m['predicted_ttft']):.0f} | "
+                             f"{mean_ms(m['tpot']):.1f} / {mean_ms(m['predicted_tpot']):.1f} | "
+                             f"{m['ttft_slo_violations']} / {m['tpot_slo_violations']}")
+                diag.append(f"| {scen} | {run['rate']:g} | {routing} | {share} | {model} |")
+
+print("| scenario | rate (req/s) | routing | steady TTFT p50 / p99 (ms) | steady e2e p50 / p99 (ms) | SLO attainment | steady goodput (req/s) | steady output tok/s | hit rate | ok | vs llm-d-prefix: TTFT p50 / p99 · e2e p50 / p99 (+: better) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("\n".join(main))
+print()
+print("| scenario | rate (req/s) | routing | replicas picked, busiest's share | model samples TTFT / TPOT | mean TTFT observed / predicted (ms) | mean TPOT observed / predicted (ms) | SLO violations TTFT / TPOT |")
+print("|---|---|---|---|---|---|---|---|")
+print("\n".join(diag))
+PY
+                ;;
+            *) echo "latency steps: hot pressure mixed replication table" >&2; exit 2 ;;
+        esac
+    done
+}
 # The table rows of several results.md files under one header.
 rows() {
     grep -h -m2 '^|' "$1"
@@ -224,11 +339,12 @@ case $part in
     seeds) run_seeds ;;
     overhead) run_overhead ;;
     spread) run_spread ;;
-    all) run_sim; run_tools; run_up; run_cpu; run_sweep; run_pressure; run_ablation; run_seeds; run_sensitivity; run_toolpressure; run_overhead; run_spread ;;
-    *) echo "usage: $0 [all|sim|tools|up|cpu|sweep|pressure|ablation|seeds|sensitivity|toolpressure|overhead|spread]" >&2; exit 2 ;;
+    latency) run_latency "${@:2}" ;;
+    all) run_sim; run_tools; run_up; run_cpu; run_sweep; run_pressure; run_ablation; run_seeds; run_sensitivity; run_toolpressure; run_overhead; run_spread; run_latency ;;
+    *) echo "usage: $0 [all|sim|tools|up|cpu|sweep|pressure|ablation|seeds|sensitivity|toolpressure|overhead|spread|latency [STEP...]]" >&2; exit 2 ;;
 esac
 # One table: the header once, then every part's rows.
 mapfile -t parts < <(ls bench-results/{sim,tools,up,cpu,sweep,pressure,ablation,seeds,sensitivity}/results.md 2> /dev/null)
-# (toolpressure's table has columns of its own: bench-results/toolpressure/results.md.)
+# (toolpressure's and latency's tables have columns of their own: bench-results/{toolpressure,latency}/results.md.)
 [ ${#parts[@]} -gt 0 ] && rows "${parts[@]}" > bench-results/RESULTS.md
 echo "wrote bench-results/RESULTS.md"

@@ -242,6 +242,9 @@ async fn one_run(
             pb.finish_and_clear();
             run::stats(&samples, rate, started.elapsed(), s.slo, s.warmup())
         }
+        external if s.slo_headers => {
+            bail!("{}: slo_headers are sent by the built-in client only, not by {}", s.name, external.name())
+        }
         external => {
             let tokenizer = match &opts.tokenizer {
                 Some(t) => t.clone(),
@@ -271,6 +274,21 @@ async fn one_run(
     if queries > 0.0 {
         st.hit_rate = Some((after.0 - before.0) / queries);
     }
+    if let Some(c) = cluster {
+        st.latency_model = latency_model(c);
+    }
+    if cluster.is_some() {
+        // The gateway's own metrics (picks per endpoint; a latency predictor's predicted
+        // and observed TTFT and TPOT, SLO violations) for what the table cannot show.
+        let text = match client.get(format!("{base}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let dir = opts.out.join(&s.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let file = dir.join(format!("{}-{}-{rate}.metrics.txt", routing.replace(['/', ':'], "_"), driver.name()));
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    }
     eprintln!(
         "llmd bench:   done in {:.1}s: {}/{} ok, TTFT p50 {:.1} ms p99 {:.1} ms, hit rate {}",
         started.elapsed().as_secs_f64(),
@@ -281,6 +299,48 @@ async fn one_run(
         st.hit_rate.map_or("n/a".into(), |h| format!("{h:.3}"))
     );
     Ok(st)
+}
+
+/// What the routing's latency producers learned in a run (see
+/// [`RunStats::latency_model`]); `None` without one.
+fn latency_model(cluster: &LocalCluster) -> Option<serde_json::Value> {
+    use serde_json::json;
+    let producers = llmd_scheduler::plugins::latency::latency_producers(cluster.picker.scheduler().config());
+    if producers.is_empty() {
+        return None;
+    }
+    let hist = |h: &llmd_scheduler::plugins::latency::metrics::Histogram| json!({"count": h.count, "sum_s": h.sum});
+    let out: Vec<serde_json::Value> = producers
+        .iter()
+        .map(|p| {
+            let stats = p.model().map(|m| m.stats());
+            let models: serde_json::Map<String, serde_json::Value> = p
+                .metrics()
+                .models
+                .iter()
+                .map(|(name, m)| {
+                    let v = json!({
+                        "ttft": hist(&m.ttft),
+                        "predicted_ttft": hist(&m.predicted_ttft),
+                        "tpot": hist(&m.tpot),
+                        "predicted_tpot": hist(&m.predicted_tpot),
+                        "ttft_slo_violations": m.ttft_slo_violations,
+                        "tpot_slo_violations": m.tpot_slo_violations,
+                    });
+                    (name.clone(), v)
+                })
+                .collect();
+            json!({
+                "producer": p.name(),
+                "ttft_samples_seen": stats.map(|s| s.ttft_seen),
+                "tpot_samples_seen": stats.map(|s| s.tpot_seen),
+                "ttft_refits": stats.map(|s| s.ttft_refits),
+                "tpot_refits": stats.map(|s| s.tpot_refits),
+                "models": models,
+            })
+        })
+        .collect();
+    Some(serde_json::Value::Array(out))
 }
 
 /// The Markdown table for one or more reports: one row per scenario, routing, driver and

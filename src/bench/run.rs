@@ -31,7 +31,8 @@ pub struct Sample {
 }
 
 /// Sends every planned request at its time (open loop: arrivals do not wait for
-/// responses) to `base`'s `/v1/completions`, streaming; `progress` counts finished ones.
+/// responses) to `base`'s `/v1/completions`, streaming, with its own headers;
+/// `progress` counts finished ones.
 pub async fn run(
     client: &reqwest::Client,
     base: &str,
@@ -57,12 +58,13 @@ pub async fn run(
             },
             ..Default::default()
         };
+        let headers = p.headers.clone();
         let at = start + p.at;
         let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
             let sent_at = start.elapsed().as_secs_f64();
-            let sample = Sample { sent_at, ..one(&client, &url, body).await };
+            let sample = Sample { sent_at, ..one(&client, &url, &headers, body).await };
             progress.inc(1);
             sample
         }));
@@ -74,10 +76,14 @@ pub async fn run(
     out
 }
 
-async fn one(client: &reqwest::Client, url: &str, body: CompletionRequest) -> Sample {
+async fn one(client: &reqwest::Client, url: &str, headers: &[(String, String)], body: CompletionRequest) -> Sample {
     let sent = Instant::now();
     let Ok(body) = serde_json::to_string(&body) else { return Sample::default() };
-    let resp = match client.post(url).header("content-type", "application/json").body(body).send().await {
+    let mut rq = client.post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        rq = rq.header(k.as_str(), v.as_str());
+    }
+    let resp = match rq.body(body).send().await {
         Ok(r) if r.status().is_success() => r,
         _ => return Sample { e2e: sent.elapsed().as_secs_f64(), ..Default::default() },
     };
@@ -162,6 +168,13 @@ pub struct RunStats {
     pub steady: Option<Box<RunStats>>,
     /// Requests left out of `steady` as warm-up.
     pub warmup_requests: usize,
+    /// What each `predicted-latency-producer` of the routing learned over the whole run
+    /// (warm-up included), when `llmd bench` started the cluster: its model's sample
+    /// counts and refits, and the observed against the predicted (chosen endpoint's)
+    /// TTFT and mean TPOT, count and sum in seconds (a request picked before the model
+    /// was trained counts a prediction of 0), with the SLO violations it counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_model: Option<serde_json::Value>,
     /// Every request's own figures, in plan order (the built-in client's runs; the
     /// external tools keep theirs in their own reports).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -243,5 +256,64 @@ mod tests {
         assert!((steady.goodput.unwrap() - 16.0 / 1.61).abs() < 1e-9, "{:?}", steady.goodput);
         // No warm-up: no steady figures.
         assert!(stats(&samples, 10.0, Duration::from_secs(2), slo, 0).steady.is_none());
+    }
+
+    #[tokio::test]
+    async fn every_request_carries_its_own_headers() {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        // A server that records each request's head and answers an empty stream.
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = sock.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            seen.lock().unwrap().push(head);
+                            break;
+                        }
+                    }
+                    let body = "data: [DONE]\n\n";
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        let slo = vec![("x-llm-d-slo-ttft-ms".to_string(), "250".to_string())];
+        let plan: Vec<Planned> = (0..3)
+            .map(|i| Planned {
+                at: Duration::from_millis(i * 5),
+                prompt: "hello".into(),
+                max_tokens: 2,
+                headers: if i == 2 { Vec::new() } else { slo.clone() },
+            })
+            .collect();
+        let client = reqwest::Client::new();
+        let samples = run(&client, &base, Some("m"), &plan, &indicatif::ProgressBar::hidden()).await;
+        assert!(samples.iter().all(|s| s.ok), "{samples:?}");
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 3);
+        assert_eq!(heads.iter().filter(|h| h.contains("\r\nx-llm-d-slo-ttft-ms: 250")).count(), 2, "{heads:?}");
     }
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use llmd_scheduler::plugins::latency::{TPOT_SLO_HEADER, TTFT_SLO_HEADER};
 use serde::Deserialize;
 
 /// Latency objectives a request must meet to count toward goodput.
@@ -71,6 +72,12 @@ pub struct Scenario {
     /// derived: factor × blocks × 16 tokens ÷ the prefix's tokens at a byte a token).
     #[serde(default)]
     pub kv_pressure: Option<Vec<f64>>,
+    /// Send every request with llm-d's SLO headers, `x-llm-d-slo-ttft-ms` and
+    /// `x-llm-d-slo-tpot-ms`, set to `slo`'s TTFT and mean ITL: what predicted-latency
+    /// routing's SLO mode reads (it also needs `"stream": true`, which the built-in
+    /// client always sends). Built-in client only. Default false.
+    #[serde(default)]
+    pub slo_headers: bool,
 }
 
 /// One request of a run.
@@ -82,6 +89,8 @@ pub struct Planned {
     pub prompt: String,
     /// Tokens to generate.
     pub max_tokens: usize,
+    /// Extra request headers (name, value): the SLO headers with `slo_headers`.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Seeded draws: the same scenario file always yields the same requests.
@@ -183,6 +192,14 @@ impl Scenario {
         // Each conversation so far; a turn appends to one at random.
         let mut sessions: Vec<String> = (0..self.sessions).map(|i| format!("Conversation {i}.\n")).collect();
         let mut at = 0.0f64;
+        let headers: Vec<(String, String)> = if self.slo_headers {
+            vec![
+                (TTFT_SLO_HEADER.to_string(), self.slo.ttft_ms.to_string()),
+                (TPOT_SLO_HEADER.to_string(), self.slo.itl_ms.to_string()),
+            ]
+        } else {
+            Vec::new()
+        };
         (0..self.requests)
             .map(|i| {
                 // Exponential gaps: a Poisson process.
@@ -212,7 +229,7 @@ impl Scenario {
                     Some(max) => self.max_tokens + (rng.next() % (max - self.max_tokens + 1) as u64) as usize,
                     None => self.max_tokens,
                 };
-                Planned { at: Duration::from_secs_f64(at), prompt, max_tokens }
+                Planned { at: Duration::from_secs_f64(at), prompt, max_tokens, headers: headers.clone() }
             })
             .collect()
     }
@@ -296,5 +313,26 @@ mod tests {
         )
         .unwrap();
         assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn slo_headers_carry_the_scenarios_own_objectives() {
+        let base = "{name: s, kind: random, requests: 3, rates: [5], seed: 2, prompt_chars: 10, max_tokens: 2, slo: {ttft_ms: 250, itl_ms: 12.5}";
+        let without: Scenario = serde_yaml_ng::from_str(&format!("{base}}}")).unwrap();
+        assert!(!without.slo_headers);
+        assert!(without.plan(5.0).iter().all(|p| p.headers.is_empty()), "off by default");
+        let with: Scenario = serde_yaml_ng::from_str(&format!("{base}, slo_headers: true}}")).unwrap();
+        with.check().unwrap();
+        let plan = with.plan(5.0);
+        let want = [
+            ("x-llm-d-slo-ttft-ms".to_string(), "250".to_string()),
+            ("x-llm-d-slo-tpot-ms".to_string(), "12.5".to_string()),
+        ];
+        assert!(plan.iter().all(|p| p.headers == want), "{:?}", plan[0].headers);
+        // The headers change nothing else about the plan.
+        let same = |a: &[Planned], b: &[Planned]| {
+            a.iter().zip(b).all(|(x, y)| (x.at, &x.prompt, x.max_tokens) == (y.at, &y.prompt, y.max_tokens))
+        };
+        assert!(same(&plan, &without.plan(5.0)));
     }
 }

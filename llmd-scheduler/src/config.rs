@@ -211,7 +211,8 @@ fn bind_prefix_producers(
             precise.insert(name.clone(), (s, h.observer.take()));
         }
     }
-    for (name, _, params) in named.iter().filter(|(_, t, _)| t == "prefix-cache-scorer") {
+    let scorers = ["prefix-cache-scorer", crate::plugins::multicluster::PREFIX_CACHE_SCORER];
+    for (name, _, params) in named.iter().filter(|(_, t, _)| scorers.contains(&t.as_str())) {
         let fail = |e: String| (name.clone(), e);
         let want = crate::plugins::Params(params)
             .string("prefixMatchInfoProducerName")
@@ -228,10 +229,11 @@ fn bind_prefix_producers(
         let Some((_, t, producer)) = named.iter().find(|(n, _, _)| *n == want) else {
             continue;
         };
-        if t != "approx-prefix-cache-producer" {
+        if t != "approx-prefix-cache-producer" && t != crate::plugins::multicluster::APPROX_PREFIX_CACHE_PRODUCER {
             return Err(fail(format!(
                 "prefixMatchInfoProducerName {want:?} is a {t}, which produces no prefix match information llmd reads \
-                 (approx-prefix-cache-producer, precise-prefix-cache-producer or burst-prefix-cache-producer)"
+                 (approx-prefix-cache-producer, multicluster-approx-prefix-cache-producer, \
+                 precise-prefix-cache-producer or burst-prefix-cache-producer)"
             )));
         }
         let q = crate::plugins::Params(producer);
@@ -356,11 +358,20 @@ fn resolve_parsers(
 }
 
 /// An endpoint discovery plugin named by `dataLayer.discovery` (llm-d's
-/// `file-discovery`: `path`, `watchFile`).
+/// `file-discovery` and `multicluster-file-discovery`: `path`, `watchFile`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiscoveryRef {
     /// Endpoints from a file, re-read on change when `watch`.
     File {
+        /// The endpoints file.
+        path: std::path::PathBuf,
+        /// Whether to follow changes.
+        watch: bool,
+    },
+    /// `multicluster-file-discovery`: peer clusters from a file of the same format
+    /// ([`FileDiscovery::multicluster`](crate::FileDiscovery::multicluster)), each
+    /// scraped at its `metricsAddress`/`metricsPort` labels when set.
+    MultiClusterFile {
         /// The endpoints file.
         path: std::path::PathBuf,
         /// Whether to follow changes.
@@ -376,7 +387,13 @@ impl DiscoveryRef {
                 path: q.string("path")?.ok_or("parameter path is required")?.into(),
                 watch: q.bool("watchFile", false)?,
             }),
-            other => Err(format!("{other:?} is not a discovery plugin (known: file-discovery)")),
+            crate::plugins::multicluster::FILE_DISCOVERY => Ok(DiscoveryRef::MultiClusterFile {
+                path: q.string("path")?.ok_or("parameter path is required")?.into(),
+                watch: q.bool("watchFile", false)?,
+            }),
+            other => {
+                Err(format!("{other:?} is not a discovery plugin (known: file-discovery, multicluster-file-discovery)"))
+            }
         }
     }
 }

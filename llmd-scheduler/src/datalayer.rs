@@ -262,12 +262,91 @@ impl Extractor for CoreMetricsExtractor {
     }
 }
 
+/// How a metrics source reaches its endpoints over https (`scheme: https`): the
+/// server certificate is checked against `ca_cert` (else the system roots) unless
+/// `insecure_skip_verify`, and `client_cert`/`client_key` are presented for mTLS. The
+/// files are read when the config loads (a missing or invalid one is a load error)
+/// and again when the picker builds the source's client.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsSettings {
+    /// `caCertPath`: a PEM bundle of the CAs the server certificate must chain to.
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// `clientCertPath`: a PEM client certificate (chain).
+    pub client_cert: Option<std::path::PathBuf>,
+    /// `clientKeyPath`: the client certificate's PEM private key.
+    pub client_key: Option<std::path::PathBuf>,
+    /// `insecureSkipVerify`: accept any server certificate.
+    pub insecure_skip_verify: bool,
+}
+
+impl TlsSettings {
+    /// The CA bundle's PEM text (`None` without `caCertPath`, or when verification is
+    /// skipped: the router ignores the CA then); errors name the parameter and path.
+    pub fn ca_pem(&self) -> Result<Option<Vec<u8>>, String> {
+        match &self.ca_cert {
+            Some(path) if !self.insecure_skip_verify => {
+                let pem = read_param_file("caCertPath", path)?;
+                if pem_blocks(&pem, "CERTIFICATE") == 0 {
+                    return Err(format!("parameter caCertPath: {}: no PEM certificate in it", path.display()));
+                }
+                Ok(Some(pem))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The client identity, certificate chain then key, as one PEM buffer (what
+    /// rustls-backed reqwest reads); `None` without client certificates.
+    pub fn identity_pem(&self) -> Result<Option<Vec<u8>>, String> {
+        let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) else { return Ok(None) };
+        let mut pem = read_param_file("clientCertPath", cert)?;
+        if pem_blocks(&pem, "CERTIFICATE") == 0 {
+            return Err(format!("parameter clientCertPath: {}: no PEM certificate in it", cert.display()));
+        }
+        let key_pem = read_param_file("clientKeyPath", key)?;
+        if pem_blocks(&key_pem, "PRIVATE KEY") == 0 {
+            return Err(format!("parameter clientKeyPath: {}: no PEM private key in it", key.display()));
+        }
+        pem.push(b'\n');
+        pem.extend_from_slice(&key_pem);
+        Ok(Some(pem))
+    }
+
+    /// Reads every file now, so a config naming a missing or unreadable one fails to
+    /// load (the router fails the plugin's creation the same way).
+    pub fn validate(&self) -> Result<(), String> {
+        self.ca_pem()?;
+        self.identity_pem()?;
+        Ok(())
+    }
+}
+
+fn read_param_file(param: &str, path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("parameter {param}: cannot read {}: {e}", path.display()))
+}
+
+// PEM blocks whose label ends with `kind` ("CERTIFICATE"; "PRIVATE KEY" matches the
+// PKCS#8, RSA and EC key labels alike).
+fn pem_blocks(pem: &[u8], kind: &str) -> usize {
+    String::from_utf8_lossy(pem)
+        .lines()
+        .filter(|l| {
+            l.trim()
+                .strip_prefix("-----BEGIN ")
+                .and_then(|r| r.strip_suffix("-----"))
+                .is_some_and(|label| label.ends_with(kind))
+        })
+        .count()
+}
+
 /// What a source fetches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceKind {
-    /// `metrics-data-source` (and `dcgm-data-source`): GETs `path` on each endpoint,
-    /// at `port` when set (else the endpoint's own), every `interval` (`None`: the
-    /// picker's scrape interval).
+    /// `metrics-data-source` (and `dcgm-data-source`, `multicluster-metrics-data-source`):
+    /// GETs `path` on each endpoint (its metrics host: see
+    /// [`METRICS_HOST_LABEL`](crate::discovery::METRICS_HOST_LABEL)), at `port` when set
+    /// (else the endpoint's own), every `interval` (`None`: the picker's scrape
+    /// interval), over https when `tls` is set.
     Metrics {
         /// The URL path.
         path: String,
@@ -275,14 +354,35 @@ pub enum SourceKind {
         interval: Option<Duration>,
         /// A port other than the endpoint's (a DCGM exporter's, say).
         port: Option<u16>,
+        /// `scheme: https` and its certificates; `None`: plain http.
+        tls: Option<TlsSettings>,
     },
     /// `kv-events-data-source`: subscribes to each endpoint's KV-event stream.
     KvEvents,
 }
 
+/// The most of a peer cluster's exposition a `multicluster-metrics-data-source` reads
+/// (the router's cap: a broken or hostile peer cannot exhaust memory).
+pub const MULTICLUSTER_MAX_RESPONSE_BYTES: usize = 8 << 20;
+
 impl SourceKind {
-    /// From a `metrics-data-source`'s parameters (`scheme` http only, `path`, `interval`).
+    /// From a `metrics-data-source`'s parameters: `scheme` (`http` | `https`), `path`,
+    /// `port`, `interval`, and for https `caCertPath`, `clientCertPath` + `clientKeyPath`
+    /// (both or neither) and `insecureSkipVerify` (default true, the router's). The
+    /// certificate files are read now: a missing or invalid one fails the load.
     pub fn metrics_from_params(p: &serde_json::Value) -> Result<Self, String> {
+        Self::metrics_with_defaults(p, "http", true)
+    }
+
+    /// From a `multicluster-metrics-data-source`'s parameters: those of
+    /// [`metrics_from_params`](Self::metrics_from_params), but `scheme` defaults to
+    /// `https` and `insecureSkipVerify` to false, since a scrape across clusters
+    /// crosses a trust boundary.
+    pub fn multicluster_metrics_from_params(p: &serde_json::Value) -> Result<Self, String> {
+        Self::metrics_with_defaults(p, "https", false)
+    }
+
+    fn metrics_with_defaults(p: &serde_json::Value, scheme: &str, skip_verify: bool) -> Result<Self, String> {
         let q = crate::plugins::Params(p);
         q.check(&[
             "scheme",
@@ -294,16 +394,29 @@ impl SourceKind {
             "clientKeyPath",
             "interval",
         ])?;
-        if let Some(s) = q.string("scheme")?
-            && s != "http"
-        {
-            return Err(format!("parameter scheme: {s:?} is not supported (http only)"));
+        let scheme = q.string("scheme")?.unwrap_or_else(|| scheme.into());
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("parameter scheme: {scheme:?} is not supported (http or https)"));
         }
-        for tls in ["caCertPath", "clientCertPath", "clientKeyPath"] {
-            if q.value(tls).is_some() {
-                return Err(format!("parameter {tls}: TLS scraping is not built in llmd yet (http only)"));
-            }
+        let file = |k: &str| -> Result<Option<std::path::PathBuf>, String> {
+            Ok(q.string(k)?.filter(|s| !s.is_empty()).map(Into::into))
+        };
+        let settings = TlsSettings {
+            ca_cert: file("caCertPath")?,
+            client_cert: file("clientCertPath")?,
+            client_key: file("clientKeyPath")?,
+            insecure_skip_verify: q.bool("insecureSkipVerify", skip_verify)?,
+        };
+        if settings.client_cert.is_some() != settings.client_key.is_some() {
+            return Err("parameters clientCertPath and clientKeyPath: set both or neither".into());
         }
+        // The router reads the files only for https (an http source ignores them).
+        let tls = if scheme == "https" {
+            settings.validate()?;
+            Some(settings)
+        } else {
+            None
+        };
         let path = q.string("path")?.unwrap_or_else(|| "/metrics".into());
         if !path.starts_with('/') {
             return Err(format!("parameter path: {path:?} must start with /"));
@@ -318,13 +431,14 @@ impl SourceKind {
                 u16::try_from(p).ok().filter(|&p| p > 0).ok_or_else(|| format!("parameter port: {p} is not a port"))?,
             ),
         };
-        Ok(SourceKind::Metrics { path, interval, port })
+        Ok(SourceKind::Metrics { path, interval, port, tls })
     }
 
     /// From a `dcgm-data-source`'s parameters: a DCGM exporter on each endpoint's host
-    /// (`port` 9400, `path` /metrics, `scheme` http, `interval`). `useNodeAddress`
-    /// (scraping the node's address rather than the pod's) needs the Kubernetes
-    /// reflector and is refused.
+    /// (`port` 9400, `path` /metrics, `scheme` http or https, `insecureSkipVerify`
+    /// default true, `interval`; the router's DCGM source takes no certificate files).
+    /// `useNodeAddress` (scraping the node's address rather than the pod's) needs the
+    /// Kubernetes reflector and is refused.
     pub fn dcgm_from_params(p: &serde_json::Value) -> Result<Self, String> {
         let q = crate::plugins::Params(p);
         q.check(&["scheme", "path", "port", "insecureSkipVerify", "useNodeAddress", "interval"])?;
@@ -418,7 +532,7 @@ impl DataLayerConfig {
     pub fn defaults(consumers: Vec<Arc<dyn KvEventConsumer>>) -> Self {
         let mut sources = vec![SourceBinding {
             name: "metrics-data-source".into(),
-            kind: SourceKind::Metrics { path: "/metrics".into(), interval: None, port: None },
+            kind: SourceKind::Metrics { path: "/metrics".into(), interval: None, port: None, tls: None },
             extractors: vec![("core-metrics-extractor".into(), Arc::new(CoreMetricsExtractor::default()))],
             consumers: Vec::new(),
         }];
@@ -479,7 +593,12 @@ mod tests {
         let k = SourceKind::dcgm_from_params(&serde_json::json!({"interval": "1s"})).unwrap();
         assert_eq!(
             k,
-            SourceKind::Metrics { path: "/metrics".into(), interval: Some(Duration::from_secs(1)), port: Some(9400) }
+            SourceKind::Metrics {
+                path: "/metrics".into(),
+                interval: Some(Duration::from_secs(1)),
+                port: Some(9400),
+                tls: None
+            }
         );
         assert!(
             SourceKind::dcgm_from_params(&serde_json::json!({"useNodeAddress": true}))
@@ -539,10 +658,19 @@ mod tests {
         assert_eq!(MetricSpec::parse("absent").unwrap().value(VLLM), None);
         assert!(MetricSpec::parse("{a=b}").is_err());
         assert!(MetricSpec::parse("m{a}").is_err());
-        assert!(SourceKind::metrics_from_params(&serde_json::json!({"scheme": "https"})).is_err());
+        assert!(matches!(
+            SourceKind::metrics_from_params(&serde_json::json!({"scheme": "https"})).unwrap(),
+            SourceKind::Metrics { tls: Some(TlsSettings { insecure_skip_verify: true, .. }), .. }
+        ));
+        assert!(SourceKind::metrics_from_params(&serde_json::json!({"scheme": "ftp"})).unwrap_err().contains("scheme"));
         assert_eq!(
             SourceKind::metrics_from_params(&serde_json::json!({"interval": "1s"})).unwrap(),
-            SourceKind::Metrics { path: "/metrics".into(), interval: Some(Duration::from_secs(1)), port: None }
+            SourceKind::Metrics {
+                path: "/metrics".into(),
+                interval: Some(Duration::from_secs(1)),
+                port: None,
+                tls: None
+            }
         );
     }
 }

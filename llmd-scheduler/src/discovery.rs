@@ -24,6 +24,14 @@ use crate::error::{Result, SchedulerError};
 /// llm-d's label naming a pod's P/D role.
 pub const ROLE_LABEL: &str = "llm-d.ai/role";
 
+/// The label a `multicluster-file-discovery` endpoint carries when its metrics are
+/// scraped somewhere other than its address: `host:port`, from the peer's
+/// `metricsAddress` label and its `metricsPort` label (default the endpoint's port).
+/// Metrics sources scrape this host instead of the address. Only the multicluster
+/// discovery writes it; the pod discovery drops it from a file, as the router's pod
+/// discovery never reads cluster-only labels.
+pub const METRICS_HOST_LABEL: &str = "llmd.ai/metrics-host";
+
 /// The largest endpoints file read (llm-d's limit too).
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
@@ -144,13 +152,23 @@ pub struct FileDiscovery {
     name: String,
     poll: Option<Duration>,
     last: Option<Vec<u8>>,
+    // `multicluster-file-discovery`: entries are peer clusters (see `multicluster`).
+    multicluster: bool,
 }
 
 impl FileDiscovery {
     /// Reads `path`; `poll` is how often to look for changes (`None`: read once).
     pub fn new(path: impl Into<PathBuf>, poll: Option<Duration>) -> Self {
         let path = path.into();
-        FileDiscovery { name: format!("file:{}", path.display()), path, poll, last: None }
+        FileDiscovery { name: format!("file:{}", path.display()), path, poll, last: None, multicluster: false }
+    }
+
+    /// `multicluster-file-discovery`: the same file format, whose entries are peer
+    /// clusters (reached at their gateway, a hostname or an IP); an entry's
+    /// `metricsAddress` label (with `metricsPort`, default its port) sets where its
+    /// metrics are scraped ([`METRICS_HOST_LABEL`]).
+    pub fn multicluster(path: impl Into<PathBuf>, poll: Option<Duration>) -> Self {
+        FileDiscovery { multicluster: true, ..Self::new(path, poll) }
     }
 
     /// The file.
@@ -161,12 +179,22 @@ impl FileDiscovery {
     /// Parses an endpoints file. Entries that do not validate are returned as warnings
     /// (`entry N (name): reason`) and left out; a document that does not parse is an error.
     pub fn parse(text: &str, file: &str) -> Result<(Vec<Endpoint>, Vec<String>)> {
+        Self::parse_as(text, file, false)
+    }
+
+    /// Parses an endpoints file of peer clusters, as [`multicluster`](Self::multicluster)
+    /// reads it.
+    pub fn parse_multicluster(text: &str, file: &str) -> Result<(Vec<Endpoint>, Vec<String>)> {
+        Self::parse_as(text, file, true)
+    }
+
+    fn parse_as(text: &str, file: &str, multicluster: bool) -> Result<(Vec<Endpoint>, Vec<String>)> {
         let raw: RawFile =
             serde_yaml_ng::from_str(text).map_err(|e| SchedulerError::config(file, "(document)", e.to_string()))?;
         let mut out: Vec<Endpoint> = Vec::new();
         let mut warnings = Vec::new();
         for (i, v) in raw.endpoints.into_iter().enumerate() {
-            match entry(v) {
+            match entry(v, multicluster) {
                 Ok(e) if out.iter().any(|o| o.id == e.id) => {
                     warnings.push(format!("entry {i} ({}): the name appears twice; the first is kept", e.id))
                 }
@@ -178,7 +206,7 @@ impl FileDiscovery {
     }
 }
 
-fn entry(v: serde_yaml_ng::Value) -> std::result::Result<Endpoint, String> {
+fn entry(v: serde_yaml_ng::Value, multicluster: bool) -> std::result::Result<Endpoint, String> {
     let raw: RawEntry = serde_yaml_ng::from_value(v).map_err(|e| e.to_string())?;
     let at = |r: String| format!("({}) {r}", raw.name);
     if raw.name.is_empty() {
@@ -202,8 +230,17 @@ fn entry(v: serde_yaml_ng::Value) -> std::result::Result<Endpoint, String> {
     };
     let role_text = raw.role.as_deref().or(raw.labels.get(ROLE_LABEL).map(String::as_str)).unwrap_or("both");
     let role = Role::parse(role_text).ok_or_else(|| at(format!("unknown role {role_text:?}")))?;
+    let mut labels = raw.labels;
+    labels.remove(METRICS_HOST_LABEL);
+    if multicluster && let Some(host) = labels.get("metricsAddress").filter(|a| !a.is_empty()) {
+        let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.clone() };
+        let port = labels.get("metricsPort").filter(|p| !p.is_empty()).unwrap_or(&port);
+        let metrics = format!("{host}:{port}");
+        check_address(&metrics).map_err(|e| at(format!("metricsAddress/metricsPort: {e}")))?;
+        labels.insert(METRICS_HOST_LABEL.into(), metrics);
+    }
     let mut ep = Endpoint::new(id, address, role);
-    ep.labels = raw.labels;
+    ep.labels = labels;
     ep.kv_events = raw.kv_events;
     Ok(ep)
 }
@@ -230,7 +267,7 @@ impl Discovery for FileDiscovery {
         }
         let text =
             String::from_utf8(bytes.clone()).map_err(|_| SchedulerError::config(&file, "(file)", "not UTF-8 text"))?;
-        let (endpoints, warnings) = Self::parse(&text, &file)?;
+        let (endpoints, warnings) = Self::parse_as(&text, &file, self.multicluster)?;
         for w in &warnings {
             tracing::warn!(file = %file, "endpoints file: {w}; skipped");
         }
@@ -322,6 +359,43 @@ endpoints:
         let ids: Vec<String> = w.reader().snapshot().into_iter().map(|e| e.id).collect();
         assert_eq!(ids, ["b", "c"]);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn multicluster_entries_name_their_metrics_host() {
+        // The router's multicluster example: peers by hostname, one publishing its
+        // metrics elsewhere.
+        let text = r#"
+endpoints:
+  - name: us-east
+    address: gateway.us-east.example.com
+    port: "443"
+    labels: {metricsAddress: epp.us-east.example.com, metricsPort: "9090"}
+  - name: eu-west
+    address: gateway.eu-west.example.com
+    port: "443"
+    labels: {metricsAddress: 10.1.0.9}
+  - name: ap-south
+    address: 10.2.0.1
+    port: "8443"
+"#;
+        let (eps, warnings) = FileDiscovery::parse_multicluster(text, "clusters.yaml").unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let host = |i: usize| eps[i].labels.get(METRICS_HOST_LABEL).map(String::as_str);
+        assert_eq!(eps[0].address, "gateway.us-east.example.com:443");
+        assert_eq!(host(0), Some("epp.us-east.example.com:9090"));
+        assert_eq!(host(1), Some("10.1.0.9:443"), "metricsPort defaults to the endpoint's port");
+        assert_eq!(host(2), None);
+        // The pod discovery reads no cluster-only labels, nor a planted metrics host.
+        let planted = "endpoints:\n- {name: a, address: 10.0.0.1, port: 1, labels: {metricsAddress: x, llmd.ai/metrics-host: 'evil:1'}}\n";
+        let (eps, _) = FileDiscovery::parse(planted, "f.yaml").unwrap();
+        assert_eq!(eps[0].labels.get(METRICS_HOST_LABEL), None);
+        let (eps, w) = FileDiscovery::parse_multicluster(
+            "endpoints:\n- {name: a, address: h, port: 1, labels: {metricsAddress: m, metricsPort: '0'}}\n",
+            "f.yaml",
+        )
+        .unwrap();
+        assert!(eps.is_empty() && w[0].contains("metricsPort"), "{w:?}");
     }
 
     #[test]

@@ -290,6 +290,7 @@ impl PluginRegistry {
         crate::plugins::burst::register(&mut r);
         crate::plugins::topology::register(&mut r);
         crate::plugins::mmcache::register(&mut r);
+        crate::plugins::multicluster::register(&mut r);
         crate::plugins::requestcontrol::register(&mut r);
         crate::plugins::latency::register(&mut r);
         crate::parsers::register(&mut r);

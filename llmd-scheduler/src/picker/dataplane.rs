@@ -6,25 +6,78 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::EndpointPicker;
-use crate::datalayer::{self, SourceData, SourceKind};
+use crate::datalayer::{self, MULTICLUSTER_MAX_RESPONSE_BYTES, SourceData, SourceKind, TlsSettings};
+use crate::discovery::METRICS_HOST_LABEL;
+
+/// The client of a metrics source with TLS settings (`scheme: https`): verifies the
+/// server against the `caCertPath` bundle only (as the router's root pool), or the
+/// system roots without one, or nothing with `insecureSkipVerify`; presents the client
+/// certificate when one is set. Errors name the parameter.
+pub(super) fn tls_client(tls: &TlsSettings) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder();
+    if tls.insecure_skip_verify {
+        b = b.tls_danger_accept_invalid_certs(true);
+    } else if let Some(pem) = tls.ca_pem()? {
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("parameter caCertPath: {e}"))?;
+        b = b.tls_certs_only(certs);
+    }
+    if let Some(pem) = tls.identity_pem()? {
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| format!("parameters clientCertPath and clientKeyPath: {e}"))?;
+        b = b.identity(id);
+    }
+    b.build().map_err(|e| format!("TLS client: {e}"))
+}
+
+/// The URL a metrics source fetches for an endpoint: its metrics host (the
+/// multicluster discovery's [`METRICS_HOST_LABEL`], else its address), at `port` when
+/// the source overrides it, over https when the source has TLS settings.
+pub(super) fn scrape_url(endpoint: &crate::endpoint::Endpoint, kind: &SourceKind) -> Option<String> {
+    let SourceKind::Metrics { path, port, tls, .. } = kind else { return None };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let host = endpoint.labels.get(METRICS_HOST_LABEL).unwrap_or(&endpoint.address);
+    Some(match port {
+        // The host (`host:port` or `[v6]:port`) at another port.
+        Some(p) => {
+            let host = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+            format!("{scheme}://{host}:{p}{path}")
+        }
+        None => format!("{scheme}://{host}{path}"),
+    })
+}
+
+// A response body up to `cap` bytes; `None` past it (a broken or hostile peer cannot
+// exhaust memory) or when the body fails.
+async fn read_capped(mut r: reqwest::Response, cap: usize) -> Option<String> {
+    if r.content_length().is_some_and(|n| n > cap as u64) {
+        return None;
+    }
+    let mut buf = Vec::new();
+    loop {
+        match r.chunk().await {
+            Ok(Some(c)) if buf.len() + c.len() <= cap => buf.extend_from_slice(&c),
+            Ok(Some(_)) | Err(_) => return None,
+            Ok(None) => return Some(String::from_utf8_lossy(&buf).into_owned()),
+        }
+    }
+}
 
 /// Fetches one endpoint's metrics for data source `source` and writes what its
 /// extractors find into the datastore. Returns false when the endpoint is gone.
 pub(super) async fn scrape_endpoint(picker: &EndpointPicker, source: usize, id: &str) -> bool {
     let Some(binding) = picker.scheduler.config().data_layer.sources.get(source) else { return false };
-    let SourceKind::Metrics { path, port, .. } = &binding.kind else { return false };
     let Some(endpoint) = picker.reader.get(id) else { return false };
-    let url = match port {
-        // The endpoint's host (`host:port` or `[v6]:port`) at another port.
-        Some(p) => {
-            let host = endpoint.address.rsplit_once(':').map_or(endpoint.address.as_str(), |(h, _)| h);
-            format!("http://{host}:{p}{path}")
-        }
-        None => format!("http://{}{path}", endpoint.address),
+    let Some(url) = scrape_url(&endpoint, &binding.kind) else { return false };
+    let client = match picker.source_clients.get(source) {
+        Some(Some(Ok(c))) => c,
+        // Logged when the picker was built; an https source must not fall back to
+        // the shared client (other roots, no client certificate).
+        Some(Some(Err(_))) => return true,
+        _ => &picker.client,
     };
-    let res = picker.client.get(&url).timeout(picker.cfg.scrape_timeout).send().await;
+    let res = client.get(&url).timeout(picker.cfg.scrape_timeout).send().await;
     let text = match res {
-        Ok(r) if r.status().is_success() => r.text().await.ok(),
+        Ok(r) if r.status().is_success() => read_capped(r, MULTICLUSTER_MAX_RESPONSE_BYTES).await,
         _ => None,
     };
     let Some(text) = text else {

@@ -45,7 +45,25 @@ pub(crate) struct PickerMetrics {
     pub(crate) endpoints: Family<StatusLabel, Gauge>,
     pub(crate) render_failures: Counter,
     pub(crate) render_seconds: Histogram,
+    // The pool averages a multicluster peer reads (llm-d-router's names).
+    pub(crate) average_kv_cache: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub(crate) average_queue: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub(crate) registry: Registry,
+}
+
+/// The router's pool summary: the mean KV-cache utilization and waiting-queue size of
+/// the serving endpoints with scraped metrics, rounded to two decimals; `None` when
+/// there are none (the router then leaves its gauges as they were).
+pub(crate) fn pool_averages(eps: &[crate::endpoint::Endpoint]) -> Option<(f64, f64)> {
+    let fresh: Vec<_> = eps.iter().filter(|e| e.is_serving() && e.metrics.updated_at.is_some()).collect();
+    if fresh.is_empty() {
+        return None;
+    }
+    let n = fresh.len() as f64;
+    let round2 = |v: f64| (v * 100.0).round() / 100.0;
+    let kv = fresh.iter().map(|e| e.metrics.kv_usage).sum::<f64>() / n;
+    let queue = fresh.iter().map(|e| e.metrics.waiting as f64).sum::<f64>() / n;
+    Some((round2(kv), round2(queue)))
 }
 
 impl PickerMetrics {
@@ -120,6 +138,19 @@ impl PickerMetrics {
             inflight.clone(),
         );
         registry.register("llmd_epp_endpoints", "Endpoints in the datastore, by status", endpoints.clone());
+        // Unprefixed names: llm-d-router's, which a multicluster picker reads from a peer.
+        let average_kv_cache = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let average_queue = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "llm_d_epp_average_kv_cache_utilization",
+            "The average kv cache utilization for an inference server pool",
+            average_kv_cache.clone(),
+        );
+        registry.register(
+            "llm_d_epp_average_queue_size",
+            "The average number of requests pending in the model server queue",
+            average_queue.clone(),
+        );
         PickerMetrics {
             replications,
             picks,
@@ -135,6 +166,8 @@ impl PickerMetrics {
             endpoints,
             render_failures,
             render_seconds,
+            average_kv_cache,
+            average_queue,
             registry,
         }
     }
@@ -150,6 +183,10 @@ impl PickerMetrics {
         self.endpoint_index_blocks.clear();
         let mut indexed: std::collections::BTreeSet<String> = consumers.iter().flat_map(|c| c.endpoints()).collect();
         reader.with_endpoints(|eps| {
+            if let Some((kv, queue)) = pool_averages(eps) {
+                self.average_kv_cache.set(kv);
+                self.average_queue.set(queue);
+            }
             for e in eps {
                 let label = EndpointLabel { endpoint: e.id.clone() };
                 self.inflight.get_or_create(&label).set(e.inflight.requests as i64);
@@ -177,5 +214,43 @@ impl PickerMetrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::{Endpoint, Role};
+
+    #[test]
+    fn pool_averages_are_exported_under_the_router_s_names() {
+        let w = crate::datastore::datastore(std::sync::Arc::new(crate::clock::ManualClock::new()));
+        let m = PickerMetrics::new();
+        // No endpoint with metrics yet: the gauges stay at 0.
+        w.upsert(Endpoint::new("a", "10.0.0.1:8000", Role::Both));
+        w.upsert(Endpoint::new("b", "10.0.0.2:8000", Role::Both));
+        w.upsert(Endpoint::new("c", "10.0.0.3:8000", Role::Both));
+        let text = m.encode(&w.reader(), &[]).unwrap();
+        assert!(text.contains("llm_d_epp_average_queue_size 0.0"), "{text}");
+        let metrics = |waiting, kv_usage| crate::endpoint::EndpointMetrics { waiting, kv_usage, ..Default::default() };
+        w.update_metrics("a", metrics(3, 0.5));
+        w.update_metrics("b", metrics(4, 0.25));
+        // Not ready: not in the pool's average.
+        w.update_metrics("c", metrics(100, 1.0));
+        w.set_status("c", crate::endpoint::EndpointStatus::Draining);
+        let text = m.encode(&w.reader(), &[]).unwrap();
+        assert!(text.contains("llm_d_epp_average_kv_cache_utilization 0.38"), "{text}");
+        assert!(text.contains("llm_d_epp_average_queue_size 3.5"), "{text}");
+        // What a multicluster peer's extractor reads of it.
+        let x =
+            crate::plugins::multicluster::MultiClusterMetricsExtractor::from_params(&serde_json::json!({})).unwrap();
+        let mut out = crate::datalayer::Extracted::default();
+        crate::datalayer::Extractor::extract(
+            &x,
+            &Endpoint::new("peer", "peer:443", Role::Both),
+            crate::datalayer::SourceData::Metrics(&text),
+            &mut out,
+        );
+        assert_eq!(out.attributes.len(), 2, "{:?}", out.attributes);
     }
 }

@@ -253,6 +253,9 @@ pub struct EndpointPicker {
     cfg: PickerConfig,
     request_timeout: Duration,
     client: reqwest::Client,
+    // Per data source (by index): its own client when it has TLS settings (`None`:
+    // the shared client); an `Err` when that client could not be built (logged).
+    source_clients: Vec<Option<Result<reqwest::Client, String>>>,
     metrics: PickerMetrics,
     // Per-endpoint data-plane tasks (scraper, KV subscriber).
     tasks: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
@@ -368,6 +371,18 @@ impl EndpointPicker {
             tracing::info!(detector = %fc.detector_name, "flow control on: metrics scraped every 50 ms");
             cfg.scrape_interval = Duration::from_millis(50);
         }
+        let source_clients = scheduler
+            .config()
+            .data_layer
+            .sources
+            .iter()
+            .map(|b| match &b.kind {
+                SourceKind::Metrics { tls: Some(tls), .. } => Some(dataplane::tls_client(tls).inspect_err(|e| {
+                    tracing::error!(source = %b.name, error = %e, "cannot build the source's TLS client; it will not scrape")
+                })),
+                _ => None,
+            })
+            .collect();
         Arc::new(EndpointPicker {
             reader: writer.reader(),
             writer,
@@ -379,6 +394,7 @@ impl EndpointPicker {
             cfg,
             request_timeout,
             client: reqwest::Client::new(),
+            source_clients,
             metrics,
             tasks: Mutex::default(),
             background: Mutex::default(),

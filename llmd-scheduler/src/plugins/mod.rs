@@ -4,6 +4,7 @@ pub mod burst;
 pub mod filters;
 pub mod latency;
 pub mod mmcache;
+pub mod multicluster;
 pub mod pickers;
 pub mod precise;
 pub mod prefix;
@@ -428,7 +429,10 @@ mod tests {
         let r = PluginRegistry::with_builtins();
         let mut built = 0;
         for f in &files {
-            let doc: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+            // Certificates named at deployment paths are read at load: use the fixtures.
+            let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.crt");
+            let text = std::fs::read_to_string(f).unwrap().replace("/etc/epp/tls/ca.crt", &ca.display().to_string());
+            let doc: Value = serde_yaml_ng::from_str(&text).unwrap();
             for p in doc["plugins"].as_array().into_iter().flatten() {
                 let t = p["type"].as_str().unwrap();
                 let Some(factory) = r.get(t) else { continue };
@@ -456,7 +460,6 @@ mod tests {
             ("active-request-scorer", json!({"idleThreshold": 2}), "idleThreshold"),
             ("prefix-cache-scorer", json!({"matchLengthWeight": 0.5}), "matchLengthWeight"),
             ("pd-profile-handler", json!({"primaryPort": 8000}), "primaryPort"),
-            ("metrics-data-source", json!({"caCertPath": "/etc/ca.pem"}), "caCertPath"),
             (
                 "precise-prefix-cache-producer",
                 json!({"indexerConfig": {"kvBlockIndexConfig": {"redisConfig": {}}}}),

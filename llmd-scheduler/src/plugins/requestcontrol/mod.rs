@@ -364,6 +364,7 @@ pub(crate) fn register(r: &mut crate::registry::PluginRegistry) {
         ))
     });
     r.register(session::SESSION_AFFINITY_FILTER, session::filter_handle);
+    r.register(session::MULTICLUSTER_SESSION_AFFINITY_FILTER, session::multicluster_filter_handle);
     r.register(identity::AGENT_IDENTITY, |n, p| {
         let a = Arc::new(identity::AgentIdentity::from_params(p)?);
         Ok(with_roles(

@@ -38,6 +38,12 @@ pub fn source_from_params(p: &Value) -> Result<SourceKind, String> {
         "https" => return Err("parameter scheme: \"https\" is not supported (http only)".into()),
         other => return Err(format!("parameter scheme: unsupported scheme: {other}")),
     }
+    // Certificates matter only over https, which this source does not fetch yet.
+    for tls in ["caCertPath", "clientCertPath", "clientKeyPath"] {
+        if f.value(tls).is_some() {
+            return Err(format!("parameter {tls}: TLS is not built for models-data-source yet (http only)"));
+        }
+    }
     // The router's overlay: a path given as "" stays "" (and fails to fetch); llmd
     // wants a path it can join to the address.
     let mut plain = serde_json::Map::new();

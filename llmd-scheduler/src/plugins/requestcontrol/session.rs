@@ -35,6 +35,9 @@ use crate::scheduler::PickResult;
 pub const SESSION_ID_PRODUCER: &str = "session-id-producer";
 /// `session-affinity-filter`.
 pub const SESSION_AFFINITY_FILTER: &str = "session-affinity-filter";
+/// `multicluster-session-affinity-filter`: the router's alpha name for the same filter
+/// in a cluster-scoped picker (its endpoints are peer clusters).
+pub const MULTICLUSTER_SESSION_AFFINITY_FILTER: &str = "multicluster-session-affinity-filter";
 /// `session-affinity-scorer`.
 pub const SESSION_AFFINITY_SCORER: &str = "session-affinity-scorer";
 /// The header carrying the encoded endpoint token (request and response).
@@ -649,9 +652,20 @@ fn roles(s: &Arc<SessionAffinity>) -> RequestControl {
 
 /// A `session-affinity-filter` plugin handle.
 pub fn filter_handle(name: &str, p: &Value) -> Result<PluginHandle, String> {
-    let s = Arc::new(SessionAffinity::from_params(SESSION_AFFINITY_FILTER, p)?);
+    typed_filter_handle(SESSION_AFFINITY_FILTER, name, p)
+}
+
+/// A `multicluster-session-affinity-filter` plugin handle: the session-affinity filter
+/// (same parameters and behaviour) under the multicluster type name, as the router
+/// delegates it.
+pub fn multicluster_filter_handle(name: &str, p: &Value) -> Result<PluginHandle, String> {
+    typed_filter_handle(MULTICLUSTER_SESSION_AFFINITY_FILTER, name, p)
+}
+
+fn typed_filter_handle(type_name: &'static str, name: &str, p: &Value) -> Result<PluginHandle, String> {
+    let s = Arc::new(SessionAffinity::from_params(type_name, p)?);
     let rc = roles(&s);
-    Ok(with_roles(PluginHandle { filter: Some(s), ..handle(name, SESSION_AFFINITY_FILTER) }, rc))
+    Ok(with_roles(PluginHandle { filter: Some(s), ..handle(name, type_name) }, rc))
 }
 
 /// A `session-affinity-scorer` plugin handle, both strategies (the registry's factory

@@ -189,7 +189,7 @@ fn models_extractor() {
 fn models_source_parameters() {
     // TestDatasource, TestModelDataSourceFactory_TLS (llmd fetches over http only)
     let kind = |p| source_from_params(&p);
-    let metrics = |path: &str, interval| SourceKind::Metrics { path: path.into(), interval, port: None };
+    let metrics = |path: &str, interval| SourceKind::Metrics { path: path.into(), interval, port: None, tls: None };
     assert_eq!(kind(json!({})), Ok(metrics("/v1/models", None)));
     assert_eq!(kind(json!({"path": "/models", "insecureSkipVerify": true})), Ok(metrics("/models", None)));
     assert_eq!(
@@ -300,6 +300,7 @@ fn every_type_is_registered_and_refuses_misspelt_keys() {
             "header-based-testing-filter",
             "models-data-extractor",
             "models-data-source",
+            "multicluster-session-affinity-filter",
             "request-attribute-reporter",
             "session-affinity-filter",
             "session-id-producer",
@@ -309,6 +310,7 @@ fn every_type_is_registered_and_refuses_misspelt_keys() {
         ("agent-identity", json!({"additionalSessionHeader": []}), "additionalSessionHeader"),
         ("session-id-producer", json!({"header": "x"}), "header"),
         ("session-affinity-filter", json!({"profile": "p"}), "profile"),
+        ("multicluster-session-affinity-filter", json!({"profile": "p"}), "profile"),
         ("request-attribute-reporter", json!({"attributes": [], "ns": 1}), "ns"),
         ("disaggregatedset-rollout-screener", json!({"scopes": {}}), "scopes"),
         ("models-data-source", json!({"paths": "/x"}), "paths"),

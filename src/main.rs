@@ -623,8 +623,15 @@ fn epp(a: EppArgs) -> Result<()> {
     if let Some(f) = &a.endpoints_file {
         sources.push(Box::new(FileDiscovery::new(f, Some(poll))));
     }
-    if let Some(DiscoveryRef::File { path, watch }) = &cfg.discovery {
-        sources.push(Box::new(FileDiscovery::new(path, watch.then_some(poll))));
+    match &cfg.discovery {
+        Some(DiscoveryRef::File { path, watch }) => {
+            sources.push(Box::new(FileDiscovery::new(path, watch.then_some(poll))));
+        }
+        // Peer clusters' EPPs as endpoints, scraped where their labels say.
+        Some(DiscoveryRef::MultiClusterFile { path, watch }) => {
+            sources.push(Box::new(FileDiscovery::multicluster(path, watch.then_some(poll))));
+        }
+        _ => {}
     }
     if sources.is_empty() {
         bail!("no endpoints: give --endpoint NAME=HOST:PORT, --endpoints-file F, or a config with dataLayer.discovery");

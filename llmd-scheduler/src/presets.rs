@@ -126,15 +126,15 @@ schedulingProfiles:
 // `queue-scorer` and `kv-cache-utilization-scorer` (in no profile: no effect) and
 // `metrics-data-source` → `core-metrics-extractor` (llmd's data-layer default, applied
 // without them). `prefix-cache-scorer` is declared, as in the guide, in no profile: it is
-// the prefix match the affinity filters and the producer read; its parameters are the
-// router's defaults, spelled out as in `llm-d-prefix`.
+// the prefix match the affinity filters and the producer read. The router creates
+// `approx-prefix-cache-producer` with its defaults for it (matching up to 131 072
+// tokens); llmd's scorer takes those limits only from a declared producer (else it
+// matches the first 256 blocks, as `llm-d-prefix` does, and every prompt whose first
+// 4 096 tokens are cached would pass the strict 0.99 filter), so it is declared here.
 const PREDICTED_LATENCY: &str = "
 plugins:
+- type: approx-prefix-cache-producer
 - type: prefix-cache-scorer
-  parameters:
-    blockSizeTokens: 16
-    maxPrefixBlocksToMatch: 256
-    lruCapacityPerServer: 31250
 - type: predicted-latency-producer
   parameters:
     streamingMode: true
@@ -215,5 +215,20 @@ mod tests {
         assert_eq!(producers[0].prefix_source().map(|s| s.name()), Some("approx-prefix-cache-producer"));
         // The admitter is loaded as a flow plugin.
         assert!(cfg.plugins["latency-slo-admitter"].flow.is_some());
+        // The match covers the whole prompt, as the router's default producer's does, not
+        // its first 256 blocks: an endpoint holding the first 4 096 of 8 192 tokens holds
+        // half of it.
+        use crate::endpoint::{Endpoint, Role};
+        use crate::plugin::CycleState;
+        use crate::request::LlmRequest;
+        let src = producers[0].prefix_source().unwrap();
+        let eps = [Endpoint::new("a", "a:1", Role::Both), Endpoint::new("b", "b:1", Role::Both)];
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        let mut held = LlmRequest::new("1", "m", "");
+        held.token_ids = Some((0..4096).collect());
+        src.observe(&CycleState::default(), &held, "default", &eps[0]);
+        let mut longer = LlmRequest::new("2", "m", "");
+        longer.token_ids = Some((0..8192).collect());
+        assert_eq!(src.ratios(&mut CycleState::default(), &longer, &refs), [0.5, 0.0]);
     }
 }

@@ -14,7 +14,7 @@
 #   bash scripts/bench/reproduce.sh overhead # the gateway's own cost per request, where nothing queues
 #   bash scripts/bench/reproduce.sh spread   # the random control near saturation, four seeds, each run twice
 #   bash scripts/bench/reproduce.sh latency  # predicted-latency routing against llm-d-prefix, SLO headers sent
-#                                              (steps: hot pressure mixed replication table; all by default)
+#                                              (steps: hot pressure mixed replication slo table; all by default)
 # Each part writes bench-results/PART/{results.md,NAME.json,NAME.md,NAME.svg}; the
 # combined table is bench-results/RESULTS.md.
 set -euo pipefail
@@ -213,11 +213,12 @@ PY
 # replication is off (llm-d has none) but in the `replication` step, which runs llmd's
 # defaults and its own `prefix` preset beside them. Steps (each a few minutes, so a
 # shared machine can be locked for each): hot (three seeds of latency-hot-prefix),
-# pressure, mixed, replication, table.
+# pressure, mixed, replication, slo (seed 7 under a TTFT SLO below and above what a
+# miss costs), table.
 run_latency() {
     local out=bench-results/latency pair=llm-d-prefix,predicted-latency seed f step
     local steps=("$@")
-    [ ${#steps[@]} -gt 0 ] || steps=(hot pressure mixed replication table)
+    [ ${#steps[@]} -gt 0 ] || steps=(hot pressure mixed replication slo table)
     mkdir -p $out
     for step in "${steps[@]}"; do
         case $step in
@@ -238,11 +239,20 @@ run_latency() {
             replication)
                 $llmd bench latency-hot-prefix --sim --replicas 8 --routing $pair,prefix --rate 40,80,100,120 \
                     --log warn --out $out/replication ;;
+            slo)
+                for ttft in 200 500; do
+                    f=$out/latency-hot-prefix-ttft$ttft.yaml
+                    sed -e "s/^slo: .*/slo: {ttft_ms: $ttft, itl_ms: 50}/" -e "s/^name: .*/name: latency-hot-prefix-ttft$ttft/" \
+                        benches/scenarios/latency-hot-prefix.yaml > "$f"
+                    $llmd bench "$f" --sim --replicas 8 --routing $pair --rate 80,120 \
+                        --hot-prefix-replication false --log warn --out $out/slo-$ttft
+                done ;;
             table)
                 python3 - benches/scenarios/latency-hot-prefix.yaml:$out/hot-{7,8,9} \
                     benches/scenarios/latency-cache-pressure.yaml:$out/pressure \
                     benches/scenarios/latency-mixed.yaml:$out/mixed \
                     "benches/scenarios/latency-hot-prefix.yaml:$out/replication:replication on" \
+                    $out/latency-hot-prefix-ttft200.yaml:$out/slo-200 $out/latency-hot-prefix-ttft500.yaml:$out/slo-500 \
                     > $out/results.md <<'PY'
 # For each scenario and rate: the steady state (after the warm-up) of each routing, SLO
 # attainment (the share of steady requests meeting the scenario's TTFT and mean-ITL SLO;
@@ -316,7 +326,7 @@ print("|---|---|---|---|---|---|---|---|")
 print("\n".join(diag))
 PY
                 ;;
-            *) echo "latency steps: hot pressure mixed replication table" >&2; exit 2 ;;
+            *) echo "latency steps: hot pressure mixed replication slo table" >&2; exit 2 ;;
         esac
     done
 }

@@ -360,8 +360,8 @@ impl PoolSample {
     }
 }
 
-/// The router's role label.
-pub const ROLE_LABEL: &str = "llm-d.ai/role";
+/// The role label llm-d-router reads a stage from (discovery's).
+pub use crate::discovery::ROLE_LABEL;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {

@@ -149,6 +149,9 @@ fn main() {
     let text = "Paged attention stores keys and values in blocks; the gateway picks a replica. ".repeat(500);
     let text_tokens = tokenizer.encode(&text, true).expect("encode").len();
     let profiling = std::env::args().any(|a| a == "--profile-time");
+    // Criterion's name filter, if one was given, limits the percentile runs too.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-') && a.parse::<f64>().is_err());
+    let wanted = |id: &str| filter.as_deref().is_none_or(|f| id.contains(f));
     let shared: std::sync::Arc<dyn Tokenize> =
         std::sync::Arc::new(HfTokenizer::from_file(&tok_path).expect("tokenizer"));
     let cached = llmd::scheduler::tokencache::PrefixCachedTokenizer::new(shared);
@@ -170,7 +173,7 @@ fn main() {
                 g.bench_function(BenchmarkId::new(routing, n), |b| {
                     b.iter(|| s.pick(black_box(&req), &eps).expect("pick"))
                 });
-                if profiling {
+                if profiling || !wanted(&format!("pick/{routing}/{n}")) {
                     continue;
                 }
                 let (p50, p99) = percentiles(20_000, || {
@@ -222,6 +225,16 @@ fn main() {
                 ("precise-prefix + tokenize, next turn", &|t| cached.encode(t, true).expect("encode")),
             ];
             for (label, encode) in cases {
+                let id = format!(
+                    "pick/{}/{n}",
+                    label
+                        .replace(" + ", "+")
+                        .replace(", prefix cache warm", "-warm")
+                        .replace(", next turn", "-next-turn")
+                );
+                if !wanted(&id) {
+                    continue;
+                }
                 let next = label.ends_with("next turn");
                 let texts: Vec<String> = (0..2_000).map(|_| if next { next_turn() } else { text.clone() }).collect();
                 let mut i = 0;

@@ -52,27 +52,19 @@ pub type BlockKey = u64;
 /// Chained keys of the first `max_blocks` full blocks of `tokens`.
 pub fn block_keys(tokens: &[u32], block_size: usize, max_blocks: usize) -> Vec<BlockKey> {
     let mut prev = 0u64;
-    let mut buf = Vec::with_capacity(block_size * 4);
     tokens
         .chunks_exact(block_size.max(1))
         .take(max_blocks)
         .map(|c| {
-            prev = key_with(&mut buf, prev, c);
+            prev = key_of(prev, c);
             prev
         })
         .collect()
 }
 
-fn key_with(buf: &mut Vec<u8>, parent: BlockKey, tokens: &[u32]) -> BlockKey {
-    buf.clear();
-    for t in tokens {
-        buf.extend_from_slice(&t.to_le_bytes());
-    }
-    xxh3_64_with_seed(buf, parent ^ 0x6c6c_6d64)
-}
-
+/// A block's key: xxh3 over its tokens' little-endian bytes, seeded by its parent's key.
 fn key_of(parent: BlockKey, tokens: &[u32]) -> BlockKey {
-    key_with(&mut Vec::with_capacity(tokens.len() * 4), parent, tokens)
+    xxh3_64_with_seed(&crate::plugins::prefix::le_bytes(tokens), parent ^ 0x6c6c_6d64)
 }
 
 #[derive(Debug, Default)]
@@ -268,6 +260,11 @@ impl KvBlockIndex {
             let Some(holders) = self.blocks.get(key) else { break };
             if i == 0 {
                 active = holders.iter().map(|(e, m)| (*e, m.credit())).collect();
+            } else if holders.len() == active.len() && holders.iter().zip(&active).all(|(h, a)| h.0 == a.0) {
+                // The usual case along a shared prefix: the same holders in the same order.
+                for (a, (_, m)) in active.iter_mut().zip(holders) {
+                    a.1 += m.credit();
+                }
             } else {
                 let mut j = 0;
                 while j < active.len() {

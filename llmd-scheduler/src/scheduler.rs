@@ -79,6 +79,7 @@ impl Scheduler {
     }
 
     /// A uniform draw in [0, 1) from the scheduler's seeded source.
+    #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
     pub(crate) fn draw(&self) -> f64 {
         self.draws.next()
     }
@@ -174,27 +175,31 @@ impl Scheduler {
         if cands.is_empty() {
             return Err(SchedulerError::NoEndpoint(format!("profile {:?}: no endpoints registered", profile.name)));
         }
-        // raw[s][e]: scorer s's score for candidate e.
+        // raw[s][e]: scorer s's score for candidate e (clamped to [0, 1]), summed into
+        // the totals as each scorer returns.
+        let mut totals: Vec<(&Endpoint, f64)> = cands.iter().map(|e| (*e, 0.0)).collect();
         let raw: Vec<Vec<f64>> = profile
             .scorers
             .iter()
-            .map(|(_, s, _)| {
+            .map(|(_, s, w)| {
                 let mut v = s.score(state, req, &cands);
                 v.resize(cands.len(), 0.0);
-                v.iter_mut().for_each(|x| *x = if x.is_finite() { x.clamp(0.0, 1.0) } else { 0.0 });
+                for (x, t) in v.iter_mut().zip(totals.iter_mut()) {
+                    *x = if x.is_finite() { x.clamp(0.0, 1.0) } else { 0.0 };
+                    t.1 += w * *x;
+                }
                 v
             })
-            .collect();
-        let totals: Vec<(&Endpoint, f64)> = cands
-            .iter()
-            .enumerate()
-            .map(|(e, ep)| (*ep, profile.scorers.iter().zip(&raw).map(|((_, _, w), r)| w * r[e]).sum()))
             .collect();
         let chosen =
             profile.picker.1.pick(&totals, &mut || self.draws.next()).ok_or_else(|| {
                 SchedulerError::NoEndpoint(format!("profile {:?}: picker chose nothing", profile.name))
             })?;
-        let idx = cands.iter().position(|c| c.id == chosen.id).unwrap_or(0);
+        let idx = cands
+            .iter()
+            .position(|c| std::ptr::eq(*c, chosen))
+            .or_else(|| cands.iter().position(|c| c.id == chosen.id))
+            .unwrap_or(0);
         let breakdown: Vec<ScoreBreakdown> = profile
             .scorers
             .iter()

@@ -686,6 +686,18 @@ async fn the_latency_model_learns_from_the_requests_the_gateway_relays() {
     // Non-streaming: each end trains TTFT (the router's rule: TTFT := e2e).
     let stats = producers[0].model().unwrap().stats();
     assert_eq!(stats.ttft_seen, 40, "{stats:?}");
+    // The producer's metrics are on the picker's /metrics, inside the OpenMetrics frame.
+    let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let ttft = text
+        .lines()
+        .find(|l| l.starts_with("llm_d_epp_inference_request_metric{") && l.contains(r#"type="ttft""#))
+        .unwrap_or_else(|| panic!("no observed-TTFT gauge in\n{text}"));
+    assert!(
+        ttft.contains(r#"plugin_type="predicted-latency-producer""#) && ttft.contains(r#"model_name="m""#),
+        "{ttft}"
+    );
+    assert!(text.contains("# TYPE llm_d_epp_request_slo_violation counter"), "{text}");
+    assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1, "{text}");
 }
 
 #[tokio::test]

@@ -7,8 +7,8 @@
 //! completion), its policies are the traits of [`policies`] with the router's built-ins
 //! registered under the router's type names ([`register`]), and [`resolve`] turns the
 //! config file's `flowControl` section into a [`FlowControlConfig`]. With the `runtime`
-//! feature, [`gate::FlowGate`] runs a controller for a gateway (requests wait in
-//! `admit` until dispatched or refused) and [`metrics`] exports the router's metrics.
+//! feature, `gate::FlowGate` runs a controller for a gateway (requests wait in
+//! `admit` until dispatched or refused) and `metrics` exports the router's metrics.
 //!
 //! ```
 //! use std::sync::Arc;

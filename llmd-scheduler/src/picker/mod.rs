@@ -270,6 +270,8 @@ pub struct EndpointPicker {
     admitters: Vec<Arc<dyn Admitter>>,
     // The latency model's trainers: each request's latencies are reported to them.
     latency: Vec<Arc<dyn crate::plugins::latency::LatencyObserver>>,
+    // The same producers, for their metrics on `/metrics`.
+    latency_producers: Vec<Arc<crate::plugins::latency::PredictedLatencyProducer>>,
     // InferenceObjectives: request priorities.
     objectives: std::sync::RwLock<crate::objectives::Objectives>,
     // The burst producers' windows, joined before the pick.
@@ -338,7 +340,9 @@ impl EndpointPicker {
         for p in &producers {
             p.bind_clock(writer.reader().clock());
         }
-        let latency = producers.into_iter().map(|p| p as Arc<dyn crate::plugins::latency::LatencyObserver>).collect();
+        let latency =
+            producers.iter().map(|p| p.clone() as Arc<dyn crate::plugins::latency::LatencyObserver>).collect();
+        let latency_producers = producers;
         let burst = {
             let reader = writer.reader();
             let serving: crate::plugins::burst::ReplicaSource = Arc::new(move || {
@@ -404,6 +408,7 @@ impl EndpointPicker {
             flow_metrics,
             admitters,
             latency,
+            latency_producers,
             objectives: Default::default(),
             burst,
         })
@@ -1044,9 +1049,22 @@ impl EndpointPicker {
 
     /// The picker's metrics in Prometheus text format.
     pub fn metrics_text(&self) -> Result<String, SchedulerError> {
-        self.metrics
+        let mut text = self
+            .metrics
             .encode(&self.reader, &self.consumers)
-            .map_err(|e| SchedulerError::Request(format!("encoding metrics: {e}")))
+            .map_err(|e| SchedulerError::Request(format!("encoding metrics: {e}")))?;
+        if !self.latency_producers.is_empty() {
+            // The producers keep their own counts; they go before OpenMetrics' end marker.
+            let end = text.strip_suffix("# EOF\n").map(str::len);
+            text.truncate(end.unwrap_or(text.len()));
+            for p in &self.latency_producers {
+                p.metrics().encode_text(p.name(), &mut text);
+            }
+            if end.is_some() {
+                text.push_str("# EOF\n");
+            }
+        }
+        Ok(text)
     }
 }
 

@@ -631,11 +631,14 @@ impl Scorer for BurstPrefixProducer {
         let (assigned, hashes, prompt_tokens) =
             found.unwrap_or_else(|| (None, self.request_hashes(req), req.prompt_tokens()));
         let mut matched = IdMap::default();
+        let mut hints = IdMap::default();
         let scores = eps
             .iter()
-            .map(|e| {
+            .enumerate()
+            .map(|(i, e)| {
                 if !hashes.is_empty() && assigned.as_deref() == Some(e.id.as_str()) {
                     matched.insert(e.id.clone(), hashes.len());
+                    hints.insert(e.id.clone(), i);
                     1.0
                 } else {
                     0.0
@@ -643,7 +646,7 @@ impl Scorer for BurstPrefixProducer {
             })
             .collect();
         let tokens_per_block = self.config.block_size_tokens;
-        state.put(PREFIX_MATCH_KEY, PrefixMatch { hashes, prompt_tokens, tokens_per_block, matched });
+        state.put(PREFIX_MATCH_KEY, PrefixMatch { hashes, prompt_tokens, tokens_per_block, matched, hints });
         scores
     }
 

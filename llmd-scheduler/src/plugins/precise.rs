@@ -314,14 +314,23 @@ impl Scorer for PrecisePrefixCacheScorer {
             }
             credit
         };
-        let matched: super::prefix::IdMap<usize> =
-            credit.iter().map(|(e, c)| (e.clone(), c.round() as usize)).collect();
         let n = keys.len() as f64;
+        let mut hints = super::prefix::IdMap::default();
+        let mut i = 0;
+        let scores = super::prefix::for_candidates(&credit, eps, |e, c| {
+            if c.is_some() {
+                hints.insert(e.id.clone(), i);
+            }
+            i += 1;
+            if n == 0.0 { 0.0 } else { c.unwrap_or(0.0) / n }
+        });
+        let matched: super::prefix::IdMap<usize> = credit.into_iter().map(|(e, c)| (e, c.round() as usize)).collect();
+        let prompt_tokens = tokens.len();
         state.put(
             PREFIX_MATCH_KEY,
-            PrefixMatch { hashes: keys, prompt_tokens: tokens.len(), tokens_per_block: self.block_size, matched },
+            PrefixMatch { hashes: keys, prompt_tokens, tokens_per_block: self.block_size, matched, hints },
         );
-        eps.iter().map(|e| if n == 0.0 { 0.0 } else { credit.get(&e.id).copied().unwrap_or(0.0) / n }).collect()
+        scores
     }
 
     fn wants_token_ids(&self) -> bool {

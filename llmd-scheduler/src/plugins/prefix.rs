@@ -33,6 +33,11 @@ pub struct PrefixMatch {
     pub tokens_per_block: usize,
     /// Matched leading blocks per endpoint id.
     pub matched: IdMap<usize>,
+    /// Where each holder sat among the candidates the producer scored: later scorers in
+    /// the cycle, given the same candidates, read holders there instead of looking
+    /// every candidate up ([`PrefixMatch::blocks_for`]; each hint is checked against
+    /// the id). Empty when the producer kept none.
+    pub hints: IdMap<usize>,
 }
 
 impl PrefixMatch {
@@ -49,6 +54,22 @@ impl PrefixMatch {
         Some(crate::replication::HeldPrefix { key, tokens: blocks * self.tokens_per_block, blocks, holders })
     }
 
+    /// Matched leading blocks for each of `eps` (distinct endpoints), in order (0 for
+    /// non-holders).
+    pub fn blocks_for(&self, eps: &[&Endpoint]) -> Vec<usize> {
+        if self.hints.len() == self.matched.len() {
+            let mut out = vec![0; eps.len()];
+            let all_found = self.matched.iter().all(|(id, &blocks)| {
+                let at = self.hints.get(id).copied().filter(|&i| eps.get(i).is_some_and(|e| e.id == *id));
+                at.map(|i| out[i] = blocks).is_some()
+            });
+            if all_found {
+                return out;
+            }
+        }
+        for_candidates(&self.matched, eps, |_, b| b.unwrap_or(0))
+    }
+
     /// Prompt tokens `endpoint` would have to compute.
     pub fn uncached_tokens(&self, endpoint: &str) -> usize {
         let hit = self.matched.get(endpoint).copied().unwrap_or(0) * self.tokens_per_block;
@@ -60,6 +81,83 @@ impl PrefixMatch {
 /// of them, say) in it on every pick, and SipHash over each id cost more than the rest
 /// of the pick. Ids come from discovery, not from clients.
 pub type IdMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
+/// `f(candidate, map[candidate.id])` for every candidate, in order.
+///
+/// A prompt is usually held by a few endpoints among many candidates. With a few
+/// entries, each candidate's id is reduced to its length and first and last eight bytes
+/// ([`IdTag`]); one bit of a 64-bit mask per holder rules most candidates out with a
+/// single test, and the rest are compared by tag (and by bytes past 16). That costs
+/// less than hashing every candidate's id; an empty map costs nothing per candidate, and
+/// a large one is looked up by hash.
+pub fn for_candidates<V: Copy, T>(
+    map: &IdMap<V>,
+    eps: &[&Endpoint],
+    mut f: impl FnMut(&Endpoint, Option<V>) -> T,
+) -> Vec<T> {
+    const SCAN_MAX: usize = 16;
+    if map.is_empty() {
+        return eps.iter().map(|e| f(e, None)).collect();
+    }
+    if map.len() > SCAN_MAX {
+        return eps.iter().map(|e| f(e, map.get(&e.id).copied())).collect();
+    }
+    let held: Vec<(IdTag, &str, V)> = map.iter().map(|(k, v)| (IdTag::of(k), k.as_str(), *v)).collect();
+    let mask = held.iter().fold(0u64, |m, (t, _, _)| m | t.bit());
+    eps.iter()
+        .map(|e| {
+            let tag = IdTag::of(&e.id);
+            let v = if mask & tag.bit() == 0 {
+                None
+            } else {
+                held.iter().find(|(t, k, _)| *t == tag && (e.id.len() <= 16 || *k == e.id)).map(|h| h.2)
+            };
+            f(e, v)
+        })
+        .collect()
+}
+
+/// Token ids as little-endian bytes: borrowed where memory already holds them so (the
+/// prompt is hashed on every pick, and the copy cost more than the hash).
+pub(crate) fn le_bytes(ids: &[u32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(ids))
+    } else {
+        std::borrow::Cow::Owned(ids.iter().flat_map(|t| t.to_le_bytes()).collect())
+    }
+}
+
+/// An id's length with its first and last eight bytes (zero-padded): equal tags mean
+/// equal ids up to 16 bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct IdTag(usize, u64, u64);
+
+impl IdTag {
+    #[inline]
+    fn of(id: &str) -> Self {
+        let b = id.as_bytes();
+        let n = b.len();
+        let mut head = [0u8; 8];
+        let mut tail = [0u8; 8];
+        if n >= 8 {
+            // Fixed-length copies: two loads, not two memcpy calls.
+            head.copy_from_slice(&b[..8]);
+            tail.copy_from_slice(&b[n - 8..]);
+        } else {
+            for (h, x) in head.iter_mut().zip(b) {
+                *h = *x;
+            }
+        }
+        IdTag(n, u64::from_le_bytes(head), u64::from_le_bytes(tail))
+    }
+
+    /// One of 64 bits, chosen by a multiplicative hash of the tag.
+    #[inline]
+    fn bit(self) -> u64 {
+        let h = (self.1 ^ self.2.rotate_left(29) ^ self.0 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        1 << (h >> 58)
+    }
+}
 
 /// `approx-prefix-cache-producer`'s parameters in llm-d-router: the index that llmd's
 /// `prefix-cache-scorer` keeps itself, so it reads them too.
@@ -85,7 +183,7 @@ pub struct PrefixCacheScorer {
     block_tokens: usize,
     max_blocks: usize,
     capacity: NonZeroUsize,
-    index: Mutex<HashMap<String, BlockLru>>,
+    index: Mutex<IdMap<BlockLru>>,
 }
 
 // Keys are xxh3 chain hashes already: hashing them again would only cost time.
@@ -111,7 +209,7 @@ impl PrefixCacheScorer {
             return Err("parameters blockSize and blockSizeTokens must be at least 1".into());
         }
         let capacity = NonZeroUsize::new(capacity).ok_or("parameter lruCapacityPerServer: must be at least 1")?;
-        Ok(PrefixCacheScorer { block_chars, block_tokens, max_blocks, capacity, index: Mutex::new(HashMap::new()) })
+        Ok(PrefixCacheScorer { block_chars, block_tokens, max_blocks, capacity, index: Mutex::new(IdMap::default()) })
     }
 
     fn hashes(&self, req: &LlmRequest) -> (Vec<u64>, usize, usize) {
@@ -120,11 +218,8 @@ impl PrefixCacheScorer {
         let mut out = Vec::new();
         match &req.token_ids {
             Some(ids) => {
-                let mut bytes = Vec::with_capacity(self.block_tokens * 4);
                 for chunk in ids.chunks_exact(self.block_tokens).take(self.max_blocks) {
-                    bytes.clear();
-                    bytes.extend(chunk.iter().flat_map(|t| t.to_le_bytes()));
-                    prev = xxh3_64_with_seed(&bytes, prev);
+                    prev = xxh3_64_with_seed(&le_bytes(chunk), prev);
                     out.push(prev);
                 }
                 (out, ids.len(), self.block_tokens)
@@ -158,18 +253,21 @@ impl Scorer for PrefixCacheScorer {
         let (hashes, prompt_tokens, tokens_per_block) = self.hashes(req);
         let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
         let mut matched = IdMap::default();
+        let mut hints = IdMap::default();
         let scores = eps
             .iter()
-            .map(|e| {
+            .enumerate()
+            .map(|(i, e)| {
                 let n = index.get(&e.id).map_or(0, |lru| held_blocks(lru, &hashes));
                 // Endpoints holding nothing are left out: a miss reads as 0.
                 if n > 0 {
                     matched.insert(e.id.clone(), n);
+                    hints.insert(e.id.clone(), i);
                 }
                 if hashes.is_empty() { 0.0 } else { n as f64 / hashes.len() as f64 }
             })
             .collect();
-        state.put(PREFIX_MATCH_KEY, PrefixMatch { hashes, prompt_tokens, tokens_per_block, matched });
+        state.put(PREFIX_MATCH_KEY, PrefixMatch { hashes, prompt_tokens, tokens_per_block, matched, hints });
         scores
     }
 
@@ -238,7 +336,13 @@ mod tests {
     #[test]
     fn the_longest_held_prefix_names_its_last_block_and_near_holders() {
         let matched = [("a", 10), ("b", 9), ("c", 8), ("d", 0)].into_iter().map(|(e, n)| (e.to_string(), n)).collect();
-        let m = PrefixMatch { hashes: (100..120).collect(), prompt_tokens: 320, tokens_per_block: 16, matched };
+        let m = PrefixMatch {
+            hashes: (100..120).collect(),
+            prompt_tokens: 320,
+            tokens_per_block: 16,
+            matched,
+            ..Default::default()
+        };
         let held = m.longest_held().unwrap();
         // 10 blocks: the tenth hash; b holds 9 of 10 (near enough), c 8 (not).
         assert_eq!((held.key, held.tokens, held.blocks), (109, 160, 10));
@@ -344,5 +448,94 @@ mod tests {
         assert!(ok.iter().all(|(f, s)| f == s), "{ok:?}");
         let broken = counts(&ops, 21, false);
         assert!(broken.iter().any(|(f, s)| f != s), "{broken:?}");
+    }
+}
+
+#[cfg(test)]
+mod lookup_tests {
+    use super::*;
+    use crate::endpoint::Role;
+    use proptest::prelude::*;
+
+    // Ids alike in length and in their first and last bytes, so that tags collide and
+    // the byte comparison past 16 is what tells them apart.
+    fn id() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-c]{0,3}",
+            "pod-[0-9]{4}",
+            "ns/pod-[ab]{1,12}-x",
+            "llmd-[ab]{3}-decode-[0-9]-000000",
+            "[a-b]{17,20}",
+        ]
+    }
+
+    fn naive(map: &IdMap<usize>, eps: &[&Endpoint]) -> Vec<Option<usize>> {
+        eps.iter().map(|e| map.get(&e.id).copied()).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn candidate_lookups_agree_with_the_map(
+            held in proptest::collection::vec((id(), 1usize..100), 0..24),
+            ids in proptest::collection::vec(id(), 0..64),
+        ) {
+            let map: IdMap<usize> = held.into_iter().collect();
+            let eps: Vec<Endpoint> = ids.iter().map(|i| Endpoint::new(i.clone(), "a:1", Role::Both)).collect();
+            let refs: Vec<&Endpoint> = eps.iter().collect();
+            prop_assert_eq!(for_candidates(&map, &refs, |_, v| v), naive(&map, &refs));
+        }
+
+        #[test]
+        fn blocks_for_reads_hints_only_where_they_hold(
+            held in proptest::collection::vec((id(), 1usize..100), 0..8),
+            ids in proptest::collection::vec(id(), 0..32),
+            shift in 0usize..3,
+        ) {
+            // Endpoint ids are unique within a pool.
+            let ids: Vec<String> = ids.into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            let eps: Vec<Endpoint> = ids.iter().map(|i| Endpoint::new(i.clone(), "a:1", Role::Both)).collect();
+            let refs: Vec<&Endpoint> = eps.iter().collect();
+            let matched: IdMap<usize> = held.into_iter().collect();
+            // Hints from a candidate list shifted by `shift` (as another profile's list
+            // would be): wrong ones must be noticed.
+            let hints: IdMap<usize> =
+                refs.iter().enumerate().filter(|(_, e)| matched.contains_key(&e.id)).map(|(i, e)| (e.id.clone(), i + shift)).collect();
+            let m = PrefixMatch { matched, hints, ..Default::default() };
+            let want: Vec<usize> = naive(&m.matched, &refs).into_iter().map(|v| v.unwrap_or(0)).collect();
+            prop_assert_eq!(m.blocks_for(&refs), want);
+        }
+    }
+
+    /// Negative control for the first property: the same strategy finds the fault in a
+    /// lookup that trusts tags alone.
+    #[test]
+    fn the_lookup_property_catches_a_tag_only_lookup() {
+        use proptest::test_runner::{Config, TestRunner};
+        let mut runner = TestRunner::new(Config { cases: 2_000, ..Config::default() });
+        let strategy = (proptest::collection::vec((id(), 1usize..100), 1..8), proptest::collection::vec(id(), 1..64));
+        let result = runner.run(&strategy, |(held, ids)| {
+            let map: IdMap<usize> = held.into_iter().collect();
+            let tags: Vec<(IdTag, usize)> = map.iter().map(|(k, v)| (IdTag::of(k), *v)).collect();
+            for i in &ids {
+                let tag_only = tags.iter().find(|(t, _)| *t == IdTag::of(i)).map(|t| t.1);
+                prop_assert_eq!(tag_only, map.get(i).copied());
+            }
+            Ok(())
+        });
+        assert!(result.is_err(), "the strategy never produced ids that share a tag");
+    }
+
+    /// Negative control: a lookup that trusts tags without comparing bytes past 16
+    /// confuses ids that share length, head and tail, which the strategy produces.
+    #[test]
+    fn tags_alone_do_not_tell_long_ids_apart() {
+        let (a, b) = ("pod-aaaa-bbbb-cccc-0001-x", "pod-aaaa-dddd-cccc-0001-x");
+        assert!(IdTag::of(a) == IdTag::of(b));
+        let map: IdMap<usize> = [(a.to_string(), 7)].into_iter().collect();
+        let eps = [Endpoint::new(b, "a:1", Role::Both)];
+        assert_eq!(for_candidates(&map, &[&eps[0]], |_, v| v), vec![None]);
+        // A hint pointing at the wrong candidate is refused, not read.
+        let m = PrefixMatch { matched: map, hints: [(a.to_string(), 0)].into_iter().collect(), ..Default::default() };
+        assert_eq!(m.blocks_for(&[&eps[0]]), vec![0]);
     }
 }

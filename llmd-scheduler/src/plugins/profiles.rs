@@ -473,7 +473,10 @@ mod tests {
         let req = LlmRequest { token_ids: Some(vec![1; 100]), ..Default::default() };
         let mut st = CycleState::default();
         let matched = [("warm".to_string(), 6), ("cold".to_string(), 0)].into_iter().collect();
-        st.put(PREFIX_MATCH_KEY, PrefixMatch { hashes: vec![], prompt_tokens: 100, tokens_per_block: 16, matched });
+        st.put(
+            PREFIX_MATCH_KEY,
+            PrefixMatch { hashes: vec![], prompt_tokens: 100, tokens_per_block: 16, matched, ..Default::default() },
+        );
         let d = |n: u64, p: u64| {
             PrefixBasedPdDecider::from_params(&serde_json::json!({"nonCachedTokens": n, "promptTokens": p})).unwrap()
         };

@@ -156,14 +156,18 @@ pub struct PrefillCostScorer;
 impl Scorer for PrefillCostScorer {
     fn score(&self, state: &mut CycleState, req: &LlmRequest, eps: &[&Endpoint]) -> Vec<f64> {
         let prompt = req.prompt_tokens();
-        let matched = state.get::<PrefixMatch>(PREFIX_MATCH_KEY);
-        let costs: Vec<f64> = eps
-            .iter()
-            .map(|e| {
-                let uncached = matched.map_or(prompt, |m| m.uncached_tokens(&e.id).min(prompt));
-                (e.inflight.prefill_remaining.saturating_add(uncached as u64)).max(1) as f64
-            })
-            .collect();
+        let cost = |e: &Endpoint, uncached: usize| {
+            (e.inflight.prefill_remaining.saturating_add(uncached as u64)).max(1) as f64
+        };
+        let costs: Vec<f64> = match state.get::<PrefixMatch>(PREFIX_MATCH_KEY) {
+            // As `PrefixMatch::uncached_tokens`, for every candidate at once.
+            Some(m) => eps
+                .iter()
+                .zip(m.blocks_for(eps))
+                .map(|(e, blocks)| cost(e, m.prompt_tokens.saturating_sub(blocks * m.tokens_per_block).min(prompt)))
+                .collect(),
+            None => eps.iter().map(|e| cost(e, prompt)).collect(),
+        };
         let min = costs.iter().copied().fold(f64::INFINITY, f64::min);
         costs.iter().map(|c| min / c).collect()
     }
@@ -284,7 +288,10 @@ mod tests {
         let req = LlmRequest { token_ids: Some(vec![1; 1000]), ..Default::default() };
         let mut st = CycleState::default();
         let matched = [("a".to_string(), 9)].into_iter().collect();
-        st.put(PREFIX_MATCH_KEY, PrefixMatch { hashes: vec![], prompt_tokens: 1000, tokens_per_block: 100, matched });
+        st.put(
+            PREFIX_MATCH_KEY,
+            PrefixMatch { hashes: vec![], prompt_tokens: 1000, tokens_per_block: 100, matched, ..Default::default() },
+        );
         let refs: Vec<&Endpoint> = eps.iter().collect();
         // Costs 1 600, 1 000, 1 200 tokens: the idle cold endpoint beats the busy holder.
         assert_eq!(PrefillCostScorer.score(&mut st, &req, &refs), [1000.0 / 1600.0, 1.0, 1000.0 / 1200.0]);

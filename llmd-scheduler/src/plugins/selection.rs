@@ -1482,7 +1482,10 @@ mod tests {
     fn warm_state(id: &str, blocks: usize) -> CycleState {
         let mut st = CycleState::default();
         let matched = [(id.to_string(), blocks)].into_iter().collect();
-        st.put(PREFIX_MATCH_KEY, PrefixMatch { hashes: vec![1; 10], prompt_tokens: 10, tokens_per_block: 1, matched });
+        st.put(
+            PREFIX_MATCH_KEY,
+            PrefixMatch { hashes: vec![1; 10], prompt_tokens: 10, tokens_per_block: 1, matched, ..Default::default() },
+        );
         st
     }
 

@@ -219,9 +219,99 @@ impl LatencyMetrics {
     }
 }
 
+impl LatencyMetrics {
+    /// Appends these metrics to `out` in the Prometheus/OpenMetrics text format, under
+    /// the router's `llm_d_epp_*` names ([`names`]) with its labels (`plugin_name` =
+    /// `plugin`, `plugin_type` = `predicted-latency-producer`, `model_name` =
+    /// `target_model_name` = the model). The deprecated `inference_objective_*` twins
+    /// are not written. Nothing is written before the first request.
+    pub fn encode_text(&self, plugin: &str, out: &mut String) {
+        use std::fmt::Write;
+        if self.models.is_empty() {
+            return;
+        }
+        let labels = |model: &str| {
+            format!(
+                "plugin_name=\"{}\",plugin_type=\"predicted-latency-producer\",model_name=\"{}\",target_model_name=\"{}\"",
+                escape(plugin),
+                escape(model),
+                escape(model)
+            )
+        };
+        type Field = fn(&ModelMetrics) -> &Histogram;
+        let histograms: [(&str, &str, Field); 4] = [
+            (names::PREDICTED_TTFT, "Predicted time to first token of the chosen endpoint", |m| &m.predicted_ttft),
+            (names::TTFT_PREDICTION_DURATION, "Time a bulk latency prediction took", |m| &m.prediction_duration),
+            (names::PREDICTED_TPOT, "Predicted time per output token of the chosen endpoint", |m| &m.predicted_tpot),
+            (names::TPOT_PREDICTION_DURATION, "Time a bulk latency prediction took", |m| &m.prediction_duration),
+        ];
+        // Writing to a String cannot fail.
+        for (name, help, get) in histograms {
+            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} histogram");
+            for (model, m) in &self.models {
+                let (h, l) = (get(m), labels(model));
+                let mut cumulative = 0;
+                for (bound, n) in h.bounds.iter().zip(&h.counts) {
+                    cumulative += n;
+                    let _ = writeln!(out, "{name}_bucket{{{l},le=\"{bound:?}\"}} {cumulative}");
+                }
+                let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {}", h.count);
+                let _ = writeln!(out, "{name}_sum{{{l}}} {:?}\n{name}_count{{{l}}} {}", h.sum, h.count);
+            }
+        }
+        let family = names::SLO_VIOLATION.trim_end_matches("_total");
+        let _ = writeln!(out, "# HELP {family} Requests whose latency broke their SLO.\n# TYPE {family} counter");
+        for (model, m) in &self.models {
+            let l = labels(model);
+            let _ = writeln!(out, "{family}_total{{{l},type=\"ttft\"}} {}", m.ttft_slo_violations);
+            let _ = writeln!(out, "{family}_total{{{l},type=\"tpot\"}} {}", m.tpot_slo_violations);
+        }
+        let name = names::REQUEST_METRIC;
+        let _ = writeln!(out, "# HELP {name} The last value of each latency measure.\n# TYPE {name} gauge");
+        for (model, m) in &self.models {
+            let l = labels(model);
+            for (t, v) in &m.gauges {
+                let _ = writeln!(out, "{name}{{{l},type=\"{}\"}} {v:?}", t.as_str());
+            }
+        }
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the text format wants.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encodes_in_the_text_format_under_the_router_s_names() {
+        let mut m = LatencyMetrics::default();
+        let mut out = String::new();
+        m.encode_text("plp", &mut out);
+        assert_eq!(out, "", "nothing before the first request");
+        m.ttft("llama \"3\"", 120.0, 100.0, 110.0);
+        m.tpot("llama \"3\"", 20.0, 25.0, 50.0);
+        m.prediction_duration("llama \"3\"", 0.0004);
+        m.encode_text("plp", &mut out);
+        let l = r#"plugin_name="plp",plugin_type="predicted-latency-producer",model_name="llama \"3\"",target_model_name="llama \"3\"""#;
+        for line in [
+            "# TYPE llm_d_epp_request_predicted_ttft_seconds histogram".to_string(),
+            format!("llm_d_epp_request_predicted_ttft_seconds_bucket{{{l},le=\"0.1\"}} 1"),
+            format!("llm_d_epp_request_predicted_ttft_seconds_bucket{{{l},le=\"0.05\"}} 0"),
+            format!("llm_d_epp_request_predicted_ttft_seconds_bucket{{{l},le=\"+Inf\"}} 1"),
+            format!("llm_d_epp_request_predicted_ttft_seconds_count{{{l}}} 1"),
+            format!("llm_d_epp_request_ttft_prediction_duration_seconds_bucket{{{l},le=\"0.0005\"}} 1"),
+            "# TYPE llm_d_epp_request_slo_violation counter".to_string(),
+            format!("llm_d_epp_request_slo_violation_total{{{l},type=\"ttft\"}} 1"),
+            format!("llm_d_epp_request_slo_violation_total{{{l},type=\"tpot\"}} 0"),
+            format!("llm_d_epp_inference_request_metric{{{l},type=\"predicted_tpot\"}} 0.025"),
+        ] {
+            assert!(out.lines().any(|x| x == line), "missing {line:?} in\n{out}");
+        }
+    }
 
     #[test]
     fn records_as_the_router_does() {

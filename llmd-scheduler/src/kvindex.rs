@@ -87,25 +87,8 @@ pub struct ApplyStats {
     pub resynced: bool,
 }
 
-/// Block keys are already uniform hashes: use them as their own map hash.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type KeyMap<V> = HashMap<BlockKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
+// Block keys are already uniform hashes: they are their own map hash.
+type KeyMap<V> = HashMap<BlockKey, V, std::hash::BuildHasherDefault<llmd_kvcache::PrehashedHasher>>;
 
 /// Block → endpoints index fed by KV events.
 #[derive(Debug, Default)]

@@ -214,11 +214,11 @@ PY
 # defaults and its own `prefix` preset beside them. Steps (each a few minutes, so a
 # shared machine can be locked for each): hot (three seeds of latency-hot-prefix),
 # pressure, mixed, replication, slo (seed 7 under a TTFT SLO below and above what a
-# miss costs), table.
+# miss costs), noslo (hot and mixed without the SLO headers, as llm-d measured), table.
 run_latency() {
     local out=bench-results/latency pair=llm-d-prefix,predicted-latency seed f step
     local steps=("$@")
-    [ ${#steps[@]} -gt 0 ] || steps=(hot pressure mixed replication slo table)
+    [ ${#steps[@]} -gt 0 ] || steps=(hot pressure mixed replication slo noslo table)
     mkdir -p $out
     for step in "${steps[@]}"; do
         case $step in
@@ -247,12 +247,38 @@ run_latency() {
                     $llmd bench "$f" --sim --replicas 8 --routing $pair --rate 80,120 \
                         --hot-prefix-replication false --log warn --out $out/slo-$ttft
                 done ;;
+            noslo)
+                # llm-d's own comparison sent no SLO (its blog: "No SLOs were assumed; the
+                # predicted latency scorer simply selects pods with lower predicted
+                # latency"): the hot-prefix seeds and the mixed control without the headers.
+                for seed in 7 8 9; do
+                    f=$out/latency-hot-prefix-noslo-seed$seed.yaml
+                    sed -e "s/^seed: .*/seed: $seed/" -e "s/^name: .*/name: latency-hot-prefix-noslo-seed$seed/" \
+                        -e "s/^slo_headers: .*/slo_headers: false/" benches/scenarios/latency-hot-prefix.yaml > "$f"
+                    $llmd bench "$f" --sim --replicas 8 --routing $pair --rate 40,80,100,120 \
+                        --hot-prefix-replication false --log warn --out $out/noslo-hot-$seed
+                done
+                f=$out/latency-mixed-noslo.yaml
+                sed -e "s/^name: .*/name: latency-mixed-noslo/" -e "s/^slo_headers: .*/slo_headers: false/" \
+                    benches/scenarios/latency-mixed.yaml > "$f"
+                $llmd bench "$f" --sim --replicas 8 --routing $pair \
+                    --hot-prefix-replication false --log warn --out $out/noslo-mixed ;;
             table)
+                local noslo=()
+                for seed in 7 8 9; do
+                    if [ -d $out/noslo-hot-$seed ]; then
+                        noslo+=("$out/latency-hot-prefix-noslo-seed$seed.yaml:$out/noslo-hot-$seed:no SLO headers")
+                    fi
+                done
+                if [ -d $out/noslo-mixed ]; then
+                    noslo+=("$out/latency-mixed-noslo.yaml:$out/noslo-mixed:no SLO headers")
+                fi
                 python3 - benches/scenarios/latency-hot-prefix.yaml:$out/hot-{7,8,9} \
                     benches/scenarios/latency-cache-pressure.yaml:$out/pressure \
                     benches/scenarios/latency-mixed.yaml:$out/mixed \
                     "benches/scenarios/latency-hot-prefix.yaml:$out/replication:replication on" \
                     $out/latency-hot-prefix-ttft200.yaml:$out/slo-200 $out/latency-hot-prefix-ttft500.yaml:$out/slo-500 \
+                    "${noslo[@]}" \
                     > $out/results.md <<'PY'
 # For each scenario and rate: the steady state (after the warm-up) of each routing, SLO
 # attainment (the share of steady requests meeting the scenario's TTFT and mean-ITL SLO;
@@ -326,7 +352,7 @@ print("|---|---|---|---|---|---|---|---|")
 print("\n".join(diag))
 PY
                 ;;
-            *) echo "latency steps: hot pressure mixed replication slo table" >&2; exit 2 ;;
+            *) echo "latency steps: hot pressure mixed replication slo noslo table" >&2; exit 2 ;;
         esac
     done
 }

@@ -86,7 +86,7 @@ pub type IdMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 ///
 /// A prompt is usually held by a few endpoints among many candidates. With a few
 /// entries, each candidate's id is reduced to its length and first and last eight bytes
-/// ([`IdTag`]); one bit of a 64-bit mask per holder rules most candidates out with a
+/// (its tag); one bit of a 64-bit mask per holder rules most candidates out with a
 /// single test, and the rest are compared by tag (and by bytes past 16). That costs
 /// less than hashing every candidate's id; an empty map costs nothing per candidate, and
 /// a large one is looked up by hash.

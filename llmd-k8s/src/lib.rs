@@ -2,7 +2,8 @@
 //! `InferencePool` (v1 and the legacy v1alpha2) and llm-d's `InferenceObjective` as
 //! kube-rs types that read the projects' own manifests and generate their CRDs
 //! ([`resources`]), and the rule by which a pool's pods become the scheduler's endpoints
-//! ([`discovery`]), as llm-d's endpoint picker applies it.
+//! ([`discovery`]), as llm-d's endpoint picker applies it, kept in the scheduler's
+//! datastore by a [`pool::PoolDiscovery`] as pods come, change and go.
 //!
 //! ```
 //! use llmd_k8s::resources::{InferencePool, PoolView};
@@ -32,6 +33,7 @@ pub struct ReadmeDoctests;
 
 pub mod discovery;
 pub mod error;
+pub mod pool;
 pub mod resources;
 
 pub use error::{K8sError, Result};

@@ -275,6 +275,11 @@ struct EppArgs {
     /// HTTP gateway port (0 to disable).
     #[arg(long, default_value_t = 8000)]
     http_port: u16,
+    /// gRPC health port (`grpc.health.v1`, as llm-d's EPP): `liveness` serves from the
+    /// start; `""`, `readiness`, the ext-proc service and `inference-extension` once the
+    /// endpoints are discovered, until shutdown begins (0 to disable).
+    #[arg(long, default_value_t = 9003)]
+    grpc_health_port: u16,
     /// InferenceObjective manifests (YAML, several documents allowed; other kinds are
     /// skipped): a request's `x-llm-d-inference-objective` header names one, and its
     /// `spec.priority` orders flow control (negative: sheddable).
@@ -688,6 +693,27 @@ fn epp(a: EppArgs) -> Result<()> {
             let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.grpc_port)).await?;
             println!("llmd epp: Envoy ext-proc on grpc://{}", listener.local_addr()?);
             let svc = ExtProc::server(picker.clone());
+            let stop = shutdown.begun();
+            tasks.push(tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }));
+        }
+        if a.grpc_health_port != 0 {
+            let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.grpc_health_port)).await?;
+            println!("llmd epp: gRPC health on grpc://{}", listener.local_addr()?);
+            let (health, svc) = llmd::scheduler::grpchealth::GrpcHealth::new().await;
+            // The first discovery sync has run: the endpoints are known.
+            health.update(|r| r.synced = true).await;
+            let draining = shutdown.begun();
+            let readiness = health.clone();
+            tokio::spawn(async move {
+                draining.await;
+                readiness.update(|r| r.draining = true).await;
+            });
             let stop = shutdown.begun();
             tasks.push(tokio::spawn(async move {
                 tonic::transport::Server::builder()

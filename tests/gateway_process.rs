@@ -57,6 +57,8 @@ async fn epp_routes_around_an_endpoint_that_never_answers() {
                 &format!("healthy={healthy}"),
                 "--grpc-port",
                 "0",
+                "--grpc-health-port",
+                "0",
                 "--http-port",
                 &port.to_string(),
                 "--first-byte-timeout",

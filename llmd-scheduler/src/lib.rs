@@ -59,6 +59,8 @@ pub mod extproc;
 pub mod flowcontrol;
 #[cfg(feature = "gateway")]
 pub mod gateway;
+#[cfg(feature = "ext-proc")]
+pub mod grpchealth;
 pub mod health;
 pub mod kvindex;
 pub mod objectives;

@@ -605,6 +605,20 @@ fn up(a: UpArgs) -> Result<()> {
     })
 }
 
+/// Serves a gRPC router on `listener` until `stop` resolves.
+fn serve_grpc(
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop)
+            .await
+            .map_err(anyhow::Error::from)
+    })
+}
+
 fn epp(a: EppArgs) -> Result<()> {
     use llmd::scheduler::discovery::{Discovery, FileDiscovery, StaticDiscovery, parse_endpoint_spec};
     use llmd::scheduler::extproc::ExtProc;
@@ -692,15 +706,8 @@ fn epp(a: EppArgs) -> Result<()> {
         if a.grpc_port != 0 {
             let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.grpc_port)).await?;
             println!("llmd epp: Envoy ext-proc on grpc://{}", listener.local_addr()?);
-            let svc = ExtProc::server(picker.clone());
-            let stop = shutdown.begun();
-            tasks.push(tokio::spawn(async move {
-                tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop)
-                    .await
-                    .map_err(anyhow::Error::from)
-            }));
+            let router = tonic::transport::Server::builder().add_service(ExtProc::server(picker.clone()));
+            tasks.push(serve_grpc(router, listener, shutdown.begun()));
         }
         if a.grpc_health_port != 0 {
             let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.grpc_health_port)).await?;
@@ -714,14 +721,7 @@ fn epp(a: EppArgs) -> Result<()> {
                 draining.await;
                 readiness.update(|r| r.draining = true).await;
             });
-            let stop = shutdown.begun();
-            tasks.push(tokio::spawn(async move {
-                tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop)
-                    .await
-                    .map_err(anyhow::Error::from)
-            }));
+            tasks.push(serve_grpc(tonic::transport::Server::builder().add_service(svc), listener, shutdown.begun()));
         }
         let all = async {
             for t in tasks {

@@ -721,7 +721,9 @@ fn epp(a: EppArgs) -> Result<()> {
                 draining.await;
                 readiness.update(|r| r.draining = true).await;
             });
-            tasks.push(serve_grpc(tonic::transport::Server::builder().add_service(svc), listener, shutdown.begun()));
+            // A check answers at once; one that does not is cut rather than held.
+            let router = tonic::transport::Server::builder().timeout(Duration::from_secs(5)).add_service(svc);
+            tasks.push(serve_grpc(router, listener, shutdown.begun()));
         }
         let all = async {
             for t in tasks {

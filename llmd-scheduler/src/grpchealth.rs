@@ -107,6 +107,8 @@ mod tests {
         .expect("connect in time")
         .unwrap();
         let mut c = HealthClient::new(channel);
+        // A peer that connects and never speaks holds nothing up.
+        let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
         assert_eq!(status(&mut c, LIVENESS).await, Ok(Wire::Serving));
         for s in READINESS {
             assert_eq!(status(&mut c, s).await, Ok(Wire::NotServing), "{s:?} before the first sync");

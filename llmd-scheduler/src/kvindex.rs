@@ -64,7 +64,17 @@ pub fn block_keys(tokens: &[u32], block_size: usize, max_blocks: usize) -> Vec<B
 
 /// A block's key: xxh3 over its tokens' little-endian bytes, seeded by its parent's key.
 fn key_of(parent: BlockKey, tokens: &[u32]) -> BlockKey {
-    xxh3_64_with_seed(&crate::plugins::prefix::le_bytes(tokens), parent ^ 0x6c6c_6d64)
+    xxh3_64_with_seed(&le_bytes(tokens), parent ^ 0x6c6c_6d64)
+}
+
+/// Token ids as little-endian bytes: borrowed where memory already holds them so (the
+/// prompt is hashed on every pick, and the copy cost more than the hash).
+pub(crate) fn le_bytes(ids: &[u32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(ids))
+    } else {
+        std::borrow::Cow::Owned(ids.iter().flat_map(|t| t.to_le_bytes()).collect())
+    }
 }
 
 #[derive(Debug, Default)]

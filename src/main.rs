@@ -7,6 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod epp;
+mod manifests_cmd;
+
 /// Kubernetes-native distributed LLM inference.
 #[derive(Parser, Debug)]
 #[command(name = "llmd", version, about, long_about = None)]
@@ -26,7 +29,7 @@ enum Command {
     /// One engine (model server).
     Serve(ServeArgs),
     /// The endpoint picker: Envoy ext-proc gRPC and/or an HTTP gateway.
-    Epp(EppArgs),
+    Epp(Box<epp::EppArgs>),
     /// The prefill/decode routing sidecar beside a decode engine.
     Sidecar(SidecarArgs),
     /// The SLO-aware autoscaler.
@@ -36,6 +39,9 @@ enum Command {
     /// KV-cache tools: block hashes and KV event decoding.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Kubernetes: manifests for a deployment with `llmd epp` as its endpoint picker.
+    #[command(subcommand)]
+    K8s(K8sCommand),
     /// Write the built-in model's tokenizer (`tokenizer.json`, `tokenizer_config.json`)
     /// into DIR, for Hugging Face-based tools such as inference-perf and aiperf.
     ExportTokenizer {
@@ -241,57 +247,6 @@ struct ServeArgs {
 }
 
 #[derive(Args, Debug)]
-struct EppArgs {
-    /// EndpointPickerConfig YAML (llm-d's format).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Built-in routing when no --config.
-    #[arg(long, default_value = "prefix", value_parser = clap::builder::PossibleValuesParser::new(llmd::scheduler::presets::PRESETS))]
-    routing: String,
-    /// An endpoint: `NAME=HOST:PORT`, optionally `,kv=tcp://HOST:PORT` (its KV events),
-    /// `,role=prefill|decode|both`. Repeat for each.
-    #[arg(long = "endpoint")]
-    endpoints: Vec<String>,
-    /// An endpoints file (YAML or JSON: `endpoints: [{name, address, port, role,
-    /// kvEvents, labels}]`, llm-d's file-discovery format), followed for changes.
-    #[arg(long)]
-    endpoints_file: Option<PathBuf>,
-    /// How often to look for changes in endpoints files, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    endpoints_poll_ms: u64,
-    #[command(flatten)]
-    gateway: GatewayArgs,
-
-    /// Seconds to let requests in flight finish after SIGTERM or Ctrl-C (a second
-    /// signal exits at once).
-    #[arg(long, default_value_t = 25)]
-    shutdown_timeout: u64,
-    /// Address to bind.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// ext-proc gRPC port (0 to disable).
-    #[arg(long, default_value_t = 9002)]
-    grpc_port: u16,
-    /// HTTP gateway port (0 to disable).
-    #[arg(long, default_value_t = 8000)]
-    http_port: u16,
-    /// gRPC health port (`grpc.health.v1`, as llm-d's EPP): `liveness` serves from the
-    /// start; `""`, `readiness`, the ext-proc service and `inference-extension` once the
-    /// endpoints are discovered, until shutdown begins (0 to disable).
-    #[arg(long, default_value_t = 9003)]
-    grpc_health_port: u16,
-    /// InferenceObjective manifests (YAML, several documents allowed; other kinds are
-    /// skipped): a request's `x-llm-d-inference-objective` header names one, and its
-    /// `spec.priority` orders flow control (negative: sheddable).
-    #[arg(long)]
-    objectives: Option<PathBuf>,
-    /// Checkpoint directory whose tokenizer.json and chat template the engines use; lets
-    /// precise-prefix scoring hash text prompts (without it, only token-id prompts).
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
 struct SidecarArgs {
     /// Port the sidecar listens on.
     #[arg(long, default_value_t = 8000)]
@@ -364,6 +319,14 @@ struct BenchArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum K8sCommand {
+    /// Print the objects (InferencePool, model servers as Deployments or
+    /// LeaderWorkerSets, the picker's Deployment, Service, RBAC and config) as YAML for
+    /// `kubectl apply -f -`.
+    Manifests(manifests_cmd::ManifestArgs),
+}
+
+#[derive(Subcommand, Debug)]
 enum KvCommand {
     /// Print vLLM-compatible block hashes for token ids.
     Hash(HashArgs),
@@ -407,9 +370,10 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Kv(KvCommand::Hash(a)) => kv_hash(a),
         Command::Kv(KvCommand::DecodeEvents { file }) => kv_decode(file),
+        Command::K8s(K8sCommand::Manifests(a)) => manifests_cmd::manifests(a),
         Command::Up(a) => up(a),
         Command::Serve(a) => serve(a),
-        Command::Epp(a) => epp(a),
+        Command::Epp(a) => epp::epp(*a),
         Command::Sidecar(_) => not_yet("sidecar", "the P/D sidecar"),
         Command::Autoscale(_) => not_yet("autoscale", "the autoscaler"),
         Command::Bench(a) => bench(a),
@@ -616,136 +580,6 @@ fn serve_grpc(
             .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop)
             .await
             .map_err(anyhow::Error::from)
-    })
-}
-
-fn epp(a: EppArgs) -> Result<()> {
-    use llmd::scheduler::discovery::{Discovery, FileDiscovery, StaticDiscovery, parse_endpoint_spec};
-    use llmd::scheduler::extproc::ExtProc;
-    use llmd::scheduler::gateway::Gateway;
-    use llmd::scheduler::picker::EndpointPicker;
-    use llmd::scheduler::{DiscoveryRef, PluginRegistry, Scheduler, SchedulerConfig, SystemClock, datastore, presets};
-
-    let registry = PluginRegistry::with_builtins();
-    let cfg = match &a.config {
-        Some(path) => SchedulerConfig::from_file(path, &registry)?,
-        None => presets::preset(&a.routing, &registry)?,
-    };
-    let endpoints = a.endpoints.iter().map(|s| parse_endpoint_spec(s)).collect::<Result<Vec<_>, _>>()?;
-    // Where endpoints come from: --endpoint, --endpoints-file, or the config's
-    // dataLayer.discovery (llm-d's file-discovery), in any combination.
-    let mut sources: Vec<Box<dyn Discovery>> = Vec::new();
-    if !endpoints.is_empty() {
-        sources.push(Box::new(StaticDiscovery::new(endpoints)));
-    }
-    let poll = Duration::from_millis(a.endpoints_poll_ms.max(10));
-    if let Some(f) = &a.endpoints_file {
-        sources.push(Box::new(FileDiscovery::new(f, Some(poll))));
-    }
-    match &cfg.discovery {
-        Some(DiscoveryRef::File { path, watch }) => {
-            sources.push(Box::new(FileDiscovery::new(path, watch.then_some(poll))));
-        }
-        // Peer clusters' EPPs as endpoints, scraped where their labels say.
-        Some(DiscoveryRef::MultiClusterFile { path, watch }) => {
-            sources.push(Box::new(FileDiscovery::multicluster(path, watch.then_some(poll))));
-        }
-        _ => {}
-    }
-    if sources.is_empty() {
-        bail!("no endpoints: give --endpoint NAME=HOST:PORT, --endpoints-file F, or a config with dataLayer.discovery");
-    }
-    if a.grpc_port == 0 && a.http_port == 0 {
-        bail!("both --grpc-port and --http-port are 0: nothing to serve");
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async move {
-        let tokenizer = match &a.tokenizer {
-            None => None,
-            Some(dir) => {
-                let t: std::sync::Arc<dyn llmd::scheduler::picker::PromptTokenizer> =
-                    std::sync::Arc::new(cached_renderer(llmd::openai::PromptRenderer::from_dir(dir)?));
-                Some(t)
-            }
-        };
-        let store = datastore(std::sync::Arc::new(SystemClock::default()));
-        let picker = EndpointPicker::new(Scheduler::new(cfg, 0), store, a.gateway.picker(), tokenizer);
-        if let Some(path) = &a.objectives {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let objectives =
-                llmd::scheduler::objectives::Objectives::from_manifests(&text, &path.display().to_string())?;
-            tracing::info!(objectives = ?objectives.priorities(), "InferenceObjectives loaded");
-            picker.set_objectives(objectives);
-        }
-        for s in sources {
-            let name = s.name().to_string();
-            let first = picker.run_discovery(s).with_context(|| format!("endpoint discovery ({name})"))?;
-            tracing::info!(source = %name, added = first.added, "endpoints discovered");
-        }
-        // Scrapers and subscribers live as long as the process.
-        picker.start();
-        let shutdown = llmd::shutdown::Shutdown::install();
-        let mut tasks = Vec::new();
-        let mut http_gateway: Option<std::sync::Arc<Gateway>> = None;
-        if a.http_port != 0 {
-            let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.http_port)).await?;
-            println!("llmd epp: HTTP gateway at http://{}/v1", listener.local_addr()?);
-            let gateway = Gateway::new(picker.clone(), a.gateway.gateway());
-            let stop = shutdown.begun();
-            let served = gateway.clone();
-            let draining = shutdown.begun();
-            let readiness = gateway.clone();
-            // Not ready from the first signal on, so load balancers stop sending.
-            tokio::spawn(async move {
-                draining.await;
-                readiness.begin_drain();
-            });
-            http_gateway = Some(gateway);
-            tasks.push(tokio::spawn(async move { served.serve(listener, stop).await.map_err(anyhow::Error::from) }));
-        }
-        if a.grpc_port != 0 {
-            let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.grpc_port)).await?;
-            println!("llmd epp: Envoy ext-proc on grpc://{}", listener.local_addr()?);
-            let router = tonic::transport::Server::builder().add_service(ExtProc::server(picker.clone()));
-            tasks.push(serve_grpc(router, listener, shutdown.begun()));
-        }
-        if a.grpc_health_port != 0 {
-            let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.grpc_health_port)).await?;
-            println!("llmd epp: gRPC health on grpc://{}", listener.local_addr()?);
-            let (health, svc) = llmd::scheduler::grpchealth::GrpcHealth::new().await;
-            // The first discovery sync has run: the endpoints are known.
-            health.update(|r| r.synced = true).await;
-            let draining = shutdown.begun();
-            let readiness = health.clone();
-            tokio::spawn(async move {
-                draining.await;
-                readiness.update(|r| r.draining = true).await;
-            });
-            // A check answers at once; one that does not is cut rather than held.
-            let router = tonic::transport::Server::builder().timeout(Duration::from_secs(5)).add_service(svc);
-            tasks.push(serve_grpc(router, listener, shutdown.begun()));
-        }
-        let all = async {
-            for t in tasks {
-                t.await??;
-            }
-            anyhow::Ok(())
-        };
-        tokio::pin!(all);
-        match shutdown.drain(&mut all, Duration::from_secs(a.shutdown_timeout)).await {
-            Ok(done) => done?,
-            Err(cut) => {
-                // Streams still running end with an error event rather than a bare cut.
-                if let Some(g) = &http_gateway {
-                    g.cut_streams();
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(1), &mut all).await;
-                return Err(cut.into());
-            }
-        }
-        picker.shutdown();
-        println!("llmd epp: stopped");
-        Ok(())
     })
 }
 

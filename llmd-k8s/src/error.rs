@@ -22,6 +22,34 @@ pub enum K8sError {
         #[source]
         source: serde_json::Error,
     },
+    /// A manifest could not be written as YAML.
+    #[error("writing {what} as YAML: {source}")]
+    Yaml {
+        /// What was being written.
+        what: String,
+        /// The encoder's error.
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    /// A call to the API server failed.
+    #[cfg(feature = "client")]
+    #[error("{what}: {source}")]
+    Api {
+        /// What was being done.
+        what: String,
+        /// kube-rs's error (boxed: it is large, and errors travel by value).
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Another replica changed the Lease between our read and our write.
+    #[cfg(feature = "client")]
+    #[error("lease {name}: {reason}")]
+    Lease {
+        /// The Lease's `namespace/name`.
+        name: String,
+        /// What happened.
+        reason: String,
+    },
 }
 
 /// The crate's result type.

@@ -32,8 +32,18 @@
 pub struct ReadmeDoctests;
 
 pub mod discovery;
+#[cfg(feature = "client")]
+pub mod election;
 pub mod error;
+#[cfg(feature = "fake-apiserver")]
+pub mod fake;
+pub mod manifests;
 pub mod pool;
 pub mod resources;
+#[cfg(feature = "client")]
+pub mod watch;
 
 pub use error::{K8sError, Result};
+// The versions these types are built on, for callers that build clients or objects.
+pub use k8s_openapi;
+pub use kube;

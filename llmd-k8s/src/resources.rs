@@ -261,6 +261,35 @@ impl PoolView {
         Self::new(&pool.metadata, pool.spec.selector.clone(), &[pool.spec.target_port_number])
     }
 
+    /// A pool-less view (llm-d's `--endpoint-selector k=v,k2=v2` with
+    /// `--endpoint-target-ports`): equality terms only, as a pool's `matchLabels`.
+    pub fn from_selector(namespace: &str, selector: &str, ports: &[u16]) -> Result<Self> {
+        let invalid =
+            |reason: String| K8sError::Invalid { kind: "endpoint selector", name: selector.to_string(), reason };
+        let mut labels = BTreeMap::new();
+        for term in selector.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (k, v) = term
+                .split_once("==")
+                .or_else(|| term.split_once('='))
+                .ok_or_else(|| invalid(format!("{term:?} is not key=value (only equality terms are supported)")))?;
+            let (k, v) = (k.trim(), v.trim());
+            if k.is_empty() || k.contains('!') {
+                return Err(invalid(format!("{term:?} is not key=value (only equality terms are supported)")));
+            }
+            labels.insert(k.to_string(), v.to_string());
+        }
+        if labels.is_empty() {
+            return Err(invalid("the selector is empty".into()));
+        }
+        let meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(String::new()),
+            namespace: Some(namespace.to_string()),
+            ..Default::default()
+        };
+        let ports: Vec<i32> = ports.iter().map(|&p| i32::from(p)).collect();
+        Self::new(&meta, labels, &ports)
+    }
+
     fn new(
         meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
         selector: BTreeMap<String, String>,

@@ -75,6 +75,8 @@ pub mod replication;
 pub mod request;
 pub mod scheduler;
 pub mod scrape;
+#[cfg(feature = "ext-proc")]
+pub mod servingtls;
 #[cfg(feature = "render")]
 pub mod tokencache;
 pub mod tokenproducer;

@@ -164,23 +164,28 @@ schedulingProfiles:
 /// The names `--routing` accepts.
 pub const PRESETS: [&str; 6] = ["round-robin", "load", "prefix", "precise-prefix", "llm-d-prefix", "predicted-latency"];
 
-/// The configuration of a named preset.
-pub fn preset(name: &str, registry: &PluginRegistry) -> Result<SchedulerConfig> {
-    let yaml = match name {
+/// A named preset's EndpointPickerConfig YAML (`None` for an unknown name).
+pub fn preset_yaml(name: &str) -> Option<&'static str> {
+    Some(match name {
         "round-robin" => ROUND_ROBIN,
         "load" => LOAD,
         "prefix" => PREFIX,
         "precise-prefix" => PRECISE_PREFIX,
         "llm-d-prefix" => LLMD_PREFIX,
         "predicted-latency" => PREDICTED_LATENCY,
-        other => {
-            return Err(SchedulerError::config(
-                "--routing",
-                other,
-                format!("unknown routing preset (choose one of {})", PRESETS.join(", ")),
-            ));
-        }
-    };
+        _ => return None,
+    })
+}
+
+/// The configuration of a named preset.
+pub fn preset(name: &str, registry: &PluginRegistry) -> Result<SchedulerConfig> {
+    let yaml = preset_yaml(name).ok_or_else(|| {
+        SchedulerError::config(
+            "--routing",
+            name,
+            format!("unknown routing preset (choose one of {})", PRESETS.join(", ")),
+        )
+    })?;
     SchedulerConfig::from_yaml(yaml, &format!("preset {name}"), registry)
 }
 

@@ -51,6 +51,21 @@ impl Drop for Llmd {
     }
 }
 
+impl Llmd {
+    /// The next stdout line starting with `prefix` (others are skipped), within `limit`.
+    pub(crate) fn line_starting(&self, prefix: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) if l.starts_with(prefix) => return Some(l),
+                Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+        None
+    }
+}
+
 /// Starts `llmd ARGS` and waits for a stdout line starting with `ready`; returns the
 /// process and that line, or `None` when it exited first (a port taken, say).
 pub(crate) fn start_llmd(args: &[String], ready: &str) -> Option<(Llmd, String)> {

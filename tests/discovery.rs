@@ -13,6 +13,7 @@ use llmd::scheduler::{Endpoint, FileDiscovery, PluginRegistry, presets};
 use serde_json::json;
 
 mod common;
+use common::eventually;
 use common::sim;
 
 fn file_text(eps: &[&Endpoint]) -> String {
@@ -35,19 +36,6 @@ async fn gateway_metrics(client: &reqwest::Client, cluster: &LocalCluster) -> St
 fn endpoint_blocks(metrics: &str, id: &str) -> Option<f64> {
     let prefix = format!("llmd_epp_kv_index_endpoint_blocks{{endpoint=\"{id}\"}} ");
     metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
-}
-
-/// Polls `cond` every few milliseconds for at most `limit`: the other side is a file
-/// poller and ZMQ subscribers on the real clock, with nothing to await.
-async fn eventually(limit: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod common;
+use common::eventually;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -120,18 +121,6 @@ async fn health(addr: &str, service: &str) -> Option<ServingStatus> {
         Ok(r) => ServingStatus::try_from(r.into_inner().status).ok(),
         Err(_) => None,
     }
-}
-
-/// Polls `cond` every 20 ms for at most `limit`: the other side is a process.
-async fn eventually(limit: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 /// Sends `n` completions through the HTTP gateway; the endpoints that served them.
@@ -366,4 +355,60 @@ async fn failover(mut leader: Epp, follower: Epp) -> Epp {
     assert!(took < Duration::from_millis(2000 + 200 + 1500), "takeover took {took:?}");
     assert!(took >= Duration::from_millis(1000), "took over in {took:?}, before the lease could have run out");
     follower
+}
+
+/// `llmd epp ARGS` that must refuse to start; its stderr.
+fn refused(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
+        .arg("epp")
+        .args(args)
+        .env_remove("NAMESPACE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "llmd epp {args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn conflicting_or_unhonourable_flags_fail_with_a_clear_message() {
+    let cases: [(&[&str], &str); 8] = [
+        (&["--pool-name", "qwen", "--endpoint", "a=127.0.0.1:8000"], "cannot be used with"),
+        (
+            &["--pool-name", "qwen", "--endpoint-selector", "app=vllm", "--endpoint-target-ports", "8000"],
+            "cannot be used with",
+        ),
+        (&["--config-file", "a.yaml", "--config-text", "b", "--endpoint", "a=127.0.0.1:8000"], "cannot be used with"),
+        (&["--endpoint-selector", "app=vllm"], "--endpoint-target-ports"),
+        (&["--endpoint", "a=127.0.0.1:8000", "--ha-enable-leader-election"], "needs --pool-name"),
+        (&["--pool-name", "qwen", "--total-queued-requests-metric", "sglang:num_queue_reqs"], "dataLayer"),
+        (&["--pool-name", "qwen", "--metrics-endpoint-auth=true"], "no authentication"),
+        (&["--pool-name", "qwen", "--no-such-flag"], "unexpected argument"),
+    ];
+    for (args, says) in cases {
+        let err = refused(args);
+        assert!(err.contains(says), "llmd epp {args:?} should say {says:?}; it said:\n{err}");
+    }
+    // The flags a swapped-in llm-d chart passes are accepted (checked up to the point
+    // where the cluster is needed: a kubeconfig that names no server).
+    let err = refused(&[
+        "--pool-name",
+        "qwen",
+        "--pool-namespace",
+        "llm",
+        "--pool-group",
+        "inference.networking.k8s.io",
+        "--zap-encoder",
+        "json",
+        "--config-text",
+        "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n",
+        "--grpc-health-port",
+        "0",
+        "--tracing=false",
+        "--metrics-endpoint-auth=false",
+        "--v",
+        "2",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ]);
+    assert!(err.contains("/nonexistent/kubeconfig"), "{err}");
 }

@@ -175,22 +175,9 @@ impl LeaderElector {
                 },
                 spec: Some(self.record(None, now_micro())),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => {
-                    self.observe(Some(self.cfg.identity.clone()), lease.spec.and_then(|s| s.renew_time), now);
-                    self.leading = true;
-                    Ok(true)
-                }
-                // Another replica created it between our read and our write.
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    self.leading = false;
-                    Ok(false)
-                }
-                Err(e) => {
-                    self.leading = false;
-                    Err(self.err("creating", e))
-                }
-            };
+            // A 409: another replica created it between our read and our write.
+            let created = self.api.create(&PostParams::default(), &lease).await;
+            return self.settle("creating", created, Some(None), now);
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
@@ -210,12 +197,26 @@ impl LeaderElector {
             }
         }
         lease.spec = Some(self.record(Some(&spec), now_micro()));
-        match self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await {
+        let replaced = self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await;
+        self.settle("writing", replaced, (!ours).then_some(holder), now)
+    }
+
+    /// The outcome of our write: leading when it went through, following when another
+    /// replica wrote first (409), an error otherwise. `took_from` is the previous holder
+    /// when this write acquires rather than renews.
+    fn settle(
+        &mut self,
+        what: &str,
+        written: std::result::Result<Lease, kube::Error>,
+        took_from: Option<Option<String>>,
+        now: Duration,
+    ) -> Result<bool> {
+        match written {
             Ok(written) => {
                 let renew = written.spec.and_then(|s| s.renew_time);
                 self.observe(Some(self.cfg.identity.clone()), renew, now);
-                if !ours {
-                    tracing::info!(lease = %self.cfg.name, identity = %self.cfg.identity, previous = ?holder, "acquired the lease");
+                if let Some(previous) = took_from {
+                    tracing::info!(lease = %self.cfg.name, identity = %self.cfg.identity, ?previous, "acquired the lease");
                 }
                 self.leading = true;
                 Ok(true)
@@ -226,7 +227,7 @@ impl LeaderElector {
             }
             Err(e) => {
                 self.leading = false;
-                Err(self.err("writing", e))
+                Err(self.err(what, e))
             }
         }
     }

@@ -20,6 +20,19 @@ pub(crate) fn sim() -> Replica {
     Replica::simulated("llmd-sim", latency, 2048).unwrap()
 }
 
+/// Polls `cond` every 10 ms for at most `limit`: the other side is a process, a file
+/// poller or a subscriber on the real clock, with nothing to await.
+pub(crate) async fn eventually(limit: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 /// Sends signal `name` (`TERM`, `INT`) to `child`.
 pub(crate) fn signal(child: &std::process::Child, name: &str) {
     let ok = std::process::Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap();

@@ -53,9 +53,11 @@ pub(crate) struct EppArgs {
     /// ext-proc gRPC port (0 to disable).
     #[arg(long, default_value_t = 9002)]
     grpc_port: u16,
-    /// HTTP gateway port (0 to disable).
-    #[arg(long, default_value_t = 8000)]
-    http_port: u16,
+    /// HTTP gateway port (0 to disable). Default 8000 standalone; 0 with --pool-name or
+    /// --endpoint-selector, as llm-d's EPP serves no HTTP (and the chart's tokenizer
+    /// sidecar takes 8000 in the pod).
+    #[arg(long)]
+    http_port: Option<u16>,
     /// gRPC health port (`grpc.health.v1`, as llm-d's EPP): `liveness` serves from the
     /// start; `""`, `readiness`, the ext-proc service and `inference-extension` once the
     /// endpoints are discovered and this replica leads, until shutdown begins (0 to
@@ -110,7 +112,7 @@ struct KubeArgs {
     kubeconfig: Option<PathBuf>,
     /// Elect one leader among replicas on the Lease `epp-<ns>-<pool>.llm-d.ai`; followers
     /// keep their endpoints current but report not ready.
-    #[arg(long)]
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     ha_enable_leader_election: bool,
     /// How long a leader's claim lasts without renewal (llmd; llm-d fixes 15s).
     #[arg(long, default_value = "15s", value_parser = go_duration)]
@@ -249,6 +251,67 @@ struct CompatArgs {
     /// Go profiling endpoints: accepted, none served.
     #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     enable_pprof: Option<bool>,
+    /// After SIGTERM: report not ready, give the Lease up, and keep serving ext-proc and
+    /// health this long before stopping (llm-d's drain window). Default 30s with
+    /// --pool-name or --endpoint-selector, 0 standalone.
+    #[arg(long, value_parser = go_duration)]
+    drain_timeout: Option<Duration>,
+    /// Largest ext-proc message received (`4MiB`, `25MB`...; default 4MiB, tonic's).
+    #[arg(long, value_parser = byte_size)]
+    grpc_max_recv_msg_size: Option<usize>,
+    /// Largest ext-proc message sent.
+    #[arg(long, value_parser = byte_size)]
+    grpc_max_send_msg_size: Option<usize>,
+    /// Lowest TLS version for --secure-serving: `VersionTLS12` (default) or `VersionTLS13`.
+    #[arg(long, value_parser = ["VersionTLS12", "VersionTLS13"])]
+    tls_min_version: Option<String>,
+    /// TLS cipher suites by Go name: refused when set (llmd uses rustls' safe defaults).
+    #[arg(long, value_delimiter = ',')]
+    tls_cipher_suites: Vec<String>,
+    /// llm-d's ext-proc health checking: llmd always serves health on --grpc-health-port;
+    /// accepted.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    health_checking: Option<bool>,
+    /// Ignore Envoy's destination-endpoint subset hint: llmd does not read the hint, so
+    /// it picks among all endpoints either way; accepted.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    disable_endpoint_subset_filter: Option<bool>,
+    /// Per-endpoint scores in the response metadata: not emitted by llmd; `true` is
+    /// refused.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    emit_endpoint_scores: bool,
+    /// Allow alpha plugins: llmd loads every plugin it has; accepted.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_experimental_plugins: Option<bool>,
+    /// ext-proc stream metrics: accepted; llmd's /metrics carries its own request
+    /// counts.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    enable_grpc_stream_metrics: Option<bool>,
+    /// TLS on /metrics with client certificates: refused when set.
+    #[arg(long)]
+    metrics_client_ca_file: Option<PathBuf>,
+    /// TLS on /metrics: refused when set.
+    #[arg(long)]
+    metrics_cert_dir: Option<PathBuf>,
+}
+
+/// A size like llm-d's gRPC flags take: `4194304`, `10MiB`, `25MB`, `512KiB`.
+fn byte_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("{s:?} is not a size like 10MiB"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (B, KB, KiB, MB, MiB, GB, GiB)")),
+    };
+    n.checked_mul(mult).filter(|&v| v > 0).ok_or_else(|| format!("{s:?} is not a usable size"))
 }
 
 impl CompatArgs {
@@ -262,6 +325,19 @@ impl CompatArgs {
         if self.metrics_endpoint_auth {
             bail!(
                 "--metrics-endpoint-auth=true: llmd's /metrics has no authentication; pass --metrics-endpoint-auth=false and restrict it with a NetworkPolicy"
+            );
+        }
+        if self.emit_endpoint_scores {
+            bail!(
+                "--emit-endpoint-scores=true: llmd does not emit per-endpoint scores in the ext-proc metadata (they are in its debug log)"
+            );
+        }
+        if !self.tls_cipher_suites.is_empty() {
+            bail!("--tls-cipher-suites: llmd serves TLS with rustls' safe default suites and takes no list");
+        }
+        if self.metrics_client_ca_file.is_some() || self.metrics_cert_dir.is_some() {
+            bail!(
+                "--metrics-client-ca-file / --metrics-cert-dir: llmd serves /metrics over plain HTTP; restrict it with a NetworkPolicy"
             );
         }
         if self.tracing {
@@ -379,10 +455,30 @@ pub(crate) fn epp(a: EppArgs) -> Result<()> {
             "no endpoints: give --pool-name (Kubernetes), --endpoint NAME=HOST:PORT, --endpoints-file F, or a config with dataLayer.discovery"
         );
     }
-    if a.grpc_port == 0 && a.http_port == 0 {
+    let http_port = a.http_port.unwrap_or(if a.k8s.enabled() { 0 } else { 8000 });
+    // llm-d keeps ext-proc and health serving this long after SIGTERM.
+    let drain =
+        a.compat.drain_timeout.unwrap_or(if a.k8s.enabled() { Duration::from_secs(30) } else { Duration::ZERO });
+    if a.grpc_port == 0 && http_port == 0 {
         bail!("both --grpc-port and --http-port are 0: nothing to serve");
     }
     let host = bind_host(&a);
+    // The Lease of a pool-less picker is named after its Deployment, as llm-d names it,
+    // so pickers of different Deployments in one namespace elect apart.
+    let lease_target = match &a.k8s.pool_name {
+        Some(p) => p.clone(),
+        None => {
+            let pod = std::env::var("POD_NAME").unwrap_or_default();
+            match deployment_of(&pod) {
+                Some(d) => d.to_string(),
+                None if a.k8s.ha_enable_leader_election => bail!(
+                    "--ha-enable-leader-election with --endpoint-selector names the Lease after the Deployment, \
+                     read from $POD_NAME (<deployment>-<hash>-<id>); got {pod:?}"
+                ),
+                None => String::new(),
+            }
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let tokenizer = match &a.tokenizer {
@@ -415,6 +511,24 @@ pub(crate) fn epp(a: EppArgs) -> Result<()> {
         picker.start();
         let shutdown = llmd::shutdown::Shutdown::install();
         let mut tasks = Vec::new();
+        // The gRPC servers (ext-proc, health, metrics) stop after the drain window; the
+        // elector stops at the signal, or when the picker exits for any other reason.
+        let served_until = {
+            let begun = shutdown.begun();
+            futures_util::future::FutureExt::shared(Box::pin(async move {
+                begun.await;
+                tokio::time::sleep(drain).await;
+            }))
+        };
+        let (stop_electing, electing) = tokio::sync::watch::channel(false);
+        {
+            let begun = shutdown.begun();
+            let stop = stop_electing.clone();
+            tokio::spawn(async move {
+                begun.await;
+                let _ = stop.send(true);
+            });
+        }
 
         // The health service first: liveness passes while the pool syncs.
         let health = if a.grpc_health_port != 0 {
@@ -423,7 +537,7 @@ pub(crate) fn epp(a: EppArgs) -> Result<()> {
             let (health, svc) = llmd::scheduler::grpchealth::GrpcHealth::new().await;
             // A check answers at once; one that does not is cut rather than held.
             let router = tonic::transport::Server::builder().timeout(Duration::from_secs(5)).add_service(svc);
-            tasks.push(serve_grpc(router, listener, shutdown.begun()));
+            tasks.push(serve_grpc(router, listener, served_until.clone()));
             Some(health)
         } else {
             None
@@ -460,15 +574,18 @@ pub(crate) fn epp(a: EppArgs) -> Result<()> {
                 ));
             }
             if a.k8s.ha_enable_leader_election {
-                let lease_pool = a.k8s.pool_name.clone().unwrap_or_else(|| "endpoint-selector".into());
-                let mut ecfg = llmd::k8s::election::ElectionConfig::for_pool(&ns, &lease_pool, identity());
+                let mut ecfg = llmd::k8s::election::ElectionConfig::for_pool(&ns, &lease_target, identity());
                 ecfg.lease_duration = a.k8s.ha_lease_duration;
                 ecfg.renew_deadline = a.k8s.ha_renew_deadline;
                 ecfg.retry_period = a.k8s.ha_retry_period;
                 tracing::info!(lease = %ecfg.name, identity = %ecfg.identity, "leader election on");
                 let elector = llmd::k8s::election::LeaderElector::new(client, ecfg, clock.clone())?;
                 let (tx, rx) = tokio::sync::watch::channel(false);
-                elected = Some(tokio::spawn(llmd::k8s::election::run(elector, tx, shutdown.begun())));
+                let mut electing = electing.clone();
+                let stop = async move {
+                    let _ = electing.wait_for(|s| *s).await;
+                };
+                elected = Some(tokio::spawn(llmd::k8s::election::run(elector, tx, stop)));
                 let mut rx2 = rx.clone();
                 let set = set_ready.clone();
                 k8s_tasks.push(tokio::spawn(async move {
@@ -514,8 +631,8 @@ pub(crate) fn epp(a: EppArgs) -> Result<()> {
         }
 
         let mut http_gateway: Option<Arc<Gateway>> = None;
-        if a.http_port != 0 {
-            let listener = tokio::net::TcpListener::bind((host.as_str(), a.http_port)).await?;
+        if http_port != 0 {
+            let listener = tokio::net::TcpListener::bind((host.as_str(), http_port)).await?;
             println!("llmd epp: HTTP gateway at http://{}/v1", listener.local_addr()?);
             let gateway = Gateway::new(picker.clone(), a.gateway.gateway());
             let stop = shutdown.begun();
@@ -532,11 +649,18 @@ pub(crate) fn epp(a: EppArgs) -> Result<()> {
         }
         if a.grpc_port != 0 {
             let listener = tokio::net::TcpListener::bind((host.as_str(), a.grpc_port)).await?;
-            let router = tonic::transport::Server::builder().add_service(ExtProc::server(picker.clone()));
+            let mut svc = ExtProc::server(picker.clone());
+            if let Some(n) = a.compat.grpc_max_recv_msg_size {
+                svc = svc.max_decoding_message_size(n);
+            }
+            if let Some(n) = a.compat.grpc_max_send_msg_size {
+                svc = svc.max_encoding_message_size(n);
+            }
+            let router = tonic::transport::Server::builder().add_service(svc);
             match serving_tls(&a, &host)? {
                 None => {
                     println!("llmd epp: Envoy ext-proc on grpc://{}", listener.local_addr()?);
-                    tasks.push(serve_grpc(router, listener, shutdown.begun()));
+                    tasks.push(serve_grpc(router, listener, served_until.clone()));
                 }
                 Some(tls) => {
                     println!("llmd epp: Envoy ext-proc on grpcs://{} (TLS)", listener.local_addr()?);
@@ -546,7 +670,7 @@ pub(crate) fn epp(a: EppArgs) -> Result<()> {
                         k8s_tasks.push(t);
                     }
                     let incoming = tls.incoming(listener);
-                    let stop = shutdown.begun();
+                    let stop = served_until.clone();
                     tasks.push(tokio::spawn(async move {
                         router.serve_with_incoming_shutdown(incoming, stop).await.map_err(anyhow::Error::from)
                     }));
@@ -556,18 +680,27 @@ pub(crate) fn epp(a: EppArgs) -> Result<()> {
         if a.metrics_port != 0 {
             let listener = tokio::net::TcpListener::bind((host.as_str(), a.metrics_port)).await?;
             println!("llmd epp: metrics on http://{}/metrics", listener.local_addr()?);
-            tasks.push(serve_metrics(picker.clone(), listener, shutdown.begun()));
+            tasks.push(serve_metrics(picker.clone(), listener, served_until.clone()));
         }
+        // The first server to fail ends the picker; otherwise all run until shutdown.
         let all = async {
-            for t in tasks {
-                t.await??;
+            let mut running: futures_util::stream::FuturesUnordered<_> = tasks.into_iter().collect();
+            while let Some(done) = futures_util::StreamExt::next(&mut running).await {
+                done??;
             }
             anyhow::Ok(())
         };
         tokio::pin!(all);
-        let outcome = shutdown.drain(&mut all, Duration::from_secs(a.shutdown_timeout)).await;
-        // The Lease goes back (the elector saw the signal) before the process ends, so a
-        // follower takes over at its next step.
+        if !drain.is_zero() {
+            tracing::info!(
+                ?drain,
+                "on SIGTERM: not ready and the Lease released at once, serving on for the drain window"
+            );
+        }
+        let outcome = shutdown.drain(&mut all, drain + Duration::from_secs(a.shutdown_timeout)).await;
+        // The Lease goes back before the process ends (at the signal, or now when a
+        // server failed), so a follower takes over at its next step.
+        let _ = stop_electing.send(true);
         if let Some(e) = elected {
             let _ = tokio::time::timeout(Duration::from_secs(5), e).await;
         }
@@ -590,13 +723,22 @@ pub(crate) fn epp(a: EppArgs) -> Result<()> {
     })
 }
 
+/// The Deployment a pod belongs to, from its name `<deployment>-<hash>-<id>`, as llm-d
+/// reads it (`extractDeploymentName`).
+fn deployment_of(pod: &str) -> Option<&str> {
+    let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let (rest, id) = pod.rsplit_once('-')?;
+    let (deployment, hash) = rest.rsplit_once('-')?;
+    (ok(id) && ok(hash) && !deployment.is_empty()).then_some(deployment)
+}
+
 /// The ext-proc listener's TLS, when secure serving is on (see --secure-serving).
 fn serving_tls(a: &EppArgs, host: &str) -> Result<Option<llmd::scheduler::servingtls::ServingTls>> {
     use llmd::scheduler::servingtls::ServingTls;
     if !a.compat.secure_serving.unwrap_or(a.k8s.enabled()) {
         return Ok(None);
     }
-    Ok(Some(match &a.compat.cert_path {
+    let tls = match &a.compat.cert_path {
         Some(dir) => ServingTls::from_dir(dir)?,
         None => {
             let mut names = vec!["localhost".to_string()];
@@ -609,7 +751,8 @@ fn serving_tls(a: &EppArgs, host: &str) -> Result<Option<llmd::scheduler::servin
             tracing::info!(?names, "secure serving with a self-signed certificate");
             ServingTls::self_signed(&names)?
         }
-    }))
+    };
+    Ok(Some(if a.compat.tls_min_version.as_deref() == Some("VersionTLS13") { tls.tls13_only()? } else { tls }))
 }
 
 /// `/metrics` on its own port, as llm-d's EPP serves it on 9090.
@@ -635,4 +778,28 @@ fn serve_metrics(
     tokio::spawn(
         async move { axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(anyhow::Error::from) },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pods_deployment_is_its_name_less_two_suffixes() {
+        assert_eq!(deployment_of("qwen-epp-7d9f8b6c5d-x2k4p"), Some("qwen-epp"));
+        assert_eq!(deployment_of("epp-abc-12"), Some("epp"));
+        assert_eq!(deployment_of("single"), None);
+        assert_eq!(deployment_of("a-b"), None);
+        assert_eq!(deployment_of("x-Upper-abc"), None);
+        assert_eq!(deployment_of(""), None);
+    }
+
+    #[test]
+    fn sizes_read_as_llm_d_writes_them() {
+        assert_eq!(byte_size("10MiB"), Ok(10 << 20));
+        assert_eq!(byte_size("25MB"), Ok(25_000_000));
+        assert_eq!(byte_size("4194304"), Ok(4_194_304));
+        assert!(byte_size("10 parsecs").is_err());
+        assert!(byte_size("0").is_err());
+    }
 }

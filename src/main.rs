@@ -577,7 +577,10 @@ fn serve_grpc(
 ) -> tokio::task::JoinHandle<Result<()>> {
     tokio::spawn(async move {
         router
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stop,
+            )
             .await
             .map_err(anyhow::Error::from)
     })

@@ -335,6 +335,9 @@ async fn of_two_replicas_one_leads_and_the_follower_takes_over_from_a_dead_leade
     );
     let took = stopped.elapsed();
     assert!(took < Duration::from_millis(1800), "a released lease was taken only after {took:?}");
+    // The stopped leader serves on through its drain window: live, not ready.
+    assert_eq!(health(&leader.health, "liveness").await, Some(ServingStatus::Serving));
+    assert_eq!(health(&leader.health, "readiness").await, Some(ServingStatus::NotServing));
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -371,7 +374,7 @@ fn refused(args: &[&str]) -> String {
 
 #[test]
 fn conflicting_or_unhonourable_flags_fail_with_a_clear_message() {
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["--pool-name", "qwen", "--endpoint", "a=127.0.0.1:8000"], "cannot be used with"),
         (
             &["--pool-name", "qwen", "--endpoint-selector", "app=vllm", "--endpoint-target-ports", "8000"],
@@ -383,6 +386,7 @@ fn conflicting_or_unhonourable_flags_fail_with_a_clear_message() {
         (&["--pool-name", "qwen", "--total-queued-requests-metric", "sglang:num_queue_reqs"], "dataLayer"),
         (&["--pool-name", "qwen", "--metrics-endpoint-auth=true"], "no authentication"),
         (&["--pool-name", "qwen", "--no-such-flag"], "unexpected argument"),
+        (&["--pool-name", "qwen", "--emit-endpoint-scores=true"], "per-endpoint scores"),
     ];
     for (args, says) in cases {
         let err = refused(args);

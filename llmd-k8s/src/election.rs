@@ -158,7 +158,6 @@ impl LeaderElector {
     /// A write that loses a race (409) means another replica moved first: not leading,
     /// no error.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool> {
-        let now = self.clock.now();
         let current = match self.api.get_opt(&self.cfg.name).await {
             Ok(l) => l,
             Err(e) => {
@@ -166,6 +165,9 @@ impl LeaderElector {
                 return Err(self.err("reading", e));
             }
         };
+        // The record is seen when the read returns (a slow read must not count toward
+        // its expiry), as client-go stamps it.
+        let now = self.clock.now();
         let Some(mut lease) = current else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -287,7 +289,13 @@ pub async fn run(
     let mut renewed: Option<Duration> = None;
     tokio::pin!(stop);
     loop {
-        let step = tokio::time::timeout(retry, elector.try_acquire_or_renew());
+        // A leader's step may not outlast its renew deadline: it steps down on time
+        // even when the API server hangs.
+        let budget = match renewed {
+            Some(at) => (at + deadline).saturating_sub(clock.now()).min(retry),
+            None => retry,
+        };
+        let step = tokio::time::timeout(budget, elector.try_acquire_or_renew());
         let outcome = tokio::select! {
             o = step => o,
             _ = &mut stop => break,
@@ -317,8 +325,13 @@ pub async fn run(
             renewed = None;
         }
         leading.send_if_modified(|l| std::mem::replace(l, lead) != lead);
+        // A leader whose renewals fail wakes at its deadline at the latest.
+        let pause = match renewed {
+            Some(at) if lead => (at + deadline).saturating_sub(clock.now()).min(retry),
+            _ => retry,
+        };
         tokio::select! {
-            _ = tokio::time::sleep(retry) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = &mut stop => break,
         }
     }

@@ -54,9 +54,12 @@ impl PoolDiscovery {
         }
     }
 
-    /// The pool was deleted: its endpoints go at the next sync.
+    /// The pool was deleted: its endpoints go at the next sync, and the pods known are
+    /// forgotten (as llm-d's datastore clears), so a pool created again makes no
+    /// endpoints from pods that may be long gone before its pods are listed afresh.
     pub fn remove_pool(&mut self) {
         self.dirty |= self.pool.take().is_some();
+        self.pods.clear();
     }
 
     /// A pod was added or changed.
@@ -155,6 +158,10 @@ mod tests {
         // The pool is deleted: no endpoints.
         d.remove_pool();
         assert_eq!(d.sync(&w).unwrap().removed, 2);
+        assert!(ids(&w).is_empty());
+        // Made again: the pods known before are not trusted until listed afresh.
+        d.set_pool(pool("other", &[8000]));
+        d.sync(&w).unwrap();
         assert!(ids(&w).is_empty());
     }
 

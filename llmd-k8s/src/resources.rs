@@ -261,6 +261,42 @@ impl PoolView {
         Self::new(&pool.metadata, pool.spec.selector.clone(), &[pool.spec.target_port_number])
     }
 
+    /// A pool as the API server holds it, v1 or (`legacy`) v1alpha2, read only for what
+    /// discovery needs: fields this version of llmd does not know (a newer CRD's) are
+    /// ignored, unlike the strict [`InferencePool`] type, so a live pool keeps working.
+    pub fn from_object(value: &serde_json::Value, legacy: bool) -> Result<Self> {
+        let meta: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta =
+            decode("InferencePool metadata", value.get("metadata").cloned().unwrap_or_default())?;
+        let name = format!("{}/{}", meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or(""));
+        let invalid = |reason: String| K8sError::Invalid { kind: "InferencePool", name: name.clone(), reason };
+        let spec = value.get("spec").ok_or_else(|| invalid("no spec".into()))?;
+        let labels =
+            if legacy { spec.get("selector") } else { spec.get("selector").and_then(|s| s.get("matchLabels")) };
+        let selector: BTreeMap<String, String> = match labels {
+            Some(l) => decode("InferencePool selector", l.clone())?,
+            None => return Err(invalid("no selector".into())),
+        };
+        let ports: Vec<i32> = if legacy {
+            let p = spec
+                .get("targetPortNumber")
+                .and_then(|p| p.as_i64())
+                .ok_or_else(|| invalid("no targetPortNumber".into()))?;
+            vec![i32::try_from(p).map_err(|_| invalid(format!("targetPortNumber {p} is not a port")))?]
+        } else {
+            let list =
+                spec.get("targetPorts").and_then(|p| p.as_array()).ok_or_else(|| invalid("no targetPorts".into()))?;
+            list.iter()
+                .map(|p| {
+                    p.get("number")
+                        .and_then(|n| n.as_i64())
+                        .and_then(|n| i32::try_from(n).ok())
+                        .ok_or_else(|| invalid(format!("target port {p} has no number")))
+                })
+                .collect::<Result<_>>()?
+        };
+        Self::new(&meta, selector, &ports)
+    }
+
     /// A pool-less view (llm-d's `--endpoint-selector k=v,k2=v2` with
     /// `--endpoint-target-ports`): equality terms only, as a pool's `matchLabels`.
     pub fn from_selector(namespace: &str, selector: &str, ports: &[u16]) -> Result<Self> {

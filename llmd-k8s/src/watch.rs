@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 use crate::error::{K8sError, Result};
 use crate::pool::PoolDiscovery;
-use crate::resources::{PoolView, decode};
+use crate::resources::PoolView;
 
 /// `--pool-group`'s default, InferencePool v1's group.
 pub const POOL_GROUP_V1: &str = "inference.networking.k8s.io";
@@ -72,10 +72,7 @@ impl PoolApi {
     fn view(self, obj: DynamicObject) -> Result<PoolView> {
         let value =
             serde_json::to_value(&obj).map_err(|source| K8sError::Decode { what: "InferencePool".into(), source })?;
-        match self {
-            PoolApi::V1 => PoolView::from_v1(&decode("InferencePool", value)?),
-            PoolApi::V1Alpha2 => PoolView::from_v1alpha2(&decode("InferencePool", value)?),
-        }
+        PoolView::from_object(&value, self == PoolApi::V1Alpha2)
     }
 }
 
@@ -174,7 +171,9 @@ async fn run_pool(client: kube::Client, source: PoolSource, writer: DatastoreWri
     let mut pod_events: Option<BoxedEvents<Pod>> = None;
     // The selector the pod watch runs under.
     let mut watching: Option<BTreeMap<String, String>> = None;
-    let mut pool_listed: Option<Option<PoolView>> = None;
+    // During a relist of the pool: `Listed::Absent` until it is seen, `Invalid` when
+    // it was listed but did not read (the last good one is kept then).
+    let mut pool_listed: Option<Listed> = None;
     let mut pods_listed: Option<Vec<Pod>> = None;
     let mut pool_synced = disc.pool().is_some();
     let mut pods_synced = false;
@@ -184,7 +183,11 @@ async fn run_pool(client: kube::Client, source: PoolSource, writer: DatastoreWri
         // leaves out make no endpoints meanwhile).
         let want = disc.pool().map(|p| p.selector.clone());
         if want != watching {
-            pods_synced = false;
+            // A new selector keeps serving what is known until the new list lands
+            // (llm-d stays ready through it); a pool that was gone starts unsynced.
+            if watching.is_none() {
+                pods_synced = false;
+            }
             pods_listed = None;
             pod_events = want.as_ref().map(|sel| {
                 tracing::info!(selector = %label_selector(sel), "watching pods");
@@ -204,21 +207,23 @@ async fn run_pool(client: kube::Client, source: PoolSource, writer: DatastoreWri
             ev = pool_events.next() => match ev {
                 None => break,
                 Some(Err(e)) => tracing::warn!(error = %e, "watching the InferencePool failed; retrying"),
-                Some(Ok(Event::Init)) => pool_listed = Some(None),
+                Some(Ok(Event::Init)) => pool_listed = Some(Listed::Absent),
                 Some(Ok(Event::InitApply(o))) => {
-                    if let Some(v) = read_pool(api, o) {
-                        pool_listed = Some(Some(v));
-                    }
+                    pool_listed = Some(match read_pool(api, o) {
+                        Some(v) => Listed::Valid(v),
+                        None => Listed::Invalid,
+                    });
                 }
                 Some(Ok(Event::InitDone)) => {
-                    match pool_listed.take().flatten() {
-                        Some(v) => disc.set_pool(v),
-                        None => {
+                    match pool_listed.take() {
+                        Some(Listed::Valid(v)) => disc.set_pool(v),
+                        Some(Listed::Invalid) => {}
+                        Some(Listed::Absent) | None => {
                             tracing::warn!("the InferencePool does not exist (yet); no endpoints");
                             disc.remove_pool();
                         }
                     }
-                    pool_synced = true;
+                    pool_synced = disc.pool().is_some();
                 }
                 Some(Ok(Event::Apply(o))) => {
                     if let Some(v) = read_pool(api, o) {
@@ -228,6 +233,7 @@ async fn run_pool(client: kube::Client, source: PoolSource, writer: DatastoreWri
                 Some(Ok(Event::Delete(_))) => {
                     tracing::warn!("the InferencePool was deleted; its endpoints are removed");
                     disc.remove_pool();
+                    pods_synced = false;
                 }
             },
             ev = next_pod => match ev {
@@ -262,6 +268,13 @@ async fn run_pool(client: kube::Client, source: PoolSource, writer: DatastoreWri
         let now = pool_synced && pods_synced && disc.pool().is_some();
         synced.send_if_modified(|s| std::mem::replace(s, now) != now);
     }
+}
+
+/// What a relist of the pool found.
+enum Listed {
+    Absent,
+    Invalid,
+    Valid(PoolView),
 }
 
 fn read_pool(api: PoolApi, obj: DynamicObject) -> Option<PoolView> {

@@ -113,6 +113,11 @@ async fn a_pool_change_takes_effect_without_a_restart() {
     server.apply(pool("next", &[8000, 8001]));
     until_ids(&w, &["llm/b-rank-0", "llm/b-rank-1"]).await;
     assert_eq!(w.reader().get("llm/b-rank-1").unwrap().address, "10.0.0.2:8001");
+    // A field this version does not know (a newer CRD's) does not break a live pool.
+    let mut newer = pool("next", &[8000, 8001]);
+    newer["spec"]["someFutureField"] = json!({"enabled": true});
+    newer["metadata"]["labels"] = json!({"bump": "1"});
+    server.apply(newer);
     // Pods under the new selector keep coming.
     server.apply(pod("c", "next", "10.0.0.3", true));
     until_ids(&w, &["llm/b-rank-0", "llm/b-rank-1", "llm/c-rank-0", "llm/c-rank-1"]).await;

@@ -36,7 +36,8 @@ impl Readiness {
 #[derive(Debug, Clone)]
 pub struct GrpcHealth {
     reporter: HealthReporter,
-    state: std::sync::Arc<std::sync::Mutex<Readiness>>,
+    // Held across publishing, so two updates cannot publish out of order.
+    state: std::sync::Arc<tokio::sync::Mutex<Readiness>>,
 }
 
 impl GrpcHealth {
@@ -47,24 +48,21 @@ impl GrpcHealth {
         let (reporter, server) = health_reporter();
         reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
         let initial = Readiness { synced: false, leading: true, draining: false };
-        let health = GrpcHealth { reporter, state: std::sync::Arc::new(std::sync::Mutex::new(initial)) };
+        let health = GrpcHealth { reporter, state: std::sync::Arc::new(tokio::sync::Mutex::new(initial)) };
         health.publish(initial).await;
         (health, server)
     }
 
     /// Changes what readiness depends on and publishes the result.
     pub async fn update(&self, f: impl FnOnce(&mut Readiness)) {
-        let now = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut s);
-            *s
-        };
-        self.publish(now).await;
+        let mut s = self.state.lock().await;
+        f(&mut s);
+        self.publish(*s).await;
     }
 
     /// The readiness inputs now.
-    pub fn readiness(&self) -> Readiness {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    pub async fn readiness(&self) -> Readiness {
+        *self.state.lock().await
     }
 
     async fn publish(&self, r: Readiness) {

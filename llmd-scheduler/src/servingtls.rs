@@ -80,13 +80,28 @@ fn load_dir(dir: &Path) -> Result<CertifiedKey, SchedulerError> {
 impl ServingTls {
     fn with(key: CertifiedKey, source: Option<PathBuf>) -> Result<Self, SchedulerError> {
         let current = Arc::new(Current(RwLock::new(Arc::new(key))));
+        let config = Self::config(&current, rustls::DEFAULT_VERSIONS)?;
+        Ok(ServingTls { current, config, source })
+    }
+
+    fn config(
+        current: &Arc<Current>,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<Arc<rustls::ServerConfig>, SchedulerError> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .map_err(|e| tls_error("protocol versions", e))?
             .with_no_client_auth()
             .with_cert_resolver(current.clone());
         config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(ServingTls { current, config: Arc::new(config), source })
+        Ok(Arc::new(config))
+    }
+
+    /// Refuses clients below TLS 1.3 (`--tls-min-version VersionTLS13`; TLS 1.2 and 1.3
+    /// are accepted otherwise).
+    pub fn tls13_only(mut self) -> Result<Self, SchedulerError> {
+        self.config = Self::config(&self.current, &[&rustls::version::TLS13])?;
+        Ok(self)
     }
 
     /// A self-signed certificate for `names` (DNS names or IPs), made now.
@@ -149,7 +164,12 @@ impl ServingTls {
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsStream<TcpStream>>>(64);
         tokio::spawn(async move {
             loop {
-                let (sock, peer) = match listener.accept().await {
+                // Stop accepting (and free the port) once the server drops the stream.
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = tx.closed() => return,
+                };
+                let (sock, peer) = match accepted {
                     Ok(s) => s,
                     Err(e) => {
                         // Out of descriptors, say: wait a little rather than spin.
@@ -158,9 +178,8 @@ impl ServingTls {
                         continue;
                     }
                 };
-                if tx.is_closed() {
-                    return;
-                }
+                // gRPC's small frames should not wait on Nagle (Go's servers set it too).
+                let _ = sock.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {

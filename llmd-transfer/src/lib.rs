@@ -1,7 +1,28 @@
 //! Moving KV-cache blocks between engines, for prefill/decode disaggregation.
 //!
-//! **Not built yet.** This crate will hold the transfer agent: registered memory
-//! regions, block descriptors, a `Transport` trait with TCP multi-stream and same-host
-//! shared-memory implementations, completion notifications and timeouts.
+//! The runtime-free core:
+//! - [`params`]: vLLM NixlConnector's `kv_transfer_params`, as the prefill side returns
+//!   them and the decode side reads them (unknown keys pass through);
+//! - [`layout`]: what a block is (model, dtype, block size, layers, heads, layout) and
+//!   the compatibility check made before any byte moves;
+//! - [`frame`]: the wire form of a block transfer, with a checksum per block;
+//! - [`hold`]: the prefill side's held blocks, released when pulled, on notification or
+//!   when their lease runs out, within a memory bound.
 //!
-//! Nothing is exported yet.
+//! - [`tcp`] (feature `tcp`): the prefill side serves held blocks, the decode side pulls
+//!   them over several connections at once.
+
+// The README's example runs as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+pub mod error;
+pub mod frame;
+pub mod hold;
+pub mod layout;
+pub mod params;
+#[cfg(feature = "tcp")]
+pub mod tcp;
+
+pub use error::{Result, TransferError};

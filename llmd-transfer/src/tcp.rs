@@ -1,0 +1,381 @@
+//! Pulls over TCP (feature `tcp`): the prefill side serves the blocks it holds
+//! ([`serve`] over a [`BlockSource`]), the decode side pulls them ([`TcpPuller`]) over
+//! several connections at once, each carrying every n-th block as one [`crate::frame`]
+//! (checksummed, written without copying the payloads).
+//!
+//! A pull names the prefill request and the layout hash the puller expects; the server
+//! ends the hold at the first part asked for, refuses a layout that differs, and frees
+//! its copy once every part has been sent (or after [`PART_WINDOW`], if a puller gives
+//! up half way). Every wait on the network has a timeout; a refusal travels back as a
+//! message the puller turns into [`TransferError::Remote`].
+//!
+//! Control messages, big-endian: a pull is `b"LLMDPUL1"`, u16 length and the request
+//! id, the 32-byte layout hash, u32 part, u32 parts; a refusal is `b"LLMDERR1"`, u16
+//! length and a UTF-8 reason.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::error::{Result, TransferError};
+use crate::frame::{self, Decoded, FrameDecoder, Limits};
+
+const PULL_MAGIC: &[u8; 8] = b"LLMDPUL1";
+const ERR_MAGIC: &[u8; 8] = b"LLMDERR1";
+
+/// How long a partly served transfer keeps its blocks for the parts not yet asked for.
+pub const PART_WINDOW: Duration = Duration::from_secs(60);
+
+/// Blocks held for one prefill request, with the layout they were written under.
+#[derive(Debug, Clone)]
+pub struct HeldBlocks {
+    /// The prefill engine's [`crate::layout::KvLayout::compatibility_hash`].
+    pub layout_hash: [u8; 32],
+    /// The blocks' bytes, in the order of the ids the prefill answer named.
+    pub blocks: Vec<Bytes>,
+}
+
+/// Where the server gets held blocks: the prefill engine, which ends the hold
+/// (e.g. [`crate::hold::HoldTable::take`]) and reads the blocks out.
+pub trait BlockSource: Send + Sync + 'static {
+    /// Ends `request`'s hold and hands its blocks out; the error is told to the puller.
+    fn take(&self, request: &str) -> Result<HeldBlocks>;
+}
+
+/// Transfer counts, for metrics (`llmd_transfer_*`).
+#[derive(Debug, Default)]
+pub struct TransferCounters {
+    /// Transfers completed.
+    pub transfers: AtomicU64,
+    /// Payload bytes moved.
+    pub bytes: AtomicU64,
+    /// Transfers that failed.
+    pub failures: AtomicU64,
+    /// Total time of completed transfers, in microseconds.
+    pub micros: AtomicU64,
+}
+
+impl TransferCounters {
+    fn done(&self, bytes: usize, took: Duration) {
+        self.transfers.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
+    move |source| TransferError::Io { what: what.to_string(), source }
+}
+
+async fn within<T>(limit: Duration, what: &str, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(limit, fut).await.map_err(|_| TransferError::Timeout(what.to_string()))?
+}
+
+fn encode_pull(request: &str, layout_hash: &[u8; 32], part: u32, parts: u32) -> Result<Bytes> {
+    let len =
+        u16::try_from(request.len()).map_err(|_| TransferError::Frame("request id longer than 65535 bytes".into()))?;
+    let mut b = BytesMut::with_capacity(8 + 2 + request.len() + 32 + 8);
+    b.put_slice(PULL_MAGIC);
+    b.put_u16(len);
+    b.put_slice(request.as_bytes());
+    b.put_slice(layout_hash);
+    b.put_u32(part);
+    b.put_u32(parts);
+    Ok(b.freeze())
+}
+
+fn encode_err(reason: &str) -> Bytes {
+    let reason = &reason[..reason.len().min(4096)];
+    let mut b = BytesMut::with_capacity(8 + 2 + reason.len());
+    b.put_slice(ERR_MAGIC);
+    b.put_u16(reason.len() as u16);
+    b.put_slice(reason.as_bytes());
+    b.freeze()
+}
+
+/// A pull as the server reads it.
+struct Pull {
+    request: String,
+    layout_hash: [u8; 32],
+    part: u32,
+    parts: u32,
+}
+
+/// Reads one pull; `None` at a clean end of the connection.
+async fn read_pull(sock: &mut TcpStream) -> Result<Option<Pull>> {
+    let mut magic = [0u8; 8];
+    match sock.read_exact(&mut magic).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(io("reading a pull")(e)),
+    }
+    if &magic != PULL_MAGIC {
+        return Err(TransferError::Frame(format!("not a pull (magic {magic:02x?})")));
+    }
+    let len = sock.read_u16().await.map_err(io("reading a pull"))? as usize;
+    let mut id = vec![0u8; len];
+    sock.read_exact(&mut id).await.map_err(io("reading a pull"))?;
+    let request = String::from_utf8(id).map_err(|_| TransferError::Frame("request id is not UTF-8".into()))?;
+    let mut layout_hash = [0u8; 32];
+    sock.read_exact(&mut layout_hash).await.map_err(io("reading a pull"))?;
+    let part = sock.read_u32().await.map_err(io("reading a pull"))?;
+    let parts = sock.read_u32().await.map_err(io("reading a pull"))?;
+    if parts == 0 || part >= parts || parts > 64 {
+        return Err(TransferError::Frame(format!("part {part} of {parts}")));
+    }
+    Ok(Some(Pull { request, layout_hash, part, parts }))
+}
+
+/// Transfers being served part by part.
+struct Serving {
+    held: Arc<HeldBlocks>,
+    left: u32,
+    since: Instant,
+}
+
+/// The server's state: the source and the transfers in progress.
+struct Server {
+    source: Arc<dyn BlockSource>,
+    serving: Mutex<HashMap<String, Serving>>,
+    counters: Arc<TransferCounters>,
+    io_timeout: Duration,
+}
+
+impl Server {
+    /// The blocks for one part: the first part asked for ends the hold.
+    fn part(&self, p: &Pull) -> Result<Arc<HeldBlocks>> {
+        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        serving.retain(|_, s| s.since.elapsed() < PART_WINDOW);
+        let held = match serving.get_mut(&p.request) {
+            Some(s) => {
+                s.left = s.left.saturating_sub(1);
+                s.held.clone()
+            }
+            None => {
+                let held = Arc::new(self.source.take(&p.request)?);
+                if p.parts > 1 {
+                    let s = Serving { held: held.clone(), left: p.parts - 1, since: Instant::now() };
+                    serving.insert(p.request.clone(), s);
+                }
+                held
+            }
+        };
+        if serving.get(&p.request).is_some_and(|s| s.left == 0) {
+            serving.remove(&p.request);
+        }
+        if held.layout_hash != p.layout_hash {
+            return Err(TransferError::Incompatible {
+                field: "layout (compatibility hash)",
+                local: hex(&held.layout_hash),
+                remote: hex(&p.layout_hash),
+            });
+        }
+        Ok(held)
+    }
+
+    async fn connection(&self, mut sock: TcpStream) -> Result<()> {
+        let _ = sock.set_nodelay(true);
+        // A connection may carry several pulls, one after another.
+        while let Some(p) = within(self.io_timeout, "reading a pull", read_pull(&mut sock)).await? {
+            let started = Instant::now();
+            let reply = self.part(&p).and_then(|held| {
+                let mine: Vec<Bytes> =
+                    held.blocks.iter().skip(p.part as usize).step_by(p.parts as usize).cloned().collect();
+                let out = frame::encode(&p.request, held.layout_hash, &mine)?;
+                Ok((out, mine.iter().map(Bytes::len).sum::<usize>()))
+            });
+            match reply {
+                Ok((out, bytes)) => {
+                    let write = async {
+                        for b in &out {
+                            sock.write_all(b).await.map_err(io("sending blocks"))?;
+                        }
+                        sock.flush().await.map_err(io("sending blocks"))
+                    };
+                    if let Err(e) = within(self.io_timeout, "sending blocks", write).await {
+                        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    self.counters.done(bytes, started.elapsed());
+                }
+                Err(e) => {
+                    self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    let msg = encode_err(&e.to_string());
+                    within(self.io_timeout, "sending a refusal", async {
+                        sock.write_all(&msg).await.map_err(io("sending a refusal"))
+                    })
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().take(8).map(|x| format!("{x:02x}")).collect::<String>() + "…"
+}
+
+/// Serves pulls on `listener` from `source` until `stop` resolves; each connection
+/// waits at most `io_timeout` for a read or a write.
+pub async fn serve(
+    listener: TcpListener,
+    source: Arc<dyn BlockSource>,
+    counters: Arc<TransferCounters>,
+    io_timeout: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let server = Arc::new(Server { source, serving: Mutex::new(HashMap::new()), counters, io_timeout });
+    tokio::pin!(stop);
+    loop {
+        let (sock, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a pull failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => return,
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            if let Err(e) = server.connection(sock).await {
+                tracing::debug!(%peer, error = %e, "pull connection ended");
+            }
+        });
+    }
+}
+
+/// The decode side: pulls a prefill request's blocks over `streams` connections.
+#[derive(Debug, Clone)]
+pub struct TcpPuller {
+    /// Connections per transfer (each carries every n-th block).
+    pub streams: usize,
+    /// Time to connect.
+    pub connect_timeout: Duration,
+    /// Time for any one read or write.
+    pub io_timeout: Duration,
+    /// What a frame may announce before it is refused.
+    pub limits: Limits,
+    /// Counts of what was pulled.
+    pub counters: Arc<TransferCounters>,
+}
+
+impl Default for TcpPuller {
+    fn default() -> Self {
+        TcpPuller {
+            streams: 4,
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
+            counters: Arc::default(),
+        }
+    }
+}
+
+impl TcpPuller {
+    /// Pulls `request`'s blocks from the server at `addr` (`host:port`), expecting
+    /// `layout_hash`; the blocks come back in the prefill answer's order, each checked
+    /// against its checksum. Dropping the future cancels the pull.
+    pub async fn pull(&self, addr: &str, request: &str, layout_hash: [u8; 32]) -> Result<Vec<Bytes>> {
+        let started = Instant::now();
+        let parts = self.streams.clamp(1, 64) as u32;
+        // The legs run together; the first error ends them all.
+        let legs = (0..parts).map(|part| self.part(addr, request, layout_hash, part, parts));
+        let result = futures_util::future::try_join_all(legs).await;
+        let got = match result {
+            Ok(got) => got,
+            Err(e) => {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        // Part i carried blocks i, i+n, i+2n...: interleave them back.
+        let total: usize = got.iter().map(Vec::len).sum();
+        for (i, g) in got.iter().enumerate() {
+            let want = total.saturating_sub(i).div_ceil(parts as usize);
+            if g.len() != want {
+                return Err(TransferError::Frame(format!(
+                    "part {i} carried {} blocks of {total}, expected {want}",
+                    g.len()
+                )));
+            }
+        }
+        let mut iters: Vec<_> = got.into_iter().map(Vec::into_iter).collect();
+        let mut out = Vec::with_capacity(total);
+        for k in 0..total {
+            if let Some(b) = iters[k % parts as usize].next() {
+                out.push(b);
+            }
+        }
+        self.counters.done(out.iter().map(Bytes::len).sum(), started.elapsed());
+        Ok(out)
+    }
+
+    async fn part(
+        &self,
+        addr: &str,
+        request: &str,
+        layout_hash: [u8; 32],
+        part: u32,
+        parts: u32,
+    ) -> Result<Vec<Bytes>> {
+        let mut sock = within(self.connect_timeout, "connecting for a pull", async {
+            TcpStream::connect(addr).await.map_err(io("connecting for a pull"))
+        })
+        .await?;
+        let _ = sock.set_nodelay(true);
+        let ask = encode_pull(request, &layout_hash, part, parts)?;
+        within(self.io_timeout, "sending a pull", async { sock.write_all(&ask).await.map_err(io("sending a pull")) })
+            .await?;
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut decoder = FrameDecoder::new(self.limits);
+        let mut blocks = Vec::new();
+        loop {
+            // A refusal instead of a frame.
+            if buf.len() >= 8 && &buf[..8] == ERR_MAGIC {
+                if buf.len() >= 10 {
+                    let len = u16::from_be_bytes([buf[8], buf[9]]) as usize;
+                    if buf.len() >= 10 + len {
+                        buf.advance(10);
+                        let reason = String::from_utf8_lossy(&buf[..len]).into_owned();
+                        return Err(TransferError::Remote(reason));
+                    }
+                }
+            } else {
+                while let Some(d) = decoder.feed(&mut buf)? {
+                    match d {
+                        Decoded::Header(h) => {
+                            if h.layout_hash != layout_hash {
+                                return Err(TransferError::Frame("blocks sent under another layout".into()));
+                            }
+                            if h.transfer != request {
+                                return Err(TransferError::Frame(format!(
+                                    "blocks of {:?}, asked for {request:?}",
+                                    h.transfer
+                                )));
+                            }
+                            blocks.reserve(h.block_count());
+                        }
+                        Decoded::Block { data, .. } => blocks.push(data),
+                        Decoded::Done => return Ok(blocks),
+                    }
+                }
+            }
+            let n = within(self.io_timeout, "receiving blocks", async {
+                sock.read_buf(&mut buf).await.map_err(io("receiving blocks"))
+            })
+            .await?;
+            if n == 0 {
+                return Err(TransferError::Frame("the connection ended mid-transfer".into()));
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Pulls over TCP on loopback: blocks arrive whole and in order over any number of
+//! streams, a hold is handed out once, and every fault (another layout, an unknown
+//! request, a silent server, a cut connection, a corrupted byte) ends as an error that
+//! names it, within the timeouts.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use llmd_transfer::TransferError;
+use llmd_transfer::frame;
+use llmd_transfer::tcp::{BlockSource, HeldBlocks, TcpPuller, TransferCounters, serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HASH: [u8; 32] = [7; 32];
+
+#[derive(Default)]
+struct Holds(Mutex<HashMap<String, HeldBlocks>>);
+
+impl BlockSource for Holds {
+    fn take(&self, request: &str) -> llmd_transfer::Result<HeldBlocks> {
+        self.0.lock().unwrap().remove(request).ok_or_else(|| TransferError::NoHold(request.into()))
+    }
+}
+
+fn blocks(n: usize, size: usize, seed: u8) -> Vec<Bytes> {
+    (0..n).map(|i| Bytes::from((0..size).map(|j| (i * 31 + j * 7) as u8 ^ seed).collect::<Vec<u8>>())).collect()
+}
+
+async fn server(holds: Arc<Holds>) -> (String, Arc<TransferCounters>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let counters = Arc::new(TransferCounters::default());
+    tokio::spawn(serve(listener, holds, counters.clone(), Duration::from_secs(5), std::future::pending()));
+    (addr, counters)
+}
+
+fn puller(streams: usize) -> TcpPuller {
+    TcpPuller { streams, io_timeout: Duration::from_secs(5), ..TcpPuller::default() }
+}
+
+#[tokio::test]
+async fn blocks_arrive_whole_and_in_order_over_any_number_of_streams() {
+    let holds = Arc::new(Holds::default());
+    let (addr, served) = server(holds.clone()).await;
+    for (i, (n, streams)) in [(10, 1), (10, 3), (10, 4), (5, 16), (0, 4), (1, 2)].into_iter().enumerate() {
+        let want = blocks(n, 4096, i as u8);
+        let id = format!("req-{i}");
+        holds.0.lock().unwrap().insert(id.clone(), HeldBlocks { layout_hash: HASH, blocks: want.clone() });
+        let got = puller(streams).pull(&addr, &id, HASH).await.unwrap();
+        assert_eq!(got, want, "{n} blocks over {streams} streams");
+        // The hold was handed out once.
+        let again = puller(1).pull(&addr, &id, HASH).await.unwrap_err();
+        assert!(matches!(&again, TransferError::Remote(m) if m.contains("no held blocks")), "{again}");
+    }
+    assert!(served.bytes.load(std::sync::atomic::Ordering::Relaxed) >= (10 * 3 + 5 + 1) * 4096);
+}
+
+#[tokio::test]
+async fn another_layout_is_refused_by_name() {
+    let holds = Arc::new(Holds::default());
+    let (addr, _) = server(holds.clone()).await;
+    holds.0.lock().unwrap().insert("r".into(), HeldBlocks { layout_hash: HASH, blocks: blocks(2, 64, 0) });
+    let err = puller(2).pull(&addr, "r", [9; 32]).await.unwrap_err();
+    assert!(matches!(&err, TransferError::Remote(m) if m.contains("incompatible")), "{err}");
+}
+
+/// A peer that accepts, reads what it is sent and answers with `reply` (then closes),
+/// or never answers when `reply` is `None`.
+async fn fake_server(reply: Option<Vec<u8>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let mut ask = [0u8; 256];
+                let _ = sock.read(&mut ask).await;
+                match reply {
+                    Some(r) => {
+                        let _ = sock.write_all(&r).await;
+                    }
+                    None => tokio::time::sleep(Duration::from_secs(3600)).await,
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn frame_bytes(id: &str, bs: &[Bytes]) -> Vec<u8> {
+    frame::encode(id, HASH, bs).unwrap().iter().flat_map(|b| b.to_vec()).collect()
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out() {
+    let addr = fake_server(None).await;
+    let p = TcpPuller { streams: 1, io_timeout: Duration::from_millis(200), ..TcpPuller::default() };
+    let err = p.pull(&addr, "r", HASH).await.unwrap_err();
+    assert!(matches!(err, TransferError::Timeout(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_connection_cut_mid_transfer_is_an_error() {
+    let mut cut = frame_bytes("r", &blocks(4, 1024, 1));
+    cut.truncate(cut.len() / 2);
+    let addr = fake_server(Some(cut)).await;
+    let err = puller(1).pull(&addr, "r", HASH).await.unwrap_err();
+    assert!(matches!(&err, TransferError::Frame(m) if m.contains("mid-transfer")), "{err}");
+}
+
+#[tokio::test]
+async fn a_corrupted_byte_fails_its_checksum() {
+    let mut bad = frame_bytes("r", &blocks(3, 1024, 2));
+    let last = bad.len() - 10;
+    bad[last] ^= 0x40;
+    let addr = fake_server(Some(bad)).await;
+    let err = puller(1).pull(&addr, "r", HASH).await.unwrap_err();
+    assert!(matches!(err, TransferError::Checksum { block: 2, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn blocks_of_another_request_are_refused() {
+    let addr = fake_server(Some(frame_bytes("other", &blocks(1, 16, 3)))).await;
+    let err = puller(1).pull(&addr, "r", HASH).await.unwrap_err();
+    assert!(matches!(&err, TransferError::Frame(m) if m.contains("asked for")), "{err}");
+}

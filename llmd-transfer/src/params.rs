@@ -66,8 +66,9 @@ pub struct KvTransferParams {
     /// The prefiller's engine id.
     #[serde(default)]
     pub remote_engine_id: Option<String>,
-    /// The prefill request's id there (what the blocks are held under).
-    #[serde(default)]
+    /// The prefill request's id there (what the blocks are held under); left out when
+    /// unset, as llm-d's sidecar leaves it out of the prefill leg.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_request_id: Option<String>,
     /// The prefiller's side-channel host.
     #[serde(default)]
@@ -78,6 +79,9 @@ pub struct KvTransferParams {
     /// The prefiller's tensor-parallel size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tp_size: Option<u32>,
+    /// Prompt tokens whose KV the prefiller computed (vLLM 0.33's `remote_num_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_num_tokens: Option<u64>,
     /// Keys this version does not read (`remote_block_size`, `dcp_size`, lease fields...),
     /// kept as they came.
     #[serde(flatten)]
@@ -131,7 +135,10 @@ impl KvTransferParams {
         KvTransferParams { do_remote_decode: true, ..Self::default() }
     }
 
-    /// What a prefill engine returns for a request that asked for remote decode.
+    /// What a prefill engine returns for a request that asked for remote decode: the
+    /// keys vLLM 0.33's NixlConnector returns in pull mode (its `request_finished`;
+    /// `tests/fixtures/vllm-0.33-nixl-pull-request-finished.py` in this crate), with
+    /// `remote_num_tokens` from [`KvTransferParams::with_num_tokens`].
     pub fn prefill_response(
         block_ids: Vec<Vec<u32>>,
         engine_id: &str,
@@ -140,6 +147,18 @@ impl KvTransferParams {
         port: u16,
         tp_size: u32,
     ) -> Self {
+        // What vLLM writes for a single-rank, no-context-parallel prefiller in pull
+        // mode; llmd's decode side reads none of them but passes them on.
+        let extra: Map<String, Value> = [
+            ("dcp_size", Value::from(1)),
+            ("pp_size", Value::from(1)),
+            ("remote_blocks_expiry_time", Value::Null),
+            ("remote_registration_generation", Value::from(0)),
+            ("transfer_mode", Value::from("pull")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         KvTransferParams {
             do_remote_decode: false,
             do_remote_prefill: true,
@@ -149,8 +168,15 @@ impl KvTransferParams {
             remote_host: Some(host.to_string()),
             remote_port: Some(port),
             tp_size: Some(tp_size),
-            extra: Map::new(),
+            remote_num_tokens: Some(0),
+            extra,
         }
+    }
+
+    /// Sets `remote_num_tokens`: the prompt tokens the prefiller computed.
+    pub fn with_num_tokens(mut self, tokens: u64) -> Self {
+        self.remote_num_tokens = Some(tokens);
+        self
     }
 
     /// For the decode side: `None` when the params do not ask for a remote prefill;
@@ -206,7 +232,7 @@ mod tests {
         assert_eq!(
             KvTransferParams::prefill_request().to_value(),
             json!({"do_remote_decode": true, "do_remote_prefill": false, "remote_engine_id": null,
-                   "remote_block_ids": null, "remote_host": null, "remote_port": null, "remote_request_id": null})
+                   "remote_block_ids": null, "remote_host": null, "remote_port": null})
         );
     }
 
@@ -218,11 +244,29 @@ mod tests {
             v,
             json!({"do_remote_prefill": true, "do_remote_decode": false, "remote_block_ids": [[7, 8, 9]],
                    "remote_engine_id": "engine-p", "remote_request_id": "req-1", "remote_host": "10.0.0.5",
-                   "remote_port": 5600, "tp_size": 1})
+                   "remote_port": 5600, "tp_size": 1, "dcp_size": 1, "pp_size": 1, "remote_num_tokens": 0,
+                   "remote_blocks_expiry_time": null, "remote_registration_generation": 0, "transfer_mode": "pull"})
         );
         let r = KvTransferParams::from_value(&v).unwrap().remote_prefill().unwrap().unwrap();
         assert_eq!(r.block_ids, vec![vec![7, 8, 9]]);
         assert_eq!(r.side_channel(), "10.0.0.5:5600");
+    }
+
+    /// The keys of the `dict(...)` vLLM 0.33's NixlConnector returns from
+    /// `request_finished` in pull mode (the checked-in source lines), against ours.
+    #[test]
+    fn the_prefill_answer_has_exactly_the_keys_vllm_returns() {
+        let src = include_str!("../tests/fixtures/vllm-0.33-nixl-pull-request-finished.py");
+        let call = src.rsplit("dict(").next().unwrap();
+        let body = &call[..call.find("\n        )").unwrap()];
+        let mut theirs: Vec<&str> =
+            body.lines().filter_map(|l| l.trim().split_once('=').map(|(k, _)| k.trim())).collect();
+        theirs.sort_unstable();
+        let ours = KvTransferParams::prefill_response(vec![vec![1]], "e", "r", "h", 1, 1).with_num_tokens(16).to_value();
+        let mut ours: Vec<&str> = ours.as_object().unwrap().keys().map(String::as_str).collect();
+        ours.sort_unstable();
+        assert_eq!(ours, theirs);
+        assert!(theirs.len() >= 14, "{theirs:?}");
     }
 
     #[test]

@@ -262,7 +262,8 @@ mod tests {
         let mut theirs: Vec<&str> =
             body.lines().filter_map(|l| l.trim().split_once('=').map(|(k, _)| k.trim())).collect();
         theirs.sort_unstable();
-        let ours = KvTransferParams::prefill_response(vec![vec![1]], "e", "r", "h", 1, 1).with_num_tokens(16).to_value();
+        let ours =
+            KvTransferParams::prefill_response(vec![vec![1]], "e", "r", "h", 1, 1).with_num_tokens(16).to_value();
         let mut ours: Vec<&str> = ours.as_object().unwrap().keys().map(String::as_str).collect();
         ours.sort_unstable();
         assert_eq!(ours, theirs);

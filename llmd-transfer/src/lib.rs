@@ -9,6 +9,7 @@
 //! - [`hold`]: the prefill side's held blocks, released when pulled, on notification or
 //!   when their lease runs out, within a memory bound.
 //!
+//! - [`shm`]: the same-host path, a transfer written to shared memory and read once;
 //! - [`tcp`] (feature `tcp`): the prefill side serves held blocks, the decode side pulls
 //!   them over several connections at once.
 
@@ -22,6 +23,9 @@ pub mod frame;
 pub mod hold;
 pub mod layout;
 pub mod params;
+pub mod shm;
+#[cfg(feature = "sidecar")]
+pub mod sidecar;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 

@@ -9,9 +9,13 @@
 //! up half way). Every wait on the network has a timeout; a refusal travels back as a
 //! message the puller turns into [`TransferError::Remote`].
 //!
+//! On one host the bytes need not cross a socket: [`TcpPuller::pull_shm`] asks the
+//! server to write the transfer into a [`ShmStore`] and reads it from there.
+//!
 //! Control messages, big-endian: a pull is `b"LLMDPUL1"`, u16 length and the request
-//! id, the 32-byte layout hash, u32 part, u32 parts; a refusal is `b"LLMDERR1"`, u16
-//! length and a UTF-8 reason.
+//! id, the 32-byte layout hash, u32 part, u32 parts; a same-host pull is `b"LLMDSHM1"`
+//! with the same fields (one part), answered by `b"LLMDPTH1"`, u16 length and the
+//! file's path; a refusal is `b"LLMDERR1"`, u16 length and a UTF-8 reason.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,9 +28,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::{Result, TransferError};
 use crate::frame::{self, Decoded, FrameDecoder, Limits};
+use crate::shm::ShmStore;
 
 const PULL_MAGIC: &[u8; 8] = b"LLMDPUL1";
 const ERR_MAGIC: &[u8; 8] = b"LLMDERR1";
+const SHM_MAGIC: &[u8; 8] = b"LLMDSHM1";
+const PATH_MAGIC: &[u8; 8] = b"LLMDPTH1";
 
 /// How long a partly served transfer keeps its blocks for the parts not yet asked for.
 pub const PART_WINDOW: Duration = Duration::from_secs(60);
@@ -76,11 +83,11 @@ async fn within<T>(limit: Duration, what: &str, fut: impl std::future::Future<Ou
     tokio::time::timeout(limit, fut).await.map_err(|_| TransferError::Timeout(what.to_string()))?
 }
 
-fn encode_pull(request: &str, layout_hash: &[u8; 32], part: u32, parts: u32) -> Result<Bytes> {
+fn encode_pull(magic: &[u8; 8], request: &str, layout_hash: &[u8; 32], part: u32, parts: u32) -> Result<Bytes> {
     let len =
         u16::try_from(request.len()).map_err(|_| TransferError::Frame("request id longer than 65535 bytes".into()))?;
     let mut b = BytesMut::with_capacity(8 + 2 + request.len() + 32 + 8);
-    b.put_slice(PULL_MAGIC);
+    b.put_slice(magic);
     b.put_u16(len);
     b.put_slice(request.as_bytes());
     b.put_slice(layout_hash);
@@ -90,9 +97,17 @@ fn encode_pull(request: &str, layout_hash: &[u8; 32], part: u32, parts: u32) -> 
 }
 
 fn encode_err(reason: &str) -> Bytes {
-    let reason = &reason[..reason.len().min(4096)];
+    encode_text(ERR_MAGIC, reason)
+}
+
+fn encode_text(magic: &[u8; 8], text: &str) -> Bytes {
+    let mut end = text.len().min(4096);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &text[..end];
     let mut b = BytesMut::with_capacity(8 + 2 + reason.len());
-    b.put_slice(ERR_MAGIC);
+    b.put_slice(magic);
     b.put_u16(reason.len() as u16);
     b.put_slice(reason.as_bytes());
     b.freeze()
@@ -100,6 +115,8 @@ fn encode_err(reason: &str) -> Bytes {
 
 /// A pull as the server reads it.
 struct Pull {
+    /// Written to shared memory rather than sent.
+    shm: bool,
     request: String,
     layout_hash: [u8; 32],
     part: u32,
@@ -114,9 +131,11 @@ async fn read_pull(sock: &mut TcpStream) -> Result<Option<Pull>> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(io("reading a pull")(e)),
     }
-    if &magic != PULL_MAGIC {
-        return Err(TransferError::Frame(format!("not a pull (magic {magic:02x?})")));
-    }
+    let shm = match &magic {
+        PULL_MAGIC => false,
+        SHM_MAGIC => true,
+        _ => return Err(TransferError::Frame(format!("not a pull (magic {magic:02x?})"))),
+    };
     let len = sock.read_u16().await.map_err(io("reading a pull"))? as usize;
     let mut id = vec![0u8; len];
     sock.read_exact(&mut id).await.map_err(io("reading a pull"))?;
@@ -128,7 +147,7 @@ async fn read_pull(sock: &mut TcpStream) -> Result<Option<Pull>> {
     if parts == 0 || part >= parts || parts > 64 {
         return Err(TransferError::Frame(format!("part {part} of {parts}")));
     }
-    Ok(Some(Pull { request, layout_hash, part, parts }))
+    Ok(Some(Pull { shm, request, layout_hash, part, parts }))
 }
 
 /// Transfers being served part by part.
@@ -144,6 +163,7 @@ struct Server {
     serving: Mutex<HashMap<String, Serving>>,
     counters: Arc<TransferCounters>,
     io_timeout: Duration,
+    shm: Option<ShmStore>,
 }
 
 impl Server {
@@ -183,6 +203,30 @@ impl Server {
         // A connection may carry several pulls, one after another.
         while let Some(p) = within(self.io_timeout, "reading a pull", read_pull(&mut sock)).await? {
             let started = Instant::now();
+            if p.shm {
+                let reply = match &self.shm {
+                    None => Err(TransferError::Remote("this engine serves no same-host transfers".into())),
+                    Some(store) => self.part(&p).and_then(|held| {
+                        let path = store.publish(&p.request, held.layout_hash, &held.blocks)?;
+                        Ok((path, held.blocks.iter().map(Bytes::len).sum::<usize>()))
+                    }),
+                };
+                let msg = match reply {
+                    Ok((path, bytes)) => {
+                        self.counters.done(bytes, started.elapsed());
+                        encode_text(PATH_MAGIC, &path.to_string_lossy())
+                    }
+                    Err(e) => {
+                        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                        encode_err(&e.to_string())
+                    }
+                };
+                within(self.io_timeout, "answering a same-host pull", async {
+                    sock.write_all(&msg).await.map_err(io("answering a same-host pull"))
+                })
+                .await?;
+                continue;
+            }
             let reply = self.part(&p).and_then(|held| {
                 let mine: Vec<Bytes> =
                     held.blocks.iter().skip(p.part as usize).step_by(p.parts as usize).cloned().collect();
@@ -221,16 +265,37 @@ fn hex(b: &[u8]) -> String {
     b.iter().take(8).map(|x| format!("{x:02x}")).collect::<String>() + "…"
 }
 
-/// Serves pulls on `listener` from `source` until `stop` resolves; each connection
-/// waits at most `io_timeout` for a read or a write.
+/// How the server serves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The most any one read or write on a connection may take.
+    pub io_timeout: Duration,
+    /// Where same-host pulls are written (`None`: they are refused).
+    pub shm: Option<ShmStore>,
+    /// Counts of what was served.
+    pub counters: Arc<TransferCounters>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions { io_timeout: Duration::from_secs(30), shm: None, counters: Arc::default() }
+    }
+}
+
+/// Serves pulls on `listener` from `source` until `stop` resolves.
 pub async fn serve(
     listener: TcpListener,
     source: Arc<dyn BlockSource>,
-    counters: Arc<TransferCounters>,
-    io_timeout: Duration,
+    opts: ServeOptions,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let server = Arc::new(Server { source, serving: Mutex::new(HashMap::new()), counters, io_timeout });
+    let server = Arc::new(Server {
+        source,
+        serving: Mutex::new(HashMap::new()),
+        counters: opts.counters,
+        io_timeout: opts.io_timeout,
+        shm: opts.shm,
+    });
     tokio::pin!(stop);
     loop {
         let (sock, peer) = tokio::select! {
@@ -319,6 +384,51 @@ impl TcpPuller {
         Ok(out)
     }
 
+    /// A same-host pull: the server at `addr` writes the transfer into `store` (the
+    /// same directory on this host) and says where; the blocks are read from there.
+    pub async fn pull_shm(
+        &self,
+        addr: &str,
+        request: &str,
+        layout_hash: [u8; 32],
+        store: &ShmStore,
+    ) -> Result<Vec<Bytes>> {
+        let started = Instant::now();
+        let result = async {
+            let mut sock = within(self.connect_timeout, "connecting for a pull", async {
+                TcpStream::connect(addr).await.map_err(io("connecting for a pull"))
+            })
+            .await?;
+            let ask = encode_pull(SHM_MAGIC, request, &layout_hash, 0, 1)?;
+            within(self.io_timeout, "sending a pull", async {
+                sock.write_all(&ask).await.map_err(io("sending a pull"))
+            })
+            .await?;
+            let (magic, text) = within(self.io_timeout, "receiving the transfer's place", async {
+                let mut magic = [0u8; 8];
+                sock.read_exact(&mut magic).await.map_err(io("receiving the transfer's place"))?;
+                let len = sock.read_u16().await.map_err(io("receiving the transfer's place"))? as usize;
+                let mut text = vec![0u8; len];
+                sock.read_exact(&mut text).await.map_err(io("receiving the transfer's place"))?;
+                Ok((magic, String::from_utf8_lossy(&text).into_owned()))
+            })
+            .await?;
+            match &magic {
+                PATH_MAGIC => store.take(std::path::Path::new(&text), request, layout_hash, self.limits),
+                ERR_MAGIC => Err(TransferError::Remote(text)),
+                _ => Err(TransferError::Frame(format!("unexpected answer {magic:02x?}"))),
+            }
+        }
+        .await;
+        match &result {
+            Ok(blocks) => self.counters.done(blocks.iter().map(Bytes::len).sum(), started.elapsed()),
+            Err(_) => {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
     async fn part(
         &self,
         addr: &str,
@@ -332,7 +442,7 @@ impl TcpPuller {
         })
         .await?;
         let _ = sock.set_nodelay(true);
-        let ask = encode_pull(request, &layout_hash, part, parts)?;
+        let ask = encode_pull(PULL_MAGIC, request, &layout_hash, part, parts)?;
         within(self.io_timeout, "sending a pull", async { sock.write_all(&ask).await.map_err(io("sending a pull")) })
             .await?;
         let mut buf = BytesMut::with_capacity(64 * 1024);

@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use llmd_transfer::TransferError;
 use llmd_transfer::frame;
-use llmd_transfer::tcp::{BlockSource, HeldBlocks, TcpPuller, TransferCounters, serve};
+use llmd_transfer::shm::ShmStore;
+use llmd_transfer::tcp::{BlockSource, HeldBlocks, ServeOptions, TcpPuller, TransferCounters, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HASH: [u8; 32] = [7; 32];
@@ -29,12 +30,17 @@ fn blocks(n: usize, size: usize, seed: u8) -> Vec<Bytes> {
     (0..n).map(|i| Bytes::from((0..size).map(|j| (i * 31 + j * 7) as u8 ^ seed).collect::<Vec<u8>>())).collect()
 }
 
-async fn server(holds: Arc<Holds>) -> (String, Arc<TransferCounters>) {
+async fn server_with(holds: Arc<Holds>, shm: Option<ShmStore>) -> (String, Arc<TransferCounters>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let counters = Arc::new(TransferCounters::default());
-    tokio::spawn(serve(listener, holds, counters.clone(), Duration::from_secs(5), std::future::pending()));
+    let opts = ServeOptions { io_timeout: Duration::from_secs(5), shm, counters: counters.clone() };
+    tokio::spawn(serve(listener, holds, opts, std::future::pending()));
     (addr, counters)
+}
+
+async fn server(holds: Arc<Holds>) -> (String, Arc<TransferCounters>) {
+    server_with(holds, None).await
 }
 
 fn puller(streams: usize) -> TcpPuller {
@@ -126,4 +132,25 @@ async fn blocks_of_another_request_are_refused() {
     let addr = fake_server(Some(frame_bytes("other", &blocks(1, 16, 3)))).await;
     let err = puller(1).pull(&addr, "r", HASH).await.unwrap_err();
     assert!(matches!(&err, TransferError::Frame(m) if m.contains("asked for")), "{err}");
+}
+
+#[tokio::test]
+async fn a_same_host_pull_goes_through_shared_memory() {
+    let dir = std::env::temp_dir().join(format!("llmd-tcp-shm-{}", std::process::id()));
+    let store = ShmStore::new(&dir).unwrap();
+    let holds = Arc::new(Holds::default());
+    let (addr, _) = server_with(holds.clone(), Some(store.clone())).await;
+    let want = blocks(6, 8192, 9);
+    holds.0.lock().unwrap().insert("r".into(), HeldBlocks { layout_hash: HASH, blocks: want.clone() });
+    assert_eq!(puller(1).pull_shm(&addr, "r", HASH, &store).await.unwrap(), want);
+    // Read once: the file is gone, and the hold too.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    let err = puller(1).pull_shm(&addr, "r", HASH, &store).await.unwrap_err();
+    assert!(matches!(&err, TransferError::Remote(m) if m.contains("no held blocks")), "{err}");
+    // A server without a store refuses same-host pulls.
+    let (plain, _) = server(holds.clone()).await;
+    holds.0.lock().unwrap().insert("s".into(), HeldBlocks { layout_hash: HASH, blocks: want });
+    let err = puller(1).pull_shm(&plain, "s", HASH, &store).await.unwrap_err();
+    assert!(matches!(&err, TransferError::Remote(m) if m.contains("no same-host")), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -10,8 +10,10 @@
 //!   when their lease runs out, within a memory bound.
 //!
 //! - [`shm`]: the same-host path, a transfer written to shared memory and read once;
-//! - [`tcp`] (feature `tcp`): the prefill side serves held blocks, the decode side pulls
-//!   them over several connections at once.
+//! - `tcp` (feature `tcp`): the prefill side serves held blocks, the decode side pulls
+//!   them over several connections at once;
+//! - `sidecar` (feature `sidecar`): the P/D routing sidecar beside a decode engine, as
+//!   llm-d's (`llmd sidecar`).
 
 // The README's example runs as a doctest.
 #[doc = include_str!("../README.md")]

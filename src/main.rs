@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod epp;
 mod manifests_cmd;
+mod sidecar_cmd;
 
 /// Kubernetes-native distributed LLM inference.
 #[derive(Parser, Debug)]
@@ -31,7 +32,7 @@ enum Command {
     /// The endpoint picker: Envoy ext-proc gRPC and/or an HTTP gateway.
     Epp(Box<epp::EppArgs>),
     /// The prefill/decode routing sidecar beside a decode engine.
-    Sidecar(SidecarArgs),
+    Sidecar(sidecar_cmd::SidecarArgs),
     /// The SLO-aware autoscaler.
     Autoscale(AutoscaleArgs),
     /// Run a named benchmark scenario against a URL or a fresh `up`.
@@ -247,16 +248,6 @@ struct ServeArgs {
 }
 
 #[derive(Args, Debug)]
-struct SidecarArgs {
-    /// Port the sidecar listens on.
-    #[arg(long, default_value_t = 8000)]
-    port: u16,
-    /// URL of the decode engine beside it.
-    #[arg(long, default_value = "http://127.0.0.1:8001")]
-    decoder: String,
-}
-
-#[derive(Args, Debug)]
 struct AutoscaleArgs {
     /// Replay a load trace offline instead of watching a cluster.
     #[arg(long)]
@@ -374,7 +365,7 @@ fn main() -> Result<()> {
         Command::Up(a) => up(a),
         Command::Serve(a) => serve(a),
         Command::Epp(a) => epp::epp(*a),
-        Command::Sidecar(_) => not_yet("sidecar", "the P/D sidecar"),
+        Command::Sidecar(a) => sidecar_cmd::sidecar(a),
         Command::Autoscale(_) => not_yet("autoscale", "the autoscaler"),
         Command::Bench(a) => bench(a),
         Command::ExportTokenizer { dir } => {

@@ -423,6 +423,17 @@ impl Engine {
             st.num_computed += n;
             let sampled = match result {
                 StepLogits::None => continue,
+                // Before min_tokens, EOS and the stop tokens cannot be drawn (vLLM masks
+                // their logits the same way).
+                StepLogits::Dense(logits) if st.output.len() < st.params.min_tokens => {
+                    let mut masked = logits.to_vec();
+                    for &t in self.eos.iter().filter(|_| !st.params.ignore_eos).chain(&st.params.stop_token_ids) {
+                        if let Some(l) = masked.get_mut(t as usize) {
+                            *l = f32::NEG_INFINITY;
+                        }
+                    }
+                    sample(&masked, &st.params, &mut st.rng)
+                }
                 StepLogits::Dense(logits) => sample(&logits, &st.params, &mut st.rng),
                 StepLogits::Token(t) => Sampled { token: t, logprob: None, top: Vec::new() },
             };

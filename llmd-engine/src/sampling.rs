@@ -23,6 +23,9 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Keep generating past EOS.
     pub ignore_eos: bool,
+    /// Tokens to generate before EOS, a stop token or a stop string may end the
+    /// request (vLLM's `min_tokens`: those tokens cannot be sampled before then).
+    pub min_tokens: usize,
     /// Also return this many most likely alternatives per token (`None`: no logprobs).
     pub logprobs: Option<usize>,
 }
@@ -38,6 +41,7 @@ impl Default for SamplingParams {
             stop_token_ids: Vec::new(),
             stop: Vec::new(),
             ignore_eos: false,
+            min_tokens: 0,
             logprobs: None,
         }
     }

@@ -147,6 +147,32 @@ fn stop_strings_stop_tokens_and_seeds() {
     assert_ne!(sampled(&mut e, "c", 5), sampled(&mut e, "d", 6));
 }
 
+/// vLLM's `min_tokens`: a stop token greedy would draw first cannot be drawn, nor end
+/// the request, before that many tokens (llm-d's sidecar sends `min_tokens: 1`).
+#[test]
+fn min_tokens_keeps_stop_tokens_out_until_reached() {
+    let mut e = engine(256, 4096, 256);
+    e.add_request(req("probe", "Hello", greedy(20))).unwrap();
+    let (tokens, _, _) = run(&mut e).remove("probe").unwrap();
+    let stop = tokens[0];
+    // Without min_tokens the first token stops the request at once.
+    e.add_request(req("a", "Hello", SamplingParams { stop_token_ids: vec![stop], ..greedy(20) })).unwrap();
+    assert_eq!(run(&mut e).remove("a").unwrap().0, vec![stop]);
+    // With min_tokens 4 it cannot appear among the first four, and the request runs on.
+    let p = SamplingParams { stop_token_ids: vec![stop], min_tokens: 4, ..greedy(20) };
+    e.add_request(req("b", "Hello", p)).unwrap();
+    let (toks, _, last) = run(&mut e).remove("b").unwrap();
+    assert!(toks.len() >= 5, "{toks:?}");
+    assert!(!toks[..4].contains(&stop), "{toks:?}");
+    assert!(last.finished.is_some());
+    // min_tokens 1 with max_tokens 1 (the sidecar's prefill leg): one token, by length.
+    let p = SamplingParams { stop_token_ids: vec![stop], min_tokens: 1, ..greedy(1) };
+    e.add_request(req("c", "Hello", p)).unwrap();
+    let (toks, _, last) = run(&mut e).remove("c").unwrap();
+    assert_eq!((toks.len(), last.finished), (1, Some(FinishReason::Length)));
+    assert_ne!(toks[0], stop);
+}
+
 #[test]
 fn abort_frees_blocks_and_bad_requests_are_refused() {
     let mut e = engine(64, 4096, 128);

@@ -90,12 +90,14 @@ impl ReqState {
     ) -> RequestOutput {
         let st = self;
         let token = sampled.token;
-        let is_eos = !st.params.ignore_eos && eos.contains(&token);
+        // Before min_tokens (counting this one), nothing ends the request but length.
+        let may_stop = st.output.len() > st.params.min_tokens;
+        let is_eos = may_stop && !st.params.ignore_eos && eos.contains(&token);
         let mut finished = None;
         let mut stop_reason = None;
         if is_eos {
             finished = Some(FinishReason::Stop);
-        } else if st.params.stop_token_ids.contains(&token) {
+        } else if may_stop && st.params.stop_token_ids.contains(&token) {
             finished = Some(FinishReason::Stop);
             stop_reason = Some(StopReason::Token(token));
         } else {
@@ -106,7 +108,8 @@ impl ReqState {
                 String::new()
             });
             st.text.push_str(&piece);
-            if let Some((pos, stop)) = find_stop(&st.text, &st.params.stop, st.text.len() - piece.len()) {
+            let found = if may_stop { find_stop(&st.text, &st.params.stop, st.text.len() - piece.len()) } else { None };
+            if let Some((pos, stop)) = found {
                 st.text.truncate(pos);
                 finished = Some(FinishReason::Stop);
                 stop_reason = Some(StopReason::Text(stop));

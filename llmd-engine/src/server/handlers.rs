@@ -114,9 +114,16 @@ pub(super) fn check_common(s: &AppState, c: &Common) -> Result<(), Response> {
 
 /// The request's sampling parameters, with the checkpoint's generation defaults for
 /// those it leaves out (as vLLM does).
-fn sampling(s: &AppState, c: &Common, max_tokens: usize, logprobs: Option<usize>) -> SamplingParams {
+fn sampling(s: &AppState, c: &Common, max_tokens: usize, logprobs: Option<usize>) -> Result<SamplingParams, Response> {
     let d = &s.defaults;
-    SamplingParams {
+    let min_tokens = min_tokens(c).map_err(|m| bad_request(m, Some("min_tokens")))?;
+    if min_tokens > max_tokens {
+        return Err(bad_request(
+            format!("min_tokens must be less than or equal to max_tokens={max_tokens}, got {min_tokens}."),
+            Some("min_tokens"),
+        ));
+    }
+    Ok(SamplingParams {
         max_tokens,
         temperature: c.temperature.or(d.temperature).unwrap_or(1.0),
         top_k: c.top_k.or(d.top_k).unwrap_or(0),
@@ -125,7 +132,19 @@ fn sampling(s: &AppState, c: &Common, max_tokens: usize, logprobs: Option<usize>
         stop_token_ids: c.stop_token_ids.clone(),
         stop: c.stop.clone().map(Stop::into_vec).unwrap_or_default(),
         ignore_eos: c.ignore_eos,
+        min_tokens,
         logprobs,
+    })
+}
+
+/// `min_tokens` as sent (vLLM's sampling parameter); `Err` names what is wrong.
+fn min_tokens(c: &Common) -> Result<usize, String> {
+    match c.other.get("min_tokens") {
+        None | Some(serde_json::Value::Null) => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| format!("min_tokens must be a non-negative integer, got {v}")),
     }
 }
 
@@ -151,7 +170,7 @@ pub(super) fn prepare_completion(
     if req.echo {
         return Err(bad_request("echo is not supported", Some("echo")));
     }
-    let params = sampling(s, &req.common, req.max_tokens.unwrap_or(16), req.logprobs);
+    let params = sampling(s, &req.common, req.max_tokens.unwrap_or(16), req.logprobs)?;
     Ok(Prepared { prompt, params })
 }
 
@@ -176,7 +195,7 @@ pub(super) fn prepare_chat(s: &AppState, req: &ChatRequest) -> Result<Prepared, 
         ));
     }
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
-    let params = sampling(s, &req.common, max_tokens, logprobs);
+    let params = sampling(s, &req.common, max_tokens, logprobs)?;
     Ok(Prepared { prompt, params })
 }
 

@@ -19,7 +19,6 @@ const NEUTRAL: &[(&str, &str)] = &[
     ("frequency_penalty", "0"),
     ("repetition_penalty", "1"),
     ("min_p", "0"),
-    ("min_tokens", "0"),
     ("logit_bias", "{}"),
     ("best_of", "1"),
     ("use_beam_search", "false"),

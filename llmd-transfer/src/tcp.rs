@@ -34,6 +34,10 @@ const PULL_MAGIC: &[u8; 8] = b"LLMDPUL1";
 const ERR_MAGIC: &[u8; 8] = b"LLMDERR1";
 const SHM_MAGIC: &[u8; 8] = b"LLMDSHM1";
 const PATH_MAGIC: &[u8; 8] = b"LLMDPTH1";
+/// How much a puller makes room for before each read.
+const READ_CHUNK: usize = 1 << 20;
+/// The most a puller allocates up front on a header's word.
+const MAX_PREALLOC: usize = 256 << 20;
 
 /// How long a partly served transfer keeps its blocks for the parts not yet asked for.
 pub const PART_WINDOW: Duration = Duration::from_secs(60);
@@ -473,11 +477,18 @@ impl TcpPuller {
                                 )));
                             }
                             blocks.reserve(h.block_count());
+                            // One allocation for the whole part (bounded: a header is
+                            // only a claim); the blocks are split off it without copies.
+                            buf.reserve(h.payload_len().min(MAX_PREALLOC));
                         }
                         Decoded::Block { data, .. } => blocks.push(data),
                         Decoded::Done => return Ok(blocks),
                     }
                 }
+            }
+            // Room for large reads: BytesMut alone grows by 64 bytes at a time.
+            if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+                buf.reserve(READ_CHUNK);
             }
             let n = within(self.io_timeout, "receiving blocks", async {
                 sock.read_buf(&mut buf).await.map_err(io("receiving blocks"))

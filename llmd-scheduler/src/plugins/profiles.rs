@@ -172,8 +172,11 @@ impl std::fmt::Debug for PdProfileHandler {
 pub fn decider_ref(type_name: &str, p: &serde_json::Value) -> Result<Option<String>, String> {
     let q = Params(p);
     let nested = q.value("deciders").cloned().unwrap_or(serde_json::Value::Null);
-    let named =
-        Params(&nested).string("prefill")?.or(q.string("prefillDeciderPluginName")?).or(q.string("deciderPluginName")?);
+    // An empty name is no name, as llm-d reads it (a disagg stage off, pd's default).
+    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    let named = nonempty(Params(&nested).string("prefill")?)
+        .or(nonempty(q.string("prefillDeciderPluginName")?))
+        .or(nonempty(q.string("deciderPluginName")?));
     Ok(match type_name {
         "pd-profile-handler" => Some(named.unwrap_or_else(|| "prefix-based-pd-decider".into())),
         _ => named,
@@ -291,13 +294,19 @@ impl PdProfileHandler {
         let q = Params(p);
         let nested = q.value("profiles").cloned().unwrap_or(serde_json::Value::Null);
         let n = Params(&nested);
+        // An empty profile name falls back to the default, as in llm-d.
         let name = |flat: &str, key: &str| -> Result<String, String> {
-            Ok(q.string(flat)?.or(n.string(key)?).unwrap_or_else(|| key.to_string()))
+            let set = |s: Option<String>| s.filter(|s| !s.is_empty());
+            Ok(set(q.string(flat)?).or(set(n.string(key)?)).unwrap_or_else(|| key.to_string()))
         };
-        let prefill_first = match q.string("stageOrder")?.as_deref() {
-            None | Some("") | Some("decode-first") => false,
-            Some("prefill-first") => true,
-            Some(o) => {
+        // llm-d ignores case, `-` and `_`, and takes the bare stage name too.
+        let order = q.string("stageOrder")?;
+        let canon = order.as_deref().map(|o| o.to_ascii_lowercase().replace(['-', '_'], ""));
+        let prefill_first = match canon.as_deref() {
+            None | Some("") | Some("decodefirst") | Some("decode") => false,
+            Some("prefillfirst") | Some("prefill") => true,
+            Some(_) => {
+                let o = order.unwrap_or_default();
                 return Err(format!(
                     "parameter stageOrder: invalid stage order {o:?}, must be \"decode-first\" or \"prefill-first\""
                 ));
@@ -543,5 +552,23 @@ mod tests {
         assert_eq!(decider_ref("disagg-profile-handler", &flat).unwrap().as_deref(), Some("d2"));
         assert!(PdProfileHandler::from_params(&serde_json::json!({"stageOrder": "prefill-first"})).is_ok());
         assert!(PdProfileHandler::from_params(&serde_json::json!({"stageOrder": "sideways"})).is_err());
+        // llm-d's spellings: any case, `-` or `_`, or the bare stage.
+        for (o, prefill_first) in [
+            ("PrefillFirst", true),
+            ("prefill_first", true),
+            ("prefill", true),
+            ("DECODE", false),
+            ("decode_first", false),
+        ] {
+            let h = PdProfileHandler::from_params(&serde_json::json!({"stageOrder": o})).unwrap();
+            assert_eq!(h.prefill_first, prefill_first, "{o}");
+        }
+        // Empty names: the stage off for disagg, the default for pd, default profiles.
+        let empty = serde_json::json!({"deciders": {"prefill": ""}, "profiles": {"decode": "", "prefill": ""}});
+        assert_eq!(decider_ref("disagg-profile-handler", &empty).unwrap(), None);
+        let pd = serde_json::json!({"deciderPluginName": ""});
+        assert_eq!(decider_ref("pd-profile-handler", &pd).unwrap().as_deref(), Some("prefix-based-pd-decider"));
+        let h = PdProfileHandler::from_params(&empty).unwrap();
+        assert_eq!((h.decode.as_str(), h.prefill.as_str()), ("decode", "prefill"));
     }
 }

@@ -360,15 +360,7 @@ fn scheduler_config(a: &EppArgs) -> Result<llmd::scheduler::SchedulerConfig> {
 
 /// The address to bind: the user's, else loopback outside a cluster, else the pod's.
 fn bind_host(a: &EppArgs) -> String {
-    if let Some(h) = &a.host {
-        return h.clone();
-    }
-    let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-    if a.k8s.enabled() && in_pod {
-        // A pod's network namespace holds only its own interfaces.
-        return std::env::var("POD_IP").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "0.0.0.0".into());
-    }
-    "127.0.0.1".into()
+    a.host.clone().unwrap_or_else(|| crate::default_host(a.k8s.enabled()))
 }
 
 /// This replica's name in the Lease: the pod's, plus a random suffix (a restarted pod

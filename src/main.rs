@@ -81,6 +81,17 @@ fn cached_renderer(mut r: llmd::openai::PromptRenderer) -> llmd::openai::PromptR
     r
 }
 
+/// The address a cluster-facing listener binds when the user gave none: in a pod
+/// (`KUBERNETES_SERVICE_HOST` set) and `in_cluster_mode`, the pod's own network
+/// (`$POD_IP`, else every interface of the pod's network namespace, which holds only
+/// its own); otherwise loopback.
+fn default_host(in_cluster_mode: bool) -> String {
+    if in_cluster_mode && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        return std::env::var("POD_IP").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "0.0.0.0".into());
+    }
+    "127.0.0.1".into()
+}
+
 /// Parses seconds, fractions allowed (`0.5`).
 fn seconds(s: &str) -> Result<Duration, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;

@@ -62,13 +62,8 @@ pub(crate) fn sidecar(a: SidecarArgs) -> Result<()> {
     cfg.enable_prefiller_sampling = a.enable_prefiller_sampling;
     cfg.allowed_prefillers = a.enable_ssrf_protection.then(|| a.allowed_prefillers.clone());
     cfg.prefill_timeout = Duration::from_secs(a.prefill_timeout.max(1));
-    let host = a.host.clone().unwrap_or_else(|| {
-        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
-            std::env::var("POD_IP").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "0.0.0.0".into())
-        } else {
-            "127.0.0.1".into()
-        }
-    });
+    // The sidecar always faces the cluster: in a pod it binds the pod's network.
+    let host = a.host.clone().unwrap_or_else(|| crate::default_host(true));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind((host.as_str(), a.port)).await?;

@@ -308,8 +308,9 @@ async fn of_two_replicas_one_leads_and_the_follower_takes_over_from_a_dead_leade
         eventually(Duration::from_secs(20), async || ready(&first).await || ready(&second).await).await,
         "no replica became the leader"
     );
-    // Let both settle, then exactly one is ready; both are live.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Over three election rounds never both are ready; then exactly one is, both live.
+    let both = async || ready(&first).await && ready(&second).await;
+    assert!(common::holds_for(Duration::from_millis(600), async || !both().await).await, "two leaders at once");
     let (r1, r2) = (ready(&first).await, ready(&second).await);
     assert!(r1 ^ r2, "ready: first {r1}, second {r2}");
     for e in [&first, &second] {
@@ -325,8 +326,10 @@ async fn of_two_replicas_one_leads_and_the_follower_takes_over_from_a_dead_leade
             == Some(ServingStatus::Serving))
         .await
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(!ready(&third).await, "the third replica leads beside the leader");
+    assert!(
+        common::holds_for(Duration::from_millis(600), async || !ready(&third).await).await,
+        "the third replica leads beside the leader"
+    );
     let stopped = Instant::now();
     common::signal(&leader.proc.child, "TERM");
     assert!(

@@ -255,12 +255,7 @@ async fn run_pool(client: kube::Client, source: PoolSource, writer: DatastoreWri
         }
         match disc.sync(&writer) {
             Ok(o) if o.changed && (o.added > 0 || o.removed > 0) => {
-                tracing::info!(
-                    added = o.added,
-                    removed = o.removed,
-                    endpoints = disc.endpoints().len(),
-                    "pool endpoints changed"
-                );
+                tracing::info!(added = o.added, removed = o.removed, "pool endpoints changed");
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "updating the datastore failed"),

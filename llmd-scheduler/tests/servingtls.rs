@@ -106,9 +106,12 @@ async fn certificates_from_a_directory_are_reloaded_when_they_change() {
     let addr = serve(&tls).await;
     assert_eq!(check(channel(addr, first.clone(), "first.llmd.test").await).await, 1);
     let reload = tls.spawn_reload(Duration::from_millis(20)).unwrap();
-    // File times can be coarse: make sure the new pair looks changed.
-    tokio::time::sleep(Duration::from_millis(20)).await;
     let second = write_pair(&dir, "second.llmd.test");
+    // File times can be coarse: date the new pair ahead rather than wait a tick.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    for f in ["tls.crt", "tls.key"] {
+        std::fs::File::options().write(true).open(dir.join(f)).unwrap().set_modified(later).unwrap();
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tls.certificate_chain()[0] != second {
         assert!(tokio::time::Instant::now() < deadline, "the new certificate was never loaded");

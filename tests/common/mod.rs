@@ -33,6 +33,19 @@ pub(crate) async fn eventually(limit: Duration, mut cond: impl AsyncFnMut() -> b
     false
 }
 
+/// Checks `cond` every 10 ms for `window`; false at the first check that fails. For
+/// invariants that must hold while another process keeps acting (an election step).
+pub(crate) async fn holds_for(window: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < window {
+        if !cond().await {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 /// Sends signal `name` (`TERM`, `INT`) to `child`.
 pub(crate) fn signal(child: &std::process::Child, name: &str) {
     let ok = std::process::Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap();

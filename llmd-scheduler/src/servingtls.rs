@@ -129,12 +129,13 @@ impl ServingTls {
     pub fn spawn_reload(&self, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
         let dir = self.source.clone()?;
         let current = self.current.clone();
+        let stamp = |dir: &Path| -> Option<(SystemTime, SystemTime)> {
+            let m = |f: &str| std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok();
+            Some((m("tls.crt")?, m("tls.key")?))
+        };
+        // Stamped now, not when the task first runs: files changed in between count.
+        let mut seen = stamp(&dir);
         Some(tokio::spawn(async move {
-            let stamp = |dir: &Path| -> Option<(SystemTime, SystemTime)> {
-                let m = |f: &str| std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok();
-                Some((m("tls.crt")?, m("tls.key")?))
-            };
-            let mut seen = stamp(&dir);
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {

@@ -12,9 +12,12 @@
 //! On one host the bytes need not cross a socket: [`TcpPuller::pull_shm`] asks the
 //! server to write the transfer into a [`ShmStore`] and reads it from there.
 //!
-//! Control messages, big-endian: a pull is `b"LLMDPUL1"`, u16 length and the request
-//! id, the 32-byte layout hash, u32 part, u32 parts; a same-host pull is `b"LLMDSHM1"`
-//! with the same fields (one part), answered by `b"LLMDPTH1"`, u16 length and the
+//! A pull may skip the first blocks (those the decode side has cached already): only
+//! the blocks from `first` on are sent, and the hold ends all the same.
+//!
+//! Control messages, big-endian: a pull is `b"LLMDPUL2"`, u16 length and the request
+//! id, the 32-byte layout hash, u32 part, u32 parts, u32 first block; a same-host pull
+//! is `b"LLMDSHM2"` with the same fields (one part), answered by `b"LLMDPTH1"`, u16 length and the
 //! file's path; a refusal is `b"LLMDERR1"`, u16 length and a UTF-8 reason.
 
 use std::collections::HashMap;
@@ -30,9 +33,9 @@ use crate::error::{Result, TransferError};
 use crate::frame::{self, Decoded, FrameDecoder, Limits};
 use crate::shm::ShmStore;
 
-const PULL_MAGIC: &[u8; 8] = b"LLMDPUL1";
+const PULL_MAGIC: &[u8; 8] = b"LLMDPUL2";
 const ERR_MAGIC: &[u8; 8] = b"LLMDERR1";
-const SHM_MAGIC: &[u8; 8] = b"LLMDSHM1";
+const SHM_MAGIC: &[u8; 8] = b"LLMDSHM2";
 const PATH_MAGIC: &[u8; 8] = b"LLMDPTH1";
 /// How much a puller makes room for before each read.
 const READ_CHUNK: usize = 1 << 20;
@@ -87,16 +90,24 @@ async fn within<T>(limit: Duration, what: &str, fut: impl std::future::Future<Ou
     tokio::time::timeout(limit, fut).await.map_err(|_| TransferError::Timeout(what.to_string()))?
 }
 
-fn encode_pull(magic: &[u8; 8], request: &str, layout_hash: &[u8; 32], part: u32, parts: u32) -> Result<Bytes> {
+fn encode_pull(
+    magic: &[u8; 8],
+    request: &str,
+    layout_hash: &[u8; 32],
+    part: u32,
+    parts: u32,
+    first: u32,
+) -> Result<Bytes> {
     let len =
         u16::try_from(request.len()).map_err(|_| TransferError::Frame("request id longer than 65535 bytes".into()))?;
-    let mut b = BytesMut::with_capacity(8 + 2 + request.len() + 32 + 8);
+    let mut b = BytesMut::with_capacity(8 + 2 + request.len() + 32 + 12);
     b.put_slice(magic);
     b.put_u16(len);
     b.put_slice(request.as_bytes());
     b.put_slice(layout_hash);
     b.put_u32(part);
     b.put_u32(parts);
+    b.put_u32(first);
     Ok(b.freeze())
 }
 
@@ -125,6 +136,8 @@ struct Pull {
     layout_hash: [u8; 32],
     part: u32,
     parts: u32,
+    /// Blocks before this one are not sent.
+    first: u32,
 }
 
 /// Reads one pull; `None` at a clean end of the connection.
@@ -148,10 +161,11 @@ async fn read_pull(sock: &mut TcpStream) -> Result<Option<Pull>> {
     sock.read_exact(&mut layout_hash).await.map_err(io("reading a pull"))?;
     let part = sock.read_u32().await.map_err(io("reading a pull"))?;
     let parts = sock.read_u32().await.map_err(io("reading a pull"))?;
+    let first = sock.read_u32().await.map_err(io("reading a pull"))?;
     if parts == 0 || part >= parts || parts > 64 {
         return Err(TransferError::Frame(format!("part {part} of {parts}")));
     }
-    Ok(Some(Pull { shm, request, layout_hash, part, parts }))
+    Ok(Some(Pull { shm, request, layout_hash, part, parts, first }))
 }
 
 /// Transfers being served part by part.
@@ -211,8 +225,9 @@ impl Server {
                 let reply = match &self.shm {
                     None => Err(TransferError::Remote("this engine serves no same-host transfers".into())),
                     Some(store) => self.part(&p).and_then(|held| {
-                        let path = store.publish(&p.request, held.layout_hash, &held.blocks)?;
-                        Ok((path, held.blocks.iter().map(Bytes::len).sum::<usize>()))
+                        let blocks = held.blocks.get(p.first as usize..).unwrap_or_default();
+                        let path = store.publish(&p.request, held.layout_hash, blocks)?;
+                        Ok((path, blocks.iter().map(Bytes::len).sum::<usize>()))
                     }),
                 };
                 let msg = match reply {
@@ -232,8 +247,14 @@ impl Server {
                 continue;
             }
             let reply = self.part(&p).and_then(|held| {
-                let mine: Vec<Bytes> =
-                    held.blocks.iter().skip(p.part as usize).step_by(p.parts as usize).cloned().collect();
+                let mine: Vec<Bytes> = held
+                    .blocks
+                    .iter()
+                    .skip(p.first as usize)
+                    .skip(p.part as usize)
+                    .step_by(p.parts as usize)
+                    .cloned()
+                    .collect();
                 let out = frame::encode(&p.request, held.layout_hash, &mine)?;
                 Ok((out, mine.iter().map(Bytes::len).sum::<usize>()))
             });
@@ -354,10 +375,16 @@ impl TcpPuller {
     /// `layout_hash`; the blocks come back in the prefill answer's order, each checked
     /// against its checksum. Dropping the future cancels the pull.
     pub async fn pull(&self, addr: &str, request: &str, layout_hash: [u8; 32]) -> Result<Vec<Bytes>> {
+        self.pull_from(addr, request, layout_hash, 0).await
+    }
+
+    /// [`pull`](Self::pull) less the first `first` blocks (cached on this side
+    /// already): the blocks from `first` on come back; the hold ends all the same.
+    pub async fn pull_from(&self, addr: &str, request: &str, layout_hash: [u8; 32], first: u32) -> Result<Vec<Bytes>> {
         let started = Instant::now();
         let parts = self.streams.clamp(1, 64) as u32;
         // The legs run together; the first error ends them all.
-        let legs = (0..parts).map(|part| self.part(addr, request, layout_hash, part, parts));
+        let legs = (0..parts).map(|part| self.part(addr, request, layout_hash, part, parts, first));
         let result = futures_util::future::try_join_all(legs).await;
         let got = match result {
             Ok(got) => got,
@@ -397,13 +424,25 @@ impl TcpPuller {
         layout_hash: [u8; 32],
         store: &ShmStore,
     ) -> Result<Vec<Bytes>> {
+        self.pull_shm_from(addr, request, layout_hash, store, 0).await
+    }
+
+    /// [`pull_shm`](Self::pull_shm) less the first `first` blocks.
+    pub async fn pull_shm_from(
+        &self,
+        addr: &str,
+        request: &str,
+        layout_hash: [u8; 32],
+        store: &ShmStore,
+        first: u32,
+    ) -> Result<Vec<Bytes>> {
         let started = Instant::now();
         let result = async {
             let mut sock = within(self.connect_timeout, "connecting for a pull", async {
                 TcpStream::connect(addr).await.map_err(io("connecting for a pull"))
             })
             .await?;
-            let ask = encode_pull(SHM_MAGIC, request, &layout_hash, 0, 1)?;
+            let ask = encode_pull(SHM_MAGIC, request, &layout_hash, 0, 1, first)?;
             within(self.io_timeout, "sending a pull", async {
                 sock.write_all(&ask).await.map_err(io("sending a pull"))
             })
@@ -440,13 +479,14 @@ impl TcpPuller {
         layout_hash: [u8; 32],
         part: u32,
         parts: u32,
+        first: u32,
     ) -> Result<Vec<Bytes>> {
         let mut sock = within(self.connect_timeout, "connecting for a pull", async {
             TcpStream::connect(addr).await.map_err(io("connecting for a pull"))
         })
         .await?;
         let _ = sock.set_nodelay(true);
-        let ask = encode_pull(PULL_MAGIC, request, &layout_hash, part, parts)?;
+        let ask = encode_pull(PULL_MAGIC, request, &layout_hash, part, parts, first)?;
         within(self.io_timeout, "sending a pull", async { sock.write_all(&ask).await.map_err(io("sending a pull")) })
             .await?;
         let mut buf = BytesMut::with_capacity(64 * 1024);

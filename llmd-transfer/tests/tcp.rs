@@ -154,3 +154,23 @@ async fn a_same_host_pull_goes_through_shared_memory() {
     assert!(matches!(&err, TransferError::Remote(m) if m.contains("no same-host")), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_pull_can_skip_the_blocks_the_decode_side_has_cached() {
+    let dir = std::env::temp_dir().join(format!("llmd-tcp-skip-{}", std::process::id()));
+    let store = ShmStore::new(&dir).unwrap();
+    let holds = Arc::new(Holds::default());
+    let (addr, _) = server_with(holds.clone(), Some(store.clone())).await;
+    let all = blocks(10, 1024, 3);
+    for (i, (first, streams)) in [(3, 3), (0, 2), (9, 4), (10, 2), (12, 1)].into_iter().enumerate() {
+        let id = format!("skip-{i}");
+        holds.0.lock().unwrap().insert(id.clone(), HeldBlocks { layout_hash: HASH, blocks: all.clone() });
+        let got = puller(streams).pull_from(&addr, &id, HASH, first).await.unwrap();
+        assert_eq!(got, all.get(first as usize..).unwrap_or_default(), "from {first} over {streams} streams");
+        // Skipping still ends the hold.
+        assert!(!holds.0.lock().unwrap().contains_key(&id));
+    }
+    holds.0.lock().unwrap().insert("shm".into(), HeldBlocks { layout_hash: HASH, blocks: all.clone() });
+    assert_eq!(puller(1).pull_shm_from(&addr, "shm", HASH, &store, 4).await.unwrap(), all[4..].to_vec());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -70,6 +70,7 @@ fn main() -> Result<()> {
             prompt: prompt(b, prompt_len, vocab),
             params: SamplingParams { max_tokens, temperature: 0.0, ignore_eos: true, ..Default::default() },
             keys: RequestKeys::new(),
+            kv_transfer: Default::default(),
         })?;
     }
     let mut generated = 0usize;

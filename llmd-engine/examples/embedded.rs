@@ -26,6 +26,7 @@ pub(crate) fn main() -> Result<(), llmd_engine::EngineError> {
                     prompt: ByteTokenizer.encode(prompt, true)?,
                     params: SamplingParams { max_tokens: 16, temperature: 0.0, ..Default::default() },
                     keys: Default::default(),
+                    kv_transfer: Default::default(),
                 })?;
                 // The stream is an iterator of outputs; the last one says why it ended.
                 let mut text = String::new();

@@ -16,7 +16,7 @@ mod schedule;
 mod transfer;
 
 pub use output::{FinishReason, RequestOutput, StopReason};
-pub use transfer::ExportedPrefix;
+pub use transfer::{ExportedPrefix, KvLoadFailurePolicy, KvTransfer, KvTransferOutcome, RemoteBlocks};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -91,6 +91,8 @@ pub struct NewRequest {
     pub params: SamplingParams,
     /// Extra hash keys (LoRA, cache salt).
     pub keys: RequestKeys,
+    /// Its part in prefill/decode disaggregation, if any.
+    pub kv_transfer: KvTransfer,
 }
 
 #[derive(Debug)]
@@ -109,6 +111,9 @@ struct ReqState {
     scheduled_at: Option<Duration>,
     first_token_at: Option<Duration>,
     last_token_at: Option<Duration>,
+    // Remote KV to write in at admission, or an export to make at the end.
+    transfer: KvTransfer,
+    transfer_outcome: Option<KvTransferOutcome>,
 }
 
 /// The engine.
@@ -128,6 +133,9 @@ pub struct Engine {
     // vLLM counters, which mirror the manager's totals.
     import_stats: PrefixCacheStats,
     imports: u64,
+    // Requests ended at admission (remote KV unusable, policy `fail`), for the next
+    // step's outputs.
+    ended_at_admission: Vec<RequestOutput>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -228,6 +236,7 @@ impl Engine {
             metrics,
             import_stats: PrefixCacheStats::default(),
             imports: 0,
+            ended_at_admission: Vec::new(),
         })
     }
 
@@ -305,6 +314,8 @@ impl Engine {
                 scheduled_at: None,
                 first_token_at: None,
                 last_token_at: None,
+                transfer: r.kv_transfer,
+                transfer_outcome: None,
             },
         );
         self.waiting.push_back(r.id);
@@ -365,6 +376,7 @@ impl Engine {
     /// finished.
     pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
         let sched = self.schedule()?;
+        let ended = std::mem::take(&mut self.ended_at_admission);
         let _span = tracing::debug_span!(
             "step",
             seqs = sched.len(),
@@ -374,7 +386,7 @@ impl Engine {
         .entered();
         if sched.is_empty() {
             self.update_gauges();
-            return Ok(Vec::new());
+            return Ok(ended);
         }
         let inputs: Vec<SeqInput<'_>> = sched
             .iter()
@@ -398,7 +410,7 @@ impl Engine {
             Err(e) => {
                 drop(inputs);
                 tracing::error!(error = %e, "backend step failed; failing the batch");
-                let mut outs = Vec::new();
+                let mut outs = ended;
                 for ((id, _), from) in sched.iter().zip(cached_before) {
                     if let Err(e) = self.kv.uncache_since(id, from) {
                         tracing::warn!(request = %id, error = %e, "cannot un-register blocks of a failed step");
@@ -415,7 +427,7 @@ impl Engine {
         self.metrics.iteration_tokens.observe(sched.iter().map(|s| s.1).sum::<usize>() as f64);
 
         let now = self.clock.now();
-        let mut outputs = Vec::new();
+        let mut outputs = ended;
         for ((id, n), result) in sched.into_iter().zip(results) {
             let Some(st) = self.reqs.get_mut(&id) else {
                 continue;
@@ -452,11 +464,14 @@ impl Engine {
             }
             st.last_token_at = Some(now);
 
-            let out = st.token_output(&id, sampled, &self.eos, self.tokenizer.as_ref(), self.cfg.max_model_len);
+            let mut out = st.token_output(&id, sampled, &self.eos, self.tokenizer.as_ref(), self.cfg.max_model_len);
             let finished = out.finished;
-            outputs.push(out);
             if let Some(reason) = finished {
+                out.kv_transfer = self.transfer_outcome(&id, reason);
+                outputs.push(out);
                 self.finish(&id, reason);
+            } else {
+                outputs.push(out);
             }
         }
         // Counters mirror the manager's running totals.

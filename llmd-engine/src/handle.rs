@@ -30,6 +30,7 @@
 //!     prompt: ByteTokenizer.encode("Hello", true)?,
 //!     params: SamplingParams { max_tokens: 4, temperature: 0.0, ..Default::default() },
 //!     keys: Default::default(),
+//!     kv_transfer: Default::default(),
 //! })?;
 //! let text: String = stream.map(|out| out.text).collect();
 //! assert!(!text.is_empty());

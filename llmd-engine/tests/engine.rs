@@ -32,7 +32,13 @@ fn greedy(max_tokens: usize) -> SamplingParams {
 }
 
 fn req(id: &str, prompt: &str, params: SamplingParams) -> NewRequest {
-    NewRequest { id: id.into(), prompt: ByteTokenizer.encode(prompt, true).unwrap(), params, keys: RequestKeys::new() }
+    NewRequest {
+        id: id.into(),
+        prompt: ByteTokenizer.encode(prompt, true).unwrap(),
+        params,
+        keys: RequestKeys::new(),
+        kv_transfer: Default::default(),
+    }
 }
 
 /// Runs to completion; returns each request's tokens, text and final output.

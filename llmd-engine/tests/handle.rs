@@ -23,6 +23,7 @@ fn req(id: &str, prompt: &str, max_tokens: usize) -> NewRequest {
         prompt: ByteTokenizer.encode(prompt, true).unwrap(),
         params: SamplingParams { temperature: 0.0, max_tokens, ignore_eos: true, ..Default::default() },
         keys: RequestKeys::new(),
+        kv_transfer: Default::default(),
     }
 }
 

@@ -33,7 +33,7 @@ fn prompt() -> Vec<u32> {
 
 fn req(id: &str, prompt: Vec<u32>) -> NewRequest {
     let params = SamplingParams { temperature: 0.0, max_tokens: 12, ignore_eos: true, ..Default::default() };
-    NewRequest { id: id.into(), prompt, params, keys: RequestKeys::new() }
+    NewRequest { id: id.into(), prompt, params, keys: RequestKeys::new(), kv_transfer: Default::default() }
 }
 
 /// Runs one greedy request to the end: its tokens and the prompt tokens served from cache.

@@ -36,6 +36,7 @@ fn a_simulated_checkpoint_uses_its_tokenizer_and_shape_but_not_its_weights() {
             prompt: ids,
             params: SamplingParams { max_tokens: 8, ignore_eos: true, ..Default::default() },
             keys: RequestKeys::new(),
+            kv_transfer: Default::default(),
         })
         .unwrap();
     let mut out = Vec::new();

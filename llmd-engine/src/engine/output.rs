@@ -58,8 +58,10 @@ pub struct RequestOutput {
     pub prompt_tokens: usize,
     /// Tokens generated so far.
     pub completion_tokens: usize,
-    /// Prompt tokens served from the prefix cache.
+    /// Prompt tokens served from the prefix cache (or computed by a remote prefill).
     pub cached_tokens: usize,
+    /// On the last output: what the request's KV transfer did, if it had one.
+    pub kv_transfer: Option<Box<super::KvTransferOutcome>>,
 }
 
 impl ReqState {
@@ -75,6 +77,7 @@ impl ReqState {
             prompt_tokens: self.prompt_len,
             completion_tokens: self.output.len(),
             cached_tokens: self.cached_tokens,
+            kv_transfer: None,
         }
     }
 
@@ -140,6 +143,7 @@ impl ReqState {
             prompt_tokens: st.prompt_len,
             completion_tokens: st.output.len(),
             cached_tokens: st.cached_tokens,
+            kv_transfer: None,
         }
     }
 }

@@ -6,10 +6,35 @@
 
 use llmd_kvcache::KvCacheError;
 
-use super::Engine;
+use super::transfer::ImportPlan;
+use super::{Engine, FinishReason, KvLoadFailurePolicy, KvTransfer, KvTransferOutcome};
 use crate::error::{EngineError, Result};
 
+fn lost() -> EngineError {
+    EngineError::EngineDead("lost request".into())
+}
+
 impl Engine {
+    /// Records what a request's remote blocks came to; they are not tried again.
+    fn settle_import(&mut self, id: &str, outcome: KvTransferOutcome) {
+        if let Some(st) = self.reqs.get_mut(id) {
+            st.transfer = KvTransfer::None;
+            st.transfer_outcome = Some(outcome);
+        }
+    }
+
+    /// Fails a waiting request whose remote KV cannot be used (policy `fail`).
+    fn end_at_admission(&mut self, id: &str, reason: String) {
+        tracing::warn!(request = %id, %reason, "remote KV unusable; failing the request (kv_load_failure_policy fail)");
+        self.settle_import(id, KvTransferOutcome::LoadFailed { reason, recomputed: false });
+        if let Some(st) = self.reqs.get_mut(id) {
+            let mut out = st.final_output(id, FinishReason::Error);
+            out.kv_transfer = st.transfer_outcome.take().map(Box::new);
+            self.ended_at_admission.push(out);
+        }
+        self.finish(id, FinishReason::Error);
+    }
+
     pub(super) fn preempt(&mut self, id: &str) {
         let _ = self.kv.free_preempted(id);
         if let Some(st) = self.reqs.get_mut(id) {
@@ -64,13 +89,69 @@ impl Engine {
             };
             let st = &self.reqs[&id];
             let hit = self.kv.computed_blocks(&st.seq)?;
-            let cached = hit.num_tokens();
-            let n = (st.seq.tokens().len() - cached).min(budget);
-            match self.kv.allocate_slots(&st.seq, n, hit) {
+            let local = hit.blocks().len();
+            let mut cached = hit.num_tokens();
+            // Remote blocks (a decode of a prompt prefilled elsewhere) extend the hit.
+            let plan = match &st.transfer {
+                KvTransfer::Import(r) => self.import_plan(r, st.prompt_len, local),
+                _ => ImportPlan::Nothing,
+            };
+            let policy = match &st.transfer {
+                KvTransfer::Import(r) => Some(r.on_failure),
+                _ => None,
+            };
+            let remote_to = match plan {
+                ImportPlan::Write { to, .. } => to,
+                ImportPlan::Nothing => local,
+                ImportPlan::Refuse(reason) => {
+                    if policy == Some(KvLoadFailurePolicy::Fail) {
+                        self.end_at_admission(&id, reason);
+                        continue;
+                    }
+                    tracing::warn!(request = %id, %reason, "remote KV unusable; computing the prompt here");
+                    self.settle_import(&id, KvTransferOutcome::LoadFailed { reason, recomputed: true });
+                    local
+                }
+            };
+            let st = &self.reqs[&id];
+            let bs = self.cfg.block_size;
+            let imported = (remote_to - local) * bs;
+            let n = (st.seq.tokens().len() - cached - imported).min(budget);
+            match self.kv.allocate_slots(&st.seq, imported + n, hit) {
                 Ok(_) => {
                     self.waiting.pop_front();
+                    let mut n = n;
+                    if remote_to > local {
+                        let r = match std::mem::take(&mut self.reqs.get_mut(&id).ok_or_else(lost)?.transfer) {
+                            KvTransfer::Import(r) => r,
+                            _ => return Err(lost()),
+                        };
+                        match self.write_remote(&id, &r, local, remote_to) {
+                            Ok(()) => {
+                                cached += imported;
+                                self.settle_import(&id, KvTransferOutcome::Imported { blocks: remote_to - local });
+                            }
+                            Err(e) => {
+                                // Their hashes were registered with the allocation.
+                                if let Err(e) = self.kv.uncache_since(&id, local) {
+                                    tracing::warn!(request = %id, error = %e, "cannot un-register blocks of a failed import");
+                                }
+                                if r.on_failure == KvLoadFailurePolicy::Fail {
+                                    self.end_at_admission(&id, e.to_string());
+                                    continue;
+                                }
+                                tracing::warn!(request = %id, error = %e, "writing remote KV failed; computing the prompt here");
+                                let reason = e.to_string();
+                                self.settle_import(&id, KvTransferOutcome::LoadFailed { reason, recomputed: true });
+                                // The slots allocated cover this many from the local hit.
+                                n = (self.reqs[&id].seq.tokens().len() - cached).min(budget);
+                            }
+                        }
+                    } else if matches!(self.reqs[&id].transfer, KvTransfer::Import(_)) {
+                        self.settle_import(&id, KvTransferOutcome::Imported { blocks: 0 });
+                    }
                     let now = self.clock.now();
-                    let st = self.reqs.get_mut(&id).ok_or_else(|| EngineError::EngineDead("lost request".into()))?;
+                    let st = self.reqs.get_mut(&id).ok_or_else(lost)?;
                     st.num_computed = cached;
                     if st.scheduled_at.is_none() {
                         st.scheduled_at = Some(now);

@@ -1,14 +1,129 @@
 //! Moving a cached prompt prefix between engines: [`Engine::export_prefix`] copies the
 //! K/V of the cached full blocks of a prompt out, [`Engine::import_prefix`] writes them
 //! into another engine's blocks and registers their hashes as if computed there, so a
-//! later request with that prompt is served from them. What prefill/decode
-//! disaggregation moves.
+//! later request with that prompt is served from them.
+//!
+//! Prefill/decode disaggregation goes through the request itself ([`KvTransfer`]): a
+//! prefill request marked [`KvTransfer::Export`] copies its prompt's full blocks out
+//! when it ends length-capped (as vLLM's NixlConnector answers only then), and a decode
+//! request carrying [`RemoteBlocks`] has them written into its own blocks when it is
+//! admitted, after whatever prefix this engine had cached, so only the rest is computed.
+//! What happened is on the request's last output ([`KvTransferOutcome`]).
 
+use bytes::Bytes;
 use llmd_kvcache::{BlockHash, RequestKeys, Sequence};
 
-use super::Engine;
+use super::{Engine, FinishReason};
 use crate::error::{EngineError, Result};
 use crate::kv::KvBlockLayout;
+
+/// What to do when KV computed elsewhere cannot be used (vLLM's
+/// `kv_load_failure_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvLoadFailurePolicy {
+    /// Compute the prompt here instead (our default: the request still succeeds).
+    #[default]
+    Recompute,
+    /// Fail the request (vLLM's default).
+    Fail,
+}
+
+impl std::str::FromStr for KvLoadFailurePolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "recompute" => Ok(KvLoadFailurePolicy::Recompute),
+            "fail" => Ok(KvLoadFailurePolicy::Fail),
+            other => Err(format!("unknown kv_load_failure_policy {other:?} (recompute, fail)")),
+        }
+    }
+}
+
+impl std::fmt::Display for KvLoadFailurePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvLoadFailurePolicy::Recompute => "recompute",
+            KvLoadFailurePolicy::Fail => "fail",
+        })
+    }
+}
+
+/// Blocks of a request's prompt computed by another engine (pulled before the request
+/// was queued): prompt blocks `first_block..first_block + blocks.len()`.
+#[derive(Clone, PartialEq)]
+pub struct RemoteBlocks {
+    /// The exporting engine's layout; refused at admission unless it matches ours.
+    pub layout: KvBlockLayout,
+    /// Index of the first block in the prompt (those before it were cached here when
+    /// the pull started).
+    pub first_block: usize,
+    /// One buffer of [`KvBlockLayout::block_bytes`] per block.
+    pub blocks: Vec<Bytes>,
+    /// What to do if they cannot be used.
+    pub on_failure: KvLoadFailurePolicy,
+}
+
+impl std::fmt::Debug for RemoteBlocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteBlocks")
+            .field("layout", &self.layout)
+            .field("first_block", &self.first_block)
+            .field("blocks", &self.blocks.len())
+            .field("on_failure", &self.on_failure)
+            .finish()
+    }
+}
+
+/// A request's part in moving KV between engines.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum KvTransfer {
+    /// None: computed and decoded here.
+    #[default]
+    None,
+    /// Prefill for a decode elsewhere: when the request ends length-capped, its
+    /// prompt's full blocks are copied out ([`KvTransferOutcome::Exported`]).
+    Export,
+    /// Decode of a prompt prefilled elsewhere: these blocks are written in at admission.
+    Import(Box<RemoteBlocks>),
+}
+
+/// What a transfer did, on the request's last output.
+// It travels boxed (`RequestOutput::kv_transfer`), so the large variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum KvTransferOutcome {
+    /// The prompt's full blocks, copied out for a decode elsewhere, and their ids here
+    /// (vLLM's `remote_block_ids`).
+    Exported {
+        /// The blocks' contents and hashes.
+        prefix: ExportedPrefix,
+        /// Their block ids in this engine's pool.
+        block_ids: Vec<u32>,
+    },
+    /// Remote blocks written in (none when this engine had them all cached already).
+    Imported {
+        /// Blocks written.
+        blocks: usize,
+    },
+    /// The remote blocks could not be used.
+    LoadFailed {
+        /// Why.
+        reason: String,
+        /// Whether the prompt was computed here instead (else the request failed).
+        recomputed: bool,
+    },
+}
+
+/// How an admission uses a request's remote blocks.
+pub(super) enum ImportPlan {
+    /// Write prompt blocks from the local prefix hit up to `to`.
+    Write { to: usize },
+    /// Nothing to write: this engine has them cached.
+    Nothing,
+    /// They cannot be used.
+    Refuse(String),
+}
 
 /// The cached full blocks of a prompt prefix, copied out of an engine.
 #[derive(Clone, PartialEq)]
@@ -44,9 +159,106 @@ impl ExportedPrefix {
     pub fn num_blocks(&self) -> usize {
         self.block_hashes.len()
     }
+
+    /// The data as one buffer per block (split without copying).
+    pub fn into_block_buffers(self) -> Vec<Bytes> {
+        let n = self.num_blocks();
+        let all = Bytes::from(self.data);
+        let size = all.len().checked_div(n).unwrap_or(0);
+        (0..n).map(|i| all.slice(i * size..(i + 1) * size)).collect()
+    }
 }
 
 impl Engine {
+    /// How many leading full blocks of `token_ids` (hashed with `keys`) this engine has
+    /// cached: what a decode need not pull.
+    pub fn cached_prefix_blocks(&self, token_ids: &[u32], keys: &RequestKeys) -> Result<usize> {
+        if !self.cfg.enable_prefix_caching {
+            return Ok(0);
+        }
+        let hashes = self.cfg.hasher.hash_prompt(token_ids, self.cfg.block_size, keys)?;
+        Ok(self.kv.pool().peek_cached_prefix(&hashes).len())
+    }
+
+    /// The plan for a waiting request's remote blocks, given `local` blocks of local
+    /// prefix hit.
+    pub(super) fn import_plan(&self, r: &RemoteBlocks, prompt_len: usize, local: usize) -> ImportPlan {
+        let layout = match self.transfer_layout() {
+            Ok(l) => l,
+            Err(e) => return ImportPlan::Refuse(e.to_string()),
+        };
+        if let Err(e) = layout.check_compatible(&r.layout) {
+            return ImportPlan::Refuse(e.to_string());
+        }
+        if let Some((i, b)) = r.blocks.iter().enumerate().find(|(_, b)| b.len() != layout.block_bytes()) {
+            return ImportPlan::Refuse(format!(
+                "remote block {} has {} bytes, expected {}",
+                r.first_block + i,
+                b.len(),
+                layout.block_bytes()
+            ));
+        }
+        // As for a local hit, the prompt's last token is always computed here (its
+        // logits give the first token).
+        let to = (r.first_block + r.blocks.len()).min(prompt_len.saturating_sub(1) / self.cfg.block_size);
+        if to <= local {
+            ImportPlan::Nothing
+        } else if local < r.first_block {
+            ImportPlan::Refuse(format!(
+                "prompt blocks {local}..{} were cached here when the pull started and have been evicted since",
+                r.first_block
+            ))
+        } else {
+            ImportPlan::Write { to }
+        }
+    }
+
+    /// Writes remote blocks `from..to` into the request's blocks (allocated).
+    pub(super) fn write_remote(&mut self, id: &str, r: &RemoteBlocks, from: usize, to: usize) -> Result<()> {
+        let table =
+            self.kv.block_table(id).ok_or_else(|| EngineError::KvTransfer(format!("request {id} holds no blocks")))?;
+        let targets = table
+            .get(from..to)
+            .ok_or_else(|| EngineError::KvTransfer(format!("request {id} holds {} blocks, need {to}", table.len())))?
+            .to_vec();
+        for (block, data) in targets.iter().zip(&r.blocks[from - r.first_block..to - r.first_block]) {
+            self.backend.import_kv_blocks(std::slice::from_ref(block), &r.layout, data)?;
+        }
+        Ok(())
+    }
+
+    /// What a request's transfer did, for its last output; exports its prompt blocks if
+    /// it was a prefill for a decode elsewhere that ended length-capped.
+    pub(super) fn transfer_outcome(&mut self, id: &str, reason: FinishReason) -> Option<Box<KvTransferOutcome>> {
+        let st = self.reqs.get_mut(id)?;
+        if !matches!(st.transfer, KvTransfer::Export) {
+            return st.transfer_outcome.take().map(Box::new);
+        }
+        if reason != FinishReason::Length {
+            return None;
+        }
+        let full = st.prompt_len / self.cfg.block_size;
+        let tokens = st.seq.tokens()[..full * self.cfg.block_size].to_vec();
+        let hashes = st.seq.block_hashes()[..full.min(st.seq.block_hashes().len())].to_vec();
+        let keys = st.seq.keys().clone();
+        let exported = self.transfer_layout().and_then(|layout| {
+            let block_ids = self.kv.block_table(id).and_then(|t| t.get(..full)).unwrap_or(&[]).to_vec();
+            if block_ids.len() != full || hashes.len() != full {
+                return Err(EngineError::KvTransfer(format!("request {id} holds fewer than {full} prompt blocks")));
+            }
+            let data = self.backend.export_kv_blocks(&block_ids)?;
+            let prefix = ExportedPrefix { layout, token_ids: tokens, keys, block_hashes: hashes, data };
+            Ok(KvTransferOutcome::Exported { prefix, block_ids })
+        });
+        match exported {
+            Ok(o) => Some(Box::new(o)),
+            Err(e) => {
+                tracing::warn!(request = id, error = %e, "cannot export the prompt's blocks for the decode side");
+                None
+            }
+        }
+    }
+
     fn transfer_layout(&self) -> Result<KvBlockLayout> {
         let layout = self
             .backend

@@ -203,7 +203,7 @@ pub(super) fn prepare_chat(s: &AppState, req: &ChatRequest) -> Result<Prepared, 
 /// prefix-cache key.
 pub(super) fn new_request(id: String, p: Prepared, c: &Common) -> NewRequest {
     let keys = RequestKeys::new().with_cache_salt(c.cache_salt.clone().unwrap_or_default());
-    NewRequest { id, prompt: p.prompt, params: p.params, keys }
+    NewRequest { id, prompt: p.prompt, params: p.params, keys, kv_transfer: Default::default() }
 }
 
 /// Hands a request to the engine thread; the stream aborts it if dropped before its

@@ -229,9 +229,24 @@ enum Role {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Disaggregation role.
+    /// Disaggregation role: `prefill` or `decode` turn KV transfer on (NixlConnector's
+    /// `kv_transfer_params`, as --kv-transfer-config '{"kv_connector":"NixlConnector"}');
+    /// as in vLLM, either engine can do both, and the router's sidecar picks the legs.
     #[arg(long, value_enum, default_value_t = Role::Both)]
     role: Role,
+    /// vLLM's KV transfer config as JSON, e.g.
+    /// '{"kv_connector":"NixlConnector","kv_role":"kv_both","kv_load_failure_policy":"recompute"}'
+    /// (llmd's default policy is recompute; extra config keys: kv_lease_duration,
+    /// max_held_bytes, streams, io_timeout).
+    #[arg(long)]
+    kv_transfer_config: Option<String>,
+    /// Where held KV blocks are served to decode engines (vLLM's env of the same name;
+    /// default: --host). Advertised to decoders in the prefill answer.
+    #[arg(long, env = "VLLM_NIXL_SIDE_CHANNEL_HOST")]
+    side_channel_host: Option<String>,
+    /// Port of the side channel (0: any free port).
+    #[arg(long, env = "VLLM_NIXL_SIDE_CHANNEL_PORT", default_value_t = 5600)]
+    side_channel_port: u16,
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -477,11 +492,18 @@ fn build_engine(a: &EngineArgs) -> Result<Built> {
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
-    use llmd::engine::server::{KvEventsConfig, ServeConfig, Server, ServerConfig};
+    use llmd::engine::server::{KvEventsConfig, KvTransferConfig, ServeConfig, Server, ServerConfig};
 
-    if !matches!(a.role, Role::Both) {
-        bail!("--role prefill/decode needs the KV transfer path, which is not built yet; use --role both");
+    let kv_transfer = match (&a.kv_transfer_config, a.role) {
+        (Some(json), _) => Some(KvTransferConfig::from_vllm_json(json)?),
+        (None, Role::Prefill | Role::Decode) => Some(KvTransferConfig::default()),
+        (None, Role::Both) => None,
     }
+    .map(|mut t| {
+        t.side_channel_host = a.side_channel_host.clone().unwrap_or_else(|| a.host.clone());
+        t.side_channel_port = a.side_channel_port;
+        t
+    });
     let Built { engine, template, generation } = build_engine(&a.engine)?;
     let cfg = engine.config().clone();
     let server_cfg = ServerConfig {
@@ -491,11 +513,15 @@ fn serve(a: ServeArgs) -> Result<()> {
         }),
         defaults: generation,
         api_key: a.api_key.clone(),
+        kv_transfer,
         ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let server = Server::start(engine, template, server_cfg).await?;
+        if let Some(side) = server.kv_transfer_side_channel() {
+            println!("llmd serve: KV transfer (role {:?}) serving held blocks on {side}", a.role);
+        }
         let addr = format!("{}:{}", a.host, a.port);
         let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;

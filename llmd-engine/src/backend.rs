@@ -55,6 +55,13 @@ pub trait Backend: Send {
     /// Longest context the model supports.
     fn max_context(&self) -> usize;
 
+    /// For a simulated backend: the time moving one token's K/V between engines takes,
+    /// which the decode side spends before queueing a request whose prompt was
+    /// prefilled elsewhere. `None` (the default): transfers take the time they take.
+    fn simulated_transfer_per_token(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// The layout of this backend's exported KV blocks; `None` (the default) when it
     /// cannot export or import them.
     fn kv_layout(&self) -> Option<KvBlockLayout> {

@@ -250,6 +250,11 @@ impl Engine {
         self.metrics.clone()
     }
 
+    /// The clock it reads.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     /// The tokenizer.
     pub fn tokenizer(&self) -> Arc<dyn Tokenize> {
         self.tokenizer.clone()

@@ -48,6 +48,7 @@ use llmd_kvcache::{KvEventBatch, RequestKeys};
 use crate::channel::{Receiver, Sender, channel};
 use crate::engine::{Engine, EngineConfig, ExportedPrefix, NewRequest, RequestOutput};
 use crate::error::{EngineError, Result};
+use crate::kv::KvBlockLayout;
 use crate::metrics::EngineMetrics;
 use crate::tokenizer::Tokenize;
 
@@ -74,6 +75,7 @@ enum Command {
     Abort { id: String, serial: u64 },
     Export { token_ids: Vec<u32>, keys: RequestKeys, reply: Sender<Result<ExportedPrefix>> },
     Import { prefix: Box<ExportedPrefix>, reply: Sender<Result<usize>> },
+    CachedBlocks { token_ids: Vec<u32>, keys: RequestKeys, reply: Sender<Result<usize>> },
     Shutdown,
 }
 
@@ -86,6 +88,9 @@ struct Inner {
     vocab_size: usize,
     tokenizer: Arc<dyn Tokenize>,
     metrics: Arc<EngineMetrics>,
+    kv_layout: Option<KvBlockLayout>,
+    transfer_per_token: Option<std::time::Duration>,
+    clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// A running engine thread; cheap to clone (clones share the thread).
@@ -116,6 +121,9 @@ impl EngineHandle {
         let vocab_size = engine.vocab_size();
         let tokenizer = engine.tokenizer();
         let metrics = engine.metrics();
+        let kv_layout = engine.kv_block_layout();
+        let transfer_per_token = engine.simulated_transfer_per_token();
+        let clock = engine.clock();
         let flag = alive.clone();
         let thread = std::thread::Builder::new()
             .name("llmd-engine".into())
@@ -131,6 +139,9 @@ impl EngineHandle {
                 vocab_size,
                 tokenizer,
                 metrics,
+                kv_layout,
+                transfer_per_token,
+                clock,
             }),
         })
     }
@@ -151,6 +162,27 @@ impl EngineHandle {
     /// with: at most what the context leaves after the prompt.
     pub fn admitted_max_tokens(&self, req: &NewRequest) -> usize {
         crate::engine::admitted_max_tokens(self.inner.config.max_model_len, req)
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> Arc<dyn crate::clock::Clock> {
+        self.inner.clock.clone()
+    }
+
+    /// [`Engine::kv_block_layout`], as it was when spawned.
+    pub fn kv_block_layout(&self) -> Option<KvBlockLayout> {
+        self.inner.kv_layout
+    }
+
+    /// [`Engine::simulated_transfer_per_token`], as it was when spawned.
+    pub fn simulated_transfer_per_token(&self) -> Option<std::time::Duration> {
+        self.inner.transfer_per_token
+    }
+
+    /// [`Engine::cached_prefix_blocks`] on the engine thread, between steps.
+    pub async fn cached_prefix_blocks_async(&self, token_ids: Vec<u32>, keys: RequestKeys) -> Result<usize> {
+        let mut rx = self.ask(|reply| Command::CachedBlocks { token_ids, keys, reply })?;
+        rx.recv().await.unwrap_or_else(|| Err(dead()))
     }
 
     /// The engine's tokenizer.
@@ -376,6 +408,9 @@ fn engine_loop(mut engine: Engine, rx: mpsc::Receiver<Command>, cfg: HandleConfi
                 }
                 Command::Import { prefix, reply } => {
                     let _ = reply.send(engine.import_prefix(*prefix));
+                }
+                Command::CachedBlocks { token_ids, keys, reply } => {
+                    let _ = reply.send(engine.cached_prefix_blocks(&token_ids, &keys));
                 }
                 Command::Shutdown => shutdown = true,
             }

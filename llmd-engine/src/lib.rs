@@ -44,7 +44,10 @@ pub use attention::{AttentionBackend, AttentionInput, CpuAttention, QueryPos};
 pub use backend::{Backend, LogitsWanted, ModelBackend, SeqInput, StepLogits};
 pub use builder::{BuiltEngine, EngineBuilder, ModelSource};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{Engine, EngineConfig, ExportedPrefix, FinishReason, NewRequest, RequestOutput};
+pub use engine::{
+    Engine, EngineConfig, ExportedPrefix, FinishReason, KvLoadFailurePolicy, KvTransfer, KvTransferOutcome, NewRequest,
+    RemoteBlocks, RequestOutput,
+};
 pub use error::{EngineError, Result};
 pub use handle::{EngineHandle, HandleConfig, RequestStream};
 pub use kv::{KvBlockLayout, KvDtype, KvShape, PagedKvCache};

@@ -273,6 +273,7 @@ fn the_simulated_backend_runs_on_virtual_time() {
         per_prefill_token: Duration::from_millis(1),
         per_decode_seq: Duration::from_millis(2),
         per_context_token: Duration::ZERO,
+        per_transfer_token: Duration::ZERO,
     };
     let sim = SimBackend::new(latency, clock.clone(), ByteTokenizer::VOCAB, 4096, 32..127, 9);
     let cfg = EngineConfig { block_size: 16, num_blocks: 1000, max_model_len: 4096, ..Default::default() };

@@ -5,6 +5,9 @@
 #![cfg(feature = "server")]
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+mod common;
+
+use common::{http, http_with, metric, post, post_with};
 use llmd_engine::server::{Server, ServerConfig};
 use llmd_engine::{EngineBuilder, KvDtype};
 use serde_json::{Value, json};
@@ -37,47 +40,6 @@ async fn start_full(
         let _ = rx.await;
     }));
     (addr, tx, events, template)
-}
-
-/// One HTTP/1.1 exchange; returns status and body.
-async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    http_with(addr, method, path, body, "").await
-}
-
-/// `extra`: more header lines, each ending in CRLF.
-async fn http_with(addr: &str, method: &str, path: &str, body: &str, extra: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let status = raw[9..12].parse().unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
-}
-
-async fn post(addr: &str, path: &str, body: Value) -> (u16, Value) {
-    let (status, text) = http(addr, "POST", path, &body.to_string()).await;
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 /// `data:` payloads of an SSE body.
@@ -229,10 +191,6 @@ async fn models_health_and_metrics() {
     assert!(text.contains("vllm:cache_config_info{") && text.contains("num_gpu_blocks=\"64\""), "{text}");
 }
 
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-}
-
 #[tokio::test]
 async fn a_client_that_disconnects_frees_its_blocks() {
     // A simulated engine at 100 ms a step: 480 tokens would take 48 s, so a request that
@@ -243,6 +201,7 @@ async fn a_client_that_disconnects_frees_its_blocks() {
         per_prefill_token: std::time::Duration::ZERO,
         per_decode_seq: std::time::Duration::ZERO,
         per_context_token: std::time::Duration::ZERO,
+        per_transfer_token: std::time::Duration::ZERO,
     };
     let built = EngineBuilder::sim(latency).num_blocks(64).max_model_len(512).build().unwrap();
     let server = Server::start(built.engine, built.template, ServerConfig::default()).await.unwrap();
@@ -373,12 +332,6 @@ async fn an_api_key_guards_the_openai_routes_only() {
     // Probes and scrapers need no key.
     assert_eq!(http(&addr, "GET", "/health", "").await.0, 200);
     assert_eq!(http(&addr, "GET", "/metrics", "").await.0, 200);
-}
-
-/// `POST` with more header lines (each ending in CRLF); status and JSON body.
-async fn post_with(addr: &str, path: &str, body: Value, extra: &str) -> (u16, Value) {
-    let (status, text) = http_with(addr, "POST", path, &body.to_string(), extra).await;
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 /// What tells that no request reached the engine: its request counters, all zero.

@@ -103,6 +103,10 @@ pub struct CompletionResponse {
     /// Token counts (in a stream: only on the usage chunk).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// vLLM: what a prefill engine hands the decode side (its KV connector's
+    /// `kv_transfer_params`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_transfer_params: Option<Value>,
 }
 
 impl CompletionResponse {
@@ -117,7 +121,15 @@ impl CompletionResponse {
         choices: Vec<CompletionChoice>,
         usage: Option<Usage>,
     ) -> Self {
-        CompletionResponse { id: id.into(), object: Self::OBJECT.into(), created, model: model.into(), choices, usage }
+        CompletionResponse {
+            id: id.into(),
+            object: Self::OBJECT.into(),
+            created,
+            model: model.into(),
+            choices,
+            usage,
+            kv_transfer_params: None,
+        }
     }
 }
 
@@ -191,6 +203,10 @@ pub struct ChatCompletionResponse {
     pub choices: Vec<ChatChoice>,
     /// Token counts.
     pub usage: Usage,
+    /// vLLM: what a prefill engine hands the decode side (its KV connector's
+    /// `kv_transfer_params`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_transfer_params: Option<Value>,
 }
 
 impl ChatCompletionResponse {
@@ -212,6 +228,7 @@ impl ChatCompletionResponse {
             model: model.into(),
             choices,
             usage,
+            kv_transfer_params: None,
         }
     }
 }

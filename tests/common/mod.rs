@@ -16,6 +16,7 @@ pub(crate) fn sim() -> Replica {
         per_prefill_token: Duration::from_micros(100),
         per_decode_seq: Duration::from_micros(50),
         per_context_token: Duration::ZERO,
+        per_transfer_token: Duration::ZERO,
     };
     Replica::simulated("llmd-sim", latency, 2048).unwrap()
 }

@@ -170,6 +170,18 @@ impl ExportedPrefix {
 }
 
 impl Engine {
+    /// The layout of the blocks this engine exports and imports; `None` when its
+    /// backend cannot move blocks.
+    pub fn kv_block_layout(&self) -> Option<KvBlockLayout> {
+        self.transfer_layout().ok()
+    }
+
+    /// For a simulated backend, the modelled time to move one token's K/V
+    /// ([`Backend::simulated_transfer_per_token`](crate::Backend::simulated_transfer_per_token)).
+    pub fn simulated_transfer_per_token(&self) -> Option<std::time::Duration> {
+        self.backend.simulated_transfer_per_token()
+    }
+
     /// How many leading full blocks of `token_ids` (hashed with `keys`) this engine has
     /// cached: what a decode need not pull.
     pub fn cached_prefix_blocks(&self, token_ids: &[u32], keys: &RequestKeys) -> Result<usize> {

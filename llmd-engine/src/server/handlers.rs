@@ -21,7 +21,7 @@ use tokio::sync::mpsc as tmpsc;
 
 use super::AppState;
 use super::openai::*;
-use crate::engine::{FinishReason, NewRequest, RequestOutput, StopReason};
+use crate::engine::{FinishReason, KvTransfer, NewRequest, RequestOutput, StopReason};
 use crate::error::EngineError;
 use crate::handle::RequestStream;
 use crate::sampling::{Sampled, SamplingParams};
@@ -199,11 +199,35 @@ pub(super) fn prepare_chat(s: &AppState, req: &ChatRequest) -> Result<Prepared, 
     Ok(Prepared { prompt, params })
 }
 
+/// The body's cache salt as a prefix-cache key.
+fn request_keys(c: &Common) -> RequestKeys {
+    RequestKeys::new().with_cache_salt(c.cache_salt.clone().unwrap_or_default())
+}
+
+/// What the body's `kv_transfer_params` make of the request (a prefill for a decode
+/// elsewhere, or a decode of a prompt prefilled elsewhere, whose blocks are pulled
+/// here first); nothing when this server takes no part in disaggregation.
+async fn kv_transfer(s: &AppState, p: &Prepared, c: &Common) -> Result<KvTransfer, Response> {
+    let Some(pd) = &s.pd else {
+        if c.other.get("kv_transfer_params").is_some_and(|v| !v.is_null()) {
+            tracing::debug!("kv_transfer_params ignored: no --kv-transfer-config");
+        }
+        return Ok(KvTransfer::None);
+    };
+    pd.plan(&s.engine, c.other.get("kv_transfer_params"), c.stream, &p.prompt, &request_keys(c))
+        .await
+        .map_err(|e| error(ErrorKind::InternalServer, e.0, Some("kv_transfer_params")))
+}
+
+/// After a request: the `kv_transfer_params` its answer carries (a prefill's).
+fn kv_transfer_answer(s: &AppState, id: &str, last: &mut RequestOutput) -> Option<Value> {
+    s.pd.as_ref()?.finish(id, last.prompt_tokens, last.kv_transfer.take())
+}
+
 /// The engine request for a prepared prompt: `id`, and the body's cache salt as a
 /// prefix-cache key.
-pub(super) fn new_request(id: String, p: Prepared, c: &Common) -> NewRequest {
-    let keys = RequestKeys::new().with_cache_salt(c.cache_salt.clone().unwrap_or_default());
-    NewRequest { id, prompt: p.prompt, params: p.params, keys, kv_transfer: Default::default() }
+pub(super) fn new_request(id: String, p: Prepared, c: &Common, kv_transfer: KvTransfer) -> NewRequest {
+    NewRequest { id, prompt: p.prompt, params: p.params, keys: request_keys(c), kv_transfer }
 }
 
 /// Hands a request to the engine thread; the stream aborts it if dropped before its
@@ -220,8 +244,9 @@ async fn start(
     c: &Common,
     prompt_param: &str,
 ) -> Result<(String, RequestStream), Response> {
+    let transfer = kv_transfer(s, &prepared, c).await?;
     let id = s.request_id(id_prefix);
-    let rx = submit(s, new_request(id.clone(), prepared, c), prompt_param).await?;
+    let rx = submit(s, new_request(id.clone(), prepared, c, transfer), prompt_param).await?;
     Ok((id, rx))
 }
 
@@ -411,10 +436,11 @@ pub(crate) async fn completions(State(s): Shared, headers: HeaderMap, body: Byte
     let created = now_secs();
     let want_logprobs = req.logprobs.is_some();
     if !req.common.stream {
-        let (text, lps, last) = match collect(&mut rx, s.lifecycle.cut()).await {
+        let (text, lps, mut last) = match collect(&mut rx, s.lifecycle.cut()).await {
             Ok(x) => x,
             Err(resp) => return resp,
         };
+        let kv_transfer_params = kv_transfer_answer(&s, &id, &mut last);
         let resp = CompletionResponse {
             id,
             object: CompletionResponse::OBJECT.into(),
@@ -428,6 +454,7 @@ pub(crate) async fn completions(State(s): Shared, headers: HeaderMap, body: Byte
                 stop_reason: stop_reason(&last),
             }],
             usage: Some(Usage::new(last.prompt_tokens, last.completion_tokens, last.cached_tokens)),
+            kv_transfer_params,
         };
         return axum::Json(resp).into_response();
     }
@@ -441,8 +468,12 @@ pub(crate) async fn completions(State(s): Shared, headers: HeaderMap, body: Byte
         model: model.clone(),
         choices,
         usage,
+        kv_transfer_params: None,
     };
     sse_stream(rx, s.lifecycle.cut(), move |o| {
+        if o.finished.is_some() {
+            kv_transfer_answer(&st, &o.id, &mut o.clone());
+        }
         let lp = want_logprobs.then(|| completion_logprobs(&st, &sampled_pairs(o), offset));
         offset += o.text.len();
         let choice = (!o.text.is_empty() || o.finished.is_some() || lp.is_some()).then(|| CompletionChoice {
@@ -487,10 +518,11 @@ pub(crate) async fn chat(State(s): Shared, headers: HeaderMap, body: Bytes) -> R
     let model = s.model_name.clone();
     let created = now_secs();
     if !req.common.stream {
-        let (text, lps, last) = match collect(&mut rx, s.lifecycle.cut()).await {
+        let (text, lps, mut last) = match collect(&mut rx, s.lifecycle.cut()).await {
             Ok(x) => x,
             Err(resp) => return resp,
         };
+        let kv_transfer_params = kv_transfer_answer(&s, &id, &mut last);
         let resp = ChatResponse {
             id,
             object: ChatResponse::OBJECT.into(),
@@ -504,6 +536,7 @@ pub(crate) async fn chat(State(s): Shared, headers: HeaderMap, body: Bytes) -> R
                 stop_reason: stop_reason(&last),
             }],
             usage: Usage::new(last.prompt_tokens, last.completion_tokens, last.cached_tokens),
+            kv_transfer_params,
         };
         return axum::Json(resp).into_response();
     }
@@ -520,6 +553,9 @@ pub(crate) async fn chat(State(s): Shared, headers: HeaderMap, body: Bytes) -> R
     let st = s.clone();
     let mut role_sent = false;
     sse_stream(rx, s.lifecycle.cut(), move |o| {
+        if o.finished.is_some() {
+            kv_transfer_answer(&st, &o.id, &mut o.clone());
+        }
         let mut events = Vec::new();
         // The role chunk goes with the first output, after the prefill, as vLLM sends it.
         if !std::mem::replace(&mut role_sent, true) {

@@ -11,10 +11,12 @@
 mod events;
 mod handlers;
 mod openai;
+mod pd;
 mod render;
 
 pub use events::KvEventsConfig;
 pub use llmd_openai::http::{Lifecycle, Phase, ServeConfig};
+pub use pd::KvTransferConfig;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,11 +45,22 @@ pub struct ServerConfig {
     pub defaults: crate::model::GenerationConfig,
     /// Require `Authorization: Bearer <key>` on `/v1/...` (vLLM's `--api-key`).
     pub api_key: Option<String>,
+    /// Take part in prefill/decode disaggregation (vLLM's `--kv-transfer-config`):
+    /// requests' `kv_transfer_params` are acted on, and held blocks are served on the
+    /// side channel. Off when `None` (the params are then ignored, as vLLM does without
+    /// a connector).
+    pub kv_transfer: Option<KvTransferConfig>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_queued_requests: 1024, kv_events: None, defaults: Default::default(), api_key: None }
+        ServerConfig {
+            max_queued_requests: 1024,
+            kv_events: None,
+            defaults: Default::default(),
+            api_key: None,
+            kv_transfer: None,
+        }
     }
 }
 
@@ -66,6 +79,7 @@ pub(crate) struct AppState {
     pub(crate) created: u64,
     // Draining: /health answers 503; cut: open streams end with an error event.
     pub(crate) lifecycle: Lifecycle,
+    pub(crate) pd: Option<Arc<pd::Pd>>,
 }
 
 impl AppState {
@@ -85,6 +99,7 @@ pub struct Server {
     engine: EngineHandle,
     events_endpoint: Option<String>,
     lifecycle: Lifecycle,
+    pd: Option<Arc<pd::Pd>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -110,7 +125,17 @@ impl Server {
         let handle =
             EngineHandle::spawn(engine, HandleConfig { max_queued_requests: cfg.max_queued_requests, kv_events })?;
         let advertised = events_endpoint.clone().zip(cfg.kv_events.as_ref().map(|e| e.topic.clone()));
-        let mut server = Self::build(handle, template, cfg.defaults, advertised);
+        let pd = match cfg.kv_transfer {
+            Some(t) => match pd::Pd::start(t, &handle).await {
+                Ok(pd) => Some(Arc::new(pd)),
+                Err(e) => {
+                    handle.shutdown();
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        let mut server = Self::build(handle, template, cfg.defaults, advertised, pd);
         server.events_endpoint = events_endpoint;
         if let Some(key) = cfg.api_key {
             server.router = llmd_openai::http::require_api_key(server.router.clone(), key);
@@ -123,7 +148,7 @@ impl Server {
     /// [`start`](Self::start)'s, the engine stops when the server is dropped or
     /// [`serve`](Self::serve) returns.
     pub fn with_handle(handle: EngineHandle, template: ChatTemplate, defaults: crate::model::GenerationConfig) -> Self {
-        Self::build(handle, template, defaults, None)
+        Self::build(handle, template, defaults, None, None)
     }
 
     // `events`: the bound KV-event endpoint and topic, advertised in /metrics as
@@ -133,9 +158,13 @@ impl Server {
         template: ChatTemplate,
         defaults: crate::model::GenerationConfig,
         events: Option<(String, String)>,
+        pd: Option<Arc<pd::Pd>>,
     ) -> Self {
         let mut registry = Registry::default();
         handle.metrics().register(&mut registry);
+        if let Some(pd) = &pd {
+            pd.register(&mut registry);
+        }
         let lifecycle = Lifecycle::new();
         if let Some((endpoint, topic)) = events {
             let info = prometheus_client::metrics::info::Info::new(vec![("endpoint", endpoint), ("topic", topic)]);
@@ -156,6 +185,7 @@ impl Server {
             },
             created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             lifecycle: lifecycle.clone(),
+            pd: pd.clone(),
         });
         let router = Router::new()
             .route("/v1/completions", post(handlers::completions))
@@ -168,7 +198,13 @@ impl Server {
             .with_state(state)
             // 404, 405, 413 and the like in the same OpenAI shape as every other error.
             .layer(axum::middleware::map_response(llmd_openai::http::json_errors));
-        Server { router, engine: handle, events_endpoint: None, lifecycle }
+        Server { router, engine: handle, events_endpoint: None, lifecycle, pd }
+    }
+
+    /// Where held KV blocks are served to decode engines (`host:port`), when
+    /// [`ServerConfig::kv_transfer`] is on.
+    pub fn kv_transfer_side_channel(&self) -> Option<String> {
+        self.pd.as_ref().map(|pd| pd.side_channel())
     }
 
     /// The engine behind the routes (to export or import KV prefixes, for instance).
@@ -222,6 +258,9 @@ impl Server {
     }
 
     fn stop(&mut self) {
+        if let Some(pd) = &self.pd {
+            pd.stop();
+        }
         // Blocks for at most one engine step.
         self.engine.shutdown();
     }

@@ -44,7 +44,7 @@ use super::handlers::{
     prepare_completion,
 };
 use super::openai::{ChatRequest, Common, CompletionRequest, ErrorBody};
-use crate::engine::NewRequest;
+use crate::engine::{KvTransfer, NewRequest};
 
 /// vLLM's request fields that llmd's generate routes accept and do not act on (they sit
 /// in [`Common::other`]), read for the render answer as vLLM's pydantic model would.
@@ -170,7 +170,7 @@ fn render_completions(s: &AppState, headers: &HeaderMap, body: &Bytes) -> Result
     for (i, prompt) in prompts.into_iter().enumerate() {
         let prepared = prepare_completion(s, &req, prompt)?;
         let id = if n == 1 { base.clone() } else { format!("{base}-{i}") };
-        let r = new_request(id, prepared, &req.common);
+        let r = new_request(id, prepared, &req.common, KvTransfer::None);
         s.engine.validate(&r).map_err(|e| engine_error_for(e, "prompt"))?;
         out.push(generate_request(s, r, &req.common, &extras, None));
     }
@@ -188,7 +188,7 @@ fn render_chat(s: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<Genera
     check_common(s, &req.common)?;
     let extras = Extras::read(headers, &req.common)?;
     let prepared = prepare_chat(s, &req)?;
-    let r = new_request(format!("chatcmpl-{}", extras.base_id(s)), prepared, &req.common);
+    let r = new_request(format!("chatcmpl-{}", extras.base_id(s)), prepared, &req.common, KvTransfer::None);
     s.engine.validate(&r).map_err(|e| engine_error_for(e, "messages"))?;
     // What the template was rendered with: llmd passes it `add_generation_prompt` only
     // (so never continues the final message), and has no tools (refused) and no

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use std::sync::Arc;
 
-use llmd_engine::server::{KvEventsConfig, Server, ServerConfig};
+use llmd_engine::server::{KvEventsConfig, KvTransferConfig, Server, ServerConfig};
 use llmd_engine::{ChatTemplate, Engine, GenerationConfig, PromptRenderer};
 use llmd_scheduler::gateway::{Gateway, GatewayConfig};
 use llmd_scheduler::picker::{EndpointPicker, PickerConfig, PromptTokenizer};
@@ -25,7 +25,7 @@ pub struct Replica {
 pub struct LocalCluster {
     /// The gateway's address.
     pub addr: SocketAddr,
-    /// Each replica's address (`replica-0`, `replica-1`, …).
+    /// Each replica's address (`replica-0`, `replica-1`, …): a decode replica's sidecar under P/D.
     pub replicas: Vec<SocketAddr>,
     /// Each replica as an endpoint (id, address, KV-event stream).
     pub endpoints: Vec<Endpoint>,
@@ -61,13 +61,57 @@ pub struct ClusterOptions {
     pub gateway: GatewayConfig,
     /// The picker's scraping and health settings.
     pub picker: PickerConfig,
+    /// Prefill/decode disaggregation: the first this many replicas prefill, the others
+    /// decode, each behind its own routing sidecar (`llmd sidecar`), and every engine
+    /// moves KV blocks (NixlConnector's `kv_transfer_params`). `None`: every replica
+    /// does both.
+    pub pd_prefill: Option<usize>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { register: true, gateway: GatewayConfig::default(), picker: PickerConfig::default() }
+        ClusterOptions {
+            register: true,
+            gateway: GatewayConfig::default(),
+            picker: PickerConfig::default(),
+            pd_prefill: None,
+        }
     }
 }
+
+/// The routing `llmd up --pd` uses: llm-d's P/D guide's (every request disaggregated by
+/// `always-disagg-pd-decider`; the prefill profile weighs prefix affinity and prompt
+/// tokens in flight, the decode profile requests in flight), on llm-d's role labels.
+pub const PD_ROUTING: &str = "
+plugins:
+- type: approx-prefix-cache-producer
+- type: prefix-cache-scorer
+- type: token-load-scorer
+- type: active-request-scorer
+- type: prefill-filter
+- type: decode-filter
+- type: max-score-picker
+  parameters:
+    tieBreak: least-recent
+- type: always-disagg-pd-decider
+- type: disagg-profile-handler
+  parameters:
+    deciders:
+      prefill: always-disagg-pd-decider
+schedulingProfiles:
+- name: prefill
+  plugins:
+  - pluginRef: prefill-filter
+  - pluginRef: prefix-cache-scorer
+    weight: 2
+  - pluginRef: token-load-scorer
+  - pluginRef: max-score-picker
+- name: decode
+  plugins:
+  - pluginRef: decode-filter
+  - pluginRef: active-request-scorer
+  - pluginRef: max-score-picker
+";
 
 impl LocalCluster {
     /// Starts every replica on a free loopback port and the gateway on `bind`.
@@ -91,7 +135,7 @@ impl LocalCluster {
         register: bool,
         gateway: GatewayConfig,
     ) -> anyhow::Result<Self> {
-        let opts = ClusterOptions { register, gateway, picker: PickerConfig::default() };
+        let opts = ClusterOptions { register, gateway, ..ClusterOptions::default() };
         Self::start_opts(replicas, scheduler, seed, bind, opts).await
     }
 
@@ -103,7 +147,12 @@ impl LocalCluster {
         bind: &str,
         opts: ClusterOptions,
     ) -> anyhow::Result<Self> {
-        let ClusterOptions { register, gateway, picker: picker_cfg } = opts;
+        let ClusterOptions { register, gateway, picker: picker_cfg, pd_prefill } = opts;
+        if let Some(p) = pd_prefill
+            && (p == 0 || p >= replicas.len())
+        {
+            anyhow::bail!("P/D needs at least one prefill and one decode replica ({p} prefill of {})", replicas.len());
+        }
         let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut endpoints = Vec::new();
         let mut addrs = Vec::new();
@@ -119,23 +168,49 @@ impl LocalCluster {
                 tokenizer = Some(t);
             }
             let events = KvEventsConfig { endpoint: "tcp://127.0.0.1:0".into(), topic: format!("replica-{i}") };
+            let role = match pd_prefill {
+                None => Role::Both,
+                Some(p) if i < p => Role::Prefill,
+                Some(_) => Role::Decode,
+            };
+            let kv_transfer = pd_prefill.map(|_| KvTransferConfig {
+                engine_id: format!("replica-{i}"),
+                side_channel_host: "127.0.0.1".into(),
+                side_channel_port: 0,
+                ..Default::default()
+            });
             let server = Server::start(
                 r.engine,
                 r.template,
-                ServerConfig { defaults: r.generation, kv_events: Some(events), ..Default::default() },
+                ServerConfig { defaults: r.generation, kv_events: Some(events), kv_transfer, ..Default::default() },
             )
             .await?;
             let kv_events = server.kv_events_endpoint().map(String::from);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
-            let mut ep = Endpoint::new(format!("replica-{i}"), addr.to_string(), Role::Both);
-            ep.kv_events = kv_events;
-            endpoints.push(ep);
-            addrs.push(addr);
             let stopped = until_stopped(&stop);
             tasks.push(tokio::spawn(async move {
                 let _ = server.serve(listener, stopped).await;
             }));
+            // A decode engine is reached through its sidecar, which runs the prefill leg.
+            let target = if role == Role::Decode {
+                let sidecar = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let at = sidecar.local_addr()?;
+                let cfg = llmd_transfer::sidecar::SidecarConfig::new(format!("http://{addr}"));
+                let stopped = until_stopped(&stop);
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = llmd_transfer::sidecar::serve(sidecar, cfg, stopped).await {
+                        tracing::error!(error = %e, "sidecar stopped");
+                    }
+                }));
+                at
+            } else {
+                addr
+            };
+            let mut ep = Endpoint::new(format!("replica-{i}"), target.to_string(), role);
+            ep.kv_events = kv_events;
+            endpoints.push(ep);
+            addrs.push(target);
         }
         let store = datastore(Arc::new(SystemClock::default()));
         let picker = EndpointPicker::new(Scheduler::new(scheduler, seed), store, picker_cfg, tokenizer);

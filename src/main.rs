@@ -68,11 +68,26 @@ struct UpArgs {
     /// An EndpointPickerConfig file instead of a built-in routing.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Prefill/decode disaggregation, `P:D` (e.g. `2:1`): P prefill and D decode
+    /// replicas (instead of --replicas), a routing sidecar per decode replica, KV moved
+    /// between them, and llm-d's P/D routing (or --config).
+    #[arg(long, value_parser = parse_pd, conflicts_with = "replicas")]
+    pd: Option<(usize, usize)>,
     #[command(flatten)]
     gateway: GatewayArgs,
 
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+/// `P:D`, both at least 1.
+fn parse_pd(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (p, d) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected P:D, e.g. 1:1"))?;
+    let n = |x: &str| x.trim().parse::<usize>().ok().filter(|&n| n > 0);
+    match (n(p), n(d)) {
+        (Some(p), Some(d)) => Ok((p, d)),
+        _ => Err(format!("{s:?}: P and D must be positive counts, e.g. 2:1")),
+    }
 }
 
 /// A renderer whose tokenizer caches by text prefix (routing only needs the ids).
@@ -557,29 +572,43 @@ fn up(a: UpArgs) -> Result<()> {
         bail!("--replicas must be at least 1");
     }
     let registry = PluginRegistry::with_builtins();
-    let sched_cfg = match &a.config {
-        Some(path) => SchedulerConfig::from_file(path, &registry)?,
-        None => presets::preset(&a.routing, &registry)?,
+    let sched_cfg = match (&a.config, a.pd) {
+        (Some(path), _) => SchedulerConfig::from_file(path, &registry)?,
+        (None, Some(_)) => SchedulerConfig::from_yaml(llmd::cluster::PD_ROUTING, "the P/D routing", &registry)?,
+        (None, None) => presets::preset(&a.routing, &registry)?,
     };
-    let mut replicas = Vec::with_capacity(a.replicas);
-    for _ in 0..a.replicas {
+    let count = a.pd.map_or(a.replicas, |(p, d)| p + d);
+    let mut replicas = Vec::with_capacity(count);
+    for _ in 0..count {
         // Same arguments, same seed: every replica serves the same weights.
         let Built { engine, template, generation } = build_engine(&a.engine)?;
         replicas.push(Replica { engine, template, generation });
     }
     let model_name = replicas[0].engine.config().model_name.clone();
-    let routing = a.config.as_ref().map_or(a.routing.clone(), |p| p.display().to_string());
+    let routing = match (&a.config, a.pd) {
+        (Some(p), _) => p.display().to_string(),
+        (None, Some(_)) => "P/D".into(),
+        (None, None) => a.routing.clone(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let bind = format!("{}:{}", a.host, a.port);
-        let opts =
-            llmd::cluster::ClusterOptions { register: true, gateway: a.gateway.gateway(), picker: a.gateway.picker() };
+        let opts = llmd::cluster::ClusterOptions {
+            register: true,
+            gateway: a.gateway.gateway(),
+            picker: a.gateway.picker(),
+            pd_prefill: a.pd.map(|(p, _)| p),
+        };
         let cluster = LocalCluster::start_opts(replicas, sched_cfg, a.engine.seed, &bind, opts)
             .await
             .with_context(|| format!("starting the local cluster on {bind}"))?;
+        let shape = match a.pd {
+            Some((p, d)) => format!("{p} prefill + {d} decode replicas (a sidecar each)"),
+            None => format!("{} replicas", a.replicas),
+        };
         println!(
-            "llmd up: {} replicas of {model_name:?} behind http://{}/v1 (routing: {routing}); Ctrl-C to stop",
-            a.replicas, cluster.addr
+            "llmd up: {shape} of {model_name:?} behind http://{}/v1 (routing: {routing}); Ctrl-C to stop",
+            cluster.addr
         );
         let shutdown = llmd::shutdown::Shutdown::install();
         shutdown.begun().await;

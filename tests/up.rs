@@ -33,7 +33,7 @@ fn tiny() -> Replica {
 }
 
 mod common;
-use common::sim;
+use common::{python, sim};
 
 async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, String) {
     post_raw(client, url, body.to_string()).await
@@ -185,20 +185,6 @@ async fn prefix_routing_beats_round_robin_on_a_shared_prefix_workload() {
         assert!(hits > rr_hits, "{name} routing should hit the cache more than round robin");
         assert!(ttft < rr_ttft, "{name} routing should reach the first token sooner than round robin");
     }
-}
-
-/// `$LLMD_PYTHON`, else the workspace's `.venv`; a test that needs it fails without it.
-fn python() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("LLMD_PYTHON") {
-        return p.into();
-    }
-    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no $LLMD_PYTHON and no {}: run scripts/test.sh (it creates .venv from scripts/interop/requirements.txt)",
-        venv.display()
-    );
-    venv
 }
 
 /// The README's main job: `llmd up`, then the `openai` client against the printed URL.

@@ -121,3 +121,17 @@ pub(crate) fn start_llmd(args: &[String], ready: &str) -> Option<(Llmd, String)>
         }
     }
 }
+
+/// `$LLMD_PYTHON`, else the workspace's `.venv`; a test that needs it fails without it.
+pub(crate) fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("LLMD_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no $LLMD_PYTHON and no {}: run scripts/test.sh (it creates .venv from scripts/interop/requirements.txt)",
+        venv.display()
+    );
+    venv
+}

@@ -26,12 +26,12 @@ const BLOCK_BYTES: usize = 512 << 10;
 const HASH: [u8; 32] = [1; 32];
 
 /// Hands out the same blocks to every pull (a real source ends a hold; here every
-/// iteration needs one).
-struct Always(Vec<Bytes>);
+/// iteration needs one), checksummed once as a hold is.
+struct Always(HeldBlocks);
 
 impl BlockSource for Always {
     fn take(&self, _request: &str) -> llmd_transfer::Result<HeldBlocks> {
-        Ok(HeldBlocks { layout_hash: HASH, blocks: self.0.clone() })
+        Ok(self.0.clone())
     }
 }
 
@@ -49,7 +49,8 @@ fn bench(c: &mut Criterion) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let addr = listener.local_addr().expect("an address").to_string();
         let opts = ServeOptions { shm: Some(store.clone()), ..ServeOptions::default() };
-        tokio::spawn(serve(listener, Arc::new(Always(blocks.clone())), opts, std::future::pending()));
+        let held = HeldBlocks::new(HASH, blocks.clone());
+        tokio::spawn(serve(listener, Arc::new(Always(held)), opts, std::future::pending()));
         addr
     });
     // The baseline's peer: reads everything a connection sends, then answers one byte.

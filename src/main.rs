@@ -310,7 +310,9 @@ struct BenchArgs {
     /// With --url: the routing's name in reports (default "external").
     #[arg(long, requires = "url")]
     label: Option<String>,
-    /// Routings to compare, comma separated (each gets its own fresh cluster).
+    /// Routings to compare, comma separated (each gets its own fresh cluster): the
+    /// presets, and `pd` (prefill/decode disaggregation as `llmd up --pd`, the replicas
+    /// split in half) or `pd:P:D`.
     #[arg(long, value_delimiter = ',', default_value = "round-robin,load,prefix,precise-prefix")]
     routing: Vec<String>,
     /// Also compare this EndpointPickerConfig.

@@ -232,3 +232,39 @@ fn the_simulator_takes_part_with_empty_blocks() {
     assert_eq!(got.tokens, alone.tokens);
     assert_eq!(got.outcome, Some(KvTransferOutcome::Imported { blocks: (30 - 1) / BS }));
 }
+
+#[test]
+fn a_checkpoint_moves_between_engines_with_the_same_tokens() {
+    // Hugging Face checkpoints (Qwen2 with biases and YaRN in f16; Llama with GQA, tied
+    // embeddings, bf16, sharded), token ids from their own tokenizers.
+    for name in ["qwen2-bias-yarn-f16", "llama-gqa-tied-bf16-sharded"] {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let build = || {
+            EngineBuilder::checkpoint(&dir)
+                .block_size(BS)
+                .num_blocks(64)
+                .max_model_len(128)
+                .kv_dtype(KvDtype::F32)
+                .clock(Arc::new(ManualClock::new()))
+                .build()
+                .unwrap()
+                .engine
+        };
+        let first = build();
+        let p = first
+            .tokenizer()
+            .encode("The prefill engine computes; the decode engine pulls and goes on.", false)
+            .unwrap();
+        assert!(p.len() > 2 * BS, "{name}: {} tokens", p.len());
+        let alone = run(&mut build(), req("alone", p.clone(), 6, KvTransfer::None));
+        let mut pe = first;
+        let (blocks, layout) = match run(&mut pe, req("p", p.clone(), 1, KvTransfer::Export)).outcome {
+            Some(KvTransferOutcome::Exported { prefix, .. }) => (prefix.clone().into_block_buffers(), prefix.layout),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert!(blocks.iter().all(|b| b.len() == layout.block_bytes() && !b.is_empty()));
+        let got = run(&mut build(), req("d", p.clone(), 6, remote(layout, 0, blocks)));
+        assert_eq!(got.tokens, alone.tokens, "{name}");
+        assert_eq!(got.outcome, Some(KvTransferOutcome::Imported { blocks: (p.len() - 1) / BS }), "{name}");
+    }
+}

@@ -136,7 +136,29 @@ async fn a_disaggregated_request_returns_the_one_engine_answer() {
         let (_, want) = post(&alone.addr, "/v1/completions", b.clone()).await;
         let params = prefill(&p, &b).await;
         let prompt_tokens = want["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
-        // vLLM's pull-mode answer, naming every full prompt block.
+        // vLLM 0.33's pull-mode answer (its `request_finished`), naming every full
+        // prompt block.
+        let mut keys: Vec<&str> = params.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "dcp_size",
+                "do_remote_decode",
+                "do_remote_prefill",
+                "pp_size",
+                "remote_block_ids",
+                "remote_blocks_expiry_time",
+                "remote_engine_id",
+                "remote_host",
+                "remote_num_tokens",
+                "remote_port",
+                "remote_registration_generation",
+                "remote_request_id",
+                "tp_size",
+                "transfer_mode"
+            ]
+        );
         let ids = params["remote_block_ids"][0].as_array().unwrap();
         assert_eq!(ids.len(), prompt_tokens / 4, "{prompt:?}: {params}");
         assert_eq!(params["do_remote_prefill"], json!(true));

@@ -97,6 +97,22 @@ fn frame_err(msg: impl Into<String>) -> TransferError {
 /// blocks differ in size, when a block passes `u32::MAX` bytes, when there are more than
 /// `u32::MAX` blocks or when `transfer` is longer than [`MAX_TRANSFER_ID`] bytes.
 pub fn encode_header(transfer: &str, layout_hash: [u8; 32], blocks: &[Bytes]) -> Result<Bytes> {
+    encode_header_with(transfer, layout_hash, blocks, None)
+}
+
+/// [`encode_header`] with the blocks' checksums computed already (e.g. once, when a
+/// hold is made, rather than at every send); `None` computes them.
+pub fn encode_header_with(
+    transfer: &str,
+    layout_hash: [u8; 32],
+    blocks: &[Bytes],
+    checksums: Option<&[u64]>,
+) -> Result<Bytes> {
+    if let Some(c) = checksums
+        && c.len() != blocks.len()
+    {
+        return Err(frame_err(format!("{} checksums for {} blocks", c.len(), blocks.len())));
+    }
     if transfer.len() > MAX_TRANSFER_ID {
         return Err(frame_err(format!("transfer id is {} bytes, at most {MAX_TRANSFER_ID}", transfer.len())));
     }
@@ -115,8 +131,9 @@ pub fn encode_header(transfer: &str, layout_hash: [u8; 32], blocks: &[Bytes]) ->
     out.put_slice(&layout_hash);
     out.put_u32(size);
     out.put_u32(count);
-    for b in blocks {
-        out.put_u64(checksum(b));
+    match checksums {
+        Some(c) => c.iter().for_each(|&x| out.put_u64(x)),
+        None => blocks.iter().for_each(|b| out.put_u64(checksum(b))),
     }
     Ok(out.freeze())
 }
@@ -124,8 +141,18 @@ pub fn encode_header(transfer: &str, layout_hash: [u8; 32], blocks: &[Bytes]) ->
 /// The whole frame as parts to write in order: the header, then the blocks (shared, not
 /// copied).
 pub fn encode(transfer: &str, layout_hash: [u8; 32], blocks: &[Bytes]) -> Result<Vec<Bytes>> {
+    encode_with(transfer, layout_hash, blocks, None)
+}
+
+/// [`encode`] with precomputed checksums ([`encode_header_with`]).
+pub fn encode_with(
+    transfer: &str,
+    layout_hash: [u8; 32],
+    blocks: &[Bytes],
+    checksums: Option<&[u64]>,
+) -> Result<Vec<Bytes>> {
     let mut parts = Vec::with_capacity(1 + blocks.len());
-    parts.push(encode_header(transfer, layout_hash, blocks)?);
+    parts.push(encode_header_with(transfer, layout_hash, blocks, checksums)?);
     parts.extend(blocks.iter().cloned());
     Ok(parts)
 }

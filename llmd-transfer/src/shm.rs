@@ -58,7 +58,18 @@ impl ShmStore {
 
     /// Writes `request`'s blocks, returning the file's path for the puller.
     pub fn publish(&self, request: &str, layout_hash: [u8; 32], blocks: &[Bytes]) -> Result<PathBuf> {
-        let parts = frame::encode(request, layout_hash, blocks)?;
+        self.publish_with(request, layout_hash, blocks, None)
+    }
+
+    /// [`publish`](Self::publish) with the blocks' checksums computed already.
+    pub fn publish_with(
+        &self,
+        request: &str,
+        layout_hash: [u8; 32],
+        blocks: &[Bytes],
+        checksums: Option<&[u64]>,
+    ) -> Result<PathBuf> {
+        let parts = frame::encode_with(request, layout_hash, blocks, checksums)?;
         let path = self.dir.join(file_name(request));
         let tmp = path.with_extension(format!("{SUFFIX}.tmp{}", std::process::id()));
         let write = || -> std::io::Result<()> {

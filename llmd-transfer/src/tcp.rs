@@ -52,6 +52,50 @@ pub struct HeldBlocks {
     pub layout_hash: [u8; 32],
     /// The blocks' bytes, in the order of the ids the prefill answer named.
     pub blocks: Vec<Bytes>,
+    /// Each block's [`frame::checksum`], computed once when the hold was made; `None`:
+    /// computed at each send.
+    pub checksums: Option<Vec<u64>>,
+}
+
+impl HeldBlocks {
+    /// Blocks to hold, checksummed now (once) rather than at every send.
+    pub fn new(layout_hash: [u8; 32], blocks: Vec<Bytes>) -> Self {
+        let checksums = Some(blocks.iter().map(|b| frame::checksum(b)).collect());
+        HeldBlocks { layout_hash, blocks, checksums }
+    }
+
+    /// Blocks `from..` in every `step`-th place from `offset` on, with their checksums.
+    fn pick(&self, from: usize, offset: usize, step: usize) -> (Vec<Bytes>, Option<Vec<u64>>) {
+        let blocks = self.blocks.iter().skip(from).skip(offset).step_by(step).cloned().collect();
+        let sums = self.checksums.as_ref().map(|c| c.iter().skip(from).skip(offset).step_by(step).copied().collect());
+        (blocks, sums)
+    }
+}
+
+/// Receive buffers a puller reuses: a pull's blocks are views of one buffer, which
+/// comes back for the next pull once they are all dropped (imported, say), so a pull
+/// writes into memory already mapped instead of faulting in fresh pages (NIXL
+/// registers its buffers once for the same reason). Shared by a puller's clones.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiveBuffers {
+    free: Arc<Mutex<Vec<BytesMut>>>,
+}
+
+impl ReceiveBuffers {
+    /// Buffers kept for reuse at most (their memory stays allocated).
+    const KEEP: usize = 16;
+
+    fn get(&self) -> BytesMut {
+        self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop().unwrap_or_default()
+    }
+
+    fn put(&self, mut buf: BytesMut) {
+        buf.clear();
+        let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if free.len() < Self::KEEP {
+            free.push(buf);
+        }
+    }
 }
 
 /// Where the server gets held blocks: the prefill engine, which ends the hold
@@ -225,8 +269,8 @@ impl Server {
                 let reply = match &self.shm {
                     None => Err(TransferError::Remote("this engine serves no same-host transfers".into())),
                     Some(store) => self.part(&p).and_then(|held| {
-                        let blocks = held.blocks.get(p.first as usize..).unwrap_or_default();
-                        let path = store.publish(&p.request, held.layout_hash, blocks)?;
+                        let (blocks, sums) = held.pick(p.first as usize, 0, 1);
+                        let path = store.publish_with(&p.request, held.layout_hash, &blocks, sums.as_deref())?;
                         Ok((path, blocks.iter().map(Bytes::len).sum::<usize>()))
                     }),
                 };
@@ -247,15 +291,8 @@ impl Server {
                 continue;
             }
             let reply = self.part(&p).and_then(|held| {
-                let mine: Vec<Bytes> = held
-                    .blocks
-                    .iter()
-                    .skip(p.first as usize)
-                    .skip(p.part as usize)
-                    .step_by(p.parts as usize)
-                    .cloned()
-                    .collect();
-                let out = frame::encode(&p.request, held.layout_hash, &mine)?;
+                let (mine, sums) = held.pick(p.first as usize, p.part as usize, p.parts as usize);
+                let out = frame::encode_with(&p.request, held.layout_hash, &mine, sums.as_deref())?;
                 Ok((out, mine.iter().map(Bytes::len).sum::<usize>()))
             });
             match reply {
@@ -356,6 +393,8 @@ pub struct TcpPuller {
     pub limits: Limits,
     /// Counts of what was pulled.
     pub counters: Arc<TransferCounters>,
+    /// Where pulls land, reused across pulls.
+    pub buffers: ReceiveBuffers,
 }
 
 impl Default for TcpPuller {
@@ -366,6 +405,7 @@ impl Default for TcpPuller {
             io_timeout: Duration::from_secs(30),
             limits: Limits::default(),
             counters: Arc::default(),
+            buffers: ReceiveBuffers::default(),
         }
     }
 }
@@ -489,7 +529,8 @@ impl TcpPuller {
         let ask = encode_pull(PULL_MAGIC, request, &layout_hash, part, parts, first)?;
         within(self.io_timeout, "sending a pull", async { sock.write_all(&ask).await.map_err(io("sending a pull")) })
             .await?;
-        let mut buf = BytesMut::with_capacity(64 * 1024);
+        // A buffer of an earlier pull whose blocks are all gone is taken over whole.
+        let mut buf = self.buffers.get();
         let mut decoder = FrameDecoder::new(self.limits);
         let mut blocks = Vec::new();
         loop {
@@ -522,7 +563,10 @@ impl TcpPuller {
                             buf.reserve(h.payload_len().min(MAX_PREALLOC));
                         }
                         Decoded::Block { data, .. } => blocks.push(data),
-                        Decoded::Done => return Ok(blocks),
+                        Decoded::Done => {
+                            self.buffers.put(buf);
+                            return Ok(blocks);
+                        }
                     }
                 }
             }

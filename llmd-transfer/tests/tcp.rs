@@ -54,7 +54,7 @@ async fn blocks_arrive_whole_and_in_order_over_any_number_of_streams() {
     for (i, (n, streams)) in [(10, 1), (10, 3), (10, 4), (5, 16), (0, 4), (1, 2)].into_iter().enumerate() {
         let want = blocks(n, 4096, i as u8);
         let id = format!("req-{i}");
-        holds.0.lock().unwrap().insert(id.clone(), HeldBlocks { layout_hash: HASH, blocks: want.clone() });
+        holds.0.lock().unwrap().insert(id.clone(), HeldBlocks::new(HASH, want.clone()));
         let got = puller(streams).pull(&addr, &id, HASH).await.unwrap();
         assert_eq!(got, want, "{n} blocks over {streams} streams");
         // The hold was handed out once.
@@ -68,7 +68,11 @@ async fn blocks_arrive_whole_and_in_order_over_any_number_of_streams() {
 async fn another_layout_is_refused_by_name() {
     let holds = Arc::new(Holds::default());
     let (addr, _) = server(holds.clone()).await;
-    holds.0.lock().unwrap().insert("r".into(), HeldBlocks { layout_hash: HASH, blocks: blocks(2, 64, 0) });
+    holds
+        .0
+        .lock()
+        .unwrap()
+        .insert("r".into(), HeldBlocks { layout_hash: HASH, blocks: blocks(2, 64, 0), checksums: None });
     let err = puller(2).pull(&addr, "r", [9; 32]).await.unwrap_err();
     assert!(matches!(&err, TransferError::Remote(m) if m.contains("incompatible")), "{err}");
 }
@@ -141,7 +145,7 @@ async fn a_same_host_pull_goes_through_shared_memory() {
     let holds = Arc::new(Holds::default());
     let (addr, _) = server_with(holds.clone(), Some(store.clone())).await;
     let want = blocks(6, 8192, 9);
-    holds.0.lock().unwrap().insert("r".into(), HeldBlocks { layout_hash: HASH, blocks: want.clone() });
+    holds.0.lock().unwrap().insert("r".into(), HeldBlocks::new(HASH, want.clone()));
     assert_eq!(puller(1).pull_shm(&addr, "r", HASH, &store).await.unwrap(), want);
     // Read once: the file is gone, and the hold too.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
@@ -149,7 +153,7 @@ async fn a_same_host_pull_goes_through_shared_memory() {
     assert!(matches!(&err, TransferError::Remote(m) if m.contains("no held blocks")), "{err}");
     // A server without a store refuses same-host pulls.
     let (plain, _) = server(holds.clone()).await;
-    holds.0.lock().unwrap().insert("s".into(), HeldBlocks { layout_hash: HASH, blocks: want });
+    holds.0.lock().unwrap().insert("s".into(), HeldBlocks::new(HASH, want));
     let err = puller(1).pull_shm(&plain, "s", HASH, &store).await.unwrap_err();
     assert!(matches!(&err, TransferError::Remote(m) if m.contains("no same-host")), "{err}");
     let _ = std::fs::remove_dir_all(dir);
@@ -164,13 +168,50 @@ async fn a_pull_can_skip_the_blocks_the_decode_side_has_cached() {
     let all = blocks(10, 1024, 3);
     for (i, (first, streams)) in [(3, 3), (0, 2), (9, 4), (10, 2), (12, 1)].into_iter().enumerate() {
         let id = format!("skip-{i}");
-        holds.0.lock().unwrap().insert(id.clone(), HeldBlocks { layout_hash: HASH, blocks: all.clone() });
+        holds.0.lock().unwrap().insert(id.clone(), HeldBlocks::new(HASH, all.clone()));
         let got = puller(streams).pull_from(&addr, &id, HASH, first).await.unwrap();
         assert_eq!(got, all.get(first as usize..).unwrap_or_default(), "from {first} over {streams} streams");
         // Skipping still ends the hold.
         assert!(!holds.0.lock().unwrap().contains_key(&id));
     }
-    holds.0.lock().unwrap().insert("shm".into(), HeldBlocks { layout_hash: HASH, blocks: all.clone() });
+    holds.0.lock().unwrap().insert("shm".into(), HeldBlocks::new(HASH, all.clone()));
     assert_eq!(puller(1).pull_shm_from(&addr, "shm", HASH, &store, 4).await.unwrap(), all[4..].to_vec());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn checksums_made_at_hold_time_are_the_ones_sent_and_checked() {
+    let holds = Arc::new(Holds::default());
+    let (addr, _) = server(holds.clone()).await;
+    let want = blocks(5, 2048, 4);
+    let mut held = HeldBlocks::new(HASH, want.clone());
+    assert_eq!(held.checksums.as_ref().unwrap()[2], frame::checksum(&want[2]));
+    holds.0.lock().unwrap().insert("ok".into(), held.clone());
+    assert_eq!(puller(2).pull(&addr, "ok", HASH).await.unwrap(), want);
+    // A hold whose recorded checksum is wrong is caught by the puller: the sums are not
+    // recomputed at send time.
+    held.checksums.as_mut().unwrap()[3] ^= 1;
+    holds.0.lock().unwrap().insert("bad".into(), held);
+    let err = puller(2).pull(&addr, "bad", HASH).await.unwrap_err();
+    assert!(matches!(err, TransferError::Checksum { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn receive_buffers_are_reused_once_their_blocks_are_gone() {
+    let holds = Arc::new(Holds::default());
+    let (addr, _) = server(holds.clone()).await;
+    let p = puller(1);
+    holds.0.lock().unwrap().insert("a".into(), HeldBlocks::new(HASH, blocks(8, 64 << 10, 1)));
+    let first = p.pull(&addr, "a", HASH).await.unwrap();
+    let at = first[0].as_ptr();
+    drop(first);
+    holds.0.lock().unwrap().insert("b".into(), HeldBlocks::new(HASH, blocks(8, 64 << 10, 2)));
+    let second = p.pull(&addr, "b", HASH).await.unwrap();
+    assert_eq!(second, blocks(8, 64 << 10, 2));
+    assert_eq!(second[0].as_ptr(), at, "the second pull landed in the first one's memory");
+    // Blocks still alive keep their memory: the next pull gets other memory.
+    holds.0.lock().unwrap().insert("c".into(), HeldBlocks::new(HASH, blocks(8, 64 << 10, 3)));
+    let third = p.pull(&addr, "c", HASH).await.unwrap();
+    assert_ne!(third[0].as_ptr(), second[0].as_ptr());
+    assert_eq!(second, blocks(8, 64 << 10, 2), "untouched by the later pull");
 }

@@ -193,14 +193,42 @@ pub async fn bench(opts: &BenchOptions) -> Result<Report> {
     Ok(report)
 }
 
+/// The prefill/decode split a `pd` routing names: `pd` halves the replicas (at least
+/// one of each), `pd:P:D` says.
+fn pd_shape(routing: &str, replicas: usize) -> Result<Option<(usize, usize)>> {
+    let Some(rest) = routing.strip_prefix("pd") else {
+        return Ok(None);
+    };
+    let shape = match rest.strip_prefix(':') {
+        None if rest.is_empty() => {
+            let p = (replicas / 2).max(1);
+            (p, replicas.saturating_sub(p).max(1))
+        }
+        Some(pd) => {
+            let (p, d) = pd.split_once(':').unwrap_or((pd, ""));
+            match (p.parse::<usize>(), d.parse::<usize>()) {
+                (Ok(p), Ok(d)) if p > 0 && d > 0 => (p, d),
+                _ => bail!("routing {routing:?}: expected pd or pd:P:D with positive counts"),
+            }
+        }
+        None => return Ok(None),
+    };
+    Ok(Some(shape))
+}
+
 async fn start_cluster(routing: &str, opts: &BenchOptions, kv_blocks: usize) -> Result<LocalCluster> {
     let registry = llmd_scheduler::PluginRegistry::with_builtins();
-    let cfg = match routing.strip_prefix("config:") {
-        Some(path) => llmd_scheduler::SchedulerConfig::from_file(Path::new(path), &registry)?,
-        None => llmd_scheduler::presets::preset(routing, &registry)?,
+    let pd = pd_shape(routing, opts.replicas)?;
+    let cfg = match (routing.strip_prefix("config:"), pd) {
+        (Some(path), _) => llmd_scheduler::SchedulerConfig::from_file(Path::new(path), &registry)?,
+        (None, Some(_)) => {
+            llmd_scheduler::SchedulerConfig::from_yaml(crate::cluster::PD_ROUTING, "the P/D routing", &registry)?
+        }
+        (None, None) => llmd_scheduler::presets::preset(routing, &registry)?,
     };
-    let mut replicas = Vec::with_capacity(opts.replicas);
-    for _ in 0..opts.replicas {
+    let count = pd.map_or(opts.replicas, |(p, d)| p + d);
+    let mut replicas = Vec::with_capacity(count);
+    for _ in 0..count {
         replicas.push(if opts.sim {
             Replica::simulated("llmd-sim", opts.sim_latency, kv_blocks)?
         } else {
@@ -211,7 +239,7 @@ async fn start_cluster(routing: &str, opts: &BenchOptions, kv_blocks: usize) -> 
         replication: opts.replication.then(Default::default),
         ..Default::default()
     };
-    let cluster = crate::cluster::ClusterOptions { picker, ..Default::default() };
+    let cluster = crate::cluster::ClusterOptions { picker, pd_prefill: pd.map(|(p, _)| p), ..Default::default() };
     LocalCluster::start_opts(replicas, cfg, opts.scenario.seed, "127.0.0.1:0", cluster).await
 }
 

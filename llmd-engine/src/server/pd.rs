@@ -541,8 +541,8 @@ impl Pd {
                 let (_, hash) = self.layout?;
                 let blocks = prefix.into_block_buffers();
                 let bytes = blocks.iter().map(bytes::Bytes::len).sum();
-                let held = HeldBlocks { layout_hash: hash, blocks };
-                if let Err((e, _)) = self.holds.with(|t| t.try_hold(request_id, held, bytes)) {
+                let held = HeldBlocks::new(hash, blocks);
+                if let Err(e) = self.holds.with(|t| t.try_hold(request_id, held, bytes).map_err(|(e, _)| e)) {
                     tracing::warn!(request = request_id, error = %e, "cannot hold the prompt's blocks; the decode side will recompute");
                     self.metrics.ended("refused", 1);
                     return None;

@@ -537,7 +537,10 @@ fn serve(a: ServeArgs) -> Result<()> {
     rt.block_on(async move {
         let server = Server::start(engine, template, server_cfg).await?;
         if let Some(side) = server.kv_transfer_side_channel() {
-            println!("llmd serve: KV transfer (role {:?}) serving held blocks on {side}", a.role);
+            println!(
+                "llmd serve: KV transfer (role {}) serving held blocks on {side}",
+                format!("{:?}", a.role).to_lowercase()
+            );
         }
         let addr = format!("{}:{}", a.host, a.port);
         let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;

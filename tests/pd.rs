@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{python, sim};
+use common::{openai_client_check, sim};
 use llmd::cluster::{ClusterOptions, LocalCluster, PD_ROUTING, Replica};
 use llmd::engine::builtin;
 use llmd::scheduler::{PluginRegistry, SchedulerConfig, presets};
@@ -129,19 +129,8 @@ async fn simulated_replicas_take_part_and_shapes_are_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the interop venv: run scripts/test.sh, or set LLMD_PYTHON"]
 async fn the_openai_client_works_through_up_pd() {
-    let python = python();
     let pd = pd_cluster(vec![tiny(), tiny()], 1).await;
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/interop/openai_client_check.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg(format!("http://{}/v1", pd.addr))
-        .arg(builtin::BUILTIN_MODEL_NAME)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.contains("checks passed"), "{stdout}");
+    openai_client_check(&format!("http://{}/v1", pd.addr), builtin::BUILTIN_MODEL_NAME).await;
     let client = reqwest::Client::new();
     let imported = metric(&client, pd.replicas[1], "llmd:kv_transfer_loads_total{outcome=\"imported\"}").await;
     assert!(imported > 0.0, "the decode engine imported nothing");

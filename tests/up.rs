@@ -33,7 +33,7 @@ fn tiny() -> Replica {
 }
 
 mod common;
-use common::{python, sim};
+use common::{openai_client_check, sim};
 
 async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, String) {
     post_raw(client, url, body.to_string()).await
@@ -192,22 +192,11 @@ async fn prefix_routing_beats_round_robin_on_a_shared_prefix_workload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the interop venv: run scripts/test.sh, or set LLMD_PYTHON"]
 async fn the_openai_client_works_through_the_gateway() {
-    let python = python();
     let reg = PluginRegistry::with_builtins();
     let cluster = LocalCluster::start(vec![tiny(), tiny()], presets::preset("prefix", &reg).unwrap(), 0, "127.0.0.1:0")
         .await
         .unwrap();
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/interop/openai_client_check.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg(format!("http://{}/v1", cluster.addr))
-        .arg(builtin::BUILTIN_MODEL_NAME)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.contains("checks passed"), "{stdout}");
+    openai_client_check(&format!("http://{}/v1", cluster.addr), builtin::BUILTIN_MODEL_NAME).await;
     cluster.shutdown().await;
 }
 

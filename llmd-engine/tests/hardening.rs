@@ -9,6 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::metric;
 use llmd_engine::server::{Phase, ServeConfig, Server, ServerConfig};
 use llmd_engine::{EngineBuilder, LatencyModel};
 use serde_json::{Value, json};
@@ -77,10 +80,6 @@ async fn http(addr: &str, method: &str, path: &str, content_type: Option<&str>, 
     let status = raw[9..12].parse().unwrap();
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
 
 const ABORTS: &str = "vllm:request_success_total{model_name=\"llmd-sim\",engine=\"0\",finished_reason=\"abort\"}";

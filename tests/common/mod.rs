@@ -135,3 +135,13 @@ pub(crate) fn python() -> std::path::PathBuf {
     );
     venv
 }
+
+/// Runs `scripts/interop/openai_client_check.py` (the official `openai` client) against
+/// `base` (`http://host:port/v1`) for `model`, and asserts every check passed.
+pub(crate) async fn openai_client_check(base: &str, model: &str) {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/interop/openai_client_check.py");
+    let out = tokio::process::Command::new(python()).arg(&script).arg(base).arg(model).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("checks passed"), "{stdout}");
+}

@@ -53,13 +53,15 @@ impl Engine {
     }
 }
 
-fn transfer(policy: KvLoadFailurePolicy, streams: usize) -> KvTransferConfig {
+/// `shm`: pull from a prefiller on this host through shared memory, else over TCP.
+fn transfer(policy: KvLoadFailurePolicy, streams: usize, shm: bool) -> KvTransferConfig {
     KvTransferConfig {
         engine_id: "test-engine".into(),
         side_channel_host: "127.0.0.1".into(),
         side_channel_port: 0,
         load_failure_policy: policy,
         streams,
+        same_host_shm: shm,
         io_timeout: Duration::from_secs(5),
         ..Default::default()
     }
@@ -89,7 +91,7 @@ async fn engine(block_size: usize, kv_transfer: Option<KvTransferConfig>) -> Eng
 }
 
 async fn pd_engine(policy: KvLoadFailurePolicy) -> Engine {
-    engine(4, Some(transfer(policy, 4))).await
+    engine(4, Some(transfer(policy, 4, true))).await
 }
 
 fn body(prompt: &str) -> Value {
@@ -131,9 +133,14 @@ async fn a_disaggregated_request_returns_the_one_engine_answer() {
     let alone = engine(4, None).await;
     let p = pd_engine(KvLoadFailurePolicy::Recompute).await;
     let d = pd_engine(KvLoadFailurePolicy::Recompute).await;
+    let d_tcp = engine(4, Some(transfer(KvLoadFailurePolicy::Recompute, 3, false))).await;
     for prompt in ["Hi", "Hello there, pods", &LONG[..61], LONG] {
         let b = body(prompt);
         let (_, want) = post(&alone.addr, "/v1/completions", b.clone()).await;
+        // Over TCP (three streams)...
+        let (status, got) = decode(&d_tcp, &b, prefill(&p, &b).await).await;
+        assert_eq!((status, text(&got)), (200, text(&want)), "{prompt:?} over TCP");
+        // ...and through shared memory, the prefiller being on this host.
         let params = prefill(&p, &b).await;
         let prompt_tokens = want["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
         // vLLM 0.33's pull-mode answer (its `request_finished`), naming every full
@@ -186,12 +193,14 @@ async fn a_disaggregated_request_returns_the_one_engine_answer() {
 
     // Every hold was pulled; no blocks stay in use on either side.
     assert_eq!(p.metric("llmd:kv_transfer_holds").await, 0.0);
-    assert_eq!(p.metric("llmd:kv_transfer_holds_ended_total{outcome=\"pulled\"}").await, 5.0);
+    assert_eq!(p.metric("llmd:kv_transfer_holds_ended_total{outcome=\"pulled\"}").await, 9.0);
     assert_eq!(d.metric("llmd:kv_transfer_pulls_total{outcome=\"ok\"}").await, 5.0);
+    assert_eq!(d_tcp.metric("llmd:kv_transfer_pulls_total{outcome=\"ok\"}").await, 4.0);
     assert_eq!(d.metric("llmd:kv_transfer_loads_total{outcome=\"imported\"}").await, 5.0);
     assert!(d.metric("llmd:kv_transfer_pulled_bytes_total").await > 0.0);
     assert_eq!(p.usage().await, 0.0);
     assert_eq!(d.usage().await, 0.0);
+    assert_eq!(d_tcp.usage().await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,8 +269,10 @@ async fn faults_end_in_a_recompute_or_an_error_and_nothing_stays_held() {
     let alone = engine(4, None).await;
     let b = body(LONG);
     let (_, want) = post(&alone.addr, "/v1/completions", b.clone()).await;
-    let recompute = engine(4, Some(transfer(KvLoadFailurePolicy::Recompute, 1))).await;
-    let fail = engine(4, Some(transfer(KvLoadFailurePolicy::Fail, 1))).await;
+    // Over TCP, one stream (the misbehaving side channel below answers one connection).
+    let recompute = engine(4, Some(transfer(KvLoadFailurePolicy::Recompute, 1, false))).await;
+    let fail = engine(4, Some(transfer(KvLoadFailurePolicy::Fail, 1, false))).await;
+    let recompute_shm = engine(4, Some(transfer(KvLoadFailurePolicy::Recompute, 1, true))).await;
     let n = want["usage"]["prompt_tokens"].as_u64().unwrap() as usize / 4;
 
     let mut faults: Vec<(&str, Value)> = Vec::new();
@@ -278,7 +289,7 @@ async fn faults_end_in_a_recompute_or_an_error_and_nothing_stays_held() {
     p.clock.advance(Duration::from_secs(31));
     faults.push(("hold expired", expired));
     // Another block size: the layouts differ, the prefiller refuses before any byte moves.
-    let p8 = engine(8, Some(transfer(KvLoadFailurePolicy::Recompute, 4))).await;
+    let p8 = engine(8, Some(transfer(KvLoadFailurePolicy::Recompute, 4, true))).await;
     let mut other = prefill(&p8, &b).await;
     // (The ids name 8-token blocks; the decode side still asks, and is refused.)
     other["remote_block_ids"] = json!([(0..n).collect::<Vec<_>>()]);
@@ -291,6 +302,21 @@ async fn faults_end_in_a_recompute_or_an_error_and_nothing_stays_held() {
         assert_eq!(text(&got), text(&want), "{what}: recomputed");
         assert_eq!(recompute.usage().await, 0.0, "{what}");
     }
+    // The same faults on the same-host path.
+    let mut p = pd_engine(KvLoadFailurePolicy::Recompute).await;
+    let gone = prefill(&p, &b).await;
+    p.kill().await;
+    let p = pd_engine(KvLoadFailurePolicy::Recompute).await;
+    let expired = prefill(&p, &b).await;
+    p.clock.advance(Duration::from_secs(31));
+    let mut other = prefill(&p8, &b).await;
+    other["remote_block_ids"] = json!([(0..n).collect::<Vec<_>>()]);
+    for (what, params) in [("prefiller gone", gone), ("hold expired", expired), ("block size", other)] {
+        let (status, got) = decode(&recompute_shm, &b, params).await;
+        assert_eq!((status, text(&got)), (200, text(&want)), "{what} (same host): recomputed");
+        assert_eq!(recompute_shm.usage().await, 0.0, "{what} (same host)");
+    }
+    assert_eq!(recompute_shm.metric("llmd:kv_transfer_loads_total{outcome=\"recomputed\"}").await, 3.0);
     // The same under policy `fail`: an error, and nothing held.
     let mut other2 = other2;
     other2["remote_block_ids"] = json!([(0..n).collect::<Vec<_>>()]);

@@ -277,6 +277,35 @@ impl FrameDecoder {
     }
 }
 
+/// Decodes one whole frame already in memory (a same-host transfer): the header, then
+/// each block as a view of `data` (no copy), checked against its checksum. Bytes after
+/// the frame are ignored.
+pub fn decode_whole(data: &Bytes, limits: Limits) -> Result<(FrameHeader, Vec<Bytes>)> {
+    // The header's length, from its id length and block count (validated below).
+    let truncated = || frame_err(format!("{} bytes end inside a frame header", data.len()));
+    let id_len = usize::from(be_u16(data.get(..PREFIX_LEN).ok_or_else(truncated)?, 12));
+    let id_end = PREFIX_LEN + id_len.min(MAX_TRANSFER_ID);
+    let count = be_u32(data.get(..id_end + MIDDLE_LEN).ok_or_else(truncated)?, id_end + 36) as usize;
+    let len = (id_end + MIDDLE_LEN).saturating_add(count.min(limits.max_blocks).saturating_mul(8));
+    let mut head = BytesMut::from(&data[..len.min(data.len())]);
+    let header = parse_header(&mut head, &limits)?.ok_or_else(truncated)?;
+    let size = header.block_bytes;
+    let end = len.saturating_add(header.checksums.len().saturating_mul(size));
+    if data.len() < end {
+        return Err(frame_err(format!("transfer {:?}: {} bytes, the frame needs {end}", header.transfer, data.len())));
+    }
+    let mut blocks = Vec::with_capacity(header.checksums.len());
+    for (i, &expected) in header.checksums.iter().enumerate() {
+        let b = data.slice(len + i * size..len + (i + 1) * size);
+        let got = checksum(&b);
+        if got != expected {
+            return Err(TransferError::Checksum { transfer: header.transfer.clone(), block: i, expected, got });
+        }
+        blocks.push(b);
+    }
+    Ok((header, blocks))
+}
+
 fn be_u16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
@@ -527,6 +556,29 @@ mod tests {
         bad_id[14] = 0xff;
         let Err(TransferError::Frame(msg)) = decode(&bad_id, &[1], Limits::default()).1 else { panic!() };
         assert!(msg.contains("not UTF-8"), "{msg}");
+    }
+
+    #[test]
+    fn a_whole_frame_in_memory_decodes_to_views_and_any_damage_is_an_error() {
+        let bs = blocks(3, 100);
+        let wire = Bytes::from(stream(&[("t", [5; 32], bs.clone())]));
+        let (h, got) = decode_whole(&wire, Limits::default()).unwrap();
+        assert_eq!((h.transfer.as_str(), got.clone()), ("t", bs));
+        assert!(got.iter().all(|b| wire.as_ptr_range().contains(&b.as_ptr())), "views, not copies");
+        // Trailing bytes (a reused slot's) are ignored; any truncation is an error.
+        let mut longer = wire.to_vec();
+        longer.extend_from_slice(&[9; 50]);
+        assert_eq!(decode_whole(&Bytes::from(longer), Limits::default()).unwrap().1, got);
+        for n in 0..wire.len() {
+            assert!(decode_whole(&wire.slice(..n), Limits::default()).is_err(), "{n} bytes");
+        }
+        let mut bad = wire.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(
+            decode_whole(&Bytes::from(bad), Limits::default()),
+            Err(TransferError::Checksum { block: 2, .. })
+        ));
     }
 
     #[test]

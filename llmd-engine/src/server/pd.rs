@@ -10,8 +10,8 @@
 //!   evictable): a slow decoder pins a bounded host copy, never the prefiller's KV pool.
 //! - **Decode** (`do_remote_prefill: true` with the fields a pull needs): the blocks this
 //!   engine lacks are pulled from the prefiller's side channel (over TCP, several
-//!   streams; the blocks it has cached are skipped, and a pull of nothing still ends the
-//!   prefiller's hold), then the request is queued with them and writes them in at
+//!   streams, or through shared memory from a prefiller on this host; the blocks it has
+//!   cached are skipped, and a pull of nothing still ends the prefiller's hold), then the request is queued with them and writes them in at
 //!   admission. A pull or write that fails is recomputed here (our default
 //!   `kv_load_failure_policy`) or fails the request (`fail`, vLLM's default).
 //!
@@ -25,6 +25,7 @@ use llmd_kvcache::RequestKeys;
 use llmd_transfer::hold::{HoldConfig, HoldTable};
 use llmd_transfer::layout::KvLayout;
 use llmd_transfer::params::KvTransferParams;
+use llmd_transfer::shm::ShmStore;
 use llmd_transfer::tcp::{BlockSource, HeldBlocks, ServeOptions, TcpPuller};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -64,6 +65,10 @@ pub struct KvTransferConfig {
     pub max_held_bytes: usize,
     /// Connections per pull (`kv_connector_extra_config.streams`).
     pub streams: usize,
+    /// Pull from a prefiller on this host through shared memory
+    /// (`kv_connector_extra_config.same_host`: `shm` or `tcp`): the blocks are written
+    /// to and read from `/dev/shm/llmd`, no socket carries them.
+    pub same_host_shm: bool,
     /// The longest any connect, read or write of a transfer may take
     /// (`kv_connector_extra_config.io_timeout`, seconds).
     pub io_timeout: Duration,
@@ -81,6 +86,7 @@ impl Default for KvTransferConfig {
             lease: Duration::from_secs(30),
             max_held_bytes: 1 << 30,
             streams: 4,
+            same_host_shm: true,
             io_timeout: Duration::from_secs(30),
         }
     }
@@ -200,6 +206,12 @@ impl KvTransferConfig {
         if let Some(n) = count("max_held_bytes")? {
             self.max_held_bytes = n;
         }
+        match extra.get("same_host") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(v)) if v == "shm" => self.same_host_shm = true,
+            Some(Value::String(v)) if v == "tcp" => self.same_host_shm = false,
+            Some(v) => return Err(bad("kv_connector_extra_config.same_host", format!("{v} (shm or tcp)"))),
+        }
         if let Some(n) = count("streams")? {
             if n > 64 {
                 return Err(bad("kv_connector_extra_config.streams", format!("{n} (at most 64)")));
@@ -313,6 +325,8 @@ pub(crate) struct Pd {
     advertised: (String, u16),
     holds: Arc<Holds>,
     puller: TcpPuller,
+    /// The same-host path, when on.
+    shm: Option<ShmStore>,
     /// This engine's block layout and its compatibility hash.
     layout: Option<(KvBlockLayout, [u8; 32])>,
     block_size: usize,
@@ -350,12 +364,25 @@ impl Pd {
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let opts = ServeOptions { io_timeout: cfg.io_timeout, ..ServeOptions::default() };
+        let shm = if cfg.same_host_shm {
+            match ShmStore::new(ShmStore::default_dir()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no shared-memory store: same-host pulls go over TCP");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let opts = ServeOptions { io_timeout: cfg.io_timeout, shm: shm.clone(), ..ServeOptions::default() };
         let source: Arc<dyn BlockSource> = holds.clone();
         tokio::spawn(llmd_transfer::tcp::serve(listener, source, opts, until_stopped(stopped.clone())));
         // Leases run out on their own: a decode that never pulls costs its copy for one
         // lease, no more.
         let sweeper = holds.clone();
+        let sweep_shm = shm.clone();
+        let stale = cfg.lease.saturating_mul(2).max(Duration::from_secs(60));
         let mut rx = stopped;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1).min(cfg_tick(&hold_cfg)));
@@ -363,6 +390,9 @@ impl Pd {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = rx.wait_for(|s| *s) => break,
+                }
+                if let Some(store) = &sweep_shm {
+                    store.sweep(stale);
                 }
                 let gone = sweeper.with(HoldTable::expire);
                 if !gone.is_empty() {
@@ -394,6 +424,7 @@ impl Pd {
             advertised: (cfg.side_channel_host.clone(), port),
             holds,
             puller,
+            shm,
             layout,
             block_size: engine.config().block_size,
             transfer_per_token: engine.simulated_transfer_per_token(),
@@ -494,11 +525,12 @@ impl Pd {
         let cached = engine.cached_prefix_blocks_async(prompt.to_vec(), keys.clone()).await?;
         let first = cached.min(n);
         let started = Instant::now();
-        let pulled = self
-            .puller
-            .pull_from(&remote.side_channel(), &remote.request_id, hash, first as u32)
-            .await
-            .map_err(|e| EngineError::KvTransfer(e.to_string()));
+        let addr = remote.side_channel();
+        let pulled = match self.shm.as_ref().filter(|_| self.same_host(&remote.host)) {
+            Some(store) => self.puller.pull_shm_from(&addr, &remote.request_id, hash, store, first as u32).await,
+            None => self.puller.pull_from(&addr, &remote.request_id, hash, first as u32).await,
+        }
+        .map_err(|e| EngineError::KvTransfer(e.to_string()));
         let blocks = match pulled {
             Ok(b) if b.len() == n - first => b,
             Ok(b) => {
@@ -526,6 +558,14 @@ impl Pd {
             "pulled remote KV"
         );
         Ok(RemoteBlocks { layout, first_block: first, blocks, on_failure: self.cfg.load_failure_policy })
+    }
+
+    /// Whether a prefiller advertising `host` runs on this host.
+    fn same_host(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host == self.advertised.0
+            || host == "localhost"
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 
     /// After a request ended: holds a prefill's exported blocks under `request_id` and
@@ -589,12 +629,14 @@ mod tests {
         let c = KvTransferConfig::from_vllm_json(
             r#"{"kv_connector":"NixlConnector","kv_role":"kv_consumer","engine_id":"e1",
                 "kv_buffer_device":"cuda","kv_load_failure_policy":"fail",
-                "kv_connector_extra_config":{"kv_lease_duration":5,"streams":2,"max_held_bytes":1024,"backends":["UCX"]}}"#,
+                "kv_connector_extra_config":{"kv_lease_duration":5,"streams":2,"max_held_bytes":1024,"backends":["UCX"],
+                                             "same_host":"tcp"}}"#,
         )
         .unwrap();
         assert_eq!(c.engine_id, "e1");
         assert_eq!(c.load_failure_policy, KvLoadFailurePolicy::Fail);
         assert_eq!((c.lease, c.streams, c.max_held_bytes), (Duration::from_secs(5), 2, 1024));
+        assert!(!c.same_host_shm);
     }
 
     #[test]
@@ -608,6 +650,7 @@ mod tests {
             (r#"{"kv_connector":"NixlConnector","kv_load_failure_policy":"retry"}"#, "kv_load_failure_policy"),
             (r#"{"kv_connector":"NixlConnector","kv_conector_extra_config":{}}"#, "kv_conector_extra_config"),
             (r#"{"kv_connector":"NixlConnector","kv_connector_extra_config":{"streams":0}}"#, "streams"),
+            (r#"{"kv_connector":"NixlConnector","kv_connector_extra_config":{"same_host":"rdma"}}"#, "same_host"),
             (
                 r#"{"kv_connector":"NixlConnector","kv_connector_extra_config":{"kv_lease_duration":-1}}"#,
                 "kv_lease_duration",

@@ -423,9 +423,24 @@ impl TcpPuller {
     pub async fn pull_from(&self, addr: &str, request: &str, layout_hash: [u8; 32], first: u32) -> Result<Vec<Bytes>> {
         let started = Instant::now();
         let parts = self.streams.clamp(1, 64) as u32;
-        // The legs run together; the first error ends them all.
-        let legs = (0..parts).map(|part| self.part(addr, request, layout_hash, part, parts, first));
-        let result = futures_util::future::try_join_all(legs).await;
+        // The legs run as tasks of their own, so that on a machine with cores to spare
+        // each receives and checks its blocks in parallel; the first error ends them all,
+        // and dropping this future aborts them (the set aborts its tasks when dropped).
+        let mut legs = tokio::task::JoinSet::new();
+        for part in 0..parts {
+            let (me, addr, request) = (self.clone(), addr.to_string(), request.to_string());
+            legs.spawn(async move { (part, me.part(&addr, &request, layout_hash, part, parts, first).await) });
+        }
+        let result = async {
+            let mut got: Vec<Vec<Bytes>> = vec![Vec::new(); parts as usize];
+            while let Some(leg) = legs.join_next().await {
+                let (part, blocks) =
+                    leg.map_err(|e| TransferError::Io { what: "a pull leg".into(), source: std::io::Error::other(e) })?;
+                got[part as usize] = blocks?;
+            }
+            Ok(got)
+        }
+        .await;
         let got = match result {
             Ok(got) => got,
             Err(e) => {

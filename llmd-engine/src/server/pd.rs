@@ -66,8 +66,9 @@ pub struct KvTransferConfig {
     /// Connections per pull (`kv_connector_extra_config.streams`).
     pub streams: usize,
     /// Pull from a prefiller on this host through shared memory
-    /// (`kv_connector_extra_config.same_host`: `shm` or `tcp`): the blocks are written
-    /// to and read from `/dev/shm/llmd`, no socket carries them.
+    /// (`kv_connector_extra_config.same_host`: `shm`, or `tcp`, the default): the blocks
+    /// are written to and read from `/dev/shm/llmd`, no socket carries them. On
+    /// loopback TCP is as fast today (BENCHMARKS.md), so shared memory is opt-in.
     pub same_host_shm: bool,
     /// The longest any connect, read or write of a transfer may take
     /// (`kv_connector_extra_config.io_timeout`, seconds).
@@ -86,7 +87,7 @@ impl Default for KvTransferConfig {
             lease: Duration::from_secs(30),
             max_held_bytes: 1 << 30,
             streams: 4,
-            same_host_shm: true,
+            same_host_shm: false,
             io_timeout: Duration::from_secs(30),
         }
     }
@@ -625,18 +626,19 @@ mod tests {
         let c = KvTransferConfig::from_vllm_json(r#"{"kv_connector":"NixlConnector","kv_role":"kv_both"}"#).unwrap();
         assert_eq!((c.connector.as_str(), c.role.as_str()), ("NixlConnector", "kv_both"));
         assert_eq!(c.load_failure_policy, KvLoadFailurePolicy::Recompute, "llmd's default");
+        assert!(!c.same_host_shm, "TCP unless asked");
         assert_eq!(c.engine_id.len(), 36);
         let c = KvTransferConfig::from_vllm_json(
             r#"{"kv_connector":"NixlConnector","kv_role":"kv_consumer","engine_id":"e1",
                 "kv_buffer_device":"cuda","kv_load_failure_policy":"fail",
                 "kv_connector_extra_config":{"kv_lease_duration":5,"streams":2,"max_held_bytes":1024,"backends":["UCX"],
-                                             "same_host":"tcp"}}"#,
+                                             "same_host":"shm"}}"#,
         )
         .unwrap();
         assert_eq!(c.engine_id, "e1");
         assert_eq!(c.load_failure_policy, KvLoadFailurePolicy::Fail);
         assert_eq!((c.lease, c.streams, c.max_held_bytes), (Duration::from_secs(5), 2, 1024));
-        assert!(!c.same_host_shm);
+        assert!(c.same_host_shm);
     }
 
     #[test]

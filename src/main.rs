@@ -608,7 +608,7 @@ fn up(a: UpArgs) -> Result<()> {
             .await
             .with_context(|| format!("starting the local cluster on {bind}"))?;
         let shape = match a.pd {
-            Some((p, d)) => format!("{p} prefill + {d} decode replicas (a sidecar each)"),
+            Some((p, d)) => format!("{p} prefill + {d} decode replicas (a routing sidecar per decode replica)"),
             None => format!("{} replicas", a.replicas),
         };
         println!(

@@ -517,9 +517,9 @@ impl SchedulerConfig {
             .map(|p| (p.name.clone().unwrap_or_else(|| p.type_name.clone()), p.type_name.clone(), p.parameters.clone()))
             .collect();
         for bind in [
-            crate::plugins::profiles::bind,
             crate::plugins::topology::bind,
             bind_prefix_producers,
+            crate::plugins::profiles::bind,
             crate::plugins::latency::bind,
             crate::plugins::mmcache::bind,
         ] {

@@ -7,7 +7,10 @@
 //!   (`llmd epp --endpoints-file F`). It reads llm-d's `file-discovery` format
 //!   (`endpoints: [{name, namespace, address, port, labels}]`) plus llmd's fields
 //!   `role` and `kvEvents`; an entry that does not validate is logged and skipped, a
-//!   file that does not parse keeps the endpoints of the last good read.
+//!   file that does not parse keeps the endpoints of the last good read. Labels are
+//!   kept as given: an `llm-d.ai/role` value that names no role does not drop the
+//!   endpoint (llm-d's file discovery does not read it either); the role filters
+//!   leave it out.
 //!
 //! Kubernetes (`llmd-k8s`) is a third source behind the same trait.
 
@@ -228,8 +231,14 @@ fn entry(v: serde_yaml_ng::Value, multicluster: bool) -> std::result::Result<End
         Some(ns) if !ns.is_empty() => format!("{ns}/{}", raw.name),
         _ => raw.name.clone(),
     };
-    let role_text = raw.role.as_deref().or(raw.labels.get(ROLE_LABEL).map(String::as_str)).unwrap_or("both");
-    let role = Role::parse(role_text).ok_or_else(|| at(format!("unknown role {role_text:?}")))?;
+    // llmd's own `role` field must name a role. The `llm-d.ai/role` label is kept as it
+    // is, whatever its value, as llm-d's file discovery keeps labels: a value that is no
+    // role leaves the endpoint to filters that read it as such (no role filter takes
+    // it; `by-label` and `label-selector-filter` may), and its role field `both`.
+    let role = match raw.role.as_deref() {
+        Some(r) => Role::parse(r).ok_or_else(|| at(format!("unknown role {r:?}")))?,
+        None => raw.labels.get(ROLE_LABEL).and_then(|l| Role::parse(l)).unwrap_or(Role::Both),
+    };
     let mut labels = raw.labels;
     labels.remove(METRICS_HOST_LABEL);
     if multicluster && let Some(host) = labels.get("metricsAddress").filter(|a| !a.is_empty()) {
@@ -332,6 +341,38 @@ endpoints:
         assert!(warnings[2].contains("name"), "{warnings:?}");
         let err = FileDiscovery::parse("endpoints: {oops", "f.yaml").unwrap_err().to_string();
         assert!(err.starts_with("f.yaml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_role_label_values_are_kept_as_llm_d_keeps_them() {
+        use crate::plugin::Filter;
+        use crate::plugins::filters::{ByLabel, DecodeFilter, EncodeFilter, PrefillFilter};
+        // llm-d's file discovery passes labels through; whatever `llm-d.ai/role` says,
+        // the endpoint is there. Only llmd's own `role` field must name a role.
+        let text = "endpoints:\n\
+                    - {name: gw, address: 10.0.0.1, port: '8000', labels: {llm-d.ai/role: router}}\n\
+                    - {name: d, address: 10.0.0.2, port: '8000', labels: {llm-d.ai/role: decode}}\n\
+                    - {name: bare, address: 10.0.0.3, port: '8000'}\n\
+                    - {name: bad, address: 10.0.0.4, port: '8000', role: router}\n";
+        let (eps, warnings) = FileDiscovery::parse(text, "f.yaml").unwrap();
+        let ids: Vec<&str> = eps.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["gw", "d", "bare"]);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("router"), "{warnings:?}");
+        assert_eq!(eps[0].labels[ROLE_LABEL], "router", "the label is kept as given");
+        assert_eq!(eps[0].role, Role::Both);
+        // The router's role filters: none takes the unknown value (decode-filter takes
+        // endpoints without the label, not with another value); a label filter can.
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        let run = |f: &dyn Filter| -> Vec<String> {
+            f.filter(&mut Default::default(), &Default::default(), refs.clone()).iter().map(|e| e.id.clone()).collect()
+        };
+        assert_eq!(run(&DecodeFilter), ["d", "bare"]);
+        assert!(run(&PrefillFilter).is_empty());
+        assert!(run(&EncodeFilter).is_empty());
+        let by_label =
+            ByLabel::from_params(&serde_json::json!({"label": ROLE_LABEL, "validValues": ["router"]})).unwrap();
+        assert_eq!(run(&by_label), ["gw"]);
     }
 
     #[test]

@@ -94,6 +94,10 @@ pub trait ProfileHandler: Send + Sync {
     fn finish(&self, _primary: &str, _results: &mut ProfileResults) -> Vec<(String, String)> {
         Vec::new()
     }
+
+    /// Appends the handler's own Prometheus series (text format, without an end
+    /// marker) to `out`: the P/D handlers' decision counters. The default has none.
+    fn encode_metrics(&self, _out: &mut String) {}
 }
 
 /// Decides whether a request whose decode endpoint is picked also gets a separate
@@ -199,6 +203,11 @@ pub struct PluginHandle {
     pub request_control: Option<crate::plugins::requestcontrol::RequestControl>,
     /// Flow-control role (a policy or saturation detector).
     pub flow: Option<crate::flowcontrol::FlowPlugin>,
+    /// The prefix match a prefix producer gives consumers outside the profiles (the P/D
+    /// decider, the latency plugins): set by the config loader on an
+    /// `approx-prefix-cache-producer` it reads privately, configured or auto-created, so
+    /// every consumer of it shares one index.
+    pub prefix_source: Option<std::sync::Arc<crate::plugins::latency::PrefixSource>>,
 }
 
 impl std::fmt::Debug for PluginHandle {

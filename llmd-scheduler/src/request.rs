@@ -215,8 +215,9 @@ impl LlmRequest {
         LlmRequest { id: id.into(), model: model.into(), prompt: prompt.into(), ..Default::default() }
     }
 
-    /// Prompt length in tokens: the token ids when known, else llm-d's estimate of a
-    /// token per four characters.
+    /// Prompt length in tokens: the token ids when known, else llm-d-router's estimate
+    /// of a token per four bytes, rounded up (its `estimate` token producer packs the
+    /// prompt's bytes into 4-byte pseudo-tokens, the last one zero-padded).
     pub fn prompt_tokens(&self) -> usize {
         self.token_ids.as_ref().map_or(self.prompt.len().div_ceil(4), Vec::len)
     }

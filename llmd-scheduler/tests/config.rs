@@ -57,7 +57,10 @@ fn mistakes_name_file_plugin_and_reason() {
         (format!("parser: {{pluginRef: nope}}\nplugins:\n- type: queue-scorer\n{profile}"), "epp.yaml: parser: parser references undefined plugin \"nope\""),
         (format!("saturationDetector: {{pluginRef: nope}}\nplugins:\n- type: queue-scorer\n{profile}"), "saturationDetector: saturation detector references undefined plugin \"nope\""),
         (format!("plugins: 7\n{profile}"), "epp.yaml: (document):"),
-        ("plugins:\n- type: queue-scorer\n- type: prefix-based-pd-decider\n- type: pd-profile-handler\nschedulingProfiles:\n- name: only\n  plugins:\n  - pluginRef: queue-scorer\n".into(), "needs a profile named \"prefill\""),
+        ("plugins:\n- type: queue-scorer\n- type: prefix-based-pd-decider\n- type: pd-profile-handler\nschedulingProfiles:\n- name: only\n  plugins:\n  - pluginRef: queue-scorer\n".into(), "needs a profile named \"decode\""),
+        ("plugins:\n- type: queue-scorer\n- type: prefix-based-pd-decider\n- type: pd-profile-handler\n  parameters: {primaryPort: 70000}\nschedulingProfiles:\n- name: decode\n  plugins:\n  - pluginRef: queue-scorer\n".into(), "epp.yaml: plugin \"pd-profile-handler\": parameter primaryPort: invalid primaryPort: must be between 1 and 65535, got 70000"),
+        ("plugins:\n- type: queue-scorer\n- type: prefix-based-pd-decider\n- type: pd-profile-handler\n  parameters: {deciderPluginName: ''}\nschedulingProfiles:\n- name: decode\n  plugins:\n  - pluginRef: queue-scorer\n".into(), "epp.yaml: plugin \"pd-profile-handler\": parameter deciderPluginName: decider plugin name is not defined"),
+        ("plugins:\n- type: queue-scorer\n- type: disagg-profile-handler\n  parameters: {primaryPort: 8000}\nschedulingProfiles:\n- name: decode\n  plugins:\n  - pluginRef: queue-scorer\n".into(), "epp.yaml: plugin \"disagg-profile-handler\": parameter \"primaryPort\" is not one of"),
         ("plugins:\n- type: queue-scorer\n- type: pd-profile-handler\nschedulingProfiles:\n- name: only\n  plugins:\n  - pluginRef: queue-scorer\n".into(), "decider \"prefix-based-pd-decider\" is not a configured plugin"),
         ("plugins:\n- type: queue-scorer\n- type: disagg-profile-handler\n  parameters: {deciders: {prefill: queue-scorer}}\nschedulingProfiles:\n- name: only\n  plugins:\n  - pluginRef: queue-scorer\n".into(), "is not a P/D decider"),
     ];

@@ -111,3 +111,82 @@ fn llm_d_router_topology_config_places_the_prefill_on_the_decode_host() {
     // Negative control: both hosts served decodes, so the match is not by chance.
     assert_eq!(decodes.len(), 2, "{decodes:?}");
 }
+
+#[test]
+fn the_prefix_decider_without_a_prefix_scorer_reads_the_auto_created_producer() {
+    // llm-d-router's own E/P/D sample: a prefix-based decider and no prefix scorer. The
+    // router's handler consumes `approx-prefix-cache-producer`'s match and auto-creates
+    // that producer; so does llmd, which then learns the decode and prefill picks.
+    let s = scheduler("llm-d-router/sim-e-p-d-epp-config.yaml");
+    let producer = &s.config().plugins["approx-prefix-cache-producer"];
+    assert_eq!(producer.type_name, "approx-prefix-cache-producer");
+    assert!(producer.prefix_source.is_some());
+    let eps = [ep("prefill-0", Role::Prefill, 0), ep("decode-0", Role::Decode, 0)];
+    let prompt = "Paged attention stores keys and values in fixed-size blocks. ".repeat(8);
+    let first = s.pick(&LlmRequest::new("a", "m", prompt.clone()), &eps).unwrap();
+    assert_eq!(first.picks["decode"].endpoint, "decode-0");
+    assert_eq!(first.picks["prefill"].endpoint, "prefill-0", "a cold 120-token prompt is disaggregated");
+    // The decode endpoint now holds the prompt: 16 of it, at most, left to compute.
+    let again = s.pick(&LlmRequest::new("b", "m", prompt.clone()), &eps).unwrap();
+    assert!(!again.picks.contains_key("prefill"), "{again:?}");
+    // A new tail longer than the threshold after the shared head: disaggregated again.
+    let longer = format!("{prompt}{}", "A different question about the cache this time. ".repeat(2));
+    assert!(s.pick(&LlmRequest::new("c", "m", longer), &eps).unwrap().picks.contains_key("prefill"));
+    assert!(!s.pick(&LlmRequest::new("d", "m", "hi"), &eps).unwrap().picks.contains_key("prefill"));
+
+    // Every decision was counted under the router's names and labels.
+    let mut text = String::new();
+    s.config().handler.encode_metrics(&mut text);
+    let labels = r#"plugin_name="disagg-profile-handler",plugin_type="disagg-profile-handler",model_name="m""#;
+    for line in [
+        format!(r#"llm_d_epp_disagg_decision_total{{{labels},decision_type="prefill-decode"}} 2"#),
+        format!(r#"llm_d_epp_disagg_decision_total{{{labels},decision_type="decode-only"}} 2"#),
+        r#"llm_d_inference_scheduler_disagg_decision_total{model_name="m",decision_type="prefill-decode"} 2"#.into(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+    }
+}
+
+#[test]
+fn pd_profile_handler_runs_with_a_decode_profile_alone_and_a_primary_port() {
+    // The router's pd-profile-handler takes a decode profile alone (it never asks its
+    // decider then) and, with primaryPort, sends the request to that port of the decode
+    // pod, naming the pick in x-data-parallel-host-port.
+    let yaml = "plugins:\n- type: decode-filter\n- type: always-disagg-pd-decider\n\
+                - type: pd-profile-handler\n  parameters: {deciderPluginName: always-disagg-pd-decider, primaryPort: 8000}\n\
+                schedulingProfiles:\n- name: decode\n  plugins:\n  - pluginRef: decode-filter\n";
+    let cfg = SchedulerConfig::from_yaml(yaml, "epp.yaml", &PluginRegistry::with_builtins()).unwrap();
+    let s = Scheduler::new(cfg, 0);
+    let mut d = Endpoint::new("decode-0", "10.0.0.1:8002", Role::Decode);
+    d.metrics.waiting = 0;
+    let p = s.pick(&LlmRequest::new("a", "m", "hello"), &[d]).unwrap();
+    assert_eq!(p.picks.keys().collect::<Vec<_>>(), ["decode"]);
+    assert_eq!(p.picks["decode"].address, "10.0.0.1:8000");
+    assert_eq!(p.headers, [("x-data-parallel-host-port".to_string(), "10.0.0.1:8002".to_string())]);
+    let mut text = String::new();
+    s.config().handler.encode_metrics(&mut text);
+    assert_eq!(text, "", "nothing asked, nothing counted");
+}
+
+#[test]
+fn pd_profile_handler_counts_its_decider_s_answers() {
+    let s = scheduler("pd.yaml");
+    let eps = [ep("prefill-0", Role::Prefill, 0), ep("decode-0", Role::Decode, 0)];
+    let prompt = "Paged attention stores keys and values in fixed-size blocks. ".repeat(8);
+    for (id, p) in [("a", prompt.as_str()), ("b", prompt.as_str()), ("c", "hi")] {
+        s.pick(&LlmRequest::new(id, "m", p), &eps).unwrap();
+    }
+    s.pick(&LlmRequest::new("d", "", "hi"), &eps).unwrap();
+    let mut text = String::new();
+    s.config().handler.encode_metrics(&mut text);
+    let labels = r#"plugin_name="pd-profile-handler",plugin_type="pd-profile-handler""#;
+    for line in [
+        format!(r#"llm_d_epp_pd_decision_total{{{labels},model_name="m",decision_type="prefill-decode"}} 1"#),
+        format!(r#"llm_d_epp_pd_decision_total{{{labels},model_name="m",decision_type="decode-only"}} 2"#),
+        format!(r#"llm_d_epp_pd_decision_total{{{labels},model_name="unknown",decision_type="decode-only"}} 1"#),
+        r#"llm_d_inference_scheduler_pd_decision_total{model_name="m",decision_type="decode-only"} 2"#.into(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+    }
+    assert!(!text.contains("disagg_decision"), "{text}");
+}

@@ -1053,13 +1053,17 @@ impl EndpointPicker {
             .metrics
             .encode(&self.reader, &self.consumers)
             .map_err(|e| SchedulerError::Request(format!("encoding metrics: {e}")))?;
-        if !self.latency_producers.is_empty() {
-            // The producers keep their own counts; they go before OpenMetrics' end marker.
+        // The latency producers and the profile handler (its P/D decisions) keep their own
+        // counts; they go before OpenMetrics' end marker.
+        let mut own = String::new();
+        for p in &self.latency_producers {
+            p.metrics().encode_text(p.name(), &mut own);
+        }
+        self.scheduler.config().handler.encode_metrics(&mut own);
+        if !own.is_empty() {
             let end = text.strip_suffix("# EOF\n").map(str::len);
             text.truncate(end.unwrap_or(text.len()));
-            for p in &self.latency_producers {
-                p.metrics().encode_text(p.name(), &mut text);
-            }
+            text.push_str(&own);
             if end.is_some() {
                 text.push_str("# EOF\n");
             }
@@ -1107,5 +1111,38 @@ mod tests {
         );
         let warm = warm_body("/v1/completions", &serde_json::json!({"prompt": "p", "max_tokens": 9, "echo": true}));
         assert_eq!(warm, serde_json::json!({"prompt": "p", "max_tokens": 1, "stream": false, "n": 1}));
+    }
+
+    #[tokio::test]
+    async fn p_d_decisions_are_on_the_metrics_page_under_the_router_s_names() {
+        use crate::endpoint::{Endpoint, Role};
+        let yaml = "plugins:\n- type: prefill-filter\n- type: decode-filter\n- type: always-disagg-pd-decider\n\
+                    - type: disagg-profile-handler\n  name: pd\n  parameters: {deciders: {prefill: always-disagg-pd-decider}}\n\
+                    schedulingProfiles:\n- name: prefill\n  plugins:\n  - pluginRef: prefill-filter\n\
+                    - name: decode\n  plugins:\n  - pluginRef: decode-filter\n";
+        let config = crate::config::SchedulerConfig::from_yaml(
+            yaml,
+            "epp.yaml",
+            &crate::registry::PluginRegistry::with_builtins(),
+        )
+        .unwrap();
+        let store = crate::datastore::datastore(Arc::new(crate::clock::ManualClock::new()));
+        store.upsert(Endpoint::new("p", "127.0.0.1:8001", Role::Prefill));
+        store.upsert(Endpoint::new("d", "127.0.0.1:8002", Role::Decode));
+        let picker = EndpointPicker::new(Scheduler::new(config, 0), store, PickerConfig::default(), None);
+        let text = picker.metrics_text().unwrap();
+        assert!(!text.contains("disagg_decision"), "nothing before the first decision");
+        for id in ["a", "b"] {
+            let picked = picker.pick_request(&LlmRequest::new(id, "m", "hello"), &Default::default()).unwrap();
+            assert_eq!(picked.destination_address(), Some("127.0.0.1:8002"));
+        }
+        let text = picker.metrics_text().unwrap();
+        let want = r#"llm_d_epp_disagg_decision_total{plugin_name="pd",plugin_type="disagg-profile-handler",model_name="m",decision_type="prefill-decode"} 2"#;
+        assert!(text.lines().any(|l| l == want), "{text}");
+        assert!(text.contains(
+            r#"llm_d_inference_scheduler_disagg_decision_total{model_name="m",decision_type="prefill-decode"} 2"#
+        ));
+        assert!(text.ends_with("# EOF\n"), "the end marker stays last");
+        assert_eq!(text.matches("# EOF").count(), 1);
     }
 }

@@ -1,6 +1,7 @@
 //! The built-in plugins, under llm-d's type names.
 
 pub mod burst;
+pub mod decisions;
 pub mod filters;
 pub mod latency;
 pub mod mmcache;
@@ -359,6 +360,7 @@ mod tests {
             ("prefill-header-handler", json!({"encodeProfile": "encode"})),
             ("disagg-headers-handler", json!({"prefillProfile": "prefill"})),
             ("pd-profile-handler", json!({"prefixPluginType": "prefix-cache-scorer"})),
+            ("pd-profile-handler", json!({"primaryPort": 8000})),
             ("disagg-profile-handler", json!({"profiles": {"encode": "e"}, "stageOrder": "decode-first"})),
             ("disagg-profile-handler", json!({"prefillDeciderPluginName": "d", "stageOrder": "decode-first"})),
             ("prefix-based-pd-decider", json!({"promptTokens": 10})),
@@ -459,7 +461,6 @@ mod tests {
             ("active-request-scorer", json!({"maxBusyScore": 0.5}), "maxBusyScore"),
             ("active-request-scorer", json!({"idleThreshold": 2}), "idleThreshold"),
             ("prefix-cache-scorer", json!({"matchLengthWeight": 0.5}), "matchLengthWeight"),
-            ("pd-profile-handler", json!({"primaryPort": 8000}), "primaryPort"),
             (
                 "precise-prefix-cache-producer",
                 json!({"indexerConfig": {"kvBlockIndexConfig": {"redisConfig": {}}}}),

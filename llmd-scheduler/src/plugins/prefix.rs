@@ -27,7 +27,8 @@ pub const PREFIX_MATCH_KEY: &str = "prefix-cache/match";
 pub struct PrefixMatch {
     /// The prompt's block hashes.
     pub hashes: Vec<u64>,
-    /// Prompt length in tokens (estimated as characters / 4 without token ids).
+    /// Prompt length in tokens (without token ids, [`LlmRequest::prompt_tokens`]'s
+    /// estimate: bytes / 4 rounded up).
     pub prompt_tokens: usize,
     /// Tokens each block covers.
     pub tokens_per_block: usize,
@@ -219,8 +220,9 @@ impl PrefixCacheScorer {
                     prev = xxh3_64_with_seed(chunk, prev);
                     out.push(prev);
                 }
-                // About four characters a token: enough for the P/D threshold.
-                (out, req.prompt.len() / 4, (self.block_chars / 4).max(1))
+                // About four bytes a token, rounded up as llm-d-router's `estimate`
+                // token producer packs them (the count the P/D decider reads).
+                (out, req.prompt_tokens(), (self.block_chars / 4).max(1))
             }
         }
     }

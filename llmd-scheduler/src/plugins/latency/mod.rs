@@ -54,7 +54,8 @@
 //! once every plugin of a file exists, creating `predicted-latency-producer` with
 //! defaults when a consumer needs it and none is configured (as the router does). The
 //! prefix match comes from the `prefix-cache-scorer` reading the named producer, else a
-//! private approximate index (the router's auto-created `approx-prefix-cache-producer`).
+//! private approximate index (the router's auto-created `approx-prefix-cache-producer`),
+//! which the `prefix-based-pd-decider` reading the same producer shares.
 //! In-flight load is the picker's own ([`crate::endpoint::InFlightLoad`]).
 
 pub mod admitter;
@@ -302,10 +303,13 @@ fn no_producer(key: &str, want: &str, consumer: &str) -> String {
     format!("no default producer found for missing data key {key}/{want}, consumed by {consumer}")
 }
 
-/// The prefix source standing for producer `want`, shared among its consumers.
-fn resolve_prefix(
+/// The prefix source standing for producer `want`, shared among its consumers (`cache`
+/// within one binding; a private index also through its producer's handle in `plugins`,
+/// [`PluginHandle::prefix_source`], so the latency plugins and the P/D decider share
+/// it). An auto-created default producer gets a handle of its own there.
+pub(crate) fn resolve_prefix(
     named: &[(String, String, Value)],
-    plugins: &BTreeMap<String, PluginHandle>,
+    plugins: &mut BTreeMap<String, PluginHandle>,
     want: &str,
     consumer: &str,
     cache: &mut BTreeMap<String, Arc<PrefixSource>>,
@@ -313,19 +317,20 @@ fn resolve_prefix(
     if let Some(s) = cache.get(want) {
         return Ok(s.clone());
     }
-    let from_handle = |n: &str| {
+    let from_handle = |plugins: &BTreeMap<String, PluginHandle>, n: &str| {
         plugins.get(n).and_then(|h| h.scorer.clone().map(|s| Arc::new(PrefixSource::new(want, s, h.observer.clone()))))
     };
     // A prefix-cache-scorer reading `want` holds its match (and index).
     let mut found = None;
     for (n, _, p) in named.iter().filter(|(_, t, _)| t == "prefix-cache-scorer") {
         if prefix_producer_name(p)? == want {
-            found = from_handle(n);
+            found = from_handle(plugins, n);
             if found.is_some() {
                 break;
             }
         }
     }
+    let shared = plugins.get(want).and_then(|h| h.prefix_source.clone());
     let source = match found {
         Some(s) => s,
         None => match named.iter().find(|(n, _, _)| n == want) {
@@ -335,19 +340,44 @@ fn resolve_prefix(
                     "precise-prefix-cache-producer" | "precise-prefix-cache-scorer" | "prefix-cache-scorer"
                 ) =>
             {
-                from_handle(want)
+                from_handle(plugins, want)
                     .ok_or_else(|| format!("prefixMatchInfoProducerName {want:?}: {t} has no prefix match"))?
             }
-            Some((_, t, p)) if t == APPROX_PREFIX_PRODUCER => Arc::new(PrefixSource::approximate(want, p)?),
+            Some((_, t, p)) if t == APPROX_PREFIX_PRODUCER => match shared {
+                Some(s) => s,
+                None => {
+                    let s = Arc::new(PrefixSource::approximate(want, p)?);
+                    if let Some(h) = plugins.get_mut(want) {
+                        h.prefix_source = Some(s.clone());
+                        h.observer = Some(s.clone());
+                    }
+                    s
+                }
+            },
             Some((_, t, _)) => {
                 return Err(format!(
                     "prefixMatchInfoProducerName {want:?} is a {t}, which produces no prefix match information"
                 ));
             }
             // The router creates the default approximate producer when none is configured.
-            None if want == APPROX_PREFIX_PRODUCER => {
-                Arc::new(PrefixSource::approximate(want, &Value::Object(Default::default()))?)
-            }
+            None if want == APPROX_PREFIX_PRODUCER => match shared {
+                Some(s) => s,
+                None => {
+                    let s = Arc::new(PrefixSource::approximate(want, &Value::Object(Default::default()))?);
+                    if !plugins.contains_key(want) {
+                        tracing::info!(producer = %want, consumer = %consumer, "auto-created default producer");
+                        plugins.insert(
+                            want.to_string(),
+                            PluginHandle {
+                                prefix_source: Some(s.clone()),
+                                observer: Some(s.clone()),
+                                ..handle(want, APPROX_PREFIX_PRODUCER)
+                            },
+                        );
+                    }
+                    s
+                }
+            },
             None => return Err(no_producer("PrefixCacheMatchInfoDataKey", want, consumer)),
         },
     };

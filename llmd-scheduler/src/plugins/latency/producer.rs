@@ -173,6 +173,8 @@ pub struct PrefixSource {
     learner: Option<Arc<dyn PickObserver>>,
     // The last pick forwarded to the learner: several consumers forward the same pick.
     last: Mutex<Option<(String, String, String, usize)>>,
+    // A private index (`approximate`): no profile's scorer learns its picks.
+    private: bool,
 }
 
 impl std::fmt::Debug for PrefixSource {
@@ -191,7 +193,7 @@ impl PrefixSource {
     /// Reads `scorer`'s match; `learner` (when the scorer would not otherwise see picks)
     /// is told each pick. `name` is the producer it stands for.
     pub fn new(name: impl Into<String>, scorer: Arc<dyn Scorer>, learner: Option<Arc<dyn PickObserver>>) -> Self {
-        PrefixSource { name: name.into(), scorer, learner, last: Mutex::new(None) }
+        PrefixSource { name: name.into(), scorer, learner, last: Mutex::new(None), private: false }
     }
 
     /// A private approximate index with `approx-prefix-cache-producer`'s `params`.
@@ -211,12 +213,50 @@ impl PrefixSource {
             obj.insert("lruCapacityPerServer".into(), cap.clone());
         }
         let s = Arc::new(PrefixCacheScorer::from_params(&merged)?);
-        Ok(Self::new(name, s.clone(), Some(s)))
+        Ok(PrefixSource { private: true, ..Self::new(name, s.clone(), Some(s)) })
     }
 
     /// The producer it stands for.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether it is a private index ([`approximate`](Self::approximate)), which learns
+    /// picks only through [`observe`](Self::observe); otherwise it reads a configured
+    /// scorer, which learns in the profiles that run it.
+    pub fn is_private(&self) -> bool {
+        self.private
+    }
+
+    /// The prompt's match on `endpoint` as it was before this request's picks taught the
+    /// index the prompt: its matched leading blocks and the tokens a block covers (the
+    /// router's `PrefixCacheMatchInfo` `CachedBlockCount` and `BlockSizeTokens`, which
+    /// its producer computes before scheduling). Read from this cycle's match when a
+    /// consumer already scored `endpoint`; for a configured scorer, from the match it
+    /// left in the cycle state when it ran in the pick (same block hashes: its own), as
+    /// it learns the pick right after; else scored now (side-effect free; a private
+    /// index learns only when told, after the pick). `None` when the scorer leaves no
+    /// match.
+    pub fn match_on(&self, state: &CycleState, req: &LlmRequest, endpoint: &Endpoint) -> Option<(usize, usize)> {
+        if let Some(c) = state.get::<Arc<Mutex<PrefixCycle>>>(&self.key()) {
+            let c = c.lock().unwrap_or_else(|p| p.into_inner());
+            if let (Some(m), true) = (&c.matched, c.ratio.contains_key(&endpoint.id)) {
+                return Some((m.matched.get(&endpoint.id).copied().unwrap_or(0), m.tokens_per_block));
+            }
+        }
+        let now = self.score(req, &[endpoint]).1?;
+        let m = match state.get::<PrefixMatch>(PREFIX_MATCH_KEY) {
+            Some(m) if !self.private && m.tokens_per_block == now.tokens_per_block && m.hashes == now.hashes => m,
+            _ => &now,
+        };
+        Some((m.matched.get(&endpoint.id).copied().unwrap_or(0), m.tokens_per_block))
+    }
+
+    /// Tells the learner (if any) that `endpoint` went away.
+    pub fn forget(&self, endpoint: &str) {
+        if let Some(l) = &self.learner {
+            l.forget(endpoint);
+        }
     }
 
     fn key(&self) -> String {
@@ -295,6 +335,18 @@ impl PrefixSource {
         let mut scratch = CycleState::default();
         scratch.put(PREFIX_MATCH_KEY, m);
         learner.on_pick(&scratch, req, profile, chosen);
+    }
+}
+
+/// A source learns the picks it is told of and forgets endpoints that go away (the
+/// handle of a private source's producer carries it, so endpoint removals reach it).
+impl PickObserver for PrefixSource {
+    fn on_pick(&self, state: &CycleState, req: &LlmRequest, profile: &str, chosen: &Endpoint) {
+        self.observe(state, req, profile, chosen);
+    }
+
+    fn forget(&self, endpoint: &str) {
+        PrefixSource::forget(self, endpoint);
     }
 }
 

@@ -56,7 +56,7 @@ mod hash;
 mod manager;
 mod pool;
 pub mod rng;
-mod tier;
+pub mod tier;
 
 pub use error::{KvCacheError, Result};
 pub use events::{
@@ -69,4 +69,4 @@ pub use extra_keys::{
 pub use hash::{BlockHash, BlockHasher, DEFAULT_NONE_HASH_SEED, HashAlgo};
 pub use manager::{ComputedBlocks, KvCacheManager, PrefixCacheStats, Sequence};
 pub use pool::{BlockId, BlockPool, HashIndex, PoolStats, PrehashedHasher, StoredInfo};
-pub use tier::Tier;
+pub use tier::{EvictionPolicy, PolicyKind, Tier};

@@ -5,8 +5,12 @@
 //! When the pool is about to reuse a cached block it first calls [`Tier::offload`] with
 //! the block id and hash while the block's data is still intact, so an implementation
 //! can copy it down (and later announce it with a `BlockStored` event whose medium is
-//! `CPU` or `STORAGE`). Tier implementations with their own capacity accounting come
-//! with the offloading work; this crate only fixes the interface.
+//! `CPU` or `STORAGE`). A tier's own capacity is managed by an [`EvictionPolicy`]
+//! (LRU or ARC, as vLLM's offloader offers them).
+
+pub mod policy;
+
+pub use policy::{Arc as ArcPolicy, EvictionPolicy, Lru, PolicyKind};
 
 use crate::hash::BlockHash;
 use crate::pool::BlockId;

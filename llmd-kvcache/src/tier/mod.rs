@@ -8,8 +8,10 @@
 //! `CPU` or `STORAGE`). A tier's own capacity is managed by an [`EvictionPolicy`]
 //! (LRU or ARC, as vLLM's offloader offers them).
 
+pub mod index;
 pub mod policy;
 
+pub use index::{LoadOp, StoreOp, TierConfig, TierEvent, TierIndex};
 pub use policy::{Arc as ArcPolicy, EvictionPolicy, Lru, PolicyKind};
 
 use crate::hash::BlockHash;

@@ -34,6 +34,7 @@ pub mod handle;
 pub mod kv;
 pub mod metrics;
 pub mod model;
+pub mod offload;
 pub mod sampling;
 #[cfg(feature = "server")]
 pub mod server;

@@ -92,13 +92,9 @@ impl Engine {
             let local = hit.blocks().len();
             let mut cached = hit.num_tokens();
             // Remote blocks (a decode of a prompt prefilled elsewhere) extend the hit.
-            let plan = match &st.transfer {
-                KvTransfer::Import(r) => self.import_plan(r, st.prompt_len, local),
-                _ => ImportPlan::Nothing,
-            };
-            let policy = match &st.transfer {
-                KvTransfer::Import(r) => Some(r.on_failure),
-                _ => None,
+            let (plan, policy) = match &st.transfer {
+                KvTransfer::Import(r) => (self.import_plan(r, st.prompt_len, local), Some(r.on_failure)),
+                _ => (ImportPlan::Nothing, None),
             };
             let remote_to = match plan {
                 ImportPlan::Write { to, .. } => to,

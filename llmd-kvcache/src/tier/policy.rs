@@ -296,29 +296,31 @@ mod tests {
         assert!(p.is_empty());
     }
 
+    /// Uses `k` as a full cache of `cap` would: a hit, or an insert after evicting.
+    fn touch(p: &mut dyn EvictionPolicy<u32>, cap: usize, k: u32) {
+        if p.contains(&k) {
+            p.hit(&k);
+        } else {
+            if p.len() == cap {
+                p.victim(Some(&k), &any).unwrap();
+            }
+            p.insert(k);
+        }
+    }
+
     /// Keys in steady use, then a scan of one-off keys through a cache of `cap`: how
     /// many of the steady keys survive.
     fn survivors(kind: PolicyKind) -> usize {
         let cap = 8;
         let mut p = kind.build::<u32>(cap);
         let steady: Vec<u32> = (0..4).collect();
-        let touch = |p: &mut Box<dyn EvictionPolicy<u32>>, k: u32| {
-            if p.contains(&k) {
-                p.hit(&k);
-            } else {
-                if p.len() == cap {
-                    p.victim(Some(&k), &any).unwrap();
-                }
-                p.insert(k);
-            }
-        };
         for _ in 0..3 {
             for &k in &steady {
-                touch(&mut p, k);
+                touch(p.as_mut(), cap, k);
             }
         }
         for k in 100..130 {
-            touch(&mut p, k);
+            touch(p.as_mut(), cap, k);
         }
         steady.iter().filter(|k| p.contains(k)).count()
     }
@@ -437,14 +439,7 @@ mod tests {
             let cap = 8;
             let mut p = Arc::new(cap);
             for k in keys {
-                if p.contains(&k) {
-                    p.hit(&k);
-                } else {
-                    if p.len() == cap {
-                        p.victim(Some(&k), &any).unwrap();
-                    }
-                    p.insert(k);
-                }
+                touch(&mut p, cap, k);
                 prop_assert!(p.len() <= cap && p.len() + p.ghosts() <= 2 * cap && p.target() <= cap);
             }
         }

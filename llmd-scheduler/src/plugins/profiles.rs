@@ -262,6 +262,17 @@ const DISAGG_FLAT_PARAMS: &[&str] = &[
 pub(crate) fn check_pd_params(type_name: &str, p: &serde_json::Value) -> Result<(), String> {
     if type_name != "disagg-profile-handler" {
         Params(p).check(PD_PROFILE_HANDLER_PARAMS)?;
+        // Accepted for llm-d's configs, but the decider reads its own producer: say so
+        // rather than seem to honour them.
+        for k in ["prefixPluginType", "prefixPluginName", "prefixMatchInfoProducerName"] {
+            if let Some(v) = p.get(k).filter(|v| !v.is_null()) {
+                tracing::warn!(
+                    parameter = k,
+                    value = %v,
+                    "pd-profile-handler: parameter accepted but not used; the prefix decider reads approx-prefix-cache-producer"
+                );
+            }
+        }
         pd_primary_port(p)?;
         return decider_ref(type_name, p).map(|_| ());
     }

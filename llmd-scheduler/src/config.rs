@@ -668,3 +668,75 @@ impl SchedulerConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::{Endpoint, Role};
+    use crate::plugin::CycleState;
+    use crate::request::LlmRequest;
+    use crate::scheduler::Scheduler;
+
+    /// llm-d's tiered-prefix-cache guide (CPU offload, approximate scoring): two
+    /// approximate producers, one per tier, each read by its own prefix-cache-scorer.
+    #[test]
+    fn the_tiered_prefix_cache_cpu_guide_loads_and_picks() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs/tiered-prefix-cache-cpu.yaml");
+        let cfg = SchedulerConfig::from_file(&path, &PluginRegistry::with_builtins()).unwrap();
+        let p = &cfg.profiles[0];
+        assert_eq!((cfg.profiles.len(), p.name.as_str()), (1, "default"));
+        let scorers: Vec<(&str, f64)> = p.scorers.iter().map(|s| (s.0.as_str(), s.2)).collect();
+        assert_eq!(
+            scorers,
+            [
+                ("queue-scorer", 1.0),
+                ("kv-cache-utilization-scorer", 1.0),
+                ("gpu-prefix-cache-scorer", 1.0),
+                ("cpu-prefix-cache-scorer", 1.0),
+                ("no-hit-lru-scorer", 1.0)
+            ]
+        );
+        assert_eq!(p.picker.0, "max-score-picker");
+        // Each tier's scorer keeps its own history, as large as its producer says: the
+        // GPU one the router's default (31 250 blocks), the CPU one 82 000.
+        let tier = |name: &str| {
+            let h = &cfg.plugins[name];
+            (h.scorer.clone().unwrap(), h.observer.clone().unwrap())
+        };
+        let (gpu, gpu_obs) = tier("gpu-prefix-cache-scorer");
+        let (cpu, cpu_obs) = tier("cpu-prefix-cache-scorer");
+        let eps = [Endpoint::new("a", "10.0.0.1:8000", Role::Both), Endpoint::new("b", "10.0.0.2:8000", Role::Both)];
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        // 64 prompts of 512 blocks (16 tokens each) sent to `a`: 32 768 blocks, past the
+        // GPU history's capacity and within the CPU one's.
+        let prompt = |i: u32| {
+            let mut r = LlmRequest::new(format!("r{i}"), "m", "");
+            r.token_ids = Some((0..512 * 16).map(|t| t + i * 100_000).collect());
+            r
+        };
+        for i in 0..64 {
+            let mut st = CycleState::default();
+            gpu.score(&mut st, &prompt(i), &refs);
+            gpu_obs.on_pick(&st, &prompt(i), "default", &eps[0]);
+            cpu_obs.on_pick(&st, &prompt(i), "default", &eps[0]);
+        }
+        let first = prompt(0);
+        assert_eq!(gpu.score(&mut CycleState::default(), &first, &refs), [0.0, 0.0], "evicted from the GPU history");
+        assert_eq!(cpu.score(&mut CycleState::default(), &first, &refs), [1.0, 0.0], "still in the CPU history");
+        let last = prompt(63);
+        assert_eq!(gpu.score(&mut CycleState::default(), &last, &refs), [1.0, 0.0]);
+
+        // Picks: the prompt only the CPU tier remembers still goes to `a` (the other
+        // scorers see two idle endpoints alike), and a pick teaches both tiers.
+        let sched = Scheduler::new(cfg, 7);
+        let pick = sched.pick(&first, &eps).unwrap();
+        assert_eq!(pick.destination().unwrap().endpoint, "a");
+        assert_eq!(gpu.score(&mut CycleState::default(), &first, &refs), [1.0, 0.0]);
+        let fresh = prompt(1000);
+        let pick = sched.pick(&fresh, &eps).unwrap();
+        let to = pick.destination().unwrap().endpoint.clone();
+        let at = if to == "a" { [1.0, 0.0] } else { [0.0, 1.0] };
+        assert_eq!(gpu.score(&mut CycleState::default(), &fresh, &refs), at);
+        assert_eq!(cpu.score(&mut CycleState::default(), &fresh, &refs), at);
+    }
+}

@@ -1,7 +1,8 @@
 //! `precise-prefix-cache-scorer`: prefix-cache awareness from what the engines report.
-//! Endpoints score the credit-weighted fraction of the request's leading blocks their
-//! KV events say they hold (see [`crate::kvindex`]). Needs the request's token ids
-//! (the gateway tokenizes with the model's tokenizer).
+//! Endpoints score the tier-weighted fraction of the request's leading blocks their
+//! KV events say they hold (see [`crate::kvindex`]; the weights are
+//! `indexerConfig.kvCacheBackendConfigs`). Needs the request's token ids (the gateway
+//! tokenizes with the model's tokenizer).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use super::Params;
 use super::prefix::{PREFIX_MATCH_KEY, PrefixMatch};
 use crate::clock::{Clock, SystemClock};
 use crate::endpoint::Endpoint;
-use crate::kvindex::{BlockKey, KvBlockIndex, block_keys};
+use crate::kvindex::{BlockKey, KvBlockIndex, PrefixCredit, TierWeights, block_keys};
 use crate::plugin::{CycleState, KvEventConsumer, PickObserver, Scorer};
 use crate::request::LlmRequest;
 
@@ -119,12 +120,14 @@ impl PrecisePrefixCacheScorer {
     /// `metricsLoggingInterval`}, `kvCacheBackendConfigs`}, `kvEventsConfig`
     /// {`zmqEndpoint`, `topicFilter`, `concurrency`, `engineType` (vllm), `discoverPods`,
     /// `podDiscoveryConfig` {`socketPort`, `podLabelSelector`, `podNamespace`}},
-    /// `speculativeIndexing` (false only), `speculativeTTL`; and llmd's own `blockSize`
-    /// and `maxPrefixBlocksToMatch` (256). The hash seed and algorithm shape the router's
-    /// own block keys only; llmd keys blocks by its own hash of the tokens, on requests
-    /// and events alike, so they change nothing here. What llmd does not build (a Redis
-    /// or cost-aware index, the router's tokenizer pool, replay sockets, SGLang events,
-    /// other tier weights) is refused.
+    /// `speculativeIndexing`, `speculativeTTL`; and llmd's own `blockSize` and
+    /// `maxPrefixBlocksToMatch` (256). `kvCacheBackendConfigs` (`[{name, weight}]`,
+    /// llm-d's defaults gpu 1.0 and cpu 0.8) replaces the default tier weights entirely
+    /// when given; tiers it does not name score 1.0, as in llm-d. The hash seed and
+    /// algorithm shape the router's own block keys only; llmd keys blocks by its own
+    /// hash of the tokens, on requests and events alike, so they change nothing here.
+    /// What llmd does not build (a Redis or cost-aware index, the router's tokenizer
+    /// pool, replay sockets, SGLang events) is refused.
     pub fn from_params(p: &serde_json::Value) -> Result<Self, String> {
         let p = Params(p);
         p.check(&[
@@ -150,7 +153,7 @@ impl PrecisePrefixCacheScorer {
                 "parameter tokenProcessorConfig.hashAlgorithm: unsupported hashAlgorithm {a:?}: accepted values are \"cbor-fnv\" and \"xxh64\""
             ));
         }
-        Self::check_indexer(&Params(nested(&p, "indexerConfig")))?;
+        let weights = Self::check_indexer(&Params(nested(&p, "indexerConfig")))?;
         let events = Self::events(&Params(nested(&p, "kvEventsConfig")))?;
         // llmd's own top-level key wins.
         let block_size = p.u64("blockSize", router)? as usize;
@@ -168,13 +171,14 @@ impl PrecisePrefixCacheScorer {
             block_size,
             max_blocks: p.u64("maxPrefixBlocksToMatch", 256)? as usize,
             events,
-            index: Mutex::new(KvBlockIndex::new()),
+            index: Mutex::new(KvBlockIndex::with_weights(weights)),
             speculative,
             clock: Arc::new(SystemClock::default()),
         })
     }
 
-    fn check_indexer(ix: &Params<'_>) -> Result<(), String> {
+    // The indexer's parameters, and the tier weights they give.
+    fn check_indexer(ix: &Params<'_>) -> Result<TierWeights, String> {
         ix.check_at("indexerConfig", &["kvBlockIndexConfig", "kvCacheBackendConfigs", "tokenizersPoolConfig"])?;
         if ix.value("tokenizersPoolConfig").is_some() {
             return Err("parameter indexerConfig.tokenizersPoolConfig: tokenizersPoolConfig is not supported; \
@@ -196,30 +200,23 @@ impl PrecisePrefixCacheScorer {
         Params(nested(&kb, "inMemoryConfig"))
             .check_at("indexerConfig.kvBlockIndexConfig.inMemoryConfig", &["size", "podCacheSize"])?;
         kb.bool("enableMetrics", false).map_err(at("indexerConfig.kvBlockIndexConfig"))?;
-        if let Some(b) = ix.value("kvCacheBackendConfigs") {
-            // The tiers' credits are llmd's (gpu 1.0, cpu 0.8, storage 0.5); the router's
-            // defaults agree on gpu and cpu.
-            let list = b.as_array().ok_or("parameter indexerConfig.kvCacheBackendConfigs: expected a list")?;
-            for (i, t) in list.iter().enumerate() {
-                let q = Params(t);
-                let path = format!("indexerConfig.kvCacheBackendConfigs[{i}]");
-                q.check_at(&path, &["name", "weight"])?;
-                let name = q.string("name").map_err(at(&path))?.unwrap_or_default().to_ascii_lowercase();
-                let weight = q.f64("weight", 0.0).map_err(at(&path))?;
-                let built = match name.as_str() {
-                    "gpu" => 1.0,
-                    "cpu" => 0.8,
-                    "storage" | "disk" => 0.5,
-                    _ => f64::NAN,
-                };
-                if weight != built {
-                    return Err(format!(
-                        "parameter {path}: tier {name:?} weight {weight} is not built in llmd yet (gpu 1.0, cpu 0.8, storage 0.5)"
-                    ));
-                }
-            }
+        let Some(b) = ix.value("kvCacheBackendConfigs") else { return Ok(TierWeights::default()) };
+        let list = b.as_array().ok_or("parameter indexerConfig.kvCacheBackendConfigs: expected a list")?;
+        let mut tiers = Vec::with_capacity(list.len());
+        for (i, t) in list.iter().enumerate() {
+            let q = Params(t);
+            let path = format!("indexerConfig.kvCacheBackendConfigs[{i}]");
+            q.check_at(&path, &["name", "weight"])?;
+            let name = q.string("name").map_err(at(&path))?.unwrap_or_default();
+            // A missing weight is 0, as Go's decoding leaves it in llm-d.
+            let weight = q.f64("weight", 0.0).map_err(at(&path))?;
+            tiers.push((name, weight));
         }
-        Ok(())
+        // The given list replaces the defaults, as llm-d-kv-cache's indexer does.
+        TierWeights::new(tiers).map_err(|e| match e {
+            crate::SchedulerError::Config { what, reason, .. } => format!("parameter indexerConfig.{what}: {reason}"),
+            other => other.to_string(),
+        })
     }
 
     fn events(ev: &Params<'_>) -> Result<KvEventsConfig, String> {
@@ -295,20 +292,26 @@ impl Scorer for PrecisePrefixCacheScorer {
             if let Some(spec) = &self.speculative {
                 let mut spec = spec.lock().unwrap_or_else(|p| p.into_inner());
                 spec.expire(self.clock.now());
-                // Where a pick just went, a block counts as held (at full credit, as
-                // the router's tierless speculative entries) until its entry expires.
+                // Where a pick just went, a block counts as held until its entry
+                // expires, at full credit: the router's speculative entries have no
+                // tier, so they weigh 1.0, the best of the block's tiers there.
                 for (endpoint, held) in &spec.held {
-                    let mut c = 0.0;
+                    let mut c = PrefixCredit::default();
                     for k in &keys {
-                        match index.block_credit(*k, endpoint) {
-                            Some(x) => c += x,
-                            None if held.contains_key(k) => c += 1.0,
-                            None => break,
+                        let speculative = held.contains_key(k).then_some(1.0);
+                        match (index.block_credit(*k, endpoint), speculative) {
+                            (None, None) => break,
+                            (x, y) => c.credit += x.unwrap_or(0.0).max(y.unwrap_or(0.0)),
                         }
+                        c.blocks += 1;
                     }
-                    if c > 0.0 {
-                        let e = credit.entry(endpoint.clone()).or_insert(0.0);
-                        *e = e.max(c);
+                    // This walk covers the index's own prefix and goes on past it: the
+                    // longer one is the whole answer.
+                    if c.blocks > 0 {
+                        let e = credit.entry(endpoint.clone()).or_default();
+                        if c.blocks > e.blocks {
+                            *e = c;
+                        }
                     }
                 }
             }
@@ -322,9 +325,11 @@ impl Scorer for PrecisePrefixCacheScorer {
                 hints.insert(e.id.clone(), i);
             }
             i += 1;
-            if n == 0.0 { 0.0 } else { c.unwrap_or(0.0) / n }
+            if n == 0.0 { 0.0 } else { c.map_or(0.0, |c| c.credit) / n }
         });
-        let matched: super::prefix::IdMap<usize> = credit.into_iter().map(|(e, c)| (e, c.round() as usize)).collect();
+        // What each holds, in blocks whatever their tiers' weights: what a decider
+        // counts as cached.
+        let matched: super::prefix::IdMap<usize> = credit.into_iter().map(|(e, c)| (e, c.blocks)).collect();
         let prompt_tokens = tokens.len();
         state.put(
             PREFIX_MATCH_KEY,
@@ -460,7 +465,6 @@ mod tests {
         for (p, want) in [
             (json!({"indexerConfig": {"tokenizersPoolConfig": {}}}), "configure a token-producer plugin instead"),
             (json!({"indexerConfig": {"kvBlockIndexConfig": {"redisConfig": {"address": "r:6379"}}}}), "redisConfig"),
-            (json!({"indexerConfig": {"kvCacheBackendConfigs": [{"name": "cpu", "weight": 0.5}]}}), "weight 0.5"),
             (json!({"tokenProcessorConfig": {"hashAlgorithm": "sha256"}}), "unsupported hashAlgorithm"),
             (json!({"tokenProcessorConfig": {"blockSizeToken": 16}}), "tokenProcessorConfig.blockSizeToken"),
             (json!({"kvEventsConfig": {"engineType": "sglang"}}), "sglang"),
@@ -471,6 +475,114 @@ mod tests {
             let e = PrecisePrefixCacheScorer::from_params(&p).unwrap_err();
             assert!(e.contains(want), "{p}: {e}");
         }
+    }
+
+    #[test]
+    fn kv_cache_backend_configs_weigh_the_tiers_and_replace_the_defaults() {
+        use serde_json::json;
+        let weights = |p: serde_json::Value| {
+            let s = PrecisePrefixCacheScorer::from_params(&json!({"indexerConfig": p})).unwrap();
+            let index = s.index.lock().unwrap();
+            index.weights().iter().map(|(n, w)| (n.to_string(), w)).collect::<Vec<_>>()
+        };
+        let pairs = |v: &[(&str, f64)]| v.iter().map(|(n, w)| (n.to_string(), *w)).collect::<Vec<_>>();
+        assert_eq!(weights(json!({})), pairs(&[("gpu", 1.0), ("cpu", 0.8)]), "llm-d's defaults");
+        assert_eq!(weights(json!({"kvCacheBackendConfigs": null})), pairs(&[("gpu", 1.0), ("cpu", 0.8)]));
+        assert_eq!(
+            weights(
+                json!({"kvCacheBackendConfigs": [{"name": "CPU", "weight": 0.5}, {"name": "shared_storage", "weight": 0.2}]})
+            ),
+            pairs(&[("cpu", 0.5), ("shared_storage", 0.2)]),
+            "the list replaces the defaults (gpu is then unconfigured: 1.0)"
+        );
+        assert_eq!(weights(json!({"kvCacheBackendConfigs": [{"name": "cpu"}]})), pairs(&[("cpu", 0.0)]));
+        assert_eq!(weights(json!({"kvCacheBackendConfigs": []})), pairs(&[]));
+        for (p, want) in [
+            (
+                json!([{"name": "gpu", "weight": 1.0}, {"name": "", "weight": 0.5}]),
+                "indexerConfig.kvCacheBackendConfigs[1]: name",
+            ),
+            (json!([{"weight": 0.5}]), "indexerConfig.kvCacheBackendConfigs[0]: name"),
+            (json!([{"name": "cpu", "weight": -1}]), "indexerConfig.kvCacheBackendConfigs[0].weight"),
+            (json!([{"name": "cpu", "weight": "high"}]), "indexerConfig.kvCacheBackendConfigs[0].weight"),
+            (
+                json!([{"name": "cpu", "weight": 0.8}, {"name": "Cpu", "weight": 0.5}]),
+                "indexerConfig.kvCacheBackendConfigs[1]: name: tier \"cpu\" is already",
+            ),
+            (json!([{"name": "cpu", "weight": 0.8, "modelConfigs": {}}]), "kvCacheBackendConfigs[0].modelConfigs"),
+            (json!([{"name": 7, "weight": 0.8}]), "kvCacheBackendConfigs[0].name"),
+            (json!({"name": "cpu", "weight": 0.8}), "expected a list"),
+        ] {
+            let e = PrecisePrefixCacheScorer::from_params(&json!({"indexerConfig": {"kvCacheBackendConfigs": p}}))
+                .unwrap_err();
+            assert!(e.contains(want), "{p}: {e}");
+        }
+    }
+
+    #[test]
+    fn scores_weigh_each_block_by_the_best_tier_holding_it() {
+        use llmd_kvcache::ExternalBlockHash;
+        let tokens: Vec<u32> = (0..12).collect();
+        let gpu_a = |s: &PrecisePrefixCacheScorer| {
+            let ev = KvEvent::BlockStored(BlockStored {
+                block_hashes: (0..4).map(ExternalBlockHash::Int).collect(),
+                token_ids: tokens[..8].to_vec(),
+                block_size: 2,
+                medium: Some("GPU".into()),
+                ..Default::default()
+            });
+            s.apply("a", None, &KvEventBatch { ts: 0.0, events: vec![ev], data_parallel_rank: None });
+        };
+        // B's blocks reach CPU memory as vLLM's offloader reports them: first stored on
+        // GPU, then offloaded (hashes only), then evicted from GPU.
+        let cpu_b = |s: &PrecisePrefixCacheScorer, tier: &str| {
+            let hashes: Vec<ExternalBlockHash> = (10..16).map(ExternalBlockHash::Int).collect();
+            let events = vec![
+                KvEvent::BlockStored(BlockStored {
+                    block_hashes: hashes.clone(),
+                    token_ids: tokens.clone(),
+                    block_size: 2,
+                    ..Default::default()
+                }),
+                KvEvent::BlockStored(BlockStored {
+                    block_hashes: hashes.clone(),
+                    medium: Some(tier.into()),
+                    ..Default::default()
+                }),
+                KvEvent::BlockRemoved(llmd_kvcache::BlockRemoved {
+                    block_hashes: hashes,
+                    medium: Some("GPU".into()),
+                    ..Default::default()
+                }),
+            ];
+            s.apply("b", None, &KvEventBatch { ts: 0.0, events, data_parallel_rank: None });
+        };
+        let eps = [Endpoint::new("a", "a", Role::Both), Endpoint::new("b", "b", Role::Both)];
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        let mut req = LlmRequest::new("r", "m", "");
+        req.token_ids = Some(tokens.clone());
+        let run = |params: serde_json::Value, tier: &str| {
+            let s = PrecisePrefixCacheScorer::from_params(&params).unwrap();
+            gpu_a(&s);
+            cpu_b(&s, tier);
+            let mut st = CycleState::default();
+            let scores = s.score(&mut st, &req, &refs);
+            let m = st.get::<PrefixMatch>(PREFIX_MATCH_KEY).unwrap().clone();
+            // Raw credit: the score is credit over the request's 6 blocks.
+            (scores.iter().map(|x| (x * 6.0 * 1e9).round() / 1e9).collect::<Vec<_>>(), m)
+        };
+        // Defaults: A 4 × 1.0 = 4.0, B 6 × 0.8 = 4.8: B wins.
+        let (raw, m) = run(serde_json::json!({"blockSize": 2}), "CPU");
+        assert_eq!(raw, [4.0, 4.8]);
+        // Matched blocks are counted whatever the weights.
+        assert_eq!((m.matched["a"], m.matched["b"]), (4, 6));
+        assert_eq!(m.uncached_tokens("b"), 0);
+        // CPU at 0.5: B 3.0 < A 4.0.
+        let half = serde_json::json!({"blockSize": 2,
+            "indexerConfig": {"kvCacheBackendConfigs": [{"name": "gpu", "weight": 1.0}, {"name": "cpu", "weight": 0.5}]}});
+        assert_eq!(run(half.clone(), "CPU").0, [4.0, 3.0]);
+        // A tier nobody weighted: 1.0 (llm-d's default), with a warning to set one.
+        assert_eq!(run(half, "SHARED_STORAGE").0, [4.0, 6.0]);
     }
 
     #[test]
@@ -516,6 +628,22 @@ mod tests {
             vec![0.0, 0.0],
             "expired: the engine never said so"
         );
+        // A block the engine reports in CPU memory (0.8), where a pick just went, counts
+        // as the speculative entry does (1.0): the best of the two.
+        let cpu = KvEvent::BlockStored(BlockStored {
+            block_hashes: vec![ExternalBlockHash::Int(1)],
+            token_ids: vec![1, 2, 3, 4],
+            block_size: 4,
+            medium: Some("CPU".into()),
+            ..Default::default()
+        });
+        s.apply("b", None, &KvEventBatch { ts: 0.0, events: vec![cpu], data_parallel_rank: None });
+        let mut st = CycleState::default();
+        assert_eq!(s.score(&mut st, &req, &refs), vec![0.0, 0.4]);
+        s.on_pick(&st, &req, "default", &eps[1]);
+        let mut st = CycleState::default();
+        assert_eq!(s.score(&mut st, &req, &refs), vec![0.0, 1.0]);
+        assert_eq!(st.get::<PrefixMatch>(PREFIX_MATCH_KEY).unwrap().matched["b"], 2);
         // Without speculative indexing a pick leaves nothing behind.
         let plain = PrecisePrefixCacheScorer::from_params(&serde_json::json!({"blockSize": 4})).unwrap();
         let mut st = CycleState::default();

@@ -2,7 +2,6 @@
 //! body in two chunks; the answer carries the destination as a header and as `envoy.lb`
 //! dynamic metadata, as llm-d's EPP does.
 
-#![cfg(feature = "ext-proc")]
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};

@@ -2,7 +2,6 @@
 //! `precise-prefix-cache-producer` (KV events, per endpoint or on one bound socket) →
 //! `prefix-cache-scorer`.
 
-#![cfg(feature = "gateway")]
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::collections::BTreeMap;

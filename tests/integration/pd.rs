@@ -5,13 +5,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-mod common;
-
-use common::{openai_client_check, sim};
 use llmd::cluster::{ClusterOptions, LocalCluster, PD_ROUTING, Replica};
 use llmd::engine::builtin;
 use llmd::scheduler::{PluginRegistry, SchedulerConfig, presets};
 use serde_json::{Value, json};
+
+use crate::common::{openai_client_check, sim};
 
 fn tiny() -> Replica {
     Replica::builtin(256).unwrap()

@@ -12,9 +12,7 @@ use llmd::scheduler::gateway::GatewayConfig;
 use llmd::scheduler::{Endpoint, FileDiscovery, PluginRegistry, presets};
 use serde_json::json;
 
-mod common;
-use common::eventually;
-use common::sim;
+use crate::common::{eventually, sim};
 
 fn file_text(eps: &[&Endpoint]) -> String {
     let mut s = String::from("endpoints:\n");

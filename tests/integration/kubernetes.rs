@@ -4,12 +4,9 @@
 //! picks through ext-proc and HTTP reach Ready pods only, follow pods as they change,
 //! and two replicas elect one leader, the follower taking over when the leader dies.
 //!
-//! A real cluster: `llmd-k8s/tests/watch.rs`, `needs_hardware::` (run by hand).
+//! A real cluster: `llmd-k8s/tests/integration/watch.rs`, `needs_hardware::` (run by hand).
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
-mod common;
-use common::eventually;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -24,6 +21,8 @@ use serde_json::{Value, json};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+
+use crate::common::{self, eventually};
 
 const NS: &str = "llm";
 

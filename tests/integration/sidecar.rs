@@ -7,11 +7,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-mod common;
-
 use std::time::Duration;
 
 use serde_json::{Value, json};
+
+use crate::common;
 
 fn engine() -> (common::Llmd, String) {
     let (p, line) =

@@ -4,7 +4,6 @@
 //!
 //! The certificates are `tests/fixtures/tls/` (made by its `generate.sh`).
 
-#![cfg(feature = "runtime")]
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,6 @@
 //! `burst-prefix-cache-producer` through the picker: a burst of prompt-sharing requests
 //! waits out its window and lands on one endpoint.
 
-#![cfg(feature = "runtime")]
 #![allow(clippy::unwrap_used)]
 use std::collections::HashSet;
 use std::path::PathBuf;

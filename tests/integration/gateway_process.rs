@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+
+use crate::common;
 
 /// The `host:port` after `http://` in a start-up line.
 fn http_addr(line: &str) -> String {
@@ -58,6 +58,9 @@ async fn epp_routes_around_an_endpoint_that_never_answers() {
                 "--grpc-port",
                 "0",
                 "--grpc-health-port",
+                "0",
+                // The gateway serves /metrics too; the default metrics port is a fixed one.
+                "--metrics-port",
                 "0",
                 "--http-port",
                 &port.to_string(),

@@ -314,7 +314,7 @@ async fn timings_that_allow_two_leaders_are_refused() {
 /// from `llmd k8s manifests | kubectl apply -f -`, and a kubeconfig allowed to read
 /// pods and pools and to write Leases in the namespace:
 /// `LLMD_K8S_TEST_POOL=<namespace>/<pool> cargo test -p llmd-k8s --features client,fake-apiserver
-/// --test watch -- --ignored needs_hardware::`
+/// --test integration -- --ignored needs_hardware::`
 mod needs_hardware {
     use super::*;
     use k8s_openapi::api::core::v1::Pod;

@@ -1,6 +1,6 @@
 //! Helpers shared by the end-to-end tests.
 
-#![allow(dead_code, clippy::unwrap_used)] // each test file uses some of them
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};

@@ -4,14 +4,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llmd::scheduler::picker::{EndpointPicker, PickerConfig};
 use llmd::scheduler::{Endpoint, PluginRegistry, Role, Scheduler, SystemClock, datastore, presets};
 use serde_json::json;
+
+use crate::common;
 
 struct Serve {
     proc: common::Llmd,

@@ -1,6 +1,5 @@
 //! The HTTP gateway's header hygiene, against an endpoint that echoes what it receives.
 
-#![cfg(feature = "gateway")]
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::sync::Arc;

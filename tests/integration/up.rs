@@ -13,6 +13,8 @@ use llmd::scheduler::picker::{EndpointPicker, PickerConfig, PromptTokenizer};
 use llmd::scheduler::{Endpoint, PluginRegistry, Role, Scheduler, SystemClock, datastore, presets};
 use serde_json::{Value, json};
 
+use crate::common::{openai_client_check, sim};
+
 /// A picker over a fixed set of endpoints with a built-in routing.
 fn picker(routing: &str, eps: Vec<Endpoint>, tokenizer: Option<Arc<dyn PromptTokenizer>>) -> Arc<EndpointPicker> {
     let reg = PluginRegistry::with_builtins();
@@ -31,9 +33,6 @@ fn picker(routing: &str, eps: Vec<Endpoint>, tokenizer: Option<Arc<dyn PromptTok
 fn tiny() -> Replica {
     Replica::builtin(256).unwrap()
 }
-
-mod common;
-use common::{openai_client_check, sim};
 
 async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, String) {
     post_raw(client, url, body.to_string()).await

@@ -247,18 +247,43 @@ impl LocalCluster {
 impl Replica {
     /// A simulated replica (latency model on the system clock, byte tokenizer).
     pub fn simulated(name: &str, latency: llmd_engine::LatencyModel, num_blocks: usize) -> anyhow::Result<Self> {
-        let built = llmd_engine::EngineBuilder::sim(latency)
+        Self::simulated_with(name, latency, num_blocks, None)
+    }
+
+    /// A simulated replica with KV offloading.
+    pub fn simulated_with(
+        name: &str,
+        latency: llmd_engine::LatencyModel,
+        num_blocks: usize,
+        offload: Option<llmd_engine::offload::OffloadConfig>,
+    ) -> anyhow::Result<Self> {
+        let mut b = llmd_engine::EngineBuilder::sim(latency)
             .served_model_name(name)
             .num_blocks(num_blocks)
             .max_model_len(8192)
-            .seed(1)
-            .build()?;
+            .seed(1);
+        if let Some(o) = offload {
+            b = b.offload(o);
+        }
+        let built = b.build()?;
         Ok(Replica { engine: built.engine, template: built.template, generation: built.generation })
     }
 
     /// A replica of the built-in model on the CPU.
     pub fn builtin(num_blocks: usize) -> anyhow::Result<Self> {
-        let built = llmd_engine::EngineBuilder::builtin().num_blocks(num_blocks).max_model_len(4096).build()?;
+        Self::builtin_with(num_blocks, None)
+    }
+
+    /// A replica of the built-in model on the CPU with KV offloading.
+    pub fn builtin_with(
+        num_blocks: usize,
+        offload: Option<llmd_engine::offload::OffloadConfig>,
+    ) -> anyhow::Result<Self> {
+        let mut b = llmd_engine::EngineBuilder::builtin().num_blocks(num_blocks).max_model_len(4096);
+        if let Some(o) = offload {
+            b = b.offload(o);
+        }
+        let built = b.build()?;
         Ok(Replica { engine: built.engine, template: built.template, generation: built.generation })
     }
 }

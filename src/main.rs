@@ -227,12 +227,67 @@ struct EngineArgs {
     /// Seed for built-in weights and for requests without a seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Host memory for KV blocks evicted from the engine's cache, in GiB (vLLM's flag):
+    /// a later prompt with that prefix gets them copied back instead of computed.
+    #[arg(long)]
+    kv_offloading_size: Option<f64>,
+    /// What offloads (vLLM's flag): `native` (llmd's own host-memory tier).
+    #[arg(long, default_value = "native", requires = "kv_offloading_size")]
+    kv_offloading_backend: String,
+    /// A directory for a disk tier below host memory (llmd's shorthand for vLLM's
+    /// `secondary_tiers: [{"type": "fs", "root_dir": DIR}]`); replicas pointed at the
+    /// same directory share what they write.
+    #[arg(long, requires = "kv_offloading_size")]
+    kv_offloading_dir: Option<PathBuf>,
 }
 
 impl EngineArgs {
     fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout)
     }
+
+    /// KV offloading from the flags, or from vLLM's OffloadingConnector JSON.
+    fn offload(&self, connector_json: Option<&str>) -> Result<Option<llmd::engine::offload::OffloadConfig>> {
+        use llmd::engine::offload::{OffloadConfig, SecondaryTier};
+
+        let mut cfg = match (self.kv_offloading_size, connector_json) {
+            (Some(_), Some(_)) => {
+                bail!(
+                    "--kv-offloading-size and an OffloadingConnector --kv-transfer-config both configure offloading; give one"
+                )
+            }
+            (None, None) => return Ok(None),
+            (None, Some(json)) => OffloadConfig::from_vllm_json(json)?,
+            (Some(gib), None) => {
+                if self.kv_offloading_backend != "native" {
+                    bail!(
+                        "--kv-offloading-backend {:?}: llmd offloads natively only (native)",
+                        self.kv_offloading_backend
+                    );
+                }
+                OffloadConfig::from_size_gib(gib)?
+            }
+        };
+        if let Some(dir) = &self.kv_offloading_dir {
+            cfg.secondary.push(SecondaryTier::Fs {
+                root_dir: dir.display().to_string(),
+                read_threads: 16,
+                write_threads: 16,
+                max_bytes: None,
+                medium: None,
+            });
+        }
+        Ok(Some(cfg))
+    }
+}
+
+/// Whether vLLM's `--kv-transfer-config` JSON names the OffloadingConnector (else it is
+/// a P/D connector).
+fn is_offloading_connector(json: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v.get("kv_connector")?.as_str().map(|c| c == "OffloadingConnector"))
+        .unwrap_or(false)
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -474,7 +529,7 @@ struct Built {
     generation: llmd::engine::GenerationConfig,
 }
 
-fn build_engine(a: &EngineArgs) -> Result<Built> {
+fn build_engine(a: &EngineArgs, offload: Option<&llmd::engine::offload::OffloadConfig>) -> Result<Built> {
     use llmd::engine::{EngineBuilder, KvDtype};
 
     let kv_dtype: KvDtype = a.kv_cache_dtype.parse().map_err(anyhow::Error::msg)?;
@@ -501,6 +556,9 @@ fn build_engine(a: &EngineArgs) -> Result<Built> {
     if let Some(n) = a.max_model_len {
         builder = builder.max_model_len(n);
     }
+    if let Some(o) = offload {
+        builder = builder.offload(o.clone());
+    }
     let built = match &a.model {
         Some(dir) => builder.build().with_context(|| format!("loading {}", dir.display()))?,
         None => builder.build()?,
@@ -511,7 +569,13 @@ fn build_engine(a: &EngineArgs) -> Result<Built> {
 fn serve(a: ServeArgs) -> Result<()> {
     use llmd::engine::server::{KvEventsConfig, KvTransferConfig, ServeConfig, Server, ServerConfig};
 
-    let kv_transfer = match (&a.kv_transfer_config, a.role) {
+    // One --kv-transfer-config names one connector: offloading, or P/D transfer.
+    let (offload_json, pd_json) = match a.kv_transfer_config.as_deref() {
+        Some(j) if is_offloading_connector(j) => (Some(j), None),
+        other => (None, other),
+    };
+    let offload = a.engine.offload(offload_json)?;
+    let kv_transfer = match (pd_json, a.role) {
         (Some(json), _) => Some(KvTransferConfig::from_vllm_json(json)?),
         (None, Role::Prefill | Role::Decode) => Some(KvTransferConfig::default()),
         (None, Role::Both) => None,
@@ -521,7 +585,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         t.side_channel_port = a.side_channel_port;
         t
     });
-    let Built { engine, template, generation } = build_engine(&a.engine)?;
+    let Built { engine, template, generation } = build_engine(&a.engine, offload.as_ref())?;
     let cfg = engine.config().clone();
     let server_cfg = ServerConfig {
         kv_events: (!a.no_kv_events).then(|| KvEventsConfig {
@@ -583,10 +647,11 @@ fn up(a: UpArgs) -> Result<()> {
         (None, None) => presets::preset(&a.routing, &registry)?,
     };
     let count = a.pd.map_or(a.replicas, |(p, d)| p + d);
+    let offload = a.engine.offload(None)?;
     let mut replicas = Vec::with_capacity(count);
     for _ in 0..count {
         // Same arguments, same seed: every replica serves the same weights.
-        let Built { engine, template, generation } = build_engine(&a.engine)?;
+        let Built { engine, template, generation } = build_engine(&a.engine, offload.as_ref())?;
         replicas.push(Replica { engine, template, generation });
     }
     let model_name = replicas[0].engine.config().model_name.clone();

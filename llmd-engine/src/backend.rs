@@ -62,6 +62,21 @@ pub trait Backend: Send {
         None
     }
 
+    /// For a simulated backend, the time copying `tokens` tokens' K/V back from KV
+    /// offloading's lower tiers takes, `from_disk` of them read from disk first; the
+    /// request waits that long before it runs. `None` (the default): copies take the
+    /// time they take.
+    fn simulated_onboard_time(&self, tokens: usize, from_disk: usize) -> Option<std::time::Duration> {
+        let _ = (tokens, from_disk);
+        None
+    }
+
+    /// Bytes one KV block takes (all layers, K and V): what KV offloading's capacities
+    /// count. By default the exported size ([`kv_layout`](Self::kv_layout)).
+    fn kv_block_bytes(&self) -> Option<usize> {
+        self.kv_layout().map(|l| l.block_bytes())
+    }
+
     /// The layout of this backend's exported KV blocks; `None` (the default) when it
     /// cannot export or import them.
     fn kv_layout(&self) -> Option<KvBlockLayout> {

@@ -23,6 +23,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::error::{EngineError, Result};
 use crate::kv::KvDtype;
 use crate::model::{GenerationConfig, LlamaModel, ModelConfig};
+use crate::offload::OffloadConfig;
 use crate::sim::{LatencyModel, SimBackend};
 use crate::tokenizer::{ByteTokenizer, ChatTemplate, DEFAULT_CHAT_TEMPLATE, PromptRenderer, Tokenize};
 
@@ -77,6 +78,7 @@ pub struct EngineBuilder {
     enable_prefix_caching: bool,
     seed: u64,
     clock: Option<Arc<dyn Clock>>,
+    offload: Option<OffloadConfig>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -105,6 +107,7 @@ impl EngineBuilder {
             enable_prefix_caching: defaults.enable_prefix_caching,
             seed: 0,
             clock: None,
+            offload: None,
         }
     }
 
@@ -198,6 +201,13 @@ impl EngineBuilder {
         self
     }
 
+    /// KV offloading to host memory (and below), as vLLM's
+    /// `--kv-offloading-size` / OffloadingConnector.
+    pub fn offload(mut self, cfg: OffloadConfig) -> Self {
+        self.offload = Some(cfg);
+        self
+    }
+
     /// Loads the model and assembles the engine.
     pub fn build(self) -> Result<BuiltEngine> {
         let clock = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock::default()));
@@ -270,10 +280,13 @@ impl EngineBuilder {
                 // Ordinary tokens: past the low ids (bytes, specials in most vocabularies)
                 // and short of the end, where added special tokens usually sit.
                 let tokens = (vocab / 16) as u32..(vocab * 3 / 4).max(vocab / 16 + 1) as u32;
-                Box::new(
-                    SimBackend::new(*latency, clock.clone(), vocab, max_ctx, tokens, self.seed)
-                        .with_block_size(self.block_size),
-                )
+                let mut sim = SimBackend::new(*latency, clock.clone(), vocab, max_ctx, tokens, self.seed)
+                    .with_block_size(self.block_size);
+                // What the checkpoint's K/V would take in bf16, for offloading's capacities.
+                if let Some(c) = &sim_shape {
+                    sim = sim.with_kv_bytes_per_token(c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 2);
+                }
+                Box::new(sim)
             }
             (None, _) => return Err(EngineError::config("engine", "model", "no model to run")),
         };
@@ -289,7 +302,10 @@ impl EngineBuilder {
             seed: self.seed,
             ..Default::default()
         };
-        let engine = Engine::new(cfg, backend, tokenizer, eos, clock)?;
+        let mut engine = Engine::new(cfg, backend, tokenizer, eos, clock)?;
+        if let Some(o) = &self.offload {
+            engine.enable_offload(o)?;
+        }
         Ok(BuiltEngine { engine, template, generation })
     }
 }

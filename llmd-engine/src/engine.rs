@@ -11,6 +11,7 @@
 //! detokenization, [`RequestOutput`]) in `engine/output.rs`, and KV prefix export and
 //! import in `engine/transfer.rs`.
 
+mod offload;
 mod output;
 mod schedule;
 mod transfer;
@@ -114,6 +115,10 @@ struct ReqState {
     // Remote KV to write in at admission, or an export to make at the end.
     transfer: KvTransfer,
     transfer_outcome: Option<KvTransferOutcome>,
+    // For a simulated backend: blocks copied back from offloading's tiers are ready then.
+    ready_at: Option<Duration>,
+    // Offloaded blocks being read back from disk, then ready to be written in.
+    load: Option<offload::PendingLoad>,
 }
 
 /// The engine.
@@ -136,6 +141,10 @@ pub struct Engine {
     // Requests ended at admission (remote KV unusable, policy `fail`), for the next
     // step's outputs.
     ended_at_admission: Vec<RequestOutput>,
+    // Host memory (and below) for evicted blocks, when KV offloading is on.
+    offload: Option<crate::offload::Offloader>,
+    // Requests out of the waiting queue while their offloaded blocks are read from disk.
+    loading: Vec<String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -237,6 +246,8 @@ impl Engine {
             import_stats: PrefixCacheStats::default(),
             imports: 0,
             ended_at_admission: Vec::new(),
+            offload: None,
+            loading: Vec::new(),
         })
     }
 
@@ -260,14 +271,15 @@ impl Engine {
         self.tokenizer.clone()
     }
 
-    /// Requests running and waiting.
+    /// Requests running and waiting (those whose offloaded blocks are being read back
+    /// count as waiting).
     pub fn num_requests(&self) -> (usize, usize) {
-        (self.running.len(), self.waiting.len())
+        (self.running.len(), self.waiting.len() + self.loading.len())
     }
 
     /// Whether a step would do anything.
     pub fn has_work(&self) -> bool {
-        !self.running.is_empty() || !self.waiting.is_empty()
+        !self.running.is_empty() || !self.waiting.is_empty() || !self.loading.is_empty()
     }
 
     /// KV cache usage (0..1).
@@ -321,6 +333,8 @@ impl Engine {
                 last_token_at: None,
                 transfer: r.kv_transfer,
                 transfer_outcome: None,
+                ready_at: None,
+                load: None,
             },
         );
         self.waiting.push_back(r.id);
@@ -337,6 +351,7 @@ impl Engine {
 
     fn finish(&mut self, id: &str, reason: FinishReason) {
         self.waiting.retain(|w| w != id);
+        self.loading.retain(|w| w != id);
         self.running.retain(|r| r != id);
         // A request that never got blocks is unknown to the KV manager; nothing to free.
         let _ = self.kv.free(id);
@@ -373,7 +388,7 @@ impl Engine {
 
     fn update_gauges(&self) {
         self.metrics.running.set(self.running.len() as i64);
-        self.metrics.waiting.set(self.waiting.len() as i64);
+        self.metrics.waiting.set((self.waiting.len() + self.loading.len()) as i64);
         self.metrics.kv_usage.set(self.kv.usage());
     }
 
@@ -390,6 +405,15 @@ impl Engine {
         )
         .entered();
         if sched.is_empty() {
+            // Only requests whose offloaded blocks are still coming back (simulated
+            // copy time): wait for the first of them rather than spin.
+            let now = self.clock.now();
+            if let Some(t) = self.running.iter().filter_map(|id| self.reqs.get(id)?.ready_at).filter(|&t| t > now).min()
+            {
+                self.clock.sleep(t - now);
+            } else if !self.loading.is_empty() {
+                self.wait_for_disk();
+            }
             self.update_gauges();
             return Ok(ended);
         }

@@ -116,6 +116,8 @@ pub struct EngineMetrics {
     pub iteration_tokens: Histogram,
     /// `vllm:cache_config_info`.
     pub cache_config: Family<CacheConfigLabel, Gauge>,
+    /// KV offloading's series (vLLM's connector prefix-cache counters, llmd's per tier).
+    pub offload: crate::offload::OffloadMetrics,
 }
 
 impl EngineMetrics {
@@ -152,6 +154,7 @@ impl EngineMetrics {
             request_max_tokens: histogram(&tokens),
             iteration_tokens: histogram(ITERATION_TOKEN_BUCKETS),
             cache_config: Family::default(),
+            offload: crate::offload::OffloadMetrics::new(),
         }
     }
 
@@ -243,6 +246,7 @@ impl EngineMetrics {
             "Histogram of number of tokens per engine_step",
             self.iteration_tokens.clone(),
         );
+        self.offload.register(r);
     }
 
     /// Records the cache configuration (a gauge fixed at 1 carrying labels).

@@ -274,6 +274,8 @@ fn the_simulated_backend_runs_on_virtual_time() {
         per_decode_seq: Duration::from_millis(2),
         per_context_token: Duration::ZERO,
         per_transfer_token: Duration::ZERO,
+        per_onboard_token: Duration::ZERO,
+        per_disk_token: Duration::ZERO,
     };
     let sim = SimBackend::new(latency, clock.clone(), ByteTokenizer::VOCAB, 4096, 32..127, 9);
     let cfg = EngineConfig { block_size: 16, num_blocks: 1000, max_model_len: 4096, ..Default::default() };

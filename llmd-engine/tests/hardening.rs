@@ -28,6 +28,8 @@ fn sim_server_engine() -> llmd_engine::BuiltEngine {
         per_decode_seq: Duration::ZERO,
         per_context_token: Duration::ZERO,
         per_transfer_token: Duration::ZERO,
+        per_onboard_token: Duration::ZERO,
+        per_disk_token: Duration::ZERO,
     };
     EngineBuilder::sim(latency).seed(1).num_blocks(512).max_model_len(8192).build().unwrap()
 }

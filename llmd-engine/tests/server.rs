@@ -202,6 +202,8 @@ async fn a_client_that_disconnects_frees_its_blocks() {
         per_decode_seq: std::time::Duration::ZERO,
         per_context_token: std::time::Duration::ZERO,
         per_transfer_token: std::time::Duration::ZERO,
+        per_onboard_token: std::time::Duration::ZERO,
+        per_disk_token: std::time::Duration::ZERO,
     };
     let built = EngineBuilder::sim(latency).num_blocks(64).max_model_len(512).build().unwrap();
     let server = Server::start(built.engine, built.template, ServerConfig::default()).await.unwrap();

@@ -333,8 +333,10 @@ fn decode_event(v: Value) -> Result<KvEvent> {
                 v => Some(hash(v, "BlockStored.parent_block_hash")?),
             };
             let token_ids = tokens(req(&mut f, "BlockStored.token_ids")?, "BlockStored.token_ids")?;
+            // A location-only event (vLLM's offloader announcing a block in host memory:
+            // no tokens) may carry block size 0, as some vLLM versions send it.
             let block_size = match req(&mut f, "BlockStored.block_size")?.as_u64() {
-                Some(b) if b > 0 && b <= u64::from(u32::MAX) => b as u32,
+                Some(b) if (b > 0 || token_ids.is_empty()) && b <= u64::from(u32::MAX) => b as u32,
                 _ => {
                     return Err(err("BlockStored.block_size", "expected a positive 32-bit integer"));
                 }
@@ -526,6 +528,23 @@ mod tests {
         bytes.extend(std::iter::repeat_n(0x91, 200_000));
         bytes.push(0xc0);
         assert!(matches!(decode_batch(&bytes), Err(KvCacheError::Decode(_))));
+    }
+
+    #[test]
+    fn location_only_stores_may_carry_block_size_zero_as_some_vllm_offloaders_send() {
+        let stored = |tokens: Vec<u32>| BlockStored {
+            block_hashes: vec![ExternalBlockHash::Int(7)],
+            token_ids: tokens,
+            block_size: 0,
+            medium: Some("CPU".into()),
+            ..Default::default()
+        };
+        let batch = |s| KvEventBatch { ts: 1.0, events: vec![KvEvent::BlockStored(s)], ..Default::default() };
+        let cpu = batch(stored(Vec::new()));
+        assert_eq!(decode_batch(&encode_batch(&cpu).unwrap()).unwrap(), cpu);
+        // Tokens without a block size cannot be split into blocks.
+        let e = decode_batch(&encode_batch(&batch(stored(vec![1, 2]))).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("block_size"), "{e}");
     }
 
     #[test]

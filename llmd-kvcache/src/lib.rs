@@ -60,7 +60,8 @@ pub mod tier;
 
 pub use error::{KvCacheError, Result};
 pub use events::{
-    BlockRemoved, BlockStored, EventBatcher, EventSink, ExternalBlockHash, KvEvent, KvEventBatch, NullSink,
+    BlockRemoved, BlockStored, EventBatcher, EventSink, ExternalBlockHash, KvEvent, KvEventBatch, MEDIUM_CPU,
+    MEDIUM_GPU, MEDIUM_STORAGE, NullSink,
 };
 pub use extra_keys::{
     ExtraKey, KeyValue, LoraKey, MmSpan, RequestKeys, prompt_embeds_block_digests, prompt_embeds_digest,
@@ -69,4 +70,4 @@ pub use extra_keys::{
 pub use hash::{BlockHash, BlockHasher, DEFAULT_NONE_HASH_SEED, HashAlgo};
 pub use manager::{ComputedBlocks, KvCacheManager, PrefixCacheStats, Sequence};
 pub use pool::{BlockId, BlockPool, HashIndex, PoolStats, PrehashedHasher, StoredInfo};
-pub use tier::{EvictionPolicy, PolicyKind, Tier};
+pub use tier::{EvictionPolicy, EvictionQueue, PolicyKind, Tier};

@@ -166,6 +166,12 @@ impl<S: EventSink> KvCacheManager<S> {
         &self.pool
     }
 
+    /// Sets the tier the pool offers cached blocks to before evicting them
+    /// ([`BlockPool::set_tier`]).
+    pub fn set_tier(&mut self, tier: Box<dyn crate::tier::Tier + Send>) {
+        self.pool.set_tier(tier);
+    }
+
     /// The pool's event sink, mutably (to drain or flush events).
     pub fn sink_mut(&mut self) -> &mut S {
         self.pool.sink_mut()

@@ -106,8 +106,10 @@ pub fn find_scenario(name_or_path: &str) -> Result<Scenario> {
     Scenario::from_file(&file)
 }
 
-async fn prefix_counters(client: &reqwest::Client, replicas: &[std::net::SocketAddr]) -> (f64, f64) {
-    let (mut hits, mut queries) = (0.0, 0.0);
+/// Prefix-cache hits and queries of the device caches, and hits from offloading's tiers
+/// (tokens, summed over replicas).
+async fn prefix_counters(client: &reqwest::Client, replicas: &[std::net::SocketAddr]) -> (f64, f64, f64) {
+    let (mut hits, mut queries, mut external) = (0.0, 0.0, 0.0);
     for r in replicas {
         let Ok(resp) = client.get(format!("http://{r}/metrics")).send().await else { continue };
         let Ok(text) = resp.text().await else { continue };
@@ -117,10 +119,12 @@ async fn prefix_counters(client: &reqwest::Client, replicas: &[std::net::SocketA
                 hits += value();
             } else if line.starts_with("vllm:prefix_cache_queries_total{") {
                 queries += value();
+            } else if line.starts_with("vllm:external_prefix_cache_hits_total{") {
+                external += value();
             }
         }
     }
-    (hits, queries)
+    (hits, queries, external)
 }
 
 async fn served_model(client: &reqwest::Client, base: &str) -> Result<String> {
@@ -216,8 +220,54 @@ fn pd_shape(routing: &str, replicas: usize) -> Result<Option<(usize, usize)>> {
     Ok(Some(shape))
 }
 
+/// KV offloading a routing names after `@`: `cpu` (host memory), `cpu-disk` (and a disk
+/// tier per replica under `disk_root`), `shared-disk` (one disk tier all replicas share).
+/// Returns one configuration per replica.
+fn offload_for(
+    routing: &str,
+    opts: &BenchOptions,
+    replicas: usize,
+    disk_root: &Path,
+) -> Result<Option<Vec<llmd_engine::offload::OffloadConfig>>> {
+    use llmd_engine::offload::{OffloadConfig, SecondaryTier};
+    let Some((_, kind)) = routing.split_once('@') else { return Ok(None) };
+    let blocks = opts.scenario.offload_blocks.unwrap_or(0);
+    if blocks == 0 {
+        bail!("routing {routing:?}: the scenario sets no offload_blocks (host memory per replica, in KV blocks)");
+    }
+    // The simulator counts 128 KiB a token, the built-in model its own size.
+    let block_bytes = if opts.sim {
+        (128 << 10) * 16
+    } else {
+        let e = llmd_engine::EngineBuilder::builtin().num_blocks(256).max_model_len(4096).build()?.engine;
+        e.kv_block_layout().map_or(0, |l| l.block_bytes())
+    };
+    let cpu = OffloadConfig { cpu_bytes: (blocks * block_bytes) as u64, ..OffloadConfig::from_size_gib(1.0)? };
+    let fs = |dir: PathBuf| SecondaryTier::Fs {
+        root_dir: dir.display().to_string(),
+        read_threads: 4,
+        write_threads: 4,
+        max_bytes: None,
+        medium: None,
+    };
+    Ok(Some(
+        (0..replicas)
+            .map(|i| match kind {
+                "cpu" => Ok(cpu.clone()),
+                "cpu-disk" => {
+                    Ok(OffloadConfig { secondary: vec![fs(disk_root.join(format!("replica-{i}")))], ..cpu.clone() })
+                }
+                "shared-disk" => Ok(OffloadConfig { secondary: vec![fs(disk_root.join("shared"))], ..cpu.clone() }),
+                other => bail!("routing {routing:?}: offloading {other:?} (cpu, cpu-disk, shared-disk)"),
+            })
+            .collect::<Result<_>>()?,
+    ))
+}
+
 async fn start_cluster(routing: &str, opts: &BenchOptions, kv_blocks: usize) -> Result<LocalCluster> {
     let registry = llmd_scheduler::PluginRegistry::with_builtins();
+    let full = routing;
+    let routing = routing.split_once('@').map_or(routing, |(r, _)| r);
     let pd = pd_shape(routing, opts.replicas)?;
     let cfg = match (routing.strip_prefix("config:"), pd) {
         (Some(path), _) => llmd_scheduler::SchedulerConfig::from_file(Path::new(path), &registry)?,
@@ -227,12 +277,17 @@ async fn start_cluster(routing: &str, opts: &BenchOptions, kv_blocks: usize) -> 
         (None, None) => llmd_scheduler::presets::preset(routing, &registry)?,
     };
     let count = pd.map_or(opts.replicas, |(p, d)| p + d);
+    // Disk tiers start empty for every run: files of an earlier one would be hits.
+    let disk_root = opts.out.join("kv-disk").join(full.replace(['/', ':', '@'], "_"));
+    let _ = std::fs::remove_dir_all(&disk_root);
+    let mut offload = offload_for(full, opts, count, &disk_root)?.map(Vec::into_iter);
     let mut replicas = Vec::with_capacity(count);
     for _ in 0..count {
+        let o = offload.as_mut().and_then(Iterator::next);
         replicas.push(if opts.sim {
-            Replica::simulated("llmd-sim", opts.sim_latency, kv_blocks)?
+            Replica::simulated_with("llmd-sim", opts.sim_latency, kv_blocks, o)?
         } else {
-            Replica::builtin(kv_blocks)?
+            Replica::builtin_with(kv_blocks, o)?
         });
     }
     let picker = llmd_scheduler::picker::PickerConfig {
@@ -301,6 +356,9 @@ async fn one_run(
     let queries = after.1 - before.1;
     if queries > 0.0 {
         st.hit_rate = Some((after.0 - before.0) / queries);
+        if routing.contains('@') {
+            st.offload_hit_rate = Some((after.2 - before.2) / queries);
+        }
     }
     if let Some(c) = cluster {
         st.latency_model = latency_model(c);
@@ -433,7 +491,10 @@ pub fn markdown(reports: &[Report]) -> String {
                     run.output_tokens_per_s,
                     run.goodput.map_or("–".into(), |g| format!("{g:.1}")),
                     steady_goodput,
-                    run.hit_rate.map_or("–".into(), |h| format!("{h:.3}")),
+                    match (run.hit_rate, run.offload_hit_rate) {
+                        (Some(h), Some(o)) => format!("{h:.3} + {o:.3}"),
+                        (h, _) => h.map_or("–".into(), |h| format!("{h:.3}")),
+                    },
                     theirs.map_or("–".into(), |b| ratio(b.ttft_ms[0], this.ttft_ms[0])),
                     theirs.map_or("–".into(), |b| ratio(b.ttft_ms[2], this.ttft_ms[2])),
                 );

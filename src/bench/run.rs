@@ -161,6 +161,11 @@ pub struct RunStats {
     /// counters when `llmd bench` started them, else cached over prompt tokens as the
     /// responses' usage reported them.
     pub hit_rate: Option<f64>,
+    /// Prompt tokens copied back from KV offloading's tiers over those looked up (the
+    /// engines' `vllm:external_prefix_cache_hits` over `vllm:prefix_cache_queries`),
+    /// when offloading was on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload_hit_rate: Option<f64>,
     /// The same figures over the steady state: the requests after the scenario's
     /// warm-up (caches filled, queues formed), rates over the time those requests took.
     /// Only where per-request figures exist (the built-in client).

@@ -78,6 +78,11 @@ pub struct Scenario {
     /// client always sends). Built-in client only. Default false.
     #[serde(default)]
     pub slo_headers: bool,
+    /// Host memory per replica for KV offloading, in KV blocks, for routings that turn
+    /// it on (`ROUTING@cpu`, `@cpu-disk`, `@shared-disk`; a disk tier holds four times
+    /// as many).
+    #[serde(default)]
+    pub offload_blocks: Option<usize>,
 }
 
 /// One request of a run.

@@ -17,6 +17,8 @@ pub(crate) fn sim() -> Replica {
         per_decode_seq: Duration::from_micros(50),
         per_context_token: Duration::ZERO,
         per_transfer_token: Duration::ZERO,
+        per_onboard_token: Duration::ZERO,
+        per_disk_token: Duration::ZERO,
     };
     Replica::simulated("llmd-sim", latency, 2048).unwrap()
 }

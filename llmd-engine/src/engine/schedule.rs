@@ -6,6 +6,7 @@
 
 use llmd_kvcache::KvCacheError;
 
+use super::offload::Offloaded;
 use super::transfer::ImportPlan;
 use super::{Engine, FinishReason, KvLoadFailurePolicy, KvTransfer, KvTransferOutcome};
 use crate::error::{EngineError, Result};
@@ -48,6 +49,7 @@ impl Engine {
 
     /// Chooses this step's work: `(request, tokens to run)`.
     pub(super) fn schedule(&mut self) -> Result<Vec<(String, usize)>> {
+        self.poll_loads();
         let mut budget = self.cfg.max_num_batched_tokens;
         let mut sched: Vec<(String, usize)> = Vec::new();
         let mut preempted = false;
@@ -55,11 +57,17 @@ impl Engine {
         while i < self.running.len() && budget > 0 {
             let id = self.running[i].clone();
             let st = &self.reqs[&id];
+            if st.ready_at.is_some_and(|t| t > self.clock.now()) {
+                // Its offloaded blocks are still coming back (simulated copy time).
+                i += 1;
+                continue;
+            }
             let n = (st.seq.tokens().len() - st.num_computed).min(budget);
             let have = self.kv.num_tokens(&id).unwrap_or(0);
             let need = (st.num_computed + n).saturating_sub(have);
             match self.kv.allocate_slots(&st.seq, need, Default::default()) {
                 Ok(_) => {
+                    self.store_evicted();
                     sched.push((id, n));
                     budget -= n;
                     i += 1;
@@ -91,14 +99,31 @@ impl Engine {
             let hit = self.kv.computed_blocks(&st.seq)?;
             let local = hit.blocks().len();
             let mut cached = hit.num_tokens();
-            // Remote blocks (a decode of a prompt prefilled elsewhere) extend the hit.
-            let (plan, policy) = match &st.transfer {
-                KvTransfer::Import(r) => (self.import_plan(r, st.prompt_len, local), Some(r.on_failure)),
+            // Blocks from elsewhere extend the hit: remote ones (a decode of a prompt
+            // prefilled elsewhere) or else this engine's own offloaded ones.
+            let remote = matches!(st.transfer, KvTransfer::Import(_));
+            let (offloaded, from_disk) = match self.offload.is_some() && !remote {
+                false => (None, 0),
+                true => match self.offloaded_prefix(&id, local) {
+                    Offloaded::None => (None, 0),
+                    Offloaded::Ready(r, from_disk) => (Some(r), from_disk),
+                    // Aside until its blocks are read from disk; the next one may run.
+                    Offloaded::Reading => continue,
+                },
+            };
+            let st = &self.reqs[&id];
+            let (plan, policy) = match (&st.transfer, &offloaded) {
+                (KvTransfer::Import(r), _) => (self.import_plan(r, st.prompt_len, local), Some(r.on_failure)),
+                (_, Some(r)) => (self.import_plan(r, st.prompt_len, local), None),
                 _ => (ImportPlan::Nothing, None),
             };
             let remote_to = match plan {
-                ImportPlan::Write { to, .. } => to,
+                ImportPlan::Write { to } => to,
                 ImportPlan::Nothing => local,
+                ImportPlan::Refuse(reason) if !remote => {
+                    tracing::warn!(request = %id, %reason, "offloaded KV unusable; computing the prompt");
+                    local
+                }
                 ImportPlan::Refuse(reason) => {
                     if policy == Some(KvLoadFailurePolicy::Fail) {
                         self.end_at_admission(&id, reason);
@@ -111,40 +136,58 @@ impl Engine {
             };
             let st = &self.reqs[&id];
             let bs = self.cfg.block_size;
+            let looked_up = (st.prompt_len.saturating_sub(1) / bs).saturating_sub(local);
             let imported = (remote_to - local) * bs;
             let n = (st.seq.tokens().len() - cached - imported).min(budget);
             match self.kv.allocate_slots(&st.seq, imported + n, hit) {
                 Ok(_) => {
+                    self.store_evicted();
                     self.waiting.pop_front();
                     let mut n = n;
+                    let mut onboarded = 0;
+                    let started = self.clock.now();
                     if remote_to > local {
-                        let r = match std::mem::take(&mut self.reqs.get_mut(&id).ok_or_else(lost)?.transfer) {
-                            KvTransfer::Import(r) => r,
-                            _ => return Err(lost()),
+                        let r = match offloaded {
+                            Some(r) => r,
+                            None => match std::mem::take(&mut self.reqs.get_mut(&id).ok_or_else(lost)?.transfer) {
+                                KvTransfer::Import(r) => r,
+                                _ => return Err(lost()),
+                            },
                         };
                         match self.write_remote(&id, &r, local, remote_to) {
                             Ok(()) => {
                                 cached += imported;
-                                self.settle_import(&id, KvTransferOutcome::Imported { blocks: remote_to - local });
+                                if remote {
+                                    self.settle_import(&id, KvTransferOutcome::Imported { blocks: remote_to - local });
+                                } else {
+                                    onboarded = remote_to - local;
+                                }
                             }
                             Err(e) => {
                                 // Their hashes were registered with the allocation.
                                 if let Err(e) = self.kv.uncache_since(&id, local) {
                                     tracing::warn!(request = %id, error = %e, "cannot un-register blocks of a failed import");
                                 }
-                                if r.on_failure == KvLoadFailurePolicy::Fail {
+                                if remote && r.on_failure == KvLoadFailurePolicy::Fail {
                                     self.end_at_admission(&id, e.to_string());
                                     continue;
                                 }
-                                tracing::warn!(request = %id, error = %e, "writing remote KV failed; computing the prompt here");
-                                let reason = e.to_string();
-                                self.settle_import(&id, KvTransferOutcome::LoadFailed { reason, recomputed: true });
+                                tracing::warn!(request = %id, error = %e, "writing KV from elsewhere failed; computing the prompt");
+                                if remote {
+                                    let reason = e.to_string();
+                                    self.settle_import(&id, KvTransferOutcome::LoadFailed { reason, recomputed: true });
+                                }
                                 // The slots allocated cover this many from the local hit.
                                 n = (self.reqs[&id].seq.tokens().len() - cached).min(budget);
                             }
                         }
                     } else if matches!(self.reqs[&id].transfer, KvTransfer::Import(_)) {
+                        // Usable, but all cached here already (a refusal was settled above).
                         self.settle_import(&id, KvTransferOutcome::Imported { blocks: 0 });
+                    }
+                    if !remote && self.offload.is_some() {
+                        let took = self.clock.now().saturating_sub(started);
+                        self.note_onboarded(&id, looked_up, onboarded, from_disk.min(onboarded), took);
                     }
                     let now = self.clock.now();
                     let st = self.reqs.get_mut(&id).ok_or_else(lost)?;
@@ -154,11 +197,22 @@ impl Engine {
                         st.cached_tokens = cached;
                         self.metrics.queue_time.observe(now.saturating_sub(st.arrival).as_secs_f64());
                     }
+                    // A request whose offloaded blocks are still coming back runs once
+                    // they are in (simulated copy time).
+                    let loading = st.ready_at.is_some_and(|t| t > now);
                     self.running.push(id.clone());
-                    sched.push((id, n));
-                    budget -= n;
+                    if !loading {
+                        sched.push((id, n));
+                        budget -= n;
+                    }
                 }
-                Err(KvCacheError::OutOfBlocks { .. }) => break,
+                Err(KvCacheError::OutOfBlocks { .. }) => {
+                    // Blocks read from disk wait with the request rather than be read again.
+                    if let Some(r) = offloaded.filter(|_| from_disk > 0) {
+                        self.keep_loaded(&id, r, from_disk);
+                    }
+                    break;
+                }
                 Err(e) => return Err(e.into()),
             }
         }

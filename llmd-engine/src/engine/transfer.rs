@@ -271,7 +271,7 @@ impl Engine {
         }
     }
 
-    fn transfer_layout(&self) -> Result<KvBlockLayout> {
+    pub(super) fn transfer_layout(&self) -> Result<KvBlockLayout> {
         let layout = self
             .backend
             .kv_layout()
@@ -356,6 +356,7 @@ impl Engine {
         let from = hit.blocks().len();
         let before = self.kv.prefix_stats();
         self.kv.allocate_slots(&seq, (n - from) * bs, hit)?;
+        self.store_evicted();
         let after = self.kv.prefix_stats();
         self.import_stats.queries += after.queries - before.queries;
         self.import_stats.hits += after.hits - before.hits;

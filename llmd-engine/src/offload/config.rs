@@ -1,4 +1,4 @@
-//! KV offloading settings, as vLLM takes them (issue 14; not yet acted on): the
+//! KV offloading settings, as vLLM takes them: the
 //! shorthand `--kv-offloading-size GiB` / `--kv-offloading-backend native`, and the
 //! explicit `--kv-transfer-config` of its OffloadingConnector:
 //!
@@ -6,10 +6,12 @@
 //! {"kv_connector": "OffloadingConnector", "kv_role": "kv_both",
 //!  "kv_connector_extra_config": {"cpu_bytes_to_use": 107374182400, "block_size": 256,
 //!   "eviction_policy": "arc", "store_threshold": 2,
-//!   "secondary_tiers": [{"type": "fs", "root_dir": "/mnt/kv", "n_read_threads": 16, "n_write_threads": 16}]}}
+//!   "secondary_tiers": [{"type": "fs", "root_dir": "/mnt/kv", "n_read_threads": 16, "n_write_threads": 16,
+//!                        "max_bytes": 1099511627776, "medium": "SHARED_STORAGE"}]}}
 //! ```
 //!
-//! Keys vLLM accepts and llmd does not use (`spec_name`, `spec_module_path`,
+//! `max_bytes` and `medium` are llmd's (vLLM's file tier has no cap). Keys vLLM accepts
+//! and llmd does not use (`spec_name`, `spec_module_path`,
 //! `hybrid_chunk_size`) are ignored; wrong types and other connectors are refused by name.
 
 use serde_json::{Map, Value};
@@ -28,6 +30,12 @@ pub enum SecondaryTier {
         read_threads: usize,
         /// Writer threads (vLLM's default 16).
         write_threads: usize,
+        /// Bytes of block files it keeps at most (llmd's `max_bytes`; default four
+        /// times the host memory), the least recently used given up first.
+        max_bytes: Option<u64>,
+        /// The medium its events name (llmd's `medium`; default `STORAGE`, e.g.
+        /// `SHARED_STORAGE` for a directory replicas share).
+        medium: Option<String>,
     },
 }
 
@@ -117,10 +125,23 @@ impl OffloadConfig {
                         .ok_or_else(|| bad(&field, "an fs tier needs root_dir"))?
                         .to_string();
                     let threads = |k: &str| t.get(k).and_then(Value::as_u64).map_or(16, |n| n.max(1) as usize);
+                    let max_bytes = match t.get("max_bytes") {
+                        None | Some(Value::Null) => None,
+                        Some(v) => Some(v.as_u64().filter(|&n| n > 0).ok_or_else(|| {
+                            bad(&format!("{field}.max_bytes"), format!("{v} is not a positive integer"))
+                        })?),
+                    };
+                    let medium = match t.get("medium") {
+                        None | Some(Value::Null) => None,
+                        Some(Value::String(m)) if !m.is_empty() => Some(m.clone()),
+                        Some(v) => return Err(bad(&format!("{field}.medium"), format!("{v} is not a medium name"))),
+                    };
                     secondary.push(SecondaryTier::Fs {
                         root_dir,
                         read_threads: threads("n_read_threads"),
                         write_threads: threads("n_write_threads"),
+                        max_bytes,
+                        medium,
                     });
                 }
             }
@@ -149,11 +170,20 @@ mod tests {
         let c = OffloadConfig::from_vllm_json(
             r#"{"kv_connector":"OffloadingConnector","kv_role":"kv_both","kv_connector_extra_config":
                {"spec_name":"TieringOffloadingSpec","cpu_bytes_to_use":1024,"block_size":256,"eviction_policy":"arc",
-                "store_threshold":2,"secondary_tiers":[{"type":"fs","root_dir":"/mnt/kv","n_read_threads":8}]}}"#,
+                "store_threshold":2,"secondary_tiers":[{"type":"fs","root_dir":"/mnt/kv","n_read_threads":8,"max_bytes":4096}]}}"#,
         )
         .unwrap();
         assert_eq!((c.block_size, c.eviction_policy, c.store_threshold), (Some(256), PolicyKind::Arc, 2));
-        assert_eq!(c.secondary, [SecondaryTier::Fs { root_dir: "/mnt/kv".into(), read_threads: 8, write_threads: 16 }]);
+        assert_eq!(
+            c.secondary,
+            [SecondaryTier::Fs {
+                root_dir: "/mnt/kv".into(),
+                read_threads: 8,
+                write_threads: 16,
+                max_bytes: Some(4096),
+                medium: None
+            }]
+        );
     }
 
     #[test]

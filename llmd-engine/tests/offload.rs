@@ -1,0 +1,245 @@
+//! KV offloading at the engine: blocks evicted from the device pool go to host memory,
+//! and a prompt whose prefix was evicted gets it copied back instead of computed,
+//! returning exactly the tokens a cold engine computes (built-in model, greedy). Host
+//! memory announces what it holds as vLLM's offloader does (`BlockStored` with medium
+//! `CPU`, no tokens, no parent; `BlockRemoved` with medium `CPU`), keeps to its size,
+//! and the simulator charges the copy's modelled time.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmd_engine::offload::OffloadConfig;
+use llmd_engine::{
+    ByteTokenizer, Clock, Engine, EngineConfig, KvDtype, LatencyModel, ManualClock, ModelBackend, NewRequest,
+    SamplingParams, SimBackend, Tokenize, builtin,
+};
+use llmd_kvcache::{KvEvent, RequestKeys};
+
+const BS: usize = 4;
+const BLOCKS: usize = 24;
+
+fn engine(offload: Option<OffloadConfig>) -> Engine {
+    let cfg = EngineConfig { block_size: BS, num_blocks: BLOCKS, max_model_len: 80, ..Default::default() };
+    let backend = ModelBackend::new(builtin::model(7).unwrap(), BLOCKS, BS, KvDtype::F16).unwrap();
+    let mut e = Engine::new(
+        cfg,
+        Box::new(backend),
+        Arc::new(ByteTokenizer),
+        vec![ByteTokenizer::EOS],
+        Arc::new(ManualClock::new()),
+    )
+    .unwrap();
+    if let Some(o) = offload {
+        e.enable_offload(&o).unwrap();
+    }
+    e
+}
+
+/// Host memory for `blocks` of the engine's blocks.
+fn host(e: &Engine, blocks: usize) -> OffloadConfig {
+    let bytes = e.kv_block_layout().unwrap().block_bytes() * blocks;
+    OffloadConfig { cpu_bytes: bytes as u64, ..OffloadConfig::from_size_gib(1.0).unwrap() }
+}
+
+fn prompt(seed: &str, len: usize) -> Vec<u32> {
+    let mut p = ByteTokenizer.encode(&format!("{seed}: {}", "offloaded blocks come back; ".repeat(4)), true).unwrap();
+    p.truncate(len);
+    p
+}
+
+fn req(id: &str, prompt: Vec<u32>) -> NewRequest {
+    let params = SamplingParams { temperature: 0.0, max_tokens: 6, ignore_eos: true, ..Default::default() };
+    NewRequest { id: id.into(), prompt, params, keys: RequestKeys::new(), kv_transfer: Default::default() }
+}
+
+/// Runs one request alone: its tokens and cached prompt tokens.
+fn run(e: &mut Engine, r: NewRequest) -> (Vec<u32>, usize) {
+    e.add_request(r).unwrap();
+    let (mut tokens, mut cached) = (Vec::new(), 0);
+    while e.has_work() {
+        for o in e.step().unwrap() {
+            tokens.extend(&o.token_ids);
+            cached = o.cached_tokens;
+        }
+    }
+    (tokens, cached)
+}
+
+/// Three other prompts: every block of an earlier one leaves the 24-block device pool.
+fn push_out(e: &mut Engine, round: &str) {
+    for p in ["bravo", "charlie", "delta"] {
+        run(e, req(&format!("{p}{round}"), prompt(p, 41)));
+    }
+}
+
+fn events(e: &mut Engine) -> Vec<KvEvent> {
+    let mut all = Vec::new();
+    while let Some(b) = e.take_events() {
+        all.extend(b.events);
+    }
+    all
+}
+
+fn medium_of(ev: &KvEvent) -> Option<&str> {
+    match ev {
+        KvEvent::BlockStored(s) => s.medium.as_deref(),
+        KvEvent::BlockRemoved(r) => r.medium.as_deref(),
+        _ => None,
+    }
+}
+
+#[test]
+fn an_evicted_prefix_comes_back_from_host_memory_with_the_same_tokens() {
+    let a = prompt("alpha", 41);
+    let mut cold = engine(None);
+    let (want, _) = run(&mut cold, req("cold", a.clone()));
+
+    let mut e = engine(None);
+    let cfg = host(&e, 64);
+    e.enable_offload(&cfg).unwrap();
+    let (first, cached) = run(&mut e, req("a1", a.clone()));
+    assert_eq!((first.as_slice(), cached), (want.as_slice(), 0));
+    push_out(&mut e, "1");
+    assert_eq!(e.cached_prefix_blocks(&a, &RequestKeys::new()).unwrap(), 0, "alpha left the device");
+    let stored = e.offload_stats().unwrap().stored_blocks;
+    assert!(stored >= 10, "alpha's 10 full blocks went down: {stored}");
+
+    let (again, cached) = run(&mut e, req("a2", a.clone()));
+    assert_eq!(again, want, "tokens from onboarded blocks equal a cold run's");
+    assert_eq!(cached, 40, "all 10 full blocks came back (the last token is always computed)");
+    let s = e.offload_stats().unwrap();
+    assert_eq!((s.hit_blocks, s.loaded_blocks), (10, 10));
+    assert_eq!(s.loaded_bytes, 10 * e.kv_block_layout().unwrap().block_bytes() as u64);
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    e.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let metric = |series: &str| -> f64 {
+        let full = format!("{series}{{model_name=\"llmd-tiny\",engine=\"0\"");
+        text.lines()
+            .find(|l| l.starts_with(&full))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    };
+    // vLLM's connector counters, in tokens: 5 prompts of 41, alpha's 40 back.
+    assert_eq!(metric("vllm:external_prefix_cache_queries_total"), 5.0 * 41.0);
+    assert_eq!(metric("vllm:external_prefix_cache_hits_total"), 40.0);
+    assert_eq!(metric("llmd:kv_offload_capacity_blocks"), 64.0);
+    assert!(metric("llmd:kv_offload_used_blocks") >= 10.0);
+    assert!(text.contains(
+        "llmd:kv_offload_blocks_total{model_name=\"llmd-tiny\",engine=\"0\",medium=\"CPU\",direction=\"load\"} 10"
+    ));
+}
+
+#[test]
+fn host_memory_announces_what_it_holds_as_vllms_offloader_and_keeps_to_its_size() {
+    let mut e = engine(None);
+    let cfg = host(&e, 6);
+    e.enable_offload(&cfg).unwrap();
+    for (i, p) in ["alpha", "bravo", "charlie", "delta"].iter().enumerate() {
+        run(&mut e, req(&format!("r{i}"), prompt(p, 41)));
+    }
+    let evs = events(&mut e);
+    let cpu: Vec<&KvEvent> = evs.iter().filter(|ev| medium_of(ev) == Some("CPU")).collect();
+    let stored: Vec<_> = cpu
+        .iter()
+        .filter_map(|ev| match ev {
+            KvEvent::BlockStored(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert!(!stored.is_empty(), "offloads are announced");
+    for s in &stored {
+        // vLLM's OffloadingConnector: hashes only (located through the GPU events) and
+        // the offloaded block size.
+        assert!(s.token_ids.is_empty() && s.parent_block_hash.is_none() && s.block_size == BS as u32, "{s:?}");
+        assert!(s.lora_id.is_none());
+    }
+    let removed: usize = cpu
+        .iter()
+        .map(|ev| match ev {
+            KvEvent::BlockRemoved(r) => r.block_hashes.len(),
+            _ => 0,
+        })
+        .sum();
+    let added: usize = stored.iter().map(|s| s.block_hashes.len()).sum();
+    assert!(removed > 0, "a full host tier gives blocks up, and says so");
+    assert!(added - removed <= 6, "at most 6 blocks held: {added} stored, {removed} removed");
+    // Every hash announced on the CPU was first announced on the GPU.
+    let gpu: std::collections::HashSet<_> = evs
+        .iter()
+        .filter_map(|ev| match ev {
+            KvEvent::BlockStored(s) if s.medium.as_deref() == Some("GPU") => Some(s.block_hashes.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(stored.iter().flat_map(|s| &s.block_hashes).all(|h| gpu.contains(h)));
+}
+
+#[test]
+fn a_store_threshold_keeps_one_off_blocks_out() {
+    let mut e = engine(None);
+    let cfg = OffloadConfig { store_threshold: 2, ..host(&e, 64) };
+    e.enable_offload(&cfg).unwrap();
+    // Looked up once each, then evicted: none stored.
+    run(&mut e, req("alpha", prompt("alpha", 41)));
+    push_out(&mut e, "1");
+    assert_eq!(e.offload_stats().unwrap().stored_blocks, 0);
+    // Alpha looked up a second time, then evicted again: now it goes down.
+    let a = prompt("alpha", 41);
+    run(&mut e, req("alpha2", a.clone()));
+    push_out(&mut e, "2");
+    assert!(e.offload_stats().unwrap().stored_blocks >= 10);
+    let (_, cached) = run(&mut e, req("alpha3", a));
+    assert_eq!(cached, 40);
+}
+
+#[test]
+fn offloading_needs_a_backend_that_can_copy_blocks_and_memory_for_one() {
+    let mut e = engine(None);
+    let none = OffloadConfig { cpu_bytes: 1, ..host(&e, 1) };
+    let err = e.enable_offload(&none).unwrap_err().to_string();
+    assert!(err.contains("cpu_bytes_to_use") && err.contains("no block"), "{err}");
+    let grouped = OffloadConfig { block_size: Some(4 * BS), ..host(&e, 8) };
+    let err = e.enable_offload(&grouped).unwrap_err().to_string();
+    assert!(err.contains("block_size"), "{err}");
+}
+
+#[test]
+fn the_simulator_charges_the_copy_back_and_it_beats_recomputing() {
+    let clock = Arc::new(ManualClock::new());
+    let latency: LatencyModel = "step=1ms,prefill=100us,decode=10us,context=0ns,onboard=10us".parse().unwrap();
+    let sim = SimBackend::new(latency, clock.clone(), ByteTokenizer::VOCAB, 4096, 32..127, 1).with_block_size(BS);
+    let cfg = EngineConfig { block_size: BS, num_blocks: BLOCKS, max_model_len: 80, ..Default::default() };
+    let mut e = Engine::new(cfg, Box::new(sim), Arc::new(ByteTokenizer), vec![], clock.clone()).unwrap();
+    // 64 blocks of the simulator's nominal 512 KiB (128 KiB a token, 4 tokens).
+    e.enable_offload(&OffloadConfig { cpu_bytes: (64 * 512) << 10, ..OffloadConfig::from_size_gib(1.0).unwrap() })
+        .unwrap();
+    let a = prompt("alpha", 41);
+    let ttft = |e: &mut Engine, id: &str, p: Vec<u32>| {
+        let t0 = clock.now();
+        e.add_request(req(id, p)).unwrap();
+        loop {
+            if e.step().unwrap().iter().any(|o| !o.token_ids.is_empty()) {
+                let t = clock.now() - t0;
+                while e.has_work() {
+                    e.step().unwrap();
+                }
+                return t;
+            }
+        }
+    };
+    let cold = ttft(&mut e, "a1", a.clone());
+    for p in ["bravo", "charlie", "delta"] {
+        ttft(&mut e, p, prompt(p, 41));
+    }
+    let warm = ttft(&mut e, "a2", a);
+    // Cold: 41 prompt tokens of prefill (4.1 ms). Warm: 40 tokens copied back (0.4 ms),
+    // then one token's step after a cached prefix (1 ms + 10 µs).
+    assert_eq!(cold, Duration::from_micros(4_100));
+    assert_eq!(warm, Duration::from_micros(400 + 1_010));
+}

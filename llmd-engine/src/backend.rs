@@ -90,6 +90,14 @@ pub trait Backend: Send {
         Err(EngineError::KvTransfer("this backend cannot export KV blocks".into()))
     }
 
+    /// [`export_kv_blocks`](Self::export_kv_blocks) into `out` (replacing its contents),
+    /// reusing its memory where the backend can: KV offloading copies every evicted
+    /// block into a host-memory slot it reuses.
+    fn export_kv_blocks_into(&self, blocks: &[u32], out: &mut Vec<u8>) -> Result<()> {
+        *out = self.export_kv_blocks(blocks)?;
+        Ok(())
+    }
+
     /// Writes a buffer exported with `layout` into `blocks`, rejecting a layout that
     /// differs from [`kv_layout`](Self::kv_layout) and a buffer of the wrong length
     /// before writing anything.
@@ -161,6 +169,10 @@ impl Backend for ModelBackend {
 
     fn export_kv_blocks(&self, blocks: &[u32]) -> Result<Vec<u8>> {
         self.cache.export_blocks(blocks)
+    }
+
+    fn export_kv_blocks_into(&self, blocks: &[u32], out: &mut Vec<u8>) -> Result<()> {
+        self.cache.export_blocks_into(blocks, out)
     }
 
     fn import_kv_blocks(&mut self, blocks: &[u32], layout: &KvBlockLayout, data: &[u8]) -> Result<()> {

@@ -178,6 +178,20 @@ fn host_memory_announces_what_it_holds_as_vllms_offloader_and_keeps_to_its_size(
         .flatten()
         .collect();
     assert!(stored.iter().flat_map(|s| &s.block_hashes).all(|h| gpu.contains(h)));
+    // ... and is announced on the CPU before its removal from the GPU, as vLLM's
+    // offloader orders them, so an index mapping blocks through the GPU events still
+    // knows the block when the CPU store arrives.
+    let at = |medium: &str, stored: bool, h| {
+        evs.iter().position(|ev| match ev {
+            KvEvent::BlockStored(s) if stored => s.medium.as_deref() == Some(medium) && s.block_hashes.contains(h),
+            KvEvent::BlockRemoved(r) if !stored => r.medium.as_deref() == Some(medium) && r.block_hashes.contains(h),
+            _ => false,
+        })
+    };
+    for h in stored.iter().flat_map(|s| &s.block_hashes) {
+        let (cpu, gone) = (at("CPU", true, h).unwrap(), at("GPU", false, h).unwrap());
+        assert!(cpu < gone, "CPU store at {cpu} after the GPU removal at {gone}");
+    }
 }
 
 #[test]
@@ -242,4 +256,40 @@ fn the_simulator_charges_the_copy_back_and_it_beats_recomputing() {
     // then one token's step after a cached prefix (1 ms + 10 µs).
     assert_eq!(cold, Duration::from_micros(4_100));
     assert_eq!(warm, Duration::from_micros(400 + 1_010));
+}
+
+#[test]
+fn a_checkpoint_served_from_host_memory_gives_a_cold_runs_tokens() {
+    // Hugging Face checkpoints (Qwen2 with biases and YaRN in f16; Llama with GQA, tied
+    // embeddings, bf16, sharded), token ids from their own tokenizers.
+    for name in ["qwen2-bias-yarn-f16", "llama-gqa-tied-bf16-sharded"] {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let build = || {
+            llmd_engine::EngineBuilder::checkpoint(&dir)
+                .block_size(BS)
+                .num_blocks(64)
+                .max_model_len(256)
+                .kv_dtype(KvDtype::F32)
+                .clock(Arc::new(ManualClock::new()))
+                .build()
+                .unwrap()
+                .engine
+        };
+        let mut e = build();
+        let encode = |e: &Engine, s: &str| e.tokenizer().encode(s, false).unwrap();
+        let p = encode(&e, "Blocks evicted from the cache come back from host memory, not from the model.");
+        assert!(p.len() > 3 * BS, "{name}: {} tokens", p.len());
+        let (want, _) = run(&mut build(), req("cold", p.clone()));
+        let cfg = host(&e, 64);
+        e.enable_offload(&cfg).unwrap();
+        assert_eq!(run(&mut e, req("first", p.clone())).0, want, "{name}");
+        for i in 0..8 {
+            let o = encode(&e, &format!("Other prompt number {i} takes the device's blocks one after another."));
+            run(&mut e, req(&format!("other{i}"), o));
+        }
+        assert_eq!(e.cached_prefix_blocks(&p, &RequestKeys::new()).unwrap(), 0, "{name}: evicted");
+        let (again, cached) = run(&mut e, req("again", p.clone()));
+        assert_eq!(again, want, "{name}: onboarded blocks give the cold run's tokens");
+        assert_eq!(cached, (p.len() - 1) / BS * BS, "{name}");
+    }
 }

@@ -177,6 +177,23 @@ impl EventBatcher {
         self.pending.len()
     }
 
+    /// Queues a `BlockStored` ahead of the first pending `BlockRemoved` of any of its
+    /// blocks (else last). An offloader copying blocks down as the device evicts them
+    /// announces them where vLLM's does, before the device's removal: a consumer that
+    /// maps blocks through the device's events (llm-d's precise index) still knows them.
+    pub fn emit_ahead_of_removals(&mut self, event: KvEvent) {
+        let at = match &event {
+            KvEvent::BlockStored(s) => self.pending.iter().position(
+                |e| matches!(e, KvEvent::BlockRemoved(r) if r.block_hashes.iter().any(|h| s.block_hashes.contains(h))),
+            ),
+            _ => None,
+        };
+        match at {
+            Some(i) => self.pending.insert(i, event),
+            None => self.pending.push(event),
+        }
+    }
+
     /// Takes the pending events as one batch stamped `ts`, or `None` if there are none.
     pub fn flush(&mut self, ts: f64) -> Option<KvEventBatch> {
         if self.pending.is_empty() {

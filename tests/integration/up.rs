@@ -304,3 +304,87 @@ async fn prompt_tokens_count_until_the_first_streamed_byte() {
     assert_eq!(store.get("replica-0").unwrap().inflight.requests, 0, "released when the response ended");
     cluster.shutdown().await;
 }
+
+/// KV offloading end to end: a replica whose prefix was pushed out of its cache into
+/// host memory still gets that prompt from the precise scorer (its CPU events, weighed
+/// at llm-d's 0.8), and serves it from host memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offloaded_prefix_stays_routable_and_comes_back_from_host_memory() {
+    use llmd::engine::offload::OffloadConfig;
+    use llmd::engine::server::KvEventsConfig;
+    use llmd::openai::PromptRenderer;
+
+    let mut endpoints = Vec::new();
+    let mut stops = Vec::new();
+    let mut tokenizer: Option<Arc<dyn PromptTokenizer>> = None;
+    for i in 0..2 {
+        let offload = (i == 0).then(|| OffloadConfig::from_size_gib(0.25).unwrap());
+        let r = Replica::builtin_with(256, offload).unwrap();
+        if tokenizer.is_none() {
+            tokenizer =
+                Some(Arc::new(PromptRenderer { tokenizer: r.engine.tokenizer(), template: r.template.clone() }));
+        }
+        let events = KvEventsConfig { endpoint: "tcp://127.0.0.1:0".into(), topic: String::new() };
+        let server =
+            Server::start(r.engine, r.template, ServerConfig { kv_events: Some(events), ..Default::default() })
+                .await
+                .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut ep = Endpoint::new(format!("replica-{i}"), listener.local_addr().unwrap().to_string(), Role::Both);
+        ep.kv_events = server.kv_events_endpoint().map(String::from);
+        endpoints.push(ep);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        tokio::spawn(server.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+    }
+    let gw = picker("precise-prefix", endpoints.clone(), tokenizer);
+    gw.start();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/completions", endpoints[0].address);
+    let prompt = "Tenant zero's long system prompt: ".to_string() + &"alpha beta ".repeat(30);
+    let score = |p: &str| {
+        let pick = gw.pick("/v1/completions", &Default::default(), &json!({"prompt": p}), &Default::default());
+        let d = pick.unwrap().result.destination().unwrap().clone();
+        let raw = d.breakdown.iter().find(|b| b.scorer == "precise-prefix-cache-scorer").unwrap().raw;
+        (d.endpoint, raw)
+    };
+    // Until the subscriber has joined (ZMQ drops what is published before), bounded.
+    for round in 0.. {
+        let (status, _) = post(&client, url.clone(), json!({"prompt": prompt, "max_tokens": 1})).await;
+        assert_eq!(status, 200);
+        let (ep, raw) = score(&prompt);
+        if ep == "replica-0" && raw > 0.9 {
+            break;
+        }
+        assert!(round < 49, "the index never learned the prefix");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Other prompts (16 of ~330 tokens) fill replica-0's 256 blocks of 16 tokens: the
+    // prefix, freed first, goes to host memory.
+    for i in 0..16 {
+        let other = format!("Filler {i}: ") + &format!("gamma{i} delta ").repeat(30);
+        let (status, _) = post(&client, url.clone(), json!({"prompt": other, "max_tokens": 1})).await;
+        assert_eq!(status, 200);
+    }
+    // The index hears of the GPU eviction and the CPU store: the prompt still goes to
+    // replica-0, with every block weighed as a host-memory one.
+    for round in 0.. {
+        let (ep, raw) = score(&prompt);
+        if ep == "replica-0" && (raw - 0.8).abs() < 0.05 {
+            break;
+        }
+        assert!(round < 100, "offloaded blocks not scored at the CPU weight: {ep} {raw}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = post(&client, url.clone(), json!({"prompt": prompt, "max_tokens": 1})).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert!(cached >= 16 * 20, "served from host memory: {cached} cached tokens of {}", v["usage"]["prompt_tokens"]);
+    gw.shutdown();
+    for s in stops {
+        let _ = s.send(());
+    }
+}

@@ -115,7 +115,7 @@ impl Engine {
         let Some(off) = self.offload.as_mut() else { return };
         let backend = &self.backend;
         let before = off.stats();
-        off.store_evicted(|b| backend.export_kv_blocks(&[b]));
+        off.store_evicted(|b, out| backend.export_kv_blocks_into(&[b], out));
         let after = off.stats();
         let m = &self.metrics.offload;
         m.stored(MEDIUM_CPU, after.stored_blocks - before.stored_blocks, after.stored_bytes - before.stored_bytes);
@@ -132,7 +132,7 @@ impl Engine {
             if let llmd_kvcache::KvEvent::BlockStored(s) = &mut e {
                 s.block_size = self.cfg.block_size as u32;
             }
-            llmd_kvcache::EventSink::emit(sink, e);
+            sink.emit_ahead_of_removals(e);
         }
     }
 

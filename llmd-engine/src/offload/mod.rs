@@ -186,7 +186,7 @@ impl Offloader {
     /// anything is written into reallocated blocks). Blocks held already, or under the
     /// store threshold, are skipped; a failed read stores nothing. Returns the blocks
     /// stored.
-    pub fn store_evicted(&mut self, mut read: impl FnMut(BlockId) -> Result<Vec<u8>>) -> usize {
+    pub fn store_evicted(&mut self, mut read: impl FnMut(BlockId, &mut Vec<u8>) -> Result<()>) -> usize {
         let evicted = self.queue.take();
         if evicted.is_empty() {
             return 0;
@@ -197,8 +197,15 @@ impl Offloader {
         // ones staying.
         for e in &evicted {
             let Some(op) = self.index.plan_store(std::slice::from_ref(e)).pop() else { continue };
-            let data = match read(op.block) {
-                Ok(d) => d,
+            // The slot's last buffer, when no reader still shares it: its memory is
+            // already mapped (fresh pages cost more than the copy).
+            let mut data = self.slots[op.slot as usize]
+                .take()
+                .and_then(|b| b.try_into_mut().ok())
+                .map(Vec::from)
+                .unwrap_or_default();
+            match read(op.block, &mut data) {
+                Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(block = op.block, error = %e, "cannot read an evicted block; not offloaded");
                     self.index.store_done(&op.hash, false);
@@ -388,9 +395,10 @@ mod tests {
                         for &k in keys {
                             queue.offload(u32::from(k), &h(k));
                         }
-                        off.store_evicted(|b| {
+                        off.store_evicted(|b, out| {
                             let k = u8::try_from(b).unwrap();
-                            Ok(contents(if misplace && k == 3 { 4 } else { k }))
+                            *out = contents(if misplace && k == 3 { 4 } else { k });
+                            Ok(())
                         });
                     }
                     Op::Onboard(keys) => {

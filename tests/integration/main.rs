@@ -10,6 +10,7 @@ mod bench;
 mod discovery;
 mod gateway_process;
 mod kubernetes;
+mod offload;
 mod pd;
 mod precise_pipeline;
 mod serve;

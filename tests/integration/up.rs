@@ -201,16 +201,19 @@ async fn the_openai_client_works_through_the_gateway() {
 
 /// The precise index, fed only by the replicas' own KV events over ZMQ, knows which
 /// replica holds which prompt.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_kv_index_learns_which_replica_holds_which_prefix() {
+/// Serves `replicas` on loopback, each publishing KV events, behind a picker with the
+/// `routing` preset (started); the endpoints and what stops their servers.
+async fn serve_with_events(
+    routing: &str,
+    replicas: Vec<Replica>,
+) -> (Arc<EndpointPicker>, Vec<Endpoint>, Vec<tokio::sync::oneshot::Sender<()>>) {
     use llmd::engine::server::KvEventsConfig;
     use llmd::openai::PromptRenderer;
 
     let mut endpoints = Vec::new();
     let mut stops = Vec::new();
     let mut tokenizer: Option<Arc<dyn PromptTokenizer>> = None;
-    for i in 0..2 {
-        let r = tiny();
+    for (i, r) in replicas.into_iter().enumerate() {
         if tokenizer.is_none() {
             tokenizer =
                 Some(Arc::new(PromptRenderer { tokenizer: r.engine.tokenizer(), template: r.template.clone() }));
@@ -230,8 +233,14 @@ async fn the_kv_index_learns_which_replica_holds_which_prefix() {
             let _ = stopped.await;
         }));
     }
-    let gw = picker("precise-prefix", endpoints.clone(), tokenizer);
+    let gw = picker(routing, endpoints.clone(), tokenizer);
     gw.start();
+    (gw, endpoints, stops)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kv_index_learns_which_replica_holds_which_prefix() {
+    let (gw, endpoints, stops) = serve_with_events("precise-prefix", vec![tiny(), tiny()]).await;
     let client = reqwest::Client::new();
     let prompts =
         ["Tenant zero: ".to_string() + &"alpha ".repeat(30), "Tenant one: ".to_string() + &"omega ".repeat(30)];
@@ -311,36 +320,9 @@ async fn prompt_tokens_count_until_the_first_streamed_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offloaded_prefix_stays_routable_and_comes_back_from_host_memory() {
     use llmd::engine::offload::OffloadConfig;
-    use llmd::engine::server::KvEventsConfig;
-    use llmd::openai::PromptRenderer;
 
-    let mut endpoints = Vec::new();
-    let mut stops = Vec::new();
-    let mut tokenizer: Option<Arc<dyn PromptTokenizer>> = None;
-    for i in 0..2 {
-        let offload = (i == 0).then(|| OffloadConfig::from_size_gib(0.25).unwrap());
-        let r = Replica::builtin_with(256, offload).unwrap();
-        if tokenizer.is_none() {
-            tokenizer =
-                Some(Arc::new(PromptRenderer { tokenizer: r.engine.tokenizer(), template: r.template.clone() }));
-        }
-        let events = KvEventsConfig { endpoint: "tcp://127.0.0.1:0".into(), topic: String::new() };
-        let server =
-            Server::start(r.engine, r.template, ServerConfig { kv_events: Some(events), ..Default::default() })
-                .await
-                .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut ep = Endpoint::new(format!("replica-{i}"), listener.local_addr().unwrap().to_string(), Role::Both);
-        ep.kv_events = server.kv_events_endpoint().map(String::from);
-        endpoints.push(ep);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        stops.push(stop);
-        tokio::spawn(server.serve(listener, async move {
-            let _ = stopped.await;
-        }));
-    }
-    let gw = picker("precise-prefix", endpoints.clone(), tokenizer);
-    gw.start();
+    let offloading = Replica::builtin_with(256, Some(OffloadConfig::from_size_gib(0.25).unwrap())).unwrap();
+    let (gw, endpoints, stops) = serve_with_events("precise-prefix", vec![offloading, tiny()]).await;
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/completions", endpoints[0].address);
     let prompt = "Tenant zero's long system prompt: ".to_string() + &"alpha beta ".repeat(30);

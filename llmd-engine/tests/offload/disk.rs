@@ -4,23 +4,16 @@
 //! when damaged or written for another model, and a writer killed with SIGKILL in the
 //! middle of heavy writing leaves only whole blocks behind.
 
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use llmd_engine::offload::{DiskConfig, DiskTier, Namespace, OffloadConfig, SecondaryTier};
-use llmd_engine::{
-    ByteTokenizer, Engine, EngineConfig, KvDtype, ManualClock, ModelBackend, NewRequest, SamplingParams, Tokenize,
-    builtin,
-};
+use llmd_engine::Engine;
+use llmd_engine::offload::{DiskConfig, DiskTier, Namespace};
 use llmd_kvcache::tier::PolicyKind;
-use llmd_kvcache::{BlockHash, KvEvent, RequestKeys};
+use llmd_kvcache::{BlockHash, KvEvent};
 
-const BS: usize = 4;
-const BLOCKS: usize = 24;
+use crate::{engine, offload, prompt, req, run};
 
 /// A fresh directory under the system's temporary one.
 fn scratch(name: &str) -> PathBuf {
@@ -30,58 +23,13 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
-fn engine(seed: u64, dir: Option<&Path>, host_blocks: usize) -> Engine {
-    let cfg = EngineConfig { block_size: BS, num_blocks: BLOCKS, max_model_len: 80, seed, ..Default::default() };
-    let backend = ModelBackend::new(builtin::model(seed).unwrap(), BLOCKS, BS, KvDtype::F16).unwrap();
-    let mut e = Engine::new(
-        cfg,
-        Box::new(backend),
-        Arc::new(ByteTokenizer),
-        vec![ByteTokenizer::EOS],
-        Arc::new(ManualClock::new()),
-    )
-    .unwrap();
-    if let Some(dir) = dir {
-        let block = e.kv_block_layout().unwrap().block_bytes();
-        let cfg = OffloadConfig {
-            cpu_bytes: (block * host_blocks) as u64,
-            secondary: vec![SecondaryTier::Fs {
-                root_dir: dir.display().to_string(),
-                read_threads: 2,
-                write_threads: 2,
-                max_bytes: Some((block * 256) as u64),
-                medium: None,
-            }],
-            ..OffloadConfig::from_size_gib(1.0).unwrap()
-        };
-        e.enable_offload(&cfg).unwrap();
-    }
+/// An engine drawn from `seed` with `host_blocks` of host memory and a disk tier under
+/// `dir`.
+fn disk_engine(seed: u64, dir: &Path, host_blocks: usize) -> Engine {
+    let mut e = engine(seed);
+    let cfg = offload(&e, host_blocks, Some(dir));
+    e.enable_offload(&cfg).unwrap();
     e
-}
-
-fn prompt(seed: &str) -> Vec<u32> {
-    let mut p = ByteTokenizer.encode(&format!("{seed}: {}", "blocks on disk come back; ".repeat(4)), true).unwrap();
-    p.truncate(41);
-    p
-}
-
-fn req(id: &str, prompt: Vec<u32>) -> NewRequest {
-    let params = SamplingParams { temperature: 0.0, max_tokens: 6, ignore_eos: true, ..Default::default() };
-    NewRequest { id: id.into(), prompt, params, keys: RequestKeys::new(), kv_transfer: Default::default() }
-}
-
-fn run(e: &mut Engine, r: NewRequest) -> (Vec<u32>, usize) {
-    e.add_request(r).unwrap();
-    let (mut tokens, mut cached) = (Vec::new(), 0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while e.has_work() {
-        assert!(Instant::now() < deadline, "engine stuck");
-        for o in e.step().unwrap() {
-            tokens.extend(&o.token_ids);
-            cached = o.cached_tokens;
-        }
-    }
-    (tokens, cached)
 }
 
 /// Alpha, then three others that push it out of the device and of 4 blocks of host
@@ -112,9 +60,9 @@ fn block_files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_prefix_comes_back_from_disk_and_survives_a_restart() {
     let dir = scratch("restart");
-    let want = run(&mut engine(7, None, 0), req("cold", prompt("alpha"))).0;
+    let want = run(&mut engine(7), req("cold", prompt("alpha"))).0;
 
-    let mut e = engine(7, Some(&dir), 4);
+    let mut e = disk_engine(7, &dir, 4);
     assert_eq!(alpha_then_others(&mut e, "1"), want);
     let (again, cached) = run(&mut e, req("alpha2", prompt("alpha")));
     assert_eq!((again.as_slice(), cached), (want.as_slice(), 40), "all 10 full blocks came back");
@@ -128,14 +76,14 @@ fn a_prefix_comes_back_from_disk_and_survives_a_restart() {
     drop(e);
 
     // A new engine on the same directory: nothing on its device or in its host memory.
-    let mut e = engine(7, Some(&dir), 4);
+    let mut e = disk_engine(7, &dir, 4);
     assert!(e.offload_disk_stats().unwrap().adopted_blocks >= 10);
     let (after, cached) = run(&mut e, req("alpha3", prompt("alpha")));
     assert_eq!((after.as_slice(), cached), (want.as_slice(), 40), "served from the files alone");
     drop(e);
 
     // Another model (the built-in one with other weights) never sees those blocks.
-    let mut other = engine(8, Some(&dir), 4);
+    let mut other = disk_engine(8, &dir, 4);
     assert_eq!(other.offload_disk_stats().unwrap().adopted_blocks, 0);
     assert_eq!(run(&mut other, req("alpha", prompt("alpha"))).1, 0);
     let _ = std::fs::remove_dir_all(&dir);
@@ -144,8 +92,8 @@ fn a_prefix_comes_back_from_disk_and_survives_a_restart() {
 #[test]
 fn a_damaged_block_is_dropped_and_computed_never_served() {
     let dir = scratch("damage");
-    let want = run(&mut engine(7, None, 0), req("cold", prompt("alpha"))).0;
-    let mut e = engine(7, Some(&dir), 4);
+    let want = run(&mut engine(7), req("cold", prompt("alpha"))).0;
+    let mut e = disk_engine(7, &dir, 4);
     alpha_then_others(&mut e, "1");
     let files_before = block_files(&dir).len();
     drop(e);
@@ -157,7 +105,7 @@ fn a_damaged_block_is_dropped_and_computed_never_served() {
         b[last] ^= 0x01;
         std::fs::write(&f, b).unwrap();
     }
-    let mut e = engine(7, Some(&dir), 4);
+    let mut e = disk_engine(7, &dir, 4);
     let (tokens, cached) = run(&mut e, req("alpha2", prompt("alpha")));
     assert_eq!(tokens, want, "computed again, same tokens");
     assert_eq!(cached, 0, "nothing served from damaged files");
@@ -171,10 +119,10 @@ fn a_damaged_block_is_dropped_and_computed_never_served() {
 #[test]
 fn replicas_sharing_a_directory_load_what_the_other_computed() {
     let dir = scratch("shared");
-    let want = run(&mut engine(7, None, 0), req("cold", prompt("alpha"))).0;
+    let want = run(&mut engine(7), req("cold", prompt("alpha"))).0;
     // Both start before either wrote anything.
-    let mut a = engine(7, Some(&dir), 4);
-    let mut b = engine(7, Some(&dir), 4);
+    let mut a = disk_engine(7, &dir, 4);
+    let mut b = disk_engine(7, &dir, 4);
     alpha_then_others(&mut a, "a");
     let (tokens, cached) = run(&mut b, req("alpha-on-b", prompt("alpha")));
     assert_eq!(tokens, want);
@@ -182,7 +130,7 @@ fn replicas_sharing_a_directory_load_what_the_other_computed() {
     // Both write the same blocks now; every file stays whole.
     alpha_then_others(&mut b, "b");
     drop((a, b));
-    let mut c = engine(7, Some(&dir), 4);
+    let mut c = disk_engine(7, &dir, 4);
     assert_eq!(run(&mut c, req("alpha-on-c", prompt("alpha"))), (want, 40));
     assert_eq!(c.offload_disk_stats().unwrap().bad_blocks, 0);
     let _ = std::fs::remove_dir_all(&dir);
@@ -240,7 +188,13 @@ fn a_writer_killed_mid_write_leaves_only_whole_blocks() {
     }
     let dir = scratch("crash");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "a_writer_killed_mid_write_leaves_only_whole_blocks", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "disk::a_writer_killed_mid_write_leaves_only_whole_blocks",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env(CHILD, &dir)
         .stdout(std::process::Stdio::null())
         .spawn()

@@ -5,82 +5,14 @@
 //! `CPU`, no tokens, no parent; `BlockRemoved` with medium `CPU`), keeps to its size,
 //! and the simulator charges the copy's modelled time.
 
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use llmd_engine::offload::OffloadConfig;
-use llmd_engine::{
-    ByteTokenizer, Clock, Engine, EngineConfig, KvDtype, LatencyModel, ManualClock, ModelBackend, NewRequest,
-    SamplingParams, SimBackend, Tokenize, builtin,
-};
+use llmd_engine::{ByteTokenizer, Clock, Engine, EngineConfig, KvDtype, LatencyModel, ManualClock, SimBackend};
 use llmd_kvcache::{KvEvent, RequestKeys};
 
-const BS: usize = 4;
-const BLOCKS: usize = 24;
-
-fn engine(offload: Option<OffloadConfig>) -> Engine {
-    let cfg = EngineConfig { block_size: BS, num_blocks: BLOCKS, max_model_len: 80, ..Default::default() };
-    let backend = ModelBackend::new(builtin::model(7).unwrap(), BLOCKS, BS, KvDtype::F16).unwrap();
-    let mut e = Engine::new(
-        cfg,
-        Box::new(backend),
-        Arc::new(ByteTokenizer),
-        vec![ByteTokenizer::EOS],
-        Arc::new(ManualClock::new()),
-    )
-    .unwrap();
-    if let Some(o) = offload {
-        e.enable_offload(&o).unwrap();
-    }
-    e
-}
-
-/// Host memory for `blocks` of the engine's blocks.
-fn host(e: &Engine, blocks: usize) -> OffloadConfig {
-    let bytes = e.kv_block_layout().unwrap().block_bytes() * blocks;
-    OffloadConfig { cpu_bytes: bytes as u64, ..OffloadConfig::from_size_gib(1.0).unwrap() }
-}
-
-fn prompt(seed: &str, len: usize) -> Vec<u32> {
-    let mut p = ByteTokenizer.encode(&format!("{seed}: {}", "offloaded blocks come back; ".repeat(4)), true).unwrap();
-    p.truncate(len);
-    p
-}
-
-fn req(id: &str, prompt: Vec<u32>) -> NewRequest {
-    let params = SamplingParams { temperature: 0.0, max_tokens: 6, ignore_eos: true, ..Default::default() };
-    NewRequest { id: id.into(), prompt, params, keys: RequestKeys::new(), kv_transfer: Default::default() }
-}
-
-/// Runs one request alone: its tokens and cached prompt tokens.
-fn run(e: &mut Engine, r: NewRequest) -> (Vec<u32>, usize) {
-    e.add_request(r).unwrap();
-    let (mut tokens, mut cached) = (Vec::new(), 0);
-    while e.has_work() {
-        for o in e.step().unwrap() {
-            tokens.extend(&o.token_ids);
-            cached = o.cached_tokens;
-        }
-    }
-    (tokens, cached)
-}
-
-/// Three other prompts: every block of an earlier one leaves the 24-block device pool.
-fn push_out(e: &mut Engine, round: &str) {
-    for p in ["bravo", "charlie", "delta"] {
-        run(e, req(&format!("{p}{round}"), prompt(p, 41)));
-    }
-}
-
-fn events(e: &mut Engine) -> Vec<KvEvent> {
-    let mut all = Vec::new();
-    while let Some(b) = e.take_events() {
-        all.extend(b.events);
-    }
-    all
-}
+use crate::{BLOCKS, BS, engine, events, offload, prompt, push_out, req, run};
 
 fn medium_of(ev: &KvEvent) -> Option<&str> {
     match ev {
@@ -92,12 +24,12 @@ fn medium_of(ev: &KvEvent) -> Option<&str> {
 
 #[test]
 fn an_evicted_prefix_comes_back_from_host_memory_with_the_same_tokens() {
-    let a = prompt("alpha", 41);
-    let mut cold = engine(None);
+    let a = prompt("alpha");
+    let mut cold = engine(7);
     let (want, _) = run(&mut cold, req("cold", a.clone()));
 
-    let mut e = engine(None);
-    let cfg = host(&e, 64);
+    let mut e = engine(7);
+    let cfg = offload(&e, 64, None);
     e.enable_offload(&cfg).unwrap();
     let (first, cached) = run(&mut e, req("a1", a.clone()));
     assert_eq!((first.as_slice(), cached), (want.as_slice(), 0));
@@ -136,11 +68,11 @@ fn an_evicted_prefix_comes_back_from_host_memory_with_the_same_tokens() {
 
 #[test]
 fn host_memory_announces_what_it_holds_as_vllms_offloader_and_keeps_to_its_size() {
-    let mut e = engine(None);
-    let cfg = host(&e, 6);
+    let mut e = engine(7);
+    let cfg = offload(&e, 6, None);
     e.enable_offload(&cfg).unwrap();
     for (i, p) in ["alpha", "bravo", "charlie", "delta"].iter().enumerate() {
-        run(&mut e, req(&format!("r{i}"), prompt(p, 41)));
+        run(&mut e, req(&format!("r{i}"), prompt(p)));
     }
     let evs = events(&mut e);
     let cpu: Vec<&KvEvent> = evs.iter().filter(|ev| medium_of(ev) == Some("CPU")).collect();
@@ -196,15 +128,15 @@ fn host_memory_announces_what_it_holds_as_vllms_offloader_and_keeps_to_its_size(
 
 #[test]
 fn a_store_threshold_keeps_one_off_blocks_out() {
-    let mut e = engine(None);
-    let cfg = OffloadConfig { store_threshold: 2, ..host(&e, 64) };
+    let mut e = engine(7);
+    let cfg = OffloadConfig { store_threshold: 2, ..offload(&e, 64, None) };
     e.enable_offload(&cfg).unwrap();
     // Looked up once each, then evicted: none stored.
-    run(&mut e, req("alpha", prompt("alpha", 41)));
+    run(&mut e, req("alpha", prompt("alpha")));
     push_out(&mut e, "1");
     assert_eq!(e.offload_stats().unwrap().stored_blocks, 0);
     // Alpha looked up a second time, then evicted again: now it goes down.
-    let a = prompt("alpha", 41);
+    let a = prompt("alpha");
     run(&mut e, req("alpha2", a.clone()));
     push_out(&mut e, "2");
     assert!(e.offload_stats().unwrap().stored_blocks >= 10);
@@ -214,11 +146,11 @@ fn a_store_threshold_keeps_one_off_blocks_out() {
 
 #[test]
 fn offloading_needs_a_backend_that_can_copy_blocks_and_memory_for_one() {
-    let mut e = engine(None);
-    let none = OffloadConfig { cpu_bytes: 1, ..host(&e, 1) };
+    let mut e = engine(7);
+    let none = OffloadConfig { cpu_bytes: 1, ..offload(&e, 1, None) };
     let err = e.enable_offload(&none).unwrap_err().to_string();
     assert!(err.contains("cpu_bytes_to_use") && err.contains("no block"), "{err}");
-    let grouped = OffloadConfig { block_size: Some(4 * BS), ..host(&e, 8) };
+    let grouped = OffloadConfig { block_size: Some(4 * BS), ..offload(&e, 8, None) };
     let err = e.enable_offload(&grouped).unwrap_err().to_string();
     assert!(err.contains("block_size"), "{err}");
 }
@@ -233,7 +165,7 @@ fn the_simulator_charges_the_copy_back_and_it_beats_recomputing() {
     // 64 blocks of the simulator's nominal 512 KiB (128 KiB a token, 4 tokens).
     e.enable_offload(&OffloadConfig { cpu_bytes: (64 * 512) << 10, ..OffloadConfig::from_size_gib(1.0).unwrap() })
         .unwrap();
-    let a = prompt("alpha", 41);
+    let a = prompt("alpha");
     let ttft = |e: &mut Engine, id: &str, p: Vec<u32>| {
         let t0 = clock.now();
         e.add_request(req(id, p)).unwrap();
@@ -249,7 +181,7 @@ fn the_simulator_charges_the_copy_back_and_it_beats_recomputing() {
     };
     let cold = ttft(&mut e, "a1", a.clone());
     for p in ["bravo", "charlie", "delta"] {
-        ttft(&mut e, p, prompt(p, 41));
+        ttft(&mut e, p, prompt(p));
     }
     let warm = ttft(&mut e, "a2", a);
     // Cold: 41 prompt tokens of prefill (4.1 ms). Warm: 40 tokens copied back (0.4 ms),
@@ -280,7 +212,7 @@ fn a_checkpoint_served_from_host_memory_gives_a_cold_runs_tokens() {
         let p = encode(&e, "Blocks evicted from the cache come back from host memory, not from the model.");
         assert!(p.len() > 3 * BS, "{name}: {} tokens", p.len());
         let (want, _) = run(&mut build(), req("cold", p.clone()));
-        let cfg = host(&e, 64);
+        let cfg = offload(&e, 64, None);
         e.enable_offload(&cfg).unwrap();
         assert_eq!(run(&mut e, req("first", p.clone())).0, want, "{name}");
         for i in 0..8 {

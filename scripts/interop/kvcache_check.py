@@ -2,7 +2,7 @@
 """Checks llmd-kvcache output with the libraries vLLM itself uses.
 
 Usage: ``kvcache_check.py GOLDEN_HASHES_JSON < cases.json``. The JSON on stdin is
-written by ``llmd-kvcache/tests/python_interop.rs``:
+written by ``llmd-kvcache/tests/integration/python_interop.rs``:
 
 * ``hash_cases``: a request as vLLM sees it (tokens, block size, algorithm, seed, LoRA
   adapter, multimodal spans, cache salt, raw prompt embeddings) and the block hashes

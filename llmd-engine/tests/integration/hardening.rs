@@ -4,20 +4,16 @@
 //! open streams. A simulated model on the system clock (20 ms steps) keeps streams
 //! running until the test ends them; every wait is bounded.
 
-#![cfg(feature = "server")]
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::metric;
 use llmd_engine::server::{Phase, ServeConfig, Server, ServerConfig};
 use llmd_engine::{EngineBuilder, LatencyModel};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+
+use crate::common::metric;
 
 const BOUND: Duration = Duration::from_secs(20);
 

@@ -1,18 +1,14 @@
 //! Golden vectors made by vLLM 0.33 itself (`scripts/gen_kvcache_golden.py`): block
 //! hashes for many requests and KV event batches encoded by vLLM's msgspec classes.
 
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
-mod common;
-
-use common::{kv_json, tagged_json};
-
 use llmd_kvcache::codec::{decode_batch, encode_batch};
 use llmd_kvcache::{
     BlockHash, BlockHasher, ExternalBlockHash, HashAlgo, KvEvent, KvEventBatch, LoraKey, MmSpan, RequestKeys,
     prompt_embeds_block_digests, to_event_extra_keys,
 };
 use serde_json::{Value, json};
+
+use crate::common::{kv_json, tagged_json};
 
 fn load(name: &str) -> Value {
     let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -3,8 +3,6 @@
 //! tolerance, and 32 greedy tokens exactly, for a Llama (llama3 RoPE, f32 weights), a
 //! grouped-query Llama (tied embeddings, bf16, sharded) and a Qwen2 (biases, YaRN, f16).
 
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::path::PathBuf;
 
 use llmd_engine::{

@@ -2,8 +2,6 @@
 //! aborting by dropping a stream, overload, a panicking backend, shutdown and the KV
 //! event subscriber.
 
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::sync::Arc;
 
 use llmd_engine::channel::channel;

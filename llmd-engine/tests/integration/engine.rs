@@ -1,8 +1,6 @@
 //! The engine core on the built-in model: batching, chunked prefill, prefix reuse,
 //! preemption, stop conditions, aborts, bad input, metrics and events.
 
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! The built-in model's tokenizer exported as a Hugging Face `tokenizer.json` must count
 //! and decode exactly as the byte tokenizer does, or load generators that tokenize
 //! client-side (inference-perf, aiperf) would report other token counts than the server.

@@ -1,8 +1,6 @@
 //! Helpers shared by the integration tests: extra keys and event values as the JSON
 //! that the Python side (fixtures and interop script) writes.
 
-#![allow(dead_code)] // each test binary uses its own subset
-
 use llmd_kvcache::{ExtraKey, KeyValue};
 use serde_json::{Value, json};
 

@@ -1,6 +1,5 @@
 //! HTTP over raw sockets for the server tests: exact status lines and bodies, no client
 //! library in between.
-#![allow(dead_code, clippy::unwrap_used)]
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -6,19 +6,15 @@
 //! a recompute, or an error under `kv_load_failure_policy: fail`, with no blocks left
 //! held on either side.
 
-#![cfg(feature = "server")]
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{http, metric, post};
 use llmd_engine::server::{KvTransferConfig, Server, ServerConfig};
 use llmd_engine::{EngineBuilder, KvDtype, KvLoadFailurePolicy, ManualClock};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{http, metric, post};
 
 struct Engine {
     addr: String,

@@ -10,12 +10,6 @@
 //! `cargo test` lists it as ignored; `scripts/test.sh` creates the venv and runs it
 //! (`-- --include-ignored`). Run that way, a missing interpreter is a failure.
 
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
-mod common;
-
-use common::tagged_json;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -26,6 +20,8 @@ use llmd_kvcache::{
     prompt_embeds_block_digests,
 };
 use serde_json::{Value, json};
+
+use crate::common::tagged_json;
 
 /// `$LLMD_PYTHON`, else the workspace's `.venv`; a test that needs it fails without it.
 fn python() -> PathBuf {

@@ -3,8 +3,6 @@
 //! served as prefix hits; mismatched or malformed exports are rejected with nothing
 //! left behind.
 
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::sync::Arc;
 
 use llmd_engine::{

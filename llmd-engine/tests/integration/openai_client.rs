@@ -7,9 +7,6 @@
 //! `scripts/test.sh` creates the venv and runs it. Run that way, a missing interpreter is
 //! a failure.
 
-#![cfg(feature = "server")]
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::path::PathBuf;
 
 use llmd_engine::server::{Server, ServerConfig};

@@ -1,8 +1,6 @@
 //! The request-level API: prefix hits, all-or-nothing allocation, tail-first freeing,
 //! and the events a pool emits staying consistent with what it caches.
 
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::collections::HashSet;
 
 use llmd_kvcache::codec::{decode_batch, encode_batch};

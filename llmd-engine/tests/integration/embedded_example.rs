@@ -1,7 +1,7 @@
 //! Runs `examples/embedded.rs` (the engine with no HTTP and no runtime) so it stays
 //! working.
 
-#[path = "../examples/embedded.rs"]
+#[path = "../../examples/embedded.rs"]
 mod embedded;
 
 #[test]

@@ -2,8 +2,6 @@
 //! checkpoint's vocabulary, context length and tokenizer, no weights read, simulated
 //! compute on an injected clock.
 
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -2,17 +2,13 @@
 //! streaming, every bad-input case with its status and error body, overload, metrics,
 //! and a client that disconnects mid-stream.
 
-#![cfg(feature = "server")]
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
-mod common;
-
-use common::{http, http_with, metric, post, post_with};
 use llmd_engine::server::{Server, ServerConfig};
 use llmd_engine::{EngineBuilder, KvDtype};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::common::{http, http_with, metric, post, post_with};
 
 async fn start(max_queued: usize) -> (String, tokio::sync::oneshot::Sender<()>) {
     let (addr, stop, _) = start_with(ServerConfig { max_queued_requests: max_queued, ..Default::default() }).await;

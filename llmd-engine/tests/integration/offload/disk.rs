@@ -13,7 +13,7 @@ use llmd_engine::offload::{DiskConfig, DiskTier, Namespace};
 use llmd_kvcache::tier::PolicyKind;
 use llmd_kvcache::{BlockHash, KvEvent};
 
-use crate::{engine, offload, prompt, req, run};
+use super::{engine, offload, prompt, req, run};
 
 /// A fresh directory under the system's temporary one.
 fn scratch(name: &str) -> PathBuf {
@@ -187,14 +187,12 @@ fn a_writer_killed_mid_write_leaves_only_whole_blocks() {
         return;
     }
     let dir = scratch("crash");
+    // This test's path in the binary (`offload::disk::...`): the module path less the
+    // crate's name, so the child runs it and nothing else.
+    let (_, module) = module_path!().split_once("::").unwrap();
+    let name = format!("{module}::a_writer_killed_mid_write_leaves_only_whole_blocks");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "disk::a_writer_killed_mid_write_leaves_only_whole_blocks",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
+        .args(["--exact", &name, "--nocapture", "--test-threads", "1"])
         .env(CHILD, &dir)
         .stdout(std::process::Stdio::null())
         .spawn()

@@ -12,7 +12,7 @@ use llmd_engine::offload::OffloadConfig;
 use llmd_engine::{ByteTokenizer, Clock, Engine, EngineConfig, KvDtype, LatencyModel, ManualClock, SimBackend};
 use llmd_kvcache::{KvEvent, RequestKeys};
 
-use crate::{BLOCKS, BS, engine, events, offload, prompt, push_out, req, run};
+use super::{BLOCKS, BS, engine, events, offload, prompt, push_out, req, run};
 
 fn medium_of(ev: &KvEvent) -> Option<&str> {
     match ev {

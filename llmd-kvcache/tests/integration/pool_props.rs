@@ -2,8 +2,6 @@
 //! against a plain reference model (TGI's radix-allocator tests do the same), plus a
 //! negative control proving the checks catch a broken pool.
 
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::collections::{HashSet, VecDeque};
 
 use llmd_kvcache::{BlockHash, BlockHasher, BlockId, BlockPool, KvCacheError, StoredInfo};

@@ -5,8 +5,6 @@
 //! prefix hits shrink what is written; remote blocks that cannot be used end as a clean
 //! recompute (or an error under policy `fail`), and no blocks stay held either way.
 
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::sync::Arc;
 
 use llmd_engine::engine::{KvLoadFailurePolicy, KvTransfer, KvTransferOutcome, RemoteBlocks};

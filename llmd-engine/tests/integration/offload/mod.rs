@@ -1,7 +1,5 @@
-//! KV offloading at the engine, one test binary: host memory (`host`) and the disk tier
-//! below it (`disk`), with the helpers both use.
-
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+//! KV offloading at the engine: host memory (`host`) and the disk tier below it
+//! (`disk`), with the helpers both use.
 
 mod disk;
 mod host;

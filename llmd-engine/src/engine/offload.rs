@@ -114,11 +114,14 @@ impl Engine {
     pub(super) fn store_evicted(&mut self) {
         let Some(off) = self.offload.as_mut() else { return };
         let backend = &self.backend;
-        let before = off.stats();
-        off.store_evicted(|b, out| backend.export_kv_blocks_into(&[b], out));
-        let after = off.stats();
+        let bytes_before = off.stats().stored_bytes;
+        let stored = off.store_evicted(|b, out| backend.export_kv_blocks_into(&[b], out));
+        // Most allocations evict nothing worth storing: nothing to count or announce.
+        if stored == 0 {
+            return;
+        }
         let m = &self.metrics.offload;
-        m.stored(MEDIUM_CPU, after.stored_blocks - before.stored_blocks, after.stored_bytes - before.stored_bytes);
+        m.stored(MEDIUM_CPU, stored as u64, off.stats().stored_bytes - bytes_before);
         m.set_used(MEDIUM_CPU, off.used());
         self.emit_offload_events();
     }

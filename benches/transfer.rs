@@ -6,8 +6,11 @@
 //!   (frames, checksums on both sides, the hold table's bookkeeping) vs `tcp/raw`: the
 //!   same bytes written over one loopback connection and read into one buffer, nothing
 //!   else.
-//! * `shm/pull`: a same-host pull (the server publishes into the shared-memory store,
-//!   the puller reads and checks it) vs `shm/memcpy`: one copy of the bytes.
+//! * `shm/pull`: a same-host pull of blocks held in a shared-memory arena (the side
+//!   channel's round trip, the puller's checksum pass over its mapping of the arena, the
+//!   loan ended when the views are dropped) vs `shm/memcpy`: one copy of the bytes. The
+//!   copy into the arena is made when the hold is, outside the pull, as the TCP path's
+//!   hold is made outside its pull.
 //!
 //! Run: `cargo bench --bench transfer`. Results go in BENCHMARKS.md.
 
@@ -17,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use llmd_transfer::shm::ShmStore;
+use llmd_transfer::shm::{ShmArena, ShmMaps};
 use llmd_transfer::tcp::{BlockSource, HeldBlocks, ServeOptions, TcpPuller, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -43,16 +46,19 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
     let blocks = payload();
     let total = (BLOCKS * BLOCK_BYTES) as u64;
-    let dir = ShmStore::default_dir().join(format!("bench-{}", std::process::id()));
-    let store = ShmStore::new(&dir).expect("a shared-memory store");
-    let addr = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
-        let addr = listener.local_addr().expect("an address").to_string();
-        let opts = ServeOptions { shm: Some(store.clone()), ..ServeOptions::default() };
-        let held = HeldBlocks::new(HASH, blocks.clone());
-        tokio::spawn(serve(listener, Arc::new(Always(held)), opts, std::future::pending()));
-        addr
-    });
+    let arena = ShmArena::new(BLOCK_BYTES, BLOCKS).expect("a shared-memory arena");
+    let in_arena = arena.copy_in(&blocks).expect("room for the blocks");
+    let serve_on = |held: HeldBlocks, arena: Option<ShmArena>| {
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+            let addr = listener.local_addr().expect("an address").to_string();
+            let opts = ServeOptions { shm: arena, ..ServeOptions::default() };
+            tokio::spawn(serve(listener, Arc::new(Always(held)), opts, std::future::pending()));
+            addr
+        })
+    };
+    let addr = serve_on(HeldBlocks::new(HASH, blocks.clone()), None);
+    let shm_addr = serve_on(HeldBlocks::new(HASH, in_arena), Some(arena));
     // The baseline's peer: reads everything a connection sends, then answers one byte.
     let raw = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
@@ -97,7 +103,10 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("shm");
     g.throughput(Throughput::Bytes(total)).sample_size(20).measurement_time(Duration::from_secs(8));
     let puller = TcpPuller::default();
-    g.bench_function("pull", |b| b.iter(|| rt.block_on(puller.pull_shm(&addr, "r", HASH, &store)).expect("a pull")));
+    let maps = ShmMaps::default();
+    g.bench_function("pull", |b| {
+        b.iter(|| drop(rt.block_on(puller.pull_shm(&shm_addr, "r", HASH, &maps)).expect("a pull")))
+    });
     let mut dst = vec![0u8; BLOCKS * BLOCK_BYTES];
     g.bench_function("memcpy", |b| {
         b.iter(|| {
@@ -108,7 +117,6 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 criterion_group!(benches, bench);

@@ -177,6 +177,8 @@ impl LocalCluster {
                 engine_id: format!("replica-{i}"),
                 side_channel_host: "127.0.0.1".into(),
                 side_channel_port: 0,
+                // Every replica runs here: blocks move through shared memory, in place.
+                same_host_shm: true,
                 ..Default::default()
             });
             let server = Server::start(

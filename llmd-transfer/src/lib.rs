@@ -9,7 +9,8 @@
 //! - [`hold`]: the prefill side's held blocks, released when pulled, on notification or
 //!   when their lease runs out, within a memory bound.
 //!
-//! - [`shm`]: the same-host path, a transfer written to shared memory and read once;
+//! - [`shm`]: the same-host path, held blocks in a shared-memory arena a puller maps
+//!   and reads in place;
 //! - `tcp` (feature `tcp`): the prefill side serves held blocks, the decode side pulls
 //!   them over several connections at once;
 //! - `sidecar` (feature `sidecar`): the P/D routing sidecar beside a decode engine, as

@@ -9,16 +9,23 @@
 //! up half way). Every wait on the network has a timeout; a refusal travels back as a
 //! message the puller turns into [`TransferError::Remote`].
 //!
-//! On one host the bytes need not cross a socket: [`TcpPuller::pull_shm`] asks the
-//! server to write the transfer into a [`ShmStore`] and reads it from there.
+//! On one host the bytes need not cross a socket: when the server's held blocks lie in
+//! a shared-memory arena ([`ShmArena`]), [`TcpPuller::pull_shm`] is told where, maps
+//! the arena ([`ShmMaps`]) and takes the blocks in place; the server lends them until
+//! the puller's views are dropped (it says so on the connection) or the connection
+//! ends. Blocks that are not in an arena come back inline, as a frame.
 //!
 //! A pull may skip the first blocks (those the decode side has cached already): only
 //! the blocks from `first` on are sent, and the hold ends all the same.
 //!
 //! Control messages, big-endian: a pull is `b"LLMDPUL2"`, u16 length and the request
 //! id, the 32-byte layout hash, u32 part, u32 parts, u32 first block; a same-host pull
-//! is `b"LLMDSHM2"` with the same fields (one part), answered by `b"LLMDPTH1"`, u16 length and the
-//! file's path; a refusal is `b"LLMDERR1"`, u16 length and a UTF-8 reason.
+//! is `b"LLMDSHM3"` with the same fields (one part), answered by a frame or by
+//! `b"LLMDMAP1"`: the arena's pid, fd (u32 each), id, inode, length (u64 each), u32
+//! block count, then per block its offset, length and checksum (u64 each); the puller
+//! ends the loan with `b"LLMDREL1"`, or asks for the blocks inline after all with
+//! `b"LLMDINL1"` (it could not map the arena: another PID namespace, say). A refusal is `b"LLMDERR1"`, u16 length and a UTF-8
+//! reason.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,12 +38,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::{Result, TransferError};
 use crate::frame::{self, Decoded, FrameDecoder, Limits};
-use crate::shm::ShmStore;
+use crate::shm::{ArenaPlace, PlacedBlock, ShmArena, ShmMaps};
 
 const PULL_MAGIC: &[u8; 8] = b"LLMDPUL2";
 const ERR_MAGIC: &[u8; 8] = b"LLMDERR1";
-const SHM_MAGIC: &[u8; 8] = b"LLMDSHM2";
-const PATH_MAGIC: &[u8; 8] = b"LLMDPTH1";
+const SHM_MAGIC: &[u8; 8] = b"LLMDSHM3";
+const MAP_MAGIC: &[u8; 8] = b"LLMDMAP1";
+const REL_MAGIC: &[u8; 8] = b"LLMDREL1";
+const INLINE_MAGIC: &[u8; 8] = b"LLMDINL1";
 /// How much a puller makes room for before each read.
 const READ_CHUNK: usize = 1 << 20;
 /// The most a puller allocates up front on a header's word.
@@ -44,6 +53,9 @@ const MAX_PREALLOC: usize = 256 << 20;
 
 /// How long a partly served transfer keeps its blocks for the parts not yet asked for.
 pub const PART_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long a same-host puller may keep a transfer's blocks lent by default.
+pub const LEND_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Blocks held for one prefill request, with the layout they were written under.
 #[derive(Debug, Clone)]
@@ -225,7 +237,8 @@ struct Server {
     serving: Mutex<HashMap<String, Serving>>,
     counters: Arc<TransferCounters>,
     io_timeout: Duration,
-    shm: Option<ShmStore>,
+    shm: Option<ShmArena>,
+    lend_timeout: Duration,
 }
 
 impl Server {
@@ -260,34 +273,83 @@ impl Server {
         Ok(held)
     }
 
+    /// Answers a same-host pull: blocks lying in the arena are lent in place until the
+    /// puller lets go of them; others are sent inline as a frame.
+    async fn same_host(&self, sock: &mut TcpStream, p: &Pull, started: Instant) -> Result<()> {
+        let held = match self.part(p) {
+            Ok(h) => h,
+            Err(e) => {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                let msg = encode_err(&e.to_string());
+                return within(self.io_timeout, "sending a refusal", async {
+                    sock.write_all(&msg).await.map_err(io("sending a refusal"))
+                })
+                .await;
+            }
+        };
+        let (blocks, sums) = held.pick(p.first as usize, 0, 1);
+        let bytes = blocks.iter().map(Bytes::len).sum::<usize>();
+        let placed = self.shm.as_ref().and_then(|arena| {
+            let sums = sums.clone().unwrap_or_else(|| blocks.iter().map(|b| frame::checksum(b)).collect());
+            blocks
+                .iter()
+                .zip(sums)
+                .map(|(b, checksum)| {
+                    arena.locate(b).map(|offset| PlacedBlock { offset, len: b.len() as u64, checksum })
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(|placed| (arena.place(), placed))
+        });
+        let send_inline = async |sock: &mut TcpStream| {
+            let out = frame::encode_with(&p.request, held.layout_hash, &blocks, sums.as_deref())?;
+            let write = async {
+                for b in &out {
+                    sock.write_all(b).await.map_err(io("sending blocks"))?;
+                }
+                sock.flush().await.map_err(io("sending blocks"))
+            };
+            if let Err(e) = within(self.io_timeout, "sending blocks", write).await {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+            self.counters.done(bytes, started.elapsed());
+            Ok(())
+        };
+        let Some((place, placed)) = placed else {
+            // Not in shared memory (none here, or the arena was full): inline.
+            return send_inline(sock).await;
+        };
+        let msg = encode_map(&place, &placed);
+        within(self.io_timeout, "answering a same-host pull", async {
+            sock.write_all(&msg).await.map_err(io("answering a same-host pull"))
+        })
+        .await?;
+        // The blocks stay alive (their slots taken) until the puller lets go: it says
+        // so, or its connection ends (it exited, or gave up).
+        let mut magic = [0u8; 8];
+        match tokio::time::timeout(self.lend_timeout, sock.read_exact(&mut magic)).await {
+            Ok(Ok(_)) if &magic == REL_MAGIC => {
+                self.counters.done(bytes, started.elapsed());
+                Ok(())
+            }
+            // It cannot map the arena: the same blocks, over this connection.
+            Ok(Ok(_)) if &magic == INLINE_MAGIC => send_inline(sock).await,
+            Ok(Ok(_)) => Err(TransferError::Frame(format!("expected the end of a loan, got {magic:02x?}"))),
+            Ok(Err(_)) => Ok(()),
+            Err(_) => {
+                tracing::warn!(request = %p.request, "a same-host puller kept its blocks past the lend timeout; they are reused");
+                Err(TransferError::Timeout("a same-host loan".into()))
+            }
+        }
+    }
+
     async fn connection(&self, mut sock: TcpStream) -> Result<()> {
         let _ = sock.set_nodelay(true);
         // A connection may carry several pulls, one after another.
         while let Some(p) = within(self.io_timeout, "reading a pull", read_pull(&mut sock)).await? {
             let started = Instant::now();
             if p.shm {
-                let reply = match &self.shm {
-                    None => Err(TransferError::Remote("this engine serves no same-host transfers".into())),
-                    Some(store) => self.part(&p).and_then(|held| {
-                        let (blocks, sums) = held.pick(p.first as usize, 0, 1);
-                        let path = store.publish_with(&p.request, held.layout_hash, &blocks, sums.as_deref())?;
-                        Ok((path, blocks.iter().map(Bytes::len).sum::<usize>()))
-                    }),
-                };
-                let msg = match reply {
-                    Ok((path, bytes)) => {
-                        self.counters.done(bytes, started.elapsed());
-                        encode_text(PATH_MAGIC, &path.to_string_lossy())
-                    }
-                    Err(e) => {
-                        self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                        encode_err(&e.to_string())
-                    }
-                };
-                within(self.io_timeout, "answering a same-host pull", async {
-                    sock.write_all(&msg).await.map_err(io("answering a same-host pull"))
-                })
-                .await?;
+                self.same_host(&mut sock, &p, started).await?;
                 continue;
             }
             let reply = self.part(&p).and_then(|held| {
@@ -332,15 +394,23 @@ fn hex(b: &[u8]) -> String {
 pub struct ServeOptions {
     /// The most any one read or write on a connection may take.
     pub io_timeout: Duration,
-    /// Where same-host pulls are written (`None`: they are refused).
-    pub shm: Option<ShmStore>,
+    /// The arena held blocks may lie in: same-host pulls of those are lent in place
+    /// (`None`, or a block outside it: they are sent inline).
+    pub shm: Option<ShmArena>,
+    /// How long a same-host puller may keep lent blocks before their slots are reused.
+    pub lend_timeout: Duration,
     /// Counts of what was served.
     pub counters: Arc<TransferCounters>,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions { io_timeout: Duration::from_secs(30), shm: None, counters: Arc::default() }
+        ServeOptions {
+            io_timeout: Duration::from_secs(30),
+            shm: None,
+            lend_timeout: LEND_TIMEOUT,
+            counters: Arc::default(),
+        }
     }
 }
 
@@ -357,6 +427,7 @@ pub async fn serve(
         counters: opts.counters,
         io_timeout: opts.io_timeout,
         shm: opts.shm,
+        lend_timeout: opts.lend_timeout,
     });
     tokio::pin!(stop);
     loop {
@@ -470,16 +541,18 @@ impl TcpPuller {
         Ok(out)
     }
 
-    /// A same-host pull: the server at `addr` writes the transfer into `store` (the
-    /// same directory on this host) and says where; the blocks are read from there.
+    /// A same-host pull: blocks the server at `addr` holds in a shared-memory arena
+    /// are taken in place through `maps` (checked against their checksums); others
+    /// come inline. The server's slots stay lent until the returned blocks are all
+    /// dropped.
     pub async fn pull_shm(
         &self,
         addr: &str,
         request: &str,
         layout_hash: [u8; 32],
-        store: &ShmStore,
+        maps: &ShmMaps,
     ) -> Result<Vec<Bytes>> {
-        self.pull_shm_from(addr, request, layout_hash, store, 0).await
+        self.pull_shm_from(addr, request, layout_hash, maps, 0).await
     }
 
     /// [`pull_shm`](Self::pull_shm) less the first `first` blocks.
@@ -488,33 +561,56 @@ impl TcpPuller {
         addr: &str,
         request: &str,
         layout_hash: [u8; 32],
-        store: &ShmStore,
+        maps: &ShmMaps,
         first: u32,
     ) -> Result<Vec<Bytes>> {
         let started = Instant::now();
         let result = async {
-            let mut sock = within(self.connect_timeout, "connecting for a pull", async {
-                TcpStream::connect(addr).await.map_err(io("connecting for a pull"))
-            })
-            .await?;
+            let mut sock = self.connect(addr).await?;
             let ask = encode_pull(SHM_MAGIC, request, &layout_hash, 0, 1, first)?;
             within(self.io_timeout, "sending a pull", async {
                 sock.write_all(&ask).await.map_err(io("sending a pull"))
             })
             .await?;
-            let (magic, text) = within(self.io_timeout, "receiving the transfer's place", async {
-                let mut magic = [0u8; 8];
-                sock.read_exact(&mut magic).await.map_err(io("receiving the transfer's place"))?;
-                let len = sock.read_u16().await.map_err(io("receiving the transfer's place"))? as usize;
-                let mut text = vec![0u8; len];
-                sock.read_exact(&mut text).await.map_err(io("receiving the transfer's place"))?;
-                Ok((magic, String::from_utf8_lossy(&text).into_owned()))
+            let mut magic = [0u8; 8];
+            within(self.io_timeout, "receiving a same-host answer", async {
+                sock.read_exact(&mut magic).await.map_err(io("receiving a same-host answer"))
             })
             .await?;
-            match &magic {
-                PATH_MAGIC => store.take(std::path::Path::new(&text), request, layout_hash, self.limits),
-                ERR_MAGIC => Err(TransferError::Remote(text)),
-                _ => Err(TransferError::Frame(format!("unexpected answer {magic:02x?}"))),
+            if &magic != MAP_MAGIC {
+                // A frame or a refusal: read as any pull's.
+                let mut buf = self.buffers.get();
+                buf.extend_from_slice(&magic);
+                return self.receive(&mut sock, buf, request, layout_hash).await;
+            }
+            let (place, placed) =
+                within(self.io_timeout, "receiving a same-host answer", read_map(&mut sock, self.limits)).await?;
+            // The loan ends when the last view is dropped: a task that owns the
+            // connection is told so, and tells the server.
+            let (done, ended) = tokio::sync::oneshot::channel::<()>();
+            let loan = Arc::new(Loan(Mutex::new(Some(done))));
+            let lease: Arc<dyn Send + Sync> = loan.clone();
+            match maps.views(&place, request, &placed, lease) {
+                Ok(views) => {
+                    let io_timeout = self.io_timeout;
+                    tokio::spawn(async move {
+                        let _ = ended.await;
+                        let _ = tokio::time::timeout(io_timeout, sock.write_all(REL_MAGIC)).await;
+                    });
+                    Ok(views)
+                }
+                // Damaged bytes: the loan ends with the connection.
+                Err(e @ TransferError::Checksum { .. }) => Err(e),
+                Err(e) => {
+                    // No views were made; nobody is to be told through the loan.
+                    loan.disarm();
+                    tracing::debug!(error = %e, "cannot read a same-host arena; asking for the blocks inline");
+                    within(self.io_timeout, "asking for blocks inline", async {
+                        sock.write_all(INLINE_MAGIC).await.map_err(io("asking for blocks inline"))
+                    })
+                    .await?;
+                    self.receive(&mut sock, self.buffers.get(), request, layout_hash).await
+                }
             }
         }
         .await;
@@ -527,6 +623,15 @@ impl TcpPuller {
         result
     }
 
+    async fn connect(&self, addr: &str) -> Result<TcpStream> {
+        let sock = within(self.connect_timeout, "connecting for a pull", async {
+            TcpStream::connect(addr).await.map_err(io("connecting for a pull"))
+        })
+        .await?;
+        let _ = sock.set_nodelay(true);
+        Ok(sock)
+    }
+
     async fn part(
         &self,
         addr: &str,
@@ -536,16 +641,24 @@ impl TcpPuller {
         parts: u32,
         first: u32,
     ) -> Result<Vec<Bytes>> {
-        let mut sock = within(self.connect_timeout, "connecting for a pull", async {
-            TcpStream::connect(addr).await.map_err(io("connecting for a pull"))
-        })
-        .await?;
-        let _ = sock.set_nodelay(true);
+        let mut sock = self.connect(addr).await?;
         let ask = encode_pull(PULL_MAGIC, request, &layout_hash, part, parts, first)?;
         within(self.io_timeout, "sending a pull", async { sock.write_all(&ask).await.map_err(io("sending a pull")) })
             .await?;
         // A buffer of an earlier pull whose blocks are all gone is taken over whole.
-        let mut buf = self.buffers.get();
+        let buf = self.buffers.get();
+        self.receive(&mut sock, buf, request, layout_hash).await
+    }
+
+    /// Reads one frame (or a refusal) of `request`'s blocks into `buf` (which may hold
+    /// its first bytes already).
+    async fn receive(
+        &self,
+        sock: &mut TcpStream,
+        mut buf: BytesMut,
+        request: &str,
+        layout_hash: [u8; 32],
+    ) -> Result<Vec<Bytes>> {
         let mut decoder = FrameDecoder::new(self.limits);
         let mut blocks = Vec::new();
         loop {
@@ -598,4 +711,62 @@ impl TcpPuller {
             }
         }
     }
+}
+
+/// Ends a same-host loan when dropped (with the last view of its blocks).
+struct Loan(Mutex<Option<tokio::sync::oneshot::Sender<()>>>);
+
+impl Loan {
+    fn disarm(&self) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    }
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn encode_map(place: &ArenaPlace, blocks: &[PlacedBlock]) -> Bytes {
+    let mut b = BytesMut::with_capacity(8 + 8 + 24 + 4 + blocks.len() * 24);
+    b.put_slice(MAP_MAGIC);
+    b.put_u32(place.pid);
+    b.put_u32(place.fd);
+    b.put_u64(place.id);
+    b.put_u64(place.inode);
+    b.put_u64(place.len);
+    b.put_u32(blocks.len() as u32);
+    for p in blocks {
+        b.put_u64(p.offset);
+        b.put_u64(p.len);
+        b.put_u64(p.checksum);
+    }
+    b.freeze()
+}
+
+/// Reads the rest of a `MAP` answer (its magic read already).
+async fn read_map(sock: &mut TcpStream, limits: Limits) -> Result<(ArenaPlace, Vec<PlacedBlock>)> {
+    let mut head = [0u8; 4 + 4 + 8 + 8 + 8 + 4];
+    sock.read_exact(&mut head).await.map_err(io("receiving a same-host answer"))?;
+    let mut h = &head[..];
+    let place = ArenaPlace { pid: h.get_u32(), fd: h.get_u32(), id: h.get_u64(), inode: h.get_u64(), len: h.get_u64() };
+    let n = h.get_u32() as usize;
+    if n > limits.max_blocks {
+        return Err(TransferError::Frame(format!("{n} blocks, more than the {} allowed", limits.max_blocks)));
+    }
+    let mut raw = vec![0u8; n * 24];
+    sock.read_exact(&mut raw).await.map_err(io("receiving a same-host answer"))?;
+    let mut r = &raw[..];
+    let mut blocks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let b = PlacedBlock { offset: r.get_u64(), len: r.get_u64(), checksum: r.get_u64() };
+        if b.len > limits.max_block_bytes as u64 {
+            return Err(TransferError::Frame(format!("a block of {} bytes", b.len)));
+        }
+        blocks.push(b);
+    }
+    Ok((place, blocks))
 }

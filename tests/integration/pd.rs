@@ -100,6 +100,10 @@ async fn every_request_is_prefilled_on_one_engine_and_decoded_on_the_other() {
     // ...and the decoder wrote the blocks in rather than computing the prompts.
     assert_eq!(metric(&client, decode, "llmd:kv_transfer_loads_total{outcome=\"imported\"}").await, sent as f64);
     assert_eq!(metric(&client, decode, "llmd:kv_transfer_loads_total{outcome=\"recomputed\"}").await, 0.0);
+    // All replicas run in this process: the blocks were read in place from shared memory.
+    let pulled = metric(&client, decode, "llmd:kv_transfer_pulled_bytes_total").await;
+    assert!(pulled > 0.0);
+    assert_eq!(metric(&client, decode, "llmd:kv_transfer_pulled_in_place_bytes_total").await, pulled);
     pd.shutdown().await;
     one.shutdown().await;
 }

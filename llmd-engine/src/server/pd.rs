@@ -25,7 +25,7 @@ use llmd_kvcache::RequestKeys;
 use llmd_transfer::hold::{HoldConfig, HoldTable};
 use llmd_transfer::layout::KvLayout;
 use llmd_transfer::params::KvTransferParams;
-use llmd_transfer::shm::ShmStore;
+use llmd_transfer::shm::{ShmArena, ShmMaps};
 use llmd_transfer::tcp::{BlockSource, HeldBlocks, ServeOptions, TcpPuller};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -65,10 +65,12 @@ pub struct KvTransferConfig {
     pub max_held_bytes: usize,
     /// Connections per pull (`kv_connector_extra_config.streams`).
     pub streams: usize,
-    /// Pull from a prefiller on this host through shared memory
-    /// (`kv_connector_extra_config.same_host`: `shm`, or `tcp`, the default): the blocks
-    /// are written to and read from `/dev/shm/llmd`, no socket carries them. On
-    /// loopback TCP is as fast today (BENCHMARKS.md), so shared memory is opt-in.
+    /// Move blocks between engines on this host through shared memory
+    /// (`kv_connector_extra_config.same_host`: `shm`, or `tcp`, the default). A prefill
+    /// engine holds its blocks in a shared-memory arena (a sealed `memfd` of
+    /// `max_held_bytes`, taken as used); a decode engine maps it and reads the blocks in
+    /// place, no socket carrying them. Linux only; either side without it falls back to
+    /// TCP. Opt-in: the arena's pages, once used, stay allocated for reuse.
     pub same_host_shm: bool,
     /// The longest any connect, read or write of a transfer may take
     /// (`kv_connector_extra_config.io_timeout`, seconds).
@@ -237,6 +239,7 @@ struct PdMetrics {
     served_bytes: Counter,
     pulls: Family<OutcomeLabel, Counter>,
     pulled_bytes: Counter,
+    in_place_bytes: Counter,
     pull_seconds: Histogram,
     loads: Family<OutcomeLabel, Counter>,
 }
@@ -250,6 +253,7 @@ impl PdMetrics {
             served_bytes: Counter::default(),
             pulls: Family::default(),
             pulled_bytes: Counter::default(),
+            in_place_bytes: Counter::default(),
             pull_seconds: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
@@ -268,6 +272,11 @@ impl PdMetrics {
         r.register("llmd:kv_transfer_served_bytes", "Bytes of held blocks handed to pulls", self.served_bytes.clone());
         r.register("llmd:kv_transfer_pulls", "Pulls of remote blocks, by outcome", self.pulls.clone());
         r.register("llmd:kv_transfer_pulled_bytes", "Bytes of remote blocks pulled", self.pulled_bytes.clone());
+        r.register(
+            "llmd:kv_transfer_pulled_in_place_bytes",
+            "Bytes of remote blocks read in place from a same-host prefiller's shared memory",
+            self.in_place_bytes.clone(),
+        );
         r.register("llmd:kv_transfer_pull_seconds", "Time to pull a prefill's blocks", self.pull_seconds.clone());
         r.register(
             "llmd:kv_transfer_loads",
@@ -326,8 +335,10 @@ pub(crate) struct Pd {
     advertised: (String, u16),
     holds: Arc<Holds>,
     puller: TcpPuller,
-    /// The same-host path, when on.
-    shm: Option<ShmStore>,
+    /// The prefill side's shared-memory arena, when the same-host path is on.
+    arena: Option<ShmArena>,
+    /// The decode side's mappings of prefill engines' arenas, when it is on.
+    maps: Option<ShmMaps>,
     /// This engine's block layout and its compatibility hash.
     layout: Option<(KvBlockLayout, [u8; 32])>,
     block_size: usize,
@@ -365,25 +376,30 @@ impl Pd {
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let shm = if cfg.same_host_shm {
-            match ShmStore::new(ShmStore::default_dir()) {
-                Ok(s) => Some(s),
+        let model = engine.config().model_name.clone();
+        let layout = engine.kv_block_layout().map(|l| (l, wire_layout(&model, &l).compatibility_hash()));
+        if layout.is_none() {
+            tracing::warn!("this engine's backend cannot move KV blocks: it will prefill and decode on its own");
+        }
+        // The simulator's blocks have no bytes: nothing to share.
+        let block_bytes = layout.map_or(0, |(l, _)| l.block_bytes());
+        let arena = if cfg.same_host_shm && block_bytes > 0 {
+            match ShmArena::new(block_bytes, (cfg.max_held_bytes / block_bytes).max(1)) {
+                Ok(a) => Some(a),
                 Err(e) => {
-                    tracing::warn!(error = %e, "no shared-memory store: same-host pulls go over TCP");
+                    tracing::warn!(error = %e, "no shared-memory arena: same-host pulls of this engine's blocks go over TCP");
                     None
                 }
             }
         } else {
             None
         };
-        let opts = ServeOptions { io_timeout: cfg.io_timeout, shm: shm.clone(), ..ServeOptions::default() };
+        let opts = ServeOptions { io_timeout: cfg.io_timeout, shm: arena.clone(), ..ServeOptions::default() };
         let source: Arc<dyn BlockSource> = holds.clone();
         tokio::spawn(llmd_transfer::tcp::serve(listener, source, opts, until_stopped(stopped.clone())));
         // Leases run out on their own: a decode that never pulls costs its copy for one
         // lease, no more.
         let sweeper = holds.clone();
-        let sweep_shm = shm.clone();
-        let stale = cfg.lease.saturating_mul(2).max(Duration::from_secs(60));
         let mut rx = stopped;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1).min(cfg_tick(&hold_cfg)));
@@ -391,9 +407,6 @@ impl Pd {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = rx.wait_for(|s| *s) => break,
-                }
-                if let Some(store) = &sweep_shm {
-                    store.sweep(stale);
                 }
                 let gone = sweeper.with(HoldTable::expire);
                 if !gone.is_empty() {
@@ -404,11 +417,6 @@ impl Pd {
             let left = sweeper.with(HoldTable::drain);
             sweeper.metrics.ended("dropped", left.len());
         });
-        let model = engine.config().model_name.clone();
-        let layout = engine.kv_block_layout().map(|l| (l, wire_layout(&model, &l).compatibility_hash()));
-        if layout.is_none() {
-            tracing::warn!("this engine's backend cannot move KV blocks: it will prefill and decode on its own");
-        }
         let puller = TcpPuller {
             streams: cfg.streams,
             connect_timeout: cfg.io_timeout.min(Duration::from_secs(5)),
@@ -425,7 +433,8 @@ impl Pd {
             advertised: (cfg.side_channel_host.clone(), port),
             holds,
             puller,
-            shm,
+            arena,
+            maps: cfg.same_host_shm.then(ShmMaps::default),
             layout,
             block_size: engine.config().block_size,
             transfer_per_token: engine.simulated_transfer_per_token(),
@@ -527,8 +536,8 @@ impl Pd {
         let first = cached.min(n);
         let started = Instant::now();
         let addr = remote.side_channel();
-        let pulled = match self.shm.as_ref().filter(|_| self.same_host(&remote.host)) {
-            Some(store) => self.puller.pull_shm_from(&addr, &remote.request_id, hash, store, first as u32).await,
+        let pulled = match self.maps.as_ref().filter(|_| self.same_host(&remote.host)) {
+            Some(maps) => self.puller.pull_shm_from(&addr, &remote.request_id, hash, maps, first as u32).await,
             None => self.puller.pull_from(&addr, &remote.request_id, hash, first as u32).await,
         }
         .map_err(|e| EngineError::KvTransfer(e.to_string()));
@@ -549,7 +558,11 @@ impl Pd {
             tokio::time::sleep(per_token.saturating_mul(tokens)).await;
         }
         self.metrics.pulls.get_or_create(&OutcomeLabel { outcome: "ok" }).inc();
-        self.metrics.pulled_bytes.inc_by(blocks.iter().map(|b| b.len() as u64).sum());
+        let bytes = blocks.iter().map(|b| b.len() as u64).sum();
+        self.metrics.pulled_bytes.inc_by(bytes);
+        if self.maps.as_ref().is_some_and(|m| blocks.first().is_some_and(|b| m.contains(b))) {
+            self.metrics.in_place_bytes.inc_by(bytes);
+        }
         self.metrics.pull_seconds.observe(started.elapsed().as_secs_f64());
         tracing::debug!(
             request = %remote.request_id,
@@ -580,7 +593,12 @@ impl Pd {
         match *outcome? {
             KvTransferOutcome::Exported { prefix, block_ids } => {
                 let (_, hash) = self.layout?;
-                let blocks = prefix.into_block_buffers();
+                let mut blocks = prefix.into_block_buffers();
+                // In the arena, a decode on this host reads them in place; when it is
+                // full they stay on the heap and go inline.
+                if let Some(in_arena) = self.arena.as_ref().and_then(|a| a.copy_in(&blocks)) {
+                    blocks = in_arena;
+                }
                 let bytes = blocks.iter().map(bytes::Bytes::len).sum();
                 let held = HeldBlocks::new(hash, blocks);
                 if let Err(e) = self.holds.with(|t| t.try_hold(request_id, held, bytes).map_err(|(e, _)| e)) {

@@ -193,7 +193,11 @@ async fn a_disaggregated_request_returns_the_one_engine_answer() {
     assert_eq!(d.metric("llmd:kv_transfer_pulls_total{outcome=\"ok\"}").await, 5.0);
     assert_eq!(d_tcp.metric("llmd:kv_transfer_pulls_total{outcome=\"ok\"}").await, 4.0);
     assert_eq!(d.metric("llmd:kv_transfer_loads_total{outcome=\"imported\"}").await, 5.0);
-    assert!(d.metric("llmd:kv_transfer_pulled_bytes_total").await > 0.0);
+    let pulled = d.metric("llmd:kv_transfer_pulled_bytes_total").await;
+    assert!(pulled > 0.0);
+    // Same host, both sides with shared memory: every byte read in place.
+    assert_eq!(d.metric("llmd:kv_transfer_pulled_in_place_bytes_total").await, pulled);
+    assert_eq!(d_tcp.metric("llmd:kv_transfer_pulled_in_place_bytes_total").await, 0.0);
     assert_eq!(p.usage().await, 0.0);
     assert_eq!(d.usage().await, 0.0);
     assert_eq!(d_tcp.usage().await, 0.0);

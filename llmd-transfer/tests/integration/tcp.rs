@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use llmd_transfer::TransferError;
 use llmd_transfer::frame;
-use llmd_transfer::shm::ShmStore;
+use llmd_transfer::shm::{ShmArena, ShmMaps};
 use llmd_transfer::tcp::{BlockSource, HeldBlocks, ServeOptions, TcpPuller, TransferCounters, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -30,11 +30,12 @@ fn blocks(n: usize, size: usize, seed: u8) -> Vec<Bytes> {
     (0..n).map(|i| Bytes::from((0..size).map(|j| (i * 31 + j * 7) as u8 ^ seed).collect::<Vec<u8>>())).collect()
 }
 
-async fn server_with(holds: Arc<Holds>, shm: Option<ShmStore>) -> (String, Arc<TransferCounters>) {
+async fn server_with(holds: Arc<Holds>, shm: Option<ShmArena>) -> (String, Arc<TransferCounters>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let counters = Arc::new(TransferCounters::default());
-    let opts = ServeOptions { io_timeout: Duration::from_secs(5), shm, counters: counters.clone() };
+    let opts =
+        ServeOptions { io_timeout: Duration::from_secs(5), shm, counters: counters.clone(), ..Default::default() };
     tokio::spawn(serve(listener, holds, opts, std::future::pending()));
     (addr, counters)
 }
@@ -138,35 +139,125 @@ async fn blocks_of_another_request_are_refused() {
     assert!(matches!(&err, TransferError::Frame(m) if m.contains("asked for")), "{err}");
 }
 
+/// Waits (at most 5 s) until `cond` holds: a loan ends on the server's side of a
+/// connection, after the puller's word has crossed it.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 #[tokio::test]
-async fn a_same_host_pull_goes_through_shared_memory() {
-    let dir = std::env::temp_dir().join(format!("llmd-tcp-shm-{}", std::process::id()));
-    let store = ShmStore::new(&dir).unwrap();
+async fn a_same_host_pull_takes_the_blocks_in_place_until_they_are_dropped() {
+    let arena = ShmArena::new(8192, 8).unwrap();
     let holds = Arc::new(Holds::default());
-    let (addr, _) = server_with(holds.clone(), Some(store.clone())).await;
+    let (addr, _) = server_with(holds.clone(), Some(arena.clone())).await;
     let want = blocks(6, 8192, 9);
-    holds.0.lock().unwrap().insert("r".into(), HeldBlocks::new(HASH, want.clone()));
-    assert_eq!(puller(1).pull_shm(&addr, "r", HASH, &store).await.unwrap(), want);
-    // Read once: the slot is free again, and the hold is gone.
-    let names: Vec<String> =
-        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert!(names.iter().all(|n| n.ends_with(".free.kvx")), "{names:?}");
-    let err = puller(1).pull_shm(&addr, "r", HASH, &store).await.unwrap_err();
+    let held = arena.copy_in(&want).unwrap();
+    holds.0.lock().unwrap().insert("r".into(), HeldBlocks::new(HASH, held));
+    let maps = ShmMaps::default();
+    let got = puller(1).pull_shm(&addr, "r", HASH, &maps).await.unwrap();
+    assert_eq!(got, want);
+    assert!(got.iter().all(|b| arena.locate(b).is_none()), "views of this side's own mapping of the arena");
+    assert_eq!(maps.len(), 1, "the arena stays mapped for the next pull");
+    // Lent while the views live, free once they are dropped.
+    assert_eq!(arena.free_slots(), 2);
+    drop(got);
+    eventually("the loan ends when the views are dropped", || arena.free_slots() == 8).await;
+    let err = puller(1).pull_shm(&addr, "r", HASH, &maps).await.unwrap_err();
     assert!(matches!(&err, TransferError::Remote(m) if m.contains("no held blocks")), "{err}");
-    // A server without a store refuses same-host pulls.
+
+    // Blocks that are not in the arena (it was full, say) come inline.
+    holds.0.lock().unwrap().insert("heap".into(), HeldBlocks::new(HASH, want.clone()));
+    assert_eq!(puller(1).pull_shm(&addr, "heap", HASH, &maps).await.unwrap(), want);
+    // So do a server's without an arena.
     let (plain, _) = server(holds.clone()).await;
-    holds.0.lock().unwrap().insert("s".into(), HeldBlocks::new(HASH, want));
-    let err = puller(1).pull_shm(&plain, "s", HASH, &store).await.unwrap_err();
-    assert!(matches!(&err, TransferError::Remote(m) if m.contains("no same-host")), "{err}");
-    let _ = std::fs::remove_dir_all(dir);
+    holds.0.lock().unwrap().insert("s".into(), HeldBlocks::new(HASH, want.clone()));
+    assert_eq!(puller(1).pull_shm(&plain, "s", HASH, &maps).await.unwrap(), want);
+}
+
+#[tokio::test]
+async fn a_same_host_loan_ends_with_a_bad_checksum_or_a_vanished_puller() {
+    let arena = ShmArena::new(4096, 4).unwrap();
+    let holds = Arc::new(Holds::default());
+    let (addr, _) = server_with(holds.clone(), Some(arena.clone())).await;
+    let want = blocks(3, 4096, 1);
+    // Checksums of other bytes: the puller refuses, and the slots come back.
+    let mut held = HeldBlocks::new(HASH, arena.copy_in(&want).unwrap());
+    held.checksums.as_mut().unwrap()[2] ^= 1;
+    holds.0.lock().unwrap().insert("bad".into(), held);
+    let err = puller(1).pull_shm(&addr, "bad", HASH, &ShmMaps::default()).await.unwrap_err();
+    assert!(matches!(err, TransferError::Checksum { block: 2, .. }), "{err}");
+    eventually("a refused loan ends", || arena.free_slots() == 4).await;
+    // A puller that asks, hears where the blocks are and goes away without a word.
+    holds.0.lock().unwrap().insert("gone".into(), HeldBlocks::new(HASH, arena.copy_in(&want).unwrap()));
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut ask = b"LLMDSHM3".to_vec();
+    ask.extend_from_slice(&4u16.to_be_bytes());
+    ask.extend_from_slice(b"gone");
+    ask.extend_from_slice(&HASH);
+    for v in [0u32, 1, 0] {
+        ask.extend_from_slice(&v.to_be_bytes());
+    }
+    sock.write_all(&ask).await.unwrap();
+    let mut magic = [0u8; 8];
+    sock.read_exact(&mut magic).await.unwrap();
+    assert_eq!(&magic, b"LLMDMAP1");
+    assert_eq!(arena.free_slots(), 1);
+    drop(sock);
+    eventually("a closed connection ends its loan", || arena.free_slots() == 4).await;
+}
+
+/// A proxy to `server` that rewrites the pid in a same-host answer to one no process
+/// has, as a puller in another PID namespace would find it: the arena cannot be opened.
+async fn elsewhere_proxy(server: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut ur, mut uw) = upstream.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut cr, &mut uw).await });
+            tokio::spawn(async move {
+                let mut head = [0u8; 12];
+                if ur.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                if &head[..8] == b"LLMDMAP1" {
+                    head[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
+                }
+                cw.write_all(&head).await.unwrap();
+                let _ = tokio::io::copy(&mut ur, &mut cw).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_puller_that_cannot_map_the_arena_gets_the_blocks_inline() {
+    let arena = ShmArena::new(4096, 4).unwrap();
+    let holds = Arc::new(Holds::default());
+    let (server, served) = server_with(holds.clone(), Some(arena.clone())).await;
+    let addr = elsewhere_proxy(server).await;
+    let want = blocks(3, 4096, 5);
+    holds.0.lock().unwrap().insert("r".into(), HeldBlocks::new(HASH, arena.copy_in(&want).unwrap()));
+    let maps = ShmMaps::default();
+    let got = puller(1).pull_shm(&addr, "r", HASH, &maps).await.unwrap();
+    assert_eq!(got, want);
+    assert!(maps.is_empty() && !got.iter().any(|b| maps.contains(b)), "read from the socket, not mapped");
+    assert_eq!(served.transfers.load(std::sync::atomic::Ordering::Relaxed), 1);
+    eventually("the slots come back once sent inline", || arena.free_slots() == 4).await;
 }
 
 #[tokio::test]
 async fn a_pull_can_skip_the_blocks_the_decode_side_has_cached() {
-    let dir = std::env::temp_dir().join(format!("llmd-tcp-skip-{}", std::process::id()));
-    let store = ShmStore::new(&dir).unwrap();
+    let arena = ShmArena::new(1024, 16).unwrap();
     let holds = Arc::new(Holds::default());
-    let (addr, _) = server_with(holds.clone(), Some(store.clone())).await;
+    let (addr, _) = server_with(holds.clone(), Some(arena.clone())).await;
     let all = blocks(10, 1024, 3);
     for (i, (first, streams)) in [(3, 3), (0, 2), (9, 4), (10, 2), (12, 1)].into_iter().enumerate() {
         let id = format!("skip-{i}");
@@ -176,9 +267,11 @@ async fn a_pull_can_skip_the_blocks_the_decode_side_has_cached() {
         // Skipping still ends the hold.
         assert!(!holds.0.lock().unwrap().contains_key(&id));
     }
-    holds.0.lock().unwrap().insert("shm".into(), HeldBlocks::new(HASH, all.clone()));
-    assert_eq!(puller(1).pull_shm_from(&addr, "shm", HASH, &store, 4).await.unwrap(), all[4..].to_vec());
-    let _ = std::fs::remove_dir_all(dir);
+    holds.0.lock().unwrap().insert("shm".into(), HeldBlocks::new(HASH, arena.copy_in(&all).unwrap()));
+    let got = puller(1).pull_shm_from(&addr, "shm", HASH, &ShmMaps::default(), 4).await.unwrap();
+    assert_eq!(got, all[4..].to_vec());
+    drop(got);
+    eventually("skipped blocks are not lent", || arena.free_slots() == 16).await;
 }
 
 #[tokio::test]

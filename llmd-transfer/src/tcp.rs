@@ -302,18 +302,7 @@ impl Server {
         });
         let send_inline = async |sock: &mut TcpStream| {
             let out = frame::encode_with(&p.request, held.layout_hash, &blocks, sums.as_deref())?;
-            let write = async {
-                for b in &out {
-                    sock.write_all(b).await.map_err(io("sending blocks"))?;
-                }
-                sock.flush().await.map_err(io("sending blocks"))
-            };
-            if let Err(e) = within(self.io_timeout, "sending blocks", write).await {
-                self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
-            }
-            self.counters.done(bytes, started.elapsed());
-            Ok(())
+            self.send(sock, &out, bytes, started).await
         };
         let Some((place, placed)) = placed else {
             // Not in shared memory (none here, or the arena was full): inline.
@@ -343,6 +332,22 @@ impl Server {
         }
     }
 
+    /// Writes an encoded frame (`bytes` of payload), counting it.
+    async fn send(&self, sock: &mut TcpStream, out: &[Bytes], bytes: usize, started: Instant) -> Result<()> {
+        let write = async {
+            for b in out {
+                sock.write_all(b).await.map_err(io("sending blocks"))?;
+            }
+            sock.flush().await.map_err(io("sending blocks"))
+        };
+        if let Err(e) = within(self.io_timeout, "sending blocks", write).await {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        self.counters.done(bytes, started.elapsed());
+        Ok(())
+    }
+
     async fn connection(&self, mut sock: TcpStream) -> Result<()> {
         let _ = sock.set_nodelay(true);
         // A connection may carry several pulls, one after another.
@@ -358,19 +363,7 @@ impl Server {
                 Ok((out, mine.iter().map(Bytes::len).sum::<usize>()))
             });
             match reply {
-                Ok((out, bytes)) => {
-                    let write = async {
-                        for b in &out {
-                            sock.write_all(b).await.map_err(io("sending blocks"))?;
-                        }
-                        sock.flush().await.map_err(io("sending blocks"))
-                    };
-                    if let Err(e) = within(self.io_timeout, "sending blocks", write).await {
-                        self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                        return Err(e);
-                    }
-                    self.counters.done(bytes, started.elapsed());
-                }
+                Ok((out, bytes)) => self.send(&mut sock, &out, bytes, started).await?,
                 Err(e) => {
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
                     let msg = encode_err(&e.to_string());

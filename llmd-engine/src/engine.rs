@@ -119,6 +119,9 @@ struct ReqState {
     ready_at: Option<Duration>,
     // Offloaded blocks being read back from disk, then ready to be written in.
     load: Option<offload::PendingLoad>,
+    // Offloaded groups of device blocks (block_size a multiple of the engine's) stored
+    // so far from this request's computed blocks: the next to store.
+    offload_groups: usize,
 }
 
 /// The engine.
@@ -335,6 +338,7 @@ impl Engine {
                 transfer_outcome: None,
                 ready_at: None,
                 load: None,
+                offload_groups: 0,
             },
         );
         self.waiting.push_back(r.id);
@@ -453,6 +457,9 @@ impl Engine {
             }
         };
         drop(inputs);
+        // Groups of device blocks this step completed go down now, while their request
+        // holds them all (before any of them is freed).
+        self.store_computed(&sched);
         self.metrics.iteration_tokens.observe(sched.iter().map(|s| s.1).sum::<usize>() as f64);
 
         let now = self.clock.now();

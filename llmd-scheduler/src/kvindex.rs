@@ -16,6 +16,14 @@
 //!
 //! Sequence gaps (a lost batch) and `AllBlocksCleared` drop what is known about that
 //! endpoint, in every tier, which then rebuilds from new events.
+//!
+//! A lower tier may hold blocks spanning several device blocks (vLLM's offloaded
+//! `block_size` a multiple of the engine's): its events name each by the hash of its
+//! last device block, with the larger block size. The index places such a block on all
+//! the device blocks it spans, walking their parent links, which it keeps for an
+//! endpoint once that endpoint's events show such a tier (keeping them for every
+//! endpoint would double the index's memory). Until then (the first few groups), only
+//! the named block is placed, as llm-d-kv-cache places every location-only block.
 
 use std::collections::HashMap;
 
@@ -128,6 +136,37 @@ struct EndpointState {
     // tiers' location-only stores and their removals arrive by engine hash alone.
     engine_to_key: HashMap<ExternalBlockHash, BlockKey>,
     last_seq: Option<u64>,
+    // Tokens per block of its token-carrying (device) events.
+    device_block_size: usize,
+    // Device blocks per block, for its tiers whose blocks span several (by tier bit).
+    tier_factor: Vec<(TierSet, usize)>,
+    // Engine hash → its parent's, recorded once a tier with larger blocks was seen.
+    parent: Option<HashMap<ExternalBlockHash, ExternalBlockHash>>,
+}
+
+impl EndpointState {
+    fn factor(&self, bit: TierSet) -> usize {
+        self.tier_factor.iter().find(|(b, _)| *b == bit).map_or(1, |(_, f)| *f)
+    }
+
+    // `h` and up to `n - 1` of its ancestors, nearest first, as far as they are known.
+    fn span(&self, h: &ExternalBlockHash, n: usize) -> Vec<ExternalBlockHash> {
+        let mut out = vec![*h];
+        while out.len() < n {
+            match self.parent.as_ref().and_then(|p| p.get(out.last()?)) {
+                Some(up) => out.push(*up),
+                None => break,
+            }
+        }
+        out
+    }
+
+    fn forget(&mut self, h: &ExternalBlockHash) {
+        self.engine_to_key.remove(h);
+        if let Some(p) = self.parent.as_mut() {
+            p.remove(h);
+        }
+    }
 }
 
 /// What one event batch did to the index.
@@ -330,6 +369,10 @@ impl KvBlockIndex {
                 false
             }
         });
+        let known = &st.engine_to_key;
+        if let Some(p) = st.parent.as_mut() {
+            p.retain(|h, _| known.contains_key(h));
+        }
         cleared
     }
 
@@ -363,14 +406,18 @@ impl KvBlockIndex {
         // A tier never seen holds nothing.
         let (Some(bit), Some(&id)) = (self.tier_bit(r.medium.as_deref()), self.ids.get(endpoint)) else { return };
         let Some(st) = self.endpoints.get_mut(endpoint) else { return };
-        for h in &r.block_hashes {
-            let Some(&key) = st.engine_to_key.get(h) else { continue };
-            match unset(&mut self.blocks, key, id, bit) {
-                Unset::Absent => {}
-                Unset::Kept => stats.removed += 1,
-                Unset::Gone => {
-                    st.engine_to_key.remove(h);
-                    stats.removed += 1;
+        let factor = st.factor(bit);
+        for named in &r.block_hashes {
+            // A block of a tier with larger blocks leaves every device block it spans.
+            for h in st.span(named, factor) {
+                let Some(&key) = st.engine_to_key.get(&h) else { continue };
+                match unset(&mut self.blocks, key, id, bit) {
+                    Unset::Absent => {}
+                    Unset::Kept => stats.removed += 1,
+                    Unset::Gone => {
+                        st.forget(&h);
+                        stats.removed += 1;
+                    }
                 }
             }
         }
@@ -388,14 +435,27 @@ impl KvBlockIndex {
         let Some(st) = self.endpoints.get_mut(endpoint) else { return };
         if s.token_ids.is_empty() {
             // Location-only (a lower tier's offload): the blocks are those the
-            // endpoint's earlier events named by these hashes.
-            for h in &s.block_hashes {
-                match st.engine_to_key.get(h) {
-                    Some(&key) => {
+            // endpoint's earlier events named by these hashes; a block larger than the
+            // device's spans the named one and its ancestors.
+            let (bs, dev) = (s.block_size as usize, st.device_block_size);
+            let factor = if dev > 0 && bs > dev && bs.is_multiple_of(dev) { bs / dev } else { 1 };
+            if factor > 1 {
+                st.parent.get_or_insert_with(HashMap::new);
+                match st.tier_factor.iter_mut().find(|(b, _)| *b == bit) {
+                    Some((_, f)) => *f = factor,
+                    None => st.tier_factor.push((bit, factor)),
+                }
+            }
+            for named in &s.block_hashes {
+                if !st.engine_to_key.contains_key(named) {
+                    stats.orphaned += 1;
+                    continue;
+                }
+                for h in st.span(named, factor) {
+                    if let Some(&key) = st.engine_to_key.get(&h) {
                         set(&mut self.blocks, key, id, bit);
                         stats.stored += 1;
                     }
-                    None => stats.orphaned += 1,
                 }
             }
             return;
@@ -405,6 +465,7 @@ impl KvBlockIndex {
             stats.orphaned += s.block_hashes.len();
             return;
         }
+        st.device_block_size = bs;
         let mut parent = match &s.parent_block_hash {
             None => 0,
             Some(p) => match st.engine_to_key.get(p) {
@@ -415,12 +476,17 @@ impl KvBlockIndex {
                 }
             },
         };
+        let mut up = s.parent_block_hash;
         for (h, toks) in s.block_hashes.iter().zip(s.token_ids.chunks_exact(bs)) {
             let key = key_of(parent, toks);
             st.engine_to_key.insert(*h, key);
+            if let (Some(links), Some(u)) = (st.parent.as_mut(), up) {
+                links.insert(*h, u);
+            }
             set(&mut self.blocks, key, id, bit);
             stats.stored += 1;
             parent = key;
+            up = Some(*h);
         }
     }
 
@@ -720,6 +786,54 @@ mod tests {
         let s = idx.apply("a", Some(4), &batch(vec![removed(Some("CPU"), &[h(2)])]));
         assert_eq!(s.removed, 1);
         assert!(idx.is_empty());
+    }
+
+    // What vLLM's offloader publishes for offloaded blocks of `size` tokens: the hash of
+    // each one's last device block.
+    fn offloaded_groups(hashes: &[ExternalBlockHash], size: u32) -> KvEvent {
+        let mut ev = offloaded("CPU", hashes);
+        if let KvEvent::BlockStored(s) = &mut ev {
+            s.block_size = size;
+        }
+        ev
+    }
+
+    #[test]
+    fn a_block_spanning_several_device_blocks_is_placed_on_all_of_them() {
+        let mut idx = KvBlockIndex::new();
+        let tokens: Vec<u32> = (0..16).collect();
+        let keys = block_keys(&tokens, 2, usize::MAX);
+        let hs: Vec<ExternalBlockHash> = (0..8).map(ExternalBlockHash::Int).collect();
+        // Before the endpoint's events show groups, a group places its named block only
+        // (llm-d-kv-cache's reading); from then on parent links are kept.
+        idx.apply("a", Some(0), &batch(vec![stored(&hs[..2], None, tokens[..4].to_vec())]));
+        let s = idx.apply("a", Some(1), &batch(vec![offloaded_groups(&hs[1..2], 4)]));
+        assert_eq!(s.stored, 1);
+        assert_eq!(idx.block_tiers(keys[0], "a"), ["gpu"]);
+        // Blocks 2-7 on the GPU, in two events (the parent link crosses them), then groups
+        // of two: blocks 2-3 and 4-5.
+        idx.apply("a", Some(2), &batch(vec![stored(&hs[2..5], Some(hs[1]), tokens[4..10].to_vec())]));
+        idx.apply("a", Some(3), &batch(vec![stored(&hs[5..8], Some(hs[4]), tokens[10..16].to_vec())]));
+        let s = idx.apply("a", Some(4), &batch(vec![offloaded_groups(&[hs[3], hs[5]], 4)]));
+        assert_eq!(s.stored, 4);
+        for k in &keys[2..6] {
+            assert_eq!(idx.block_tiers(*k, "a"), ["gpu", "cpu"]);
+        }
+        // The GPU evicts blocks 2-7: 2-5 stay routable from the CPU, at its weight.
+        idx.apply("a", Some(5), &batch(vec![removed(Some("GPU"), &hs[2..8])]));
+        assert_eq!(idx.block_tiers(keys[5], "a"), ["cpu"]);
+        assert_eq!(idx.block_tiers(keys[6], "a"), Vec::<String>::new());
+        let (c, n) = credit(&idx, &keys, "a").unwrap();
+        assert!(n == 6 && (c - (2.0 + 4.0 * 0.8)).abs() < 1e-9, "{c} {n}");
+        // A group's removal takes out every block it spans, and forgets them.
+        let s = idx.apply("a", Some(6), &batch(vec![removed(Some("CPU"), &[hs[5]])]));
+        assert_eq!(s.removed, 2);
+        assert_eq!(credit(&idx, &keys, "a").unwrap().1, 4);
+        idx.apply("a", Some(7), &batch(vec![removed(Some("CPU"), &[hs[3]]), removed(Some("CPU"), &[hs[1]])]));
+        idx.apply("a", Some(8), &batch(vec![removed(Some("GPU"), &hs[..2])]));
+        assert!(idx.is_empty());
+        assert_eq!(idx.endpoint_blocks("a"), 0, "no engine hash left behind");
+        assert!(idx.endpoints.get("a").unwrap().parent.as_ref().unwrap().is_empty(), "nor a parent link");
     }
 
     #[test]

@@ -54,10 +54,11 @@ impl Engine {
             [] => {}
             [SecondaryTier::Fs { root_dir, read_threads, write_threads, max_bytes, medium }] => {
                 let cap = max_bytes.unwrap_or(cfg.cpu_bytes.saturating_mul(4));
+                let unit = off.unit_bytes();
                 let disk = DiskConfig {
                     root: root_dir.into(),
                     medium: medium.clone().unwrap_or_else(|| llmd_kvcache::MEDIUM_STORAGE.into()),
-                    blocks: usize::try_from(cap / block_bytes.max(1) as u64).unwrap_or(usize::MAX).max(1),
+                    blocks: usize::try_from(cap / unit.max(1) as u64).unwrap_or(usize::MAX).max(1),
                     policy: cfg.eviction_policy,
                     read_threads: *read_threads,
                     write_threads: *write_threads,
@@ -66,7 +67,12 @@ impl Engine {
                 let ns = Namespace {
                     // The built-in model's weights are drawn from the seed.
                     model: format!("{} seed {}", self.cfg.model_name, self.cfg.seed),
-                    layout: format!("{layout:?}, {block_bytes} bytes a block"),
+                    // Files of another group size hold other bytes under other hashes.
+                    layout: if off.factor() == 1 {
+                        format!("{layout:?}, {block_bytes} bytes a block")
+                    } else {
+                        format!("{layout:?}, {unit} bytes a block of {} device blocks", off.factor())
+                    },
                     hasher: format!("{:?} none_hash {}", hasher.algo(), hasher.none_hash().to_hex()),
                 };
                 let tier = DiskTier::open(&disk, &ns)?;
@@ -82,7 +88,11 @@ impl Engine {
                 ));
             }
         }
-        self.kv.set_tier(Box::new(off.eviction_queue()));
+        // Groups of one are stored as they are evicted; larger ones once computed
+        // (`store_computed`).
+        if off.factor() == 1 {
+            self.kv.set_tier(Box::new(off.eviction_queue()));
+        }
         self.metrics.offload.set_capacity(MEDIUM_CPU, off.capacity());
         self.offload = Some(off);
         Ok(())
@@ -126,14 +136,53 @@ impl Engine {
         self.emit_offload_events();
     }
 
+    /// Stores the groups of device blocks the step just run completed (offloaded
+    /// blocks larger than the engine's; see [`Offloader::store_groups`]).
+    pub(super) fn store_computed(&mut self, sched: &[(String, usize)]) {
+        let Some(off) = self.offload.as_mut() else { return };
+        let k = off.factor();
+        if k == 1 {
+            return;
+        }
+        let bs = self.cfg.block_size;
+        let mut groups = Vec::new();
+        for (id, n) in sched {
+            let Some(st) = self.reqs.get_mut(id) else { continue };
+            let hashes = st.seq.block_hashes();
+            let done = ((st.num_computed + n) / bs).min(hashes.len()) / k;
+            let Some(table) = self.kv.block_table(id) else { continue };
+            for g in st.offload_groups..done {
+                match (hashes.get(g * k + k - 1), table.get(g * k..(g + 1) * k)) {
+                    (Some(key), Some(ids)) => groups.push((*key, ids.to_vec())),
+                    _ => break,
+                }
+            }
+            st.offload_groups = st.offload_groups.max(done);
+        }
+        if groups.is_empty() {
+            return;
+        }
+        let backend = &self.backend;
+        let bytes_before = off.stats().stored_bytes;
+        let stored = off.store_groups(&groups, |ids, out| backend.export_kv_blocks_into(ids, out));
+        if stored == 0 {
+            return;
+        }
+        let m = &self.metrics.offload;
+        m.stored(MEDIUM_CPU, stored as u64, off.stats().stored_bytes - bytes_before);
+        m.set_used(MEDIUM_CPU, off.used());
+        self.emit_offload_events();
+    }
+
     fn emit_offload_events(&mut self) {
         let Some(off) = self.offload.as_mut() else { return };
         let events = off.take_events();
+        let block_size = (self.cfg.block_size * off.factor()) as u32;
         let sink = self.kv.sink_mut();
         for mut e in events {
-            // As vLLM's offloader: the offloaded block size (ours is the engine's).
+            // As vLLM's offloader: the offloaded block size.
             if let llmd_kvcache::KvEvent::BlockStored(s) = &mut e {
-                s.block_size = self.cfg.block_size as u32;
+                s.block_size = block_size;
             }
             sink.emit_ahead_of_removals(e);
         }
@@ -151,26 +200,31 @@ impl Engine {
         let Some(off) = self.offload.as_mut() else { return Offloaded::None };
         // As for a device hit, the prompt's last token is always computed.
         let full = (st.prompt_len.saturating_sub(1) / self.cfg.block_size).min(st.seq.block_hashes().len());
-        let hashes = &st.seq.block_hashes()[..full];
+        // Offloaded blocks are held under their last device block's hash.
+        let k = off.factor();
+        let keys: Vec<BlockHash> = st.seq.block_hashes()[..full].iter().skip(k - 1).step_by(k).copied().collect();
         if st.scheduled_at.is_none() {
-            off.note_lookups(hashes);
+            off.note_lookups(&keys);
         }
-        let Some(rest) = hashes.get(local..) else { return Offloaded::None };
+        // From the group the device hit ends in: its blocks before `local` are not
+        // written again.
+        let first = local / k;
+        let Some(rest) = keys.get(first..) else { return Offloaded::None };
         let plan = off.plan_onboard(rest);
         match plan.disk {
             None if plan.host.is_empty() => Offloaded::None,
             None => Offloaded::Ready(
                 Box::new(RemoteBlocks {
                     layout,
-                    first_block: local,
-                    blocks: plan.host,
+                    first_block: first * k,
+                    blocks: off.split(plan.host),
                     on_failure: KvLoadFailurePolicy::Recompute,
                 }),
                 0,
             ),
             Some((ticket, disk)) => {
                 st.load = Some(PendingLoad {
-                    first_block: local,
+                    first_block: first * k,
                     host: plan.host,
                     disk,
                     ticket,
@@ -200,6 +254,7 @@ impl Engine {
             return;
         }
         let Ok(layout) = self.transfer_layout() else { return };
+        let Some(off) = self.offload.as_ref() else { return };
         let by_ticket: HashMap<u64, String> =
             self.loading.iter().filter_map(|id| Some((self.reqs.get(id)?.load.as_ref()?.ticket, id.clone()))).collect();
         let mut done = Vec::new();
@@ -215,10 +270,10 @@ impl Engine {
                 let r = RemoteBlocks {
                     layout,
                     first_block: load.first_block,
-                    blocks,
+                    blocks: off.split(blocks),
                     on_failure: KvLoadFailurePolicy::Recompute,
                 };
-                load.ready = Some((Box::new(r), from_disk));
+                load.ready = Some((Box::new(r), from_disk * off.factor()));
                 done.push(id.clone());
             }
         }

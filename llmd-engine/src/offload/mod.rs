@@ -5,7 +5,13 @@
 //!
 //! The pool only records what it evicts (an [`EvictionQueue`]); the engine drains the
 //! queue after each allocation, before it writes into the reused blocks, and
-//! [`Offloader::store_evicted`] copies them while their contents are intact. Capacity,
+//! [`Offloader::store_evicted`] copies them while their contents are intact.
+//!
+//! Offloaded blocks may span several device blocks (`block_size` a multiple of the
+//! engine's, vLLM's `block_size_factor`). Such a group is known only while one request
+//! holds all its device blocks, so groups are stored as vLLM stores them, once
+//! computed ([`Offloader::store_groups`]), under the hash of their last device block;
+//! eviction-time stores are for groups of one. Capacity,
 //! eviction (LRU or ARC) and the store threshold are [`TierIndex`]'s. Stored and removed
 //! blocks are announced as vLLM's offloader announces them: `BlockStored` with medium
 //! `CPU`, no tokens and no parent, and `BlockRemoved` with medium `CPU`.
@@ -50,6 +56,8 @@ pub struct Offloader {
     index: TierIndex,
     slots: Vec<Option<Bytes>>,
     block_bytes: usize,
+    /// Device blocks per offloaded block.
+    factor: usize,
     int_hashes: bool,
     events: Vec<KvEvent>,
     stats: OffloadStats,
@@ -70,27 +78,32 @@ impl std::fmt::Debug for Offloader {
         f.debug_struct("Offloader")
             .field("index", &self.index)
             .field("block_bytes", &self.block_bytes)
+            .field("factor", &self.factor)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
 
 impl Offloader {
-    /// Host memory of `cfg.cpu_bytes` for blocks of `block_bytes` (one device block's
-    /// K and V, all layers) of `device_block_size` tokens.
+    /// Host memory of `cfg.cpu_bytes` for device blocks of `block_bytes` (one device
+    /// block's K and V, all layers) of `device_block_size` tokens, offloaded in groups
+    /// of `cfg.block_size` tokens (a multiple of `device_block_size`; one device block
+    /// when unset).
     pub fn new(cfg: &OffloadConfig, device_block_size: usize, block_bytes: usize) -> Result<Self> {
-        if let Some(b) = cfg.block_size
-            && b != device_block_size
-        {
-            return Err(EngineError::config(
-                "kv-transfer-config",
-                "block_size",
-                format!(
-                    "offloaded blocks of {b} tokens differ from the engine's {device_block_size}; groups of device \
-                     blocks are not built yet, so leave block_size out or set it to {device_block_size}"
-                ),
-            ));
-        }
+        let factor = match cfg.block_size {
+            None => 1,
+            Some(b) if device_block_size > 0 && b >= device_block_size && b.is_multiple_of(device_block_size) => {
+                b / device_block_size
+            }
+            Some(b) => {
+                // vLLM asserts the same: offloaded blocks are whole device blocks.
+                return Err(EngineError::config(
+                    "kv-transfer-config",
+                    "block_size",
+                    format!("{b} tokens is not a multiple of the engine's block size {device_block_size}"),
+                ));
+            }
+        };
         if block_bytes == 0 {
             return Err(EngineError::config(
                 "kv-transfer-config",
@@ -98,12 +111,13 @@ impl Offloader {
                 "the backend's blocks have no size",
             ));
         }
-        let blocks = usize::try_from(cfg.cpu_bytes / block_bytes as u64).unwrap_or(usize::MAX);
+        let unit = block_bytes.saturating_mul(factor);
+        let blocks = usize::try_from(cfg.cpu_bytes / unit as u64).unwrap_or(usize::MAX);
         if blocks == 0 {
             return Err(EngineError::config(
                 "kv-transfer-config",
                 "cpu_bytes_to_use",
-                format!("{} bytes hold no block of {block_bytes} bytes", cfg.cpu_bytes),
+                format!("{} bytes hold no block of {unit} bytes", cfg.cpu_bytes),
             ));
         }
         let tier = TierConfig {
@@ -115,7 +129,8 @@ impl Offloader {
         };
         tracing::info!(
             blocks,
-            block_bytes,
+            block_bytes = unit,
+            device_blocks_each = factor,
             policy = ?cfg.eviction_policy,
             store_threshold = cfg.store_threshold,
             "KV offloading to host memory"
@@ -125,6 +140,7 @@ impl Offloader {
             index: TierIndex::new(tier),
             slots: vec![None; blocks],
             block_bytes,
+            factor,
             int_hashes: false,
             events: Vec::new(),
             stats: OffloadStats::default(),
@@ -171,9 +187,29 @@ impl Offloader {
         self.index.used()
     }
 
-    /// Bytes one block takes.
+    /// Bytes one device block takes.
     pub fn block_bytes(&self) -> usize {
         self.block_bytes
+    }
+
+    /// Device blocks per offloaded block.
+    pub fn factor(&self) -> usize {
+        self.factor
+    }
+
+    /// Bytes one offloaded block takes.
+    pub fn unit_bytes(&self) -> usize {
+        self.block_bytes * self.factor
+    }
+
+    /// Offloaded blocks (each [`factor`](Self::factor) device blocks long, as held and
+    /// loaded) cut back into device blocks, without copying.
+    pub fn split(&self, units: Vec<Bytes>) -> Vec<Bytes> {
+        if self.factor == 1 {
+            return units;
+        }
+        let b = self.block_bytes;
+        units.into_iter().flat_map(|u| (0..u.len() / b).map(move |i| u.slice(i * b..(i + 1) * b))).collect()
     }
 
     /// What moved so far.
@@ -186,16 +222,43 @@ impl Offloader {
     /// anything is written into reallocated blocks). Blocks held already, or under the
     /// store threshold, are skipped; a failed read stores nothing. Returns the blocks
     /// stored.
-    pub fn store_evicted(&mut self, mut read: impl FnMut(BlockId, &mut Vec<u8>) -> Result<()>) -> usize {
+    pub fn store_evicted(&mut self, read: impl FnMut(BlockId, &mut Vec<u8>) -> Result<()>) -> usize {
         let evicted = self.queue.take();
-        if evicted.is_empty() {
+        if evicted.is_empty() || self.factor > 1 {
             return 0;
         }
+        self.store(&evicted, read)
+    }
+
+    /// Copies computed groups of device blocks into host memory: each `(key, blocks)`,
+    /// `key` the hash of the group's last device block, `blocks` its
+    /// [`factor`](Self::factor) device blocks, read into one buffer with `read`. Groups
+    /// held already, or under the store threshold, are skipped. Returns the groups
+    /// stored.
+    pub fn store_groups(
+        &mut self,
+        groups: &[(BlockHash, Vec<BlockId>)],
+        mut read: impl FnMut(&[BlockId], &mut Vec<u8>) -> Result<()>,
+    ) -> usize {
+        let items: Vec<(BlockId, BlockHash)> =
+            groups.iter().enumerate().map(|(i, (h, _))| (i as BlockId, *h)).collect();
+        self.store(&items, |i, out| match groups.get(i as usize) {
+            Some((_, ids)) => read(ids, out),
+            None => Err(EngineError::KvTransfer(format!("no group {i}"))),
+        })
+    }
+
+    /// Stores `items` (a block to read, and the hash to keep it under).
+    fn store(
+        &mut self,
+        items: &[(BlockId, BlockHash)],
+        mut read: impl FnMut(BlockId, &mut Vec<u8>) -> Result<()>,
+    ) -> usize {
         let mut stored = 0;
         // One at a time: each copy is settled before the next is planned, so a batch
         // larger than host memory still passes through it (and on to disk), the last
         // ones staying.
-        for e in &evicted {
+        for e in items {
             let Some(op) = self.index.plan_store(std::slice::from_ref(e)).pop() else { continue };
             // The slot's last buffer, when no reader still shares it: its memory is
             // already mapped (fresh pages cost more than the copy).

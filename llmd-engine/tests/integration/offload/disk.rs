@@ -90,6 +90,36 @@ fn a_prefix_comes_back_from_disk_and_survives_a_restart() {
 }
 
 #[test]
+fn groups_of_device_blocks_go_to_disk_and_come_back_after_a_restart_in_their_own_namespace() {
+    let dir = scratch("groups");
+    let want = run(&mut engine(7), req("cold", prompt("alpha"))).0;
+    let grouped = |k: usize, host_blocks: usize| {
+        let mut e = engine(7);
+        let cfg = llmd_engine::offload::OffloadConfig {
+            block_size: Some(k * super::BS),
+            ..offload(&e, host_blocks, Some(&dir))
+        };
+        e.enable_offload(&cfg).unwrap();
+        e
+    };
+    // Host memory for two groups of two: the rest of alpha's five is on disk only.
+    let mut e = grouped(2, 4);
+    assert_eq!(alpha_then_others(&mut e, "1"), want);
+    drop(e);
+    let mut e = grouped(2, 4);
+    assert!(e.offload_disk_stats().unwrap().adopted_blocks >= 5, "alpha's five groups, at least");
+    let (after, cached) = run(&mut e, req("alpha2", prompt("alpha")));
+    assert_eq!((after.as_slice(), cached), (want.as_slice(), 40), "five groups of two from the files");
+    assert!(e.offload_disk_stats().unwrap().read_blocks >= 5);
+    drop(e);
+    // Groups of three hold other bytes under other hashes: another namespace, nothing read.
+    let mut e = grouped(3, 6);
+    assert_eq!(e.offload_disk_stats().unwrap().adopted_blocks, 0);
+    assert_eq!(run(&mut e, req("alpha3", prompt("alpha"))).1, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_damaged_block_is_dropped_and_computed_never_served() {
     let dir = scratch("damage");
     let want = run(&mut engine(7), req("cold", prompt("alpha"))).0;

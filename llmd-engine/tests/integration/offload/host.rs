@@ -150,9 +150,90 @@ fn offloading_needs_a_backend_that_can_copy_blocks_and_memory_for_one() {
     let none = OffloadConfig { cpu_bytes: 1, ..offload(&e, 1, None) };
     let err = e.enable_offload(&none).unwrap_err().to_string();
     assert!(err.contains("cpu_bytes_to_use") && err.contains("no block"), "{err}");
-    let grouped = OffloadConfig { block_size: Some(4 * BS), ..offload(&e, 8, None) };
-    let err = e.enable_offload(&grouped).unwrap_err().to_string();
-    assert!(err.contains("block_size"), "{err}");
+    // Offloaded blocks are whole device blocks, as vLLM asserts.
+    for odd in [BS + 1, BS / 2] {
+        let cfg = OffloadConfig { block_size: Some(odd), ..offload(&e, 8, None) };
+        let err = e.enable_offload(&cfg).unwrap_err().to_string();
+        assert!(err.contains("block_size") && err.contains("multiple"), "{odd}: {err}");
+    }
+}
+
+#[test]
+fn offloaded_blocks_of_several_device_blocks_are_stored_once_computed_and_come_back_whole() {
+    let a = prompt("alpha");
+    let mut cold = engine(7);
+    let (want, _) = run(&mut cold, req("cold", a.clone()));
+    for k in [2, 3] {
+        let mut e = engine(7);
+        // 64 device blocks' worth of host memory: 32 groups of two, 21 of three, room
+        // for the four prompts' groups.
+        let cfg = OffloadConfig { block_size: Some(k * BS), ..offload(&e, 64, None) };
+        e.enable_offload(&cfg).unwrap();
+        let (first, _) = run(&mut e, req("a1", a.clone()));
+        assert_eq!(first, want);
+        // Stored as computed, not at eviction: alpha's 41 prompt and 5 more tokens make
+        // 11 full blocks, so 11 / k whole groups, before anything was evicted.
+        let s = e.offload_stats().unwrap();
+        assert_eq!(s.stored_blocks, (11 / k) as u64, "k={k}");
+        assert_eq!(s.stored_bytes, (11 / k * k * e.kv_block_layout().unwrap().block_bytes()) as u64);
+        let evs = events(&mut e);
+        let hashes: Vec<_> = evs
+            .iter()
+            .filter_map(|ev| match ev {
+                KvEvent::BlockStored(s) if s.medium.as_deref() == Some("GPU") => Some(s.block_hashes.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let cpu: Vec<_> = evs
+            .iter()
+            .filter_map(|ev| match ev {
+                KvEvent::BlockStored(s) if s.medium.as_deref() == Some("CPU") => {
+                    // vLLM's offloader: the offloaded block size, hashes only.
+                    assert_eq!(s.block_size, (k * BS) as u32);
+                    assert!(s.token_ids.is_empty() && s.parent_block_hash.is_none());
+                    Some(s.block_hashes.clone())
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        // Each group under its last device block's hash.
+        let want_keys: Vec<_> = hashes.iter().skip(k - 1).step_by(k).take(11 / k).cloned().collect();
+        assert_eq!(cpu, want_keys, "k={k}");
+
+        push_out(&mut e, "1");
+        assert_eq!(e.cached_prefix_blocks(&a, &RequestKeys::new()).unwrap(), 0, "alpha left the device");
+        let (again, cached) = run(&mut e, req("a2", a.clone()));
+        assert_eq!(again, want, "k={k}: tokens from onboarded groups equal a cold run's");
+        // Whole groups within the prompt's 10 full blocks (the last token is computed).
+        assert_eq!(cached, 10 / k * k * BS, "k={k}");
+        assert_eq!(e.offload_stats().unwrap().loaded_blocks, (10 / k * k) as u64, "device blocks written");
+    }
+}
+
+#[test]
+fn a_group_is_onboarded_from_where_the_device_hit_ends() {
+    // Half of alpha stays on the device; the groups past it come back from host memory.
+    let a = prompt("alpha");
+    let mut cold = engine(7);
+    let (want, _) = run(&mut cold, req("cold", a.clone()));
+    let mut e = engine(7);
+    let cfg = OffloadConfig { block_size: Some(2 * BS), ..offload(&e, 64, None) };
+    e.enable_offload(&cfg).unwrap();
+    run(&mut e, req("a1", a.clone()));
+    push_out(&mut e, "1");
+    // Alpha's first 5 blocks (20 tokens) back on the device, computed.
+    let (_, cached) = run(&mut e, req("head", a[..21].to_vec()));
+    assert_eq!(cached, 16, "the first two groups came back from host memory");
+    assert_eq!(e.cached_prefix_blocks(&a, &RequestKeys::new()).unwrap(), 5);
+    let loaded = e.offload_stats().unwrap().loaded_blocks;
+    let (again, cached) = run(&mut e, req("a2", a.clone()));
+    assert_eq!(again, want);
+    assert_eq!(cached, 40);
+    // Block 5 was on the device; the group holding it (4, 5) and those after came up,
+    // writing blocks 5..10: five device blocks.
+    assert_eq!(e.offload_stats().unwrap().loaded_blocks - loaded, 5);
 }
 
 #[test]

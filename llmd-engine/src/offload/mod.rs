@@ -431,14 +431,20 @@ mod tests {
     }
 
     /// `misplace`: the device copy of block 3 reads block 4's contents (the negative
-    /// control).
-    fn run(policy: PolicyKind, ops: &[Op], misplace: bool) -> Result<(), TestCaseError> {
+    /// control). `factor` device blocks per offloaded block: above one, key `k` names a
+    /// computed group of device blocks `k * factor ..`, stored whole.
+    fn run(policy: PolicyKind, ops: &[Op], misplace: bool, factor: usize) -> Result<(), TestCaseError> {
         let cfg = OffloadConfig {
-            cpu_bytes: (4 * BLOCK) as u64,
+            cpu_bytes: (4 * BLOCK * factor) as u64,
+            block_size: Some(16 * factor),
             eviction_policy: policy,
             ..OffloadConfig::from_size_gib(1.0).unwrap()
         };
         let mut off = Offloader::new(&cfg, 16, BLOCK).unwrap();
+        let device = |d: usize| contents(if misplace && d == 3 { 4 } else { d as u8 });
+        // What key `k`'s offloaded block holds: its device blocks, one after another.
+        let unit =
+            |k: u8| -> Vec<u8> { (0..factor).flat_map(|i| contents((usize::from(k) * factor + i) as u8)).collect() };
         let dir = scratch();
         let disk = DiskConfig {
             root: dir.clone(),
@@ -454,22 +460,41 @@ mod tests {
         let result = (|| {
             for o in ops {
                 match o {
-                    Op::Evict(keys) => {
+                    Op::Evict(keys) if factor == 1 => {
                         for &k in keys {
                             queue.offload(u32::from(k), &h(k));
                         }
                         off.store_evicted(|b, out| {
-                            let k = u8::try_from(b).unwrap();
-                            *out = contents(if misplace && k == 3 { 4 } else { k });
+                            *out = device(b as usize);
+                            Ok(())
+                        });
+                    }
+                    Op::Evict(keys) => {
+                        let groups: Vec<(BlockHash, Vec<BlockId>)> = keys
+                            .iter()
+                            .map(|&k| (h(k), (0..factor).map(|i| (usize::from(k) * factor + i) as BlockId).collect()))
+                            .collect();
+                        off.store_groups(&groups, |ids, out| {
+                            out.clear();
+                            for &d in ids {
+                                out.extend(device(d as usize));
+                            }
                             Ok(())
                         });
                     }
                     Op::Onboard(keys) => {
                         let hashes: Vec<BlockHash> = keys.iter().map(|&k| h(k)).collect();
                         let plan = off.plan_onboard(&hashes);
+                        let n = plan.host.len();
                         for (i, b) in plan.host.iter().enumerate() {
-                            prop_assert_eq!(&b[..], &contents(keys[i])[..], "host block {}", keys[i]);
+                            prop_assert_eq!(&b[..], &unit(keys[i])[..], "host block {}", keys[i]);
                         }
+                        // Cut back into device blocks, in order.
+                        for (j, b) in off.split(plan.host).iter().enumerate() {
+                            let d = usize::from(keys[j / factor]) * factor + j % factor;
+                            prop_assert_eq!(&b[..], &contents(d as u8)[..], "device block {}", d);
+                        }
+                        prop_assert!(n <= keys.len());
                         if let Some((ticket, disk_hashes)) = plan.disk {
                             let d = off.disk_mut().unwrap();
                             let mut got = Vec::new();
@@ -484,7 +509,7 @@ mod tests {
                             for r in got {
                                 let k = r.hash.as_bytes()[0];
                                 let data = r.data.unwrap();
-                                prop_assert_eq!(&data[..], &contents(k)[..], "disk block {}", k);
+                                prop_assert_eq!(&data[..], &unit(k)[..], "disk block {}", k);
                             }
                         }
                     }
@@ -511,16 +536,19 @@ mod tests {
         #[test]
         fn onboarded_blocks_equal_what_was_offloaded(
             lru in any::<bool>(),
+            factor in 1usize..=3,
             ops in prop::collection::vec(op(), 1..40),
         ) {
-            run(if lru { PolicyKind::Lru } else { PolicyKind::Arc }, &ops, false)?;
+            run(if lru { PolicyKind::Lru } else { PolicyKind::Arc }, &ops, false, factor)?;
         }
     }
 
     #[test]
     fn negative_control_a_misplaced_copy_is_caught() {
-        let mut runner = TestRunner::new(Config { cases: 48, failure_persistence: None, ..Config::default() });
-        let found = runner.run(&prop::collection::vec(op(), 1..40), |ops| run(PolicyKind::Lru, &ops, true));
-        assert!(found.is_err(), "the property must catch a block copied from the wrong place");
+        for factor in [1, 2] {
+            let mut runner = TestRunner::new(Config { cases: 48, failure_persistence: None, ..Config::default() });
+            let found = runner.run(&prop::collection::vec(op(), 1..40), |ops| run(PolicyKind::Lru, &ops, true, factor));
+            assert!(found.is_err(), "factor {factor}: the property must catch a block copied from the wrong place");
+        }
     }
 }

@@ -57,7 +57,7 @@ impl Index {
                 KvEvent::BlockRemoved(r) => r.block_hashes.iter().for_each(|h| {
                     held.remove(h);
                 }),
-                KvEvent::AllBlocksCleared => held.clear(),
+                KvEvent::AllBlocksCleared { .. } => held.clear(),
                 KvEvent::Unknown { .. } => {}
             }
         }

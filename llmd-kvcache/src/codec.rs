@@ -45,10 +45,15 @@ pub fn encode_batch_into(out: &mut Vec<u8>, batch: &KvEventBatch) -> Result<()> 
         match e {
             KvEvent::BlockStored(s) => w.stored(s),
             KvEvent::BlockRemoved(r) => w.removed(r),
-            KvEvent::AllBlocksCleared => {
-                w.map_header(1, 1);
+            KvEvent::AllBlocksCleared { medium } => {
+                // vLLM's event is the tag alone; a tier, when named, follows it.
+                w.map_header(1 + usize::from(medium.is_some()), 2);
                 w.str("type");
                 w.str("AllBlocksCleared");
+                if let Some(m) = medium {
+                    w.str("medium");
+                    w.str(m);
+                }
             }
             KvEvent::Unknown { tag } => {
                 return Err(KvCacheError::Encode(format!("event of unknown type {tag:?}")));
@@ -363,7 +368,7 @@ fn decode_event(v: Value) -> Result<KvEvent> {
             locality: opt_field(&mut f, "locality", opt_string)?,
             ownership: opt_field(&mut f, "ownership", opt_string)?,
         })),
-        "AllBlocksCleared" => Ok(KvEvent::AllBlocksCleared),
+        "AllBlocksCleared" => Ok(KvEvent::AllBlocksCleared { medium: opt_field(&mut f, "medium", opt_string)? }),
         _ => Ok(KvEvent::Unknown { tag }),
     }
 }
@@ -545,6 +550,32 @@ mod tests {
         // Tokens without a block size cannot be split into blocks.
         let e = decode_batch(&encode_batch(&batch(stored(vec![1, 2]))).unwrap()).unwrap_err();
         assert!(e.to_string().contains("block_size"), "{e}");
+    }
+
+    #[test]
+    fn a_clear_may_name_its_tier_and_vllms_plain_one_is_unchanged() {
+        let batch = |medium: Option<&str>| KvEventBatch {
+            ts: 1.0,
+            events: vec![KvEvent::AllBlocksCleared { medium: medium.map(Into::into) }],
+            ..Default::default()
+        };
+        for m in [None, Some("CPU")] {
+            assert_eq!(decode_batch(&encode_batch(&batch(m)).unwrap()).unwrap(), batch(m));
+        }
+        // vLLM's event, the tag alone: the same bytes as before tiers could be named.
+        let plain = encode_batch(&batch(None)).unwrap();
+        let mut event = vec![0x81, 0xa4];
+        event.extend(b"type");
+        event.push(0xb0);
+        event.extend(b"AllBlocksCleared");
+        assert!(plain.windows(event.len()).any(|w| w == event.as_slice()), "{plain:02x?}");
+        // An array-form event with a trailing medium (newer engines' schema).
+        let mut arr = vec![0x93, 0x01, 0x91, 0x92, 0xb0];
+        arr.extend(b"AllBlocksCleared");
+        arr.push(0xa3);
+        arr.extend(b"CPU");
+        arr.push(0xc0);
+        assert_eq!(decode_batch(&arr).unwrap().events, batch(Some("CPU")).events);
     }
 
     #[test]

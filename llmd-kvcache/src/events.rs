@@ -98,8 +98,13 @@ pub enum KvEvent {
     BlockStored(BlockStored),
     /// Blocks evicted or dropped.
     BlockRemoved(BlockRemoved),
-    /// The whole prefix cache was reset.
-    AllBlocksCleared,
+    /// The whole prefix cache was reset, or (`medium` set) one tier of it. vLLM's
+    /// event names no tier; newer engines' may name one (a trailing `medium` field,
+    /// which older decoders ignore).
+    AllBlocksCleared {
+        /// The tier cleared (`None`: every tier).
+        medium: Option<String>,
+    },
     /// An event type this version does not know (a newer engine's); kept so one unknown
     /// event does not cost the rest of its batch. It cannot be re-encoded.
     Unknown {

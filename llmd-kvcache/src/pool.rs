@@ -458,7 +458,7 @@ impl<S: EventSink> BlockPool<S> {
         self.rebuild_free_list(self.blocks.len());
         self.cached.clear();
         self.dups.clear();
-        self.sink.emit(KvEvent::AllBlocksCleared);
+        self.sink.emit(KvEvent::AllBlocksCleared { medium: None });
         true
     }
 

@@ -351,8 +351,8 @@ impl KvBlockIndex {
 
     /// Forgets what `endpoint` holds in one tier (`medium` as events name it: `None` or
     /// empty is `gpu`), keeping its other tiers: a tier-scoped clear. Returns the blocks
-    /// taken out of that tier. (vLLM's `AllBlocksCleared` names no tier and clears them
-    /// all, see [`KvBlockIndex::apply`].)
+    /// taken out of that tier. (An `AllBlocksCleared` naming a tier does this; vLLM's
+    /// names none and clears them all, see [`KvBlockIndex::apply`].)
     pub fn clear_tier(&mut self, endpoint: &str, medium: Option<&str>) -> usize {
         let (Some(bit), Some(&id)) = (self.tier_bit(medium), self.ids.get(endpoint)) else { return 0 };
         let Some(st) = self.endpoints.get_mut(endpoint) else { return 0 };
@@ -393,8 +393,12 @@ impl KvBlockIndex {
                 KvEvent::BlockStored(s) => self.stored(endpoint, s, &mut stats),
                 KvEvent::BlockRemoved(r) => self.removed(endpoint, r, &mut stats),
                 // vLLM's event names no tier: the engine reset its whole prefix cache
-                // (llm-d-kv-cache clears every tier of the pod too).
-                KvEvent::AllBlocksCleared => self.remove_endpoint(endpoint),
+                // (llm-d-kv-cache clears every tier of the pod too). One that names a
+                // tier clears that tier only, as llm-d's does.
+                KvEvent::AllBlocksCleared { medium: None } => self.remove_endpoint(endpoint),
+                KvEvent::AllBlocksCleared { medium: Some(m) } => {
+                    stats.removed += self.clear_tier(endpoint, Some(m));
+                }
                 KvEvent::Unknown { .. } => {}
             }
         }
@@ -677,7 +681,7 @@ mod tests {
         idx.apply("a", Some(6), &batch(vec![stored_in("CPU", &[h(2)], None, vec![1, 2])]));
         assert_eq!(idx.prefix_credit(&block_keys(&[1, 2], 2, usize::MAX))["a"].credit, 0.8);
         idx.apply("a", Some(7), &batch(vec![stored(&[h(2)], None, vec![1, 2])]));
-        idx.apply("a", Some(8), &batch(vec![KvEvent::AllBlocksCleared]));
+        idx.apply("a", Some(8), &batch(vec![KvEvent::AllBlocksCleared { medium: None }]));
         assert!(idx.is_empty());
         assert_eq!(idx.endpoint_blocks("a"), 0);
         // An orphan (unknown parent) is skipped, not misfiled.
@@ -755,8 +759,12 @@ mod tests {
         assert_eq!(idx.clear_tier("a", Some("storage")), 1);
         assert_eq!(idx.endpoint_blocks("a"), 0);
         assert_eq!(idx.block_tiers(keys[0], "b"), ["gpu", "cpu"]);
+        // The event that names a tier clears that one only.
+        let cpu = KvEvent::AllBlocksCleared { medium: Some("CPU".into()) };
+        assert_eq!(idx.apply("b", None, &batch(vec![cpu])).removed, 1);
+        assert_eq!(idx.block_tiers(keys[0], "b"), ["gpu"]);
         // vLLM's AllBlocksCleared names no tier: every tier of the pod goes.
-        idx.apply("b", None, &batch(vec![KvEvent::AllBlocksCleared]));
+        idx.apply("b", None, &batch(vec![KvEvent::AllBlocksCleared { medium: None }]));
         assert!(idx.is_empty());
     }
 
@@ -1041,7 +1049,7 @@ mod tests {
                         }
                     }
                     Op::Cleared { pod, medium: None } => {
-                        idx.apply(PODS[*pod], None, &batch(vec![KvEvent::AllBlocksCleared]));
+                        idx.apply(PODS[*pod], None, &batch(vec![KvEvent::AllBlocksCleared { medium: None }]));
                         model.retain(|(p, _), _| p != pod);
                     }
                 }

@@ -198,7 +198,7 @@ fn batch_json(b: &KvEventBatch) -> Value {
                 }
                 Value::Object(m)
             }
-            KvEvent::AllBlocksCleared => json!({"type": "AllBlocksCleared"}),
+            KvEvent::AllBlocksCleared { .. } => json!({"type": "AllBlocksCleared"}),
             KvEvent::Unknown { tag } => json!({"type": tag}),
         })
         .collect();
@@ -232,7 +232,7 @@ fn legacy_array_form_events_decode() {
     assert_eq!((s.lora_name.as_deref(), s.extra_keys.as_ref()), (None, None));
     let KvEvent::BlockRemoved(r) = &batch.events[1] else { panic!() };
     assert_eq!((r.block_hashes.len(), r.medium.as_deref()), (1, None));
-    assert_eq!(batch.events[2], KvEvent::AllBlocksCleared);
+    assert_eq!(batch.events[2], KvEvent::AllBlocksCleared { medium: None });
     // Re-encoding writes the current map form, which decodes to the same values.
     assert_eq!(decode_batch(&encode_batch(&batch).unwrap()).unwrap(), batch);
 }

@@ -103,7 +103,7 @@ fn apply(index: &mut HashSet<ExternalBlockHash>, events: Vec<KvEvent>) {
             KvEvent::BlockRemoved(r) => r.block_hashes.iter().for_each(|h| {
                 index.remove(h);
             }),
-            KvEvent::AllBlocksCleared => index.clear(),
+            KvEvent::AllBlocksCleared { .. } => index.clear(),
             KvEvent::Unknown { .. } => {}
         }
     }

@@ -3,7 +3,8 @@
 # every test, those included.
 #
 #   .venv                  scripts/interop/requirements.txt: the serialization libraries
-#                          vLLM uses and the official `openai` client (LLMD_PYTHON)
+#                          vLLM uses, the official `openai` client (LLMD_PYTHON) and
+#                          NVRTC (on LD_LIBRARY_PATH: the CUDA kernels' compile test)
 #   .venv-inference-perf   inference-perf and aiperf, by scripts/loadgen/setup.sh
 #   .venv-aiperf           (LLMD_INFERENCE_PERF, LLMD_AIPERF)
 #
@@ -23,6 +24,9 @@ echo "== Python venv for the interop tests (.venv)" >&2
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/interop/requirements.txt >&2
 export LLMD_PYTHON="$PWD/.venv/bin/python"
+# NVRTC from the venv (nvidia-cuda-nvrtc-cu12), for the CUDA kernels' compile test.
+nvrtc_lib=$("$LLMD_PYTHON" -c 'import nvidia.cuda_nvrtc, os; print(os.path.join(nvidia.cuda_nvrtc.__path__[0], "lib"))')
+export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 echo "== load generators for llmd bench (inference-perf, aiperf)" >&2
 # Prints LLMD_INFERENCE_PERF=... and LLMD_AIPERF=... lines.

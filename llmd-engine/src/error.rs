@@ -97,6 +97,10 @@ pub enum EngineError {
     /// An error from the KV block manager.
     #[error(transparent)]
     KvCache(#[from] llmd_kvcache::KvCacheError),
+
+    /// The accelerator (no driver, no device, a kernel that failed to compile or run).
+    #[error("device: {0}")]
+    Device(String),
 }
 
 impl EngineError {

@@ -27,6 +27,8 @@ pub mod builder;
 pub mod builtin;
 pub mod channel;
 pub mod clock;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod detok;
 pub mod engine;
 mod error;

@@ -1,7 +1,7 @@
 //! The model runner: config, weights, RoPE, layers and the Llama-family decoder.
 
 pub mod config;
-mod layers;
+pub(crate) mod layers;
 mod llama;
 mod rope;
 pub mod weights;

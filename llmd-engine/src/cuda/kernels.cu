@@ -1,0 +1,258 @@
+// llmd's CUDA kernels, compiled at start with NVRTC (no CUDA toolkit needed to build
+// llmd; no header is included, so NVRTC needs none either). The CPU engine is the
+// reference each kernel is tested against (llmd-engine/src/cuda/tests.rs).
+//
+// Conventions:
+// - activations and accumulation in f32; weights and the KV cache in f16, bf16 or f32
+//   (one instantiation per storage type, suffixed _f16 / _bf16 / _f32);
+// - the KV cache of one layer is K and V buffers of [slots, kv_heads, head_dim], slot =
+//   block * block_size + offset, as the CPU cache (`PagedKvCache`) lays it out;
+// - RoPE is the "rotate half" layout Llama checkpoints use, with cos/sin tables computed
+//   on the host by the same code as the CPU runner (every scaling it supports).
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long usize;
+
+#define NEG_INF __int_as_float(0xff800000)
+
+// ---- storage types ----------------------------------------------------------------
+
+struct f16 { u16 bits; };
+struct bf16 { u16 bits; };
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(f16 x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+    return f;
+}
+__device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((u32)x.bits) << 16); }
+
+__device__ __forceinline__ void from_f32(float x, float* out) { *out = x; }
+__device__ __forceinline__ void from_f32(float x, f16* out) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    out->bits = h;
+}
+__device__ __forceinline__ void from_f32(float x, bf16* out) {
+    // Round to nearest even, NaN kept a NaN (as half's f32 -> bf16 conversion).
+    u32 u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        out->bits = (u16)((u >> 16) | 0x40u);
+        return;
+    }
+    u32 rounded = u + 0x7fffu + ((u >> 16) & 1u);
+    out->bits = (u16)(rounded >> 16);
+}
+
+// ---- reductions ---------------------------------------------------------------------
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the thread block (blockDim.x a multiple of 32, at most 1024); every thread
+// gets the result. `scratch` holds 32 floats.
+__device__ float block_sum(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    int warps = blockDim.x >> 5;
+    v = lane < warps ? scratch[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+__device__ float block_max(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    int warps = blockDim.x >> 5;
+    v = lane < warps ? scratch[lane] : NEG_INF;
+    return warp_max(v);
+}
+
+// ---- per-token kernels --------------------------------------------------------------
+
+// out[t, :] = table[ids[t], :]; one thread block per token.
+template <typename T>
+__device__ void embedding(const T* table, const u32* ids, float* out, int hidden) {
+    int t = blockIdx.x;
+    const T* row = table + (usize)ids[t] * hidden;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[(usize)t * hidden + i] = to_f32(row[i]);
+}
+
+// out[t, :] = x[t, :] / rms(x[t, :]) * weight; one thread block per row. The output
+// type is what the next GEMM reads.
+template <typename W, typename O>
+__device__ void rms_norm(const float* x, const W* weight, O* out, int hidden, float eps) {
+    __shared__ float scratch[32];
+    int t = blockIdx.x;
+    const float* row = x + (usize)t * hidden;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) ss += row[i] * row[i];
+    ss = block_sum(ss, scratch);
+    float inv = rsqrtf(ss / hidden + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        from_f32(row[i] * inv * to_f32(weight[i]), &out[(usize)t * hidden + i]);
+    }
+}
+
+// x[t, h, :] rotated in place for heads 0..heads, "rotate half" layout: pairs (i,
+// i + half). cos/sin: [tokens, half], scale applied. One thread block per token.
+__device__ void rope(float* x, const float* cos, const float* sin, int heads, int head_dim) {
+    int t = blockIdx.x, half = head_dim / 2;
+    const float* c = cos + (usize)t * half;
+    const float* s = sin + (usize)t * half;
+    float* row = x + (usize)t * heads * head_dim;
+    for (int j = threadIdx.x; j < heads * half; j += blockDim.x) {
+        int h = j / half, i = j % half;
+        float* v = row + h * head_dim;
+        float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i] + a * s[i];
+    }
+}
+
+// out[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i]: the fused gate/up GEMM's
+// output halves. Grid-stride over tokens * inter.
+template <typename O>
+__device__ void silu_mul(const float* gate_up, O* out, int tokens, int inter) {
+    usize n = (usize)tokens * inter;
+    for (usize k = (usize)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (usize)gridDim.x * blockDim.x) {
+        usize t = k / inter, i = k % inter;
+        float g = gate_up[t * 2 * inter + i], u = gate_up[t * 2 * inter + inter + i];
+        from_f32(g / (1.0f + __expf(-g)) * u, &out[k]);
+    }
+}
+
+// x += y, elementwise (the residual stream).
+__device__ void add_inplace(float* x, const float* y, usize n) {
+    for (usize k = (usize)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (usize)gridDim.x * blockDim.x) {
+        x[k] += y[k];
+    }
+}
+
+// Stores each token's keys and values at its cache slot. k, v: [tokens, kv_heads *
+// head_dim] f32; slots: [tokens]. One thread block per token.
+template <typename T>
+__device__ void write_kv(const float* k, const float* v, const u32* slots, T* k_cache, T* v_cache, int slot_len) {
+    int t = blockIdx.x;
+    usize dst = (usize)slots[t] * slot_len, src = (usize)t * slot_len;
+    for (int i = threadIdx.x; i < slot_len; i += blockDim.x) {
+        from_f32(k[src + i], &k_cache[dst + i]);
+        from_f32(v[src + i], &v_cache[dst + i]);
+    }
+}
+
+// ---- paged attention ----------------------------------------------------------------
+
+// One thread block per (query token, query head). The query at `pos[q]` attends to its
+// sequence's positions window_start[q]..=pos[q], read through its block table
+// (tables + table_start[q]). Scores go to `scores` (the host sizes it: one row of
+// max_len floats per query head); softmax in f32; out: [queries, heads, head_dim].
+// The same call serves decode (one query per sequence), prefill over a cached prefix
+// and chunked prefill (a causal run of queries per sequence).
+template <typename T>
+__device__ void paged_attention(const float* q, const T* k_cache, const T* v_cache, const u32* tables,
+                                const u32* table_start, const u32* pos, const u32* window_start, float* scores,
+                                float* out, int heads, int kv_heads, int head_dim, int block_size, int max_len,
+                                float scale) {
+    __shared__ float scratch[32];
+    extern __shared__ float q_row[];  // head_dim floats
+    int qi = blockIdx.x / heads, h = blockIdx.x % heads;
+    int kh = h / (heads / kv_heads);
+    int slot_len = kv_heads * head_dim;
+    const u32* table = tables + table_start[qi];
+    int first = window_start[qi], n = pos[qi] + 1 - first;
+    float* s = scores + (usize)blockIdx.x * max_len;
+    const float* qv = q + ((usize)qi * heads + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) q_row[d] = qv[d];
+    __syncthreads();
+
+    // Scores, one position per warp at a time (lanes split head_dim).
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int j = warp; j < n; j += warps) {
+        int p = first + j;
+        usize base = ((usize)table[p / block_size] * block_size + p % block_size) * slot_len + (usize)kh * head_dim;
+        float dot = 0.0f;
+        for (int d = lane; d < head_dim; d += 32) dot += q_row[d] * to_f32(k_cache[base + d]);
+        dot = warp_sum(dot);
+        if (lane == 0) s[j] = dot * scale;
+    }
+    __syncthreads();
+
+    // Softmax over the row.
+    float m = NEG_INF;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, s[j]);
+    m = block_max(m, scratch);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float e = __expf(s[j] - m);
+        s[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, scratch);
+    float inv = 1.0f / sum;
+    __syncthreads();
+
+    // Weighted values: each thread owns dimensions of the output.
+    float* o = out + ((usize)qi * heads + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < n; j++) {
+            int p = first + j;
+            usize base = ((usize)table[p / block_size] * block_size + p % block_size) * slot_len + (usize)kh * head_dim;
+            acc += s[j] * to_f32(v_cache[base + d]);
+        }
+        o[d] = acc * inv;
+    }
+}
+
+// ---- exported entry points ----------------------------------------------------------
+
+#define FOR_STORAGE(X) X(f32, float) X(f16, f16) X(bf16, bf16)
+
+#define ENTRY_POINTS(NAME, T)                                                                                   \
+    extern "C" __global__ void embedding_##NAME(const T* table, const u32* ids, float* out, int hidden) {       \
+        embedding<T>(table, ids, out, hidden);                                                                  \
+    }                                                                                                           \
+    extern "C" __global__ void rms_norm_##NAME(const float* x, const T* weight, T* out, int hidden, float eps) { \
+        rms_norm<T, T>(x, weight, out, hidden, eps);                                                            \
+    }                                                                                                           \
+    extern "C" __global__ void rms_norm_f32_out_##NAME(const float* x, const T* weight, float* out, int hidden,  \
+                                                      float eps) {                                              \
+        rms_norm<T, float>(x, weight, out, hidden, eps);                                                        \
+    }                                                                                                           \
+    extern "C" __global__ void silu_mul_##NAME(const float* gate_up, T* out, int tokens, int inter) {           \
+        silu_mul<T>(gate_up, out, tokens, inter);                                                               \
+    }                                                                                                           \
+    extern "C" __global__ void write_kv_##NAME(const float* k, const float* v, const u32* slots, T* k_cache,     \
+                                               T* v_cache, int slot_len) {                                      \
+        write_kv<T>(k, v, slots, k_cache, v_cache, slot_len);                                                   \
+    }                                                                                                           \
+    extern "C" __global__ void paged_attention_##NAME(                                                          \
+        const float* q, const T* k_cache, const T* v_cache, const u32* tables, const u32* table_start,          \
+        const u32* pos, const u32* window_start, float* scores, float* out, int heads, int kv_heads,            \
+        int head_dim, int block_size, int max_len, float scale) {                                               \
+        paged_attention<T>(q, k_cache, v_cache, tables, table_start, pos, window_start, scores, out, heads,     \
+                           kv_heads, head_dim, block_size, max_len, scale);                                     \
+    }
+
+FOR_STORAGE(ENTRY_POINTS)
+
+extern "C" __global__ void rope_f32(float* x, const float* cos, const float* sin, int heads, int head_dim) {
+    rope(x, cos, sin, heads, head_dim);
+}
+
+extern "C" __global__ void add_f32(float* x, const float* y, unsigned long long n) { add_inplace(x, y, (usize)n); }

@@ -1,0 +1,230 @@
+//! What runs without a GPU: the probe's error, and the kernels compiling with NVRTC.
+//! Kernel results against the CPU reference need a GPU: `needs_hardware::`.
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+#[test]
+fn asking_for_a_gpu_without_a_driver_says_so() {
+    match probe(0) {
+        Ok(d) => {
+            // On a GPU machine: a real device.
+            assert!(driver_available());
+            assert!(d.total_memory > 0 && d.compute_capability.0 >= 7, "{d:?}");
+        }
+        Err(e) => {
+            let e = e.to_string();
+            if driver_available() {
+                assert!(e.contains("CUDA"), "{e}");
+            } else {
+                assert!(e.contains("no CUDA driver found") && e.contains("--device cpu"), "{e}");
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs NVRTC (scripts/test.sh installs pip's nvidia-cuda-nvrtc-cu12 and sets LD_LIBRARY_PATH)"]
+fn the_kernels_compile_for_every_architecture_llmd_targets() {
+    assert!(nvrtc_available(), "NVRTC could not be loaded: is its lib directory on LD_LIBRARY_PATH?");
+    for arch in ["compute_80", "compute_90"] {
+        let ptx = compile(arch).unwrap().to_src();
+        assert!(ptx.contains(&format!(".target sm_{}", &arch[8..])), "{arch}");
+        for k in kernel_names() {
+            assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: {k} missing from the PTX");
+        }
+    }
+    // A kernel that does not compile comes back with the compiler's log.
+    let err = cudarc::nvrtc::compile_ptx("extern \"C\" __global__ void k() { undeclared(); }").unwrap_err();
+    assert!(format!("{err:?}").contains("undeclared"), "{err:?}");
+}
+
+/// Each kernel against the CPU engine's code, on a GPU. Run on one with
+/// `cargo test -p llmd-engine --features cuda -- --ignored needs_hardware::`
+/// (scripts/gpu/run.sh does, on the device machine).
+mod needs_hardware {
+    use super::super::{AttentionQueries, Kernels};
+    use crate::builtin;
+    use crate::model::Rope;
+
+    const WHY: &str = "needs an NVIDIA GPU";
+
+    fn kernels() -> Kernels {
+        Kernels::new(0).unwrap_or_else(|e| panic!("{WHY}: {e}"))
+    }
+
+    /// Values in [-1, 1) from a seed, without a generator crate.
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}[{i}]: {g} vs {w}");
+        }
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn rms_norm_rope_and_silu_match_the_cpu() {
+        let k = kernels();
+        let (rows, hidden) = (5, 384);
+        let (x, w) = (noise(rows * hidden, 1), noise(hidden, 2));
+        let mut want = vec![0f32; rows * hidden];
+        for r in 0..rows {
+            crate::model::layers::rms_norm(
+                &x[r * hidden..(r + 1) * hidden],
+                &w,
+                1e-5,
+                &mut want[r * hidden..(r + 1) * hidden],
+            );
+        }
+        let mut out = k.zeros::<f32>(rows * hidden).unwrap();
+        k.rms_norm_f32(&k.upload(&x).unwrap(), &k.upload(&w).unwrap(), &mut out, rows, hidden, 1e-5).unwrap();
+        close(&k.download(&out).unwrap(), &want, 1e-5, "rms_norm");
+
+        // RoPE of the built-in model's config at positions 7..12.
+        let cfg = builtin::config();
+        let rope = Rope::new(&cfg);
+        let (heads, hd) = (cfg.num_attention_heads, cfg.head_dim);
+        let q = noise(rows * heads * hd, 3);
+        let (mut cos, mut sin, mut want) = (Vec::new(), Vec::new(), q.clone());
+        for r in 0..rows {
+            let (c, s) = rope.cos_sin(7 + r, 12);
+            rope.apply(&mut want[r * heads * hd..(r + 1) * heads * hd], heads, &c, &s);
+            cos.extend(c);
+            sin.extend(s);
+        }
+        let mut dq = k.upload(&q).unwrap();
+        k.rope(&mut dq, &k.upload(&cos).unwrap(), &k.upload(&sin).unwrap(), rows, heads, hd).unwrap();
+        close(&k.download(&dq).unwrap(), &want, 1e-5, "rope");
+
+        let (tokens, inter) = (3, 100);
+        let gu = noise(tokens * 2 * inter, 4);
+        let want: Vec<f32> = (0..tokens * inter)
+            .map(|i| {
+                let (t, j) = (i / inter, i % inter);
+                let (g, u) = (gu[t * 2 * inter + j], gu[t * 2 * inter + inter + j]);
+                g / (1.0 + (-g).exp()) * u
+            })
+            .collect();
+        let mut out = k.zeros::<f32>(tokens * inter).unwrap();
+        k.silu_mul_f32(&k.upload(&gu).unwrap(), &mut out, tokens, inter).unwrap();
+        close(&k.download(&out).unwrap(), &want, 1e-5, "silu_mul");
+    }
+
+    /// softmax(q·K / √d)·V over each query's visible positions, read through its table.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_reference(
+        q: &[f32],
+        kc: &[f32],
+        vc: &[f32],
+        qs: &AttentionQueries,
+        heads: usize,
+        kvh: usize,
+        hd: usize,
+        bs: usize,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; q.len()];
+        for (i, (&p, &w)) in qs.pos.iter().zip(&qs.window_start).enumerate() {
+            let table = &qs.tables[qs.table_start[i] as usize..];
+            for h in 0..heads {
+                let kh = h / (heads / kvh);
+                let qv = &q[(i * heads + h) * hd..(i * heads + h + 1) * hd];
+                let at = |pos: u32| {
+                    let pos = pos as usize;
+                    ((table[pos / bs] as usize * bs + pos % bs) * kvh + kh) * hd
+                };
+                let scores: Vec<f32> = (w..=p)
+                    .map(|pos| {
+                        qv.iter().zip(&kc[at(pos)..at(pos) + hd]).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()
+                    })
+                    .collect();
+                let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+                let sum: f32 = e.iter().sum();
+                let o = &mut out[(i * heads + h) * hd..(i * heads + h + 1) * hd];
+                for (j, pos) in (w..=p).enumerate() {
+                    for (d, acc) in o.iter_mut().enumerate() {
+                        *acc += e[j] / sum * vc[at(pos) + d];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn paged_attention_matches_the_reference_for_decode_and_chunked_prefill_with_gqa() {
+        let k = kernels();
+        let (heads, kvh, hd, bs, blocks) = (8, 2, 64, 16, 32);
+        let slot_len = kvh * hd;
+        // Two sequences: one of 40 tokens through scattered blocks, decoding at 39; one
+        // of 20 whose last 5 tokens are a prefill chunk (causal), the first with a
+        // sliding window.
+        let t1 = [5u32, 17, 2];
+        let t2 = [30u32, 9];
+        let mut qs = AttentionQueries::default();
+        qs.tables.extend(t1);
+        qs.tables.extend(t2);
+        qs.table_start.push(0);
+        qs.pos.push(39);
+        qs.window_start.push(0);
+        for p in 15..20 {
+            qs.table_start.push(3);
+            qs.pos.push(p);
+            qs.window_start.push(p.saturating_sub(12));
+        }
+        // Fill the cache: every slot the tables name gets keys and values.
+        let mut slots = Vec::new();
+        for (t, len) in [(&t1[..], 40), (&t2[..], 20)] {
+            for p in 0..len {
+                slots.push(t[p / bs] * bs as u32 + (p % bs) as u32);
+            }
+        }
+        let (kv_k, kv_v) = (noise(slots.len() * slot_len, 5), noise(slots.len() * slot_len, 6));
+        let q = noise(qs.pos.len() * heads * hd, 7);
+        for storage in ["f32", "f16", "bf16"] {
+            // What the cache holds after rounding to its storage type.
+            let round = |x: f32| match storage {
+                "f16" => half::f16::from_f32(x).to_f32(),
+                "bf16" => half::bf16::from_f32(x).to_f32(),
+                _ => x,
+            };
+            let mut kc = vec![0f32; blocks * bs * slot_len];
+            let mut vc = kc.clone();
+            for (i, &s) in slots.iter().enumerate() {
+                for d in 0..slot_len {
+                    kc[s as usize * slot_len + d] = round(kv_k[i * slot_len + d]);
+                    vc[s as usize * slot_len + d] = round(kv_v[i * slot_len + d]);
+                }
+            }
+            let want = attention_reference(&q, &kc, &vc, &qs, heads, kvh, hd, bs);
+            let (dk, dv, ds) = (k.upload(&kv_k).unwrap(), k.upload(&kv_v).unwrap(), k.upload(&slots).unwrap());
+            let dq = k.upload(&q).unwrap();
+            let mut out = k.zeros::<f32>(q.len()).unwrap();
+            let scale = 1.0 / (hd as f32).sqrt();
+            if storage == "f32" {
+                let (mut ck, mut cv) = (k.zeros::<f32>(kc.len()).unwrap(), k.zeros::<f32>(kc.len()).unwrap());
+                k.write_kv(storage, &dk, &dv, &ds, &mut ck, &mut cv, slots.len(), slot_len).unwrap();
+                k.paged_attention(storage, &dq, &ck, &cv, &qs, &mut out, heads, kvh, hd, bs, scale).unwrap();
+            } else {
+                let (mut ck, mut cv) = (k.zeros::<u16>(kc.len()).unwrap(), k.zeros::<u16>(kc.len()).unwrap());
+                k.write_kv(storage, &dk, &dv, &ds, &mut ck, &mut cv, slots.len(), slot_len).unwrap();
+                k.paged_attention(storage, &dq, &ck, &cv, &qs, &mut out, heads, kvh, hd, bs, scale).unwrap();
+            }
+            close(&k.download(&out).unwrap(), &want, 1e-4, storage);
+        }
+    }
+}

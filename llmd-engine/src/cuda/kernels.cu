@@ -219,6 +219,29 @@ __device__ void paged_attention(const float* q, const T* k_cache, const T* v_cac
     }
 }
 
+// f32 activations to the storage type a GEMM reads.
+template <typename T>
+__device__ void to_storage(const float* x, T* out, usize n) {
+    for (usize k = (usize)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (usize)gridDim.x * blockDim.x) {
+        from_f32(x[k], &out[k]);
+    }
+}
+
+// y[r, o] += bias[o] for rows of `cols` (a layer's bias after its GEMM).
+__device__ void add_bias(float* y, const float* bias, usize rows, int cols) {
+    usize n = rows * cols;
+    for (usize k = (usize)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (usize)gridDim.x * blockDim.x) {
+        y[k] += bias[k % cols];
+    }
+}
+
+// out[i, :] = x[rows[i], :]: the rows whose logits are wanted. One block per row.
+__device__ void gather_rows(const float* x, const u32* rows, float* out, int hidden) {
+    int i = blockIdx.x;
+    const float* src = x + (usize)rows[i] * hidden;
+    for (int d = threadIdx.x; d < hidden; d += blockDim.x) out[(usize)i * hidden + d] = src[d];
+}
+
 // ---- exported entry points ----------------------------------------------------------
 
 #define FOR_STORAGE(X) X(f32, float) X(f16, f16) X(bf16, bf16)
@@ -247,6 +270,9 @@ __device__ void paged_attention(const float* q, const T* k_cache, const T* v_cac
         int head_dim, int block_size, int max_len, float scale) {                                               \
         paged_attention<T>(q, k_cache, v_cache, tables, table_start, pos, window_start, scores, out, heads,     \
                            kv_heads, head_dim, block_size, max_len, scale);                                     \
+    }                                                                                                           \
+    extern "C" __global__ void to_storage_##NAME(const float* x, T* out, unsigned long long n) {                \
+        to_storage<T>(x, out, (usize)n);                                                                        \
     }
 
 FOR_STORAGE(ENTRY_POINTS)
@@ -256,3 +282,11 @@ extern "C" __global__ void rope_f32(float* x, const float* cos, const float* sin
 }
 
 extern "C" __global__ void add_f32(float* x, const float* y, unsigned long long n) { add_inplace(x, y, (usize)n); }
+
+extern "C" __global__ void add_bias_f32(float* y, const float* bias, unsigned long long rows, int cols) {
+    add_bias(y, bias, (usize)rows, cols);
+}
+
+extern "C" __global__ void gather_rows_f32(const float* x, const u32* rows, float* out, int hidden) {
+    gather_rows(x, rows, out, hidden);
+}

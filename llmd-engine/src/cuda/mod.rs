@@ -10,8 +10,10 @@
 //! against on a GPU (`needs_hardware::` tests), and CI, which has none, compiles the
 //! kernels with NVRTC for the architectures llmd targets (sm_80, sm_90).
 
+mod backend;
 mod ops;
 
+pub use backend::CudaBackend;
 pub use ops::{AttentionQueries, Kernels};
 
 use cudarc::driver::CudaContext;
@@ -26,9 +28,9 @@ pub const KERNELS: &str = include_str!("kernels.cu");
 /// Kernel names per storage type (`_f32`, `_f16`, `_bf16` appended), and the ones with
 /// one form.
 pub const TYPED_KERNELS: &[&str] =
-    &["embedding", "rms_norm", "rms_norm_f32_out", "silu_mul", "write_kv", "paged_attention"];
+    &["embedding", "rms_norm", "rms_norm_f32_out", "silu_mul", "write_kv", "paged_attention", "to_storage"];
 /// Kernels with a single (f32) form.
-pub const PLAIN_KERNELS: &[&str] = &["rope_f32", "add_f32"];
+pub const PLAIN_KERNELS: &[&str] = &["rope_f32", "add_f32", "add_bias_f32", "gather_rows_f32"];
 
 fn device_err(what: impl std::fmt::Display) -> EngineError {
     EngineError::Device(what.to_string())

@@ -75,7 +75,7 @@ impl Kernels {
         &self.stream
     }
 
-    fn function(&self, name: &str) -> Result<&CudaFunction> {
+    pub(crate) fn function(&self, name: &str) -> Result<&CudaFunction> {
         self.functions.get(name).ok_or_else(|| EngineError::Device(format!("no kernel {name}")))
     }
 

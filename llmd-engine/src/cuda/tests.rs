@@ -228,3 +228,133 @@ mod needs_hardware {
         }
     }
 }
+
+/// The whole forward pass on a GPU against the CPU runner: logits within bf16/f16
+/// rounding, the same greedy tokens, batched equal to solo, KV blocks moved between the
+/// two engines continuing identically.
+mod backend_needs_hardware {
+    use std::sync::Arc;
+
+    use super::super::CudaBackend;
+    use crate::backend::{Backend, LogitsWanted, ModelBackend, SeqInput, StepLogits};
+    use crate::kv::KvDtype;
+    use crate::{ByteTokenizer, Engine, EngineConfig, ManualClock, NewRequest, SamplingParams, builtin};
+
+    fn argmax(v: &[f32]) -> u32 {
+        v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
+    }
+
+    fn dense(s: &StepLogits) -> &[f32] {
+        match s {
+            StepLogits::Dense(v) => v,
+            other => panic!("no logits: {other:?}"),
+        }
+    }
+
+    /// Largest difference relative to the logits' spread.
+    fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+        let spread = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / spread
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn the_gpu_forward_pass_matches_the_cpu_runner() {
+        for dtype in [KvDtype::BF16, KvDtype::F16] {
+            let model = builtin::model(3).unwrap();
+            let mut gpu =
+                CudaBackend::new(&model, 0, 64, 16, dtype).unwrap_or_else(|e| panic!("needs an NVIDIA GPU: {e}"));
+            let mut cpu = ModelBackend::new(builtin::model(3).unwrap(), 64, 16, KvDtype::F32).unwrap();
+            let prompt: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 200).collect();
+            let table = [3u32, 7, 1, 9];
+            let step = |b: &mut dyn Backend, toks: &[u32], start: usize| {
+                b.execute(&[SeqInput { tokens: toks, start, block_table: &table, logits: LogitsWanted::Last }]).unwrap()
+            };
+            let (g, c) = (step(&mut gpu, &prompt, 0), step(&mut cpu, &prompt, 0));
+            let d = rel_diff(dense(&g[0]), dense(&c[0]));
+            assert!(d < 0.05, "{dtype:?}: prefill logits differ by {d}");
+            // Greedy decode on each side from its own tokens: the same tokens.
+            let (mut tg, mut tc) = (argmax(dense(&g[0])), argmax(dense(&c[0])));
+            assert_eq!(tg, tc, "{dtype:?}: first token");
+            for i in 0..8 {
+                let (g, c) = (step(&mut gpu, &[tg], 40 + i), step(&mut cpu, &[tc], 40 + i));
+                (tg, tc) = (argmax(dense(&g[0])), argmax(dense(&c[0])));
+                assert_eq!(tg, tc, "{dtype:?}: token {i}");
+            }
+            // Batched equals solo on the GPU: two sequences in one step.
+            let other: Vec<u32> = (0..21).map(|i| (i * 11 + 5) % 200).collect();
+            let t2 = [20u32, 21];
+            let batched = gpu
+                .execute(&[
+                    SeqInput { tokens: &other, start: 0, block_table: &t2, logits: LogitsWanted::Last },
+                    SeqInput { tokens: &[tg], start: 48, block_table: &table, logits: LogitsWanted::Last },
+                ])
+                .unwrap();
+            let mut solo = CudaBackend::new(&model, 0, 64, 16, dtype).unwrap();
+            let alone = solo
+                .execute(&[SeqInput { tokens: &other, start: 0, block_table: &t2, logits: LogitsWanted::Last }])
+                .unwrap();
+            let d = rel_diff(dense(&batched[0]), dense(&alone[0]));
+            assert!(d < 1e-3, "{dtype:?}: batched differs from solo by {d}");
+        }
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn blocks_exported_from_the_gpu_continue_identically_and_engines_agree() {
+        let model = builtin::model(5).unwrap();
+        let mut a =
+            CudaBackend::new(&model, 0, 32, 16, KvDtype::BF16).unwrap_or_else(|e| panic!("needs an NVIDIA GPU: {e}"));
+        let mut b = CudaBackend::new(&model, 0, 32, 16, KvDtype::BF16).unwrap();
+        let prompt: Vec<u32> = (0..33).map(|i| (i * 13 + 1) % 200).collect();
+        let table = [2u32, 4, 6];
+        a.execute(&[SeqInput { tokens: &prompt[..32], start: 0, block_table: &table, logits: LogitsWanted::None }])
+            .unwrap();
+        let bytes = a.export_kv_blocks(&table[..2]).unwrap();
+        let layout = a.kv_layout().unwrap();
+        b.import_kv_blocks(&[10, 11], &layout, &bytes).unwrap();
+        assert_eq!(b.export_kv_blocks(&[10, 11]).unwrap(), bytes, "imported blocks read back the same");
+        let last = &prompt[32..];
+        let la = a
+            .execute(&[SeqInput { tokens: last, start: 32, block_table: &table, logits: LogitsWanted::Last }])
+            .unwrap();
+        let lb = b
+            .execute(&[SeqInput { tokens: last, start: 32, block_table: &[10, 11, 12], logits: LogitsWanted::Last }])
+            .unwrap();
+        assert_eq!(la, lb, "the same blocks, the same logits");
+
+        // Whole engines, greedy: the GPU engine's tokens are the CPU engine's.
+        let run = |backend: Box<dyn Backend>| {
+            let cfg =
+                EngineConfig { block_size: 16, num_blocks: 32, max_model_len: 128, seed: 5, ..Default::default() };
+            let mut e = Engine::new(
+                cfg,
+                backend,
+                Arc::new(ByteTokenizer),
+                vec![ByteTokenizer::EOS],
+                Arc::new(ManualClock::new()),
+            )
+            .unwrap();
+            let params = SamplingParams { temperature: 0.0, max_tokens: 12, ignore_eos: true, ..Default::default() };
+            let prompt: Vec<u32> = "the GPU engine answers as the CPU one".bytes().map(u32::from).collect();
+            e.add_request(NewRequest {
+                id: "r".into(),
+                prompt,
+                params,
+                keys: Default::default(),
+                kv_transfer: Default::default(),
+            })
+            .unwrap();
+            let mut out = Vec::new();
+            while e.has_work() {
+                for o in e.step().unwrap() {
+                    out.extend(o.token_ids);
+                }
+            }
+            out
+        };
+        let cpu = run(Box::new(ModelBackend::new(builtin::model(5).unwrap(), 32, 16, KvDtype::F32).unwrap()));
+        let gpu = run(Box::new(CudaBackend::new(&model, 0, 32, 16, KvDtype::BF16).unwrap()));
+        assert_eq!(gpu, cpu);
+    }
+}

@@ -44,6 +44,21 @@ impl Linear {
         self.out_features
     }
 
+    /// Input width.
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// The `[out, in]` weight, row-major.
+    pub fn weight(&self) -> &[f32] {
+        &self.w
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.b.as_deref()
+    }
+
     /// Applies the layer to `m` rows of `x`, writing `m` rows into `y`.
     pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) {
         let (n, k) = (self.out_features, self.in_features);

@@ -26,6 +26,42 @@ struct Layer {
     down: Linear,
 }
 
+/// One decoder layer's weights, borrowed ([`LlamaModel::weights`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerWeights<'a> {
+    /// RMSNorm before attention.
+    pub input_norm: &'a [f32],
+    /// RMSNorm before the MLP.
+    pub post_norm: &'a [f32],
+    /// Query projection.
+    pub q: &'a Linear,
+    /// Key projection.
+    pub k: &'a Linear,
+    /// Value projection.
+    pub v: &'a Linear,
+    /// Attention output projection.
+    pub o: &'a Linear,
+    /// MLP gate.
+    pub gate: &'a Linear,
+    /// MLP up.
+    pub up: &'a Linear,
+    /// MLP down.
+    pub down: &'a Linear,
+}
+
+/// A model's weights, borrowed ([`LlamaModel::weights`]).
+#[derive(Debug, Clone)]
+pub struct ModelWeights<'a> {
+    /// Token embeddings, `[vocab, hidden]`.
+    pub embed: &'a [f32],
+    /// The final RMSNorm.
+    pub norm: &'a [f32],
+    /// The output projection (the embeddings when tied).
+    pub lm_head: &'a Linear,
+    /// The decoder layers.
+    pub layers: Vec<LayerWeights<'a>>,
+}
+
 /// A Llama-family model with `f32` weights.
 pub struct LlamaModel {
     config: ModelConfig,
@@ -94,6 +130,35 @@ impl LlamaModel {
     /// The model's config.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// Its weights, borrowed, for a backend that copies them elsewhere (a GPU).
+    pub fn weights(&self) -> ModelWeights<'_> {
+        ModelWeights {
+            embed: &self.embed,
+            norm: &self.norm,
+            lm_head: &self.lm_head,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerWeights {
+                    input_norm: &l.input_norm,
+                    post_norm: &l.post_norm,
+                    q: &l.q,
+                    k: &l.k,
+                    v: &l.v,
+                    o: &l.o,
+                    gate: &l.gate,
+                    up: &l.up,
+                    down: &l.down,
+                })
+                .collect(),
+        }
+    }
+
+    /// Its rotary embedding.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
     }
 
     fn check(&self, seqs: &[SeqInput<'_>], cache: &PagedKvCache) -> Result<()> {

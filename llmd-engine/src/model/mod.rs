@@ -10,5 +10,5 @@ pub use config::{GenerationConfig, ModelConfig, RopeScaling};
 pub use layers::Linear;
 // The step contract lives with the backend; re-exported here for older paths.
 pub use crate::backend::{LogitsWanted, SeqInput};
-pub use llama::LlamaModel;
+pub use llama::{LayerWeights, LlamaModel, ModelWeights};
 pub use rope::Rope;

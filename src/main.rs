@@ -209,9 +209,19 @@ struct EngineArgs {
     /// KV cache memory budget per replica in MiB, used when --num-blocks is not given.
     #[arg(long, default_value_t = 256)]
     kv_cache_mib: usize,
-    /// KV cache element type: f32, f16 or bf16.
+    /// KV cache element type: f32, f16 or bf16 (on a GPU, also the weights' type; f16
+    /// or bf16 there).
     #[arg(long, default_value = "f16")]
     kv_cache_dtype: String,
+    /// Where the model runs: cpu, cuda or cuda:N (an NVIDIA GPU; needs an llmd built with
+    /// `--features cuda` and an NVIDIA driver).
+    #[arg(long, default_value = "cpu")]
+    device: llmd::engine::Device,
+    /// On a GPU, the share of its memory for weights and KV cache (vLLM's flag); the KV
+    /// cache gets what the weights leave unless --num-blocks is given. `up` divides it
+    /// among the replicas sharing the device.
+    #[arg(long, default_value_t = 0.9)]
+    gpu_memory_utilization: f64,
     /// Most requests per batch.
     #[arg(long, default_value_t = 64)]
     max_num_seqs: usize,
@@ -529,7 +539,11 @@ struct Built {
     generation: llmd::engine::GenerationConfig,
 }
 
-fn build_engine(a: &EngineArgs, offload: Option<&llmd::engine::offload::OffloadConfig>) -> Result<Built> {
+fn build_engine(
+    a: &EngineArgs,
+    offload: Option<&llmd::engine::offload::OffloadConfig>,
+    gpu_share: f64,
+) -> Result<Built> {
     use llmd::engine::{EngineBuilder, KvDtype};
 
     let kv_dtype: KvDtype = a.kv_cache_dtype.parse().map_err(anyhow::Error::msg)?;
@@ -546,7 +560,9 @@ fn build_engine(a: &EngineArgs, offload: Option<&llmd::engine::offload::OffloadC
         .max_num_seqs(a.max_num_seqs)
         .max_num_batched_tokens(a.max_num_batched_tokens)
         .enable_prefix_caching(!a.no_enable_prefix_caching)
-        .seed(a.seed);
+        .seed(a.seed)
+        .device(a.device)
+        .gpu_memory_utilization(gpu_share);
     if let Some(name) = &a.served_model_name {
         builder = builder.served_model_name(name.clone());
     }
@@ -585,7 +601,8 @@ fn serve(a: ServeArgs) -> Result<()> {
         t.side_channel_port = a.side_channel_port;
         t
     });
-    let Built { engine, template, generation } = build_engine(&a.engine, offload.as_ref())?;
+    let Built { engine, template, generation } =
+        build_engine(&a.engine, offload.as_ref(), a.engine.gpu_memory_utilization)?;
     let cfg = engine.config().clone();
     let server_cfg = ServerConfig {
         kv_events: (!a.no_kv_events).then(|| KvEventsConfig {
@@ -651,7 +668,9 @@ fn up(a: UpArgs) -> Result<()> {
     let mut replicas = Vec::with_capacity(count);
     for _ in 0..count {
         // Same arguments, same seed: every replica serves the same weights.
-        let Built { engine, template, generation } = build_engine(&a.engine, offload.as_ref())?;
+        // Replicas on one GPU share its memory.
+        let share = a.engine.gpu_memory_utilization / count as f64;
+        let Built { engine, template, generation } = build_engine(&a.engine, offload.as_ref(), share)?;
         replicas.push(Replica { engine, template, generation });
     }
     let model_name = replicas[0].engine.config().model_name.clone();

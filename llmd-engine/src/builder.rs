@@ -63,10 +63,48 @@ pub struct BuiltEngine {
     pub generation: GenerationConfig,
 }
 
+/// Where the model runs (`--device`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU (the reference).
+    #[default]
+    Cpu,
+    /// NVIDIA GPU `N` (feature `cuda`).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    /// `cpu`, `cuda` (GPU 0) or `cuda:N`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("{s:?}: expected cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 /// Builds an [`Engine`]; see the [module docs](self).
 #[derive(Clone)]
 pub struct EngineBuilder {
     source: ModelSource,
+    device: Device,
+    gpu_memory_utilization: f64,
     served_model_name: Option<String>,
     block_size: usize,
     num_blocks: Option<usize>,
@@ -96,6 +134,8 @@ impl EngineBuilder {
         let defaults = EngineConfig::default();
         EngineBuilder {
             source,
+            device: Device::Cpu,
+            gpu_memory_utilization: 0.9,
             served_model_name: None,
             block_size: defaults.block_size,
             num_blocks: None,
@@ -136,6 +176,20 @@ impl EngineBuilder {
     /// `llmd-tiny` or `llmd-sim`).
     pub fn served_model_name(mut self, name: impl Into<String>) -> Self {
         self.served_model_name = Some(name.into());
+        self
+    }
+
+    /// Where the model runs (default: the CPU).
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// On a GPU, the share of its memory this engine may take for weights and KV
+    /// cache (vLLM's `--gpu-memory-utilization`, default 0.9); the KV cache gets what
+    /// the weights leave when no block count is given.
+    pub fn gpu_memory_utilization(mut self, share: f64) -> Self {
+        self.gpu_memory_utilization = share;
         self
     }
 
@@ -258,6 +312,23 @@ impl EngineBuilder {
             }
         }
         let max_model_len = self.max_model_len.unwrap_or(max_ctx.min(DEFAULT_MAX_MODEL_LEN));
+        if let Device::Cuda(ordinal) = self.device {
+            let Some(m) = model else {
+                return Err(EngineError::config("engine", "device", "the simulator runs on the CPU only"));
+            };
+            let (backend, num_blocks) = gpu_backend(&m, ordinal, &self)?;
+            return self.assemble(
+                backend,
+                num_blocks,
+                max_model_len,
+                tokenizer,
+                eos,
+                clock,
+                name,
+                template,
+                generation,
+            );
+        }
         let num_blocks = match (self.num_blocks, &model) {
             (Some(n), _) => n,
             (None, Some(m)) => {
@@ -290,6 +361,22 @@ impl EngineBuilder {
             }
             (None, _) => return Err(EngineError::config("engine", "model", "no model to run")),
         };
+        self.assemble(backend, num_blocks, max_model_len, tokenizer, eos, clock, name, template, generation)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        self,
+        backend: Box<dyn Backend>,
+        num_blocks: usize,
+        max_model_len: usize,
+        tokenizer: Arc<dyn Tokenize>,
+        eos: Vec<u32>,
+        clock: Arc<dyn Clock>,
+        name: String,
+        template: ChatTemplate,
+        generation: GenerationConfig,
+    ) -> Result<BuiltEngine> {
         let cfg = EngineConfig {
             model_name: self.served_model_name.unwrap_or(name),
             block_size: self.block_size,
@@ -308,4 +395,52 @@ impl EngineBuilder {
         }
         Ok(BuiltEngine { engine, template, generation })
     }
+}
+
+/// The model on GPU `ordinal`, with as many KV blocks as asked or as the memory share
+/// leaves after the weights.
+#[cfg(feature = "cuda")]
+fn gpu_backend(m: &LlamaModel, ordinal: usize, b: &EngineBuilder) -> Result<(Box<dyn Backend>, usize)> {
+    use crate::cuda::{CudaBackend, probe};
+    if !(b.gpu_memory_utilization > 0.0 && b.gpu_memory_utilization <= 1.0) {
+        return Err(EngineError::config(
+            "engine",
+            "gpu_memory_utilization",
+            format!("{} is not in (0, 1]", b.gpu_memory_utilization),
+        ));
+    }
+    let num_blocks = match b.num_blocks {
+        Some(n) => n,
+        None => {
+            let info = probe(ordinal)?;
+            let c = m.config();
+            let per_block = c.num_hidden_layers * 2 * b.block_size * c.num_key_value_heads * c.head_dim * 2;
+            let weights = CudaBackend::weight_bytes(m);
+            // Room for activations, cuBLAS workspace and the context: 5 %, at least 512 MiB.
+            let reserve = (info.total_memory / 20).max(512 << 20);
+            let share = (info.total_memory as f64 * b.gpu_memory_utilization) as usize;
+            let used_elsewhere = info.total_memory.saturating_sub(info.free_memory);
+            let kv = share.saturating_sub(used_elsewhere).saturating_sub(weights).saturating_sub(reserve);
+            let blocks = kv / per_block.max(1);
+            if blocks == 0 {
+                return Err(EngineError::Device(format!(
+                    "no GPU memory left for the KV cache: {} GiB × {} leaves nothing after {} GiB of weights \
+                     ({} GiB used by others); raise --gpu-memory-utilization or use a smaller model",
+                    info.total_memory >> 30,
+                    b.gpu_memory_utilization,
+                    weights >> 30,
+                    used_elsewhere >> 30
+                )));
+            }
+            tracing::info!(device = %info.name, blocks, kv_gib = (blocks * per_block) as f64 / (1u64 << 30) as f64, "KV cache sized from GPU memory");
+            blocks
+        }
+    };
+    let backend = CudaBackend::new(m, ordinal, num_blocks, b.block_size, b.kv_dtype)?;
+    Ok((Box::new(backend), num_blocks))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_backend(_m: &LlamaModel, _ordinal: usize, _b: &EngineBuilder) -> Result<(Box<dyn Backend>, usize)> {
+    Err(EngineError::Device("this llmd was built without CUDA support: rebuild it with `--features cuda`".into()))
 }

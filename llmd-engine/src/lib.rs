@@ -45,7 +45,7 @@ pub mod tokenizer;
 
 pub use attention::{AttentionBackend, AttentionInput, CpuAttention, QueryPos};
 pub use backend::{Backend, LogitsWanted, ModelBackend, SeqInput, StepLogits};
-pub use builder::{BuiltEngine, EngineBuilder, ModelSource};
+pub use builder::{BuiltEngine, Device, EngineBuilder, ModelSource};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
     Engine, EngineConfig, ExportedPrefix, FinishReason, KvLoadFailurePolicy, KvTransfer, KvTransferOutcome, NewRequest,

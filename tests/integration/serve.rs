@@ -143,3 +143,23 @@ async fn a_second_signal_exits_at_once_and_the_deadline_bounds_the_drain() {
     assert!(!status.success(), "cut requests are reported: {status:?}");
     assert!(signalled.elapsed() < Duration::from_secs(8));
 }
+
+/// `--device cuda:99`: without an NVIDIA driver, "no CUDA driver found"; with one, "no
+/// CUDA device 99". Either way a clear error and a non-zero exit, not a crash.
+#[test]
+fn asking_for_a_gpu_that_is_not_there_is_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
+        .args(["serve", "--device", "cuda:99", "--port", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    if llmd_engine::cuda::driver_available() {
+        assert!(err.contains("no CUDA device 99"), "{err}");
+    } else {
+        assert!(err.contains("no CUDA driver found") && err.contains("--device cpu"), "{err}");
+    }
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_llmd")).args(["serve", "--device", "tpu"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected cpu, cuda or cuda:N"));
+}

@@ -138,6 +138,21 @@ impl CudaBackend {
         })
     }
 
+    /// Bytes `model`'s weights take on the GPU (16-bit, biases in f32).
+    pub fn weight_bytes(model: &LlamaModel) -> usize {
+        let w = model.weights();
+        let lin = |l: &Linear| l.weight().len() * 2 + l.bias().map_or(0, |b| b.len() * 4);
+        let layers: usize = w
+            .layers
+            .iter()
+            .map(|l| {
+                (l.input_norm.len() + l.post_norm.len()) * 2
+                    + [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].into_iter().map(lin).sum::<usize>()
+            })
+            .sum();
+        layers + (w.embed.len() + w.norm.len()) * 2 + lin(w.lm_head)
+    }
+
     fn storage(&self) -> &'static str {
         if self.dtype == KvDtype::BF16 { "bf16" } else { "f16" }
     }

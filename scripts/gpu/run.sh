@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (after scripts/gpu/build.sh here): the GPU tests, then
+# `llmd serve --device cuda` answering the openai client. Results go under $OUT.
+# Each step has its own timeout, all well inside the device tool's 10 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+{ nvidia-smi; nvcc --version; } > "$OUT/device.txt" 2>&1
+
+# NVRTC: the CUDA toolkit's, else the pip wheel torch brings.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -e "$d/libnvrtc.so" ] || ls "$d"/libnvrtc.so.* > /dev/null 2>&1 && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+py_nvrtc=$(python3 -c 'import nvidia.cuda_nvrtc, os; print(os.path.join(nvidia.cuda_nvrtc.__path__[0], "lib"))' 2>/dev/null) &&
+    export LD_LIBRARY_PATH="$py_nvrtc:${LD_LIBRARY_PATH:-}"
+echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" >> "$OUT/device.txt"
+
+echo "== GPU tests" >&2
+timeout 240 target/gpu/engine-tests --include-ignored --test-threads 1 cuda:: > "$OUT/gpu-tests.txt" 2>&1
+echo "gpu tests: exit $?" | tee -a "$OUT/summary.txt"
+
+echo "== llmd serve --device cuda, then the openai client" >&2
+target/gpu/llmd serve --device cuda --port 8123 > "$OUT/serve.log" 2>&1 &
+serve=$!
+for _ in $(seq 1 120); do
+    curl -sf localhost:8123/health > /dev/null && break
+    sleep 1
+done
+# The official client if the machine has it (wheels carried from here otherwise), else
+# the same requests over plain HTTP, said so.
+[ -d target/gpu/wheels ] && python3 -m pip install --quiet --no-index --find-links target/gpu/wheels openai > "$OUT/pip.txt" 2>&1
+timeout 60 python3 - > "$OUT/openai.txt" 2>&1 <<'PY'
+base = "http://127.0.0.1:8123/v1"
+try:
+    import openai
+except ImportError:
+    openai = None
+if openai:
+    c = openai.OpenAI(base_url=base, api_key="none")
+    r = c.completions.create(model="llmd-tiny", prompt="The GPU says", max_tokens=12, temperature=0)
+    print("openai", openai.__version__, "completion:", repr(r.choices[0].text), r.usage)
+    r = c.chat.completions.create(model="llmd-tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0)
+    print("chat:", repr(r.choices[0].message.content), r.usage)
+else:
+    import json, urllib.request
+    print("no openai package here: plain HTTP instead")
+    body = json.dumps({"model": "llmd-tiny", "prompt": "The GPU says", "max_tokens": 12, "temperature": 0}).encode()
+    req = urllib.request.Request(base + "/completions", body, {"Content-Type": "application/json"})
+    print(urllib.request.urlopen(req, timeout=30).read().decode())
+PY
+echo "openai client: exit $?" | tee -a "$OUT/summary.txt"
+kill -TERM "$serve" 2>/dev/null
+wait "$serve" 2>/dev/null
+exit 0

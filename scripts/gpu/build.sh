@@ -11,6 +11,8 @@ cd "$(dirname "$0")/../.."
 mkdir -p target/gpu
 cargo build --release --features cuda --bin llmd
 cp target/release/llmd target/gpu/llmd
+cargo build --release -p llmd-engine --features cuda --example gpu_bench
+cp target/release/examples/gpu_bench target/gpu/gpu_bench
 # The engine's library tests (the GPU ones among them, under needs_hardware).
 exe=$(cargo test --release -p llmd-engine --features cuda --lib --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
@@ -20,7 +22,7 @@ for l in sys.stdin:
         print(m["executable"])' | tail -1)
 [ -n "$exe" ] || { echo "no engine test binary built" >&2; exit 1; }
 cp "$exe" target/gpu/engine-tests
-strip target/gpu/llmd target/gpu/engine-tests
+strip target/gpu/llmd target/gpu/engine-tests target/gpu/gpu_bench
 # The openai client's wheels, for a device machine without it (pure Python where they
 # can be; pydantic-core for the device's CPython 3.10-3.13).
 rm -rf target/gpu/wheels && mkdir -p target/gpu/wheels

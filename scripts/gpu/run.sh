@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine (after scripts/gpu/build.sh here): the GPU tests, then
-# `llmd serve --device cuda` answering the openai client. Results go under $OUT.
+# Runs on the GPU machine (after scripts/gpu/build.sh here): the GPU tests,
+# `llmd serve --device cuda` answering the openai client, then the benchmarks (llmd's
+# gpu_bench against the copy ceiling, transformers on the same shapes). Results go
+# under $OUT.
 # Each step has its own timeout, all well inside the device tool's 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -52,4 +54,10 @@ PY
 echo "openai client: exit $?" | tee -a "$OUT/summary.txt"
 kill -TERM "$serve" 2>/dev/null
 wait "$serve" 2>/dev/null
+
+echo "== benchmarks: llmd's kernels and decode against their ceilings, then transformers" >&2
+timeout 240 target/gpu/gpu_bench 1b 8b > "$OUT/gpu_bench.md" 2>&1
+echo "gpu_bench: exit $?" | tee -a "$OUT/summary.txt"
+timeout 240 python3 scripts/gpu/transformers_bench.py 1b 8b > "$OUT/transformers.md" 2>&1
+echo "transformers: exit $?" | tee -a "$OUT/summary.txt"
 exit 0

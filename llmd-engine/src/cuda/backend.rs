@@ -29,6 +29,14 @@ struct DevLinear {
     inp: usize,
 }
 
+/// The weights before the cache is allocated.
+struct Weights {
+    embed: CudaSlice<u16>,
+    norm: CudaSlice<u16>,
+    lm_head: DevLinear,
+    layers: Vec<DevLayer>,
+}
+
 struct DevLayer {
     input_norm: CudaSlice<u16>,
     post_norm: CudaSlice<u16>,
@@ -109,33 +117,113 @@ impl CudaBackend {
                 down: linear(l.down)?,
             });
         }
-        let cache_len = num_blocks * block_size * c.num_key_value_heads * c.head_dim;
-        let mut k_cache = Vec::with_capacity(layers.len());
-        let mut v_cache = Vec::with_capacity(layers.len());
-        for _ in 0..layers.len() {
-            k_cache.push(k.zeros::<u16>(cache_len)?);
-            v_cache.push(k.zeros::<u16>(cache_len)?);
-        }
         let embed = half(w.embed)?;
         let norm = half(w.norm)?;
         let lm_head = linear(w.lm_head)?;
+        let weights = Weights { embed, norm, lm_head, layers };
+        Self::assemble(k, blas, c, model.rope().clone(), dtype, weights, num_blocks, block_size)
+    }
+
+    /// A model of `config`'s shape with random weights written on GPU `ordinal` (no
+    /// checkpoint, no host copy: the benchmarks' Llama-3.1-8B shape takes 16 GB in bf16).
+    pub fn random(
+        config: &ModelConfig,
+        ordinal: usize,
+        num_blocks: usize,
+        block_size: usize,
+        dtype: KvDtype,
+        seed: u64,
+    ) -> Result<Self> {
+        if dtype == KvDtype::F32 {
+            return Err(EngineError::Device("the CUDA backend stores weights and KV in f16 or bf16".into()));
+        }
+        let k = Kernels::new(ordinal)?;
+        let blas = CudaBlas::new(k.stream().clone()).map_err(|e| EngineError::Device(format!("cuBLAS: {e}")))?;
+        let st = if dtype == KvDtype::BF16 { "bf16" } else { "f16" };
+        let mut n = 0u64;
+        let mut fill = |len: usize, offset: f32, scale: f32| -> Result<CudaSlice<u16>> {
+            let mut out = k.zeros::<u16>(len)?;
+            n += 1;
+            let f = k.function(&format!("fill_uniform_{st}"))?;
+            let (len64, s) = (len as u64, seed.wrapping_mul(1_000_003).wrapping_add(n));
+            let mut l = k.stream().launch_builder(f);
+            l.arg(&mut out).arg(&len64).arg(&s).arg(&offset).arg(&scale);
+            // SAFETY: out holds len elements.
+            unsafe { l.launch(LaunchConfig::for_num_elems(len.clamp(1, 1 << 24) as u32)) }.map_err(dev("fill"))?;
+            Ok(out)
+        };
+        let c = config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (qd, kvd, inter) = (c.num_attention_heads * hd, c.num_key_value_heads * hd, c.intermediate_size);
+        // Uniform with the variance of a 1/sqrt(fan-in) init, norms near one.
+        fn lin(
+            fill: &mut impl FnMut(usize, f32, f32) -> Result<CudaSlice<u16>>,
+            out: usize,
+            inp: usize,
+        ) -> Result<DevLinear> {
+            Ok(DevLinear { w: fill(out * inp, 0.0, (3.0 / inp as f32).sqrt())?, b: None, out, inp })
+        }
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for _ in 0..c.num_hidden_layers {
+            layers.push(DevLayer {
+                input_norm: fill(h, 1.0, 0.1)?,
+                post_norm: fill(h, 1.0, 0.1)?,
+                q: lin(&mut fill, qd, h)?,
+                k: lin(&mut fill, kvd, h)?,
+                v: lin(&mut fill, kvd, h)?,
+                o: lin(&mut fill, h, qd)?,
+                gate: lin(&mut fill, inter, h)?,
+                up: lin(&mut fill, inter, h)?,
+                down: lin(&mut fill, h, inter)?,
+            });
+        }
+        let lm_head = lin(&mut fill, c.vocab_size, h)?;
+        let embed = fill(c.vocab_size * h, 0.0, 1.0)?;
+        let norm = fill(h, 1.0, 0.1)?;
+        let weights = Weights { embed, norm, lm_head, layers };
+        Self::assemble(k, blas, c.clone(), Rope::new(c), dtype, weights, num_blocks, block_size)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        k: Kernels,
+        blas: CudaBlas,
+        config: ModelConfig,
+        rope: Rope,
+        dtype: KvDtype,
+        w: Weights,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self> {
+        let cache_len = num_blocks * block_size * config.num_key_value_heads * config.head_dim;
+        let mut k_cache = Vec::with_capacity(w.layers.len());
+        let mut v_cache = Vec::with_capacity(w.layers.len());
+        for _ in 0..w.layers.len() {
+            k_cache.push(k.zeros::<u16>(cache_len)?);
+            v_cache.push(k.zeros::<u16>(cache_len)?);
+        }
         k.synchronize()?;
         tracing::info!(device = %k.device().name, ?dtype, num_blocks, block_size, "model on the GPU");
         Ok(CudaBackend {
-            rope: model.rope().clone(),
+            rope,
             blas,
-            config: c,
+            config,
             dtype,
-            embed,
-            norm,
-            lm_head,
-            layers,
+            embed: w.embed,
+            norm: w.norm,
+            lm_head: w.lm_head,
+            layers: w.layers,
             k_cache,
             v_cache,
             num_blocks,
             block_size,
             k,
         })
+    }
+
+    /// The kernels (for benchmarks that time one alone).
+    pub fn kernels(&self) -> &Kernels {
+        &self.k
     }
 
     /// Bytes `model`'s weights take on the GPU (16-bit, biases in f32).

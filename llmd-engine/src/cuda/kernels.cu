@@ -242,6 +242,20 @@ __device__ void gather_rows(const float* x, const u32* rows, float* out, int hid
     for (int d = threadIdx.x; d < hidden; d += blockDim.x) out[(usize)i * hidden + d] = src[d];
 }
 
+// out[k] = offset + scale * u, u uniform in [-1, 1) from a hash of (seed, k): random
+// weights written on the device, for benchmarks of model shapes with no checkpoint.
+template <typename T>
+__device__ void fill_uniform(T* out, usize n, unsigned long long seed, float offset, float scale) {
+    for (usize k = (usize)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (usize)gridDim.x * blockDim.x) {
+        unsigned long long z = seed + 0x9e3779b97f4a7c15ull * (k + 1);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        float u = (float)(z >> 40) * (1.0f / 8388608.0f) - 1.0f;
+        from_f32(offset + scale * u, &out[k]);
+    }
+}
+
 // ---- exported entry points ----------------------------------------------------------
 
 #define FOR_STORAGE(X) X(f32, float) X(f16, f16) X(bf16, bf16)
@@ -273,6 +287,10 @@ __device__ void gather_rows(const float* x, const u32* rows, float* out, int hid
     }                                                                                                           \
     extern "C" __global__ void to_storage_##NAME(const float* x, T* out, unsigned long long n) {                \
         to_storage<T>(x, out, (usize)n);                                                                        \
+    }                                                                                                           \
+    extern "C" __global__ void fill_uniform_##NAME(T* out, unsigned long long n, unsigned long long seed,        \
+                                                   float offset, float scale) {                                 \
+        fill_uniform<T>(out, (usize)n, seed, offset, scale);                                                    \
     }
 
 FOR_STORAGE(ENTRY_POINTS)

@@ -27,8 +27,16 @@ pub const KERNELS: &str = include_str!("kernels.cu");
 
 /// Kernel names per storage type (`_f32`, `_f16`, `_bf16` appended), and the ones with
 /// one form.
-pub const TYPED_KERNELS: &[&str] =
-    &["embedding", "rms_norm", "rms_norm_f32_out", "silu_mul", "write_kv", "paged_attention", "to_storage"];
+pub const TYPED_KERNELS: &[&str] = &[
+    "embedding",
+    "rms_norm",
+    "rms_norm_f32_out",
+    "silu_mul",
+    "write_kv",
+    "paged_attention",
+    "to_storage",
+    "fill_uniform",
+];
 /// Kernels with a single (f32) form.
 pub const PLAIN_KERNELS: &[&str] = &["rope_f32", "add_f32", "add_bias_f32", "gather_rows_f32"];
 

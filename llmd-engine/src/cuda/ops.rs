@@ -234,6 +234,25 @@ impl Kernels {
         Ok(())
     }
 
+    /// Fills `out` (`storage` f16 or bf16 bits, or f32) with `offset + scale * u`, `u`
+    /// uniform in [-1, 1) from `seed`.
+    pub fn fill_uniform<T: cudarc::driver::DeviceRepr>(
+        &self,
+        storage: &str,
+        out: &mut CudaSlice<T>,
+        seed: u64,
+        offset: f32,
+        scale: f32,
+    ) -> Result<()> {
+        let f = self.function(&format!("fill_uniform_{storage}"))?;
+        let n = out.len() as u64;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut *out).arg(&n).arg(&seed).arg(&offset).arg(&scale);
+        // SAFETY: the kernel writes n elements of out's type.
+        unsafe { b.launch(LaunchConfig::for_num_elems(n.clamp(1, 1 << 24) as u32)) }.map_err(err("fill_uniform"))?;
+        Ok(())
+    }
+
     /// Waits for everything launched so far.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(err("waiting for the device"))

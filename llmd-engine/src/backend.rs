@@ -35,6 +35,27 @@ pub struct SeqInput<'a> {
     pub logits: LogitsWanted,
 }
 
+/// The rows of a step's tokens (all sequences' tokens, in order) whose logits are
+/// wanted, and how many of them each sequence has: one output projection over just
+/// those rows serves the whole batch.
+pub(crate) fn logits_rows(seqs: &[SeqInput<'_>]) -> (Vec<usize>, Vec<usize>) {
+    let mut rows = Vec::new();
+    let mut counts = Vec::with_capacity(seqs.len());
+    let mut row = 0;
+    for s in seqs {
+        let n = s.tokens.len();
+        let before = rows.len();
+        match s.logits {
+            LogitsWanted::None => {}
+            LogitsWanted::Last => rows.extend((n > 0).then_some(row + n - 1)),
+            LogitsWanted::All => rows.extend(row..row + n),
+        }
+        counts.push(rows.len() - before);
+        row += n;
+    }
+    (rows, counts)
+}
+
 /// What a backend returns for one sequence of a step.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepLogits {

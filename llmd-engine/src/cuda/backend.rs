@@ -12,7 +12,7 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::{AttentionQueries, Kernels};
-use crate::backend::{Backend, LogitsWanted, SeqInput, StepLogits};
+use crate::backend::{Backend, SeqInput, StepLogits};
 use crate::error::{EngineError, Result};
 use crate::kv::{KvBlockLayout, KvDtype};
 use crate::model::{Linear, LlamaModel, ModelConfig, Rope};
@@ -476,20 +476,8 @@ impl Backend for CudaBackend {
         }
 
         // Logits for the rows asked for, in one GEMM (as on the CPU).
-        let mut rows = Vec::new();
-        let mut counts = Vec::with_capacity(seqs.len());
-        let mut row = 0u32;
-        for s in seqs {
-            let n = s.tokens.len() as u32;
-            let before = rows.len();
-            match s.logits {
-                LogitsWanted::None => {}
-                LogitsWanted::Last => rows.extend((n > 0).then_some(row + n - 1)),
-                LogitsWanted::All => rows.extend(row..row + n),
-            }
-            counts.push(rows.len() - before);
-            row += n;
-        }
+        let (rows, counts) = crate::backend::logits_rows(seqs);
+        let rows: Vec<u32> = rows.into_iter().map(|r| r as u32).collect();
         let vocab = c.vocab_size;
         let logits = if rows.is_empty() {
             Vec::new()

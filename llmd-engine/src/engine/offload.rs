@@ -127,13 +127,7 @@ impl Engine {
         let bytes_before = off.stats().stored_bytes;
         let stored = off.store_evicted(|b, out| backend.export_kv_blocks_into(&[b], out));
         // Most allocations evict nothing worth storing: nothing to count or announce.
-        if stored == 0 {
-            return;
-        }
-        let m = &self.metrics.offload;
-        m.stored(MEDIUM_CPU, stored as u64, off.stats().stored_bytes - bytes_before);
-        m.set_used(MEDIUM_CPU, off.used());
-        self.emit_offload_events();
+        self.note_stored(stored, bytes_before);
     }
 
     /// Stores the groups of device blocks the step just run completed (offloaded
@@ -165,6 +159,12 @@ impl Engine {
         let backend = &self.backend;
         let bytes_before = off.stats().stored_bytes;
         let stored = off.store_groups(&groups, |ids, out| backend.export_kv_blocks_into(ids, out));
+        self.note_stored(stored, bytes_before);
+    }
+
+    /// Counts and announces `stored` blocks just copied down (nothing when none were).
+    fn note_stored(&mut self, stored: usize, bytes_before: u64) {
+        let Some(off) = self.offload.as_ref() else { return };
         if stored == 0 {
             return;
         }

@@ -10,7 +10,7 @@ use super::layers::{Linear, rms_norm, silu};
 use super::rope::Rope;
 use super::weights::Weights;
 use crate::attention::{AttentionBackend, AttentionInput, QueryPos};
-use crate::backend::{LogitsWanted, SeqInput};
+use crate::backend::SeqInput;
 use crate::error::{EngineError, Result};
 use crate::kv::PagedKvCache;
 
@@ -276,20 +276,7 @@ impl LlamaModel {
         // Logits only for the rows asked for, in one GEMM over all sequences: the output
         // projection is the largest matrix, and reading it once per sequence would make
         // batched decode memory-bound on it.
-        let mut rows = Vec::new();
-        let mut counts = Vec::with_capacity(seqs.len());
-        let mut row = 0;
-        for s in seqs {
-            let n = s.tokens.len();
-            let before = rows.len();
-            match s.logits {
-                LogitsWanted::None => {}
-                LogitsWanted::Last => rows.extend((n > 0).then_some(row + n - 1)),
-                LogitsWanted::All => rows.extend(row..row + n),
-            }
-            counts.push(rows.len() - before);
-            row += n;
-        }
+        let (rows, counts) = crate::backend::logits_rows(seqs);
         let mut hidden = Vec::with_capacity(rows.len() * h);
         for r in &rows {
             hidden.extend_from_slice(&x[r * h..(r + 1) * h]);

@@ -81,9 +81,10 @@ fn main() {
         qs.window_start.push(0);
     }
     let q = k.upload(&vec![0.01f32; b * heads * hd]).expect("memory");
+    let dqs = k.upload_queries(&qs).expect("memory");
     let mut out = k.zeros::<f32>(b * heads * hd).expect("memory");
     let attn = timed(
-        || k.paged_attention("bf16", &q, &kc, &vc, &qs, &mut out, heads, kvh, hd, bs, 0.088).expect("attention"),
+        || k.paged_attention("bf16", &q, &kc, &vc, &dqs, &mut out, heads, kvh, hd, bs, 0.088).expect("attention"),
         &k,
         20,
     );

@@ -10,12 +10,15 @@ OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 { nvidia-smi; nvcc --version; } > "$OUT/device.txt" 2>&1
 
-# NVRTC: the CUDA toolkit's, else the pip wheel torch brings.
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -e "$d/libnvrtc.so" ] || ls "$d"/libnvrtc.so.* > /dev/null 2>&1 && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+# NVRTC and cuBLAS: the pip wheels torch brings, then the CUDA toolkit's, which (put
+# in front last) wins: its NVRTC matches the driver, so the PTX it makes loads.
+for pkg in cuda_nvrtc cublas; do
+    d=$(python3 -c "import nvidia.$pkg, os; print(os.path.join(nvidia.$pkg.__path__[0], 'lib'))" 2>/dev/null) &&
+        export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 done
-py_nvrtc=$(python3 -c 'import nvidia.cuda_nvrtc, os; print(os.path.join(nvidia.cuda_nvrtc.__path__[0], "lib"))' 2>/dev/null) &&
-    export LD_LIBRARY_PATH="$py_nvrtc:${LD_LIBRARY_PATH:-}"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" >> "$OUT/device.txt"
 
 echo "== GPU tests" >&2

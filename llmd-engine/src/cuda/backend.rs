@@ -91,7 +91,7 @@ impl CudaBackend {
             return Err(EngineError::Device("the CUDA backend stores weights and KV in f16 or bf16".into()));
         }
         let k = Kernels::new(ordinal)?;
-        let blas = CudaBlas::new(k.stream().clone()).map_err(|e| EngineError::Device(format!("cuBLAS: {e}")))?;
+        let blas = blas(&k)?;
         let c = model.config().clone();
         let w = model.weights();
         let half = |x: &[f32]| -> Result<CudaSlice<u16>> { k.upload(&to_bits(x, dtype)) };
@@ -138,7 +138,7 @@ impl CudaBackend {
             return Err(EngineError::Device("the CUDA backend stores weights and KV in f16 or bf16".into()));
         }
         let k = Kernels::new(ordinal)?;
-        let blas = CudaBlas::new(k.stream().clone()).map_err(|e| EngineError::Device(format!("cuBLAS: {e}")))?;
+        let blas = blas(&k)?;
         let st = if dtype == KvDtype::BF16 { "bf16" } else { "f16" };
         let mut n = 0u64;
         let mut fill = |len: usize, offset: f32, scale: f32| -> Result<CudaSlice<u16>> {
@@ -317,14 +317,11 @@ impl CudaBackend {
         col: usize,
         ldy: usize,
     ) -> Result<()> {
-        if col != 0 || ldy != cols {
-            return Err(EngineError::Device("a bias on a shared output buffer".into()));
-        }
         let f = self.k.function("add_bias_f32")?;
-        let (n, c) = (rows as u64, cols as i32);
+        let (n, c, col, ldy) = (rows as u64, cols as i32, col as i32, ldy as i32);
         let mut l = self.k.stream().launch_builder(f);
-        l.arg(y).arg(b).arg(&n).arg(&c);
-        // SAFETY: y holds rows * cols floats, b cols.
+        l.arg(y).arg(b).arg(&n).arg(&c).arg(&col).arg(&ldy);
+        // SAFETY: y holds rows * ldy floats (col + cols <= ldy), b cols.
         unsafe { l.launch(LaunchConfig::for_num_elems((rows * cols) as u32)) }.map_err(dev("add_bias"))?;
         Ok(())
     }
@@ -381,6 +378,20 @@ impl CudaBackend {
     }
 }
 
+/// cuBLAS on the kernels' stream; a clear error, not cudarc's panic, when the library
+/// cannot be loaded.
+fn blas(k: &Kernels) -> Result<CudaBlas> {
+    // SAFETY: only tries to open the library by its names (dlopen).
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Err(EngineError::Device(
+            "cuBLAS not found (libcublas.so could not be loaded): install the CUDA toolkit's or pip's \
+             nvidia-cublas-cu12, and put its lib directory on LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    CudaBlas::new(k.stream().clone()).map_err(|e| EngineError::Device(format!("cuBLAS: {e}")))
+}
+
 /// f32 values as f16 or bf16 bits.
 fn to_bits(x: &[f32], dtype: KvDtype) -> Vec<u16> {
     match dtype {
@@ -427,6 +438,7 @@ impl Backend for CudaBackend {
         let st = self.storage();
         let d_ids = k.upload(&ids)?;
         let d_slots = k.upload(&slots)?;
+        let d_queries = k.upload_queries(&queries)?;
         let (d_cos, d_sin) = (k.upload(&cos)?, k.upload(&sin)?);
         let mut x = k.zeros::<f32>(t * h)?;
         {
@@ -455,7 +467,7 @@ impl Backend for CudaBackend {
             k.rope(&mut kk, &d_cos, &d_sin, t, nkv, hd)?;
             let (kc, vc) = (&mut self.k_cache[li], &mut self.v_cache[li]);
             k.write_kv(st, &kk, &vv, &d_slots, kc, vc, t, nkv * hd)?;
-            k.paged_attention(st, &q, kc, vc, &queries, &mut attn, nh, nkv, hd, bs, scale)?;
+            k.paged_attention(st, &q, kc, vc, &d_queries, &mut attn, nh, nkv, hd, bs, scale)?;
             self.to_storage(&attn, &mut xn, t * nh * hd)?;
             self.gemm(&layer.o, &xn, t, &mut proj, 0, h)?;
             self.add(&mut x, &proj, t * h)?;
@@ -550,8 +562,12 @@ impl Backend for CudaBackend {
             for (kc, vc) in self.k_cache.iter().zip(&self.v_cache) {
                 for buf in [kc, vc] {
                     self.k.stream().memcpy_dtoh(&buf.slice(range.clone()), &mut host).map_err(dev("exporting KV"))?;
-                    for v in &host {
-                        out.extend_from_slice(&v.to_le_bytes());
+                    // Sized once, then filled in fixed chunks (a plain copy once compiled,
+                    // as the CPU cache's export).
+                    let start = out.len();
+                    out.resize(start + host.len() * 2, 0);
+                    for (d, v) in out[start..].chunks_exact_mut(2).zip(&host) {
+                        d.copy_from_slice(&v.to_le_bytes());
                     }
                 }
             }

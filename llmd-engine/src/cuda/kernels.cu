@@ -157,65 +157,85 @@ __device__ void write_kv(const float* k, const float* v, const u32* slots, T* k_
 
 // ---- paged attention ----------------------------------------------------------------
 
-// One thread block per (query token, query head). The query at `pos[q]` attends to its
-// sequence's positions window_start[q]..=pos[q], read through its block table
-// (tables + table_start[q]). Scores go to `scores` (the host sizes it: one row of
-// max_len floats per query head); softmax in f32; out: [queries, heads, head_dim].
-// The same call serves decode (one query per sequence), prefill over a cached prefix
-// and chunked prefill (a causal run of queries per sequence).
+// Positions scored at a time (shared memory), and the most head-dim elements each thread
+// accumulates (head_dim <= ATTN_THREADS * MAX_DIMS_PER_THREAD).
+#define ATTN_CHUNK 256
+#define ATTN_THREADS 128
+#define MAX_DIMS_PER_THREAD 4
+
+// One thread block (ATTN_THREADS threads) per (query token, query head). The query at
+// `pos[q]` attends to its sequence's positions window_start[q]..=pos[q], read through
+// its block table (tables + table_start[q]); out: [queries, heads, head_dim]. Softmax
+// is online (running max and sum, the accumulator rescaled chunk by chunk), so memory
+// does not grow with the context. The same call serves decode (one query per
+// sequence), prefill over a cached prefix and chunked prefill (a causal run of queries
+// per sequence).
 template <typename T>
 __device__ void paged_attention(const float* q, const T* k_cache, const T* v_cache, const u32* tables,
-                                const u32* table_start, const u32* pos, const u32* window_start, float* scores,
-                                float* out, int heads, int kv_heads, int head_dim, int block_size, int max_len,
-                                float scale) {
+                                const u32* table_start, const u32* pos, const u32* window_start, float* out,
+                                int heads, int kv_heads, int head_dim, int block_size, float scale) {
     __shared__ float scratch[32];
+    __shared__ float s[ATTN_CHUNK];
     extern __shared__ float q_row[];  // head_dim floats
     int qi = blockIdx.x / heads, h = blockIdx.x % heads;
     int kh = h / (heads / kv_heads);
     int slot_len = kv_heads * head_dim;
     const u32* table = tables + table_start[qi];
     int first = window_start[qi], n = pos[qi] + 1 - first;
-    float* s = scores + (usize)blockIdx.x * max_len;
     const float* qv = q + ((usize)qi * heads + h) * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) q_row[d] = qv[d];
     __syncthreads();
 
-    // Scores, one position per warp at a time (lanes split head_dim).
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (int j = warp; j < n; j += warps) {
-        int p = first + j;
-        usize base = ((usize)table[p / block_size] * block_size + p % block_size) * slot_len + (usize)kh * head_dim;
-        float dot = 0.0f;
-        for (int d = lane; d < head_dim; d += 32) dot += q_row[d] * to_f32(k_cache[base + d]);
-        dot = warp_sum(dot);
-        if (lane == 0) s[j] = dot * scale;
-    }
-    __syncthreads();
-
-    // Softmax over the row.
-    float m = NEG_INF;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, s[j]);
-    m = block_max(m, scratch);
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        float e = __expf(s[j] - m);
-        s[j] = e;
-        sum += e;
-    }
-    sum = block_sum(sum, scratch);
-    float inv = 1.0f / sum;
-    __syncthreads();
-
-    // Weighted values: each thread owns dimensions of the output.
-    float* o = out + ((usize)qi * heads + h) * head_dim;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int j = 0; j < n; j++) {
-            int p = first + j;
+    float acc[MAX_DIMS_PER_THREAD];
+    for (int i = 0; i < MAX_DIMS_PER_THREAD; i++) acc[i] = 0.0f;
+    float m = NEG_INF, l = 0.0f;
+    for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
+        int cn = min(ATTN_CHUNK, n - c0);
+        // Scores of the chunk, one position per warp at a time (lanes split head_dim).
+        for (int j = warp; j < cn; j += warps) {
+            int p = first + c0 + j;
             usize base = ((usize)table[p / block_size] * block_size + p % block_size) * slot_len + (usize)kh * head_dim;
-            acc += s[j] * to_f32(v_cache[base + d]);
+            float dot = 0.0f;
+            for (int d = lane; d < head_dim; d += 32) dot += q_row[d] * to_f32(k_cache[base + d]);
+            dot = warp_sum(dot);
+            if (lane == 0) s[j] = dot * scale;
         }
-        o[d] = acc * inv;
+        __syncthreads();
+        float cm = NEG_INF;
+        for (int j = threadIdx.x; j < cn; j += blockDim.x) cm = fmaxf(cm, s[j]);
+        cm = block_max(cm, scratch);
+        float nm = fmaxf(m, cm);
+        float rescale = __expf(m - nm);  // 0 on the first chunk (m = -inf)
+        float part = 0.0f;
+        for (int j = threadIdx.x; j < cn; j += blockDim.x) {
+            float e = __expf(s[j] - nm);
+            s[j] = e;
+            part += e;
+        }
+        part = block_sum(part, scratch);
+        __syncthreads();
+        l = l * rescale + part;
+        // Weighted values: each thread owns dimensions d = threadIdx.x + i * blockDim.x.
+        for (int i = 0; i < MAX_DIMS_PER_THREAD; i++) {
+            int d = threadIdx.x + i * blockDim.x;
+            if (d >= head_dim) break;
+            float a = acc[i] * rescale;
+            for (int j = 0; j < cn; j++) {
+                int p = first + c0 + j;
+                usize base = ((usize)table[p / block_size] * block_size + p % block_size) * slot_len + (usize)kh * head_dim;
+                a += s[j] * to_f32(v_cache[base + d]);
+            }
+            acc[i] = a;
+        }
+        m = nm;
+        __syncthreads();  // s is rewritten by the next chunk
+    }
+    float* o = out + ((usize)qi * heads + h) * head_dim;
+    float inv = 1.0f / l;
+    for (int i = 0; i < MAX_DIMS_PER_THREAD; i++) {
+        int d = threadIdx.x + i * blockDim.x;
+        if (d < head_dim) o[d] = acc[i] * inv;
     }
 }
 
@@ -227,11 +247,12 @@ __device__ void to_storage(const float* x, T* out, usize n) {
     }
 }
 
-// y[r, o] += bias[o] for rows of `cols` (a layer's bias after its GEMM).
-__device__ void add_bias(float* y, const float* bias, usize rows, int cols) {
+// y[r, col + o] += bias[o] for `rows` rows `ldy` wide (a layer's bias after its GEMM,
+// which may have written a column range of a shared buffer).
+__device__ void add_bias(float* y, const float* bias, usize rows, int cols, int col, int ldy) {
     usize n = rows * cols;
     for (usize k = (usize)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (usize)gridDim.x * blockDim.x) {
-        y[k] += bias[k % cols];
+        y[(k / cols) * ldy + col + k % cols] += bias[k % cols];
     }
 }
 
@@ -280,10 +301,10 @@ __device__ void fill_uniform(T* out, usize n, unsigned long long seed, float off
     }                                                                                                           \
     extern "C" __global__ void paged_attention_##NAME(                                                          \
         const float* q, const T* k_cache, const T* v_cache, const u32* tables, const u32* table_start,          \
-        const u32* pos, const u32* window_start, float* scores, float* out, int heads, int kv_heads,            \
-        int head_dim, int block_size, int max_len, float scale) {                                               \
-        paged_attention<T>(q, k_cache, v_cache, tables, table_start, pos, window_start, scores, out, heads,     \
-                           kv_heads, head_dim, block_size, max_len, scale);                                     \
+        const u32* pos, const u32* window_start, float* out, int heads, int kv_heads, int head_dim,             \
+        int block_size, float scale) {                                                                          \
+        paged_attention<T>(q, k_cache, v_cache, tables, table_start, pos, window_start, out, heads, kv_heads,   \
+                           head_dim, block_size, scale);                                                        \
     }                                                                                                           \
     extern "C" __global__ void to_storage_##NAME(const float* x, T* out, unsigned long long n) {                \
         to_storage<T>(x, out, (usize)n);                                                                        \
@@ -301,8 +322,9 @@ extern "C" __global__ void rope_f32(float* x, const float* cos, const float* sin
 
 extern "C" __global__ void add_f32(float* x, const float* y, unsigned long long n) { add_inplace(x, y, (usize)n); }
 
-extern "C" __global__ void add_bias_f32(float* y, const float* bias, unsigned long long rows, int cols) {
-    add_bias(y, bias, (usize)rows, cols);
+extern "C" __global__ void add_bias_f32(float* y, const float* bias, unsigned long long rows, int cols, int col,
+                                        int ldy) {
+    add_bias(y, bias, (usize)rows, cols, col, ldy);
 }
 
 extern "C" __global__ void gather_rows_f32(const float* x, const u32* rows, float* out, int hidden) {

@@ -14,7 +14,7 @@ mod backend;
 mod ops;
 
 pub use backend::CudaBackend;
-pub use ops::{AttentionQueries, Kernels};
+pub use ops::{AttentionQueries, DeviceQueries, Kernels};
 
 use cudarc::driver::CudaContext;
 use cudarc::driver::sys::CUdevice_attribute;

@@ -15,6 +15,8 @@ fn err(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> EngineError + 
 
 /// Threads per block for per-row kernels.
 const ROW_THREADS: u32 = 256;
+/// Threads per block of the attention kernel (its ATTN_THREADS).
+const ATTN_THREADS: u32 = 128;
 
 /// One device's context, stream and compiled kernels.
 pub struct Kernels {
@@ -42,6 +44,21 @@ pub struct AttentionQueries {
     pub pos: Vec<u32>,
     /// Each query's first visible position.
     pub window_start: Vec<u32>,
+}
+
+/// [`AttentionQueries`] on the device ([`Kernels::upload_queries`]).
+pub struct DeviceQueries {
+    tables: CudaSlice<u32>,
+    starts: CudaSlice<u32>,
+    pos: CudaSlice<u32>,
+    window: CudaSlice<u32>,
+    n: usize,
+}
+
+impl std::fmt::Debug for DeviceQueries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceQueries").field("queries", &self.n).finish_non_exhaustive()
+    }
 }
 
 impl Kernels {
@@ -184,6 +201,17 @@ impl Kernels {
         Ok(())
     }
 
+    /// `queries` on the device, once per step (every layer's attention reads them).
+    pub fn upload_queries(&self, queries: &AttentionQueries) -> Result<DeviceQueries> {
+        Ok(DeviceQueries {
+            tables: self.upload(&queries.tables)?,
+            starts: self.upload(&queries.table_start)?,
+            pos: self.upload(&queries.pos)?,
+            window: self.upload(&queries.window_start)?,
+            n: queries.pos.len(),
+        })
+    }
+
     /// Paged attention of `q` ([queries, heads, head_dim] f32, RoPE applied) over a
     /// layer's cache; `out` gets [queries, heads, head_dim].
     #[allow(clippy::too_many_arguments)]
@@ -193,7 +221,7 @@ impl Kernels {
         q: &CudaSlice<f32>,
         k_cache: &CudaSlice<T>,
         v_cache: &CudaSlice<T>,
-        queries: &AttentionQueries,
+        queries: &DeviceQueries,
         out: &mut CudaSlice<f32>,
         heads: usize,
         kv_heads: usize,
@@ -201,35 +229,31 @@ impl Kernels {
         block_size: usize,
         scale: f32,
     ) -> Result<()> {
-        let n = queries.pos.len();
-        if n == 0 {
+        if queries.n == 0 {
             return Ok(());
         }
         if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(EngineError::Device(format!("{heads} query heads over {kv_heads} key/value heads")));
         }
-        let max_len = queries.pos.iter().zip(&queries.window_start).map(|(p, w)| (p + 1 - w) as usize).max();
-        let max_len = max_len.unwrap_or(1);
-        let tables = self.upload(&queries.tables)?;
-        let starts = self.upload(&queries.table_start)?;
-        let pos = self.upload(&queries.pos)?;
-        let window = self.upload(&queries.window_start)?;
-        let mut scores = self.zeros::<f32>(n * heads * max_len)?;
+        if head_dim > ATTN_THREADS as usize * 4 {
+            return Err(EngineError::Device(format!("head_dim {head_dim} is larger than the attention kernel's 512")));
+        }
         let f = self.function(&format!("paged_attention_{storage}"))?;
-        let ints = [heads, kv_heads, head_dim, block_size, max_len].map(|v| v as i32);
+        let ints = [heads, kv_heads, head_dim, block_size].map(|v| v as i32);
         let mut b = self.stream.launch_builder(f);
-        b.arg(q).arg(k_cache).arg(v_cache).arg(&tables).arg(&starts).arg(&pos).arg(&window).arg(&mut scores).arg(out);
+        b.arg(q).arg(k_cache).arg(v_cache).arg(&queries.tables).arg(&queries.starts).arg(&queries.pos);
+        b.arg(&queries.window).arg(out);
         for v in &ints {
             b.arg(v);
         }
         b.arg(&scale);
         let cfg = LaunchConfig {
-            grid_dim: ((n * heads) as u32, 1, 1),
-            block_dim: (128, 1, 1),
+            grid_dim: ((queries.n * heads) as u32, 1, 1),
+            block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: (head_dim * std::mem::size_of::<f32>()) as u32,
         };
-        // SAFETY: as above; the tables name blocks inside the cache, `scores` holds a
-        // row of max_len per query head, and the dynamic shared memory one query row.
+        // SAFETY: as above; the tables name blocks inside the cache, and the dynamic
+        // shared memory holds one query row.
         unsafe { b.launch(cfg) }.map_err(err("paged_attention"))?;
         Ok(())
     }

@@ -225,6 +225,14 @@ impl PagedKvCache {
     }
 }
 
+/// Checks that every block id is below `num_blocks` (a cache's size).
+pub(crate) fn check_block_ids(blocks: &[u32], num_blocks: usize) -> Result<()> {
+    match blocks.iter().find(|&&b| b as usize >= num_blocks) {
+        Some(b) => Err(EngineError::KvTransfer(format!("block {b} is outside the cache ({num_blocks} blocks)"))),
+        None => Ok(()),
+    }
+}
+
 /// The layout of exported KV blocks, which an importer checks before writing any.
 ///
 /// An export buffer holds, for each block in the order the block ids were given, for each
@@ -261,6 +269,19 @@ impl KvBlockLayout {
     /// Bytes of one exported block (all layers, keys and values).
     pub fn block_bytes(&self) -> usize {
         self.num_layers * 2 * self.part_len() * self.dtype.size()
+    }
+
+    /// Checks that `bytes` exported with layout `got` can be imported here (`self`) into
+    /// `blocks` blocks: the layouts agree and the length is theirs.
+    pub fn check_import(&self, got: &KvBlockLayout, blocks: usize, bytes: usize) -> Result<()> {
+        self.check_compatible(got)?;
+        if bytes != blocks * self.block_bytes() {
+            return Err(EngineError::KvTransfer(format!(
+                "{bytes} bytes for {blocks} blocks of {} bytes each",
+                self.block_bytes()
+            )));
+        }
+        Ok(())
     }
 
     /// Checks that blocks exported with layout `got` can be imported here (`self`);
@@ -349,13 +370,7 @@ impl PagedKvCache {
     }
 
     fn check_blocks(&self, blocks: &[u32]) -> Result<()> {
-        match blocks.iter().find(|&&b| b as usize >= self.shape.num_blocks) {
-            Some(b) => Err(EngineError::KvTransfer(format!(
-                "block {b} is outside the cache ({} blocks)",
-                self.shape.num_blocks
-            ))),
-            None => Ok(()),
-        }
+        check_block_ids(blocks, self.shape.num_blocks)
     }
 
     /// Copies the keys and values of `blocks` (all layers) out, in the layout
@@ -388,17 +403,8 @@ impl PagedKvCache {
     /// ids and the buffer's length before writing anything.
     pub fn import_blocks(&mut self, blocks: &[u32], layout: &KvBlockLayout, data: &[u8]) -> Result<()> {
         let ours = self.block_layout();
-        ours.check_compatible(layout)?;
+        ours.check_import(layout, blocks.len(), data.len())?;
         self.check_blocks(blocks)?;
-        let want = blocks.len() * ours.block_bytes();
-        if data.len() != want {
-            return Err(EngineError::KvTransfer(format!(
-                "{} bytes for {} blocks of {} bytes each",
-                data.len(),
-                blocks.len(),
-                ours.block_bytes()
-            )));
-        }
         let part = ours.part_len();
         let part_bytes = part * ours.dtype.size();
         let mut chunks = data.chunks_exact(part_bytes);

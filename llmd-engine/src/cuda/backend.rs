@@ -14,7 +14,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKerne
 use super::{AttentionQueries, Kernels};
 use crate::backend::{Backend, SeqInput, StepLogits};
 use crate::error::{EngineError, Result};
-use crate::kv::{KvBlockLayout, KvDtype};
+use crate::kv::{KvBlockLayout, KvDtype, check_block_ids};
 use crate::model::{Linear, LlamaModel, ModelConfig, Rope};
 
 fn dev(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> EngineError + '_ {
@@ -550,9 +550,7 @@ impl Backend for CudaBackend {
 
     fn export_kv_blocks_into(&self, blocks: &[u32], out: &mut Vec<u8>) -> Result<()> {
         let layout = self.kv_layout().ok_or_else(|| EngineError::KvTransfer("no layout".into()))?;
-        if let Some(b) = blocks.iter().find(|&&b| b as usize >= self.num_blocks) {
-            return Err(EngineError::KvTransfer(format!("block {b} is outside the cache")));
-        }
+        check_block_ids(blocks, self.num_blocks)?;
         let part = layout.part_len();
         out.clear();
         out.reserve(blocks.len() * layout.block_bytes());
@@ -577,20 +575,10 @@ impl Backend for CudaBackend {
 
     fn import_kv_blocks(&mut self, blocks: &[u32], layout: &KvBlockLayout, data: &[u8]) -> Result<()> {
         let ours = self.kv_layout().ok_or_else(|| EngineError::KvTransfer("no layout".into()))?;
-        ours.check_compatible(layout)?;
-        if let Some(b) = blocks.iter().find(|&&b| b as usize >= self.num_blocks) {
-            return Err(EngineError::KvTransfer(format!("block {b} is outside the cache")));
-        }
-        if data.len() != blocks.len() * ours.block_bytes() {
-            return Err(EngineError::KvTransfer(format!(
-                "{} bytes for {} blocks of {} bytes each",
-                data.len(),
-                blocks.len(),
-                ours.block_bytes()
-            )));
-        }
+        ours.check_import(layout, blocks.len(), data.len())?;
+        check_block_ids(blocks, self.num_blocks)?;
         let part = ours.part_len();
-        let mut chunks = data.chunks_exact(part * 2);
+        let mut chunks = data.chunks_exact(part * ours.dtype.size());
         let stream = self.k.stream().clone();
         for &b in blocks {
             let range = b as usize * part..(b as usize + 1) * part;

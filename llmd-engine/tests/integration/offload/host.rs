@@ -25,8 +25,7 @@ fn medium_of(ev: &KvEvent) -> Option<&str> {
 #[test]
 fn an_evicted_prefix_comes_back_from_host_memory_with_the_same_tokens() {
     let a = prompt("alpha");
-    let mut cold = engine(7);
-    let (want, _) = run(&mut cold, req("cold", a.clone()));
+    let want = run(&mut engine(7), req("cold", a.clone())).0;
 
     let mut e = engine(7);
     let cfg = offload(&e, 64, None);
@@ -161,8 +160,7 @@ fn offloading_needs_a_backend_that_can_copy_blocks_and_memory_for_one() {
 #[test]
 fn offloaded_blocks_of_several_device_blocks_are_stored_once_computed_and_come_back_whole() {
     let a = prompt("alpha");
-    let mut cold = engine(7);
-    let (want, _) = run(&mut cold, req("cold", a.clone()));
+    let want = run(&mut engine(7), req("cold", a.clone())).0;
     for k in [2, 3] {
         let mut e = engine(7);
         // 64 device blocks' worth of host memory: 32 groups of two, 21 of three, room
@@ -216,8 +214,7 @@ fn offloaded_blocks_of_several_device_blocks_are_stored_once_computed_and_come_b
 fn a_group_is_onboarded_from_where_the_device_hit_ends() {
     // Half of alpha stays on the device; the groups past it come back from host memory.
     let a = prompt("alpha");
-    let mut cold = engine(7);
-    let (want, _) = run(&mut cold, req("cold", a.clone()));
+    let want = run(&mut engine(7), req("cold", a.clone())).0;
     let mut e = engine(7);
     let cfg = OffloadConfig { block_size: Some(2 * BS), ..offload(&e, 64, None) };
     e.enable_offload(&cfg).unwrap();

@@ -211,6 +211,41 @@ async fn a_same_host_loan_ends_with_a_bad_checksum_or_a_vanished_puller() {
     eventually("a closed connection ends its loan", || arena.free_slots() == 4).await;
 }
 
+#[tokio::test]
+async fn a_silent_puller_loses_its_loan_at_the_lend_timeout() {
+    let arena = ShmArena::new(4096, 2).unwrap();
+    let holds = Arc::new(Holds::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let opts = ServeOptions {
+        io_timeout: Duration::from_secs(5),
+        shm: Some(arena.clone()),
+        lend_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    tokio::spawn(serve(listener, holds.clone(), opts, std::future::pending()));
+    holds.0.lock().unwrap().insert("quiet".into(), HeldBlocks::new(HASH, arena.copy_in(&blocks(2, 4096, 3)).unwrap()));
+    // Asks, hears where the blocks are, then neither says it is done nor hangs up.
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut ask = b"LLMDSHM3".to_vec();
+    ask.extend_from_slice(&5u16.to_be_bytes());
+    ask.extend_from_slice(b"quiet");
+    ask.extend_from_slice(&HASH);
+    for v in [0u32, 1, 0] {
+        ask.extend_from_slice(&v.to_be_bytes());
+    }
+    sock.write_all(&ask).await.unwrap();
+    let mut magic = [0u8; 8];
+    sock.read_exact(&mut magic).await.unwrap();
+    assert_eq!(&magic, b"LLMDMAP1");
+    assert_eq!(arena.free_slots(), 0);
+    eventually("the lend timeout ends a silent puller's loan", || arena.free_slots() == 2).await;
+    // And the server hung up on it.
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut rest)).await.unwrap().unwrap_or(0);
+    assert!(n >= 8 * 3 + 4, "the MAP answer's body, then the end: {n}");
+}
+
 /// A proxy to `server` that rewrites the pid in a same-host answer to one no process
 /// has, as a puller in another PID namespace would find it: the arena cannot be opened.
 async fn elsewhere_proxy(server: String) -> String {

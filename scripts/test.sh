@@ -7,6 +7,8 @@
 #                          NVRTC (on LD_LIBRARY_PATH: the CUDA kernels' compile test)
 #   .venv-inference-perf   inference-perf and aiperf, by scripts/loadgen/setup.sh
 #   .venv-aiperf           (LLMD_INFERENCE_PERF, LLMD_AIPERF)
+#   target/rocm            Debian's HIP runtime (scripts/rocm/fetch.sh): the ROCm
+#                          backend's build and its kernels' hiprtc compile test
 #
 # Needs Rust, gcc, Python 3.11+ and 3.12 (on PATH or under pyenv), and the network the
 # first time (pip). Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p llmd-kvcache`.
@@ -35,3 +37,14 @@ while IFS= read -r line; do export "${line?}"; done <<< "$loadgen_env"
 
 echo "== cargo test, the interop tests included" >&2
 cargo test --workspace --no-fail-fast "$@" -- --include-ignored --skip needs_hardware::
+
+# The ROCm backend links HIP's runtime, so it has a build of its own, against Debian's
+# (scripts/rocm/fetch.sh, unpacked under target/rocm): its tests here are the probe's
+# error and the kernels compiling with hiprtc; no AMD GPU is needed. Only on a full run.
+if [ $# -eq 0 ]; then
+    echo "== the ROCm backend (Debian's HIP runtime; hiprtc compiles the kernels)" >&2
+    rocm_env=$(bash scripts/rocm/fetch.sh)
+    while IFS= read -r line; do export "${line?}"; done <<< "$rocm_env"
+    LD_LIBRARY_PATH="$LLMD_ROCM_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+        cargo test -p llmd-engine --features rocm --lib --no-fail-fast rocm:: -- --include-ignored --skip needs_hardware::
+fi

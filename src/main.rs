@@ -214,7 +214,8 @@ struct EngineArgs {
     #[arg(long, default_value = "f16")]
     kv_cache_dtype: String,
     /// Where the model runs: cpu, cuda or cuda:N (an NVIDIA GPU; needs an llmd built with
-    /// `--features cuda` and an NVIDIA driver).
+    /// `--features cuda` and an NVIDIA driver), rocm or rocm:N (an AMD GPU; `--features
+    /// rocm` and ROCm).
     #[arg(long, default_value = "cpu")]
     device: llmd::engine::Device,
     /// On a GPU, the share of its memory for weights and KV cache (vLLM's flag); the KV

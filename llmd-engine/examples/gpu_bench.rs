@@ -2,7 +2,8 @@
 //! same run (issue 15): a device-to-device copy's rate; decode attention's KV bytes/s
 //! against copying the same bytes; decode tokens/s at batch 1, 32 and 128 against the
 //! bandwidth bound of a step ((weight bytes + KV bytes read) / the copy rate counting
-//! reads and writes); prefill tokens/s. Models are Llama-shaped with random weights
+//! reads and writes); prefill tokens/s, and a prefill step against its GEMMs alone
+//! through cuBLAS. Models are Llama-shaped with random weights
 //! written on the device. Prints Markdown.
 //!
 //! `cargo run --release -p llmd-engine --features cuda --example gpu_bench -- 1b 8b`
@@ -47,9 +48,9 @@ fn main() {
     let shapes = if shapes.is_empty() { vec!["1b".to_string(), "8b".to_string()] } else { shapes };
     let k = Kernels::new(0).expect("a GPU");
     println!(
-        "# llmd CUDA backend on {} (cc {:?}, {} GiB)\n",
+        "# llmd CUDA backend on {} ({}, {} GiB)\n",
         k.device().name,
-        k.device().compute_capability,
+        k.device().arch,
         k.device().total_memory >> 30
     );
 
@@ -57,7 +58,7 @@ fn main() {
     let n = 1usize << 30;
     let src = k.zeros::<u8>(n).expect("memory");
     let mut dst = k.zeros::<u8>(n).expect("memory");
-    let copy = timed(|| k.stream().memcpy_dtod(&src, &mut dst).expect("copy"), &k, 10);
+    let copy = timed(|| k.copy(&src, &mut dst).expect("copy"), &k, 10);
     let rate_rw = 2.0 * n as f64 / copy.as_secs_f64();
     println!(
         "device-to-device copy of 1 GiB: {:.3} ms, {:.2} TB/s counting reads and writes\n",
@@ -92,8 +93,8 @@ fn main() {
     let mut kv_copy = k.zeros::<u16>(kc.len()).expect("memory");
     let same = timed(
         || {
-            k.stream().memcpy_dtod(&kc, &mut kv_copy).expect("copy");
-            k.stream().memcpy_dtod(&vc, &mut kv_copy).expect("copy");
+            k.copy(&kc, &mut kv_copy).expect("copy");
+            k.copy(&vc, &mut kv_copy).expect("copy");
         },
         &k,
         20,
@@ -140,6 +141,55 @@ fn main() {
             prefill.as_secs_f64() * 1e3,
             (max_batch * ctx) as f64 / prefill.as_secs_f64()
         );
+        // One prefill step (4 × 512 tokens) against its GEMMs alone through the vendor
+        // BLAS: the projections of every layer and the logits rows, same shapes.
+        let step_inputs: Vec<SeqInput<'_>> = tables[..4]
+            .iter()
+            .map(|tb| SeqInput { tokens: &prompt, start: 0, block_table: tb, logits: LogitsWanted::Last })
+            .collect();
+        let reps = 5;
+        m.execute(&step_inputs).expect("prefill");
+        m.kernels().synchronize().expect("sync");
+        let t = Instant::now();
+        for _ in 0..reps {
+            m.execute(&step_inputs).expect("prefill");
+        }
+        let step = t.elapsed() / reps;
+        let kk = m.kernels();
+        let rows = 4 * ctx;
+        let (h, qd, kvd, inter) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.num_key_value_heads * cfg.head_dim,
+            cfg.intermediate_size,
+        );
+        let projections = [(qd, h), (kvd, h), (kvd, h), (h, qd), (inter, h), (inter, h), (h, inter)];
+        let w = kk.zeros::<u16>(inter * h.max(qd)).expect("memory");
+        let x = kk.zeros::<u16>(rows * inter.max(h)).expect("memory");
+        let mut y = kk.zeros::<f32>(rows * inter.max(h)).expect("memory");
+        let lm_w = kk.zeros::<u16>(cfg.vocab_size * h).expect("memory");
+        let mut lm_y = kk.zeros::<f32>(4 * cfg.vocab_size).expect("memory");
+        let gemms = timed(
+            || {
+                for _ in 0..cfg.num_hidden_layers {
+                    for &(o, i) in &projections {
+                        kk.linear(KvDtype::BF16, &w, &x, &mut y, (o, rows, i), 0, o).expect("gemm");
+                    }
+                }
+                kk.linear(KvDtype::BF16, &lm_w, &x, &mut lm_y, (cfg.vocab_size, 4, h), 0, cfg.vocab_size)
+                    .expect("gemm");
+            },
+            kk,
+            reps as usize,
+        );
+        println!(
+            "| {name} prefill step | 4 × {ctx} | | {:.2} | {:.0} | its GEMMs alone {:.2} ms | **{:.2}×** |",
+            step.as_secs_f64() * 1e3,
+            rows as f64 / step.as_secs_f64(),
+            gemms.as_secs_f64() * 1e3,
+            gemms.as_secs_f64() / step.as_secs_f64()
+        );
+        drop((w, x, y, lm_w, lm_y));
         let weights = weight_bytes(&cfg);
         let kv_per_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 2;
         for batch in [1usize, 32, 128] {

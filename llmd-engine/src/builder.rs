@@ -71,21 +71,24 @@ pub enum Device {
     Cpu,
     /// NVIDIA GPU `N` (feature `cuda`).
     Cuda(usize),
+    /// AMD GPU `N` (feature `rocm`).
+    Rocm(usize),
 }
 
 impl std::str::FromStr for Device {
     type Err = String;
 
-    /// `cpu`, `cuda` (GPU 0) or `cuda:N`.
+    /// `cpu`, `cuda` (GPU 0), `cuda:N`, `rocm` or `rocm:N`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let ordinal = |prefix: &str| s.strip_prefix(prefix).and_then(|n| n.parse().ok());
         match s {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
+            "rocm" => Ok(Device::Rocm(0)),
+            _ => ordinal("cuda:")
                 .map(Device::Cuda)
-                .ok_or_else(|| format!("{s:?}: expected cpu, cuda or cuda:N")),
+                .or_else(|| ordinal("rocm:").map(Device::Rocm))
+                .ok_or_else(|| format!("{s:?}: expected cpu, cuda, cuda:N, rocm or rocm:N")),
         }
     }
 }
@@ -95,6 +98,7 @@ impl std::fmt::Display for Device {
         match self {
             Device::Cpu => f.write_str("cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::Rocm(n) => write!(f, "rocm:{n}"),
         }
     }
 }
@@ -312,11 +316,11 @@ impl EngineBuilder {
             }
         }
         let max_model_len = self.max_model_len.unwrap_or(max_ctx.min(DEFAULT_MAX_MODEL_LEN));
-        if let Device::Cuda(ordinal) = self.device {
+        if self.device != Device::Cpu {
             let Some(m) = model else {
                 return Err(EngineError::config("engine", "device", "the simulator runs on the CPU only"));
             };
-            let (backend, num_blocks) = gpu_backend(&m, ordinal, &self)?;
+            let (backend, num_blocks) = gpu_backend(&m, self.device, &self)?;
             return self.assemble(
                 backend,
                 num_blocks,
@@ -397,11 +401,34 @@ impl EngineBuilder {
     }
 }
 
-/// The model on GPU `ordinal`, with as many KV blocks as asked or as the memory share
+/// The model on GPU `device`, with as many KV blocks as asked or as the memory share
 /// leaves after the weights.
-#[cfg(feature = "cuda")]
-fn gpu_backend(m: &LlamaModel, ordinal: usize, b: &EngineBuilder) -> Result<(Box<dyn Backend>, usize)> {
-    use crate::cuda::{CudaBackend, probe};
+fn gpu_backend(m: &LlamaModel, device: Device, b: &EngineBuilder) -> Result<(Box<dyn Backend>, usize)> {
+    match device {
+        Device::Cpu => Err(EngineError::Device("the CPU is not a GPU".into())),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => gpu_backend_on::<crate::cuda::Cuda>(m, n, b, crate::cuda::probe),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(EngineError::Device(
+            "this llmd was built without CUDA support: rebuild it with `--features cuda`".into(),
+        )),
+        #[cfg(feature = "rocm")]
+        Device::Rocm(n) => gpu_backend_on::<crate::rocm::Rocm>(m, n, b, crate::rocm::probe),
+        #[cfg(not(feature = "rocm"))]
+        Device::Rocm(_) => Err(EngineError::Device(
+            "this llmd was built without ROCm support: rebuild it with `--features rocm`".into(),
+        )),
+    }
+}
+
+#[cfg(any(feature = "cuda", feature = "rocm"))]
+fn gpu_backend_on<A: crate::gpu::GpuApi>(
+    m: &LlamaModel,
+    ordinal: usize,
+    b: &EngineBuilder,
+    probe: fn(usize) -> Result<crate::gpu::DeviceInfo>,
+) -> Result<(Box<dyn Backend>, usize)> {
+    use crate::gpu::GpuBackend;
     if !(b.gpu_memory_utilization > 0.0 && b.gpu_memory_utilization <= 1.0) {
         return Err(EngineError::config(
             "engine",
@@ -415,8 +442,8 @@ fn gpu_backend(m: &LlamaModel, ordinal: usize, b: &EngineBuilder) -> Result<(Box
             let info = probe(ordinal)?;
             let c = m.config();
             let per_block = c.num_hidden_layers * 2 * b.block_size * c.num_key_value_heads * c.head_dim * 2;
-            let weights = CudaBackend::weight_bytes(m);
-            // Room for activations, cuBLAS workspace and the context: 5 %, at least 512 MiB.
+            let weights = GpuBackend::<A>::weight_bytes(m);
+            // Room for activations, the BLAS workspace and the context: 5 %, at least 512 MiB.
             let reserve = (info.total_memory / 20).max(512 << 20);
             let share = (info.total_memory as f64 * b.gpu_memory_utilization) as usize;
             let used_elsewhere = info.total_memory.saturating_sub(info.free_memory);
@@ -432,15 +459,10 @@ fn gpu_backend(m: &LlamaModel, ordinal: usize, b: &EngineBuilder) -> Result<(Box
                     used_elsewhere >> 30
                 )));
             }
-            tracing::info!(device = %info.name, blocks, kv_gib = (blocks * per_block) as f64 / (1u64 << 30) as f64, "KV cache sized from GPU memory");
+            tracing::info!(vendor = A::VENDOR, device = %info.name, blocks, kv_gib = (blocks * per_block) as f64 / (1u64 << 30) as f64, "KV cache sized from GPU memory");
             blocks
         }
     };
-    let backend = CudaBackend::new(m, ordinal, num_blocks, b.block_size, b.kv_dtype)?;
+    let backend = GpuBackend::<A>::new(m, ordinal, num_blocks, b.block_size, b.kv_dtype)?;
     Ok((Box::new(backend), num_blocks))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn gpu_backend(_m: &LlamaModel, _ordinal: usize, _b: &EngineBuilder) -> Result<(Box<dyn Backend>, usize)> {
-    Err(EngineError::Device("this llmd was built without CUDA support: rebuild it with `--features cuda`".into()))
 }

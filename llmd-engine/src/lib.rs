@@ -32,11 +32,15 @@ pub mod cuda;
 mod detok;
 pub mod engine;
 mod error;
+#[cfg(any(feature = "cuda", feature = "rocm"))]
+pub mod gpu;
 pub mod handle;
 pub mod kv;
 pub mod metrics;
 pub mod model;
 pub mod offload;
+#[cfg(feature = "rocm")]
+pub mod rocm;
 pub mod sampling;
 #[cfg(feature = "server")]
 pub mod server;

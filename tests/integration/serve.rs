@@ -145,7 +145,8 @@ async fn a_second_signal_exits_at_once_and_the_deadline_bounds_the_drain() {
 }
 
 /// `--device cuda:99`: without an NVIDIA driver, "no CUDA driver found"; with one, "no
-/// CUDA device 99". Either way a clear error and a non-zero exit, not a crash.
+/// CUDA device 99". Either way a clear error and a non-zero exit, not a crash; likewise
+/// an unknown device and an AMD GPU from a build without ROCm.
 #[test]
 fn asking_for_a_gpu_that_is_not_there_is_a_clear_error() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
@@ -161,5 +162,14 @@ fn asking_for_a_gpu_that_is_not_there_is_a_clear_error() {
     }
     let out =
         std::process::Command::new(env!("CARGO_BIN_EXE_llmd")).args(["serve", "--device", "tpu"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected cpu, cuda or cuda:N"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected cpu, cuda, cuda:N, rocm or rocm:N"));
+    // The test binary is built without `rocm` (it links ROCm's runtime): asking for an
+    // AMD GPU says how to get one.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
+        .args(["serve", "--device", "rocm", "--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("built without ROCm support") && err.contains("--features rocm"), "{err}");
 }

@@ -1,5 +1,7 @@
-// llmd's CUDA kernels, compiled at start with NVRTC (no CUDA toolkit needed to build
-// llmd; no header is included, so NVRTC needs none either). The CPU engine is the
+// llmd's GPU kernels: one source for NVIDIA and AMD, compiled at start (NVRTC for CUDA,
+// hiprtc for ROCm), so no toolkit is needed to build llmd and no header is included. A
+// short per-vendor prelude comes first (cuda.cuh, hip.cuh): the warp width `WARP`, a
+// warp shuffle `shfl_xor`, and IEEE half <-> f32 conversions. The CPU engine is the
 // reference each kernel is tested against (llmd-engine/src/cuda/tests.rs).
 //
 // Conventions:
@@ -8,7 +10,8 @@
 // - the KV cache of one layer is K and V buffers of [slots, kv_heads, head_dim], slot =
 //   block * block_size + offset, as the CPU cache (`PagedKvCache`) lays it out;
 // - RoPE is the "rotate half" layout Llama checkpoints use, with cos/sin tables computed
-//   on the host by the same code as the CPU runner (every scaling it supports).
+//   on the host by the same code as the CPU runner (every scaling it supports);
+// - thread blocks are multiples of WARP (32 on NVIDIA and RDNA, 64 on CDNA).
 
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -22,19 +25,11 @@ struct f16 { u16 bits; };
 struct bf16 { u16 bits; };
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(f16 x) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
-    return f;
-}
+__device__ __forceinline__ float to_f32(f16 x) { return half_bits_to_f32(x.bits); }
 __device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((u32)x.bits) << 16); }
 
 __device__ __forceinline__ void from_f32(float x, float* out) { *out = x; }
-__device__ __forceinline__ void from_f32(float x, f16* out) {
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
-    out->bits = h;
-}
+__device__ __forceinline__ void from_f32(float x, f16* out) { out->bits = f32_to_half_bits(x); }
 __device__ __forceinline__ void from_f32(float x, bf16* out) {
     // Round to nearest even, NaN kept a NaN (as half's f32 -> bf16 conversion).
     u32 u = __float_as_uint(x);
@@ -49,35 +44,35 @@ __device__ __forceinline__ void from_f32(float x, bf16* out) {
 // ---- reductions ---------------------------------------------------------------------
 
 __device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = WARP / 2; o > 0; o >>= 1) v += shfl_xor(v, o);
     return v;
 }
 
 __device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = WARP / 2; o > 0; o >>= 1) v = fmaxf(v, shfl_xor(v, o));
     return v;
 }
 
-// Sum over the thread block (blockDim.x a multiple of 32, at most 1024); every thread
-// gets the result. `scratch` holds 32 floats.
+// Sum over the thread block (blockDim.x a multiple of WARP, at most 1024); every thread
+// gets the result. `scratch` holds 32 floats (one per warp, at most 1024 / 32).
 __device__ float block_sum(float v, float* scratch) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
     v = warp_sum(v);
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    int warps = blockDim.x >> 5;
+    int warps = blockDim.x / WARP;
     v = lane < warps ? scratch[lane] : 0.0f;
     return warp_sum(v);
 }
 
 __device__ float block_max(float v, float* scratch) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
     v = warp_max(v);
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    int warps = blockDim.x >> 5;
+    int warps = blockDim.x / WARP;
     v = lane < warps ? scratch[lane] : NEG_INF;
     return warp_max(v);
 }
@@ -186,7 +181,7 @@ __device__ void paged_attention(const float* q, const T* k_cache, const T* v_cac
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) q_row[d] = qv[d];
     __syncthreads();
 
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
     float acc[MAX_DIMS_PER_THREAD];
     for (int i = 0; i < MAX_DIMS_PER_THREAD; i++) acc[i] = 0.0f;
     float m = NEG_INF, l = 0.0f;
@@ -197,7 +192,7 @@ __device__ void paged_attention(const float* q, const T* k_cache, const T* v_cac
             int p = first + c0 + j;
             usize base = ((usize)table[p / block_size] * block_size + p % block_size) * slot_len + (usize)kh * head_dim;
             float dot = 0.0f;
-            for (int d = lane; d < head_dim; d += 32) dot += q_row[d] * to_f32(k_cache[base + d]);
+            for (int d = lane; d < head_dim; d += WARP) dot += q_row[d] * to_f32(k_cache[base + d]);
             dot = warp_sum(dot);
             if (lane == 0) s[j] = dot * scale;
         }

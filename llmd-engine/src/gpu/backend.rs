@@ -1,74 +1,66 @@
-//! [`CudaBackend`]: the Llama-family forward pass on one GPU, step for step the CPU
+//! [`GpuBackend`]: the Llama-family forward pass on one GPU, step for step the CPU
 //! runner's (`model::llama`), over a paged KV cache in device memory.
 //!
 //! Weights and the KV cache are stored in f16 or bf16; activations and accumulation
-//! stay in f32. Each projection is one cuBLAS GEMM over every token of the step
-//! (`cublasGemmEx`: 16-bit inputs, f32 output and compute); the rest are the kernels of
-//! `kernels.cu`. Exported KV blocks have the CPU cache's layout ([`KvBlockLayout`]), so
-//! blocks move between CPU and GPU engines alike.
+//! stay in f32. Each projection is one vendor BLAS GEMM over every token of the step
+//! (16-bit inputs, f32 output and compute); the rest are the kernels of `kernels.cu`.
+//! Exported KV blocks have the CPU cache's layout ([`KvBlockLayout`]), so blocks move
+//! between CPU and GPU engines alike.
 
-use cudarc::cublas::CudaBlas;
-use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-
-use super::{AttentionQueries, Kernels};
+use super::{AttentionQueries, DeviceBuffer, GpuApi, Kernels};
 use crate::backend::{Backend, SeqInput, StepLogits};
 use crate::error::{EngineError, Result};
 use crate::kv::{KvBlockLayout, KvDtype, check_block_ids};
 use crate::model::{Linear, LlamaModel, ModelConfig, Rope};
 
-fn dev(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> EngineError + '_ {
-    move |e| EngineError::Device(format!("{what}: {e}"))
-}
-
 /// A linear layer on the device: `[out, in]` weight in 16-bit, f32 bias.
-struct DevLinear {
-    w: CudaSlice<u16>,
-    b: Option<CudaSlice<f32>>,
+struct DevLinear<A: GpuApi> {
+    w: DeviceBuffer<u16, A>,
+    b: Option<DeviceBuffer<f32, A>>,
     out: usize,
     inp: usize,
 }
 
 /// The weights before the cache is allocated.
-struct Weights {
-    embed: CudaSlice<u16>,
-    norm: CudaSlice<u16>,
-    lm_head: DevLinear,
-    layers: Vec<DevLayer>,
+struct Weights<A: GpuApi> {
+    embed: DeviceBuffer<u16, A>,
+    norm: DeviceBuffer<u16, A>,
+    lm_head: DevLinear<A>,
+    layers: Vec<DevLayer<A>>,
 }
 
-struct DevLayer {
-    input_norm: CudaSlice<u16>,
-    post_norm: CudaSlice<u16>,
-    q: DevLinear,
-    k: DevLinear,
-    v: DevLinear,
-    o: DevLinear,
-    gate: DevLinear,
-    up: DevLinear,
-    down: DevLinear,
+struct DevLayer<A: GpuApi> {
+    input_norm: DeviceBuffer<u16, A>,
+    post_norm: DeviceBuffer<u16, A>,
+    q: DevLinear<A>,
+    k: DevLinear<A>,
+    v: DevLinear<A>,
+    o: DevLinear<A>,
+    gate: DevLinear<A>,
+    up: DevLinear<A>,
+    down: DevLinear<A>,
 }
 
-/// A Llama-family model on one NVIDIA GPU.
-pub struct CudaBackend {
-    k: Kernels,
-    blas: CudaBlas,
+/// A Llama-family model on one GPU of vendor `A` (`CudaBackend`, `RocmBackend`).
+pub struct GpuBackend<A: GpuApi> {
+    k: Kernels<A>,
     config: ModelConfig,
     rope: Rope,
     dtype: KvDtype,
-    embed: CudaSlice<u16>,
-    norm: CudaSlice<u16>,
-    lm_head: DevLinear,
-    layers: Vec<DevLayer>,
-    k_cache: Vec<CudaSlice<u16>>,
-    v_cache: Vec<CudaSlice<u16>>,
+    embed: DeviceBuffer<u16, A>,
+    norm: DeviceBuffer<u16, A>,
+    lm_head: DevLinear<A>,
+    layers: Vec<DevLayer<A>>,
+    k_cache: Vec<DeviceBuffer<u16, A>>,
+    v_cache: Vec<DeviceBuffer<u16, A>>,
     num_blocks: usize,
     block_size: usize,
 }
 
-impl std::fmt::Debug for CudaBackend {
+impl<A: GpuApi> std::fmt::Debug for GpuBackend<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaBackend")
+        f.debug_struct("GpuBackend")
+            .field("vendor", &A::VENDOR)
             .field("device", self.k.device())
             .field("dtype", &self.dtype)
             .field("blocks", &self.num_blocks)
@@ -77,7 +69,7 @@ impl std::fmt::Debug for CudaBackend {
     }
 }
 
-impl CudaBackend {
+impl<A: GpuApi> GpuBackend<A> {
     /// Copies `model` to GPU `ordinal` in `dtype` (f16 or bf16) with a KV cache of
     /// `num_blocks` blocks of `block_size` tokens.
     pub fn new(
@@ -87,15 +79,12 @@ impl CudaBackend {
         block_size: usize,
         dtype: KvDtype,
     ) -> Result<Self> {
-        if dtype == KvDtype::F32 {
-            return Err(EngineError::Device("the CUDA backend stores weights and KV in f16 or bf16".into()));
-        }
-        let k = Kernels::new(ordinal)?;
-        let blas = blas(&k)?;
+        check_dtype::<A>(dtype)?;
+        let k = Kernels::<A>::new(ordinal)?;
         let c = model.config().clone();
         let w = model.weights();
-        let half = |x: &[f32]| -> Result<CudaSlice<u16>> { k.upload(&to_bits(x, dtype)) };
-        let linear = |l: &Linear| -> Result<DevLinear> {
+        let half = |x: &[f32]| -> Result<DeviceBuffer<u16, A>> { k.upload(&to_bits(x, dtype)) };
+        let linear = |l: &Linear| -> Result<DevLinear<A>> {
             Ok(DevLinear {
                 w: half(l.weight())?,
                 b: l.bias().map(|b| k.upload(b)).transpose()?,
@@ -121,7 +110,7 @@ impl CudaBackend {
         let norm = half(w.norm)?;
         let lm_head = linear(w.lm_head)?;
         let weights = Weights { embed, norm, lm_head, layers };
-        Self::assemble(k, blas, c, model.rope().clone(), dtype, weights, num_blocks, block_size)
+        Self::assemble(k, c, model.rope().clone(), dtype, weights, num_blocks, block_size)
     }
 
     /// A model of `config`'s shape with random weights written on GPU `ordinal` (no
@@ -134,33 +123,25 @@ impl CudaBackend {
         dtype: KvDtype,
         seed: u64,
     ) -> Result<Self> {
-        if dtype == KvDtype::F32 {
-            return Err(EngineError::Device("the CUDA backend stores weights and KV in f16 or bf16".into()));
-        }
-        let k = Kernels::new(ordinal)?;
-        let blas = blas(&k)?;
-        let st = if dtype == KvDtype::BF16 { "bf16" } else { "f16" };
+        check_dtype::<A>(dtype)?;
+        let k = Kernels::<A>::new(ordinal)?;
+        let st = storage_name(dtype);
         let mut n = 0u64;
-        let mut fill = |len: usize, offset: f32, scale: f32| -> Result<CudaSlice<u16>> {
+        let mut fill = |len: usize, offset: f32, scale: f32| -> Result<DeviceBuffer<u16, A>> {
             let mut out = k.zeros::<u16>(len)?;
             n += 1;
-            let f = k.function(&format!("fill_uniform_{st}"))?;
-            let (len64, s) = (len as u64, seed.wrapping_mul(1_000_003).wrapping_add(n));
-            let mut l = k.stream().launch_builder(f);
-            l.arg(&mut out).arg(&len64).arg(&s).arg(&offset).arg(&scale);
-            // SAFETY: out holds len elements.
-            unsafe { l.launch(LaunchConfig::for_num_elems(len.clamp(1, 1 << 24) as u32)) }.map_err(dev("fill"))?;
+            k.fill_uniform(st, &mut out, seed.wrapping_mul(1_000_003).wrapping_add(n), offset, scale)?;
             Ok(out)
         };
         let c = config;
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (qd, kvd, inter) = (c.num_attention_heads * hd, c.num_key_value_heads * hd, c.intermediate_size);
         // Uniform with the variance of a 1/sqrt(fan-in) init, norms near one.
-        fn lin(
-            fill: &mut impl FnMut(usize, f32, f32) -> Result<CudaSlice<u16>>,
+        fn lin<A: GpuApi>(
+            fill: &mut impl FnMut(usize, f32, f32) -> Result<DeviceBuffer<u16, A>>,
             out: usize,
             inp: usize,
-        ) -> Result<DevLinear> {
+        ) -> Result<DevLinear<A>> {
             Ok(DevLinear { w: fill(out * inp, 0.0, (3.0 / inp as f32).sqrt())?, b: None, out, inp })
         }
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
@@ -181,17 +162,16 @@ impl CudaBackend {
         let embed = fill(c.vocab_size * h, 0.0, 1.0)?;
         let norm = fill(h, 1.0, 0.1)?;
         let weights = Weights { embed, norm, lm_head, layers };
-        Self::assemble(k, blas, c.clone(), Rope::new(c), dtype, weights, num_blocks, block_size)
+        Self::assemble(k, c.clone(), Rope::new(c), dtype, weights, num_blocks, block_size)
     }
 
     #[allow(clippy::too_many_arguments)]
     fn assemble(
-        k: Kernels,
-        blas: CudaBlas,
+        k: Kernels<A>,
         config: ModelConfig,
         rope: Rope,
         dtype: KvDtype,
-        w: Weights,
+        w: Weights<A>,
         num_blocks: usize,
         block_size: usize,
     ) -> Result<Self> {
@@ -203,10 +183,9 @@ impl CudaBackend {
             v_cache.push(k.zeros::<u16>(cache_len)?);
         }
         k.synchronize()?;
-        tracing::info!(device = %k.device().name, ?dtype, num_blocks, block_size, "model on the GPU");
-        Ok(CudaBackend {
+        tracing::info!(vendor = A::VENDOR, device = %k.device().name, ?dtype, num_blocks, block_size, "model on the GPU");
+        Ok(GpuBackend {
             rope,
-            blas,
             config,
             dtype,
             embed: w.embed,
@@ -222,7 +201,7 @@ impl CudaBackend {
     }
 
     /// The kernels (for benchmarks that time one alone).
-    pub fn kernels(&self) -> &Kernels {
+    pub fn kernels(&self) -> &Kernels<A> {
         &self.k
     }
 
@@ -242,123 +221,37 @@ impl CudaBackend {
     }
 
     fn storage(&self) -> &'static str {
-        if self.dtype == KvDtype::BF16 { "bf16" } else { "f16" }
-    }
-
-    fn data_type(&self) -> cudaDataType {
-        if self.dtype == KvDtype::BF16 { cudaDataType::CUDA_R_16BF } else { cudaDataType::CUDA_R_16F }
+        storage_name(self.dtype)
     }
 
     /// `y[r, col..col + out] = x[r] · Wᵀ (+ b)` for `rows` rows; `y`'s rows are `ldy`
     /// wide (the gate and up projections share one buffer).
     fn gemm(
         &self,
-        l: &DevLinear,
-        x: &CudaSlice<u16>,
+        l: &DevLinear<A>,
+        x: &DeviceBuffer<u16, A>,
         rows: usize,
-        y: &mut CudaSlice<f32>,
+        y: &mut DeviceBuffer<f32, A>,
         col: usize,
         ldy: usize,
     ) -> Result<()> {
-        if rows == 0 {
-            return Ok(());
-        }
-        let stream = self.k.stream();
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let dt = self.data_type();
-        {
-            let (w_ptr, _w) = l.w.device_ptr(stream);
-            let (x_ptr, _x) = x.device_ptr(stream);
-            let (y_ptr, _y) = y.device_ptr_mut(stream);
-            let y_ptr = y_ptr + (col * std::mem::size_of::<f32>()) as u64;
-            // Column-major: Yᵀ (out × rows, leading dimension ldy) = W (stored as in ×
-            // out, transposed) · Xᵀ (in × rows).
-            // SAFETY: the pointers are live device allocations of the sizes the
-            // dimensions name (weights out·in, x rows·in, y rows·ldy from col), on the
-            // stream the handle uses; alpha and beta are host scalars (the default
-            // pointer mode).
-            unsafe {
-                cudarc::cublas::result::gemm_ex(
-                    *self.blas.handle(),
-                    cublasOperation_t::CUBLAS_OP_T,
-                    cublasOperation_t::CUBLAS_OP_N,
-                    l.out as i32,
-                    rows as i32,
-                    l.inp as i32,
-                    (&alpha as *const f32).cast(),
-                    w_ptr as *const _,
-                    dt,
-                    l.inp as i32,
-                    x_ptr as *const _,
-                    dt,
-                    l.inp as i32,
-                    (&beta as *const f32).cast(),
-                    y_ptr as *mut _,
-                    cudaDataType::CUDA_R_32F,
-                    ldy as i32,
-                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-            }
-            .map_err(|e| EngineError::Device(format!("cuBLAS GEMM: {e}")))?;
-        }
+        self.k.linear(self.dtype, &l.w, x, y, (l.out, rows, l.inp), col, ldy)?;
         if let Some(b) = &l.b {
-            self.add_bias(y, b, rows, l.out, col, ldy)?;
+            self.k.add_bias(y, b, rows, l.out, col, ldy)?;
         }
         Ok(())
-    }
-
-    fn add_bias(
-        &self,
-        y: &mut CudaSlice<f32>,
-        b: &CudaSlice<f32>,
-        rows: usize,
-        cols: usize,
-        col: usize,
-        ldy: usize,
-    ) -> Result<()> {
-        let f = self.k.function("add_bias_f32")?;
-        let (n, c, col, ldy) = (rows as u64, cols as i32, col as i32, ldy as i32);
-        let mut l = self.k.stream().launch_builder(f);
-        l.arg(y).arg(b).arg(&n).arg(&c).arg(&col).arg(&ldy);
-        // SAFETY: y holds rows * ldy floats (col + cols <= ldy), b cols.
-        unsafe { l.launch(LaunchConfig::for_num_elems((rows * cols) as u32)) }.map_err(dev("add_bias"))?;
-        Ok(())
-    }
-
-    fn launch_rows(rows: usize) -> LaunchConfig {
-        LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     }
 
     /// RMSNorm of `rows` rows of `x` into the 16-bit GEMM input `out`.
-    fn norm(&self, x: &CudaSlice<f32>, w: &CudaSlice<u16>, out: &mut CudaSlice<u16>, rows: usize) -> Result<()> {
-        let f = self.k.function(&format!("rms_norm_{}", self.storage()))?;
-        let (h, eps) = (self.config.hidden_size as i32, self.config.rms_norm_eps as f32);
-        let mut l = self.k.stream().launch_builder(f);
-        l.arg(x).arg(w).arg(out).arg(&h).arg(&eps);
-        // SAFETY: x and out hold rows * hidden, w hidden.
-        unsafe { l.launch(Self::launch_rows(rows)) }.map_err(dev("rms_norm"))?;
-        Ok(())
-    }
-
-    fn add(&self, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>, n: usize) -> Result<()> {
-        let f = self.k.function("add_f32")?;
-        let n64 = n as u64;
-        let mut l = self.k.stream().launch_builder(f);
-        l.arg(x).arg(y).arg(&n64);
-        // SAFETY: both hold n floats.
-        unsafe { l.launch(LaunchConfig::for_num_elems(n.max(1) as u32)) }.map_err(dev("add"))?;
-        Ok(())
-    }
-
-    fn to_storage(&self, x: &CudaSlice<f32>, out: &mut CudaSlice<u16>, n: usize) -> Result<()> {
-        let f = self.k.function(&format!("to_storage_{}", self.storage()))?;
-        let n64 = n as u64;
-        let mut l = self.k.stream().launch_builder(f);
-        l.arg(x).arg(out).arg(&n64);
-        // SAFETY: both hold n elements.
-        unsafe { l.launch(LaunchConfig::for_num_elems(n.max(1) as u32)) }.map_err(dev("to_storage"))?;
-        Ok(())
+    fn norm(
+        &self,
+        x: &DeviceBuffer<f32, A>,
+        w: &DeviceBuffer<u16, A>,
+        out: &mut DeviceBuffer<u16, A>,
+        rows: usize,
+    ) -> Result<()> {
+        let (h, eps) = (self.config.hidden_size, self.config.rms_norm_eps as f32);
+        self.k.rms_norm(self.storage(), x, w, out, rows, h, eps)
     }
 
     fn check(&self, seqs: &[SeqInput<'_>]) -> Result<()> {
@@ -378,18 +271,19 @@ impl CudaBackend {
     }
 }
 
-/// cuBLAS on the kernels' stream; a clear error, not cudarc's panic, when the library
-/// cannot be loaded.
-fn blas(k: &Kernels) -> Result<CudaBlas> {
-    // SAFETY: only tries to open the library by its names (dlopen).
-    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-        return Err(EngineError::Device(
-            "cuBLAS not found (libcublas.so could not be loaded): install the CUDA toolkit's or pip's \
-             nvidia-cublas-cu12, and put its lib directory on LD_LIBRARY_PATH"
-                .into(),
-        ));
+fn check_dtype<A: GpuApi>(dtype: KvDtype) -> Result<()> {
+    if dtype == KvDtype::F32 {
+        return Err(EngineError::Device(format!(
+            "the {} backend stores weights and KV in f16 or bf16, not f32",
+            A::VENDOR
+        )));
     }
-    CudaBlas::new(k.stream().clone()).map_err(|e| EngineError::Device(format!("cuBLAS: {e}")))
+    Ok(())
+}
+
+/// The kernels' suffix for a 16-bit storage type.
+fn storage_name(dtype: KvDtype) -> &'static str {
+    if dtype == KvDtype::BF16 { "bf16" } else { "f16" }
 }
 
 /// f32 values as f16 or bf16 bits.
@@ -400,7 +294,7 @@ fn to_bits(x: &[f32], dtype: KvDtype) -> Vec<u16> {
     }
 }
 
-impl Backend for CudaBackend {
+impl<A: GpuApi> Backend for GpuBackend<A> {
     fn execute(&mut self, seqs: &[SeqInput<'_>]) -> Result<Vec<StepLogits>> {
         self.check(seqs)?;
         let c = &self.config;
@@ -441,14 +335,7 @@ impl Backend for CudaBackend {
         let d_queries = k.upload_queries(&queries)?;
         let (d_cos, d_sin) = (k.upload(&cos)?, k.upload(&sin)?);
         let mut x = k.zeros::<f32>(t * h)?;
-        {
-            let f = k.function(&format!("embedding_{st}"))?;
-            let hh = h as i32;
-            let mut l = k.stream().launch_builder(f);
-            l.arg(&self.embed).arg(&d_ids).arg(&mut x).arg(&hh);
-            // SAFETY: ids are below the vocabulary (checked), x holds t * hidden.
-            unsafe { l.launch(Self::launch_rows(t)) }.map_err(dev("embedding"))?;
-        }
+        k.embedding(st, &self.embed, &d_ids, &mut x, h)?;
         let mut xn = k.zeros::<u16>(t * h.max(nh * hd))?;
         let mut q = k.zeros::<f32>(t * nh * hd)?;
         let mut kk = k.zeros::<f32>(t * nkv * hd)?;
@@ -468,23 +355,16 @@ impl Backend for CudaBackend {
             let (kc, vc) = (&mut self.k_cache[li], &mut self.v_cache[li]);
             k.write_kv(st, &kk, &vv, &d_slots, kc, vc, t, nkv * hd)?;
             k.paged_attention(st, &q, kc, vc, &d_queries, &mut attn, nh, nkv, hd, bs, scale)?;
-            self.to_storage(&attn, &mut xn, t * nh * hd)?;
+            k.to_storage(st, &attn, &mut xn, t * nh * hd)?;
             self.gemm(&layer.o, &xn, t, &mut proj, 0, h)?;
-            self.add(&mut x, &proj, t * h)?;
+            k.add(&mut x, &proj, t * h)?;
 
             self.norm(&x, &layer.post_norm, &mut xn, t)?;
             self.gemm(&layer.gate, &xn, t, &mut gate_up, 0, 2 * inter)?;
             self.gemm(&layer.up, &xn, t, &mut gate_up, inter, 2 * inter)?;
-            {
-                let f = k.function(&format!("silu_mul_{st}"))?;
-                let (tt, ii) = (t as i32, inter as i32);
-                let mut l = k.stream().launch_builder(f);
-                l.arg(&gate_up).arg(&mut act).arg(&tt).arg(&ii);
-                // SAFETY: gate_up holds t * 2 * inter, act t * inter.
-                unsafe { l.launch(LaunchConfig::for_num_elems((t * inter).max(1) as u32)) }.map_err(dev("silu_mul"))?;
-            }
+            k.silu_mul(st, &gate_up, &mut act, t, inter)?;
             self.gemm(&layer.down, &act, t, &mut proj, 0, h)?;
-            self.add(&mut x, &proj, t * h)?;
+            k.add(&mut x, &proj, t * h)?;
         }
 
         // Logits for the rows asked for, in one GEMM (as on the CPU).
@@ -495,16 +375,8 @@ impl Backend for CudaBackend {
             Vec::new()
         } else {
             let r = rows.len();
-            let d_rows = k.upload(&rows)?;
             let mut sel = k.zeros::<f32>(r * h)?;
-            {
-                let f = k.function("gather_rows_f32")?;
-                let hh = h as i32;
-                let mut l = k.stream().launch_builder(f);
-                l.arg(&x).arg(&d_rows).arg(&mut sel).arg(&hh);
-                // SAFETY: every row index is below t; sel holds r * hidden.
-                unsafe { l.launch(Self::launch_rows(r)) }.map_err(dev("gather_rows"))?;
-            }
+            k.gather_rows(&x, &rows, &mut sel, h)?;
             let mut seln = k.zeros::<u16>(r * h)?;
             self.norm(&sel, &self.norm, &mut seln, r)?;
             let mut out = k.zeros::<f32>(r * vocab)?;
@@ -559,7 +431,7 @@ impl Backend for CudaBackend {
             let range = b as usize * part..(b as usize + 1) * part;
             for (kc, vc) in self.k_cache.iter().zip(&self.v_cache) {
                 for buf in [kc, vc] {
-                    self.k.stream().memcpy_dtoh(&buf.slice(range.clone()), &mut host).map_err(dev("exporting KV"))?;
+                    self.k.download_from(buf, range.start, &mut host)?;
                     // Sized once, then filled in fixed chunks (a plain copy once compiled,
                     // as the CPU cache's export).
                     let start = out.len();
@@ -579,14 +451,13 @@ impl Backend for CudaBackend {
         check_block_ids(blocks, self.num_blocks)?;
         let part = ours.part_len();
         let mut chunks = data.chunks_exact(part * ours.dtype.size());
-        let stream = self.k.stream().clone();
         for &b in blocks {
             let range = b as usize * part..(b as usize + 1) * part;
             for (kc, vc) in self.k_cache.iter_mut().zip(self.v_cache.iter_mut()) {
                 for buf in [kc, vc] {
                     let bytes = chunks.next().unwrap_or_default();
                     let host: Vec<u16> = bytes.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
-                    stream.memcpy_htod(&host, &mut buf.slice_mut(range.clone())).map_err(dev("importing KV"))?;
+                    self.k.upload_into(&host, buf, range.start)?;
                 }
             }
         }

@@ -36,9 +36,47 @@ struct DevLayer<A: GpuApi> {
     k: DevLinear<A>,
     v: DevLinear<A>,
     o: DevLinear<A>,
-    gate: DevLinear<A>,
-    up: DevLinear<A>,
+    /// The gate and up projections as one GEMM: gate's rows, then up's.
+    gate_up: DevLinear<A>,
     down: DevLinear<A>,
+}
+
+/// A step's activations, kept between steps (a step overwrites all it reads) and grown
+/// when a step has more tokens than they hold.
+struct Scratch<A: GpuApi> {
+    tokens: usize,
+    x: DeviceBuffer<f32, A>,
+    xn: DeviceBuffer<u16, A>,
+    q: DeviceBuffer<f32, A>,
+    k: DeviceBuffer<f32, A>,
+    v: DeviceBuffer<f32, A>,
+    attn: DeviceBuffer<f32, A>,
+    proj: DeviceBuffer<f32, A>,
+    gate_up: DeviceBuffer<f32, A>,
+    act: DeviceBuffer<u16, A>,
+}
+
+impl<A: GpuApi> Scratch<A> {
+    fn new(k: &Kernels<A>, c: &ModelConfig, tokens: usize) -> Result<Self> {
+        let (h, qd, kvd, inter) = (
+            c.hidden_size,
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+            c.intermediate_size,
+        );
+        Ok(Scratch {
+            tokens,
+            x: k.zeros(tokens * h)?,
+            xn: k.zeros(tokens * h.max(qd))?,
+            q: k.zeros(tokens * qd)?,
+            k: k.zeros(tokens * kvd)?,
+            v: k.zeros(tokens * kvd)?,
+            attn: k.zeros(tokens * qd)?,
+            proj: k.zeros(tokens * h)?,
+            gate_up: k.zeros(tokens * 2 * inter)?,
+            act: k.zeros(tokens * inter)?,
+        })
+    }
 }
 
 /// A Llama-family model on one GPU of vendor `A` (`CudaBackend`, `RocmBackend`).
@@ -55,6 +93,7 @@ pub struct GpuBackend<A: GpuApi> {
     v_cache: Vec<DeviceBuffer<u16, A>>,
     num_blocks: usize,
     block_size: usize,
+    scratch: Option<Scratch<A>>,
 }
 
 impl<A: GpuApi> std::fmt::Debug for GpuBackend<A> {
@@ -92,6 +131,22 @@ impl<A: GpuApi> GpuBackend<A> {
                 inp: l.in_features(),
             })
         };
+        // Linear layers over the same input as one: their weights' rows one after
+        // another, their biases likewise (zeros for a layer without one).
+        let stacked = |ls: &[&Linear]| -> Result<DevLinear<A>> {
+            let weight: Vec<f32> = ls.iter().flat_map(|l| l.weight().iter().copied()).collect();
+            let bias = ls.iter().any(|l| l.bias().is_some()).then(|| {
+                ls.iter()
+                    .flat_map(|l| l.bias().map_or_else(|| vec![0.0; l.out_features()], <[f32]>::to_vec))
+                    .collect::<Vec<f32>>()
+            });
+            Ok(DevLinear {
+                w: half(&weight)?,
+                b: bias.map(|b| k.upload(&b)).transpose()?,
+                out: ls.iter().map(|l| l.out_features()).sum(),
+                inp: ls.first().map_or(0, |l| l.in_features()),
+            })
+        };
         let mut layers = Vec::with_capacity(w.layers.len());
         for l in &w.layers {
             layers.push(DevLayer {
@@ -101,8 +156,7 @@ impl<A: GpuApi> GpuBackend<A> {
                 k: linear(l.k)?,
                 v: linear(l.v)?,
                 o: linear(l.o)?,
-                gate: linear(l.gate)?,
-                up: linear(l.up)?,
+                gate_up: stacked(&[l.gate, l.up])?,
                 down: linear(l.down)?,
             });
         }
@@ -153,8 +207,7 @@ impl<A: GpuApi> GpuBackend<A> {
                 k: lin(&mut fill, kvd, h)?,
                 v: lin(&mut fill, kvd, h)?,
                 o: lin(&mut fill, h, qd)?,
-                gate: lin(&mut fill, inter, h)?,
-                up: lin(&mut fill, inter, h)?,
+                gate_up: lin(&mut fill, 2 * inter, h)?,
                 down: lin(&mut fill, h, inter)?,
             });
         }
@@ -196,6 +249,7 @@ impl<A: GpuApi> GpuBackend<A> {
             v_cache,
             num_blocks,
             block_size,
+            scratch: None,
             k,
         })
     }
@@ -334,37 +388,33 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
         let d_slots = k.upload(&slots)?;
         let d_queries = k.upload_queries(&queries)?;
         let (d_cos, d_sin) = (k.upload(&cos)?, k.upload(&sin)?);
-        let mut x = k.zeros::<f32>(t * h)?;
-        k.embedding(st, &self.embed, &d_ids, &mut x, h)?;
-        let mut xn = k.zeros::<u16>(t * h.max(nh * hd))?;
-        let mut q = k.zeros::<f32>(t * nh * hd)?;
-        let mut kk = k.zeros::<f32>(t * nkv * hd)?;
-        let mut vv = k.zeros::<f32>(t * nkv * hd)?;
-        let mut attn = k.zeros::<f32>(t * nh * hd)?;
-        let mut proj = k.zeros::<f32>(t * h)?;
-        let mut gate_up = k.zeros::<f32>(t * 2 * inter)?;
-        let mut act = k.zeros::<u16>(t * inter)?;
+        let mut sc = match self.scratch.take() {
+            Some(sc) if sc.tokens >= t => sc,
+            // Room for the next few steps' growth too (prefill chunks vary).
+            _ => Scratch::new(k, c, t.next_power_of_two().max(16))?,
+        };
+        let Scratch { x, xn, q, k: kk, v: vv, attn, proj, gate_up, act, .. } = &mut sc;
+        k.embedding(st, &self.embed, &d_ids, x, h)?;
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
-            self.norm(&x, &layer.input_norm, &mut xn, t)?;
-            self.gemm(&layer.q, &xn, t, &mut q, 0, nh * hd)?;
-            self.gemm(&layer.k, &xn, t, &mut kk, 0, nkv * hd)?;
-            self.gemm(&layer.v, &xn, t, &mut vv, 0, nkv * hd)?;
-            k.rope(&mut q, &d_cos, &d_sin, t, nh, hd)?;
-            k.rope(&mut kk, &d_cos, &d_sin, t, nkv, hd)?;
+            self.norm(x, &layer.input_norm, xn, t)?;
+            self.gemm(&layer.q, xn, t, q, 0, nh * hd)?;
+            self.gemm(&layer.k, xn, t, kk, 0, nkv * hd)?;
+            self.gemm(&layer.v, xn, t, vv, 0, nkv * hd)?;
+            k.rope(q, &d_cos, &d_sin, t, nh, hd)?;
+            k.rope(kk, &d_cos, &d_sin, t, nkv, hd)?;
             let (kc, vc) = (&mut self.k_cache[li], &mut self.v_cache[li]);
-            k.write_kv(st, &kk, &vv, &d_slots, kc, vc, t, nkv * hd)?;
-            k.paged_attention(st, &q, kc, vc, &d_queries, &mut attn, nh, nkv, hd, bs, scale)?;
-            k.to_storage(st, &attn, &mut xn, t * nh * hd)?;
-            self.gemm(&layer.o, &xn, t, &mut proj, 0, h)?;
-            k.add(&mut x, &proj, t * h)?;
+            k.write_kv(st, kk, vv, &d_slots, kc, vc, t, nkv * hd)?;
+            k.paged_attention(st, q, kc, vc, &d_queries, attn, nh, nkv, hd, bs, scale)?;
+            k.to_storage(st, attn, xn, t * nh * hd)?;
+            self.gemm(&layer.o, xn, t, proj, 0, h)?;
+            k.add(x, proj, t * h)?;
 
-            self.norm(&x, &layer.post_norm, &mut xn, t)?;
-            self.gemm(&layer.gate, &xn, t, &mut gate_up, 0, 2 * inter)?;
-            self.gemm(&layer.up, &xn, t, &mut gate_up, inter, 2 * inter)?;
-            k.silu_mul(st, &gate_up, &mut act, t, inter)?;
-            self.gemm(&layer.down, &act, t, &mut proj, 0, h)?;
-            k.add(&mut x, &proj, t * h)?;
+            self.norm(x, &layer.post_norm, xn, t)?;
+            self.gemm(&layer.gate_up, xn, t, gate_up, 0, 2 * inter)?;
+            k.silu_mul(st, gate_up, act, t, inter)?;
+            self.gemm(&layer.down, act, t, proj, 0, h)?;
+            k.add(x, proj, t * h)?;
         }
 
         // Logits for the rows asked for, in one GEMM (as on the CPU).
@@ -376,13 +426,14 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
         } else {
             let r = rows.len();
             let mut sel = k.zeros::<f32>(r * h)?;
-            k.gather_rows(&x, &rows, &mut sel, h)?;
+            k.gather_rows(&sc.x, &rows, &mut sel, h)?;
             let mut seln = k.zeros::<u16>(r * h)?;
             self.norm(&sel, &self.norm, &mut seln, r)?;
             let mut out = k.zeros::<f32>(r * vocab)?;
             self.gemm(&self.lm_head, &seln, r, &mut out, 0, vocab)?;
             k.download(&out)?
         };
+        self.scratch = Some(sc);
         let mut out = Vec::with_capacity(seqs.len());
         let mut at = 0;
         for n in counts {

@@ -474,43 +474,45 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
     fn export_kv_blocks_into(&self, blocks: &[u32], out: &mut Vec<u8>) -> Result<()> {
         let layout = self.kv_layout().ok_or_else(|| EngineError::KvTransfer("no layout".into()))?;
         check_block_ids(blocks, self.num_blocks)?;
-        let part = layout.part_len();
         out.clear();
-        out.reserve(blocks.len() * layout.block_bytes());
-        let mut host = vec![0u16; part];
-        for &b in blocks {
-            let range = b as usize * part..(b as usize + 1) * part;
-            for (kc, vc) in self.k_cache.iter().zip(&self.v_cache) {
-                for buf in [kc, vc] {
-                    self.k.download_from(buf, range.start, &mut host)?;
-                    // Sized once, then filled in fixed chunks (a plain copy once compiled,
-                    // as the CPU cache's export).
-                    let start = out.len();
-                    out.resize(start + host.len() * 2, 0);
-                    for (d, v) in out[start..].chunks_exact_mut(2).zip(&host) {
-                        d.copy_from_slice(&v.to_le_bytes());
-                    }
-                }
-            }
+        if blocks.is_empty() {
+            return Ok(());
         }
-        self.k.synchronize()
+        // Every block of every layer packed on the device in the export layout (block by
+        // block: each layer's K part, then its V part), then one copy back.
+        let (part, layers) = (layout.part_len(), self.layers.len());
+        let stride = layers * 2 * part;
+        let ids = self.k.upload(blocks)?;
+        let mut packed = self.k.zeros::<u16>(blocks.len() * stride)?;
+        for (l, (kc, vc)) in self.k_cache.iter().zip(&self.v_cache).enumerate() {
+            self.k.gather_blocks(kc, &ids, &mut packed, part, stride, 2 * l * part)?;
+            self.k.gather_blocks(vc, &ids, &mut packed, part, stride, (2 * l + 1) * part)?;
+        }
+        out.resize(blocks.len() * layout.block_bytes(), 0);
+        let mut host = vec![0u16; packed.len()];
+        self.k.download_from(&packed, 0, &mut host)?;
+        // Little-endian values, in fixed chunks (a plain copy once compiled).
+        for (d, v) in out.chunks_exact_mut(2).zip(&host) {
+            d.copy_from_slice(&v.to_le_bytes());
+        }
+        Ok(())
     }
 
     fn import_kv_blocks(&mut self, blocks: &[u32], layout: &KvBlockLayout, data: &[u8]) -> Result<()> {
         let ours = self.kv_layout().ok_or_else(|| EngineError::KvTransfer("no layout".into()))?;
         ours.check_import(layout, blocks.len(), data.len())?;
         check_block_ids(blocks, self.num_blocks)?;
-        let part = ours.part_len();
-        let mut chunks = data.chunks_exact(part * ours.dtype.size());
-        for &b in blocks {
-            let range = b as usize * part..(b as usize + 1) * part;
-            for (kc, vc) in self.k_cache.iter_mut().zip(self.v_cache.iter_mut()) {
-                for buf in [kc, vc] {
-                    let bytes = chunks.next().unwrap_or_default();
-                    let host: Vec<u16> = bytes.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
-                    self.k.upload_into(&host, buf, range.start)?;
-                }
-            }
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let (part, layers) = (ours.part_len(), self.layers.len());
+        let stride = layers * 2 * part;
+        let host: Vec<u16> = data.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
+        let packed = self.k.upload(&host)?;
+        let ids = self.k.upload(blocks)?;
+        for (l, (kc, vc)) in self.k_cache.iter_mut().zip(self.v_cache.iter_mut()).enumerate() {
+            self.k.scatter_blocks(&packed, &ids, kc, part, stride, 2 * l * part)?;
+            self.k.scatter_blocks(&packed, &ids, vc, part, stride, (2 * l + 1) * part)?;
         }
         self.k.synchronize()
     }

@@ -258,6 +258,27 @@ __device__ void gather_rows(const float* x, const u32* rows, float* out, int hid
     for (int d = threadIdx.x; d < hidden; d += blockDim.x) out[(usize)i * hidden + d] = src[d];
 }
 
+// Whole cache blocks to and from the export layout (KvBlockLayout): block blocks[i] of
+// a layer's K or V cache (`part` values) is packed[i * stride + offset ..][..part].
+// Grid-stride over every value of every block.
+__device__ void gather_blocks(const u16* cache, const u32* blocks, u16* packed, usize n_blocks, usize part,
+                              usize stride, usize offset) {
+    usize n = n_blocks * part;
+    for (usize k = (usize)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (usize)gridDim.x * blockDim.x) {
+        usize i = k / part, j = k % part;
+        packed[i * stride + offset + j] = cache[(usize)blocks[i] * part + j];
+    }
+}
+
+__device__ void scatter_blocks(const u16* packed, const u32* blocks, u16* cache, usize n_blocks, usize part,
+                               usize stride, usize offset) {
+    usize n = n_blocks * part;
+    for (usize k = (usize)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (usize)gridDim.x * blockDim.x) {
+        usize i = k / part, j = k % part;
+        cache[(usize)blocks[i] * part + j] = packed[i * stride + offset + j];
+    }
+}
+
 // out[k] = offset + scale * u, u uniform in [-1, 1) from a hash of (seed, k): random
 // weights written on the device, for benchmarks of model shapes with no checkpoint.
 template <typename T>
@@ -324,4 +345,16 @@ extern "C" __global__ void add_bias_f32(float* y, const float* bias, unsigned lo
 
 extern "C" __global__ void gather_rows_f32(const float* x, const u32* rows, float* out, int hidden) {
     gather_rows(x, rows, out, hidden);
+}
+
+extern "C" __global__ void gather_blocks_u16(const u16* cache, const u32* blocks, u16* packed, unsigned long long n,
+                                             unsigned long long part, unsigned long long stride,
+                                             unsigned long long offset) {
+    gather_blocks(cache, blocks, packed, (usize)n, (usize)part, (usize)stride, (usize)offset);
+}
+
+extern "C" __global__ void scatter_blocks_u16(const u16* packed, const u32* blocks, u16* cache, unsigned long long n,
+                                              unsigned long long part, unsigned long long stride,
+                                              unsigned long long offset) {
+    scatter_blocks(packed, blocks, cache, (usize)n, (usize)part, (usize)stride, (usize)offset);
 }

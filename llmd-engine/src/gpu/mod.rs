@@ -45,7 +45,8 @@ pub const TYPED_KERNELS: &[&str] = &[
     "fill_uniform",
 ];
 /// Kernels with a single (f32) form.
-pub const PLAIN_KERNELS: &[&str] = &["rope_f32", "add_f32", "add_bias_f32", "gather_rows_f32"];
+pub const PLAIN_KERNELS: &[&str] =
+    &["rope_f32", "add_f32", "add_bias_f32", "gather_rows_f32", "gather_blocks_u16", "scatter_blocks_u16"];
 
 /// Every kernel entry point's name.
 pub fn kernel_names() -> Vec<String> {

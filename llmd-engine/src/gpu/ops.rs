@@ -332,6 +332,72 @@ impl<A: GpuApi> Kernels<A> {
         unsafe { self.launch("gather_rows_f32", rows(row_ids.len()), &args) }
     }
 
+    /// Packs whole blocks of a 16-bit cache (`part` values each) into `packed`: block
+    /// `blocks[i]` lands at `packed[i * stride + offset..][..part]` (the export layout,
+    /// one layer's K or V at a time).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gather_blocks(
+        &self,
+        cache: &DeviceBuffer<u16, A>,
+        blocks: &DeviceBuffer<u32, A>,
+        packed: &mut DeviceBuffer<u16, A>,
+        part: usize,
+        stride: usize,
+        offset: usize,
+    ) -> Result<()> {
+        self.blocks_op("gather_blocks_u16", cache, blocks, packed, part, stride, offset)
+    }
+
+    /// The inverse of [`Kernels::gather_blocks`]: `packed`'s blocks into the cache.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scatter_blocks(
+        &self,
+        packed: &DeviceBuffer<u16, A>,
+        blocks: &DeviceBuffer<u32, A>,
+        cache: &mut DeviceBuffer<u16, A>,
+        part: usize,
+        stride: usize,
+        offset: usize,
+    ) -> Result<()> {
+        self.blocks_op("scatter_blocks_u16", cache, blocks, packed, part, stride, offset)
+    }
+
+    /// Checks and launches a block gather or scatter; the block ids themselves are
+    /// checked by the caller against the cache's blocks.
+    #[allow(clippy::too_many_arguments)]
+    fn blocks_op(
+        &self,
+        name: &str,
+        cache: &DeviceBuffer<u16, A>,
+        blocks: &DeviceBuffer<u32, A>,
+        packed: &DeviceBuffer<u16, A>,
+        part: usize,
+        stride: usize,
+        offset: usize,
+    ) -> Result<()> {
+        let n = blocks.len();
+        if n == 0 {
+            return Ok(());
+        }
+        if offset + part > stride {
+            return Err(EngineError::Device(format!("blocks of {part} at {offset} in strides of {stride}")));
+        }
+        Self::check_len(packed, (n - 1) * stride + offset + part, "packed blocks")?;
+        let (first, second) = if name.starts_with("gather") { (cache, packed) } else { (packed, cache) };
+        let args = [
+            Arg::Ptr(first.ptr()),
+            Arg::Ptr(blocks.ptr()),
+            Arg::Ptr(second.ptr()),
+            Arg::U64(n as u64),
+            Arg::U64(part as u64),
+            Arg::U64(stride as u64),
+            Arg::U64(offset as u64),
+        ];
+        // SAFETY: matches gather_blocks_u16 / scatter_blocks_u16; packed's length is
+        // checked above, and the caller checks every block id against the cache.
+        unsafe { self.launch(name, elementwise(n * part), &args) }
+    }
+
     /// Stores each token's keys and values (f32, `slot_len` each) at its slot of a
     /// cache whose elements are `T` (`f32`, or `u16` holding f16 / bf16 bits with the
     /// matching `storage` name).

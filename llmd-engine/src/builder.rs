@@ -404,6 +404,8 @@ impl EngineBuilder {
 /// The model on GPU `device`, with as many KV blocks as asked or as the memory share
 /// leaves after the weights.
 fn gpu_backend(m: &LlamaModel, device: Device, b: &EngineBuilder) -> Result<(Box<dyn Backend>, usize)> {
+    #[cfg(not(any(feature = "cuda", feature = "rocm")))]
+    let _ = (m, b);
     match device {
         Device::Cpu => Err(EngineError::Device("the CPU is not a GPU".into())),
         #[cfg(feature = "cuda")]

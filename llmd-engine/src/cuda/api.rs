@@ -100,15 +100,15 @@ impl GpuApi for Cuda {
         Ok((ptr, mem))
     }
 
-    fn upload(&self, src: &[u8], dst: u64) -> Result<()> {
+    unsafe fn upload(&self, src: &[u8], dst: u64) -> Result<()> {
         self.bind()?;
-        // SAFETY: dst holds src.len() bytes (the caller's buffer); from pageable memory the
+        // SAFETY: dst holds src.len() bytes (the caller's contract); from pageable memory the
         // call returns once src has been staged, so src may be reused.
         unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
             .map_err(err("copying to the device"))
     }
 
-    fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+    unsafe fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
         self.bind()?;
         // SAFETY: src holds dst.len() bytes; the stream is synchronised before dst is read.
         unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
@@ -116,7 +116,7 @@ impl GpuApi for Cuda {
         self.synchronize()
     }
 
-    fn copy(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+    unsafe fn copy(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
         self.bind()?;
         // SAFETY: both hold `bytes` bytes (the caller's buffers).
         unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }

@@ -70,7 +70,15 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
     let name = ctx.name().map_err(|e| device_err(format!("reading CUDA device {ordinal}'s name: {e}")))?;
     let (free_memory, total_memory) =
         cudarc::driver::result::mem_get_info().map_err(|e| device_err(format!("reading device memory: {e}")))?;
-    Ok(DeviceInfo { ordinal, name, arch: format!("compute_{major}{minor}"), total_memory, free_memory })
+    let warp = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_WARP_SIZE)?;
+    Ok(DeviceInfo {
+        ordinal,
+        name,
+        arch: format!("compute_{major}{minor}"),
+        warp_size: warp.max(0) as u32,
+        total_memory,
+        free_memory,
+    })
 }
 
 /// Compiles [`kernels_source`] for `arch` (e.g. `compute_90`), as PTX the driver finishes for

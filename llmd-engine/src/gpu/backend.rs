@@ -41,6 +41,9 @@ struct DevLayer<A: GpuApi> {
     down: DevLinear<A>,
 }
 
+/// Tokens the activations grow by.
+const SCRATCH_STEP: usize = 256;
+
 /// A step's activations, kept between steps (a step overwrites all it reads) and grown
 /// when a step has more tokens than they hold.
 struct Scratch<A: GpuApi> {
@@ -390,8 +393,10 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
         let (d_cos, d_sin) = (k.upload(&cos)?, k.upload(&sin)?);
         let mut sc = match self.scratch.take() {
             Some(sc) if sc.tokens >= t => sc,
-            // Room for the next few steps' growth too (prefill chunks vary).
-            _ => Scratch::new(k, c, t.next_power_of_two().max(16))?,
+            // The old activations (dropped by the take) are freed before the new ones
+            // are made; rounded up to a multiple of SCRATCH_STEP tokens so prefill
+            // chunks of varying length do not regrow them each step.
+            _ => Scratch::new(k, c, t.div_ceil(SCRATCH_STEP) * SCRATCH_STEP)?,
         };
         let Scratch { x, xn, q, k: kk, v: vv, attn, proj, gate_up, act, .. } = &mut sc;
         k.embedding(st, &self.embed, &d_ids, x, h)?;
@@ -504,6 +509,11 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
         check_block_ids(blocks, self.num_blocks)?;
         if blocks.is_empty() {
             return Ok(());
+        }
+        // The blocks are written in parallel: one named twice would get a mix of both.
+        let mut seen = std::collections::HashSet::with_capacity(blocks.len());
+        if let Some(b) = blocks.iter().find(|&&b| !seen.insert(b)) {
+            return Err(EngineError::KvTransfer(format!("block {b} named twice in one import")));
         }
         let (part, layers) = (ours.part_len(), self.layers.len());
         let stride = layers * 2 * part;

@@ -68,6 +68,8 @@ pub struct DeviceInfo {
     /// The architecture the kernels are compiled for, e.g. `compute_90` or `gfx90a`
     /// (empty where the runtime compiler picks the device's own).
     pub arch: String,
+    /// Threads per warp (wavefront): 32 on NVIDIA and RDNA, 64 on CDNA.
+    pub warp_size: u32,
     /// Memory in all, bytes.
     pub total_memory: usize,
     /// Memory free now, bytes.
@@ -141,11 +143,20 @@ pub trait GpuApi: Send + Sized + 'static {
     /// `bytes` zeroed bytes of device memory, and their address.
     fn alloc_zeroed(&self, bytes: usize) -> Result<(u64, Self::Mem)>;
     /// Copies `src` to device address `dst`; `src` may be reused when this returns.
-    fn upload(&self, src: &[u8], dst: u64) -> Result<()>;
+    ///
+    /// # Safety
+    /// `dst` must be device memory of this device holding `src.len()` bytes.
+    unsafe fn upload(&self, src: &[u8], dst: u64) -> Result<()>;
     /// Copies from device address `src` into `dst`, after the work queued so far.
-    fn download(&self, src: u64, dst: &mut [u8]) -> Result<()>;
+    ///
+    /// # Safety
+    /// `src` must be device memory of this device holding `dst.len()` bytes.
+    unsafe fn download(&self, src: u64, dst: &mut [u8]) -> Result<()>;
     /// Copies `bytes` between device addresses.
-    fn copy(&self, src: u64, dst: u64, bytes: usize) -> Result<()>;
+    ///
+    /// # Safety
+    /// Both must be device memory of this device holding `bytes` bytes.
+    unsafe fn copy(&self, src: u64, dst: u64, bytes: usize) -> Result<()>;
     /// Queues kernel `name` with `args`.
     ///
     /// # Safety

@@ -55,12 +55,32 @@ impl<A: GpuApi> std::fmt::Debug for DeviceQueries<A> {
     }
 }
 
+/// One block per row; no blocks (nothing launched) for no rows.
 fn rows(rows: usize) -> Launch {
-    Launch { grid: rows.max(1) as u32, block: ROW_THREADS, shared: 0 }
+    Launch { grid: rows as u32, block: ROW_THREADS, shared: 0 }
 }
 
+/// Enough blocks for `n` values, at most MAX_ELEM_BLOCKS (the kernels stride); none for
+/// no values.
 fn elementwise(n: usize) -> Launch {
-    Launch { grid: n.div_ceil(ELEM_THREADS as usize).clamp(1, MAX_ELEM_BLOCKS) as u32, block: ELEM_THREADS, shared: 0 }
+    Launch { grid: n.div_ceil(ELEM_THREADS as usize).min(MAX_ELEM_BLOCKS) as u32, block: ELEM_THREADS, shared: 0 }
+}
+
+/// The kernels' storage suffix must name `T`'s width: f32 in 4 bytes, f16 and bf16 bits
+/// in 2.
+fn check_storage<T: Elem>(storage: &str) -> Result<()> {
+    let width = match storage {
+        "f32" => 4,
+        "f16" | "bf16" => 2,
+        other => return Err(EngineError::Device(format!("no storage type {other:?} (f32, f16 or bf16)"))),
+    };
+    if std::mem::size_of::<T>() != width {
+        return Err(EngineError::Device(format!(
+            "{storage} values are {width} bytes, the buffer's {}",
+            std::mem::size_of::<T>()
+        )));
+    }
+    Ok(())
 }
 
 fn int(v: usize, what: &str) -> Result<Arg> {
@@ -92,7 +112,8 @@ impl<A: GpuApi> Kernels<A> {
     /// Copies `data` to a new buffer.
     pub fn upload<T: Elem>(&self, data: &[T]) -> Result<DeviceBuffer<T, A>> {
         let buf = self.zeros::<T>(data.len())?;
-        self.api.upload(bytes(data), buf.ptr())?;
+        // SAFETY: buf holds data.len() values.
+        unsafe { self.api.upload(bytes(data), buf.ptr())? };
         Ok(buf)
     }
 
@@ -105,13 +126,15 @@ impl<A: GpuApi> Kernels<A> {
                 buf.len()
             )));
         }
-        self.api.upload(bytes(data), buf.ptr_at(at))
+        // SAFETY: the values from `at` on hold data (checked above).
+        unsafe { self.api.upload(bytes(data), buf.ptr_at(at)) }
     }
 
     /// Copies `buf` back.
     pub fn download<T: Elem>(&self, buf: &DeviceBuffer<T, A>) -> Result<Vec<T>> {
         let mut out = vec![T::default(); buf.len()];
-        self.api.download(buf.ptr(), bytes_mut(&mut out))?;
+        // SAFETY: buf holds out.len() values.
+        unsafe { self.api.download(buf.ptr(), bytes_mut(&mut out))? };
         Ok(out)
     }
 
@@ -124,12 +147,14 @@ impl<A: GpuApi> Kernels<A> {
                 buf.len()
             )));
         }
-        self.api.download(buf.ptr_at(at), bytes_mut(out))
+        // SAFETY: the values from `at` on cover out (checked above).
+        unsafe { self.api.download(buf.ptr_at(at), bytes_mut(out)) }
     }
 
     /// Copies `src` into `dst` on the device (the shorter one's length).
     pub fn copy<T: Elem>(&self, src: &DeviceBuffer<T, A>, dst: &mut DeviceBuffer<T, A>) -> Result<()> {
-        self.api.copy(src.ptr(), dst.ptr(), src.byte_len().min(dst.byte_len()))
+        // SAFETY: both hold at least the shorter one's bytes.
+        unsafe { self.api.copy(src.ptr(), dst.ptr(), src.byte_len().min(dst.byte_len())) }
     }
 
     /// Waits for everything launched so far.
@@ -138,8 +163,11 @@ impl<A: GpuApi> Kernels<A> {
     }
 
     /// # Safety
-    /// As [`GpuApi::launch`].
+    /// As [`GpuApi::launch`]. A launch of no blocks does nothing.
     unsafe fn launch(&self, name: &str, at: Launch, args: &[Arg]) -> Result<()> {
+        if at.grid == 0 {
+            return Ok(());
+        }
         // SAFETY: passed on to the caller.
         unsafe { self.api.launch(name, at, args) }
     }
@@ -160,6 +188,7 @@ impl<A: GpuApi> Kernels<A> {
         out: &mut DeviceBuffer<f32, A>,
         hidden: usize,
     ) -> Result<()> {
+        check_storage::<T>(storage)?;
         Self::check_len(out, ids.len() * hidden, "embedding")?;
         let args = [Arg::Ptr(table.ptr()), Arg::Ptr(ids.ptr()), Arg::Ptr(out.ptr()), int(hidden, "hidden")?];
         // SAFETY: the arguments match embedding_T's signature; out holds ids * hidden
@@ -181,6 +210,7 @@ impl<A: GpuApi> Kernels<A> {
         hidden: usize,
         eps: f32,
     ) -> Result<()> {
+        check_storage::<T>(storage)?;
         Self::check_len(x, n_rows * hidden, "rms_norm input")?;
         Self::check_len(out, n_rows * hidden, "rms_norm output")?;
         Self::check_len(weight, hidden, "rms_norm weight")?;
@@ -243,6 +273,7 @@ impl<A: GpuApi> Kernels<A> {
         tokens: usize,
         inter: usize,
     ) -> Result<()> {
+        check_storage::<T>(storage)?;
         Self::check_len(gate_up, tokens * 2 * inter, "silu_mul input")?;
         Self::check_len(out, tokens * inter, "silu_mul output")?;
         let args =
@@ -306,6 +337,7 @@ impl<A: GpuApi> Kernels<A> {
         out: &mut DeviceBuffer<T, A>,
         n: usize,
     ) -> Result<()> {
+        check_storage::<T>(storage)?;
         Self::check_len(x, n, "to_storage input")?;
         Self::check_len(out, n, "to_storage output")?;
         let args = [Arg::Ptr(x.ptr()), Arg::Ptr(out.ptr()), Arg::U64(n as u64)];
@@ -413,6 +445,7 @@ impl<A: GpuApi> Kernels<A> {
         tokens: usize,
         slot_len: usize,
     ) -> Result<()> {
+        check_storage::<T>(storage)?;
         Self::check_len(k, tokens * slot_len, "write_kv keys")?;
         Self::check_len(v, tokens * slot_len, "write_kv values")?;
         Self::check_len(slots, tokens, "write_kv slots")?;
@@ -457,6 +490,7 @@ impl<A: GpuApi> Kernels<A> {
         block_size: usize,
         scale: f32,
     ) -> Result<()> {
+        check_storage::<T>(storage)?;
         if queries.n == 0 {
             return Ok(());
         }
@@ -505,6 +539,7 @@ impl<A: GpuApi> Kernels<A> {
         offset: f32,
         scale: f32,
     ) -> Result<()> {
+        check_storage::<T>(storage)?;
         let n = out.len();
         let args = [Arg::Ptr(out.ptr()), Arg::U64(n as u64), Arg::U64(seed), Arg::F32(offset), Arg::F32(scale)];
         // SAFETY: matches fill_uniform_T, which writes n values.

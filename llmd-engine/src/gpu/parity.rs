@@ -279,6 +279,16 @@ pub(crate) fn exported_blocks_continue_identically_and_engines_agree<A: GpuApi>(
         .execute(&[SeqInput { tokens: last, start: 32, block_table: &[10, 11, 12], logits: LogitsWanted::Last }])
         .unwrap();
     assert_eq!(la, lb, "the same blocks, the same logits");
+    // The same bytes into the CPU engine (bf16 KV, the same layout) continue as the GPU
+    // does, within bf16 rounding: a layout mistake made alike in export and import would
+    // pass the GPU-to-GPU check above, not this one.
+    let mut cpu = ModelBackend::new(builtin::model(5).unwrap(), 32, 16, KvDtype::BF16).unwrap();
+    cpu.import_kv_blocks(&[10, 11], &layout, &bytes).unwrap();
+    let lc = cpu
+        .execute(&[SeqInput { tokens: last, start: 32, block_table: &[10, 11, 12], logits: LogitsWanted::Last }])
+        .unwrap();
+    let d = rel_diff(dense(&la[0]), dense(&lc[0]));
+    assert!(d < 0.15, "GPU blocks continued on the CPU differ by {d} standard deviations");
 
     // Whole engines, greedy: the GPU engine's tokens are the CPU engine's.
     let run = |backend: Box<dyn Backend>| {

@@ -3,6 +3,7 @@
 //! kernels' compile needs are declared (their C signatures are stable across releases).
 
 use std::ffi::{CString, c_char, c_int, c_void};
+use std::sync::OnceLock;
 
 use libloading::{Library, Symbol};
 
@@ -27,20 +28,25 @@ type Size = unsafe extern "C" fn(Program, *mut usize) -> c_int;
 type Get = unsafe extern "C" fn(Program, *mut c_char) -> c_int;
 type Destroy = unsafe extern "C" fn(*mut Program) -> c_int;
 
-fn open() -> Result<Library> {
-    for name in LIBRARIES {
-        // SAFETY: opening a shared library runs its initialisers; these are ROCm's own.
-        let Ok(lib) = (unsafe { Library::new(*name) }) else { continue };
-        // SAFETY: only checks that the symbol exists.
-        if unsafe { lib.get::<Create>(b"hiprtcCreateProgram\0") }.is_ok() {
-            return Ok(lib);
-        }
-    }
-    Err(device_err(format!(
-        "hiprtc not found (tried {}): install ROCm's hiprtc (e.g. Debian's libamdhip64-5, or ROCm's \
-         hip-runtime-amd) and put its lib directory on LD_LIBRARY_PATH",
-        LIBRARIES.join(", ")
-    )))
+/// hiprtc, loaded once and kept (it brings the compiler, LLVM, which is costly to load
+/// and unload).
+fn open() -> Result<&'static Library> {
+    static LIB: OnceLock<Option<Library>> = OnceLock::new();
+    let lib = LIB.get_or_init(|| {
+        LIBRARIES.iter().find_map(|name| {
+            // SAFETY: opening a shared library runs its initialisers; these are ROCm's own.
+            let lib = unsafe { Library::new(*name) }.ok()?;
+            // SAFETY: only checks that the symbol exists.
+            unsafe { lib.get::<Create>(b"hiprtcCreateProgram\0") }.is_ok().then_some(lib)
+        })
+    });
+    lib.as_ref().ok_or_else(|| {
+        device_err(format!(
+            "hiprtc not found (tried {}): install ROCm's hiprtc (e.g. Debian's libamdhip64-5, or ROCm's \
+             hip-runtime-amd) and put its lib directory on LD_LIBRARY_PATH",
+            LIBRARIES.join(", ")
+        ))
+    })
 }
 
 /// Whether hiprtc can be loaded.

@@ -85,6 +85,7 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
             ordinal,
             name: c_text(&props.name),
             arch: c_text(&props.gcnArchName),
+            warp_size: props.warpSize.max(0) as u32,
             total_memory: total,
             free_memory: free,
         })
@@ -92,9 +93,12 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
 }
 
 /// Compiles [`kernels_source`] for `arch` (e.g. `gfx90a`, or a device's full
-/// `gcnArchName` such as `gfx90a:sramecc+:xnack-`) into a code object.
-pub fn compile(arch: &str) -> Result<Vec<u8>> {
-    hiprtc::compile(&kernels_source(), &[format!("--offload-arch={arch}"), "-std=c++17".into(), "-O3".into()])
+/// `gcnArchName` such as `gfx90a:sramecc+:xnack-`) into a code object; `warp`, the
+/// device's wavefront width where known (else the compiler's for the architecture).
+pub fn compile(arch: &str, warp: Option<u32>) -> Result<Vec<u8>> {
+    let mut options = vec![format!("--offload-arch={arch}"), "-std=c++17".into(), "-O3".into()];
+    options.extend(warp.map(|w| format!("-DLLMD_WARP={w}")));
+    hiprtc::compile(&kernels_source(), &options)
 }
 
 /// A HIP stream, destroyed last (after every buffer freed on it).
@@ -116,10 +120,12 @@ impl Drop for Stream {
     }
 }
 
-/// One allocation, freed in stream order when dropped.
+/// One allocation, freed in stream order when dropped (or at once, after the stream's
+/// work, where the device has no stream-ordered allocator).
 pub struct HipMem {
     ptr: *mut c_void,
     stream: Arc<Stream>,
+    pooled: bool,
 }
 
 // SAFETY: device memory is not tied to a host thread.
@@ -127,9 +133,16 @@ unsafe impl Send for HipMem {}
 
 impl Drop for HipMem {
     fn drop(&mut self) {
-        // SAFETY: allocated by hipMallocAsync on this stream, freed once after the work
-        // queued on it.
-        unsafe { hip::hipFreeAsync(self.ptr, self.stream.0) };
+        // SAFETY: allocated on this stream (hipMallocAsync) or by hipMalloc, freed once
+        // after the work queued on the stream.
+        unsafe {
+            if self.pooled {
+                hip::hipFreeAsync(self.ptr, self.stream.0);
+            } else {
+                hip::hipStreamSynchronize(self.stream.0);
+                hip::hipFree(self.ptr);
+            }
+        }
     }
 }
 
@@ -176,7 +189,7 @@ impl GpuApi for Rocm {
 
     fn open(ordinal: usize) -> Result<Self> {
         let info = probe(ordinal)?;
-        let code = compile(&info.arch)?;
+        let code = compile(&info.arch, Some(info.warp_size).filter(|&w| w > 0))?;
         // SAFETY: plain HIP calls with valid out-pointers; the code object outlives the load.
         unsafe {
             let mut s: hip::hipStream_t = std::ptr::null_mut();
@@ -213,16 +226,21 @@ impl GpuApi for Rocm {
         self.select()?;
         let mut ptr: *mut c_void = std::ptr::null_mut();
         let bytes = bytes.max(1);
-        // SAFETY: ptr is written by the call; the memset covers the allocation.
+        // SAFETY: ptr is written by the calls; the memset covers the allocation.
         unsafe {
-            check(hip::hipMallocAsync(&mut ptr, bytes, self.stream.0), "allocating device memory")?;
-            let mem = HipMem { ptr, stream: self.stream.clone() };
+            // Stream-ordered where the device has a memory pool (beta in ROCm 5), else
+            // plain.
+            let pooled = hip::hipMallocAsync(&mut ptr, bytes, self.stream.0) == hip::hipError_t::hipSuccess;
+            if !pooled {
+                check(hip::hipMalloc(&mut ptr, bytes), "allocating device memory")?;
+            }
+            let mem = HipMem { ptr, stream: self.stream.clone(), pooled };
             check(hip::hipMemsetAsync(ptr, 0, bytes, self.stream.0), "zeroing device memory")?;
             Ok((ptr as u64, mem))
         }
     }
 
-    fn upload(&self, src: &[u8], dst: u64) -> Result<()> {
+    unsafe fn upload(&self, src: &[u8], dst: u64) -> Result<()> {
         self.select()?;
         // SAFETY: dst holds src.len() bytes; the stream is synchronised before returning,
         // so src may be reused (HIP may read pageable memory after an async call returns).
@@ -235,7 +253,7 @@ impl GpuApi for Rocm {
         self.synchronize()
     }
 
-    fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+    unsafe fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
         self.select()?;
         // SAFETY: src holds dst.len() bytes; the stream is synchronised before dst is read.
         unsafe {
@@ -247,7 +265,7 @@ impl GpuApi for Rocm {
         self.synchronize()
     }
 
-    fn copy(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+    unsafe fn copy(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
         self.select()?;
         // SAFETY: both hold `bytes` bytes.
         unsafe {

@@ -36,17 +36,27 @@ fn the_kernels_compile_for_every_architecture_llmd_targets() {
     assert!(hiprtc_available(), "hiprtc could not be loaded: is its lib directory on LD_LIBRARY_PATH?");
     // CDNA (MI100, MI200: wavefronts of 64) and RDNA 2 (wavefronts of 32), one after
     // another: hiprtc compiles one program at a time.
-    for arch in ["gfx908", "gfx90a", "gfx1030"] {
-        assert_code_object(&compile(arch).unwrap(), arch);
+    for (arch, warp) in [("gfx908", Some(64)), ("gfx90a", None), ("gfx1030", Some(32))] {
+        assert_code_object(&compile(arch, warp).unwrap(), arch);
     }
-    // The prelude takes the wavefront width from the compiler, per architecture.
-    let probe = |arch: &str, width: u32| {
+    // The prelude's width: the host's where given, else the compiler's per architecture.
+    let width = |arch: &str, width: u32, given: Option<u32>| {
         let src =
             format!("{HIP_PRELUDE}\nstatic_assert(WARP == {width}, \"width\");\nextern \"C\" __global__ void k() {{}}");
-        hiprtc::compile(&src, &[format!("--offload-arch={arch}")])
+        let mut opts = vec![format!("--offload-arch={arch}")];
+        opts.extend(given.map(|w| format!("-DLLMD_WARP={w}")));
+        hiprtc::compile(&src, &opts)
     };
-    probe("gfx90a", 64).unwrap();
-    probe("gfx1030", 32).unwrap();
+    width("gfx90a", 64, None).unwrap();
+    width("gfx1030", 32, None).unwrap();
+    width("gfx1030", 32, Some(32)).unwrap();
+    assert!(width("gfx90a", 64, Some(32)).is_err(), "the host's width wins");
+    // Where the compiler has no macro (ROCm 7.2 on), HIP's warpSize stands in: the
+    // kernels compile with it too.
+    let src =
+        kernels_source().replace("#if defined(LLMD_WARP)", "#if 0").replace("defined(__AMDGCN_WAVEFRONT_SIZE)", "0");
+    assert!(src.contains("#if 0") && src.contains("#elif 0"), "the prelude's branches moved");
+    assert_code_object(&hiprtc::compile(&src, &["--offload-arch=gfx90a".into()]).unwrap(), "gfx90a, warpSize");
     // A kernel that does not compile comes back with the compiler's log.
     let err = hiprtc::compile("extern \"C\" __global__ void k() { undeclared(); }", &["--offload-arch=gfx90a".into()])
         .unwrap_err()

@@ -1,0 +1,113 @@
+//! Stabilization, as HPA's `behavior` with its defaults: a scale-down takes the highest
+//! recommendation of its window (300 s), a scale-up the lowest of its own (0 s: at
+//! once); a scale-up adds at most the larger of 4 replicas and 100 % per decision, a
+//! scale-down removes any number. Scale from zero is never held back: requests are
+//! waiting on it.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AutoscaleError, Result};
+use crate::snapshot::{Decision, Reason};
+
+/// Windows and step limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct StabilizeConfig {
+    /// Seconds of recommendations a scale-up takes the lowest of.
+    pub scale_up_window: f64,
+    /// Seconds of recommendations a scale-down takes the highest of.
+    pub scale_down_window: f64,
+    /// A scale-up adds at most the larger of this many replicas…
+    pub max_step_up: u32,
+    /// …and this fraction of the current ones (1.0: doubling).
+    pub max_up_fraction: f64,
+    /// Most replicas removed per decision.
+    pub max_step_down: u32,
+}
+
+impl Default for StabilizeConfig {
+    fn default() -> Self {
+        StabilizeConfig {
+            scale_up_window: 0.0,
+            scale_down_window: 300.0,
+            max_step_up: 4,
+            max_up_fraction: 1.0,
+            max_step_down: u32::MAX,
+        }
+    }
+}
+
+impl StabilizeConfig {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        for (field, w) in [("scaleUpWindow", self.scale_up_window), ("scaleDownWindow", self.scale_down_window)] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(AutoscaleError::config(field, format!("{w} is not a duration")));
+            }
+        }
+        if self.max_step_up == 0 {
+            return Err(AutoscaleError::config("maxStepUp", "a step must allow at least one replica"));
+        }
+        if self.max_step_down == 0 {
+            return Err(AutoscaleError::config("maxStepDown", "a step must allow at least one replica"));
+        }
+        if !(self.max_up_fraction.is_finite() && self.max_up_fraction >= 0.0) {
+            return Err(AutoscaleError::config("maxUpFraction", format!("{} is not a fraction", self.max_up_fraction)));
+        }
+        Ok(())
+    }
+}
+
+/// Holds each variant's recent recommendations.
+#[derive(Debug, Clone)]
+pub struct Stabilizer {
+    config: StabilizeConfig,
+    history: BTreeMap<String, VecDeque<(f64, u32)>>,
+}
+
+impl Stabilizer {
+    /// A stabilizer under `config` (checked).
+    pub fn new(config: StabilizeConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Stabilizer { config, history: BTreeMap::new() })
+    }
+
+    /// The decisions to act on at `now` (seconds) given the policy's.
+    pub fn apply(&mut self, now: f64, decisions: &[Decision]) -> Vec<Decision> {
+        let c = &self.config;
+        let keep = c.scale_up_window.max(c.scale_down_window);
+        decisions
+            .iter()
+            .map(|d| {
+                let h = self.history.entry(d.variant.clone()).or_default();
+                h.push_back((now, d.desired));
+                while h.front().is_some_and(|&(t, _)| now - t > keep) {
+                    h.pop_front();
+                }
+                if d.reason == Reason::ScaleFromZero {
+                    return d.clone();
+                }
+                let within = |w: f64| h.iter().filter(move |&&(t, _)| now - t <= w).map(|&(_, r)| r);
+                let up = within(c.scale_up_window).min().unwrap_or(d.desired);
+                let down = within(c.scale_down_window).max().unwrap_or(d.desired);
+                let step =
+                    c.max_step_up.max((f64::from(d.current) * c.max_up_fraction).min(f64::from(u32::MAX)) as u32);
+                let desired = if up > d.current {
+                    up.min(d.current.saturating_add(step))
+                } else if down < d.current {
+                    down.max(d.current.saturating_sub(c.max_step_down))
+                } else {
+                    d.current
+                };
+                let mut out = d.clone();
+                if desired != d.desired {
+                    out.desired = desired;
+                    out.reason = Reason::Stabilized;
+                }
+                out
+            })
+            .collect()
+    }
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod autoscale_cmd;
 mod epp;
 mod manifests_cmd;
 mod sidecar_cmd;
@@ -34,7 +35,7 @@ enum Command {
     /// The prefill/decode routing sidecar beside a decode engine.
     Sidecar(sidecar_cmd::SidecarArgs),
     /// The SLO-aware autoscaler.
-    Autoscale(AutoscaleArgs),
+    Autoscale(autoscale_cmd::AutoscaleArgs),
     /// Run a named benchmark scenario against a URL or a fresh `up`.
     Bench(BenchArgs),
     /// KV-cache tools: block hashes and KV event decoding.
@@ -355,13 +356,6 @@ struct ServeArgs {
 }
 
 #[derive(Args, Debug)]
-struct AutoscaleArgs {
-    /// Replay a load trace offline instead of watching a cluster.
-    #[arg(long)]
-    simulate: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
 struct BenchArgs {
     /// Scenario names (files in benches/scenarios/) or paths to scenario YAMLs, comma
     /// separated; `all` runs every scenario but `smoke`.
@@ -475,7 +469,7 @@ fn main() -> Result<()> {
         Command::Serve(a) => serve(a),
         Command::Epp(a) => epp::epp(*a),
         Command::Sidecar(a) => sidecar_cmd::sidecar(a),
-        Command::Autoscale(_) => not_yet("autoscale", "the autoscaler"),
+        Command::Autoscale(a) => autoscale_cmd::autoscale(a),
         Command::Bench(a) => bench(a),
         Command::ExportTokenizer { dir } => {
             llmd::engine::ByteTokenizer::write_hf_files(&dir)?;
@@ -483,10 +477,6 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn not_yet(cmd: &str, part: &str) -> Result<()> {
-    bail!("`llmd {cmd}` is not available yet: {part} has not been built in this version")
 }
 
 fn kv_hash(a: HashArgs) -> Result<()> {

@@ -43,6 +43,10 @@
 //! # Ok::<(), llmd_autoscale::AutoscaleError>(())
 //! ```
 
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod error;
 mod model_based;
 mod policy;

@@ -38,6 +38,13 @@ pub struct ModelBasedConfig {
     /// Seconds in which the requests the picker holds should be served: they add
     /// `queued / queueDrainSeconds` to the arrival rate.
     pub queue_drain_seconds: f64,
+    /// Seconds ahead the load is planned for: a rising arrival rate is extrapolated
+    /// along its recent trend by this much (a replica's start-up plus a decision
+    /// interval is the natural value; 0 plans for the load now). A falling rate is not:
+    /// scale-down waits for the load itself.
+    pub lookahead_seconds: f64,
+    /// Seconds of arrival-rate history the trend is fitted over.
+    pub trend_window_seconds: f64,
 }
 
 impl Default for ModelBasedConfig {
@@ -47,13 +54,16 @@ impl Default for ModelBasedConfig {
             slo_itl: 0.05,
             headroom: 0.2,
             max_blocking: 0.001,
-            forgetting: 0.98,
+            // Several replicas report each decision: about 200 readings remembered.
+            forgetting: 0.995,
             profiles: BTreeMap::new(),
             // An 8B-class model on one H100-class GPU, roughly: 12 ms a step plus
             // 0.1 ms per request; 20 ms plus 0.1 ms per prompt token to prefill.
             default_profile: PerfProfile { alpha: 0.012, beta: 0.0001, gamma: 0.02, delta: 0.0001, max_batch: 256 },
             scale_to_zero_after: f64::INFINITY,
             queue_drain_seconds: 15.0,
+            lookahead_seconds: 75.0,
+            trend_window_seconds: 180.0,
         }
     }
 }
@@ -82,6 +92,13 @@ impl ModelBasedConfig {
                 format!("{} is not a duration", self.scale_to_zero_after),
             ));
         }
+        for (field, v) in
+            [("lookaheadSeconds", self.lookahead_seconds), ("trendWindowSeconds", self.trend_window_seconds)]
+        {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(AutoscaleError::config(field, format!("{v} is not a duration")));
+            }
+        }
         if !(self.queue_drain_seconds > 0.0 && self.queue_drain_seconds.is_finite()) {
             return Err(AutoscaleError::config(
                 "queueDrainSeconds",
@@ -103,6 +120,8 @@ pub struct ModelBasedPolicy {
     config: ModelBasedConfig,
     fits: BTreeMap<String, ProfileFit>,
     zero: ZeroGate,
+    /// (time, arrival rate) over the trend window.
+    rates: std::collections::VecDeque<(f64, f64)>,
 }
 
 impl ModelBasedPolicy {
@@ -110,12 +129,29 @@ impl ModelBasedPolicy {
     pub fn new(config: ModelBasedConfig) -> Result<Self> {
         config.validate()?;
         let zero = ZeroGate::new(config.scale_to_zero_after);
-        Ok(ModelBasedPolicy { config, fits: BTreeMap::new(), zero })
+        Ok(ModelBasedPolicy { config, fits: BTreeMap::new(), zero, rates: Default::default() })
     }
 
     /// The profile `variant` is planned with now.
     pub fn profile(&self, variant: &str) -> PerfProfile {
         self.fits.get(variant).map_or_else(|| self.prior(variant), ProfileFit::profile)
+    }
+
+    /// The arrival rate to plan for at `now`: the observed one, raised along its rising
+    /// trend (least squares over the window) by the lookahead.
+    fn planned_rate(&mut self, now: f64, rate: f64) -> f64 {
+        self.rates.push_back((now, rate));
+        while self.rates.front().is_some_and(|&(t, _)| now - t > self.config.trend_window_seconds) {
+            self.rates.pop_front();
+        }
+        let mut fit = crate::profile::LineFit::exact();
+        for &(t, r) in &self.rates {
+            fit.observe(t - now, r);
+        }
+        match fit.line_any_spread() {
+            Some((_, slope)) if slope > 0.0 => rate + slope * self.config.lookahead_seconds,
+            _ => rate,
+        }
     }
 
     fn prior(&self, variant: &str) -> PerfProfile {
@@ -181,7 +217,8 @@ impl Policy for ModelBasedPolicy {
         let to_zero = self.zero.idle_long_enough(s);
         // Requests held by the picker are load too, to be served within
         // queue_drain_seconds.
-        let mut lambda = s.load.arrival_rate + s.load.queued / self.config.queue_drain_seconds;
+        let mut lambda =
+            self.planned_rate(s.now, s.load.arrival_rate) + s.load.queued / self.config.queue_drain_seconds;
         let (input, output) = (s.load.avg_input_tokens, s.load.avg_output_tokens.max(1.0));
         let slo = self.config.slo();
         // Cost per request/s of capacity, cheapest first (ties by name).

@@ -53,6 +53,9 @@ impl PerfProfile {
     }
 }
 
+/// The least relative spread of x ([`LineFit::line`]).
+pub const MIN_SPREAD: f64 = 0.1;
+
 /// A least-squares line `y = a + b·x` over weighted observations, older ones weighed
 /// down by `forgetting` per observation (1: never forgotten).
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +78,11 @@ impl LineFit {
         Ok(LineFit { forgetting, w: 0.0, x: 0.0, y: 0.0, xx: 0.0, xy: 0.0, n: 0 })
     }
 
+    /// An empty fit that forgets nothing.
+    pub fn exact() -> Self {
+        LineFit { forgetting: 1.0, w: 0.0, x: 0.0, y: 0.0, xx: 0.0, xy: 0.0, n: 0 }
+    }
+
     /// Adds one observation (ignored unless both are finite).
     pub fn observe(&mut self, x: f64, y: f64) {
         if !(x.is_finite() && y.is_finite()) {
@@ -94,19 +102,33 @@ impl LineFit {
         self.n
     }
 
-    /// `(a, b)`, once the observations' x values spread enough to tell a slope (their
-    /// weighted variance above `1e-9` of their mean square).
+    /// `(a, b)`, once the observations' x values spread enough to tell a slope: their
+    /// weighted standard deviation at least [`MIN_SPREAD`] of their mean. (Window means
+    /// of prompt lengths barely move; a slope fitted through them is noise.)
     pub fn line(&self) -> Option<(f64, f64)> {
-        if self.n < 2 {
+        if self.n < 2 || self.w <= 0.0 {
             return None;
         }
         let det = self.w * self.xx - self.x * self.x;
-        if det <= 1e-9 * self.w * self.xx.max(f64::MIN_POSITIVE) {
+        let mean = self.x / self.w;
+        let var = det / (self.w * self.w);
+        if !(var > 0.0 && var.sqrt() >= MIN_SPREAD * mean.abs()) {
             return None;
         }
         let b = (self.w * self.xy - self.x * self.y) / det;
         let a = (self.y - b * self.x) / self.w;
         Some((a, b))
+    }
+
+    /// `(a, b)` whenever x varied at all (a trend over time, where x is spread by
+    /// construction).
+    pub fn line_any_spread(&self) -> Option<(f64, f64)> {
+        let det = self.w * self.xx - self.x * self.x;
+        if self.n < 2 || det <= 0.0 {
+            return None;
+        }
+        let b = (self.w * self.xy - self.x * self.y) / det;
+        Some(((self.y - b * self.x) / self.w, b))
     }
 
     /// The weighted mean of y (for a flat fit when x never varied).

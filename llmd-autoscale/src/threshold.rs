@@ -9,20 +9,25 @@ use crate::policy::Policy;
 use crate::snapshot::{Decision, ModelSnapshot, Reason};
 use crate::zero::ZeroGate;
 
-/// HPA's rule: `desired = ceil(current · average / target)`, unchanged while the ratio
-/// is within the tolerance (HPA's default 0.1).
+/// HPA's rule on two metrics: per metric `desired = ceil(current · average / target)`,
+/// the larger of the two taken, unchanged while the ratio is within the tolerance
+/// (HPA's default 0.1). KV usage alone stalls once batches are full (waiting requests
+/// hold no KV), so the waiting queue is the second metric, as vLLM autoscaling guides
+/// advise.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ThresholdConfig {
     /// Target average KV-cache usage.
     pub target_kv_usage: f64,
+    /// Target average waiting requests per replica.
+    pub target_waiting: f64,
     /// Ratio band around 1 within which nothing changes.
     pub tolerance: f64,
 }
 
 impl Default for ThresholdConfig {
     fn default() -> Self {
-        ThresholdConfig { target_kv_usage: 0.6, tolerance: 0.1 }
+        ThresholdConfig { target_kv_usage: 0.6, target_waiting: 5.0, tolerance: 0.1 }
     }
 }
 
@@ -40,6 +45,9 @@ impl ThresholdPolicy {
                 "targetKvUsage",
                 format!("{} is not in (0, 1]", config.target_kv_usage),
             ));
+        }
+        if !(config.target_waiting > 0.0 && config.target_waiting.is_finite()) {
+            return Err(AutoscaleError::config("targetWaiting", format!("{} is not positive", config.target_waiting)));
         }
         if !(0.0..1.0).contains(&config.tolerance) {
             return Err(AutoscaleError::config("tolerance", format!("{} is not in [0, 1)", config.tolerance)));
@@ -66,18 +74,24 @@ impl Policy for ThresholdPolicy {
                     d.reason = Reason::ScaleFromZero;
                     return d;
                 }
-                let usage: Vec<f64> = s.replicas.iter().filter(|r| r.variant == v.name).map(|r| r.kv_usage).collect();
-                if usage.is_empty() || v.ready == 0 {
+                let mine: Vec<_> = s.replicas.iter().filter(|r| r.variant == v.name).collect();
+                if mine.is_empty() || v.ready == 0 {
                     return d;
                 }
-                let ratio = usage.iter().sum::<f64>() / usage.len() as f64 / self.config.target_kv_usage;
+                let n = mine.len() as f64;
+                let kv = mine.iter().map(|r| r.kv_usage).sum::<f64>() / n / self.config.target_kv_usage;
+                let waiting = mine.iter().map(|r| r.waiting).sum::<f64>() / n / self.config.target_waiting;
+                let ratio = kv.max(waiting);
                 if (ratio - 1.0).abs() > self.config.tolerance {
                     let want = (f64::from(v.ready) * ratio).ceil() as u32;
                     d.desired = want.clamp(v.min.max(1), v.max);
-                    d.reason = if d.desired == want { Reason::Saturated } else { Reason::Bounded };
-                    if d.desired < v.current {
-                        d.reason = Reason::Spare;
-                    }
+                    d.reason = if d.desired != want {
+                        Reason::Bounded
+                    } else if d.desired < v.current {
+                        Reason::Spare
+                    } else {
+                        Reason::Saturated
+                    };
                 }
                 d
             })

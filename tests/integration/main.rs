@@ -6,6 +6,7 @@
 
 mod common;
 
+mod autoscale;
 mod bench;
 mod discovery;
 mod gateway_process;

@@ -1,11 +1,12 @@
 //! The trace simulator: replays an arrival trace against simulated replicas
-//! ([`replica`]: continuous batching with a variant's true performance profile, a
+//! (continuous batching with a variant's true performance profile, a
 //! start-up delay, draining) routed as the picker does (least requests held; held in a
 //! flow-control queue while no replica is ready), with a [`Policy`] deciding every
 //! `interval` seconds on the metrics the replicas report, through a [`Stabilizer`].
 //! Reports SLO attainment, replica-seconds (cost), scaling actions and a timeline.
 
 mod replica;
+pub mod scenario;
 pub mod svg;
 pub mod trace;
 

@@ -25,16 +25,71 @@ pub struct Replica {
 pub struct LocalCluster {
     /// The gateway's address.
     pub addr: SocketAddr,
-    /// Each replica's address (`replica-0`, `replica-1`, …): a decode replica's sidecar under P/D.
+    /// Each replica's address at start (`replica-0`, `replica-1`, …): a decode replica's
+    /// sidecar under P/D. [`add_replica`](Self::add_replica) and
+    /// [`drain_replica`](Self::drain_replica) change the running set.
     pub replicas: Vec<SocketAddr>,
-    /// Each replica as an endpoint (id, address, KV-event stream).
+    /// Each replica at start as an endpoint (id, address, KV-event stream).
     pub endpoints: Vec<Endpoint>,
     /// The picker core behind the gateway (its datastore takes endpoints at run time).
     pub picker: Arc<EndpointPicker>,
     /// The gateway (drain and cut its streams through it).
     pub gateway: Arc<Gateway>,
     stop: tokio::sync::broadcast::Sender<()>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    // Each engine server: its own stop, so one can be drained alone.
+    servers: std::sync::Mutex<Vec<ServerSlot>>,
+    next_index: std::sync::atomic::AtomicUsize,
+    pd: bool,
+}
+
+/// One engine server of the cluster.
+struct ServerSlot {
+    id: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A replica's server, stopped by the cluster's stop or its own.
+struct Started {
+    server: Server,
+    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    kv_events: Option<String>,
+}
+
+impl Started {
+    /// Starts serving; the returned slot stops this server alone.
+    fn spawn(self, id: String, cluster_stop: &tokio::sync::broadcast::Sender<()>) -> ServerSlot {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let all = until_stopped(cluster_stop);
+        let Started { server, listener, .. } = self;
+        let task = tokio::spawn(async move {
+            let stopped = async move {
+                tokio::select! {
+                    () = all => {}
+                    _ = rx => {}
+                }
+            };
+            let _ = server.serve(listener, stopped).await;
+        });
+        ServerSlot { id, stop: Some(tx), task: Some(task) }
+    }
+}
+
+/// Starts replica `r`'s engine server on a free loopback port (not yet serving).
+async fn start_server(r: Replica, index: usize, kv_transfer: Option<KvTransferConfig>) -> anyhow::Result<Started> {
+    let events = KvEventsConfig { endpoint: "tcp://127.0.0.1:0".into(), topic: format!("replica-{index}") };
+    let server = Server::start(
+        r.engine,
+        r.template,
+        ServerConfig { defaults: r.generation, kv_events: Some(events), kv_transfer, ..Default::default() },
+    )
+    .await?;
+    let kv_events = server.kv_events_endpoint().map(String::from);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    Ok(Started { server, addr, listener, kv_events })
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -157,7 +212,9 @@ impl LocalCluster {
         let mut endpoints = Vec::new();
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
+        let mut servers = Vec::new();
         let mut tokenizer = None;
+        let count = replicas.len();
         for (i, r) in replicas.into_iter().enumerate() {
             if tokenizer.is_none() {
                 // Tokenized exactly as the engines will: the same tokenizer and template.
@@ -167,7 +224,6 @@ impl LocalCluster {
                     Arc::new(PromptRenderer { tokenizer: Arc::new(cached), template: r.template.clone() });
                 tokenizer = Some(t);
             }
-            let events = KvEventsConfig { endpoint: "tcp://127.0.0.1:0".into(), topic: format!("replica-{i}") };
             let role = match pd_prefill {
                 None => Role::Both,
                 Some(p) if i < p => Role::Prefill,
@@ -181,19 +237,9 @@ impl LocalCluster {
                 same_host_shm: true,
                 ..Default::default()
             });
-            let server = Server::start(
-                r.engine,
-                r.template,
-                ServerConfig { defaults: r.generation, kv_events: Some(events), kv_transfer, ..Default::default() },
-            )
-            .await?;
-            let kv_events = server.kv_events_endpoint().map(String::from);
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            let stopped = until_stopped(&stop);
-            tasks.push(tokio::spawn(async move {
-                let _ = server.serve(listener, stopped).await;
-            }));
+            let started = start_server(r, i, kv_transfer).await?;
+            let (addr, kv_events) = (started.addr, started.kv_events.clone());
+            servers.push(started.spawn(format!("replica-{i}"), &stop));
             // A decode engine is reached through its sidecar, which runs the prefill leg.
             let target = if role == Role::Decode {
                 let sidecar = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -229,18 +275,78 @@ impl LocalCluster {
         tasks.push(tokio::spawn(async move {
             let _ = served.serve(listener, stopped).await;
         }));
-        Ok(LocalCluster { addr, replicas: addrs, endpoints, picker, gateway, stop, tasks })
+        Ok(LocalCluster {
+            addr,
+            replicas: addrs,
+            endpoints,
+            picker,
+            gateway,
+            stop,
+            tasks: std::sync::Mutex::new(tasks),
+            servers: std::sync::Mutex::new(servers),
+            next_index: std::sync::atomic::AtomicUsize::new(count),
+            pd: pd_prefill.is_some(),
+        })
+    }
+
+    /// Starts one more replica and adds it to the picker's datastore; returns its
+    /// endpoint (`replica-N`, N counting on from the replicas started before). Not
+    /// under P/D (each decode replica has its sidecar, each prefill its role).
+    pub async fn add_replica(&self, r: Replica) -> anyhow::Result<Endpoint> {
+        if self.pd {
+            anyhow::bail!("replicas cannot be added to a P/D cluster");
+        }
+        let i = self.next_index.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = start_server(r, i, None).await?;
+        let id = format!("replica-{i}");
+        let mut ep = Endpoint::new(id.clone(), started.addr.to_string(), Role::Both);
+        ep.kv_events = started.kv_events.clone();
+        let slot = started.spawn(id, &self.stop);
+        self.servers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(slot);
+        self.picker.writer().upsert(ep.clone());
+        tracing::info!(endpoint = %ep.id, address = %ep.address, "replica added");
+        Ok(ep)
+    }
+
+    /// Drains replica `id`: the picker stops sending it requests, its server finishes
+    /// the ones it has (the engine's drain), then it leaves the datastore. Nothing
+    /// accepted is lost.
+    pub async fn drain_replica(&self, id: &str) -> anyhow::Result<()> {
+        let (stop, task) = {
+            let mut servers = self.servers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let i =
+                servers.iter().position(|s| s.id == id).ok_or_else(|| anyhow::anyhow!("no running replica {id}"))?;
+            let slot = servers.remove(i);
+            (slot.stop, slot.task)
+        };
+        self.picker.writer().set_status(id, llmd_scheduler::EndpointStatus::Draining);
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.picker.writer().remove(id);
+        tracing::info!(endpoint = %id, "replica drained");
+        Ok(())
+    }
+
+    /// The replicas serving now (started and not drained), by id.
+    pub fn replica_ids(&self) -> Vec<String> {
+        self.servers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().map(|s| s.id.clone()).collect()
     }
 
     /// Stops the gateway and every replica (requests in flight finish), and waits for
     /// them. [`Gateway::cut_streams`] ends the streams still running when waiting
     /// longer is not an option.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.gateway.begin_drain();
         let _ = self.stop.send(());
         // Scrapers and KV subscribers would otherwise reconnect to the stopped replicas.
         self.picker.shutdown();
-        for t in self.tasks {
+        let servers = std::mem::take(&mut *self.servers.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for t in servers.into_iter().filter_map(|s| s.task).chain(tasks) {
             let _ = t.await;
         }
     }

@@ -25,6 +25,9 @@ pub use llmd_transfer as transfer;
 #[cfg(feature = "cli")]
 pub mod cluster;
 
+#[cfg(all(feature = "cli", feature = "autoscale"))]
+pub mod autoscaler;
+
 #[cfg(feature = "cli")]
 pub mod bench;
 

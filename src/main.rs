@@ -74,6 +74,19 @@ struct UpArgs {
     /// between them, and llm-d's P/D routing (or --config).
     #[arg(long, value_parser = parse_pd, conflicts_with = "replicas")]
     pd: Option<(usize, usize)>,
+    /// Autoscale between MIN and MAX replicas, `MIN:MAX` (e.g. `1:8`), starting from
+    /// --replicas (kept within them): every --autoscale-interval the autoscaler reads
+    /// the replicas' metrics, adds replicas or drains them (a drained replica finishes
+    /// what it holds). Not with --pd.
+    #[arg(long, value_parser = parse_autoscale, conflicts_with = "pd")]
+    autoscale: Option<(u32, u32)>,
+    /// The autoscaling policy: saturation (llm-d WVA's, with its defaults) or threshold
+    /// (HPA's rule on KV usage and waiting requests).
+    #[arg(long, default_value = "saturation", value_parser = ["saturation", "threshold"])]
+    autoscale_policy: String,
+    /// Seconds between autoscaling decisions.
+    #[arg(long, default_value_t = 15.0)]
+    autoscale_interval: f64,
     #[command(flatten)]
     gateway: GatewayArgs,
 
@@ -88,6 +101,15 @@ fn parse_pd(s: &str) -> std::result::Result<(usize, usize), String> {
     match (n(p), n(d)) {
         (Some(p), Some(d)) => Ok((p, d)),
         _ => Err(format!("{s:?}: P and D must be positive counts, e.g. 2:1")),
+    }
+}
+
+fn parse_autoscale(s: &str) -> std::result::Result<(u32, u32), String> {
+    let (lo, hi) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected MIN:MAX, e.g. 1:8"))?;
+    let n = |x: &str| x.trim().parse::<u32>().ok();
+    match (n(lo), n(hi)) {
+        (Some(lo), Some(hi)) if lo >= 1 && lo <= hi => Ok((lo, hi)),
+        _ => Err(format!("{s:?}: expected 1 <= MIN <= MAX, e.g. 1:8")),
     }
 }
 
@@ -654,16 +676,26 @@ fn up(a: UpArgs) -> Result<()> {
         (None, Some(_)) => SchedulerConfig::from_yaml(llmd::cluster::PD_ROUTING, "the P/D routing", &registry)?,
         (None, None) => presets::preset(&a.routing, &registry)?,
     };
-    let count = a.pd.map_or(a.replicas, |(p, d)| p + d);
-    let offload = a.engine.offload(None)?;
-    let mut replicas = Vec::with_capacity(count);
-    for _ in 0..count {
-        // Same arguments, same seed: every replica serves the same weights.
-        // Replicas on one GPU share its memory.
-        let share = a.engine.gpu_memory_utilization / count as f64;
-        let Built { engine, template, generation } = build_engine(&a.engine, offload.as_ref(), share)?;
-        replicas.push(Replica { engine, template, generation });
+    let count = match (a.pd, a.autoscale) {
+        (Some((p, d)), _) => p + d,
+        (None, Some((lo, hi))) => a.replicas.clamp(lo as usize, hi as usize),
+        (None, None) => a.replicas,
+    };
+    if a.autoscale.is_some() && !(a.autoscale_interval > 0.0 && a.autoscale_interval.is_finite()) {
+        bail!("--autoscale-interval {}: expected a positive number of seconds", a.autoscale_interval);
     }
+    let offload = a.engine.offload(None)?;
+    // Replicas on one GPU share its memory: as many as may run at once.
+    let share = a.engine.gpu_memory_utilization / a.autoscale.map_or(count, |(_, hi)| hi as usize) as f64;
+    // Same arguments, same seed: every replica serves the same weights.
+    let make = {
+        let (args, offload) = (a.engine.clone(), offload.clone());
+        move || -> Result<Replica> {
+            let Built { engine, template, generation } = build_engine(&args, offload.as_ref(), share)?;
+            Ok(Replica { engine, template, generation })
+        }
+    };
+    let replicas = (0..count).map(|_| make()).collect::<Result<Vec<_>>>()?;
     let model_name = replicas[0].engine.config().model_name.clone();
     let routing = match (&a.config, a.pd) {
         (Some(p), _) => p.display().to_string(),
@@ -682,9 +714,38 @@ fn up(a: UpArgs) -> Result<()> {
         let cluster = LocalCluster::start_opts(replicas, sched_cfg, a.engine.seed, &bind, opts)
             .await
             .with_context(|| format!("starting the local cluster on {bind}"))?;
-        let shape = match a.pd {
-            Some((p, d)) => format!("{p} prefill + {d} decode replicas (a routing sidecar per decode replica)"),
-            None => format!("{} replicas", a.replicas),
+        let cluster = std::sync::Arc::new(cluster);
+        let shape = match (a.pd, a.autoscale) {
+            (Some((p, d)), _) => format!("{p} prefill + {d} decode replicas (a routing sidecar per decode replica)"),
+            (None, Some((lo, hi))) => {
+                format!("{count} replicas, autoscaled between {lo} and {hi} ({} policy)", a.autoscale_policy)
+            }
+            (None, None) => format!("{count} replicas"),
+        };
+        let (stop_scaling, scaling) = match a.autoscale {
+            None => (None, None),
+            Some(bounds) => {
+                use llmd::autoscale::{
+                    SaturationConfig, SaturationPolicy, StabilizeConfig, ThresholdConfig, ThresholdPolicy,
+                };
+                let policy: Box<dyn llmd::autoscale::Policy> = match a.autoscale_policy.as_str() {
+                    "threshold" => Box::new(ThresholdPolicy::new(ThresholdConfig::default())?),
+                    _ => Box::new(SaturationPolicy::new(SaturationConfig::default())?),
+                };
+                let scaler = llmd::autoscaler::LocalAutoscaler::new(
+                    cluster.clone(),
+                    Box::new(make),
+                    policy,
+                    StabilizeConfig::default(),
+                    bounds,
+                )?;
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let interval = Duration::from_secs_f64(a.autoscale_interval);
+                let task = tokio::spawn(scaler.run(interval, async move {
+                    let _ = rx.await;
+                }));
+                (Some(tx), Some(task))
+            }
         };
         println!(
             "llmd up: {shape} of {model_name:?} behind http://{}/v1 (routing: {routing}); Ctrl-C to stop",
@@ -692,6 +753,11 @@ fn up(a: UpArgs) -> Result<()> {
         );
         let shutdown = llmd::shutdown::Shutdown::install();
         shutdown.begun().await;
+        // No more scaling; replicas being drained finish first.
+        if let (Some(stop), Some(task)) = (stop_scaling, scaling) {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         let gateway = cluster.gateway.clone();
         let stopping = cluster.shutdown();
         tokio::pin!(stopping);

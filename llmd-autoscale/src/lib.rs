@@ -1,6 +1,6 @@
 //! SLO-aware autoscaling for LLM serving, as runtime-free code: what to scale to, not
-//! how (the actuators live in the `llmd` binary: a `VariantAutoscaling` controller on
-//! Kubernetes and an in-process one for `llmd up`).
+//! how (actuators live with the runtime: the `llmd` crate's `autoscaler` scales an
+//! in-process cluster for `llmd up --autoscale`).
 //!
 //! - [`ModelSnapshot`]: one model's variants, their replicas' metrics (vLLM's names) and
 //!   the load, including the requests the picker's flow control holds.

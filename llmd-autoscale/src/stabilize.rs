@@ -1,8 +1,9 @@
 //! Stabilization, as HPA's `behavior` with its defaults: a scale-down takes the highest
 //! recommendation of its window (300 s), a scale-up the lowest of its own (0 s: at
 //! once); a scale-up adds at most the larger of 4 replicas and 100 % per decision, a
-//! scale-down removes any number. Scale from zero is never held back: requests are
-//! waiting on it.
+//! scale-down removes any number. A variant seen for the first time counts its current
+//! replicas as a recommendation, so nothing is removed before a window has passed.
+//! Scale from zero is never held back: requests are waiting on it.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -65,13 +66,14 @@ impl StabilizeConfig {
 pub struct Stabilizer {
     config: StabilizeConfig,
     history: BTreeMap<String, VecDeque<(f64, u32)>>,
+    seen: BTreeMap<String, (f64, u32)>,
 }
 
 impl Stabilizer {
     /// A stabilizer under `config` (checked).
     pub fn new(config: StabilizeConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Stabilizer { config, history: BTreeMap::new() })
+        Ok(Stabilizer { config, history: BTreeMap::new(), seen: BTreeMap::new() })
     }
 
     /// The decisions to act on at `now` (seconds) given the policy's.
@@ -81,6 +83,9 @@ impl Stabilizer {
         decisions
             .iter()
             .map(|d| {
+                // First sight: the count it has stands as a recommendation for the
+                // scale-down window, so nothing is removed before one has passed.
+                let (seen_at, seen_with) = *self.seen.entry(d.variant.clone()).or_insert((now, d.current));
                 let h = self.history.entry(d.variant.clone()).or_default();
                 h.push_back((now, d.desired));
                 while h.front().is_some_and(|&(t, _)| now - t > keep) {
@@ -91,7 +96,10 @@ impl Stabilizer {
                 }
                 let within = |w: f64| h.iter().filter(move |&&(t, _)| now - t <= w).map(|&(_, r)| r);
                 let up = within(c.scale_up_window).min().unwrap_or(d.desired);
-                let down = within(c.scale_down_window).max().unwrap_or(d.desired);
+                let mut down = within(c.scale_down_window).max().unwrap_or(d.desired);
+                if now - seen_at < c.scale_down_window {
+                    down = down.max(seen_with);
+                }
                 let step =
                     c.max_step_up.max((f64::from(d.current) * c.max_up_fraction).min(f64::from(u32::MAX)) as u32);
                 let desired = if up > d.current {

@@ -157,6 +157,10 @@ fn decision(current: u32, desired: u32) -> Vec<Decision> {
 fn scale_down_takes_the_highest_recommendation_of_its_window() {
     let mut s = Stabilizer::new(StabilizeConfig::default()).unwrap();
     assert_eq!(s.apply(0.0, &decision(4, 6))[0].desired, 6, "up at once (within the step)");
+    // Seen for the first time: what it has stands for a window, so no removal yet.
+    let mut fresh = Stabilizer::new(StabilizeConfig::default()).unwrap();
+    assert_eq!(fresh.apply(0.0, &decision(4, 2))[0].desired, 4);
+    assert_eq!(fresh.apply(301.0, &decision(4, 2))[0].desired, 2);
     let mut s = Stabilizer::new(StabilizeConfig::default()).unwrap();
     assert_eq!(s.apply(0.0, &decision(4, 4))[0].desired, 4);
     // Recommendations fall, but the window (300 s) still holds a 4: hold.
@@ -195,8 +199,8 @@ fn alternating_recommendations_do_not_flap() {
             current = d[0].desired;
         }
     }
-    // Down once (no history yet), up once, then the 5s in every window hold it.
-    assert_eq!((current, changes), (5, 2));
+    // Up once, then the 5s in every window hold it.
+    assert_eq!((current, changes), (5, 1));
 }
 
 // ---- profiles and the queueing model ------------------------------------------------

@@ -30,3 +30,156 @@ fn simulate_prints_the_policies_and_writes_the_svg() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmd::autoscale::{Reason, SaturationConfig, SaturationPolicy, StabilizeConfig};
+use llmd::autoscaler::LocalAutoscaler;
+use llmd::cluster::{LocalCluster, Replica};
+use llmd::engine::LatencyModel;
+use llmd::scheduler::{PluginRegistry, presets};
+use serde_json::json;
+
+/// A simulated replica with a small KV cache (64 blocks of 16 tokens): three of the
+/// test's requests fill it, the rest wait.
+fn small() -> anyhow::Result<Replica> {
+    let latency = LatencyModel {
+        step_overhead: Duration::from_millis(2),
+        per_prefill_token: Duration::from_micros(10),
+        per_decode_seq: Duration::from_micros(50),
+        per_context_token: Duration::ZERO,
+        per_transfer_token: Duration::ZERO,
+        per_onboard_token: Duration::ZERO,
+        per_disk_token: Duration::ZERO,
+    };
+    let built = llmd::engine::EngineBuilder::sim(latency)
+        .served_model_name("llmd-sim")
+        .num_blocks(64)
+        .max_model_len(1024)
+        .seed(1)
+        .build()?;
+    Ok(Replica { engine: built.engine, template: built.template, generation: built.generation })
+}
+
+/// Sends `n` requests of 300 output tokens each; returns their tasks, each yielding the
+/// HTTP status and the tokens generated.
+#[allow(clippy::unwrap_used)] // a test helper outside #[test] fns
+fn burst(base: &str, n: usize) -> Vec<tokio::task::JoinHandle<(u16, u64)>> {
+    let client = reqwest::Client::new();
+    (0..n)
+        .map(|i| {
+            let (client, url) = (client.clone(), format!("{base}/v1/completions"));
+            tokio::spawn(async move {
+                let body = json!({
+                    "model": "llmd-sim",
+                    "prompt": format!("request {i}: ") + &"word ".repeat(20),
+                    "max_tokens": 300,
+                    "ignore_eos": true,
+                });
+                let resp = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap_or_default();
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                (status, v["usage"]["completion_tokens"].as_u64().unwrap_or(0))
+            })
+        })
+        .collect()
+}
+
+/// Scrapes until every running replica reports saturation (≥ 5 waiting or KV ≥ 0.8),
+/// at most 10 s.
+async fn until_saturated(cluster: &LocalCluster) -> bool {
+    crate::common::eventually(Duration::from_secs(10), async || {
+        cluster.picker.scrape_once().await;
+        let running = cluster.replica_ids();
+        cluster.picker.datastore().with_endpoints(|all| {
+            let mine: Vec<_> = all.iter().filter(|e| running.contains(&e.id)).collect();
+            mine.len() == running.len() && mine.iter().all(|e| e.metrics.waiting >= 5 || e.metrics.kv_usage >= 0.8)
+        })
+    })
+    .await
+}
+
+/// `llmd up --autoscale`'s actuator on simulated replicas under a stepped load: bursts
+/// that saturate the replicas they reach add replicas (the picker routes to them), the
+/// end of the load drains back to the minimum, a replica drained with requests in
+/// flight finishes them, and every request is answered in full. Decisions are made at
+/// chosen instants (no timer), so the test waits only on the requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_rise_under_load_and_drain_after_it_without_losing_a_request() {
+    let reg = PluginRegistry::with_builtins();
+    let cluster = LocalCluster::start(vec![small().unwrap()], presets::preset("load", &reg).unwrap(), 1, "127.0.0.1:0")
+        .await
+        .unwrap();
+    let cluster = Arc::new(cluster);
+    let base = format!("http://{}", cluster.addr);
+    let policy = SaturationPolicy::new(SaturationConfig::default()).unwrap();
+    let stabilize = StabilizeConfig { scale_down_window: 0.0, ..StabilizeConfig::default() };
+    let mut scaler =
+        LocalAutoscaler::new(cluster.clone(), Box::new(small), Box::new(policy), stabilize, (1, 4)).unwrap();
+    assert!(
+        LocalAutoscaler::new(
+            cluster.clone(),
+            Box::new(small),
+            Box::new(SaturationPolicy::new(Default::default()).unwrap()),
+            StabilizeConfig::default(),
+            (0, 4)
+        )
+        .is_err()
+    );
+
+    // Step up: each burst saturates the replica it lands on, and a decision adds one.
+    let mut requests = Vec::new();
+    let mut sizes = vec![1];
+    for step in 0..2 {
+        requests.extend(burst(&base, 16));
+        assert!(until_saturated(&cluster).await, "step {step}: no replica saturated");
+        let d = scaler.tick(15.0 * f64::from(step)).await.unwrap();
+        assert_eq!((d.desired, d.reason), (d.current + 1, Reason::Saturated), "{d:?}");
+        sizes.push(cluster.replica_ids().len());
+    }
+    assert_eq!(sizes, [1, 2, 3], "replicas rose");
+
+    // A replica drained with requests in flight finishes them.
+    let busy = burst(&base, 6);
+    let holding = crate::common::eventually(Duration::from_secs(10), async || {
+        cluster
+            .picker
+            .datastore()
+            .with_endpoints(|all| all.iter().any(|e| e.id == "replica-2" && e.inflight.requests > 0))
+    })
+    .await;
+    assert!(holding, "the newest replica took some of the burst");
+    cluster.drain_replica("replica-2").await.unwrap();
+    requests.extend(busy);
+
+    // Every request answered in full.
+    for r in requests {
+        assert_eq!(r.await.unwrap(), (200, 300));
+    }
+
+    // Step down: idle replicas drain, one per decision (WVA's step), to the minimum.
+    cluster.add_replica(small().unwrap()).await.unwrap();
+    let mut t = 60.0;
+    while cluster.replica_ids().len() > 1 && t < 300.0 {
+        cluster.picker.scrape_once().await;
+        let d = scaler.tick(t).await.unwrap();
+        assert!(d.desired <= d.current, "{d:?}");
+        scaler.drained().await;
+        t += 15.0;
+    }
+    assert_eq!(cluster.replica_ids().len(), 1, "back to the minimum");
+    let after = burst(&base, 2);
+    for r in after {
+        assert_eq!(r.await.unwrap(), (200, 300), "the remaining replica serves");
+    }
+    drop(scaler);
+    cluster.shutdown().await;
+}

@@ -276,6 +276,8 @@ pub struct EndpointPicker {
     objectives: std::sync::RwLock<crate::objectives::Objectives>,
     // The burst producers' windows, joined before the pick.
     burst: Vec<crate::plugins::burst::BurstWindow>,
+    // Requests that reached admission: an autoscaler's arrival count.
+    arrived: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for EndpointPicker {
@@ -411,6 +413,7 @@ impl EndpointPicker {
             latency_producers,
             objectives: Default::default(),
             burst,
+            arrived: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -587,6 +590,7 @@ impl EndpointPicker {
     /// ends ([`InFlightGuard::hold`]). The request's priority is its InferenceObjective's
     /// ([`set_objectives`](Self::set_objectives)), 0 without one.
     pub async fn admit(&self, req: &LlmRequest, body_len: u64) -> Result<Option<FlowPermit>, FlowRejection> {
+        self.arrived.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let priority = self.objectives.read().unwrap_or_else(|p| p.into_inner()).priority_of(&req.headers);
         let mut permit = None;
         if let Some(fc) = &self.scheduler.config().flow_control {
@@ -615,6 +619,18 @@ impl EndpointPicker {
             }
         }
         Ok(permit)
+    }
+
+    /// Requests that have reached admission since the picker started, admitted or not:
+    /// what an autoscaler reads as the arrival count.
+    pub fn requests_arrived(&self) -> u64 {
+        self.arrived.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests the flow-control gate holds now (`llm_d_epp_flow_control_queue_size`
+    /// summed over flows); 0 with flow control off.
+    pub fn flow_queued(&self) -> usize {
+        self.flow.get().map_or(0, FlowGate::queued)
     }
 
     /// Sets the InferenceObjectives requests name for their priority (replacing any

@@ -1,0 +1,186 @@
+//! The autoscaler acting on an in-process cluster (`llmd up --autoscale MIN:MAX`):
+//! every interval it reads the picker's datastore (each replica's scraped
+//! `vllm:` metrics), the picker's arrival count and flow-control queue, asks its
+//! [`Policy`] through a [`Stabilizer`], and starts replicas or drains them. A drained
+//! replica leaves the picker first and finishes what it holds: nothing accepted is lost.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmd_autoscale::{
+    Decision, Load, ModelSnapshot, Policy, Reason, ReplicaMetrics, StabilizeConfig, Stabilizer, VariantState,
+};
+use llmd_scheduler::EndpointStatus;
+
+use crate::cluster::{LocalCluster, Replica};
+
+/// Makes a new replica (the same model and settings as the others).
+pub type ReplicaFactory = Box<dyn Fn() -> anyhow::Result<Replica> + Send + Sync>;
+
+/// The one variant a local cluster runs.
+const VARIANT: &str = "local";
+
+/// See the module docs.
+pub struct LocalAutoscaler {
+    cluster: Arc<LocalCluster>,
+    factory: ReplicaFactory,
+    policy: Box<dyn Policy>,
+    stabilizer: Stabilizer,
+    min: u32,
+    max: u32,
+    last: Option<(f64, u64)>,
+    drains: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LocalAutoscaler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalAutoscaler")
+            .field("policy", &self.policy.name())
+            .field("min", &self.min)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalAutoscaler {
+    /// Scales `cluster` between `min` and `max` replicas (`min` at least 1: with no
+    /// replica the gateway has nowhere to hold requests).
+    pub fn new(
+        cluster: Arc<LocalCluster>,
+        factory: ReplicaFactory,
+        policy: Box<dyn Policy>,
+        stabilize: StabilizeConfig,
+        (min, max): (u32, u32),
+    ) -> anyhow::Result<Self> {
+        if min == 0 || min > max {
+            anyhow::bail!("--autoscale {min}:{max}: expected 1 <= MIN <= MAX");
+        }
+        Ok(LocalAutoscaler {
+            cluster,
+            factory,
+            policy,
+            stabilizer: Stabilizer::new(stabilize)?,
+            min,
+            max,
+            last: None,
+            drains: Vec::new(),
+        })
+    }
+
+    /// What the policy sees at `now` (seconds on the caller's clock).
+    pub fn snapshot(&mut self, now: f64) -> ModelSnapshot {
+        let running = self.cluster.replica_ids();
+        let replicas: Vec<ReplicaMetrics> = self.cluster.picker.datastore().with_endpoints(|all| {
+            all.iter()
+                .filter(|e| running.contains(&e.id) && e.status == EndpointStatus::Ready)
+                .map(|e| ReplicaMetrics {
+                    name: e.id.clone(),
+                    variant: VARIANT.into(),
+                    kv_usage: e.metrics.kv_usage,
+                    waiting: e.metrics.waiting as f64,
+                    running: e.metrics.running as f64,
+                    itl: None,
+                    ttft: None,
+                    prefill_time: None,
+                    prefill_rate: None,
+                })
+                .collect()
+        });
+        let arrived = self.cluster.picker.requests_arrived();
+        let arrival_rate = match self.last {
+            Some((t, n)) if now > t => arrived.saturating_sub(n) as f64 / (now - t),
+            _ => 0.0,
+        };
+        self.last = Some((now, arrived));
+        let current = running.len() as u32;
+        let variant = VariantState {
+            name: VARIANT.into(),
+            cost: 1.0,
+            current,
+            // In-process replicas serve as soon as they are added.
+            ready: current,
+            min: self.min,
+            max: self.max,
+        };
+        ModelSnapshot {
+            model: String::new(),
+            now,
+            variants: vec![variant],
+            replicas,
+            load: Load { arrival_rate, queued: self.cluster.picker.flow_queued() as f64, ..Load::default() },
+        }
+    }
+
+    /// One decision at `now` (seconds on the caller's clock), acted on: replicas
+    /// started, or drained in the background (the least busy first).
+    pub async fn tick(&mut self, now: f64) -> anyhow::Result<Decision> {
+        let snapshot = self.snapshot(now);
+        let decisions = self.policy.decide(&snapshot)?;
+        let stabilized = self.stabilizer.apply(now, &decisions);
+        let Some(mut d) = stabilized.into_iter().next() else {
+            anyhow::bail!("the policy decided nothing");
+        };
+        d.desired = d.desired.clamp(self.min, self.max);
+        if d.desired != d.current {
+            tracing::info!(
+                policy = self.policy.name(),
+                from = d.current,
+                to = d.desired,
+                reason = ?d.reason,
+                arrival_rate = snapshot.load.arrival_rate,
+                "scaling"
+            );
+        }
+        for _ in d.current..d.desired {
+            let replica = (self.factory)()?;
+            self.cluster.add_replica(replica).await?;
+        }
+        if d.desired < d.current {
+            let mut by_load: Vec<(f64, String)> =
+                snapshot.replicas.iter().map(|r| (r.running + r.waiting, r.name.clone())).collect();
+            by_load.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
+            for (_, id) in by_load.into_iter().take((d.current - d.desired) as usize) {
+                let cluster = self.cluster.clone();
+                self.drains.push(tokio::spawn(async move {
+                    if let Err(e) = cluster.drain_replica(&id).await {
+                        tracing::warn!(replica = %id, error = %e, "drain failed");
+                    }
+                }));
+            }
+        }
+        self.drains.retain(|t| !t.is_finished());
+        if d.reason == Reason::Hold && d.desired != d.current {
+            d.reason = Reason::Bounded;
+        }
+        Ok(d)
+    }
+
+    /// Waits for the drains started so far.
+    pub async fn drained(&mut self) {
+        for t in self.drains.drain(..) {
+            let _ = t.await;
+        }
+    }
+
+    /// Decides every `interval` until `stop` resolves (then waits for drains in flight).
+    pub async fn run(mut self, interval: Duration, stop: impl Future<Output = ()>) {
+        let started = tokio::time::Instant::now();
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                _ = ticks.tick() => {
+                    // The picker's scrape is what the policy reads: fresh before each decision.
+                    self.cluster.picker.scrape_once().await;
+                    if let Err(e) = self.tick(started.elapsed().as_secs_f64()).await {
+                        tracing::warn!(error = %e, "autoscaling decision failed");
+                    }
+                }
+            }
+        }
+        self.drained().await;
+    }
+}

@@ -19,6 +19,47 @@ enum AutoscaleCommand {
     /// attainment and replica-seconds. Scenario constants: llmd-autoscale's
     /// `sim::scenario` (BENCHMARKS.md).
     Simulate(SimulateArgs),
+    /// Decide for the `VariantAutoscaling` resources (`llmd.ai/v1alpha1`, llm-d WVA's)
+    /// of a namespace: every interval, read each target Deployment's ready pods'
+    /// `/metrics`, decide per model, and write the Deployment's scale (unless
+    /// --dry-run), the resource's status and WVA's metrics (`wva_desired_replicas`...).
+    Kube(KubeArgs),
+}
+
+#[derive(Args, Debug)]
+struct KubeArgs {
+    /// The namespace to watch (default: $NAMESPACE, else `default`).
+    #[arg(long, env = "NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// A kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster
+    /// service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// saturation (llm-d WVA's, with its defaults) or model (model-based: profiles
+    /// fitted from the pods' latency histograms, TTFT/ITL objectives below).
+    #[arg(long, default_value = "saturation", value_parser = ["saturation", "model"])]
+    policy: String,
+    /// The model-based policy's mean TTFT objective, seconds.
+    #[arg(long, default_value_t = 0.5)]
+    slo_ttft: f64,
+    /// The model-based policy's mean ITL objective, seconds.
+    #[arg(long, default_value_t = 0.05)]
+    slo_itl: f64,
+    /// Seconds between passes.
+    #[arg(long, default_value_t = 15.0)]
+    interval: f64,
+    /// Advisory: write status and metrics, never the scale.
+    #[arg(long)]
+    dry_run: bool,
+    /// One pass, then exit (for scripts and CronJobs).
+    #[arg(long)]
+    once: bool,
+    /// Address for `/metrics` (WVA's metrics); loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1")]
+    metrics_host: String,
+    /// Port for `/metrics` (0: none).
+    #[arg(long, default_value_t = 9090)]
+    metrics_port: u16,
 }
 
 #[derive(Args, Debug)]
@@ -49,7 +90,81 @@ struct SimulateArgs {
 pub(crate) fn autoscale(a: AutoscaleArgs) -> Result<()> {
     match a.command {
         AutoscaleCommand::Simulate(s) => simulate(s),
+        AutoscaleCommand::Kube(k) => kube(k),
     }
+}
+
+fn kube(a: KubeArgs) -> Result<()> {
+    use llmd::autoscale::{ModelBasedConfig, ModelBasedPolicy, SaturationConfig, SaturationPolicy, StabilizeConfig};
+    use llmd::autoscaler::kube::KubeAutoscaler;
+
+    if !(a.interval > 0.0 && a.interval.is_finite()) {
+        anyhow::bail!("--interval {}: expected a positive number of seconds", a.interval);
+    }
+    let (policy, ttft, itl) = (a.policy.clone(), a.slo_ttft, a.slo_itl);
+    let make: Box<dyn Fn() -> Result<Box<dyn llmd::autoscale::Policy>> + Send + Sync> = Box::new(move || {
+        Ok(match policy.as_str() {
+            "model" => Box::new(ModelBasedPolicy::new(ModelBasedConfig {
+                slo_ttft: ttft,
+                slo_itl: itl,
+                ..Default::default()
+            })?),
+            _ => Box::new(SaturationPolicy::new(SaturationConfig::default())?),
+        })
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let client = crate::epp::kube_client_from(a.kubeconfig.as_ref()).await?;
+        let mut scaler = KubeAutoscaler::new(client, &a.namespace, make, StabilizeConfig::default(), a.dry_run)?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        scaler.metrics().register(&mut registry);
+        let registry = std::sync::Arc::new(registry);
+        if a.metrics_port != 0 {
+            let bind = format!("{}:{}", a.metrics_host, a.metrics_port);
+            let listener = tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("binding {bind}"))?;
+            println!("llmd autoscale: metrics on http://{}/metrics", listener.local_addr()?);
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let registry = registry.clone();
+                    async move {
+                        let mut text = String::new();
+                        match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                            Ok(()) => (axum::http::StatusCode::OK, text),
+                            Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                        }
+                    }
+                }),
+            );
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+        let started = std::time::Instant::now();
+        let mode = if a.dry_run { "advisory (dry run)" } else { "scaling" };
+        println!("llmd autoscale: {} policy on namespace {:?}, {mode}", a.policy, a.namespace);
+        let shutdown = llmd::shutdown::Shutdown::install();
+        loop {
+            match scaler.reconcile(started.elapsed().as_secs_f64()).await {
+                Ok(decisions) => {
+                    for (va, d) in decisions {
+                        println!("{va}: {} -> {} ({:?})", d.current, d.desired, d.reason);
+                    }
+                }
+                Err(e) => {
+                    if a.once {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %format!("{e:#}"), "autoscaling pass failed");
+                }
+            }
+            if a.once {
+                return Ok(());
+            }
+            tokio::select! {
+                () = shutdown.begun() => return Ok(()),
+                () = tokio::time::sleep(std::time::Duration::from_secs_f64(a.interval)) => {}
+            }
+        }
+    })
 }
 
 fn simulate(a: SimulateArgs) -> Result<()> {

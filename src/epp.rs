@@ -379,8 +379,14 @@ fn identity() -> String {
 }
 
 async fn kube_client(k: &KubeArgs) -> Result<llmd::k8s::kube::Client> {
+    kube_client_from(k.kubeconfig.as_ref()).await
+}
+
+/// A client from `kubeconfig`, else $KUBECONFIG / ~/.kube/config, else the in-cluster
+/// service account.
+pub(crate) async fn kube_client_from(kubeconfig: Option<&PathBuf>) -> Result<llmd::k8s::kube::Client> {
     use llmd::k8s::kube;
-    let config = match &k.kubeconfig {
+    let config = match kubeconfig {
         Some(path) => {
             let file =
                 kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;

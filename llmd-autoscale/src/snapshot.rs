@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{AutoscaleError, Result};
 
 /// One replica, from its engine's `/metrics`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaMetrics {
     /// The replica (pod) name.
     pub name: String,

@@ -159,8 +159,10 @@ impl FakeApiServer {
     /// Starts a server on `127.0.0.1` with an ephemeral port, serving the built-in types:
     /// core v1 Pod and ConfigMap, `coordination.k8s.io/v1` Lease,
     /// `inference.networking.k8s.io/v1` InferencePool,
-    /// `inference.networking.x-k8s.io/v1alpha2` InferencePool and InferenceObjective, and
-    /// `llm-d.ai/v1alpha2` InferenceObjective.
+    /// `inference.networking.x-k8s.io/v1alpha2` InferencePool and InferenceObjective,
+    /// `llm-d.ai/v1alpha2` InferenceObjective, `llmd.ai/v1alpha1` VariantAutoscaling, and
+    /// `apps/v1` Deployment with its `scale` subresource (`spec.replicas`; the test sets
+    /// `status`).
     pub async fn start() -> std::io::Result<FakeApiServer> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
@@ -172,6 +174,8 @@ impl FakeApiServer {
             ("inference.networking.x-k8s.io", "v1alpha2", "InferencePool", "inferencepools", true),
             ("inference.networking.x-k8s.io", "v1alpha2", "InferenceObjective", "inferenceobjectives", true),
             ("llm-d.ai", "v1alpha2", "InferenceObjective", "inferenceobjectives", true),
+            ("llmd.ai", "v1alpha1", "VariantAutoscaling", "variantautoscalings", true),
+            ("apps", "v1", "Deployment", "deployments", true),
         ];
         let types = builtin.iter().map(|&(g, v, k, p, n)| ResourceType::new(g, v, k, p, n)).collect();
         let shared = Arc::new(Shared {
@@ -460,9 +464,10 @@ impl Store {
             return Err(not_found_path());
         };
         let namespaced = self.types[ty].namespaced;
+        let scalable = self.types[ty].kind == "Deployment";
         if (ns.is_some() && !namespaced)
             || (name.is_some() && namespaced && ns.is_none())
-            || sub.is_some_and(|s| s != "status")
+            || sub.is_some_and(|s| s != "status" && !(s == "scale" && scalable))
         {
             return Err(not_found_path());
         }
@@ -478,6 +483,9 @@ impl Store {
             };
         };
         let key = (ty, ns.unwrap_or_default().to_owned(), name.to_owned());
+        if sub == Some("scale") {
+            return Ok(reply(self.scale(&key, req)));
+        }
         let on_status = sub.is_some();
         let res = match *req.method {
             Method::GET => self.objects.get(&key).cloned().map(|o| (200, o)).ok_or_else(|| self.not_found(&key)),
@@ -620,6 +628,42 @@ impl Store {
         merge_patch(&mut merged, &patch);
         let obj = if on_status { with_status_of(stored, &merged) } else { merged };
         Ok((code, self.write(key.clone(), obj)))
+    }
+
+    /// A Deployment's `scale` subresource (`autoscaling/v1` Scale): reads `spec.replicas`,
+    /// `status.replicas` and the selector; a PUT or PATCH sets `spec.replicas`.
+    fn scale(&mut self, key: &Key, req: &Req<'_>) -> Reply {
+        let stored = self.objects.get(key).cloned().ok_or_else(|| self.not_found(key))?;
+        let obj = match *req.method {
+            Method::GET => stored,
+            Method::PUT | Method::PATCH => {
+                let body = parse_object(req.body)?;
+                let Some(n) = body.pointer("/spec/replicas").and_then(Value::as_i64) else {
+                    let m = "the Scale has no spec.replicas".to_string();
+                    return Err(status(422, "Invalid", m, None));
+                };
+                let mut updated = stored;
+                merge_patch(&mut updated, &json!({"spec": {"replicas": n}}));
+                self.write(key.clone(), updated)
+            }
+            _ => return Err(method_not_allowed()),
+        };
+        let selector = obj
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")
+            })
+            .unwrap_or_default();
+        let meta = &obj["metadata"];
+        let scale = json!({
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "resourceVersion": meta["resourceVersion"], "uid": meta["uid"]},
+            "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+            "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+        });
+        Ok((200, scale))
     }
 
     fn delete_req(&mut self, key: &Key, body: &[u8]) -> Reply {

@@ -31,6 +31,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod autoscaling;
 pub mod discovery;
 #[cfg(feature = "client")]
 pub mod election;

@@ -183,3 +183,105 @@ async fn replicas_rise_under_load_and_drain_after_it_without_losing_a_request() 
     drop(scaler);
     cluster.shutdown().await;
 }
+
+/// The Kubernetes actuator against the in-process API server: a `VariantAutoscaling`
+/// names a Deployment whose two pods are simulated engines on loopback. Saturated, a
+/// pass scales the Deployment 2 → 3 through its `scale` subresource and writes the
+/// resource's status and WVA's metrics; a dry run (advisory) writes the status and
+/// leaves the scale alone; a missing target is a condition, not a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variant_autoscaling_scales_its_deployment_on_a_fake_api_server() {
+    use llmd::autoscaler::kube::KubeAutoscaler;
+    use llmd::k8s::fake::FakeApiServer;
+    use llmd::k8s::kube;
+
+    const NS: &str = "llm";
+    let server = FakeApiServer::start().await.unwrap();
+    let reg = PluginRegistry::with_builtins();
+    let cluster = LocalCluster::start(
+        vec![small().unwrap(), small().unwrap()],
+        presets::preset("load", &reg).unwrap(),
+        1,
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap();
+    for (i, addr) in cluster.replicas.iter().enumerate() {
+        server.apply(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("vllm-{i}"), "namespace": NS, "labels": {"app": "vllm"},
+                         "annotations": {"prometheus.io/port": addr.port().to_string()}},
+            "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+        }));
+    }
+    server.apply(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "vllm", "namespace": NS},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "vllm"}},
+                 "template": {"metadata": {"labels": {"app": "vllm"}}, "spec": {"containers": [{"name": "vllm", "image": "vllm"}]}}},
+        "status": {"replicas": 2, "readyReplicas": 2},
+    }));
+    // WVA v0.5's manifest, with llmd's bounds annotation.
+    server.apply(json!({
+        "apiVersion": "llmd.ai/v1alpha1", "kind": "VariantAutoscaling",
+        "metadata": {"name": "vllm-h100", "namespace": NS, "annotations": {"autoscaling.llmd.ai/max-replicas": "4"}},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "vllm"}, "modelID": "llmd-sim", "variantCost": "10.0"},
+    }));
+    server.apply(json!({
+        "apiVersion": "llmd.ai/v1alpha1", "kind": "VariantAutoscaling",
+        "metadata": {"name": "orphan", "namespace": NS},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "gone"}, "modelID": "other"},
+    }));
+    let config = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_yaml(NS)).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await.unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let saturation = || -> anyhow::Result<Box<dyn llmd::autoscale::Policy>> {
+        Ok(Box::new(SaturationPolicy::new(SaturationConfig::default())?))
+    };
+
+    // Both engines saturated by bursts through the gateway.
+    let base = format!("http://{}", cluster.addr);
+    let requests = burst(&base, 30);
+    assert!(until_saturated(&cluster).await, "the engines never saturated");
+
+    let stabilize = StabilizeConfig { scale_down_window: 0.0, ..StabilizeConfig::default() };
+    let mut advisory = KubeAutoscaler::new(client.clone(), NS, Box::new(saturation), stabilize.clone(), true).unwrap();
+    let decided = advisory.reconcile(0.0).await.unwrap();
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!((decided[0].1.current, decided[0].1.desired), (2, 3));
+    let deployment = server.get("apps/v1", "Deployment", NS, "vllm").unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 2, "a dry run leaves the scale alone");
+    let va = server.get("llmd.ai/v1alpha1", "VariantAutoscaling", NS, "vllm-h100").unwrap();
+    assert_eq!(va["status"]["desiredOptimizedAlloc"]["numReplicas"], 3, "{va}");
+    assert_eq!(va["status"]["actuation"]["applied"], false);
+
+    let mut scaler = KubeAutoscaler::new(client, NS, Box::new(saturation), stabilize, false).unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    scaler.metrics().register(&mut registry);
+    let decided = scaler.reconcile(0.0).await.unwrap();
+    assert_eq!((decided[0].1.current, decided[0].1.desired), (2, 3));
+    let deployment = server.get("apps/v1", "Deployment", NS, "vllm").unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 3, "scaled through the scale subresource");
+    let va = server.get("llmd.ai/v1alpha1", "VariantAutoscaling", NS, "vllm-h100").unwrap();
+    assert_eq!(va["status"]["actuation"]["applied"], true);
+    let conditions = va["status"]["conditions"].as_array().unwrap();
+    for kind in ["TargetResolved", "MetricsAvailable", "OptimizationReady"] {
+        assert!(conditions.iter().any(|c| c["type"] == kind && c["status"] == "True"), "{kind}: {conditions:?}");
+    }
+    let orphan = server.get("llmd.ai/v1alpha1", "VariantAutoscaling", NS, "orphan").unwrap();
+    let reasons: Vec<&str> =
+        orphan["status"]["conditions"].as_array().unwrap().iter().filter_map(|c| c["reason"].as_str()).collect();
+    assert!(reasons.contains(&"TargetNotFound"), "{orphan}");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("wva_desired_replicas{variant_name=\"vllm-h100\",namespace=\"llm\"} 3"), "{text}");
+    assert!(
+        text.contains("wva_replica_scaling_total{variant_name=\"vllm-h100\",namespace=\"llm\",direction=\"up\""),
+        "{text}"
+    );
+
+    for r in requests {
+        assert_eq!(r.await.unwrap(), (200, 300));
+    }
+    cluster.shutdown().await;
+}

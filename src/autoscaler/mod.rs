@@ -15,6 +15,10 @@ use llmd_scheduler::EndpointStatus;
 
 use crate::cluster::{LocalCluster, Replica};
 
+#[cfg(feature = "k8s")]
+pub mod kube;
+pub mod scrape;
+
 /// Makes a new replica (the same model and settings as the others).
 pub type ReplicaFactory = Box<dyn Fn() -> anyhow::Result<Replica> + Send + Sync>;
 

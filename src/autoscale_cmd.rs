@@ -60,6 +60,20 @@ struct KubeArgs {
     /// Port for `/metrics` (0: none).
     #[arg(long, default_value_t = 9090)]
     metrics_port: u16,
+    /// `MODEL=URL`: the endpoint picker's `/metrics` for a model (repeatable). Requests
+    /// its flow control holds (`llm_d_epp_flow_control_queue_size`) count as load, and
+    /// bring a variant at zero replicas back to one.
+    #[arg(long, value_parser = parse_epp)]
+    epp_metrics: Vec<(String, String)>,
+}
+
+fn parse_epp(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((m, u)) if !m.is_empty() && (u.starts_with("http://") || u.starts_with("https://")) => {
+            Ok((m.to_string(), u.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected MODEL=http://HOST:PORT/metrics")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +130,9 @@ fn kube(a: KubeArgs) -> Result<()> {
     rt.block_on(async move {
         let client = crate::epp::kube_client_from(a.kubeconfig.as_ref()).await?;
         let mut scaler = KubeAutoscaler::new(client, &a.namespace, make, StabilizeConfig::default(), a.dry_run)?;
+        for (model, url) in &a.epp_metrics {
+            scaler.epp_metrics(model, url);
+        }
         let mut registry = prometheus_client::registry::Registry::default();
         scaler.metrics().register(&mut registry);
         let registry = std::sync::Arc::new(registry);

@@ -1,6 +1,7 @@
 //! SLO-aware autoscaling for LLM serving, as runtime-free code: what to scale to, not
 //! how (actuators live with the runtime: the `llmd` crate's `autoscaler` scales an
-//! in-process cluster for `llmd up --autoscale`).
+//! in-process cluster for `llmd up --autoscale`, and Deployments named by
+//! `VariantAutoscaling` resources for `llmd autoscale kube`).
 //!
 //! - [`ModelSnapshot`]: one model's variants, their replicas' metrics (vLLM's names) and
 //!   the load, including the requests the picker's flow control holds.

@@ -9,6 +9,10 @@
 //!   `OptimizationReady`;
 //! - WVA's metrics for an HPA or KEDA to consume: `wva_desired_replicas`,
 //!   `wva_current_replicas`, `wva_desired_ratio`, `wva_replica_scaling_total`.
+//!
+//! Scale from zero: with a model's endpoint picker named ([`KubeAutoscaler::epp_metrics`]),
+//! the requests its flow control holds count as load, and a variant at zero replicas
+//! gets one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -93,6 +97,7 @@ pub struct KubeAutoscaler {
     windows: Windows,
     http: reqwest::Client,
     metrics: Arc<WvaMetrics>,
+    epp: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for KubeAutoscaler {
@@ -134,7 +139,37 @@ impl KubeAutoscaler {
             windows: Windows::default(),
             http,
             metrics: Arc::new(WvaMetrics::default()),
+            epp: BTreeMap::new(),
         })
+    }
+
+    /// Reads `model`'s held requests from its endpoint picker's `/metrics` at `url`
+    /// (`llm_d_epp_flow_control_queue_size`, or its deprecated name): requests held
+    /// with no replica bring one back (scale from zero, as WVA's loop does).
+    pub fn epp_metrics(&mut self, model: impl Into<String>, url: impl Into<String>) {
+        self.epp.insert(model.into(), url.into());
+    }
+
+    /// Requests `model`'s picker holds; 0 when unknown (logged).
+    async fn held(&self, model: &str) -> f64 {
+        let Some(url) = self.epp.get(model) else { return 0.0 };
+        let text = match self.http.get(url).send().await {
+            Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+            Ok(r) => {
+                tracing::warn!(model, status = %r.status(), "reading the picker's metrics");
+                return 0.0;
+            }
+            Err(e) => {
+                tracing::warn!(model, error = %e, "reading the picker's metrics");
+                return 0.0;
+            }
+        };
+        llmd_scheduler::scrape::samples(&text)
+            .filter(|(name, _, _)| {
+                matches!(*name, "llm_d_epp_flow_control_queue_size" | "inference_extension_flow_control_queue_size")
+            })
+            .map(|(_, _, v)| v.max(0.0))
+            .sum()
     }
 
     /// Its WVA metrics (register them with [`WvaMetrics::register`]).
@@ -267,6 +302,7 @@ impl KubeAutoscaler {
                 arrival_rate: reads.iter().map(|r| r.finished_rate).sum(),
                 avg_input_tokens: mean(|r| r.prompt),
                 avg_output_tokens: mean(|r| r.output),
+                queued: self.held(&model).await,
                 ..Load::default()
             };
             let snapshot = ModelSnapshot {
@@ -288,7 +324,16 @@ impl KubeAutoscaler {
                 }
                 let Some(m) = self.models.get_mut(&model) else { continue };
                 let decided = m.policy.decide(&snapshot)?;
-                m.stabilizer.apply(now, &decided)
+                let mut stabilized = m.stabilizer.apply(now, &decided);
+                // Bounds hold at once, whatever the window says.
+                for (d, v) in stabilized.iter_mut().zip(&snapshot.variants) {
+                    let inside = d.desired.clamp(v.min, v.max);
+                    if inside != d.desired {
+                        d.desired = inside;
+                        d.reason = llmd_autoscale::Reason::Bounded;
+                    }
+                }
+                stabilized
             };
             for v in variants {
                 let name = v.va.metadata.name.clone().unwrap_or_default();

@@ -12,6 +12,7 @@ use llmd_autoscale::{
     Decision, Load, ModelSnapshot, Policy, Reason, ReplicaMetrics, StabilizeConfig, Stabilizer, VariantState,
 };
 use llmd_scheduler::EndpointStatus;
+use scrape::Windows;
 
 use crate::cluster::{LocalCluster, Replica};
 
@@ -35,7 +36,12 @@ pub struct LocalAutoscaler {
     max: u32,
     last: Option<(f64, u64)>,
     drains: Vec<tokio::task::JoinHandle<()>>,
+    http: reqwest::Client,
+    windows: Windows,
 }
+
+/// How long a replica's `/metrics` may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl std::fmt::Debug for LocalAutoscaler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,8 +54,9 @@ impl std::fmt::Debug for LocalAutoscaler {
 }
 
 impl LocalAutoscaler {
-    /// Scales `cluster` between `min` and `max` replicas (`min` at least 1: with no
-    /// replica the gateway has nowhere to hold requests).
+    /// Scales `cluster` between `min` and `max` replicas. `min` 0 (scale to zero) needs
+    /// the picker's flow control on: it holds requests while no replica runs, and the
+    /// requests it holds bring one back.
     pub fn new(
         cluster: Arc<LocalCluster>,
         factory: ReplicaFactory,
@@ -57,9 +64,17 @@ impl LocalAutoscaler {
         stabilize: StabilizeConfig,
         (min, max): (u32, u32),
     ) -> anyhow::Result<Self> {
-        if min == 0 || min > max {
-            anyhow::bail!("--autoscale {min}:{max}: expected 1 <= MIN <= MAX");
+        if min > max {
+            anyhow::bail!("--autoscale {min}:{max}: expected MIN <= MAX");
         }
+        let holds = cluster.picker.scheduler().config().flow_control.as_ref().is_some_and(|f| f.enabled);
+        if min == 0 && !holds {
+            anyhow::bail!(
+                "--autoscale {min}:{max}: scaling to zero needs the picker's flow control, which holds requests \
+                 while no replica runs"
+            );
+        }
+        let http = reqwest::Client::builder().timeout(SCRAPE_TIMEOUT).build()?;
         Ok(LocalAutoscaler {
             cluster,
             factory,
@@ -69,28 +84,40 @@ impl LocalAutoscaler {
             max,
             last: None,
             drains: Vec::new(),
+            http,
+            windows: Windows::default(),
         })
     }
 
-    /// What the policy sees at `now` (seconds on the caller's clock).
-    pub fn snapshot(&mut self, now: f64) -> ModelSnapshot {
+    /// What the policy sees at `now` (seconds on the caller's clock): each serving
+    /// replica's `/metrics` read into a window (gauges, latency means), the picker's
+    /// arrival count as the rate, its flow-control queue as held requests.
+    pub async fn snapshot(&mut self, now: f64) -> ModelSnapshot {
         let running = self.cluster.replica_ids();
-        let replicas: Vec<ReplicaMetrics> = self.cluster.picker.datastore().with_endpoints(|all| {
+        let targets: Vec<(String, String)> = self.cluster.picker.datastore().with_endpoints(|all| {
             all.iter()
                 .filter(|e| running.contains(&e.id) && e.status == EndpointStatus::Ready)
-                .map(|e| ReplicaMetrics {
-                    name: e.id.clone(),
-                    variant: VARIANT.into(),
-                    kv_usage: e.metrics.kv_usage,
-                    waiting: e.metrics.waiting as f64,
-                    running: e.metrics.running as f64,
-                    itl: None,
-                    ttft: None,
-                    prefill_time: None,
-                    prefill_rate: None,
-                })
+                .map(|e| (e.id.clone(), format!("http://{}/metrics", e.address)))
                 .collect()
         });
+        let mut readings = Vec::with_capacity(targets.len());
+        for (id, url) in targets {
+            match self.http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => {
+                    let text = r.text().await.unwrap_or_default();
+                    readings.push(self.windows.read(&id, VARIANT, &text, now));
+                }
+                Ok(r) => tracing::warn!(replica = %id, status = %r.status(), "reading metrics"),
+                Err(e) => tracing::warn!(replica = %id, error = %e, "reading metrics"),
+            }
+        }
+        self.windows.retain(&running);
+        let mean = |pick: fn(&scrape::Reading) -> (f64, f64)| {
+            let (sum, n) = readings.iter().map(pick).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+            if n > 0.0 { sum / n } else { 0.0 }
+        };
+        let (avg_input_tokens, avg_output_tokens) = (mean(|r| r.prompt), mean(|r| r.output));
+        let replicas: Vec<ReplicaMetrics> = readings.into_iter().map(|r| r.metrics).collect();
         let arrived = self.cluster.picker.requests_arrived();
         let arrival_rate = match self.last {
             Some((t, n)) if now > t => arrived.saturating_sub(n) as f64 / (now - t),
@@ -112,14 +139,20 @@ impl LocalAutoscaler {
             now,
             variants: vec![variant],
             replicas,
-            load: Load { arrival_rate, queued: self.cluster.picker.flow_queued() as f64, ..Load::default() },
+            load: Load {
+                arrival_rate,
+                avg_input_tokens,
+                avg_output_tokens,
+                queued: self.cluster.picker.flow_queued() as f64,
+                ..Load::default()
+            },
         }
     }
 
     /// One decision at `now` (seconds on the caller's clock), acted on: replicas
     /// started, or drained in the background (the least busy first).
     pub async fn tick(&mut self, now: f64) -> anyhow::Result<Decision> {
-        let snapshot = self.snapshot(now);
+        let snapshot = self.snapshot(now).await;
         let decisions = self.policy.decide(&snapshot)?;
         let stabilized = self.stabilizer.apply(now, &decisions);
         let Some(mut d) = stabilized.into_iter().next() else {
@@ -139,6 +172,11 @@ impl LocalAutoscaler {
         for _ in d.current..d.desired {
             let replica = (self.factory)()?;
             self.cluster.add_replica(replica).await?;
+        }
+        if d.desired > d.current {
+            // Read the new replicas now: the picker judges a replica it has never read as
+            // saturated, and requests held for one would wait for its next scrape.
+            self.cluster.picker.scrape_once().await;
         }
         if d.desired < d.current {
             let mut by_load: Vec<(f64, String)> =

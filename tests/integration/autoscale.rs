@@ -285,3 +285,132 @@ async fn variant_autoscaling_scales_its_deployment_on_a_fake_api_server() {
     }
     cluster.shutdown().await;
 }
+
+/// `llmd up --autoscale 0:N`: idle long enough (on the caller's clock), the last
+/// replica drains; requests that come then wait in the picker's flow-control queue, and
+/// that queue brings a replica back, which serves them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_to_zero_when_idle_and_back_for_held_requests() {
+    let reg = PluginRegistry::with_builtins();
+    let mut routing = presets::preset("load", &reg).unwrap();
+    routing.flow_control.get_or_insert_with(Default::default).enabled = true;
+    let cluster = Arc::new(LocalCluster::start(vec![small().unwrap()], routing, 1, "127.0.0.1:0").await.unwrap());
+    let base = format!("http://{}", cluster.addr);
+    let policy =
+        SaturationPolicy::new(SaturationConfig { scale_to_zero_after: 30.0, ..SaturationConfig::default() }).unwrap();
+    let stabilize = StabilizeConfig { scale_down_window: 0.0, ..StabilizeConfig::default() };
+    let mut scaler =
+        LocalAutoscaler::new(cluster.clone(), Box::new(small), Box::new(policy), stabilize, (0, 2)).unwrap();
+
+    assert_eq!(scaler.tick(0.0).await.unwrap().desired, 1, "idle, but not for long enough");
+    let d = scaler.tick(31.0).await.unwrap();
+    assert_eq!((d.desired, d.reason), (0, Reason::ScaleToZero));
+    scaler.drained().await;
+    assert!(cluster.replica_ids().is_empty());
+
+    let held = burst(&base, 3);
+    let queued = crate::common::eventually(Duration::from_secs(10), async || cluster.picker.flow_queued() == 3).await;
+    assert!(queued, "held: {}", cluster.picker.flow_queued());
+    let d = scaler.tick(45.0).await.unwrap();
+    assert_eq!((d.current, d.desired, d.reason), (0, 1, Reason::ScaleFromZero));
+    for r in held {
+        assert_eq!(r.await.unwrap(), (200, 300), "a held request is served once a replica is back");
+    }
+    drop(scaler);
+    cluster.shutdown().await;
+}
+
+/// Scale from zero on Kubernetes: a Deployment at zero replicas, whose endpoint picker
+/// holds requests (`llm_d_epp_flow_control_queue_size`), is scaled to one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_scale_a_deployment_from_zero() {
+    use llmd::autoscaler::kube::KubeAutoscaler;
+    use llmd::k8s::fake::FakeApiServer;
+    use llmd::k8s::kube;
+
+    const NS: &str = "llm";
+    let server = FakeApiServer::start().await.unwrap();
+    server.apply(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "vllm", "namespace": NS},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "vllm"}}},
+        "status": {"replicas": 0, "readyReplicas": 0},
+    }));
+    server.apply(json!({
+        "apiVersion": "llmd.ai/v1alpha1", "kind": "VariantAutoscaling",
+        "metadata": {"name": "vllm-h100", "namespace": NS, "annotations": {"autoscaling.llmd.ai/min-replicas": "0"}},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "vllm"}, "modelID": "llama"},
+    }));
+    // The picker's metrics: four requests held.
+    let held = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let served = held.clone();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let n = served.load(std::sync::atomic::Ordering::Relaxed);
+            async move {
+                format!(
+                    "llm_d_epp_flow_control_queue_size{{fairness_id=\"a\",priority=\"0\",inference_pool=\"p\"}} {n}\n"
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let epp = format!("http://{}/metrics", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let config = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_yaml(NS)).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await.unwrap();
+    let saturation = || -> anyhow::Result<Box<dyn llmd::autoscale::Policy>> {
+        Ok(Box::new(SaturationPolicy::new(SaturationConfig::default())?))
+    };
+    let client = kube::Client::try_from(config).unwrap();
+    let mut scaler = KubeAutoscaler::new(client, NS, Box::new(saturation), StabilizeConfig::default(), false).unwrap();
+    scaler.epp_metrics("llama", &epp);
+    let d = scaler.reconcile(0.0).await.unwrap();
+    assert_eq!((d[0].1.current, d[0].1.desired), (0, 0), "nothing held: stays at zero");
+    held.store(4, std::sync::atomic::Ordering::Relaxed);
+    let d = scaler.reconcile(15.0).await.unwrap();
+    assert_eq!((d[0].1.current, d[0].1.desired, d[0].1.reason), (0, 1, Reason::ScaleFromZero));
+    assert_eq!(server.get("apps/v1", "Deployment", NS, "vllm").unwrap()["spec"]["replicas"], 1);
+}
+
+/// `llmd autoscale kube --once --dry-run` against the in-process API server: one pass,
+/// its decisions printed, nothing scaled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kube_command_makes_one_advisory_pass() {
+    use llmd::k8s::fake::FakeApiServer;
+
+    const NS: &str = "llm";
+    let server = FakeApiServer::start().await.unwrap();
+    server.apply(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "vllm", "namespace": NS},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "vllm"}}},
+        "status": {"replicas": 3, "readyReplicas": 3},
+    }));
+    server.apply(json!({
+        "apiVersion": "llmd.ai/v1alpha1", "kind": "VariantAutoscaling",
+        "metadata": {"name": "vllm-h100", "namespace": NS, "annotations": {"autoscaling.llmd.ai/max-replicas": "2"}},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "vllm"}, "modelID": "llama"},
+    }));
+    let kubeconfig = std::env::temp_dir().join(format!("llmd-autoscale-kubeconfig-{}", std::process::id()));
+    std::fs::write(&kubeconfig, server.kubeconfig_yaml(NS)).unwrap();
+    let path = kubeconfig.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_llmd"))
+            .args(["autoscale", "kube", "--namespace", NS, "--once", "--dry-run", "--metrics-port", "0"])
+            .arg("--kubeconfig")
+            .arg(&path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_file(&kubeconfig);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // Above its bound (2), the variant is brought inside it: advisory only.
+    assert!(stdout.contains("vllm-h100: 3 -> 2 (Bounded)"), "{stdout}");
+    assert_eq!(server.get("apps/v1", "Deployment", NS, "vllm").unwrap()["spec"]["replicas"], 3);
+}

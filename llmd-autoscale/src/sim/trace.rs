@@ -2,32 +2,30 @@
 //! diurnal wave, on/off bursts), drawn by thinning from a seeded generator, with prompt
 //! and output lengths uniform in ranges.
 
+use llmd_kvcache::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AutoscaleError, Result};
 
-/// A small seeded generator (splitmix64): traces are reproducible from their seed.
+/// The workspace's seeded generator (llmd-kvcache's SplitMix64) with the draws a trace
+/// needs: traces are reproducible from their seed.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator from `seed`.
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(SplitMix64::new(seed))
     }
 
     /// 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
-    /// Uniform in (0, 1].
+    /// Uniform in (0, 1] (never 0: its logarithm is taken).
     pub fn unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+        self.0.next_f64() + 1.0 / (1u64 << 53) as f64
     }
 
     /// Exponential with `rate`.
@@ -40,7 +38,7 @@ impl Rng {
         if hi <= lo {
             return lo;
         }
-        lo + (self.next_u64() % u64::from(hi - lo + 1)) as u32
+        lo + self.0.below(u64::from(hi - lo) + 1) as u32
     }
 }
 

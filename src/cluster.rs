@@ -2,6 +2,7 @@
 //! what end-to-end tests start.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use std::sync::Arc;
 
@@ -42,6 +43,10 @@ pub struct LocalCluster {
     next_index: std::sync::atomic::AtomicUsize,
     pd: bool,
 }
+
+/// How long a draining replica waits for requests already sent to it to arrive before
+/// its server stops listening.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// One engine server of the cluster.
 struct ServerSlot {
@@ -308,9 +313,10 @@ impl LocalCluster {
         Ok(ep)
     }
 
-    /// Drains replica `id`: the picker stops sending it requests, its server finishes
-    /// the ones it has (the engine's drain), then it leaves the datastore. Nothing
-    /// accepted is lost.
+    /// Drains replica `id`: the picker stops sending it requests, those already sent
+    /// to it reach it (up to [`DRAIN_GRACE`]), its server finishes what it holds (the
+    /// engine's drain), then it leaves the datastore. Nothing accepted is lost: the
+    /// drain is one of the cluster's tasks, which [`shutdown`](Self::shutdown) waits for.
     pub async fn drain_replica(&self, id: &str) -> anyhow::Result<()> {
         let (stop, task) = {
             let mut servers = self.servers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -320,14 +326,32 @@ impl LocalCluster {
             (slot.stop, slot.task)
         };
         self.picker.writer().set_status(id, llmd_scheduler::EndpointStatus::Draining);
+        // Requests picked just before have yet to connect: let them, before the server
+        // stops listening.
+        let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
+        while self.picker.datastore().get(id).is_some_and(|e| e.inflight.requests > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            let held = self.picker.datastore().get(id).map_or(0, |e| e.inflight.requests);
+            tracing::debug!(endpoint = %id, held, "waiting for requests sent to a draining replica");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if let Some(stop) = stop {
             let _ = stop.send(());
         }
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-        self.picker.writer().remove(id);
-        tracing::info!(endpoint = %id, "replica drained");
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let picker = self.picker.clone();
+        let gone = id.to_string();
+        let t = tokio::spawn(async move {
+            if let Some(task) = task {
+                let _ = task.await;
+            }
+            picker.writer().remove(&gone);
+            tracing::info!(endpoint = %gone, "replica drained");
+            let _ = done.send(());
+        });
+        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(t);
+        let _ = finished.await;
         Ok(())
     }
 

@@ -739,15 +739,27 @@ fn up(a: UpArgs) -> Result<()> {
             None => (None, None),
             Some(bounds) => {
                 use llmd::autoscale::{
-                    SaturationConfig, SaturationPolicy, StabilizeConfig, ThresholdConfig, ThresholdPolicy,
+                    ModelBasedConfig, ModelBasedPolicy, SaturationConfig, SaturationPolicy, StabilizeConfig,
+                    ThresholdConfig, ThresholdPolicy,
                 };
+                if !(a.scale_to_zero_after >= 0.0 && a.scale_to_zero_after.is_finite()) {
+                    bail!("--scale-to-zero-after {}: expected seconds", a.scale_to_zero_after);
+                }
+                let idle = if bounds.0 == 0 { a.scale_to_zero_after } else { f64::INFINITY };
                 let policy: Box<dyn llmd::autoscale::Policy> = match a.autoscale_policy.as_str() {
                     "threshold" => Box::new(ThresholdPolicy::new(ThresholdConfig::default())?),
-                    _ => Box::new(SaturationPolicy::new(SaturationConfig::default())?),
+                    "model" => Box::new(ModelBasedPolicy::new(ModelBasedConfig {
+                        scale_to_zero_after: idle,
+                        ..ModelBasedConfig::default()
+                    })?),
+                    _ => Box::new(SaturationPolicy::new(SaturationConfig {
+                        scale_to_zero_after: idle,
+                        ..SaturationConfig::default()
+                    })?),
                 };
                 let scaler = llmd::autoscaler::LocalAutoscaler::new(
                     cluster.clone(),
-                    Box::new(make),
+                    std::sync::Arc::new(make),
                     policy,
                     StabilizeConfig::default(),
                     bounds,
@@ -766,7 +778,7 @@ fn up(a: UpArgs) -> Result<()> {
         );
         let shutdown = llmd::shutdown::Shutdown::install();
         shutdown.begun().await;
-        // No more scaling; replicas being drained finish first.
+        // No more scaling (drains in flight finish within the cluster's shutdown).
         if let (Some(stop), Some(task)) = (stop_scaling, scaling) {
             let _ = stop.send(());
             let _ = task.await;

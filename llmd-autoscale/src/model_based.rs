@@ -233,6 +233,8 @@ impl Policy for ModelBasedPolicy {
             })
             .collect();
         ranked.sort_by(|a, b| a.2.total_cmp(&b.2).then_with(|| s.variants[a.0].name.cmp(&s.variants[b.0].name)));
+        let idle = lambda <= 0.0;
+        let mut kept = false;
         for (i, cap, _) in ranked {
             let v = &s.variants[i];
             let need = if lambda <= 0.0 {
@@ -243,10 +245,12 @@ impl Policy for ModelBasedPolicy {
                 u32::MAX
             };
             let mut n = need.clamp(v.min, v.max);
-            // An idle model keeps one replica until it has been idle long enough.
-            if n == 0 && v.current > 0 && !to_zero {
-                n = 1.max(v.min);
+            // An idle model keeps one replica (of the first variant that has one) until
+            // it has been idle long enough.
+            if n == 0 && v.current > 0 && !to_zero && idle && !kept {
+                n = 1.clamp(v.min, v.max);
             }
+            kept |= n > 0;
             lambda = (lambda - f64::from(n) * cap).max(0.0);
             let d = &mut out[i];
             d.desired = n;

@@ -5,8 +5,9 @@
 //! `ITL(m)`, and every prefill of `P` seconds stalls the batch). From its stationary
 //! distribution: the time a request waits for a slot (Little's law), its first token
 //! (wait + prefill + one step of the batch it joins: the rest of the step in flight and
-//! its own), the time-averaged ITL (stretched by the share of time spent in prefills)
-//! and the chance it finds the replica full.
+//! its own), the ITL requests see (each batch size weighed by the requests in it,
+//! stretched by the share of time spent in prefills) and the chance it finds the
+//! replica full.
 
 use crate::profile::PerfProfile;
 
@@ -76,22 +77,20 @@ pub fn predict(p: &PerfProfile, w: &Workload) -> Prediction {
     let top = log_p.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let probs: Vec<f64> = log_p.iter().map(|l| (l - top).exp()).collect();
     let z: f64 = probs.iter().sum();
-    let (mut waiting, mut batch, mut itl_time, mut busy) = (0.0, 0.0, 0.0, 0.0);
+    // ITL as requests see it: a state with m running is seen by m of them.
+    let (mut waiting, mut batch, mut itl_seen) = (0.0, 0.0, 0.0);
     for (n, q) in probs.iter().enumerate() {
         let q = q / z;
         let n = n as u32;
-        let m = n.min(b);
-        waiting += q * f64::from(n - m);
-        batch += q * f64::from(m);
-        if m > 0 {
-            itl_time += q * p.itl(f64::from(m));
-            busy += q;
-        }
+        let m = f64::from(n.min(b));
+        waiting += q * (f64::from(n) - m);
+        batch += q * m;
+        itl_seen += q * m * p.itl(m);
     }
     let blocking = probs[cap as usize] / z;
     let admitted = w.lambda * (1.0 - blocking);
     let wait = if admitted > 0.0 { waiting / admitted } else { 0.0 };
-    let itl = if busy > 0.0 { itl_time / busy } else { p.itl(1.0) } / (1.0 - prefill_share);
+    let itl = if batch > 0.0 { itl_seen / batch } else { p.itl(1.0) } / (1.0 - prefill_share);
     Prediction { ttft: wait + pf + itl, itl, wait, batch, blocking, prefill_share }
 }
 

@@ -20,7 +20,8 @@ pub struct StabilizeConfig {
     pub scale_up_window: f64,
     /// Seconds of recommendations a scale-down takes the highest of.
     pub scale_down_window: f64,
-    /// A scale-up adds at most the larger of this many replicas…
+    /// A scale-up adds at most the larger of this many replicas… (per decision: HPA's
+    /// default policy is per 15 s, the decision interval its scenarios use)
     pub max_step_up: u32,
     /// …and this fraction of the current ones (1.0: doubling).
     pub max_up_fraction: f64,

@@ -84,7 +84,8 @@ impl Policy for ThresholdPolicy {
                 let ratio = kv.max(waiting);
                 if (ratio - 1.0).abs() > self.config.tolerance {
                     let want = (f64::from(v.ready) * ratio).ceil() as u32;
-                    d.desired = want.clamp(v.min.max(1), v.max);
+                    // HPA never goes below one replica on a utilisation metric.
+                    d.desired = want.clamp(v.min.max(1).min(v.max), v.max);
                     d.reason = if d.desired != want {
                         Reason::Bounded
                     } else if d.desired < v.current {

@@ -13,6 +13,10 @@
 //! Scale from zero: with a model's endpoint picker named ([`KubeAutoscaler::epp_metrics`]),
 //! the requests its flow control holds count as load, and a variant at zero replicas
 //! gets one.
+//!
+//! The arrival rate is the rate requests finish (`vllm:request_success_total`), as WVA
+//! reads it: under overload it is the served rate, below the demand; the picker's held
+//! requests make up part of the difference.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -196,6 +200,10 @@ impl KubeAutoscaler {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",");
+        if selector.is_empty() {
+            // An empty selector lists every pod of the namespace; expressions are not read.
+            anyhow::bail!("Deployment {} selects its pods without matchLabels, which is not supported", target.name);
+        }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let list = pods.list(&ListParams::default().labels(&selector)).await.context("listing the target's pods")?;
         let endpoints = list
@@ -323,7 +331,14 @@ impl KubeAutoscaler {
                     self.models.insert(model.clone(), state);
                 }
                 let Some(m) = self.models.get_mut(&model) else { continue };
-                let decided = m.policy.decide(&snapshot)?;
+                let decided = match m.policy.decide(&snapshot) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // One model's failure leaves the others to be decided.
+                        tracing::warn!(model, error = %e, "deciding");
+                        continue;
+                    }
+                };
                 let mut stabilized = m.stabilizer.apply(now, &decided);
                 // Bounds hold at once, whatever the window says.
                 for (d, v) in stabilized.iter_mut().zip(&snapshot.variants) {
@@ -338,7 +353,11 @@ impl KubeAutoscaler {
             for v in variants {
                 let name = v.va.metadata.name.clone().unwrap_or_default();
                 let decision = decisions.iter().find(|d| d.variant == name).cloned();
-                self.write(&vas, &v, decision.as_ref(), &snapshot, &stamp).await?;
+                if let Err(e) = self.write(&vas, &v, decision.as_ref(), &snapshot, &stamp).await {
+                    // Logged; the other variants are still written.
+                    tracing::warn!(variant = %name, error = %format!("{e:#}"), "writing a decision");
+                    continue;
+                }
                 if let Some(d) = decision {
                     out.push((name, d));
                 }
@@ -416,13 +435,30 @@ impl KubeAutoscaler {
                 status.current_alloc = Some(Allocation { num_replicas: d.current as i32 });
                 status.desired_optimized_alloc = Some(OptimizedAlloc {
                     last_run_time: Some(now.clone()),
-                    accelerator: v.va.spec.accelerator.clone(),
+                    // WVA v0.5 requires it (at least 2 characters): the spec's, else
+                    // WVA's accelerator label, else "unknown".
+                    accelerator: Some(
+                        v.va.spec
+                            .accelerator
+                            .clone()
+                            .or_else(|| {
+                                v.va.metadata.labels.as_ref()?.get("inference.optimization/acceleratorName").cloned()
+                            })
+                            .filter(|a| a.len() >= 2)
+                            .unwrap_or_else(|| "unknown".into()),
+                    ),
                     num_replicas: d.desired as i32,
                 });
             }
             (None, None) => return Ok(()),
         }
         status.actuation = Some(Actuation { applied });
+        // A condition's transition time moves only when its status does.
+        for c in &mut conditions {
+            if let Some(old) = status.conditions.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+                c.last_transition_time = old.last_transition_time.clone();
+            }
+        }
         status.conditions = conditions;
         let patch = serde_json::json!({"status": status});
         vas.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))

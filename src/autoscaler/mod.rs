@@ -20,8 +20,9 @@ use crate::cluster::{LocalCluster, Replica};
 pub mod kube;
 pub mod scrape;
 
-/// Makes a new replica (the same model and settings as the others).
-pub type ReplicaFactory = Box<dyn Fn() -> anyhow::Result<Replica> + Send + Sync>;
+/// Makes a new replica (the same model and settings as the others); run on a blocking
+/// thread (it may load weights).
+pub type ReplicaFactory = Arc<dyn Fn() -> anyhow::Result<Replica> + Send + Sync>;
 
 /// The one variant a local cluster runs.
 const VARIANT: &str = "local";
@@ -170,7 +171,8 @@ impl LocalAutoscaler {
             );
         }
         for _ in d.current..d.desired {
-            let replica = (self.factory)()?;
+            let make = self.factory.clone();
+            let replica = tokio::task::spawn_blocking(move || make()).await??;
             self.cluster.add_replica(replica).await?;
         }
         if d.desired > d.current {
@@ -205,7 +207,8 @@ impl LocalAutoscaler {
         }
     }
 
-    /// Decides every `interval` until `stop` resolves (then waits for drains in flight).
+    /// Decides every `interval` until `stop` resolves. Drains in flight go on: they are
+    /// the cluster's tasks, which its shutdown waits for.
     pub async fn run(mut self, interval: Duration, stop: impl Future<Output = ()>) {
         let started = tokio::time::Instant::now();
         let mut ticks = tokio::time::interval(interval);
@@ -223,6 +226,5 @@ impl LocalAutoscaler {
                 }
             }
         }
-        self.drained().await;
     }
 }

@@ -123,11 +123,11 @@ async fn replicas_rise_under_load_and_drain_after_it_without_losing_a_request() 
     let policy = SaturationPolicy::new(SaturationConfig::default()).unwrap();
     let stabilize = StabilizeConfig { scale_down_window: 0.0, ..StabilizeConfig::default() };
     let mut scaler =
-        LocalAutoscaler::new(cluster.clone(), Box::new(small), Box::new(policy), stabilize, (1, 4)).unwrap();
+        LocalAutoscaler::new(cluster.clone(), Arc::new(small), Box::new(policy), stabilize, (1, 4)).unwrap();
     assert!(
         LocalAutoscaler::new(
             cluster.clone(),
-            Box::new(small),
+            Arc::new(small),
             Box::new(SaturationPolicy::new(Default::default()).unwrap()),
             StabilizeConfig::default(),
             (0, 4)
@@ -264,6 +264,7 @@ async fn variant_autoscaling_scales_its_deployment_on_a_fake_api_server() {
     assert_eq!(deployment["spec"]["replicas"], 3, "scaled through the scale subresource");
     let va = server.get("llmd.ai/v1alpha1", "VariantAutoscaling", NS, "vllm-h100").unwrap();
     assert_eq!(va["status"]["actuation"]["applied"], true);
+    assert_eq!(va["status"]["desiredOptimizedAlloc"]["accelerator"], "unknown", "v0.5 requires one: {va}");
     let conditions = va["status"]["conditions"].as_array().unwrap();
     for kind in ["TargetResolved", "MetricsAvailable", "OptimizationReady"] {
         assert!(conditions.iter().any(|c| c["type"] == kind && c["status"] == "True"), "{kind}: {conditions:?}");
@@ -300,7 +301,7 @@ async fn scale_to_zero_when_idle_and_back_for_held_requests() {
         SaturationPolicy::new(SaturationConfig { scale_to_zero_after: 30.0, ..SaturationConfig::default() }).unwrap();
     let stabilize = StabilizeConfig { scale_down_window: 0.0, ..StabilizeConfig::default() };
     let mut scaler =
-        LocalAutoscaler::new(cluster.clone(), Box::new(small), Box::new(policy), stabilize, (0, 2)).unwrap();
+        LocalAutoscaler::new(cluster.clone(), Arc::new(small), Box::new(policy), stabilize, (0, 2)).unwrap();
 
     assert_eq!(scaler.tick(0.0).await.unwrap().desired, 1, "idle, but not for long enough");
     let d = scaler.tick(31.0).await.unwrap();

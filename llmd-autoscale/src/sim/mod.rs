@@ -233,6 +233,10 @@ impl Sim<'_> {
             for _ in current..desired {
                 self.start_replica(v, now, now + startup);
             }
+            if startup <= 0.0 {
+                // Born ready: nothing marks them ready later, so held requests go now.
+                self.release_queue(now);
+            }
             return;
         }
         for _ in desired..current {

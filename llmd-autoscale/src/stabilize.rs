@@ -3,7 +3,8 @@
 //! once); a scale-up adds at most the larger of 4 replicas and 100 % per decision, a
 //! scale-down removes any number. A variant seen for the first time counts its current
 //! replicas as a recommendation, so nothing is removed before a window has passed.
-//! Scale from zero is never held back: requests are waiting on it.
+//! Scale from and to zero are never held back: requests wait on the one, and the other
+//! follows a whole idle period (the policy's own timer).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -92,7 +93,9 @@ impl Stabilizer {
                 while h.front().is_some_and(|&(t, _)| now - t > keep) {
                     h.pop_front();
                 }
-                if d.reason == Reason::ScaleFromZero {
+                // Zero is decided on its own timers: requests waiting (from zero) or a
+                // whole idle period (to zero).
+                if matches!(d.reason, Reason::ScaleFromZero | Reason::ScaleToZero) {
                     return d.clone();
                 }
                 let within = |w: f64| h.iter().filter(move |&&(t, _)| now - t <= w).map(|&(_, r)| r);

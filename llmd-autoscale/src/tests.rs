@@ -179,6 +179,10 @@ fn scale_up_is_immediate_within_its_step_and_from_zero_is_never_held() {
     let mut s = Stabilizer::new(StabilizeConfig::default()).unwrap();
     assert_eq!(s.apply(0.0, &decision(1, 20))[0].desired, 5, "at most 4 more (or doubling) per decision");
     assert_eq!(s.apply(15.0, &decision(10, 40))[0].desired, 20, "doubling beyond 4");
+    let mut to_zero = decision(1, 0);
+    to_zero[0].reason = Reason::ScaleToZero;
+    let mut held = Stabilizer::new(StabilizeConfig::default()).unwrap();
+    assert_eq!(held.apply(0.0, &to_zero)[0].desired, 0, "the idle timer was the window");
     let mut d = decision(0, 1);
     d[0].reason = Reason::ScaleFromZero;
     let mut s = Stabilizer::new(StabilizeConfig { scale_up_window: 600.0, ..Default::default() }).unwrap();

@@ -91,6 +91,10 @@ struct UpArgs {
     /// With `--autoscale 0:N`: idle seconds before the last replica goes.
     #[arg(long, default_value_t = 300.0)]
     scale_to_zero_after: f64,
+    /// Seconds of recommendations a scale-down takes the highest of (HPA's
+    /// `behavior.scaleDown.stabilizationWindowSeconds`, 300 by default).
+    #[arg(long, default_value_t = 300.0)]
+    autoscale_down_window: f64,
     /// Seconds between autoscaling decisions.
     #[arg(long, default_value_t = 15.0)]
     autoscale_interval: f64,
@@ -761,7 +765,7 @@ fn up(a: UpArgs) -> Result<()> {
                     cluster.clone(),
                     std::sync::Arc::new(make),
                     policy,
-                    StabilizeConfig::default(),
+                    StabilizeConfig { scale_down_window: a.autoscale_down_window, ..StabilizeConfig::default() },
                     bounds,
                 )?;
                 let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -415,3 +415,58 @@ async fn the_kube_command_makes_one_advisory_pass() {
     assert!(stdout.contains("vllm-h100: 3 -> 2 (Bounded)"), "{stdout}");
     assert_eq!(server.get("apps/v1", "Deployment", NS, "vllm").unwrap()["spec"]["replicas"], 3);
 }
+
+/// Ready endpoints on the gateway's `/metrics` (`llmd_epp_endpoints{status="ready"}`).
+#[allow(clippy::unwrap_used)] // a test helper outside #[test] fns
+async fn ready_endpoints(base: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("llmd_epp_endpoints{status=\"ready\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The binary: `llmd up --sim --autoscale 1:3` under a burst adds a replica (seen on the
+/// gateway's `/metrics`), answers every request in full, drains back to one once idle,
+/// and stops cleanly on SIGTERM. Bounded: fast simulated steps, 0.2 s decisions, no
+/// scale-down window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llmd_up_autoscale_rises_under_a_burst_and_falls_back() {
+    let args: Vec<String> = [
+        "up",
+        "--sim",
+        "--sim-latency",
+        "step=1ms,prefill=10us,decode=20us,context=0ns",
+        "--replicas",
+        "1",
+        "--autoscale",
+        "1:3",
+        "--autoscale-interval",
+        "0.2",
+        "--autoscale-down-window",
+        "0",
+        "--num-blocks",
+        "64",
+        "--max-model-len",
+        "1024",
+        "--port",
+        "0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (mut up, line) = crate::common::start_llmd(&args, "llmd up:").expect("llmd up started");
+    let base = line.split("http://").nth(1).and_then(|s| s.split("/v1").next()).map(|a| format!("http://{a}")).unwrap();
+    assert!(line.contains("autoscaled between 1 and 3"), "{line}");
+    let requests = burst(&base, 16);
+    let rose = crate::common::eventually(Duration::from_secs(30), async || ready_endpoints(&base).await >= 2).await;
+    assert!(rose, "no replica added: {} ready", ready_endpoints(&base).await);
+    for r in requests {
+        assert_eq!(r.await.unwrap(), (200, 300));
+    }
+    let fell = crate::common::eventually(Duration::from_secs(30), async || ready_endpoints(&base).await == 1).await;
+    assert!(fell, "not back to one: {} ready", ready_endpoints(&base).await);
+    crate::common::signal(&up.child, "TERM");
+    let status = crate::common::wait_exit(&mut up.child, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+}

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AutoscaleError, Result};
-use crate::snapshot::{Decision, Reason};
+use crate::snapshot::{Decision, Reason, VariantState};
 
 /// Windows and step limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +76,21 @@ impl Stabilizer {
     pub fn new(config: StabilizeConfig) -> Result<Self> {
         config.validate()?;
         Ok(Stabilizer { config, history: BTreeMap::new(), seen: BTreeMap::new() })
+    }
+
+    /// [`apply`](Self::apply), then each decision brought inside its variant's bounds
+    /// (reason `Bounded`): bounds hold at once, whatever the window says. `variants` are
+    /// the snapshot's, in the decisions' order.
+    pub fn apply_bounded(&mut self, now: f64, decisions: &[Decision], variants: &[VariantState]) -> Vec<Decision> {
+        let mut out = self.apply(now, decisions);
+        for (d, v) in out.iter_mut().zip(variants) {
+            let inside = d.desired.clamp(v.min, v.max);
+            if inside != d.desired {
+                d.desired = inside;
+                d.reason = Reason::Bounded;
+            }
+        }
+        out
     }
 
     /// The decisions to act on at `now` (seconds) given the policy's.

@@ -339,16 +339,7 @@ impl KubeAutoscaler {
                         continue;
                     }
                 };
-                let mut stabilized = m.stabilizer.apply(now, &decided);
-                // Bounds hold at once, whatever the window says.
-                for (d, v) in stabilized.iter_mut().zip(&snapshot.variants) {
-                    let inside = d.desired.clamp(v.min, v.max);
-                    if inside != d.desired {
-                        d.desired = inside;
-                        d.reason = llmd_autoscale::Reason::Bounded;
-                    }
-                }
-                stabilized
+                m.stabilizer.apply_bounded(now, &decided, &snapshot.variants)
             };
             for v in variants {
                 let name = v.va.metadata.name.clone().unwrap_or_default();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmd_autoscale::{
-    Decision, Load, ModelSnapshot, Policy, Reason, ReplicaMetrics, StabilizeConfig, Stabilizer, VariantState,
+    Decision, Load, ModelSnapshot, Policy, ReplicaMetrics, StabilizeConfig, Stabilizer, VariantState,
 };
 use llmd_scheduler::EndpointStatus;
 use scrape::Windows;
@@ -155,11 +155,10 @@ impl LocalAutoscaler {
     pub async fn tick(&mut self, now: f64) -> anyhow::Result<Decision> {
         let snapshot = self.snapshot(now).await;
         let decisions = self.policy.decide(&snapshot)?;
-        let stabilized = self.stabilizer.apply(now, &decisions);
-        let Some(mut d) = stabilized.into_iter().next() else {
+        let stabilized = self.stabilizer.apply_bounded(now, &decisions, &snapshot.variants);
+        let Some(d) = stabilized.into_iter().next() else {
             anyhow::bail!("the policy decided nothing");
         };
-        d.desired = d.desired.clamp(self.min, self.max);
         if d.desired != d.current {
             tracing::info!(
                 policy = self.policy.name(),
@@ -194,9 +193,6 @@ impl LocalAutoscaler {
             }
         }
         self.drains.retain(|t| !t.is_finished());
-        if d.reason == Reason::Hold && d.desired != d.current {
-            d.reason = Reason::Bounded;
-        }
         Ok(d)
     }
 
@@ -218,8 +214,7 @@ impl LocalAutoscaler {
             tokio::select! {
                 () = &mut stop => break,
                 _ = ticks.tick() => {
-                    // The picker's scrape is what the policy reads: fresh before each decision.
-                    self.cluster.picker.scrape_once().await;
+                    // The decision reads each replica's /metrics itself (snapshot).
                     if let Err(e) = self.tick(started.elapsed().as_secs_f64()).await {
                         tracing::warn!(error = %e, "autoscaling decision failed");
                     }

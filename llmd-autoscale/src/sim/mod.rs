@@ -344,7 +344,7 @@ pub fn simulate(cfg: &SimConfig, trace: &[TraceRequest], policy: &mut dyn Policy
         } else {
             let snap = sim.snapshot(now, (window_start, next_arrival), "sim");
             let decisions = policy.decide(&snap)?;
-            let decisions = stabilizer.apply(now, &decisions);
+            let decisions = stabilizer.apply_bounded(now, &decisions, &snap.variants);
             for (v, d) in decisions.iter().enumerate() {
                 if d.desired != d.current {
                     actions += 1;

@@ -493,14 +493,9 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
             self.k.gather_blocks(kc, &ids, &mut packed, part, stride, 2 * l * part)?;
             self.k.gather_blocks(vc, &ids, &mut packed, part, stride, (2 * l + 1) * part)?;
         }
+        // The device's bytes are the wire's (little-endian 16-bit values): straight in.
         out.resize(blocks.len() * layout.block_bytes(), 0);
-        let mut host = vec![0u16; packed.len()];
-        self.k.download_from(&packed, 0, &mut host)?;
-        // Little-endian values, in fixed chunks (a plain copy once compiled).
-        for (d, v) in out.chunks_exact_mut(2).zip(&host) {
-            d.copy_from_slice(&v.to_le_bytes());
-        }
-        Ok(())
+        self.k.download_bytes(&packed, out)
     }
 
     fn import_kv_blocks(&mut self, blocks: &[u32], layout: &KvBlockLayout, data: &[u8]) -> Result<()> {
@@ -517,8 +512,7 @@ impl<A: GpuApi> Backend for GpuBackend<A> {
         }
         let (part, layers) = (ours.part_len(), self.layers.len());
         let stride = layers * 2 * part;
-        let host: Vec<u16> = data.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
-        let packed = self.k.upload(&host)?;
+        let packed = self.k.upload_bytes::<u16>(data)?;
         let ids = self.k.upload(blocks)?;
         for (l, (kc, vc)) in self.k_cache.iter_mut().zip(self.v_cache.iter_mut()).enumerate() {
             self.k.scatter_blocks(&packed, &ids, kc, part, stride, 2 * l * part)?;

@@ -151,6 +151,28 @@ impl<A: GpuApi> Kernels<A> {
         unsafe { self.api.download(buf.ptr_at(at), bytes_mut(out)) }
     }
 
+    /// A new buffer of `T` holding `bytes` as the device lays them out (little-endian on
+    /// every GPU llmd runs on): wire data straight in, no host conversion.
+    pub fn upload_bytes<T: Elem>(&self, bytes: &[u8]) -> Result<DeviceBuffer<T, A>> {
+        let size = std::mem::size_of::<T>();
+        if !bytes.len().is_multiple_of(size) {
+            return Err(EngineError::Device(format!("{} bytes are not whole {size}-byte values", bytes.len())));
+        }
+        let buf = self.zeros::<T>(bytes.len() / size)?;
+        // SAFETY: buf holds bytes.len() bytes.
+        unsafe { self.api.upload(bytes, buf.ptr())? };
+        Ok(buf)
+    }
+
+    /// `buf`'s bytes as the device lays them out, into `out` (exactly its length).
+    pub fn download_bytes<T: Elem>(&self, buf: &DeviceBuffer<T, A>, out: &mut [u8]) -> Result<()> {
+        if out.len() != buf.byte_len() {
+            return Err(EngineError::Device(format!("{} bytes into a buffer of {}", buf.byte_len(), out.len())));
+        }
+        // SAFETY: buf holds out.len() bytes (checked).
+        unsafe { self.api.download(buf.ptr(), out) }
+    }
+
     /// Copies `src` into `dst` on the device (the shorter one's length).
     pub fn copy<T: Elem>(&self, src: &DeviceBuffer<T, A>, dst: &mut DeviceBuffer<T, A>) -> Result<()> {
         // SAFETY: both hold at least the shorter one's bytes.

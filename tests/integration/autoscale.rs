@@ -470,3 +470,63 @@ async fn llmd_up_autoscale_rises_under_a_burst_and_falls_back() {
     let status = crate::common::wait_exit(&mut up.child, Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
 }
+
+/// Bad pods do not stall a pass: one accepts and never answers (cut at the 3 s scrape
+/// timeout), one resets every connection. The variant is still decided, and its status
+/// says no metrics were read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_resetting_pods_leave_the_pass_to_finish() {
+    use llmd::autoscaler::kube::KubeAutoscaler;
+    use llmd::k8s::fake::FakeApiServer;
+    use llmd::k8s::kube;
+
+    const NS: &str = "llm";
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let resetting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ports = [silent.local_addr().unwrap().port(), resetting.local_addr().unwrap().port()];
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s); // kept open, never answered
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((s, _)) = resetting.accept().await {
+            let _ = s.set_zero_linger();
+            drop(s); // RST
+        }
+    });
+    let server = FakeApiServer::start().await.unwrap();
+    for (i, port) in ports.iter().enumerate() {
+        server.apply(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("vllm-{i}"), "namespace": NS, "labels": {"app": "vllm"},
+                         "annotations": {"prometheus.io/port": port.to_string()}},
+            "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+        }));
+    }
+    server.apply(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "vllm", "namespace": NS},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "vllm"}}},
+        "status": {"replicas": 2, "readyReplicas": 2},
+    }));
+    server.apply(json!({
+        "apiVersion": "llmd.ai/v1alpha1", "kind": "VariantAutoscaling",
+        "metadata": {"name": "vllm-h100", "namespace": NS},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "vllm"}, "modelID": "llama"},
+    }));
+    let config = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_yaml(NS)).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await.unwrap();
+    let saturation = || -> anyhow::Result<Box<dyn llmd::autoscale::Policy>> {
+        Ok(Box::new(SaturationPolicy::new(SaturationConfig::default())?))
+    };
+    let client = kube::Client::try_from(config).unwrap();
+    let mut scaler = KubeAutoscaler::new(client, NS, Box::new(saturation), StabilizeConfig::default(), true).unwrap();
+    let pass = tokio::time::timeout(Duration::from_secs(20), scaler.reconcile(0.0)).await;
+    let decided = pass.expect("the pass finished despite the bad pods").unwrap();
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    let va = server.get("llmd.ai/v1alpha1", "VariantAutoscaling", NS, "vllm-h100").unwrap();
+    let conditions = va["status"]["conditions"].as_array().unwrap();
+    assert!(conditions.iter().any(|c| c["type"] == "MetricsAvailable" && c["status"] == "False"), "{conditions:?}");
+}

@@ -109,7 +109,9 @@ pub(crate) fn autoscale(a: AutoscaleArgs) -> Result<()> {
 }
 
 fn kube(a: KubeArgs) -> Result<()> {
-    use llmd::autoscale::{ModelBasedConfig, ModelBasedPolicy, SaturationConfig, SaturationPolicy, StabilizeConfig};
+    use llmd::autoscale::{
+        ForecastConfig, ModelBasedConfig, ModelBasedPolicy, SaturationConfig, SaturationPolicy, StabilizeConfig,
+    };
     use llmd::autoscaler::kube::KubeAutoscaler;
 
     if !(a.interval > 0.0 && a.interval.is_finite()) {
@@ -121,6 +123,12 @@ fn kube(a: KubeArgs) -> Result<()> {
             "model" => Box::new(ModelBasedPolicy::new(ModelBasedConfig {
                 slo_ttft: ttft,
                 slo_itl: itl,
+                // A fall is planned for at the end of the window that holds each
+                // recommendation.
+                forecast: ForecastConfig {
+                    lookahead_down: StabilizeConfig::default().scale_down_window,
+                    ..ForecastConfig::default()
+                },
                 ..Default::default()
             })?),
             _ => Box::new(SaturationPolicy::new(SaturationConfig::default())?),

@@ -743,8 +743,8 @@ fn up(a: UpArgs) -> Result<()> {
             None => (None, None),
             Some(bounds) => {
                 use llmd::autoscale::{
-                    ModelBasedConfig, ModelBasedPolicy, SaturationConfig, SaturationPolicy, StabilizeConfig,
-                    ThresholdConfig, ThresholdPolicy,
+                    ForecastConfig, ModelBasedConfig, ModelBasedPolicy, SaturationConfig, SaturationPolicy,
+                    StabilizeConfig, ThresholdConfig, ThresholdPolicy,
                 };
                 if !(a.scale_to_zero_after >= 0.0 && a.scale_to_zero_after.is_finite()) {
                     bail!("--scale-to-zero-after {}: expected seconds", a.scale_to_zero_after);
@@ -754,6 +754,12 @@ fn up(a: UpArgs) -> Result<()> {
                     "threshold" => Box::new(ThresholdPolicy::new(ThresholdConfig::default())?),
                     "model" => Box::new(ModelBasedPolicy::new(ModelBasedConfig {
                         scale_to_zero_after: idle,
+                        // A fall is planned for at the end of the window that holds
+                        // each recommendation.
+                        forecast: ForecastConfig {
+                            lookahead_down: a.autoscale_down_window,
+                            ..ForecastConfig::default()
+                        },
                         ..ModelBasedConfig::default()
                     })?),
                     _ => Box::new(SaturationPolicy::new(SaturationConfig {

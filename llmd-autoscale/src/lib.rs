@@ -49,6 +49,7 @@
 pub struct ReadmeDoctests;
 
 mod error;
+pub mod forecast;
 mod model_based;
 mod policy;
 pub mod profile;
@@ -61,6 +62,7 @@ mod threshold;
 mod zero;
 
 pub use error::{AutoscaleError, Result};
+pub use forecast::{ForecastConfig, RateForecaster};
 pub use model_based::{ModelBasedConfig, ModelBasedPolicy};
 pub use policy::Policy;
 pub use profile::{PerfProfile, ProfileFit};

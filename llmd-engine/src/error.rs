@@ -26,6 +26,16 @@ pub enum EngineError {
         reason: String,
     },
 
+    /// A GGUF file that cannot be read: truncated, wrong magic, an unsupported version,
+    /// tensor type or architecture, or metadata that is missing or malformed.
+    #[error("GGUF file {path}: {reason}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A checkpoint missing a tensor, or with one of the wrong shape or type.
     #[error("weights: {0}")]
     Weights(String),

@@ -32,6 +32,7 @@ pub mod cuda;
 mod detok;
 pub mod engine;
 mod error;
+pub mod gguf;
 #[cfg(any(feature = "cuda", feature = "rocm"))]
 pub mod gpu;
 pub mod handle;
@@ -39,6 +40,7 @@ pub mod kv;
 pub mod metrics;
 pub mod model;
 pub mod offload;
+pub mod quant;
 #[cfg(feature = "rocm")]
 pub mod rocm;
 pub mod sampling;

@@ -128,7 +128,7 @@ impl<A: GpuApi> GpuBackend<A> {
         let half = |x: &[f32]| -> Result<DeviceBuffer<u16, A>> { k.upload(&to_bits(x, dtype)) };
         let linear = |l: &Linear| -> Result<DevLinear<A>> {
             Ok(DevLinear {
-                w: half(l.weight())?,
+                w: half(&l.weight())?,
                 b: l.bias().map(|b| k.upload(b)).transpose()?,
                 out: l.out_features(),
                 inp: l.in_features(),
@@ -137,7 +137,7 @@ impl<A: GpuApi> GpuBackend<A> {
         // Linear layers over the same input as one: their weights' rows one after
         // another, their biases likewise (zeros for a layer without one).
         let stacked = |ls: &[&Linear]| -> Result<DevLinear<A>> {
-            let weight: Vec<f32> = ls.iter().flat_map(|l| l.weight().iter().copied()).collect();
+            let weight: Vec<f32> = ls.iter().flat_map(|l| l.weight().into_owned()).collect();
             let bias = ls.iter().any(|l| l.bias().is_some()).then(|| {
                 ls.iter()
                     .flat_map(|l| l.bias().map_or_else(|| vec![0.0; l.out_features()], <[f32]>::to_vec))
@@ -163,7 +163,7 @@ impl<A: GpuApi> GpuBackend<A> {
                 down: linear(l.down)?,
             });
         }
-        let embed = half(w.embed)?;
+        let embed = half(&w.embed.weight())?;
         let norm = half(w.norm)?;
         let lm_head = linear(w.lm_head)?;
         let weights = Weights { embed, norm, lm_head, layers };
@@ -265,7 +265,7 @@ impl<A: GpuApi> GpuBackend<A> {
     /// Bytes `model`'s weights take on the GPU (16-bit, biases in f32).
     pub fn weight_bytes(model: &LlamaModel) -> usize {
         let w = model.weights();
-        let lin = |l: &Linear| l.weight().len() * 2 + l.bias().map_or(0, |b| b.len() * 4);
+        let lin = |l: &Linear| l.out_features() * l.in_features() * 2 + l.bias().map_or(0, |b| b.len() * 4);
         let layers: usize = w
             .layers
             .iter()
@@ -274,7 +274,7 @@ impl<A: GpuApi> GpuBackend<A> {
                     + [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].into_iter().map(lin).sum::<usize>()
             })
             .sum();
-        layers + (w.embed.len() + w.norm.len()) * 2 + lin(w.lm_head)
+        layers + (w.embed.out_features() * w.embed.in_features() + w.norm.len()) * 2 + lin(w.lm_head)
     }
 
     fn storage(&self) -> &'static str {

@@ -1,17 +1,28 @@
-//! Dense building blocks: linear layers through `gemm`, RMSNorm, SiLU.
+//! Building blocks: linear layers (dense through `gemm`, or kept in a ggml encoding),
+//! RMSNorm, SiLU.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use gemm::{Parallelism, gemm};
 
 use super::weights::Tensor;
 use crate::error::{EngineError, Result};
+use crate::quant::QMatrix;
+
+/// How a layer's weight is held.
+#[derive(Debug, Clone)]
+enum Store {
+    /// f32, shared so a tied output projection reuses the embedding matrix.
+    Dense(Arc<[f32]>),
+    /// In its file's encoding (a view of the mapped GGUF file; clones share it).
+    Quant(QMatrix),
+}
 
 /// `y = x · Wᵀ (+ b)` with `W` stored `[out, in]` as in PyTorch checkpoints.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    // Shared so a tied output projection reuses the embedding matrix.
-    w: Arc<[f32]>,
+    w: Store,
     b: Option<Vec<f32>>,
     out_features: usize,
     in_features: usize,
@@ -28,7 +39,19 @@ impl Linear {
         {
             return Err(EngineError::Weights(format!("bias shape {:?} for {out_features} outputs", b.shape)));
         }
-        Ok(Linear { w: w.data.into(), b: b.map(|b| b.data), out_features, in_features })
+        Ok(Linear { w: Store::Dense(w.data.into()), b: b.map(|b| b.data), out_features, in_features })
+    }
+
+    /// A layer over a matrix kept in its ggml encoding (`[out, in]`), optional `[out]`
+    /// bias.
+    pub fn quantized(w: QMatrix, b: Option<Tensor>) -> Result<Self> {
+        let (out_features, in_features) = (w.rows(), w.cols());
+        if let Some(b) = &b
+            && b.shape != [out_features]
+        {
+            return Err(EngineError::Weights(format!("bias shape {:?} for {out_features} outputs", b.shape)));
+        }
+        Ok(Linear { w: Store::Quant(w), b: b.map(|b| b.data), out_features, in_features })
     }
 
     /// A bias-free layer over an existing `[out, in]` matrix (tied embeddings).
@@ -36,7 +59,7 @@ impl Linear {
         if w.len() != out_features * in_features {
             return Err(EngineError::Weights(format!("{} weights for a {out_features}×{in_features} layer", w.len())));
         }
-        Ok(Linear { w, b: None, out_features, in_features })
+        Ok(Linear { w: Store::Dense(w), b: None, out_features, in_features })
     }
 
     /// Output width.
@@ -49,9 +72,30 @@ impl Linear {
         self.in_features
     }
 
-    /// The `[out, in]` weight, row-major.
-    pub fn weight(&self) -> &[f32] {
-        &self.w
+    /// The `[out, in]` weight, row-major, as f32 (dequantized into a new buffer when
+    /// the layer keeps an encoded matrix).
+    pub fn weight(&self) -> Cow<'_, [f32]> {
+        match &self.w {
+            Store::Dense(w) => Cow::Borrowed(w),
+            Store::Quant(q) => Cow::Owned(q.to_f32()),
+        }
+    }
+
+    /// The encoded matrix, when the layer keeps one.
+    pub fn quantized_weight(&self) -> Option<&QMatrix> {
+        match &self.w {
+            Store::Quant(q) => Some(q),
+            Store::Dense(_) => None,
+        }
+    }
+
+    /// Row `r` of the weight into `out` (an embedding lookup).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let k = self.in_features;
+        match &self.w {
+            Store::Dense(w) => out.copy_from_slice(&w[r * k..(r + 1) * k]),
+            Store::Quant(q) => q.dequantize_row_into(r, out),
+        }
     }
 
     /// The bias, if any.
@@ -66,6 +110,14 @@ impl Linear {
         if m == 0 {
             return;
         }
+        let w = match &self.w {
+            Store::Dense(w) => w,
+            Store::Quant(q) => {
+                q.matmul(x, m, y);
+                self.add_bias(m, y);
+                return;
+            }
+        };
         // SAFETY: the assert above bounds every access: `x` is read as an m×k row-major
         // matrix, `self.w` (n·k elements, checked at construction) as its k×n transpose
         // (row stride 1, column stride k), and `y` written as an m×n row-major matrix.
@@ -81,7 +133,7 @@ impl Linear {
                 x.as_ptr(),
                 1,
                 k as isize,
-                self.w.as_ptr(),
+                w.as_ptr(),
                 k as isize,
                 1,
                 0.0,
@@ -92,6 +144,11 @@ impl Linear {
                 if m * n * k >= 1 << 15 { Parallelism::Rayon(0) } else { Parallelism::None },
             );
         }
+        self.add_bias(m, y);
+    }
+
+    fn add_bias(&self, m: usize, y: &mut [f32]) {
+        let n = self.out_features;
         if let Some(b) = &self.b {
             for row in y[..m * n].chunks_mut(n) {
                 for (o, bb) in row.iter_mut().zip(b) {

@@ -14,16 +14,16 @@ use crate::backend::SeqInput;
 use crate::error::{EngineError, Result};
 use crate::kv::PagedKvCache;
 
-struct Layer {
-    input_norm: Vec<f32>,
-    post_norm: Vec<f32>,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+pub(super) struct Layer {
+    pub(super) input_norm: Vec<f32>,
+    pub(super) post_norm: Vec<f32>,
+    pub(super) q: Linear,
+    pub(super) k: Linear,
+    pub(super) v: Linear,
+    pub(super) o: Linear,
+    pub(super) gate: Linear,
+    pub(super) up: Linear,
+    pub(super) down: Linear,
 }
 
 /// One decoder layer's weights, borrowed ([`LlamaModel::weights`]).
@@ -53,7 +53,7 @@ pub struct LayerWeights<'a> {
 #[derive(Debug, Clone)]
 pub struct ModelWeights<'a> {
     /// Token embeddings, `[vocab, hidden]`.
-    pub embed: &'a [f32],
+    pub embed: &'a Linear,
     /// The final RMSNorm.
     pub norm: &'a [f32],
     /// The output projection (the embeddings when tied).
@@ -65,7 +65,8 @@ pub struct ModelWeights<'a> {
 /// A Llama-family model with `f32` weights.
 pub struct LlamaModel {
     config: ModelConfig,
-    embed: Arc<[f32]>,
+    /// `[vocab, hidden]`, read a row per token.
+    embed: Linear,
     layers: Vec<Layer>,
     norm: Vec<f32>,
     lm_head: Linear,
@@ -112,9 +113,10 @@ impl LlamaModel {
             });
         }
         let embed: Arc<[f32]> = w.take("model.embed_tokens.weight", &[c.vocab_size, h])?.data.into();
+        let embed = Linear::shared(embed, c.vocab_size, h)?;
         let lm_head = match w.take_opt("lm_head.weight", &[c.vocab_size, h])? {
             Some(t) => Linear::new(t, w.take_opt("lm_head.bias", &[c.vocab_size])?)?,
-            None if c.tie_word_embeddings => Linear::shared(embed.clone(), c.vocab_size, h)?,
+            None if c.tie_word_embeddings => embed.clone(),
             None => return Err(EngineError::Weights("missing tensor lm_head.weight (embeddings are not tied)".into())),
         };
         Ok(LlamaModel {
@@ -125,6 +127,17 @@ impl LlamaModel {
             lm_head,
             config,
         })
+    }
+
+    /// A model from parts already built and checked against `config` (the GGUF loader).
+    pub(super) fn assemble(
+        config: ModelConfig,
+        embed: Linear,
+        layers: Vec<Layer>,
+        norm: Vec<f32>,
+        lm_head: Linear,
+    ) -> Self {
+        LlamaModel { rope: Rope::new(&config), norm, embed, layers, lm_head, config }
     }
 
     /// The model's config.
@@ -225,11 +238,9 @@ impl LlamaModel {
 
         let rope: Vec<(Vec<f32>, Vec<f32>)> =
             queries.par_iter().zip(seq_len_of.par_iter()).map(|(qp, &len)| self.rope.cos_sin(qp.pos, len)).collect();
-        let mut x = Vec::with_capacity(t * h);
-        for s in seqs {
-            for &tok in s.tokens {
-                x.extend_from_slice(&self.embed[tok as usize * h..(tok as usize + 1) * h]);
-            }
+        let mut x = vec![0f32; t * h];
+        for (&tok, row) in seqs.iter().flat_map(|s| s.tokens).zip(x.chunks_exact_mut(h)) {
+            self.embed.row_into(tok as usize, row);
         }
         let eps = c.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();

@@ -1,6 +1,7 @@
 //! The model runner: config, weights, RoPE, layers and the Llama-family decoder.
 
 pub mod config;
+pub mod gguf;
 pub(crate) mod layers;
 mod llama;
 mod rope;

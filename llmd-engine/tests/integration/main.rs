@@ -11,6 +11,7 @@
 mod disagg;
 mod embedded_example;
 mod engine;
+mod gguf;
 mod handle;
 mod kv_transfer;
 mod offload;

@@ -219,7 +219,8 @@ struct EngineArgs {
     /// signal exits at once).
     #[arg(long, default_value_t = 25)]
     shutdown_timeout: u64,
-    /// Model checkpoint directory (default: the built-in tiny model).
+    /// The model: a Hugging Face checkpoint directory or a GGUF file (default: the
+    /// built-in tiny model).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Name clients use in the `model` field (default: the directory name, or llmd-tiny).

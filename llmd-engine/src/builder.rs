@@ -287,6 +287,11 @@ impl EngineBuilder {
             ModelSource::Sim(_) => {
                 (None, Arc::new(ByteTokenizer), byte_template(), GenerationConfig::default(), SIM_MODEL_NAME.into())
             }
+            ModelSource::SimCheckpoint(file, _) if is_gguf(file) => {
+                let (tokenizer, template) = gguf_renderer(&crate::gguf::GgufFile::open(file)?)?;
+                let name = file.file_stem().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+                (None, tokenizer, template, GenerationConfig::default(), name)
+            }
             ModelSource::SimCheckpoint(dir, _) => {
                 let r = PromptRenderer::from_dir(dir)?;
                 let name = dir.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
@@ -295,17 +300,9 @@ impl EngineBuilder {
             ModelSource::Checkpoint(file) if is_gguf(file) => {
                 tracing::info!(file = %file.display(), "loading GGUF model");
                 let (model, tok) = LlamaModel::load_gguf(file)?;
-                let template = match &tok.chat_template {
-                    Some(t) => ChatTemplate::new(
-                        t.clone(),
-                        tok.bos.clone().unwrap_or_default(),
-                        tok.eos.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
-                    ),
-                    None => ChatTemplate::fallback(),
-                };
-                let tokenizer = HfTokenizer::from_bytes(tok.json.as_bytes())?;
+                let (tokenizer, template) = renderer_of(&tok)?;
                 let name = file.file_stem().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-                (Some(model), Arc::new(tokenizer), template, GenerationConfig::default(), name)
+                (Some(model), tokenizer, template, GenerationConfig::default(), name)
             }
             ModelSource::Checkpoint(dir) => {
                 tracing::info!(dir = %dir.display(), "loading checkpoint");
@@ -317,6 +314,9 @@ impl EngineBuilder {
         };
         // The checkpoint's shape without its weights, for the simulator.
         let sim_shape = match &self.source {
+            ModelSource::SimCheckpoint(file, _) if is_gguf(file) => {
+                Some(crate::model::gguf::config_from_gguf(&crate::gguf::GgufFile::open(file)?)?)
+            }
             ModelSource::SimCheckpoint(dir, _) => Some(ModelConfig::from_dir(dir)?),
             _ => None,
         };
@@ -487,4 +487,21 @@ fn gpu_backend_on<A: crate::gpu::GpuApi>(
 /// A GGUF file rather than a checkpoint directory: a file named `*.gguf`.
 pub fn is_gguf(path: &std::path::Path) -> bool {
     path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// The tokenizer and chat template a GGUF file carries.
+fn gguf_renderer(f: &crate::gguf::GgufFile) -> Result<(Arc<dyn Tokenize>, ChatTemplate)> {
+    renderer_of(&crate::gguf::tokenizer::from_gguf(f)?)
+}
+
+fn renderer_of(tok: &crate::gguf::tokenizer::GgufTokenizer) -> Result<(Arc<dyn Tokenize>, ChatTemplate)> {
+    let template = match &tok.chat_template {
+        Some(t) => ChatTemplate::new(
+            t.clone(),
+            tok.bos.clone().unwrap_or_default(),
+            tok.eos.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
+        ),
+        None => ChatTemplate::fallback(),
+    };
+    Ok((Arc::new(HfTokenizer::from_bytes(tok.json.as_bytes())?), template))
 }

@@ -10,6 +10,7 @@ mod autoscale;
 mod bench;
 mod discovery;
 mod gateway_process;
+mod gguf;
 mod kubernetes;
 mod offload;
 mod pd;

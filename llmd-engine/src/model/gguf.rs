@@ -141,8 +141,8 @@ fn unpermute_order(heads: usize, head_dim: usize) -> Vec<usize> {
 
 impl LlamaModel {
     /// Loads a GGUF file: the model (weights stay encoded, viewed from the mapped
-    /// file) and the tokenizer and chat template from its metadata. Matmuls take f32
-    /// inputs ([`Activations::F32`]): the dequantized model's exact result.
+    /// file) and the tokenizer and chat template from its metadata. Matmuls take
+    /// llama.cpp's 8-bit inputs where llama.cpp does ([`Activations::Int8`]).
     pub fn load_gguf(path: &Path) -> Result<(Self, GgufTokenizer)> {
         Self::load_gguf_with(path, Activations::default())
     }

@@ -1,11 +1,12 @@
 //! Matrices kept in their file encoding, and `y = x · Wᵀ` over them.
 //!
-//! By default each weight row is dequantized into a small buffer (a row of an 8B-class
-//! model is at most 56 KiB as f32) and dotted with f32 inputs: the dequantized model's
-//! result to float rounding. [`Activations::Int8`] instead quantizes the inputs as
-//! llama.cpp does for Q4_0, Q4_1 and Q8_0 weights (blocks of 32 to 8 bits: Q8_1
-//! against Q4_1, Q8_0 against the others) and sums each block's products as
-//! integers, llama.cpp's `ggml_vec_dot_*` arithmetic.
+//! By default ([`Activations::Int8`]) the inputs of a Q4_0, Q4_1 or Q8_0 matmul are
+//! quantized as llama.cpp quantizes them (blocks of 32 to 8 bits: Q8_1 against Q4_1,
+//! Q8_0 against the others) and each block's products are summed as integers,
+//! llama.cpp's `ggml_vec_dot_*` arithmetic (AVX2 kernels in `x86.rs`). Otherwise, and
+//! with [`Activations::F32`], each weight row is dequantized into a small buffer (a row
+//! of an 8B-class model is at most 56 KiB as f32) and dotted with f32 inputs: the
+//! dequantized model's result to float rounding.
 //!
 //! Either way a batch reads each weight row once per call, and memory holds the
 //! encoded bytes only. Output rows are split across rayon's threads. The inner loops
@@ -24,14 +25,14 @@ use crate::error::{EngineError, Result};
 /// How a matmul over an encoded matrix treats its inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Activations {
+    /// As llama.cpp: quantized to 8 bits per block of 32 for Q4_0, Q4_1 and Q8_0
+    /// weights, with integer dot products (f32 for the other encodings). The
+    /// arithmetic GGUF quantizations are measured with, and 2–3× faster here.
+    #[default]
+    Int8,
     /// Kept in f32 against dequantized weight rows: the dequantized model's exact
     /// result (what transformers computes from a GGUF file), to float rounding.
-    #[default]
     F32,
-    /// As llama.cpp: quantized to 8 bits per block of 32 for Q4_0, Q4_1 and Q8_0
-    /// weights, with integer dot products (f32 for the other encodings). Faster at
-    /// batch 1 on this engine's kernels, and further from the dequantized model.
-    Int8,
 }
 
 /// A `[rows, cols]` row-major matrix in a ggml encoding.
@@ -180,9 +181,9 @@ impl QMatrix {
 /// extra term, used against weights with a minimum).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Q8Block {
-    d: f32,
-    s: f32,
-    q: [i8; 32],
+    pub(super) d: f32,
+    pub(super) s: f32,
+    pub(super) q: [i8; 32],
 }
 
 /// llama.cpp's `quantize_row_q8_0`/`q8_1`: per block, `d = max|x| / 127` (stored as
@@ -262,7 +263,10 @@ fn block_dot_fn() -> BlockDotFn {
     static CHOSEN: OnceLock<BlockDotFn> = OnceLock::new();
     *CHOSEN.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
             return block_dot_avx2;
         }
         block_dot_lanes
@@ -271,12 +275,10 @@ fn block_dot_fn() -> BlockDotFn {
 
 #[cfg(target_arch = "x86_64")]
 fn block_dot_avx2(ty: GgmlType, w: &[u8], xs: &[Vec<Q8Block>], out: &mut [f32]) {
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn inner(ty: GgmlType, w: &[u8], xs: &[Vec<Q8Block>], out: &mut [f32]) {
-        block_dot_lanes(ty, w, xs, out)
-    }
-    // SAFETY: chosen only after `is_x86_feature_detected!` found AVX2 and FMA.
-    unsafe { inner(ty, w, xs, out) }
+    // SAFETY: chosen only after `is_x86_feature_detected!` found AVX2, FMA and F16C;
+    // `w` is one row of whole blocks, each `xs` row that row's quantized input (same
+    // count), and only Q4_0, Q4_1 and Q8_0 take this path.
+    unsafe { super::x86::dot_rows(ty, w, xs, out) }
 }
 
 type DotFn = fn(&[f32], &[f32]) -> f32;
@@ -357,6 +359,37 @@ mod tests {
         assert_eq!(dot_lanes(&a[..3], &b[..3]), a[..3].iter().zip(&b).map(|(x, y)| x * y).sum::<f32>());
     }
 
+    /// The AVX2 kernels against the portable ones on random blocks of each encoding.
+    #[test]
+    fn the_simd_block_dots_agree_with_the_portable_ones() {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+            let blocks = 18;
+            let mut w: Vec<u8> = (0..blocks * ty.block_bytes()).map(|_| rnd() as u8).collect();
+            for b in w.chunks_exact_mut(ty.block_bytes()) {
+                b[..2].copy_from_slice(&half::f16::from_f32(0.01 + (rnd() % 100) as f32 * 1e-4).to_le_bytes());
+                if ty == GgmlType::Q4_1 {
+                    b[2..4].copy_from_slice(&half::f16::from_f32(-0.05).to_le_bytes());
+                }
+            }
+            let x: Vec<f32> = (0..blocks * 32).map(|_| (rnd() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let xs = vec![quantize_q8(&x, ty == GgmlType::Q4_1)];
+            let (mut portable, mut chosen) = ([0.0f32], [0.0f32]);
+            block_dot_lanes(ty, &w, &xs, &mut portable);
+            block_dot_fn()(ty, &w, &xs, &mut chosen);
+            assert!(
+                (portable[0] - chosen[0]).abs() <= 1e-4 * portable[0].abs().max(1.0),
+                "{ty:?}: {portable:?} vs {chosen:?}"
+            );
+        }
+    }
+
     #[test]
     fn matmul_matches_the_dequantized_matrix_for_any_batch() {
         // A Q8_0 matrix of 5 rows × 64: scales 0.5, values i − 16.
@@ -378,6 +411,13 @@ mod tests {
                     let want: f32 = (0..64).map(|c| x[i * 64 + c] * w[j * 64 + c]).sum();
                     assert_eq!(y[i * 5 + j], want, "m={m} ({i},{j})");
                 }
+            }
+            // llama.cpp's 8-bit inputs: within their rounding (half a step of
+            // max|x|/127 per input, times |w|).
+            let mut y8 = vec![0.0; m * 5];
+            q.clone().with_activations(Activations::Int8).matmul(&x, m, &mut y8);
+            for (a, b) in y8.iter().zip(&y) {
+                assert!((a - b).abs() <= 64.0 * 0.5 * (4.0 / 127.0) * 8.0, "{a} vs {b}");
             }
         }
         let p = q.permute_rows(&[4, 3, 2, 1, 0]).unwrap();

@@ -9,6 +9,8 @@
 
 mod blocks;
 mod matmul;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use blocks::dequantize_row;
 pub use matmul::{Activations, QMatrix, dot};

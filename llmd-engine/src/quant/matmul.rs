@@ -299,9 +299,11 @@ fn dot_fn() -> DotFn {
     })
 }
 
+/// `L` independent accumulators so the compiler vectorizes; fused multiply-adds only
+/// where the hardware has them (elsewhere `mul_add` is a slow library call).
 #[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 16;
+fn dot_lanes<const L: usize, const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let madd = |x: f32, y: f32, acc: f32| if FMA { x.mul_add(y, acc) } else { acc + x * y };
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0.0f32; L];
@@ -309,37 +311,21 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for l in 0..L {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
+            acc[l] = madd(x[l], y[l], acc[l]);
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s = x.mul_add(*y, s);
-    }
-    s
+    ra.iter().zip(rb).fold(acc.iter().sum(), |s, (x, y)| madd(*x, *y, s))
 }
 
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    // Without FMA hardware `mul_add` is a slow library call: plain multiply-add here.
-    const L: usize = 8;
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; L];
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..L {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+    dot_lanes::<8, false>(a, b)
 }
 
 #[cfg(target_arch = "x86_64")]
 fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn inner(a: &[f32], b: &[f32]) -> f32 {
-        dot_lanes(a, b)
+        dot_lanes::<16, true>(a, b)
     }
     // SAFETY: chosen only after `is_x86_feature_detected!` found AVX2 and FMA.
     unsafe { inner(a, b) }
@@ -356,7 +342,7 @@ mod tests {
         let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert_eq!(dot_portable(&a, &b), want);
         assert_eq!(dot(&a, &b), want, "small integers sum exactly in any order");
-        assert_eq!(dot_lanes(&a[..3], &b[..3]), a[..3].iter().zip(&b).map(|(x, y)| x * y).sum::<f32>());
+        assert_eq!(dot_lanes::<16, true>(&a[..3], &b[..3]), a[..3].iter().zip(&b).map(|(x, y)| x * y).sum::<f32>());
     }
 
     /// The AVX2 kernels against the portable ones on random blocks of each encoding.
@@ -400,7 +386,7 @@ mod tests {
                 data.extend((0..32u8).map(|i| (i as i8 - 16 + r as i8) as u8));
             }
         }
-        let q = QMatrix::new(GgmlType::Q8_0, 5, 64, data.into()).unwrap();
+        let q = QMatrix::new(GgmlType::Q8_0, 5, 64, data.into()).unwrap().with_activations(Activations::F32);
         let w = q.to_f32();
         for m in [1usize, 3] {
             let x: Vec<f32> = (0..m * 64).map(|i| (i % 9) as f32 - 4.0).collect();

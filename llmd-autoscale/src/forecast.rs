@@ -105,6 +105,19 @@ impl Line {
     fn at(&self, x: f64) -> f64 {
         self.mean_r + self.slope * (x - self.mean_t)
     }
+
+    /// What the readings predict for a new one at `x` seconds from now, and the
+    /// standard deviation of the difference between that prediction and a reading of
+    /// noise `sigma`: the reading's own, plus the fit's. With fewer than three readings
+    /// a line is not trusted and the prediction is their mean.
+    fn predict(&self, x: f64, sigma: f64) -> (f64, f64) {
+        let n = self.n as f64;
+        if self.n < 3 || self.sxx <= 0.0 {
+            return (self.mean_r, sigma * (1.0 + 1.0 / n).sqrt());
+        }
+        let dx = x - self.mean_t;
+        (self.at(x), sigma * (1.0 + 1.0 / n + dx * dx / self.sxx).sqrt())
+    }
 }
 
 /// See the module docs.
@@ -113,18 +126,21 @@ pub struct RateForecaster {
     config: ForecastConfig,
     /// (time, rate), oldest first, over the window.
     readings: VecDeque<(f64, f64)>,
+    /// Seconds between the last two readings (the interval a rate is measured over).
+    interval: f64,
 }
 
 impl RateForecaster {
     /// A forecaster under `config` (checked).
     pub fn new(config: ForecastConfig) -> Result<Self> {
         config.validate()?;
-        Ok(RateForecaster { config, readings: VecDeque::new() })
+        Ok(RateForecaster { config, readings: VecDeque::new(), interval: 0.0 })
     }
 
     /// Records `rate` (arrivals per second) measured over the interval ending at `now`
-    /// and returns the rate to plan for. Readings must come in time order; one at or
-    /// before the newest restarts the window.
+    /// and returns the rate to plan for. Readings must come in time order: a second one
+    /// at the same time replaces the first, and one earlier than the newest restarts the
+    /// window.
     pub fn observe(&mut self, now: f64, rate: f64) -> f64 {
         let rate = if rate.is_finite() { rate.max(0.0) } else { 0.0 };
         let Some(&(last, _)) = self.readings.back() else {
@@ -132,27 +148,35 @@ impl RateForecaster {
             return rate;
         };
         let dt = now - last;
-        if !(dt > 0.0 && dt.is_finite()) {
+        if dt == 0.0 {
+            self.readings.pop_back();
+        } else if !(dt > 0.0 && dt.is_finite()) {
             self.readings.clear();
             self.readings.push_back((now, rate));
             return rate;
+        } else {
+            self.interval = dt;
+        }
+        // Readings that left the window predict nothing (after a pause, say).
+        while self.readings.front().is_some_and(|&(t, _)| now - t > self.config.window_seconds) {
+            self.readings.pop_front();
         }
         // Poisson: a count of rate·dt arrivals has variance rate·dt, so the rate has
         // variance rate/dt (at least one arrival's worth, so a quiet window still
-        // allows for one).
+        // allows for one). Decisions come at a steady interval; the last one stands for
+        // all.
+        let dt = if self.interval > 0.0 { self.interval } else { 1.0 };
         let noise = |r: f64| (r.max(1.0 / dt) / dt).sqrt();
         if let Some(line) = Line::fit(&self.readings, now) {
-            let predicted = if line.n >= 2 { line.at(0.0) } else { line.mean_r }.max(0.0);
-            if (rate - predicted).abs() > self.config.jump_sigmas * noise(predicted) {
+            let (predicted, _) = line.predict(0.0, 0.0);
+            let (_, spread) = line.predict(0.0, noise(predicted.max(0.0)));
+            if (rate - predicted.max(0.0)).abs() > self.config.jump_sigmas * spread {
                 self.readings.clear();
                 self.readings.push_back((now, rate));
                 return rate;
             }
         }
         self.readings.push_back((now, rate));
-        while self.readings.front().is_some_and(|&(t, _)| now - t > self.config.window_seconds) {
-            self.readings.pop_front();
-        }
         let Some(line) = Line::fit(&self.readings, now) else { return rate };
         let sigma = noise(line.mean_r);
         let significant =
@@ -203,6 +227,27 @@ mod tests {
         // about 3σ; the plan stays within about 1σ of the truth.
         assert!(raw_max > 43.0, "{raw_max}");
         assert!(planned_max < 42.5, "{planned_max}");
+    }
+
+    /// Noise alone seldom looks like a jump, even just after a restart when a line
+    /// through two or three readings predicts poorly: the test allows for the fit's
+    /// own error.
+    #[test]
+    fn noise_seldom_restarts_the_window() {
+        let mut f = RateForecaster::new(ForecastConfig::default()).unwrap();
+        let mut rng = Rng::new(11);
+        let mut restarts = 0;
+        for i in 0..400 {
+            let before = f.readings.len();
+            f.observe(f64::from(i) * 15.0, poisson_rate(&mut rng, 5.0, 15.0));
+            restarts += usize::from(i > 0 && f.readings.len() == 1 && before >= 1);
+        }
+        assert!(restarts <= 2, "{restarts} restarts on a steady 5 req/s");
+        // A second reading at the same time replaces the first.
+        f.observe(400.0 * 15.0, 6.0);
+        let n = f.readings.len();
+        f.observe(400.0 * 15.0, 7.0);
+        assert_eq!((f.readings.len(), f.readings.back().map(|r| r.1)), (n, Some(7.0)));
     }
 
     #[test]

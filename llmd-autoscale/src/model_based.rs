@@ -154,13 +154,17 @@ impl ModelBasedPolicy {
                 // besides this one, the arrivals during the step before, whose mean
                 // length is the replica's mean ITL (prefill stalls included).
                 let rate = r.prefill_rate.unwrap_or(0.0);
-                let together = 1.0 + rate * r.itl.unwrap_or(step);
+                let together = (1.0 + rate * r.itl.unwrap_or(step)).max(1.0);
                 let own = ((pt - step) / together).max(0.0);
                 // A replica flushing a backlog admits many at once: no clean reading.
-                if r.waiting == 0.0 {
+                // Means over empty windows (0/0) are no reading either.
+                if r.waiting == 0.0 && own.is_finite() {
                     fit.observe_prefill(s.load.avg_input_tokens, own);
                 }
                 share = (rate * own).min(0.95);
+                if !share.is_finite() {
+                    share = 0.0;
+                }
             }
             if let Some(itl) = r.itl {
                 fit.observe_decode(r.running, itl * (1.0 - share));
@@ -195,6 +199,11 @@ impl Policy for ModelBasedPolicy {
         // a backlog to be served within queue_drain_seconds on top of the arrivals.
         let waiting = s.load.queued + s.replicas.iter().map(|r| r.waiting).sum::<f64>();
         let mut lambda = self.forecast.observe(s.now, s.load.arrival_rate) + waiting / self.config.queue_drain_seconds;
+        // Idle long enough to go to zero: the forecast's window still remembers the
+        // trickle before, but nothing arrives or waits now.
+        if to_zero && s.load.arrival_rate == 0.0 && waiting == 0.0 {
+            lambda = 0.0;
+        }
         let (input, output) = (s.load.avg_input_tokens, s.load.avg_output_tokens.max(1.0));
         let slo = self.config.slo();
         // Cost per request/s of capacity, cheapest first (ties by name).

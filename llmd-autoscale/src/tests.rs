@@ -138,6 +138,29 @@ fn scale_from_zero_on_held_requests_and_to_zero_after_idling() {
     assert_eq!(desired(&p.decide(&s).unwrap(), "a").0, 1, "idle only 0 s");
 }
 
+/// The model-based policy goes to zero after idling too, although its forecast's
+/// window still remembers the trickle of requests before.
+#[test]
+fn model_based_goes_to_zero_after_a_trickle_stops() {
+    let cfg = ModelBasedConfig { scale_to_zero_after: 60.0, ..mb_config(profile()) };
+    let mut p = ModelBasedPolicy::new(cfg).unwrap();
+    let one = VariantState { name: "a".into(), cost: 1.0, current: 1, ready: 1, min: 0, max: 4 };
+    let mut s = snapshot(vec![one], vec![replica("r", "a", 0.0, 0.0)]);
+    s.replicas[0].running = 0.0;
+    s.load = Load { arrival_rate: 0.1, avg_input_tokens: 500.0, avg_output_tokens: 200.0, ..Default::default() };
+    for i in 0..20 {
+        s.now = f64::from(i) * 15.0;
+        assert_eq!(desired(&p.decide(&s).unwrap(), "a").0, 1);
+    }
+    s.load.arrival_rate = 0.0;
+    let mut last = 1;
+    for i in 20..30 {
+        s.now = f64::from(i) * 15.0;
+        last = desired(&p.decide(&s).unwrap(), "a").0;
+    }
+    assert_eq!(last, 0, "idle for 135 s with scaleToZeroAfter 60");
+}
+
 #[test]
 fn snapshots_that_make_no_sense_are_refused() {
     let mut p = SaturationPolicy::new(SaturationConfig::default()).unwrap();

@@ -484,9 +484,11 @@ fn gpu_backend_on<A: crate::gpu::GpuApi>(
     Ok((Box::new(backend), num_blocks))
 }
 
-/// A GGUF file rather than a checkpoint directory: a file named `*.gguf`.
+/// A GGUF file rather than a checkpoint directory: a path named `*.gguf` (one that
+/// does not exist then fails as a missing file, not as a directory without
+/// `config.json`).
 pub fn is_gguf(path: &std::path::Path) -> bool {
-    path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// The tokenizer and chat template a GGUF file carries.

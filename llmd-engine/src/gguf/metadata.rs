@@ -107,7 +107,8 @@ fn read_typed(c: &mut Cursor<'_>, ty: u32, key: &str, depth: u32) -> Result<Valu
             }
             let inner = c.u32(key)?;
             let n = c.count(key, min_size(inner))?;
-            let mut items = Vec::with_capacity(n as usize);
+            // The count is bounded by the bytes left, not by memory: grow as read.
+            let mut items = Vec::with_capacity((n as usize).min(1 << 16));
             for _ in 0..n {
                 items.push(read_typed(c, inner, key, depth + 1)?);
             }

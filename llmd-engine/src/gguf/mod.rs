@@ -147,7 +147,9 @@ impl GgufFile {
         for i in 0..n_kv {
             let key = c.string(&format!("metadata key {i}")).map_err(fail)?;
             let value = metadata::read_value(&mut c, &key).map_err(fail)?;
-            metadata.insert(key, value);
+            if metadata.insert(key.clone(), value).is_some() {
+                return Err(fail(format!("metadata key {key} appears twice")));
+            }
         }
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
@@ -166,6 +168,12 @@ impl GgufFile {
             let mut dims = Vec::with_capacity(rank as usize);
             for _ in 0..rank {
                 dims.push(c.u64(&format!("tensor {name} dims")).map_err(fail)?);
+            }
+            if dims.contains(&0) {
+                return Err(fail(format!("tensor {name}: dims {dims:?} include 0")));
+            }
+            if infos.iter().any(|t: &TensorInfo| t.name == name) {
+                return Err(fail(format!("tensor {name} appears twice")));
             }
             let raw_type = c.u32(&format!("tensor {name} type")).map_err(fail)?;
             let ggml_type = GgmlType::from_id(raw_type)
@@ -237,10 +245,18 @@ impl GgufFile {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// A tensor's raw data (a view of the mapped file, not a copy).
-    pub fn data(&self, t: &TensorInfo) -> Bytes {
-        let start = (self.data_start + t.offset) as usize;
-        self.bytes.slice(start..start + t.size as usize)
+    /// A tensor's raw data (a view of the mapped file, not a copy). Entries of this
+    /// file's directory are always in bounds; another file's are checked.
+    pub fn data(&self, t: &TensorInfo) -> Result<Bytes> {
+        let range = self
+            .data_start
+            .checked_add(t.offset)
+            .and_then(|s| Some((s, s.checked_add(t.size)?)))
+            .filter(|&(_, e)| e <= self.bytes.len() as u64);
+        match range {
+            Some((s, e)) => Ok(self.bytes.slice(s as usize..e as usize)),
+            None => Err(self.error(format!("tensor {}: bytes beyond the end of the file", t.name))),
+        }
     }
 
     /// An error about this file.
@@ -277,4 +293,4 @@ impl GgufFile {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

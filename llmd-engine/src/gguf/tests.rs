@@ -85,10 +85,10 @@ fn a_written_file_reads_back() {
     let w = f.tensor("w").unwrap();
     assert_eq!((w.matrix(), w.size, w.offset), ((3, 2), 24, 32));
     let mut out = vec![0.0; 6];
-    dequantize_row(w.ggml_type, &f.data(w), &mut out);
+    dequantize_row(w.ggml_type, &f.data(w).unwrap(), &mut out);
     assert_eq!(out, [0.5; 6]);
     let n = f.tensor("norm").unwrap();
-    dequantize_row(n.ggml_type, &f.data(n), &mut out[..4]);
+    dequantize_row(n.ggml_type, &f.data(n).unwrap(), &mut out[..4]);
     assert_eq!(out[..4], [1.0, 2.0, 3.0, 4.0]);
 }
 
@@ -119,6 +119,12 @@ fn bad_files_get_errors_naming_the_file_and_cause() {
     let mut huge = good.clone();
     huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(err(huge).contains("cannot fit"));
+    // A zero dimension, duplicate tensors and keys.
+    assert!(err(write_gguf(&[], &[("z", vec![0, 4], GgmlType::F32, vec![])])).contains("include 0"));
+    let two = write_gguf(&[], &[("t", vec![1], GgmlType::F32, vec![0; 4]), ("t", vec![1], GgmlType::F32, vec![0; 4])]);
+    assert!(err(two).contains("tensor t appears twice"));
+    let keys = write_gguf(&[("k", 4, 1u32.to_le_bytes().to_vec()), ("k", 4, 2u32.to_le_bytes().to_vec())], &[]);
+    assert!(err(keys).contains("metadata key k appears twice"));
     // Columns that are not whole blocks.
     let e = err(write_gguf(&[], &[("q", vec![20], GgmlType::Q8_0, vec![0; 34])]));
     assert!(e.contains("tensor q"), "{e}");

@@ -71,9 +71,12 @@ pub fn from_gguf(f: &GgufFile) -> Result<GgufTokenizer> {
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
     let merges = strings("tokenizer.ggml.merges")?;
-    let types: Vec<i64> = match f.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
-        Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
+    let types: Vec<i64> = match f.get("tokenizer.ggml.token_type") {
         None => vec![1; tokens.len()],
+        Some(v) => v
+            .as_array()
+            .and_then(|a| a.iter().map(|t| t.as_i64()).collect::<Option<Vec<i64>>>())
+            .ok_or_else(|| f.error("metadata tokenizer.ggml.token_type is not an array of integers"))?,
     };
     if types.len() != tokens.len() {
         return Err(f.error(format!("{} token types for {} tokens", types.len(), tokens.len())));

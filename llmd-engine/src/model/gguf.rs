@@ -36,6 +36,10 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
     }
     let kv_heads = match f.get(&key("attention.head_count_kv")) {
         None => heads,
+        // Some files give one count per layer; this runner needs them equal.
+        Some(v) if v.as_array().is_some() => {
+            return Err(f.error(format!("{} holds per-layer counts: not supported", key("attention.head_count_kv"))));
+        }
         Some(_) => usize_of("attention.head_count_kv")?,
     };
     if kv_heads == 0 || heads % kv_heads != 0 {
@@ -45,10 +49,11 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         None => hidden / heads,
         Some(_) => usize_of("attention.key_length")?,
     };
-    if let Some(rot) = f.get(&key("rope.dimension_count")).and_then(|v| v.as_u64())
-        && rot as usize != head_dim
-    {
-        return Err(f.error(format!("partial rotary embeddings ({rot} of {head_dim} dims) are not supported")));
+    if f.get(&key("rope.dimension_count")).is_some() {
+        let rot = usize_of("rope.dimension_count")?;
+        if rot != head_dim {
+            return Err(f.error(format!("partial rotary embeddings ({rot} of {head_dim} dims) are not supported")));
+        }
     }
     if f.tensor("rope_freqs.weight").is_some() {
         return Err(f.error("per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 scaling) are not supported yet"));
@@ -62,8 +67,17 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         Some(t) => t.len(),
         None => usize_of("vocab_size")?,
     };
-    let eos = f.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|e| e as u32);
-    Ok(ModelConfig {
+    let token = |key: &str| -> Result<Option<u32>> {
+        match f.get(key) {
+            None => Ok(None),
+            Some(v) => match v.as_u64().and_then(|t| u32::try_from(t).ok()) {
+                Some(t) if (t as usize) < vocab => Ok(Some(t)),
+                _ => Err(f.error(format!("metadata {key} is {v:?}, not a token id below {vocab}"))),
+            },
+        }
+    };
+    let eos = token("tokenizer.ggml.eos_token_id")?;
+    let config = ModelConfig {
         model_type: arch.to_string(),
         vocab_size: vocab,
         hidden_size: hidden,
@@ -83,9 +97,41 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         attention_bias: f.tensor("blk.0.attn_q.bias").is_some(),
         mlp_bias: false,
         sliding_window: f.get(&key("attention.sliding_window")).and_then(|v| v.as_u64()).map(|w| w as usize),
-        bos_token_id: f.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()).map(|b| b as u32),
+        bos_token_id: token("tokenizer.ggml.bos_token_id")?,
         eos_token_ids: eos.into_iter().collect(),
-    })
+    };
+    check_sizes(f, &config)?;
+    Ok(config)
+}
+
+/// Sizes every model this runner can hold stays far below; beyond them a file is
+/// corrupt, and products of them (buffer sizes) would overflow.
+const LIMITS: [(&str, usize); 6] = [
+    ("embedding_length", 1 << 20),
+    ("feed_forward_length", 1 << 22),
+    ("block_count", 1 << 12),
+    ("attention.head_count", 1 << 14),
+    ("attention.key_length", 1 << 14),
+    ("vocabulary", 1 << 24),
+];
+
+fn check_sizes(f: &GgufFile, c: &ModelConfig) -> Result<()> {
+    let values =
+        [c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads, c.head_dim, c.vocab_size];
+    for ((what, most), v) in LIMITS.iter().zip(values) {
+        if v == 0 || v > *most {
+            return Err(f.error(format!("{what} {v} is out of range (1 to {most})")));
+        }
+    }
+    if !c.head_dim.is_multiple_of(2) {
+        return Err(f.error(format!("a head width of {} is odd: RoPE rotates pairs", c.head_dim)));
+    }
+    for (what, v) in [("rope.freq_base", c.rope_theta), ("attention.layer_norm_rms_epsilon", c.rms_norm_eps)] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(f.error(format!("{what} {v} is not a positive number")));
+        }
+    }
+    Ok(())
 }
 
 /// Reads tensors of a GGUF file with their expected shapes.
@@ -107,7 +153,7 @@ impl Loader<'_> {
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
         let t = self.info(name, rows, cols)?;
-        QMatrix::new(t.ggml_type, rows, cols, self.f.data(t))
+        QMatrix::new(t.ggml_type, rows, cols, self.f.data(t)?)
             .map(|q| q.with_activations(self.activations))
             .map_err(|e| self.f.error(format!("tensor {name}: {e}")))
     }
@@ -115,14 +161,14 @@ impl Loader<'_> {
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         let t = self.info(name, 1, len)?;
         let mut out = vec![0.0; len];
-        dequantize_row(t.ggml_type, &self.f.data(t), &mut out);
+        dequantize_row(t.ggml_type, &self.f.data(t)?, &mut out);
         Ok(out)
     }
 
     fn linear(&self, name: &str, rows: usize, cols: usize, bias: bool) -> Result<Linear> {
         let w = self.matrix(&format!("{name}.weight"), rows, cols)?;
         let b = if bias { Some(Tensor::new(vec![rows], self.vector(&format!("{name}.bias"), rows)?)?) } else { None };
-        Linear::quantized(w, b)
+        Linear::quantized(w, b).map_err(|e| self.f.error(format!("{name}: {e}")))
     }
 }
 
@@ -166,9 +212,11 @@ impl LlamaModel {
                 return Err(f.error(format!("{name}: a biased projection in a llama-architecture file")));
             }
             let q = lin.quantized_weight().ok_or_else(|| f.error(format!("{name}: not an encoded matrix")))?;
-            Linear::quantized(q.permute_rows(&unpermute_order(heads, hd))?, None)
+            q.permute_rows(&unpermute_order(heads, hd))
+                .and_then(|q| Linear::quantized(q, None))
+                .map_err(|e| f.error(format!("{name}: {e}")))
         };
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        let mut layers = Vec::new();
         for i in 0..c.num_hidden_layers {
             let p = format!("blk.{i}");
             let bias = c.attention_bias;
@@ -207,6 +255,41 @@ impl LlamaModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gguf::tests::{gguf_str, write_gguf};
+
+    fn config(kv: &[(&str, u64)]) -> Result<ModelConfig> {
+        let mut meta = vec![("general.architecture", 8u32, gguf_str("llama"))];
+        meta.extend(kv.iter().map(|(k, v)| (*k, 10u32, v.to_le_bytes().to_vec())));
+        let bytes = write_gguf(&meta, &[]);
+        let f = GgufFile::from_bytes(Path::new("m.gguf"), bytes.into())?;
+        config_from_gguf(&f)
+    }
+
+    #[test]
+    fn implausible_shapes_are_refused_by_name() {
+        let base = [
+            ("llama.embedding_length", 64),
+            ("llama.feed_forward_length", 128),
+            ("llama.block_count", 2),
+            ("llama.attention.head_count", 4),
+            ("llama.vocab_size", 100),
+        ];
+        let c = config(&base).unwrap();
+        assert_eq!((c.head_dim, c.num_key_value_heads, c.vocab_size), (16, 4, 100));
+        let with = |k: &str, v: u64| {
+            let mut kv = base.to_vec();
+            kv.retain(|(name, _)| *name != k);
+            kv.push((k, v));
+            config(&kv).unwrap_err().to_string()
+        };
+        assert!(with("llama.embedding_length", 0).contains("embedding_length 0 is out of range"));
+        assert!(with("llama.block_count", 0).contains("block_count 0 is out of range"));
+        assert!(with("llama.feed_forward_length", 1 << 30).contains("feed_forward_length"));
+        assert!(with("llama.attention.key_length", 7).contains("odd"));
+        assert!(with("llama.attention.head_count_kv", 3).contains("3 key/value heads for 4 query heads"));
+        let e = with("llama.attention.key_length", 1 << 40);
+        assert!(e.contains("m.gguf") && e.contains("key_length"), "{e}");
+    }
 
     #[test]
     fn the_unpermuted_order_inverts_llama_cpps_permute() {

@@ -118,8 +118,15 @@ impl QMatrix {
     /// The same matrix with its rows reordered: row `i` of the result is row
     /// `order[i]` of this one (whole rows move, so any encoding permutes exactly).
     pub fn permute_rows(&self, order: &[usize]) -> Result<Self> {
-        if order.len() != self.rows || order.iter().any(|&r| r >= self.rows) {
-            return Err(EngineError::Weights(format!("a row order of {} for {} rows", order.len(), self.rows)));
+        let mut seen = vec![false; self.rows];
+        let permutation =
+            order.len() == self.rows && order.iter().all(|&r| r < self.rows && !std::mem::replace(&mut seen[r], true));
+        if !permutation {
+            return Err(EngineError::Weights(format!(
+                "a row order of {} entries is not a permutation of {} rows",
+                order.len(),
+                self.rows
+            )));
         }
         let mut data = Vec::with_capacity(self.data.len());
         for &r in order {
@@ -169,11 +176,11 @@ impl QMatrix {
         // transposed buffer.
         let mut t = vec![0.0f32; n * m];
         t.par_chunks_mut(per * m).enumerate().for_each(|(c, out)| fill(c * per, out));
-        for (j, col) in t.chunks(m).enumerate() {
-            for (i, v) in col.iter().enumerate() {
-                y[i * n + j] = *v;
+        y[..m * n].par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = t[j * m + i];
             }
-        }
+        });
     }
 }
 
@@ -408,6 +415,7 @@ mod tests {
         }
         let p = q.permute_rows(&[4, 3, 2, 1, 0]).unwrap();
         assert_eq!(p.row(0), q.row(4));
-        assert!(q.permute_rows(&[0, 1]).is_err() && QMatrix::new(GgmlType::Q8_0, 5, 63, Bytes::new()).is_err());
+        assert!(q.permute_rows(&[0, 1]).is_err() && q.permute_rows(&[0, 1, 2, 3, 3]).is_err());
+        assert!(QMatrix::new(GgmlType::Q8_0, 5, 63, Bytes::new()).is_err());
     }
 }

@@ -219,8 +219,9 @@ struct EngineArgs {
     /// signal exits at once).
     #[arg(long, default_value_t = 25)]
     shutdown_timeout: u64,
-    /// The model: a Hugging Face checkpoint directory or a GGUF file (default: the
-    /// built-in tiny model).
+    /// The model: a Hugging Face checkpoint directory, a GGUF file, or a Hugging Face id
+    /// (`ORG/NAME[@REVISION]`, resolved through the Hugging Face cache: `HF_HOME`,
+    /// `HF_HUB_CACHE`, `HF_HUB_OFFLINE`) (default: the built-in tiny model).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Name clients use in the `model` field (default: the directory name, or llmd-tiny).
@@ -564,6 +565,22 @@ struct Built {
     generation: llmd::engine::GenerationConfig,
 }
 
+/// `--model ORG/NAME[@REVISION]`: resolved once to its snapshot in the Hugging Face
+/// cache (downloaded there unless `HF_HUB_OFFLINE` is set; no weights for `--sim`), and
+/// served under the id unless `--served-model-name` says otherwise.
+fn resolve_model_id(a: &mut EngineArgs) -> Result<()> {
+    use llmd::engine::hub::{HubOptions, is_model_id, resolve};
+    let Some(m) = a.model.as_ref().filter(|m| is_model_id(m)) else { return Ok(()) };
+    let id = m.to_string_lossy().into_owned();
+    let opts = HubOptions::from_env();
+    tracing::info!(%id, cache = %opts.cache.display(), offline = opts.offline, "resolving a Hugging Face model id");
+    let dir = resolve(&id, &opts, !a.sim)?;
+    let name = id.split_once('@').map_or(id.as_str(), |(n, _)| n).to_string();
+    a.served_model_name.get_or_insert(name);
+    a.model = Some(dir);
+    Ok(())
+}
+
 fn build_engine(
     a: &EngineArgs,
     offload: Option<&llmd::engine::offload::OffloadConfig>,
@@ -607,7 +624,8 @@ fn build_engine(
     Ok(Built { engine: built.engine, template: built.template, generation: built.generation })
 }
 
-fn serve(a: ServeArgs) -> Result<()> {
+fn serve(mut a: ServeArgs) -> Result<()> {
+    resolve_model_id(&mut a.engine)?;
     use llmd::engine::server::{KvEventsConfig, KvTransferConfig, ServeConfig, Server, ServerConfig};
 
     // One --kv-transfer-config names one connector: offloading, or P/D transfer.
@@ -675,7 +693,8 @@ fn serve(a: ServeArgs) -> Result<()> {
     })
 }
 
-fn up(a: UpArgs) -> Result<()> {
+fn up(mut a: UpArgs) -> Result<()> {
+    resolve_model_id(&mut a.engine)?;
     use llmd::cluster::{LocalCluster, Replica};
     use llmd::scheduler::{PluginRegistry, SchedulerConfig, presets};
 

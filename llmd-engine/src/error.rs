@@ -36,6 +36,15 @@ pub enum EngineError {
         reason: String,
     },
 
+    /// A Hugging Face model id that could not be resolved to files.
+    #[error("model {id}: {reason}")]
+    Hub {
+        /// The id (`ORG/NAME`).
+        id: String,
+        /// Why.
+        reason: String,
+    },
+
     /// A checkpoint missing a tensor, or with one of the wrong shape or type.
     #[error("weights: {0}")]
     Weights(String),

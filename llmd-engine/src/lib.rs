@@ -36,6 +36,8 @@ pub mod gguf;
 #[cfg(any(feature = "cuda", feature = "rocm"))]
 pub mod gpu;
 pub mod handle;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod kv;
 pub mod metrics;
 pub mod model;

@@ -98,8 +98,14 @@ impl Llmd {
 /// Starts `llmd ARGS` and waits for a stdout line starting with `ready`; returns the
 /// process and that line, or `None` when it exited first (a port taken, say).
 pub(crate) fn start_llmd(args: &[String], ready: &str) -> Option<(Llmd, String)> {
+    start_llmd_env(args, &[], ready)
+}
+
+/// [`start_llmd`] with extra environment variables.
+pub(crate) fn start_llmd_env(args: &[String], env: &[(&str, &str)], ready: &str) -> Option<(Llmd, String)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_llmd"))
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("VLLM_API_KEY")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

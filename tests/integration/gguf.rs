@@ -1,9 +1,10 @@
-//! `llmd up --model FILE.gguf` answering the official `openai` client with the greedy
-//! text of the f32 reference (`llmd-engine/tests/fixtures/gguf/smollm2_f32.json`: the
-//! chat prompt's tokens decode to "The capital of France is Paris." then end of turn).
-//!
-//! Needs the SmolLM2 GGUF (`scripts/gguf/fetch_smollm2.sh`, `LLMD_SMOLLM2_GGUF`) and the
-//! interop venv: `scripts/test.sh` provides both.
+//! Real models from files and ids:
+//! - `llmd up --model FILE.gguf` answering the official `openai` client with the greedy
+//!   text of the f32 reference (`llmd-engine/tests/fixtures/gguf/smollm2_f32.json`: the
+//!   chat prompt's tokens decode to "The capital of France is Paris." then end of
+//!   turn); needs the SmolLM2 GGUF (`scripts/gguf/fetch_smollm2.sh`,
+//!   `LLMD_SMOLLM2_GGUF`) and the interop venv, which `scripts/test.sh` provides;
+//! - `llmd serve --model ORG/NAME` from a Hugging Face cache, offline.
 
 use std::time::Duration;
 
@@ -39,4 +40,49 @@ async fn llmd_up_serves_a_gguf_model_to_the_openai_client() {
     crate::common::signal(&up.child, "TERM");
     let status = crate::common::wait_exit(&mut up.child, Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
+}
+
+/// `llmd serve --model ORG/NAME` resolves the id through a Hugging Face cache laid out
+/// as huggingface_hub lays it out (here filled from a test checkpoint), offline, and
+/// serves the model under the id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hugging_face_id_is_served_from_the_cache_offline() {
+    let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("llmd-engine/tests/fixtures/llama-gqa-tied-bf16-sharded");
+    let home = std::env::temp_dir().join(format!("llmd-hf-home-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    let repo = home.join("hub/models--acme--tiny-llama");
+    let commit = "89abcdef0123456789abcdef0123456789abcdef";
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for f in std::fs::read_dir(&fixture).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, snap.join(f.file_name().unwrap())).unwrap();
+    }
+    let args: Vec<String> = ["serve", "--model", "acme/tiny-llama", "--port", "0"].map(String::from).to_vec();
+    let env = [("HF_HOME", home.to_str().unwrap()), ("HF_HUB_OFFLINE", "1"), ("HF_HUB_CACHE", "")];
+    let (mut serve, line) = crate::common::start_llmd_env(&args, &env, "llmd serve:").expect("llmd serve started");
+    assert!(line.contains("\"acme/tiny-llama\""), "{line}");
+    let base = line.split("http://").nth(1).and_then(|s| s.split("/v1").next()).unwrap().to_string();
+    let body = serde_json::json!({"model": "acme/tiny-llama", "prompt": "Hello", "max_tokens": 4, "temperature": 0});
+    let r = reqwest::Client::new()
+        .post(format!("http://{base}/v1/completions"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    crate::common::signal(&serve.child, "TERM");
+    let status = crate::common::wait_exit(&mut serve.child, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    // Offline with the id missing from the cache: an error naming the id and the file.
+    let args: Vec<String> = ["serve", "--model", "acme/absent", "--port", "0"].map(String::from).to_vec();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_llmd")).args(&args).envs(env.iter().copied()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("acme/absent") && err.contains("HF_HUB_OFFLINE"), "{err}");
+    std::fs::remove_dir_all(&home).unwrap();
 }

@@ -495,6 +495,9 @@ fn main() -> Result<()> {
         .init();
     // Every connection (served or made) is a descriptor; the usual 1 024 is a few hundred clients.
     llmd::openai::http::raise_fd_limit();
+    // One TLS provider for every client and server (kube, scraping, serving): rustls
+    // cannot choose one itself when dependencies enable two (hf-hub's ureq brings ring).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
     match cli.command {
         Command::Kv(KvCommand::Hash(a)) => kv_hash(a),

@@ -14,6 +14,10 @@ use crate::discovery::METRICS_HOST_LABEL;
 /// system roots without one, or nothing with `insecureSkipVerify`; presents the client
 /// certificate when one is set. Errors name the parameter.
 pub(super) fn tls_client(tls: &TlsSettings) -> Result<reqwest::Client, String> {
+    // rustls picks its process-wide provider from its crate features, and panics when
+    // a program links both of its providers (another dependency may bring `ring`):
+    // this crate's TLS is aws-lc-rs, installed unless the program chose already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut b = reqwest::Client::builder();
     if tls.insecure_skip_verify {
         b = b.tls_danger_accept_invalid_certs(true);

@@ -32,13 +32,20 @@ async fn https_server(body: String, client_auth: bool) -> u16 {
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_file_iter(tls_dir().join("server.crt")).unwrap().map(Result::unwrap).collect();
     let key = PrivateKeyDer::from_pem_file(tls_dir().join("server.key")).unwrap();
-    let builder = rustls::ServerConfig::builder();
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap();
     let cfg = if client_auth {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(tls_dir().join("ca.crt")).unwrap() {
             roots.add(c.unwrap()).unwrap();
         }
-        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        )
+        .build()
+        .unwrap();
         builder.with_client_cert_verifier(verifier).with_single_cert(certs, key).unwrap()
     } else {
         builder.with_no_client_auth().with_single_cert(certs, key).unwrap()

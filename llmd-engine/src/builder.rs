@@ -270,6 +270,8 @@ impl EngineBuilder {
     pub fn build(self) -> Result<BuiltEngine> {
         let clock = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock::default()));
         let byte_template = || ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, "<s>", "</s>");
+        // A simulated GGUF's shape, read with its tokenizer (one pass over the file).
+        let mut gguf_shape = None;
         let (model, tokenizer, template, generation, name): (
             Option<LlamaModel>,
             Arc<dyn Tokenize>,
@@ -288,35 +290,31 @@ impl EngineBuilder {
                 (None, Arc::new(ByteTokenizer), byte_template(), GenerationConfig::default(), SIM_MODEL_NAME.into())
             }
             ModelSource::SimCheckpoint(file, _) if is_gguf(file) => {
-                let (tokenizer, template) = gguf_renderer(&crate::gguf::GgufFile::open(file)?)?;
-                let name = file.file_stem().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-                (None, tokenizer, template, GenerationConfig::default(), name)
+                let f = crate::gguf::GgufFile::open(file)?;
+                gguf_shape = Some(crate::model::gguf::config_from_gguf(&f)?);
+                let (tokenizer, template) = renderer_of(&crate::gguf::tokenizer::from_gguf(&f)?)?;
+                (None, tokenizer, template, GenerationConfig::default(), served_name(file))
             }
             ModelSource::SimCheckpoint(dir, _) => {
                 let r = PromptRenderer::from_dir(dir)?;
-                let name = dir.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-                (None, r.tokenizer, r.template, GenerationConfig::from_dir(dir)?, name)
+                (None, r.tokenizer, r.template, GenerationConfig::from_dir(dir)?, served_name(dir))
             }
             ModelSource::Checkpoint(file) if is_gguf(file) => {
                 tracing::info!(file = %file.display(), "loading GGUF model");
                 let (model, tok) = LlamaModel::load_gguf(file)?;
                 let (tokenizer, template) = renderer_of(&tok)?;
-                let name = file.file_stem().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-                (Some(model), tokenizer, template, GenerationConfig::default(), name)
+                (Some(model), tokenizer, template, GenerationConfig::default(), served_name(file))
             }
             ModelSource::Checkpoint(dir) => {
                 tracing::info!(dir = %dir.display(), "loading checkpoint");
                 let model = LlamaModel::load(dir)?;
                 let r = PromptRenderer::from_dir(dir)?;
-                let name = dir.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-                (Some(model), r.tokenizer, r.template, GenerationConfig::from_dir(dir)?, name)
+                (Some(model), r.tokenizer, r.template, GenerationConfig::from_dir(dir)?, served_name(dir))
             }
         };
         // The checkpoint's shape without its weights, for the simulator.
         let sim_shape = match &self.source {
-            ModelSource::SimCheckpoint(file, _) if is_gguf(file) => {
-                Some(crate::model::gguf::config_from_gguf(&crate::gguf::GgufFile::open(file)?)?)
-            }
+            ModelSource::SimCheckpoint(file, _) if is_gguf(file) => gguf_shape,
             ModelSource::SimCheckpoint(dir, _) => Some(ModelConfig::from_dir(dir)?),
             _ => None,
         };
@@ -491,11 +489,13 @@ pub fn is_gguf(path: &std::path::Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
-/// The tokenizer and chat template a GGUF file carries.
-fn gguf_renderer(f: &crate::gguf::GgufFile) -> Result<(Arc<dyn Tokenize>, ChatTemplate)> {
-    renderer_of(&crate::gguf::tokenizer::from_gguf(f)?)
+/// The name a checkpoint is served under: its directory's name, or a GGUF file's stem.
+fn served_name(path: &std::path::Path) -> String {
+    let n = if is_gguf(path) { path.file_stem() } else { path.file_name() };
+    n.map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
 }
 
+/// The tokenizer and chat template a GGUF file's metadata describes.
 fn renderer_of(tok: &crate::gguf::tokenizer::GgufTokenizer) -> Result<(Arc<dyn Tokenize>, ChatTemplate)> {
     let template = match &tok.chat_template {
         Some(t) => ChatTemplate::new(

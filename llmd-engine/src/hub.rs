@@ -19,6 +19,9 @@ pub struct HubOptions {
     pub cache: PathBuf,
     /// Use only what the cache holds.
     pub offline: bool,
+    /// The hub to download from (`HF_ENDPOINT`, as huggingface_hub reads it: a mirror);
+    /// `None` is huggingface.co.
+    pub endpoint: Option<String>,
     /// The most a resolution that downloads may take. hf-hub's client sets no
     /// per-request timeout, so this bounds the whole wait (the download thread is
     /// left behind when it passes, and the caller fails).
@@ -36,7 +39,8 @@ impl HubOptions {
             .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
         let offline = std::env::var("HF_HUB_OFFLINE")
             .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
-        HubOptions { cache, offline, download_timeout: std::time::Duration::from_secs(3600) }
+        let endpoint = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty());
+        HubOptions { cache, offline, endpoint, download_timeout: std::time::Duration::from_secs(3600) }
     }
 }
 
@@ -82,15 +86,12 @@ impl Fetch for CacheOnly {
 
 struct Online {
     id: String,
-    cached: hf_hub::CacheRepo,
     api: hf_hub::api::sync::ApiRepo,
 }
 
 impl Fetch for Online {
     fn get(&self, file: &str) -> Result<Option<PathBuf>> {
-        if let Some(p) = self.cached.get(file) {
-            return Ok(Some(p));
-        }
+        // hf-hub answers from the cache first, then downloads into it.
         match self.api.get(file) {
             Ok(p) => Ok(Some(p)),
             // A file the repo does not have: optional ones are simply absent.
@@ -136,11 +137,12 @@ fn resolve_now(id: &str, opts: &HubOptions, weights: bool) -> Result<PathBuf> {
     let fetch: Box<dyn Fetch> = if opts.offline {
         Box::new(CacheOnly { repo: cache.repo(repo) })
     } else {
-        let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
-            .with_progress(false)
-            .build()
-            .map_err(|e| fail(id, format!("starting the hub client: {e}")))?;
-        Box::new(Online { id: id.to_string(), cached: cache.repo(repo.clone()), api: api.repo(repo) })
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(false);
+        if let Some(e) = &opts.endpoint {
+            builder = builder.with_endpoint(e.clone());
+        }
+        let api = builder.build().map_err(|e| fail(id, format!("starting the hub client: {e}")))?;
+        Box::new(Online { id: id.to_string(), api: api.repo(repo) })
     };
     let missing = |file: &str| {
         if opts.offline {
@@ -218,7 +220,12 @@ mod tests {
                 ("model-2.safetensors", ""),
             ],
         );
-        let opts = HubOptions { cache: root.clone(), offline: true, download_timeout: std::time::Duration::ZERO };
+        let opts = HubOptions {
+            cache: root.clone(),
+            offline: true,
+            endpoint: None,
+            download_timeout: std::time::Duration::ZERO,
+        };
         assert_eq!(resolve("acme/tiny", &opts, true).unwrap(), snap);
         // A shard missing from the cache, offline: named in the error.
         std::fs::remove_file(snap.join("model-2.safetensors")).unwrap();
@@ -229,6 +236,40 @@ mod tests {
         let e = resolve("acme/other", &opts, false).unwrap_err().to_string();
         assert!(e.contains("config.json is not in the cache"), "{e}");
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Bad hubs on loopback: one that accepts and never answers is cut by the deadline,
+    /// one that resets every connection fails the download with its cause.
+    #[test]
+    fn silent_and_resetting_hubs_fail_within_the_deadline() {
+        use std::net::TcpListener;
+        let serve = |answer: bool| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for s in l.incoming().flatten() {
+                    if answer {
+                        drop(s); // closed at once: a reset mid-request
+                    } else {
+                        held.push(s); // kept open, never answered
+                    }
+                }
+            });
+            format!("http://{addr}")
+        };
+        let root = std::env::temp_dir().join(format!("llmd-hub-bad-{}", std::process::id()));
+        let opts = |endpoint: String| HubOptions {
+            cache: root.clone(),
+            offline: false,
+            endpoint: Some(endpoint),
+            download_timeout: std::time::Duration::from_millis(500),
+        };
+        let e = resolve("acme/tiny", &opts(serve(false)), true).unwrap_err().to_string();
+        assert!(e.contains("acme/tiny") && e.contains("not resolved within"), "{e}");
+        let e = resolve("acme/tiny", &opts(serve(true)), true).unwrap_err().to_string();
+        assert!(e.contains("downloading config.json"), "{e}");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::quant::dequantize_row;
 /// A GGUF image: metadata (key, type id, encoded value) and tensors (name, dims, type,
 /// data).
 pub(crate) fn write_gguf(kv: &[(&str, u32, Vec<u8>)], tensors: &[(&str, Vec<u64>, GgmlType, Vec<u8>)]) -> Vec<u8> {
-    let s = |v: &str| [&(v.len() as u64).to_le_bytes()[..], v.as_bytes()].concat();
+    let s = gguf_str;
     let mut out = Vec::new();
     out.extend_from_slice(b"GGUF");
     out.extend_from_slice(&3u32.to_le_bytes());

@@ -10,25 +10,53 @@ const MAJOR_TEXT: u8 = 3;
 const MAJOR_ARRAY: u8 = 4;
 const NULL: u8 = 0xf6;
 
-/// Writes a head (major type + argument) in its shortest form, as canonical CBOR requires.
-/// Each form is one `extend_from_slice` of a fixed-size array: this runs once per token.
+/// A head (major type + argument) in its shortest form, as canonical CBOR requires:
+/// the bytes and how many of them are used.
+#[inline]
+fn head_bytes(major: u8, arg: u64) -> ([u8; 9], usize) {
+    let m = major << 5;
+    let mut b = [0u8; 9];
+    let n = if arg < 24 {
+        b[0] = m | arg as u8;
+        1
+    } else if arg <= u8::MAX as u64 {
+        b[..2].copy_from_slice(&[m | 24, arg as u8]);
+        2
+    } else if arg <= u16::MAX as u64 {
+        b[0] = m | 25;
+        b[1..3].copy_from_slice(&(arg as u16).to_be_bytes());
+        3
+    } else if arg <= u32::MAX as u64 {
+        b[0] = m | 26;
+        b[1..5].copy_from_slice(&(arg as u32).to_be_bytes());
+        5
+    } else {
+        b[0] = m | 27;
+        b[1..].copy_from_slice(&arg.to_be_bytes());
+        9
+    };
+    (b, n)
+}
+
+/// The head of an array of `len` items.
+#[inline]
+pub(crate) fn array_head(len: usize) -> ([u8; 9], usize) {
+    head_bytes(MAJOR_ARRAY, len as u64)
+}
+
+/// The head of a byte string of `len` bytes.
+#[inline]
+pub(crate) fn bytes_head(len: usize) -> ([u8; 9], usize) {
+    head_bytes(MAJOR_BYTES, len as u64)
+}
+
+/// The `null` byte.
+pub(crate) const NULL_BYTE: u8 = NULL;
+
 #[inline]
 fn head(out: &mut Vec<u8>, major: u8, arg: u64) {
-    let m = major << 5;
-    if arg < 24 {
-        out.push(m | arg as u8);
-    } else if arg <= u8::MAX as u64 {
-        out.extend_from_slice(&[m | 24, arg as u8]);
-    } else if arg <= u16::MAX as u64 {
-        let [a, b] = (arg as u16).to_be_bytes();
-        out.extend_from_slice(&[m | 25, a, b]);
-    } else if arg <= u32::MAX as u64 {
-        let [a, b, c, d] = (arg as u32).to_be_bytes();
-        out.extend_from_slice(&[m | 26, a, b, c, d]);
-    } else {
-        let [a, b, c, d, e, f, g, h] = arg.to_be_bytes();
-        out.extend_from_slice(&[m | 27, a, b, c, d, e, f, g, h]);
-    }
+    let (b, n) = head_bytes(major, arg);
+    out.extend_from_slice(&b[..n]);
 }
 
 #[inline]
@@ -37,35 +65,54 @@ pub(crate) fn uint(out: &mut Vec<u8>, v: u64) {
 }
 
 /// Writes an array of unsigned 32-bit integers (a block's token ids). The hot loop of
-/// block hashing: sized once, then written by index with no per-item capacity checks.
+/// block hashing. Token ids straddle the 1-, 2- and 4-byte forms unpredictably (a
+/// 128K vocabulary puts about half above 65 535), so each item is written without
+/// branches: one 8-byte store of the head and its big-endian argument, then the cursor
+/// moves by the encoded length. A branch per item mispredicted often enough to cost
+/// as much as the SHA-256 it feeds.
 pub(crate) fn u32_array(out: &mut Vec<u8>, items: &[u32]) {
-    array(out, items.len());
     let start = out.len();
-    out.resize(start + items.len() * 5, 0);
-    let buf = &mut out[start..];
-    let mut w = 0;
-    for &v in items {
-        let Some(dst) = buf.get_mut(w..w + 5) else {
-            break;
-        };
-        w += if v < 24 {
-            dst[0] = v as u8;
-            1
-        } else if v <= 0xff {
-            dst[0] = 24;
-            dst[1] = v as u8;
-            2
-        } else if v <= 0xffff {
-            dst[0] = 25;
-            dst[1..3].copy_from_slice(&(v as u16).to_be_bytes());
-            3
-        } else {
-            dst[0] = 26;
-            dst[1..5].copy_from_slice(&v.to_be_bytes());
-            5
-        };
+    out.resize(start + u32_array_room(items.len()), 0);
+    let written = u32_array_into(&mut out[start..], items).unwrap_or(0);
+    out.truncate(start + written);
+}
+
+/// Bytes [`u32_array_into`] may touch for `n` items: the longest encoding plus the
+/// slack of the last 8-byte store.
+pub(crate) const fn u32_array_room(n: usize) -> usize {
+    9 + n * 5 + 3
+}
+
+/// [`u32_array`] into a slice with at least [`u32_array_room`] bytes; returns the
+/// encoded length, or `None` when `dst` is too short. Bytes after the encoding are
+/// overwritten with garbage.
+#[inline]
+pub(crate) fn u32_array_into(dst: &mut [u8], items: &[u32]) -> Option<usize> {
+    if dst.len() < u32_array_room(items.len()) {
+        return None;
     }
-    out.truncate(start + w);
+    let (h, mut w) = head_bytes(MAJOR_ARRAY, items.len() as u64);
+    dst.get_mut(..w)?.copy_from_slice(&h[..w]);
+    for &v in items {
+        let (word, len) = uint_word(v);
+        dst.get_mut(w..w + 8)?.copy_from_slice(&word.to_le_bytes());
+        w += len;
+    }
+    Some(w)
+}
+
+/// The canonical encoding of `v` as the low bytes of a little-endian word (head first,
+/// then the argument big-endian), and its length: 1, 2, 3 or 5 bytes.
+#[inline(always)]
+fn uint_word(v: u32) -> (u64, usize) {
+    let (ge24, ge256, ge64k) = (u32::from(v >= 24), u32::from(v >= 256), u32::from(v >= 65_536));
+    // Argument bytes after the head: 0, 1, 2 or 4.
+    let arg_len = ge24 + ge256 + ge64k * 2;
+    // Head: the value itself below 24, else 24, 25 or 26 for 1, 2 or 4 argument bytes.
+    let head = if ge24 == 1 { 23 + ge24 + ge256 + ge64k } else { v };
+    // The argument's bytes, big-endian, in the low `arg_len` bytes (0 when none).
+    let be = u64::from(v.swap_bytes()) >> (32 - 8 * arg_len);
+    (u64::from(head) | (be << 8), 1 + arg_len as usize)
 }
 
 #[inline]
@@ -140,5 +187,41 @@ mod tests {
             uint(&mut slow, u64::from(i));
         }
         assert_eq!(fast, slow);
+    }
+
+    fn item_by_item(items: &[u32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        array(&mut out, items.len());
+        for &i in items {
+            uint(&mut out, u64::from(i));
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Every boundary class, in any order and any length, with bytes already in
+        /// the buffer (the array is appended, never written over them).
+        #[test]
+        fn u32_array_is_canonical_for_any_items(
+            prefix in proptest::collection::vec(proptest::num::u8::ANY, 0..4),
+            items in proptest::collection::vec(proptest::prop_oneof![
+                0u32..24, 24u32..256, 256u32..65_536, 65_536u32..=u32::MAX, proptest::num::u32::ANY], 0..40),
+        ) {
+            let mut fast = prefix.clone();
+            u32_array(&mut fast, &items);
+            let mut slow = prefix;
+            slow.extend(item_by_item(&items));
+            proptest::prop_assert_eq!(fast, slow);
+        }
+    }
+
+    /// Negative control: the comparison above notices a wrong length class.
+    #[test]
+    fn a_wrong_encoding_is_noticed() {
+        let mut wrong = item_by_item(&[300]);
+        wrong[1] = 24; // a one-byte head for a two-byte argument
+        let mut fast = Vec::new();
+        u32_array(&mut fast, &[300]);
+        assert_ne!(fast, wrong);
     }
 }

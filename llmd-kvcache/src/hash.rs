@@ -18,9 +18,9 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
-use crate::cbor;
 use crate::error::{KvCacheError, Result};
 use crate::extra_keys::{ExtraKey, RequestKeys};
+use crate::{cbor, sha256};
 
 /// The seed vLLM uses for cryptographic hashes when `PYTHONHASHSEED` is unset
 /// (`DEFAULT_NONE_HASH_SEED`), so independent processes agree on block hashes.
@@ -231,8 +231,15 @@ impl BlockHasher {
         tokens: &[u32],
         extra_keys: Option<&[ExtraKey]>,
     ) -> BlockHash {
+        if self.algo == HashAlgo::Sha256Cbor && matches!(extra_keys, None | Some([])) {
+            let parent = parent.unwrap_or(&self.none_hash).as_bytes();
+            return BlockHash { len: 32, bytes: sha256::plain_block(buf, parent, tokens) };
+        }
         self.block_input(buf, parent, tokens, extra_keys);
-        self.algo.digest(buf)
+        match self.algo {
+            HashAlgo::Sha256Cbor => BlockHash { len: 32, bytes: sha256::scratch(buf) },
+            HashAlgo::XxHashCbor => self.algo.digest(buf),
+        }
     }
 
     /// Writes into `buf` (cleared first) the exact bytes [`hash_block`](Self::hash_block)

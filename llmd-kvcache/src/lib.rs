@@ -56,6 +56,7 @@ mod hash;
 mod manager;
 mod pool;
 pub mod rng;
+mod sha256;
 pub mod tier;
 
 pub use error::{KvCacheError, Result};

@@ -56,4 +56,31 @@ mod tests {
         }
         assert_eq!(out, text);
     }
+
+    /// A SentencePiece vocabulary (`▁` word starts, `<0xNN>` byte fallback, a decoder
+    /// that strips the prefix space): the streamed text is the full decode's tail, the
+    /// first generated word keeps its space after a prompt, and characters split across
+    /// byte tokens come out whole.
+    #[test]
+    fn gguf_sentencepiece_streams_as_it_decodes() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/spm.gguf");
+        let f = crate::gguf::GgufFile::open(&path).unwrap();
+        let json = crate::gguf::tokenizer::from_gguf(&f).unwrap().json;
+        let tok = crate::tokenizer::HfTokenizer::from_bytes(json.as_bytes()).unwrap();
+        let ids = tok.encode("The answer is 東京 🦀, said the crab.", true).unwrap();
+        for prompt_len in [0, 1, 3, 6] {
+            let mut d = IncrementalDecoder::new(prompt_len);
+            let (mut out, mut held) = (String::new(), 0);
+            for n in prompt_len + 1..=ids.len() {
+                let piece = d.step(&tok, &ids[..n]).unwrap();
+                assert!(!piece.contains('\u{FFFD}'), "{piece:?}");
+                held += usize::from(piece.is_empty());
+                out.push_str(&piece);
+            }
+            let prompt = tok.decode(&ids[..prompt_len], true).unwrap();
+            assert_eq!(prompt + &out, tok.decode(&ids, true).unwrap(), "after a prompt of {prompt_len} tokens");
+            // 東, 京 and 🦀 are 3, 3 and 4 byte tokens: all but each one's last held back.
+            assert!(held >= 7, "{held} steps held back");
+        }
+    }
 }

@@ -76,7 +76,12 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             },
         }
     };
-    let eos = token("tokenizer.ggml.eos_token_id")?;
+    // SentencePiece vocabularies without the keys get llama.cpp's defaults (BOS 1,
+    // EOS 2), as the tokenizer does, so generation still stops at EOS.
+    let spm_default = |id: u32| {
+        (f.get("tokenizer.ggml.model").and_then(|m| m.as_str()) == Some("llama") && (id as usize) < vocab).then_some(id)
+    };
+    let eos = token("tokenizer.ggml.eos_token_id")?.or(spm_default(2));
     let config = ModelConfig {
         model_type: arch.to_string(),
         vocab_size: vocab,
@@ -97,7 +102,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         attention_bias: f.tensor("blk.0.attn_q.bias").is_some(),
         mlp_bias: false,
         sliding_window: f.get(&key("attention.sliding_window")).and_then(|v| v.as_u64()).map(|w| w as usize),
-        bos_token_id: token("tokenizer.ggml.bos_token_id")?,
+        bos_token_id: token("tokenizer.ggml.bos_token_id")?.or(spm_default(1)),
         eos_token_ids: eos.into_iter().collect(),
     };
     check_sizes(f, &config)?;
@@ -289,6 +294,32 @@ mod tests {
         assert!(with("llama.attention.head_count_kv", 3).contains("3 key/value heads for 4 query heads"));
         let e = with("llama.attention.key_length", 1 << 40);
         assert!(e.contains("m.gguf") && e.contains("key_length"), "{e}");
+    }
+
+    #[test]
+    fn sentencepiece_files_without_special_ids_get_llama_cpps() {
+        let shape = [
+            ("llama.embedding_length", 64u64),
+            ("llama.feed_forward_length", 128),
+            ("llama.block_count", 2),
+            ("llama.attention.head_count", 4),
+            ("llama.vocab_size", 100),
+        ];
+        let with_model = |model: &str, eos: Option<u64>| {
+            let mut meta = vec![("general.architecture", 8u32, gguf_str("llama"))];
+            meta.push(("tokenizer.ggml.model", 8, gguf_str(model)));
+            meta.extend(shape.iter().map(|(k, v)| (*k, 10u32, v.to_le_bytes().to_vec())));
+            if let Some(e) = eos {
+                meta.push(("tokenizer.ggml.eos_token_id", 4, (e as u32).to_le_bytes().to_vec()));
+            }
+            let f = GgufFile::from_bytes(Path::new("m.gguf"), write_gguf(&meta, &[]).into()).unwrap();
+            let c = config_from_gguf(&f).unwrap();
+            (c.bos_token_id, c.eos_token_ids)
+        };
+        assert_eq!(with_model("llama", None), (Some(1), vec![2]));
+        assert_eq!(with_model("llama", Some(7)), (Some(1), vec![7]));
+        // Byte-level BPE has no such defaults.
+        assert_eq!(with_model("gpt2", None), (None, vec![]));
     }
 
     #[test]

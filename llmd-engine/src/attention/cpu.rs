@@ -95,6 +95,21 @@ pub(super) fn portable_accumulate<T: KvElem>(w: &[f32], hd: usize, rows: &[&[T]]
     }
 }
 
+/// Proof that the CPU has AVX2, FMA and F16C: only [`Simd::detect`] makes one, so the
+/// softmax steps taking it can be safe functions.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Simd(());
+
+impl Simd {
+    pub(super) fn detect() -> Option<Simd> {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_features() {
+            return Some(Simd(()));
+        }
+        None
+    }
+}
+
 /// `e^x` to about 2 ulp for the softmax, without branches or a libm call so loops over
 /// it vectorize: `2^n · e^r` with `n = round(x / ln 2)` and a degree-6 Taylor
 /// polynomial for `|r| ≤ ln 2 / 2` (truncation error below 1.3e-7 relative). Inputs
@@ -122,10 +137,10 @@ pub(super) fn exp(x: f32) -> f32 {
 /// The largest of the first `n` scores. Whole-chunk lanes (the rest masked), so it
 /// vectorizes.
 #[inline]
-pub(super) fn chunk_max(sc: &[f32; CHUNK], n: usize, simd: bool) -> f32 {
+pub(super) fn chunk_max(sc: &[f32; CHUNK], n: usize, simd: Option<Simd>) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is set only where `x86::usable` found AVX2, FMA and F16C.
+    if simd.is_some() {
+        // SAFETY: a `Simd` exists only where `x86::has_features` found AVX2, FMA and F16C.
         return unsafe { super::x86::chunk_max(sc, n) };
     }
     let _ = simd;
@@ -140,9 +155,9 @@ pub(super) fn chunk_max(sc: &[f32; CHUNK], n: usize, simd: bool) -> f32 {
 /// Replaces the first `n` scores by `e^(x - max)` and the rest by 0; returns their sum.
 /// Lane-wise sums keep the loop vectorizable.
 #[inline]
-pub(super) fn exp_chunk(sc: &mut [f32; CHUNK], n: usize, max: f32, simd: bool) -> f32 {
+pub(super) fn exp_chunk(sc: &mut [f32; CHUNK], n: usize, max: f32, simd: Option<Simd>) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if simd {
+    if simd.is_some() {
         // SAFETY: as in `chunk_max`.
         return unsafe { super::x86::exp_chunk(sc, n, max) };
     }
@@ -201,8 +216,8 @@ struct Scratch {
 /// items. A position's heads are adjacent in its slot, so an item reading several
 /// reads one contiguous span per position, which streams from memory far better than
 /// one head's row every `slot_len` elements.
-fn heads_per_item(kv_heads: usize, queries: usize) -> usize {
-    let want = 2 * rayon::current_num_threads();
+pub(super) fn heads_per_item(kv_heads: usize, queries: usize, threads: usize) -> usize {
+    let want = 2 * threads;
     (1..=kv_heads).rev().find(|&d| kv_heads.is_multiple_of(d) && queries * (kv_heads / d) >= want).unwrap_or(1)
 }
 
@@ -218,11 +233,16 @@ pub(super) fn attend<T: AttendElem>(
     let kvh = shape.kv_heads;
     let group = heads / kvh;
     let slot_len = shape.slot_len();
-    #[cfg(target_arch = "x86_64")]
-    let simd = super::x86::has_features();
-    #[cfg(not(target_arch = "x86_64"))]
-    let simd = false;
-    let per = heads_per_item(kvh, queries.len());
+    assert!(
+        q.len() == queries.len() * heads * hd && out.len() == q.len() && kvh > 0 && heads.is_multiple_of(kvh),
+        "attention input: {} query floats and {} output floats for {} tokens of {heads} heads of {hd} \
+         ({kvh} key/value heads)",
+        q.len(),
+        out.len(),
+        queries.len()
+    );
+    let simd = Simd::detect();
+    let per = heads_per_item(kvh, queries.len(), rayon::current_num_threads());
     let items_per_query = kvh / per;
     // One work item per (query token, run of `per` key/value heads): the query heads
     // sharing those key heads are contiguous in `q` and `out`, and every key and value

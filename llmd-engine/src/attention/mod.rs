@@ -47,9 +47,9 @@ pub trait AttentionBackend: Send + Sync {
     fn attend(&self, shape: &KvShape, layer: &LayerKv, input: &AttentionInput<'_>, out: &mut [f32]);
 }
 
-/// The CPU kernel: `rayon` across (query token, key/value head), one pass over the
-/// keys and values with an online softmax, `f32` accumulation, AVX2/FMA/F16C row
-/// kernels where the CPU has them (see `cpu`).
+/// The CPU kernel: `rayon` across (query token, run of key/value heads), one pass over
+/// the keys and values with an online softmax, `f32` accumulation, AVX2/FMA/F16C row
+/// kernels where the CPU has them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuAttention;
 
@@ -78,6 +78,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Softmax in place over each row of `n` scores (max-subtracted, so it cannot overflow).
+/// The kernel folds scores into a running softmax instead; this two-pass form is kept
+/// for references and benchmarks.
 pub fn softmax_rows(scores: &mut [f32], n: usize) {
     for s in scores.chunks_mut(n.max(1)) {
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -57,6 +57,8 @@ struct Case {
     /// (position, window start) per query token.
     positions: Vec<(usize, usize)>,
     seed: u64,
+    /// Multiplies the queries: large values make scores far beyond `exp`'s range.
+    q_scale: f32,
 }
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -96,11 +98,18 @@ fn run(case: &Case) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         .map(|(&(pos, window_start), t)| QueryPos { block_table: t, pos, window_start })
         .collect();
     let heads = case.kv_heads * case.group;
-    let q = values(queries.len() * heads * case.head_dim, case.seed ^ 0x5555);
+    let q: Vec<f32> =
+        values(queries.len() * heads * case.head_dim, case.seed ^ 0x5555).iter().map(|x| x * case.q_scale).collect();
     let scale = 1.0 / (case.head_dim as f32).sqrt();
     let input = AttentionInput { heads, scale, q: &q, queries: &queries };
     let mut out = vec![f32::NAN; q.len()];
     CpuAttention.attend(&shape, cache.layer(0), &input, &mut out);
+    // One thread makes fewer, wider work items (several key/value heads each) than the
+    // machine's pool may: both splits must give the same answer.
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+    let mut single = vec![f32::NAN; q.len()];
+    one.install(|| CpuAttention.attend(&shape, cache.layer(0), &input, &mut single));
+    assert!(max_diff(&out, &single) < 1e-6, "the work split changed the result");
     let (ks, vs) = (stored(case.dtype, &k), stored(case.dtype, &v));
     let want = reference(&shape, &ks, &vs, &input, false);
     let wrong = reference(&shape, &ks, &vs, &input, true);
@@ -130,6 +139,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
             block_size,
             positions: raw.into_iter().map(|(p, w)| (p, w.min(p))).collect(),
             seed,
+            q_scale: 1.0,
         })
 }
 
@@ -157,17 +167,22 @@ fn a_kernel_missing_a_position_is_noticed() {
         block_size: 16,
         positions: vec![(40, 0), (3, 0)],
         seed: 9,
+        q_scale: 1.0,
     };
     let (out, want, wrong) = run(&case);
     assert!(max_diff(&out, &want) < 2e-5);
     assert!(max_diff(&out, &wrong) > 1e-3, "{}", max_diff(&out, &wrong));
 }
 
-/// Long contexts (many chunks, the running maximum rising and falling) and large
-/// scores that would overflow a softmax without the running maximum.
+/// Long contexts (many chunks, the running maximum rising and falling), and queries
+/// scaled so scores reach the hundreds: `e^score` alone would overflow f32, so this
+/// holds only if every chunk is taken against the running maximum and earlier chunks
+/// are rescaled when it rises.
 #[test]
 fn long_contexts_and_large_scores() {
-    for (pos, seed) in [(2047usize, 1u64), (CHUNK - 1, 2), (CHUNK, 3), (5 * CHUNK + 3, 4)] {
+    for (pos, seed, q_scale) in
+        [(2047usize, 1u64, 1.0f32), (CHUNK - 1, 2, 1.0), (CHUNK, 3, 1.0), (5 * CHUNK + 3, 4, 1.0), (300, 5, 150.0)]
+    {
         let case = Case {
             dtype: KvDtype::F16,
             kv_heads: 1,
@@ -176,14 +191,36 @@ fn long_contexts_and_large_scores() {
             block_size: 16,
             positions: vec![(pos, 0)],
             seed,
+            q_scale,
         };
         let (out, want, _) = run(&case);
-        assert!(max_diff(&out, &want) < 2e-5, "pos {pos}: {}", max_diff(&out, &want));
+        let d = max_diff(&out, &want);
+        assert!(d < 2e-5 * q_scale.max(1.0).sqrt(), "pos {pos}, scale {q_scale}: {d}");
+        assert!(out.iter().all(|x| x.is_finite()));
     }
-    let scores = [300.0f32, 299.0, -400.0];
-    let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let w: Vec<f32> = scores.iter().map(|s| cpu::exp(s - m)).collect();
-    assert!((w[1] - (-1f32).exp()).abs() < 1e-7 && w[2] < 1e-37 && w[0] == 1.0);
+}
+
+/// A NaN key gives NaN for the heads that read it, on every path, as the reference
+/// would; it is not quietly weighted to zero.
+#[test]
+fn a_nan_key_gives_nan() {
+    let shape = KvShape { num_blocks: 4, block_size: 16, kv_heads: 2, head_dim: 16 };
+    let slots = 64;
+    let mut k = values(slots * shape.slot_len(), 1);
+    let v = values(slots * shape.slot_len(), 2);
+    // Position 20, key/value head 1.
+    k[20 * shape.slot_len() + 16 + 3] = f32::NAN;
+    let mut cache = PagedKvCache::new(1, shape, KvDtype::F32).expect("cache");
+    CpuAttention.write_kv(&shape, cache.layer_mut(0), &(0..slots).collect::<Vec<_>>(), &k, &v);
+    let table = [0u32, 1, 2, 3];
+    let queries = [QueryPos { block_table: &table, pos: 40, window_start: 0 }];
+    let q = values(4 * 16, 3);
+    let input = AttentionInput { heads: 4, scale: 0.25, q: &q, queries: &queries };
+    let mut out = vec![0f32; q.len()];
+    CpuAttention.attend(&shape, cache.layer(0), &input, &mut out);
+    // Heads 0 and 1 use key/value head 0; heads 2 and 3 use head 1.
+    assert!(out[..32].iter().all(|x| x.is_finite()));
+    assert!(out[32..].iter().all(|x| x.is_nan()));
 }
 
 #[test]
@@ -202,7 +239,16 @@ fn exp_is_accurate_over_the_softmax_range() {
 /// The SIMD kernels against the portable ones, row by row (only where the CPU has them).
 #[test]
 fn simd_row_kernels_equal_the_portable_ones() {
-    let hd = 32;
+    if cpu::Simd::detect().is_none() {
+        eprintln!("skipped: this CPU lacks AVX2/FMA/F16C, so only the portable kernels exist");
+        return;
+    }
+    for hd in [32, 24] {
+        row_kernels_at(hd);
+    }
+}
+
+fn row_kernels_at(hd: usize) {
     let group = 6;
     let q = values(group * hd, 11);
     let rows32: Vec<Vec<f32>> = (0..CHUNK as u64 - 3).map(|r| values(hd, 100 + r)).collect();
@@ -231,22 +277,55 @@ fn simd_row_kernels_equal_the_portable_ones() {
 /// The SIMD softmax steps against the portable ones, for every live length.
 #[test]
 fn simd_softmax_steps_equal_the_portable_ones() {
-    #[cfg(target_arch = "x86_64")]
-    if !super::x86::has_features() {
+    let Some(simd) = cpu::Simd::detect() else {
         eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
         return;
-    }
+    };
     let base: Vec<f32> = values(CHUNK, 5).iter().map(|x| x * 20.0).collect();
     for n in 1..=CHUNK {
         let sc: [f32; CHUNK] = base.clone().try_into().unwrap();
-        let (m_simd, m_port) = (cpu::chunk_max(&sc, n, true), cpu::chunk_max(&sc, n, false));
+        let (m_simd, m_port) = (cpu::chunk_max(&sc, n, Some(simd)), cpu::chunk_max(&sc, n, None));
         assert_eq!(m_simd, m_port, "n = {n}");
         let want = base[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
         assert_eq!(m_port, want);
         let (mut a, mut b) = (sc, sc);
-        let (sa, sb) = (cpu::exp_chunk(&mut a, n, m_simd, true), cpu::exp_chunk(&mut b, n, m_port, false));
+        let (sa, sb) = (cpu::exp_chunk(&mut a, n, m_simd, Some(simd)), cpu::exp_chunk(&mut b, n, m_port, None));
         assert!((sa - sb).abs() <= 1e-6 * sb, "n = {n}: {sa} vs {sb}");
         assert!(max_diff(&a, &b) <= 1e-6, "n = {n}");
         assert!(a[n..].iter().all(|&x| x == 0.0) && b[n..].iter().all(|&x| x == 0.0));
+    }
+}
+
+/// NaN scores: skipped by the maximum, NaN after `exp`, on both paths.
+#[test]
+fn nan_scores_in_the_softmax_steps() {
+    let Some(simd) = cpu::Simd::detect() else {
+        eprintln!("skipped: this CPU lacks AVX2/FMA/F16C");
+        return;
+    };
+    for lane in [0, 5, 9, 15] {
+        let mut sc = [1.0f32; CHUNK];
+        sc[lane] = f32::NAN;
+        sc[3] = 2.0;
+        for path in [Some(simd), None] {
+            assert_eq!(cpu::chunk_max(&sc, CHUNK, path), 2.0, "lane {lane}, {path:?}");
+            let mut e = sc;
+            let total = cpu::exp_chunk(&mut e, CHUNK, 2.0, path);
+            assert!(total.is_nan() && e[lane].is_nan(), "lane {lane}, {path:?}");
+        }
+    }
+}
+
+#[test]
+fn work_items_cover_runs_of_key_value_heads() {
+    // (kv heads, query tokens, threads) -> heads per item
+    for (kvh, queries, threads, want) in
+        [(8, 1, 2, 2), (8, 1, 16, 1), (8, 16, 2, 8), (3, 1, 2, 1), (6, 5, 2, 6), (6, 1, 2, 1), (5, 100, 16, 5)]
+    {
+        assert_eq!(
+            cpu::heads_per_item(kvh, queries, threads),
+            want,
+            "{kvh} heads, {queries} tokens, {threads} threads"
+        );
     }
 }

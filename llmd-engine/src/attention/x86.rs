@@ -88,6 +88,7 @@ macro_rules! row_kernels {
                         // SAFETY: every row is `hd` long and `qt` holds `G` heads of `hd`.
                         let (k0, k1) = unsafe { ($load(r0.as_ptr().add(d)), $load(r1.as_ptr().add(d))) };
                         for (t, at) in a.iter_mut().enumerate() {
+                            // SAFETY: `t < G` heads of `hd` floats, `d + 8 <= hd`.
                             let qv = unsafe { _mm256_loadu_ps(qt.as_ptr().add(t * hd + d)) };
                             at[0] = _mm256_fmadd_ps(qv, k0, at[0]);
                             at[1] = _mm256_fmadd_ps(qv, k1, at[1]);
@@ -195,7 +196,9 @@ row_kernels!(scores_f16, accumulate_f16, f16, load_f16);
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn exp8(x: __m256) -> __m256 {
-    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+    // max/min return their second operand when either is NaN: the constant goes first
+    // so a NaN score stays NaN, as in the portable `exp`.
+    let x = _mm256_min_ps(_mm256_set1_ps(88.0), _mm256_max_ps(_mm256_set1_ps(-87.0), x));
     let round = _mm256_set1_ps(12_582_912.0);
     let t = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), round);
     let n = _mm256_sub_ps(t, round);
@@ -233,7 +236,9 @@ pub(super) unsafe fn chunk_max(sc: &[f32; CHUNK], n: usize) -> f32 {
     let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
     // SAFETY: `sc` is 16 floats.
     let (a, b) = unsafe { (_mm256_loadu_ps(sc.as_ptr()), _mm256_loadu_ps(sc.as_ptr().add(8))) };
-    let m = _mm256_max_ps(_mm256_blendv_ps(ninf, a, lo), _mm256_blendv_ps(ninf, b, hi));
+    // NaN lanes are skipped, as `f32::max` skips them in the portable version (the
+    // accumulator goes second, and max returns it when the lane is NaN).
+    let m = _mm256_max_ps(_mm256_blendv_ps(ninf, a, lo), _mm256_max_ps(_mm256_blendv_ps(ninf, b, hi), ninf));
     let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
     _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)))

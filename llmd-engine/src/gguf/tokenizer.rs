@@ -153,17 +153,16 @@ fn post_processor(bos: Option<(u32, &str)>, eos: Option<(u32, &str)>) -> Json {
 pub fn from_gguf(f: &GgufFile) -> Result<GgufTokenizer> {
     let model =
         f.opt_str("tokenizer.ggml.model")?.ok_or_else(|| f.error("metadata tokenizer.ggml.model is missing"))?;
+    // The kind first, so an unsupported vocabulary is named as such, not by whatever
+    // else is wrong with its metadata.
+    if !matches!(model, "gpt2" | "llama") {
+        return Err(f.error(format!(
+            "tokenizer.ggml.model {model:?} is not supported (\"gpt2\", byte-level BPE, and \"llama\", \
+             SentencePiece, are)"
+        )));
+    }
     let vocab = Vocab::read(f)?;
-    let built = match model {
-        "gpt2" => bpe::build(f, &vocab)?,
-        "llama" => spm::build(f, &vocab)?,
-        other => {
-            return Err(f.error(format!(
-                "tokenizer.ggml.model {other:?} is not supported (\"gpt2\", byte-level BPE, and \"llama\", \
-                 SentencePiece, are)"
-            )));
-        }
-    };
+    let built = if model == "gpt2" { bpe::build(f, &vocab)? } else { spm::build(f, &vocab)? };
     Ok(GgufTokenizer {
         json: built.doc.to_string(),
         bos: vocab.text(built.bos).map(String::from),

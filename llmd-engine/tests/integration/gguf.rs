@@ -23,13 +23,15 @@ use llmd_engine::{
 use serde_json::Value;
 
 /// Largest |logit difference| from llama.cpp, in standard deviations of the position's
-/// logits. llama.cpp rounds where this engine does not: 8-bit matmul inputs, an f16 KV
-/// cache and f16 attention products. Measured with f32 inputs (the exact model): at
-/// most 0.28 std (0.96 logits, the chat prompt). With 8-bit inputs the figure moves
-/// with the last bits of everything upstream of a rounding to 8 bits: on the chat
-/// prompt it was 0.15, 0.24 and 0.32 std for three attention kernels that agree to
-/// 1e-6 (two summation orders of the one-pass kernel and the earlier two-pass one).
-const LOGIT_TOLERANCE_STD: f32 = 0.4;
+/// logits, with f32 matmul inputs (the exact model). llama.cpp rounds where this engine
+/// does not: 8-bit matmul inputs, an f16 KV cache and f16 attention products.
+/// Measured: at most 0.28 std (0.96 logits, the chat prompt).
+const F32_TOLERANCE_STD: f32 = 0.3;
+/// The same with 8-bit inputs, where the figure moves with the last bits of everything
+/// upstream of a rounding to 8 bits: on the chat prompt it was 0.15, 0.24 and 0.32 std
+/// for three attention kernels that agree to 1e-6 (two summation orders of the
+/// one-pass kernel and the earlier two-pass one).
+const INT8_TOLERANCE_STD: f32 = 0.4;
 /// Argmaxes are compared where this engine's top two are further apart than this:
 /// about twice the largest logit difference from llama.cpp, so a disagreement there is
 /// an error, not rounding.
@@ -152,7 +154,7 @@ fn smollm2_with_f32_activations_is_the_dequantized_model() {
 
 /// Against llama.cpp itself on the same file, with llama.cpp's 8-bit matmul inputs
 /// (the default) and with f32 inputs: the last position's logits within
-/// [`LOGIT_TOLERANCE_STD`], and the argmax at every position of the prompt and of
+/// [`F32_TOLERANCE_STD`] or [`INT8_TOLERANCE_STD`], and the argmax at every position of the prompt and of
 /// llama.cpp's greedy continuation (teacher-forced) wherever this engine's top two are
 /// more than [`TIE_MARGIN`] apart.
 #[test]
@@ -202,7 +204,8 @@ fn compare_with_llama_cpp(model: &LlamaModel, activations: Activations) {
             worst / std,
             expected.len()
         );
-        assert!(worst <= LOGIT_TOLERANCE_STD * std, "logits differ by {worst} ({} std)", worst / std);
+        let tolerance = if activations == Activations::F32 { F32_TOLERANCE_STD } else { INT8_TOLERANCE_STD };
+        assert!(worst <= tolerance * std, "logits differ by {worst} ({} std)", worst / std);
         assert!(clear * 3 >= expected.len(), "too few clear positions to compare: {clear}");
     }
 }

@@ -40,6 +40,9 @@ conversations = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three colors."},
      {"role": "assistant", "content": "Red, green, blue."}, {"role": "user", "content": "Two more?"}],
+    # The README's and `llmd up` test's question: its greedy answer has a clear margin
+    # at every token (the bare question's first token is a near-tie, 0.08 logits).
+    [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
 ]
 chat = [{"messages": m, "rendered": fmt(messages=m).prompt} for m in conversations]
 
@@ -48,6 +51,7 @@ prompts = [
     "def fibonacci(n):",
     chat[0]["rendered"],
     "Once upon a time, in a small village,",
+    chat[2]["rendered"],
 ]
 runs = []
 for p in prompts:

@@ -1,9 +1,12 @@
 //! Real models from files and ids:
 //! - `llmd up --model FILE.gguf` answering the official `openai` client with the greedy
-//!   text of the f32 reference (`llmd-engine/tests/fixtures/gguf/smollm2_f32.json`: the
-//!   chat prompt's tokens decode to "The capital of France is Paris." then end of
-//!   turn); needs the SmolLM2 GGUF (`scripts/gguf/fetch_smollm2.sh`,
-//!   `LLMD_SMOLLM2_GGUF`) and the interop venv, which `scripts/test.sh` provides;
+//!   text both oracles give (`llmd-engine/tests/fixtures/gguf/smollm2.json` from
+//!   llama.cpp and `smollm2_f32.json` from the f32 reference: the last chat prompt's
+//!   tokens decode to "The capital of France is Paris." then end of turn, every token
+//!   at least 0.86 logits ahead of the next; the bare question's first token is a
+//!   0.08-logit tie that 8-bit rounding decides either way); needs the SmolLM2 GGUF
+//!   (`scripts/gguf/fetch_smollm2.sh`, `LLMD_SMOLLM2_GGUF`) and the interop venv,
+//!   which `scripts/test.sh` provides;
 //! - `llmd serve --model ORG/NAME` from a Hugging Face cache, offline.
 
 use std::time::Duration;
@@ -14,7 +17,7 @@ from openai import OpenAI
 client = OpenAI(base_url=sys.argv[1], api_key="unused", timeout=120)
 model = client.models.list().data[0].id
 chat = client.chat.completions.create(
-    model=model, messages=[{"role": "user", "content": "What is the capital of France?"}],
+    model=model, messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
     temperature=0, max_tokens=32)
 print("CHAT", repr(chat.choices[0].message.content), chat.choices[0].finish_reason)
 text = client.completions.create(model=model, prompt="The capital of France is", temperature=0, max_tokens=5)

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::GgmlType;
 use super::blocks::dequantize_row;
+use super::packed::{Packed8, ROWS};
 use crate::error::{EngineError, Result};
 
 /// How a matmul over an encoded matrix treats its inputs.
@@ -43,6 +44,9 @@ pub struct QMatrix {
     cols: usize,
     data: Bytes,
     activations: Activations,
+    /// Q4_0/Q4_1 rows regrouped for the 8-bit AVX2 kernel, made once on first use
+    /// (`None` where that kernel does not apply).
+    packed: OnceLock<Option<Packed8>>,
 }
 
 impl QMatrix {
@@ -58,13 +62,28 @@ impl QMatrix {
                 row as u128 * rows as u128
             )));
         }
-        Ok(QMatrix { ty, rows, cols, data, activations: Activations::default() })
+        Ok(QMatrix { ty, rows, cols, data, activations: Activations::default(), packed: OnceLock::new() })
     }
 
     /// The same matrix, its matmul treating inputs as `a` says.
     pub fn with_activations(mut self, a: Activations) -> Self {
         self.activations = a;
+        // Regroup now, at load, rather than in the first request's matmul.
+        let _ = self.packed();
         self
+    }
+
+    /// The regrouped rows the packed 8-bit kernel reads, where it applies: 8-bit
+    /// inputs, Q4_0 or Q4_1 weights, and a CPU with AVX2, FMA and F16C.
+    fn packed(&self) -> Option<&Packed8> {
+        self.packed
+            .get_or_init(|| {
+                let applies = self.activations == Activations::Int8
+                    && matches!(self.ty, GgmlType::Q4_0 | GgmlType::Q4_1)
+                    && packed_kernel().is_some();
+                applies.then(|| Packed8::pack(self.ty, self.rows, self.cols / 32, |r| self.row(r))).flatten()
+            })
+            .as_ref()
     }
 
     /// How its matmul treats inputs.
@@ -142,16 +161,16 @@ impl QMatrix {
         if m == 0 || n == 0 {
             return;
         }
+        if let (Some(p), Some(kernel)) = (self.packed(), packed_kernel()) {
+            return self.matmul_packed(p, kernel, x, m, y);
+        }
         let dot = dot_fn();
         // Rows per task: enough tasks to balance the threads, few enough to amortize.
         let per = (n / (rayon::current_num_threads() * 8)).clamp(4, 256);
         let int8 = self.activations == Activations::Int8
             && matches!(self.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
-        let q8: Vec<Vec<Q8Block>> = if int8 {
-            x[..m * k].par_chunks(k).map(|row| quantize_q8(row, self.ty == GgmlType::Q4_1)).collect()
-        } else {
-            Vec::new()
-        };
+        let q8: Vec<Vec<Q8Block>> =
+            if int8 { quantize_rows(&x[..m * k], k, self.ty == GgmlType::Q4_1) } else { Vec::new() };
         let block_dot = block_dot_fn();
         let fill = |j0: usize, out: &mut [f32]| {
             if int8 {
@@ -184,12 +203,79 @@ impl QMatrix {
     }
 }
 
+impl QMatrix {
+    /// [`matmul`](Self::matmul) through the regrouped rows: tasks own groups of eight
+    /// weight rows, and each group's outputs for every input row come back as one
+    /// vector store.
+    fn matmul_packed(&self, p: &Packed8, kernel: PackedFn, x: &[f32], m: usize, y: &mut [f32]) {
+        let (n, k) = (self.rows, self.cols);
+        let q8 = quantize_rows(&x[..m * k], k, self.ty == GgmlType::Q4_1);
+        let rec = Packed8::record(p.ty) * p.blocks;
+        let groups = p.groups();
+        let per = (groups / (rayon::current_num_threads() * 8)).clamp(1, 64);
+        // [group][input row][8 outputs]
+        let mut t = vec![[0.0f32; ROWS]; groups * m];
+        t.par_chunks_mut(per * m).enumerate().for_each(|(c, out)| {
+            for (gi, o) in out.chunks_mut(m).enumerate() {
+                let g = c * per + gi;
+                kernel(p.ty, &p.data[g * rec..(g + 1) * rec], &q8, o);
+            }
+        });
+        let scatter = |(i, row): (usize, &mut [f32])| {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = t[(j / ROWS) * m + i][j % ROWS];
+            }
+        };
+        if m < 4 {
+            y[..m * n].chunks_mut(n).enumerate().for_each(scatter);
+        } else {
+            y[..m * n].par_chunks_mut(n).enumerate().for_each(scatter);
+        }
+    }
+}
+
+/// Each row of `x` (`k` wide) quantized to 8 bits; in parallel only where there are
+/// enough rows to pay for the dispatch.
+fn quantize_rows(x: &[f32], k: usize, with_sum: bool) -> Vec<Vec<Q8Block>> {
+    if x.len() < 4 * k {
+        x.chunks(k).map(|row| quantize_q8(row, with_sum)).collect()
+    } else {
+        x.par_chunks(k).map(|row| quantize_q8(row, with_sum)).collect()
+    }
+}
+
+type PackedFn = fn(GgmlType, &[u8], &[Vec<Q8Block>], &mut [[f32; ROWS]]);
+
+/// The packed 8-bit kernel, where the CPU runs it.
+fn packed_kernel() -> Option<PackedFn> {
+    static CHOSEN: OnceLock<Option<PackedFn>> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            return Some(packed_avx2 as PackedFn);
+        }
+        None
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn packed_avx2(ty: GgmlType, recs: &[u8], xs: &[Vec<Q8Block>], out: &mut [[f32; ROWS]]) {
+    // SAFETY: chosen only after `is_x86_feature_detected!` found AVX2, FMA and F16C;
+    // `recs` is one group's whole records and each `xs` row has as many blocks.
+    unsafe { super::x86::packed_rows(ty, recs, xs, out) }
+}
+
 /// A block of 32 inputs quantized to 8 bits: `x ≈ d · q`; `s` is `d · Σq` (Q8_1's
 /// extra term, used against weights with a minimum).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Q8Block {
     pub(super) d: f32,
     pub(super) s: f32,
+    /// `Σq`, exact (the packed Q4_0 kernel subtracts `8 · Σq` for the weights' offset).
+    pub(super) sum: i32,
     pub(super) q: [i8; 32],
 }
 
@@ -200,17 +286,26 @@ pub(crate) fn quantize_q8(x: &[f32], with_sum: bool) -> Vec<Q8Block> {
         .map(|c| {
             let amax = c.iter().fold(0.0f32, |a, v| a.max(v.abs()));
             let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            // As llama.cpp's x86 kernels: `127 / max`, rounded to nearest even.
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let mut q = [0i8; 32];
-            let mut sum = 0i32;
             for (q, v) in q.iter_mut().zip(c) {
-                *q = (v * id).round() as i8;
-                sum += i32::from(*q);
+                *q = round_to_i8(v * id);
             }
+            let sum: i32 = q.iter().map(|&v| i32::from(v)).sum();
             let s = if with_sum { half::f16::from_f32(sum as f32 * d).to_f32() } else { 0.0 };
-            Q8Block { d: half::f16::from_f32(d).to_f32(), s, q }
+            Q8Block { d: half::f16::from_f32(d).to_f32(), s, sum, q }
         })
         .collect()
+}
+
+/// `x` (within ±127) rounded to the nearest integer, ties to even, without a libm
+/// call or a saturating float-to-int conversion, so the loop vectorizes: adding
+/// 1.5 · 2^23 leaves the rounded value in the low mantissa bits.
+#[inline(always)]
+fn round_to_i8(x: f32) -> i8 {
+    const MAGIC: f32 = 12_582_912.0;
+    ((x + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits())) as i32 as i8
 }
 
 #[inline(always)]
@@ -380,6 +475,68 @@ mod tests {
                 (portable[0] - chosen[0]).abs() <= 1e-4 * portable[0].abs().max(1.0),
                 "{ty:?}: {portable:?} vs {chosen:?}"
             );
+        }
+    }
+
+    #[test]
+    fn rounding_to_i8_is_to_nearest_even() {
+        for (x, want) in
+            [(0.5f32, 0i8), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (126.7, 127), (-127.0, -127), (0.49, 0)]
+        {
+            assert_eq!(round_to_i8(x), want, "{x}");
+        }
+        for i in -1270..=1270 {
+            let x = i as f32 / 10.0 + 0.03;
+            assert_eq!(round_to_i8(x), x.round_ties_even() as i8, "{x}");
+        }
+    }
+
+    /// The regrouped (packed) kernel against the row-by-row portable one, for row
+    /// counts that leave a partial last group and batches that leave a partial tile.
+    #[test]
+    fn the_packed_kernel_agrees_with_the_row_kernel() {
+        if packed_kernel().is_none() {
+            eprintln!("skipped: this CPU lacks AVX2/FMA/F16C, so there is no packed kernel");
+            return;
+        }
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+            for rows in [1usize, 8, 13, 24] {
+                let (cols, bb) = (96usize, ty.block_bytes());
+                let mut w: Vec<u8> = (0..rows * cols / 32 * bb).map(|_| rnd() as u8).collect();
+                for b in w.chunks_exact_mut(bb) {
+                    b[..2].copy_from_slice(&half::f16::from_f32(0.01 + (rnd() % 100) as f32 * 1e-4).to_le_bytes());
+                    if ty == GgmlType::Q4_1 {
+                        b[2..4].copy_from_slice(&half::f16::from_f32(-0.05 + (rnd() % 10) as f32 * 1e-3).to_le_bytes());
+                    }
+                }
+                let q = QMatrix::new(ty, rows, cols, w.into()).unwrap().with_activations(Activations::Int8);
+                assert!(q.packed().is_some());
+                for m in [1usize, 3, 5, 9] {
+                    let x: Vec<f32> = (0..m * cols).map(|_| (rnd() % 2001) as f32 / 1000.0 - 1.0).collect();
+                    let mut y = vec![f32::NAN; m * rows];
+                    q.matmul(&x, m, &mut y);
+                    for i in 0..m {
+                        let xs = vec![quantize_q8(&x[i * cols..(i + 1) * cols], ty == GgmlType::Q4_1)];
+                        for j in 0..rows {
+                            let mut want = [0.0f32];
+                            block_dot_lanes(ty, q.row(j), &xs, &mut want);
+                            let got = y[i * rows + j];
+                            assert!(
+                                (got - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0),
+                                "{ty:?} rows={rows} m={m} ({i},{j}): {got} vs {}",
+                                want[0]
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -9,6 +9,7 @@
 
 mod blocks;
 mod matmul;
+mod packed;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

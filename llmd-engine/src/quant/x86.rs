@@ -8,6 +8,7 @@ use std::arch::x86_64::*;
 
 use super::GgmlType;
 use super::matmul::Q8Block;
+use super::packed::{NIBBLES, Packed8, ROWS};
 
 /// Input rows sharing one pass over a weight row.
 const TILE: usize = 4;
@@ -73,6 +74,64 @@ pub(crate) unsafe fn dot_rows(ty: GgmlType, w: &[u8], xs: &[Vec<Q8Block>], out: 
         }
         for t in 0..n {
             ot[t] = hsum(acc[t]) + mins[t];
+        }
+    }
+}
+
+/// One group of eight regrouped Q4_0/Q4_1 rows (`recs`, see `packed.rs`) against every
+/// quantized input row: `out[i]` gets input row `i`'s eight outputs. Each block's
+/// sixteen products per lane pair are summed in 16 bits (at most 8 · 2 · 15 · 127 =
+/// 30 480, so nothing saturates), widened once, and scaled by the eight rows' scales
+/// as one vector.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `ty` is Q4_0 or Q4_1; `recs` holds whole
+/// records of `ty`, as many as each row of `xs` has blocks; `out` has a slot per row.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn packed_rows(ty: GgmlType, recs: &[u8], xs: &[Vec<Q8Block>], out: &mut [[f32; ROWS]]) {
+    let rec = Packed8::record(ty);
+    let q4_1 = ty == GgmlType::Q4_1;
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    for (xt, ot) in xs.chunks(TILE).zip(out.chunks_mut(TILE)) {
+        let mut acc = [_mm256_setzero_ps(); TILE];
+        for (bi, r) in recs.chunks_exact(rec).enumerate() {
+            let mut w = [_mm256_setzero_si256(); 8];
+            // SAFETY (loads): a record is `NIBBLES` bytes of nibbles (4 × 32), then 8
+            // f16 scales, then (Q4_1) 8 f16 minimums.
+            for p in 0..4 {
+                let v = unsafe { _mm256_loadu_si256(r[p * 32..p * 32 + 32].as_ptr().cast()) };
+                w[p] = _mm256_and_si256(v, low);
+                w[p + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
+            }
+            let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(r[NIBBLES..NIBBLES + 16].as_ptr().cast()) });
+            let mw = if q4_1 {
+                _mm256_cvtph_ps(unsafe { _mm_loadu_si128(r[NIBBLES + 16..NIBBLES + 32].as_ptr().cast()) })
+            } else {
+                _mm256_setzero_ps()
+            };
+            for (a, x) in acc.iter_mut().zip(xt) {
+                let xb = &x[bi];
+                let mut s16 = _mm256_setzero_si256();
+                for (g, wg) in w.iter().enumerate() {
+                    // SAFETY: bytes 4g..4g+4 of the block's 32; one broadcast load.
+                    let four = unsafe { xb.q.as_ptr().add(4 * g).cast::<i32>().read_unaligned() };
+                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*wg, _mm256_set1_epi32(four)));
+                }
+                let mut s32 = _mm256_madd_epi16(s16, ones);
+                if !q4_1 {
+                    // Q4_0 stores w + 8: Σ (w + 8)·q − 8·Σq.
+                    s32 = _mm256_sub_epi32(s32, _mm256_set1_epi32(8 * xb.sum));
+                }
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dw, _mm256_set1_ps(xb.d)), *a);
+                if q4_1 {
+                    *a = _mm256_fmadd_ps(mw, _mm256_set1_ps(xb.s), *a);
+                }
+            }
+        }
+        for (a, o) in acc.iter().zip(ot.iter_mut()) {
+            // SAFETY: `o` is eight floats.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
         }
     }
 }

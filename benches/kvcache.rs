@@ -1,7 +1,8 @@
 //! Micro-benchmarks of `llmd-kvcache`, each beside a baseline measured in the same run:
 //!
 //! * `hash/*`: block hashing (blocks/s) vs raw SHA-256 / XXH3 over the same CBOR bytes,
-//!   so the ratio is the cost of building the input.
+//!   so the ratio is the cost of building the input; for SHA-256 also the same digests
+//!   chained (each waits on the previous one, as a prompt's block hashes must).
 //! * `alloc_free/*`: pool allocate + free vs a bare `Vec` free list, at 1K and 1M blocks
 //!   (equal times at both sizes show the operations are O(1)). Half the pool is free and
 //!   uncached, so these allocations never evict.
@@ -52,6 +53,24 @@ fn hashing(c: &mut Criterion) {
             HashAlgo::Sha256Cbor => "raw_sha256",
             _ => "raw_xxh3_128",
         };
+        if algo == HashAlgo::Sha256Cbor {
+            // A second baseline: the same digests chained as a prompt's hashes are, each
+            // input waiting on the previous digest (copied in where CBOR puts the
+            // parent). No chain of hashes can run faster than this.
+            let mut chained = inputs.clone();
+            g.bench_function(BenchmarkId::new("raw_sha256_chained", "same_bytes"), |b| {
+                b.iter(|| {
+                    let mut prev = [0u8; 32];
+                    for (i, input) in chained.iter_mut().enumerate() {
+                        if i > 0 {
+                            input[3..35].copy_from_slice(&prev);
+                        }
+                        prev = Sha256::digest(black_box(&input[..])).into();
+                    }
+                    black_box(prev)
+                })
+            });
+        }
         g.bench_function(BenchmarkId::new(baseline, "same_bytes"), |b| {
             b.iter(|| {
                 for input in &inputs {

@@ -147,6 +147,26 @@ impl Linear {
         self.add_bias(m, y);
     }
 
+    /// [`forward`](Self::forward) of several layers over the same input, in one pass
+    /// over the threads where their weights allow (see [`QMatrix::matmul_many`]).
+    pub fn forward_many(linears: &[&Linear], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
+        assert_eq!(linears.len(), ys.len(), "linear: one output per layer");
+        let quant: Option<Vec<&QMatrix>> = linears.iter().map(|l| l.quantized_weight()).collect();
+        match quant {
+            Some(qs) if m > 0 => {
+                QMatrix::matmul_many(&qs, x, m, ys);
+                for (l, y) in linears.iter().zip(ys.iter_mut()) {
+                    l.add_bias(m, y);
+                }
+            }
+            _ => {
+                for (l, y) in linears.iter().zip(ys.iter_mut()) {
+                    l.forward(x, m, y);
+                }
+            }
+        }
+    }
+
     fn add_bias(&self, m: usize, y: &mut [f32]) {
         let n = self.out_features;
         if let Some(b) = &self.b {

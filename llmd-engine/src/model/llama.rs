@@ -14,6 +14,9 @@ use crate::backend::SeqInput;
 use crate::error::{EngineError, Result};
 use crate::kv::PagedKvCache;
 
+/// A token's RoPE cosines and sines.
+type CosSin = (Vec<f32>, Vec<f32>);
+
 pub(super) struct Layer {
     pub(super) input_norm: Vec<f32>,
     pub(super) post_norm: Vec<f32>,
@@ -236,8 +239,11 @@ impl LlamaModel {
             }
         }
 
-        let rope: Vec<(Vec<f32>, Vec<f32>)> =
-            queries.par_iter().zip(seq_len_of.par_iter()).map(|(qp, &len)| self.rope.cos_sin(qp.pos, len)).collect();
+        let rope: Vec<CosSin> = if t < 4 {
+            queries.iter().zip(&seq_len_of).map(|(qp, &len)| self.rope.cos_sin(qp.pos, len)).collect()
+        } else {
+            queries.par_iter().zip(seq_len_of.par_iter()).map(|(qp, &len)| self.rope.cos_sin(qp.pos, len)).collect()
+        };
         let mut x = vec![0f32; t * h];
         for (&tok, row) in seqs.iter().flat_map(|s| s.tokens).zip(x.chunks_exact_mut(h)) {
             self.embed.row_into(tok as usize, row);
@@ -255,15 +261,17 @@ impl LlamaModel {
 
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.input_norm, eps, &mut normed);
-            layer.q.forward(&normed, t, &mut q);
-            layer.k.forward(&normed, t, &mut k);
-            layer.v.forward(&normed, t, &mut v);
-            q.par_chunks_mut(nh * hd).zip(k.par_chunks_mut(nkv * hd)).zip(rope.par_iter()).for_each(
-                |((qt, kt), (cos, sin))| {
-                    self.rope.apply(qt, nh, cos, sin);
-                    self.rope.apply(kt, nkv, cos, sin);
-                },
-            );
+            Linear::forward_many(&[&layer.q, &layer.k, &layer.v], &normed, t, &mut [&mut q, &mut k, &mut v]);
+            let rotate = |((qt, kt), (cos, sin)): ((&mut [f32], &mut [f32]), &CosSin)| {
+                self.rope.apply(qt, nh, cos, sin);
+                self.rope.apply(kt, nkv, cos, sin);
+            };
+            // A parallel section costs more than rotating a few tokens.
+            if t < 4 {
+                q.chunks_mut(nh * hd).zip(k.chunks_mut(nkv * hd)).zip(&rope).for_each(rotate);
+            } else {
+                q.par_chunks_mut(nh * hd).zip(k.par_chunks_mut(nkv * hd)).zip(rope.par_iter()).for_each(rotate);
+            }
             attn.write_kv(&shape, cache.layer_mut(li), &slots, &k, &v);
             let input = AttentionInput { heads: nh, scale, q: &q, queries: &queries };
             attn.attend(&shape, cache.layer(li), &input, &mut attn_out);
@@ -273,8 +281,7 @@ impl LlamaModel {
             }
 
             rms_norm(&x, &layer.post_norm, eps, &mut normed);
-            layer.gate.forward(&normed, t, &mut gate);
-            layer.up.forward(&normed, t, &mut up);
+            Linear::forward_many(&[&layer.gate, &layer.up], &normed, t, &mut [&mut gate, &mut up]);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = silu(*g) * u;
             }

@@ -208,19 +208,67 @@ impl QMatrix {
     /// weight rows, and each group's outputs for every input row come back as one
     /// vector store.
     fn matmul_packed(&self, p: &Packed8, kernel: PackedFn, x: &[f32], m: usize, y: &mut [f32]) {
-        let (n, k) = (self.rows, self.cols);
-        let q8 = quantize_rows(&x[..m * k], k, self.ty == GgmlType::Q4_1);
-        let rec = Packed8::record(p.ty) * p.blocks;
-        let groups = p.groups();
-        let per = (groups / (rayon::current_num_threads() * 8)).clamp(1, 64);
-        // [group][input row][8 outputs]
-        let mut t = vec![[0.0f32; ROWS]; groups * m];
-        t.par_chunks_mut(per * m).enumerate().for_each(|(c, out)| {
-            for (gi, o) in out.chunks_mut(m).enumerate() {
-                let g = c * per + gi;
-                kernel(p.ty, &p.data[g * rec..(g + 1) * rec], &q8, o);
+        let q8 = quantize_rows(&x[..m * self.cols], self.cols, self.ty == GgmlType::Q4_1);
+        packed_products(&[(self, p)], kernel, &q8, m, &mut [y]);
+    }
+
+    /// `ys[i] = x · mats[i]ᵀ` for matrices sharing their input (a layer's query, key
+    /// and value projections; its gate and up projections): where all take the packed
+    /// kernel with the same encoding, the input is quantized once and all their rows
+    /// are split across the threads in one parallel section instead of one each, which
+    /// at batch 1 is much of a step's cost.
+    pub fn matmul_many(mats: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
+        assert_eq!(mats.len(), ys.len(), "qmatmul: one output per matrix");
+        let packed: Option<Vec<(&QMatrix, &Packed8)>> = mats.iter().map(|q| q.packed().map(|p| (*q, p))).collect();
+        let (Some(packed), Some(kernel)) = (packed, packed_kernel()) else {
+            for (q, y) in mats.iter().zip(ys.iter_mut()) {
+                q.matmul(x, m, y);
             }
-        });
+            return;
+        };
+        let Some(first) = mats.first() else { return };
+        let (k, ty) = (first.cols, first.ty);
+        if m == 0 || mats.iter().any(|q| q.cols != k || q.ty != ty) {
+            for (q, y) in mats.iter().zip(ys.iter_mut()) {
+                q.matmul(x, m, y);
+            }
+            return;
+        }
+        assert!(x.len() >= m * k, "qmatmul: input smaller than {m} rows");
+        let q8 = quantize_rows(&x[..m * k], k, ty == GgmlType::Q4_1);
+        packed_products(&packed, kernel, &q8, m, ys);
+    }
+}
+
+/// The packed products of several matrices with the same quantized input, in one
+/// parallel section: tasks of up to 64 groups of eight rows, from all the matrices.
+fn packed_products(
+    mats: &[(&QMatrix, &Packed8)],
+    kernel: PackedFn,
+    q8: &[Vec<Q8Block>],
+    m: usize,
+    ys: &mut [&mut [f32]],
+) {
+    let total: usize = mats.iter().map(|(_, p)| p.groups()).sum();
+    let per = (total / (rayon::current_num_threads() * 8)).clamp(1, 64);
+    // Per matrix: [group][input row][8 outputs].
+    let mut ts: Vec<Vec<[f32; ROWS]>> = mats.iter().map(|(_, p)| vec![[0.0f32; ROWS]; p.groups() * m]).collect();
+    let mut tasks: Vec<(&Packed8, usize, &mut [[f32; ROWS]])> = Vec::with_capacity(total / per + mats.len());
+    for ((_, p), t) in mats.iter().zip(ts.iter_mut()) {
+        for (c, out) in t.chunks_mut(per * m).enumerate() {
+            tasks.push((p, c * per, out));
+        }
+    }
+    tasks.into_par_iter().for_each(|(p, g0, out)| {
+        let rec = Packed8::record(p.ty) * p.blocks;
+        for (gi, o) in out.chunks_mut(m).enumerate() {
+            let g = g0 + gi;
+            kernel(p.ty, &p.data[g * rec..(g + 1) * rec], q8, o);
+        }
+    });
+    for (((q, _), t), y) in mats.iter().zip(&ts).zip(ys.iter_mut()) {
+        let n = q.rows;
+        assert!(y.len() >= m * n, "qmatmul: output smaller than {m} rows");
         let scatter = |(i, row): (usize, &mut [f32])| {
             for (j, v) in row.iter_mut().enumerate() {
                 *v = t[(j / ROWS) * m + i][j % ROWS];
@@ -536,6 +584,46 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Several matrices over one input in one section equal their separate products,
+    /// fused (same encoding) or not (mixed encodings fall back to one call each).
+    #[test]
+    fn matmul_many_equals_separate_matmuls() {
+        let mut s = 0x1234_5678_9abc_def1u64;
+        let mut rnd = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut matrix = |ty: GgmlType, rows: usize| {
+            let bb = ty.block_bytes();
+            let mut w: Vec<u8> = (0..rows * 2 * bb).map(|_| rnd() as u8).collect();
+            for b in w.chunks_exact_mut(bb) {
+                b[..2].copy_from_slice(&half::f16::from_f32(0.02).to_le_bytes());
+                if ty == GgmlType::Q4_1 {
+                    b[2..4].copy_from_slice(&half::f16::from_f32(-0.1).to_le_bytes());
+                }
+            }
+            QMatrix::new(ty, rows, 64, w.into()).unwrap().with_activations(Activations::Int8)
+        };
+        let fused = [matrix(GgmlType::Q4_1, 24), matrix(GgmlType::Q4_1, 8), matrix(GgmlType::Q4_1, 13)];
+        let mixed = [matrix(GgmlType::Q4_0, 16), matrix(GgmlType::Q8_0, 5)];
+        for mats in [&fused[..], &mixed[..]] {
+            for m in [1usize, 2, 6] {
+                let x: Vec<f32> = (0..m * 64).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+                let mut separate: Vec<Vec<f32>> = mats.iter().map(|q| vec![0.0; m * q.rows()]).collect();
+                for (q, y) in mats.iter().zip(separate.iter_mut()) {
+                    q.matmul(&x, m, y);
+                }
+                let mut together: Vec<Vec<f32>> = mats.iter().map(|q| vec![f32::NAN; m * q.rows()]).collect();
+                let refs: Vec<&QMatrix> = mats.iter().collect();
+                let mut outs: Vec<&mut [f32]> = together.iter_mut().map(|v| v.as_mut_slice()).collect();
+                QMatrix::matmul_many(&refs, &x, m, &mut outs);
+                assert_eq!(separate, together, "m = {m}");
             }
         }
     }

@@ -49,6 +49,8 @@ pub mod sampling;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod sim;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 pub mod tokenizer;
 
 pub use attention::{AttentionBackend, AttentionInput, CpuAttention, QueryPos};

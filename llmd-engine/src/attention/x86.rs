@@ -4,6 +4,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::simd::hsum;
+
 use half::f16;
 
 use super::cpu::CHUNK;
@@ -40,15 +42,6 @@ pub(super) fn prefetch<T>(row: &[T]) {
         // SAFETY: a prefetch is a hint that never faults; the address is inside `row`.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
     }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(acc: __m256) -> f32 {
-    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    let h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    _mm_cvtss_f32(h)
 }
 
 /// Eight f32 lanes from `p`.

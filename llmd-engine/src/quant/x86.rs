@@ -2,6 +2,8 @@
 //! kernels compute them: each block's 32 products summed by `maddubs` (unsigned × signed
 //! bytes to 16-bit pairs) and `madd` (pairs to 32-bit), scaled in f32 lanes, one
 //! horizontal sum per row. Up to four input rows share each unpacked weight block.
+//! Q4_0 and Q4_1 matrices take [`packed_rows`] instead, over rows regrouped eight at a
+//! time (`packed.rs`), whose vector lanes are output rows.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -9,6 +11,7 @@ use std::arch::x86_64::*;
 use super::GgmlType;
 use super::matmul::Q8Block;
 use super::packed::{NIBBLES, Packed8, ROWS};
+use crate::simd::hsum;
 
 /// Input rows sharing one pass over a weight row.
 const TILE: usize = 4;
@@ -19,15 +22,6 @@ fn f16_to_f32(b: &[u8]) -> f32 {
     // F16C: one conversion instruction instead of a call per block.
     let v = _mm_cvtsi32_si128(i32::from(u16::from_le_bytes([b[0], b[1]])));
     _mm_cvtss_f32(_mm_cvtph_ps(v))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(acc: __m256) -> f32 {
-    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    let h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    _mm_cvtss_f32(h)
 }
 
 /// One weight row `w` in `ty` against every quantized input row of `xs`: `out[i]` gets

@@ -148,6 +148,9 @@ impl ModelBackend {
         let c = model.config();
         let shape = KvShape { num_blocks, block_size, kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
         let cache = PagedKvCache::new(c.num_hidden_layers, shape, dtype)?;
+        // The CPU runs the model: make its kernels' weight layouts now, not in the first
+        // request.
+        model.prepare();
         Ok(ModelBackend { model, cache, attention: Box::new(CpuAttention) })
     }
 

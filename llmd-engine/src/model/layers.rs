@@ -147,6 +147,13 @@ impl Linear {
         self.add_bias(m, y);
     }
 
+    /// Prepares what the CPU matmul would make on first use (see [`QMatrix::prepare`]).
+    pub fn prepare(&self) {
+        if let Store::Quant(q) = &self.w {
+            q.prepare();
+        }
+    }
+
     /// [`forward`](Self::forward) of several layers over the same input, in one pass
     /// over the threads where their weights allow (see [`QMatrix::matmul_many`]).
     pub fn forward_many(linears: &[&Linear], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
@@ -195,4 +202,44 @@ pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 #[inline]
 pub(crate) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{Activations, GgmlType};
+
+    fn q4_0(rows: usize, seed: u8) -> QMatrix {
+        let mut data = Vec::new();
+        for r in 0..rows * 2 {
+            data.extend_from_slice(&half::f16::from_f32(0.05).to_le_bytes());
+            data.extend((0..16u8).map(|i| i.wrapping_mul(seed).wrapping_add(r as u8)));
+        }
+        QMatrix::new(GgmlType::Q4_0, rows, 64, data.into()).unwrap().with_activations(Activations::Int8)
+    }
+
+    fn bias(n: usize) -> Tensor {
+        Tensor { shape: vec![n], data: (0..n).map(|i| i as f32 * 0.5 - 3.0).collect() }
+    }
+
+    /// `forward_many` equals `forward` on each layer, biases included: fused (all
+    /// quantized alike) and falling back (a dense layer among them).
+    #[test]
+    fn forward_many_equals_forward_with_biases() {
+        let a = Linear::quantized(q4_0(16, 3), Some(bias(16))).unwrap();
+        let b = Linear::quantized(q4_0(8, 7), None).unwrap();
+        let w = Tensor { shape: vec![5, 64], data: (0..320).map(|i| ((i % 11) as f32 - 5.0) * 0.1).collect() };
+        let d = Linear::new(w, Some(bias(5))).unwrap();
+        for (layers, m) in [(vec![&a, &b], 1usize), (vec![&a, &b], 5), (vec![&a, &d], 3)] {
+            let x: Vec<f32> = (0..m * 64).map(|i| ((i * 13) % 29) as f32 / 14.0 - 1.0).collect();
+            let mut want: Vec<Vec<f32>> = layers.iter().map(|l| vec![0.0; m * l.out_features]).collect();
+            for (l, y) in layers.iter().zip(want.iter_mut()) {
+                l.forward(&x, m, y);
+            }
+            let mut got: Vec<Vec<f32>> = layers.iter().map(|l| vec![f32::NAN; m * l.out_features]).collect();
+            let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|v| v.as_mut_slice()).collect();
+            Linear::forward_many(&layers, &x, m, &mut outs);
+            assert_eq!(got, want, "m = {m}");
+        }
+    }
 }

@@ -143,6 +143,17 @@ impl LlamaModel {
         LlamaModel { rope: Rope::new(&config), norm, embed, layers, lm_head, config }
     }
 
+    /// Makes the weight layouts the CPU kernels use (see [`Linear::prepare`]) for every
+    /// matrix that is multiplied: the embedding, read by row, is left alone.
+    pub fn prepare(&self) {
+        self.layers.par_iter().for_each(|l| {
+            for lin in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
+                lin.prepare();
+            }
+        });
+        self.lm_head.prepare();
+    }
+
     /// The model's config.
     pub fn config(&self) -> &ModelConfig {
         &self.config

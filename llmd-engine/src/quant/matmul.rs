@@ -8,8 +8,10 @@
 //! of an 8B-class model is at most 56 KiB as f32) and dotted with f32 inputs: the
 //! dequantized model's result to float rounding.
 //!
-//! Either way a batch reads each weight row once per call, and memory holds the
-//! encoded bytes only. Output rows are split across rayon's threads. The inner loops
+//! Either way a batch reads each weight row once per call. Q4_0 and Q4_1 matrices
+//! multiplied with 8-bit inputs also keep their rows regrouped for the packed kernel
+//! (`packed.rs`, made on first use or by [`QMatrix::prepare`]): a second copy the size
+//! of the encoded one. Output rows are split across rayon's threads. The inner loops
 //! are written for the compiler to vectorize and compiled twice: for the baseline
 //! target and, on x86-64, for AVX2 with FMA, chosen at run time.
 
@@ -68,9 +70,17 @@ impl QMatrix {
     /// The same matrix, its matmul treating inputs as `a` says.
     pub fn with_activations(mut self, a: Activations) -> Self {
         self.activations = a;
-        // Regroup now, at load, rather than in the first request's matmul.
-        let _ = self.packed();
+        // What was packed (or not) was for the previous setting.
+        self.packed = OnceLock::new();
         self
+    }
+
+    /// Makes ahead of time what the matmul would make on first use (the rows regrouped
+    /// for the packed 8-bit kernel), so a loader pays for it instead of the first
+    /// request. Only for matrices that will be multiplied: an embedding read by row
+    /// never needs it.
+    pub fn prepare(&self) {
+        let _ = self.packed();
     }
 
     /// The regrouped rows the packed 8-bit kernel reads, where it applies: 8-bit
@@ -327,8 +337,9 @@ pub(crate) struct Q8Block {
     pub(super) q: [i8; 32],
 }
 
-/// llama.cpp's `quantize_row_q8_0`/`q8_1`: per block, `d = max|x| / 127` (stored as
-/// f16), `q = round(x / d)`, and for Q8_1 `s = f16(d · Σq)`.
+/// llama.cpp's x86 `quantize_row_q8_0`/`q8_1`: per block, `d = max|x| / 127` (stored
+/// as f16), `q = x · 127 / max|x|` rounded to nearest even, and for Q8_1
+/// `s = f16(d · Σq)`.
 pub(crate) fn quantize_q8(x: &[f32], with_sum: bool) -> Vec<Q8Block> {
     x.chunks(32)
         .map(|c| {
@@ -588,44 +599,100 @@ mod tests {
         }
     }
 
-    /// Several matrices over one input in one section equal their separate products,
-    /// fused (same encoding) or not (mixed encodings fall back to one call each).
-    #[test]
-    fn matmul_many_equals_separate_matmuls() {
-        let mut s = 0x1234_5678_9abc_def1u64;
+    /// A random Q4_0/Q4_1/Q8_0 matrix with sane scales (and minimums).
+    pub(crate) fn random_matrix(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> QMatrix {
+        let mut s = seed | 1;
         let mut rnd = || {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
             s
         };
-        let mut matrix = |ty: GgmlType, rows: usize| {
-            let bb = ty.block_bytes();
-            let mut w: Vec<u8> = (0..rows * 2 * bb).map(|_| rnd() as u8).collect();
-            for b in w.chunks_exact_mut(bb) {
-                b[..2].copy_from_slice(&half::f16::from_f32(0.02).to_le_bytes());
-                if ty == GgmlType::Q4_1 {
-                    b[2..4].copy_from_slice(&half::f16::from_f32(-0.1).to_le_bytes());
-                }
-            }
-            QMatrix::new(ty, rows, 64, w.into()).unwrap().with_activations(Activations::Int8)
-        };
-        let fused = [matrix(GgmlType::Q4_1, 24), matrix(GgmlType::Q4_1, 8), matrix(GgmlType::Q4_1, 13)];
-        let mixed = [matrix(GgmlType::Q4_0, 16), matrix(GgmlType::Q8_0, 5)];
-        for mats in [&fused[..], &mixed[..]] {
-            for m in [1usize, 2, 6] {
-                let x: Vec<f32> = (0..m * 64).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
-                let mut separate: Vec<Vec<f32>> = mats.iter().map(|q| vec![0.0; m * q.rows()]).collect();
-                for (q, y) in mats.iter().zip(separate.iter_mut()) {
-                    q.matmul(&x, m, y);
-                }
-                let mut together: Vec<Vec<f32>> = mats.iter().map(|q| vec![f32::NAN; m * q.rows()]).collect();
-                let refs: Vec<&QMatrix> = mats.iter().collect();
-                let mut outs: Vec<&mut [f32]> = together.iter_mut().map(|v| v.as_mut_slice()).collect();
-                QMatrix::matmul_many(&refs, &x, m, &mut outs);
-                assert_eq!(separate, together, "m = {m}");
+        let bb = ty.block_bytes();
+        let mut w: Vec<u8> = (0..rows * cols / 32 * bb).map(|_| rnd() as u8).collect();
+        for b in w.chunks_exact_mut(bb) {
+            b[..2].copy_from_slice(&half::f16::from_f32(0.01 + (rnd() % 100) as f32 * 1e-4).to_le_bytes());
+            if ty == GgmlType::Q4_1 {
+                b[2..4].copy_from_slice(&half::f16::from_f32(-0.05 + (rnd() % 10) as f32 * 1e-3).to_le_bytes());
             }
         }
+        QMatrix::new(ty, rows, cols, w.into()).unwrap()
+    }
+
+    /// The row-by-row portable kernel's product: the reference for the others.
+    fn reference(q: &QMatrix, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (q.rows(), q.cols());
+        let mut y = vec![0.0; m * n];
+        for i in 0..m {
+            let xs = vec![quantize_q8(&x[i * k..(i + 1) * k], q.ggml_type() == GgmlType::Q4_1)];
+            for j in 0..n {
+                let mut o = [0.0f32];
+                block_dot_lanes(q.ggml_type(), q.row(j), &xs, &mut o);
+                y[i * n + j] = o[0];
+            }
+        }
+        y
+    }
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-4 * y.abs().max(1.0))
+    }
+
+    /// Several matrices over one input in one section equal the reference: fused (one
+    /// encoding, one width) or not (mixed encodings or widths fall back to one call
+    /// each). On one thread, tasks cover several groups with a partial last task.
+    #[test]
+    fn matmul_many_equals_the_reference() {
+        let q = |ty, rows, cols, seed| random_matrix(ty, rows, cols, seed).with_activations(Activations::Int8);
+        let sets = [
+            vec![q(GgmlType::Q4_1, 100, 64, 1), q(GgmlType::Q4_1, 64, 64, 2), q(GgmlType::Q4_1, 37, 64, 3)],
+            vec![q(GgmlType::Q4_0, 100, 64, 4), q(GgmlType::Q4_0, 13, 64, 5)],
+            vec![q(GgmlType::Q4_0, 16, 64, 6), q(GgmlType::Q4_1, 24, 64, 7)],
+            vec![q(GgmlType::Q4_0, 16, 64, 8), q(GgmlType::Q4_0, 8, 96, 9)],
+            vec![q(GgmlType::Q4_0, 16, 64, 10), q(GgmlType::Q8_0, 5, 64, 11)],
+        ];
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        for mats in &sets {
+            for m in [1usize, 2, 6] {
+                for single in [false, true] {
+                    // Wide enough for every matrix's own stride (the fallback reads
+                    // each with its own width).
+                    let x: Vec<f32> = (0..m * 96).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+                    let mut outs: Vec<Vec<f32>> = mats.iter().map(|q| vec![f32::NAN; m * q.rows()]).collect();
+                    let refs: Vec<&QMatrix> = mats.iter().collect();
+                    let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
+                    let mut run = || QMatrix::matmul_many(&refs, &x, m, &mut slices);
+                    if single {
+                        one.install(run)
+                    } else {
+                        run()
+                    }
+                    for (q, y) in mats.iter().zip(&outs) {
+                        let want = reference(q, &x[..m * q.cols()], m);
+                        assert!(close(y, &want), "{:?} {}×{} m={m} single={single}", q.ggml_type(), q.rows(), q.cols());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Changing the input mode drops what was packed for the old one.
+    #[test]
+    fn switching_activations_repacks() {
+        let q = random_matrix(GgmlType::Q4_0, 16, 64, 12).with_activations(Activations::Int8);
+        let x: Vec<f32> = (0..64).map(|i| (i % 9) as f32 - 4.0).collect();
+        let mut y = vec![0.0; 16];
+        q.matmul(&x, 1, &mut y); // packs, where the CPU has the kernel
+        let f = q.with_activations(Activations::F32);
+        assert!(f.packed().is_none());
+        f.matmul(&x, 1, &mut y);
+        let w = f.to_f32();
+        for j in 0..16 {
+            let want: f32 = (0..64).map(|c| x[c] * w[j * 64 + c]).sum();
+            assert!((y[j] - want).abs() <= 1e-4 * want.abs().max(1.0), "{j}: {} vs {want}", y[j]);
+        }
+        let back = f.with_activations(Activations::Int8);
+        assert_eq!(back.packed().is_some(), packed_kernel().is_some());
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! are interleaved: one 32-byte load holds four consecutive weights of each of the eight
 //! rows for two groups of four (low and high nibbles), so a 256-bit register's eight
 //! 32-bit lanes are eight output rows. An input's four bytes are broadcast against it
-//! (`maddubs`, or `vpdpbusd` with VNNI), the eight rows' scales are one vector, and
+//! (`maddubs`), the eight rows' scales are one vector, and
 //! each tile of eight outputs is stored straight into the result row: no horizontal
 //! sums, and each unpacked weight register serves every input row of a tile. The same
 //! nibbles, with the scales and minimums kept as f16, so the packed matrix is the size
 //! of the encoded one (plus padding of the last group to eight rows).
+
+use rayon::prelude::*;
 
 use super::GgmlType;
 
@@ -44,16 +46,25 @@ impl Packed8 {
 
     /// Regroups `rows` encoded rows of `blocks` blocks each (`row(r)` gives row `r`'s
     /// bytes). `None` for other encodings.
-    pub(crate) fn pack<'a>(ty: GgmlType, rows: usize, blocks: usize, row: impl Fn(usize) -> &'a [u8]) -> Option<Self> {
+    pub(crate) fn pack<'a>(
+        ty: GgmlType,
+        rows: usize,
+        blocks: usize,
+        row: impl Fn(usize) -> &'a [u8] + Sync,
+    ) -> Option<Self> {
         let (qs_at, bb) = match ty {
             GgmlType::Q4_0 => (2, 18),
             GgmlType::Q4_1 => (4, 20),
             _ => return None,
         };
+        if blocks == 0 || rows == 0 {
+            return None;
+        }
         let rec = Self::record(ty);
         let groups = rows.div_ceil(ROWS);
         let mut data = vec![0u8; groups * blocks * rec];
-        for (g, group) in data.chunks_exact_mut(blocks * rec).enumerate() {
+        // Groups in parallel: a 7B model's matrices take seconds on one thread.
+        data.par_chunks_exact_mut(blocks * rec).enumerate().for_each(|(g, group)| {
             for (b, out) in group.chunks_exact_mut(rec).enumerate() {
                 for r in 0..ROWS {
                     let Some(src) = (g * ROWS + r < rows).then(|| &row(g * ROWS + r)[b * bb..(b + 1) * bb]) else {
@@ -74,7 +85,7 @@ impl Packed8 {
                     }
                 }
             }
-        }
+        });
         Some(Packed8 { ty, rows, blocks, data })
     }
 }

@@ -18,59 +18,59 @@ use half::{bf16, f16};
 pub(super) const CHUNK: usize = 16;
 
 /// Row kernels for one element type. The portable versions widen each row into `tmp`;
-/// f32 and f16 rows use AVX2/FMA(/F16C) kernels where the CPU has them.
+/// f32 and f16 rows use AVX2/FMA(/F16C) kernels when given a [`Simd`] token.
 pub(super) trait AttendElem: KvElem {
     /// `scores[g * CHUNK + j] = q_g · rows[j]` for every query head `g` in `q` (`hd`
     /// floats each) and every row `j`.
-    fn scores(q: &[f32], hd: usize, rows: &[&[Self]], scores: &mut [f32], tmp: &mut [f32]) {
+    fn scores(q: &[f32], hd: usize, rows: &[&[Self]], scores: &mut [f32], tmp: &mut [f32], simd: Option<Simd>) {
+        let _ = simd;
         portable_scores(q, hd, rows, scores, tmp);
     }
 
     /// `acc_g += Σ_j w[g * CHUNK + j] · rows[j]` for every query head `g` in `acc`.
-    fn accumulate(w: &[f32], hd: usize, rows: &[&[Self]], acc: &mut [f32], tmp: &mut [f32]) {
+    fn accumulate(w: &[f32], hd: usize, rows: &[&[Self]], acc: &mut [f32], tmp: &mut [f32], simd: Option<Simd>) {
+        let _ = simd;
         portable_accumulate(w, hd, rows, acc, tmp);
     }
 }
 
-impl AttendElem for f32 {
-    fn scores(q: &[f32], hd: usize, rows: &[&[Self]], scores: &mut [f32], tmp: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::usable(q, hd, rows, scores.len()) {
-            // SAFETY: `usable` checked the CPU features and every length the kernel reads.
-            return unsafe { super::x86::scores_f32(q, hd, rows, scores) };
-        }
-        portable_scores(q, hd, rows, scores, tmp);
-    }
+/// The SIMD row kernels for a type, where the token and the shapes allow them.
+macro_rules! simd_rows {
+    ($t:ty, $scores:ident, $accumulate:ident) => {
+        impl AttendElem for $t {
+            fn scores(q: &[f32], hd: usize, rows: &[&[Self]], scores: &mut [f32], tmp: &mut [f32], simd: Option<Simd>) {
+                #[cfg(target_arch = "x86_64")]
+                if simd.is_some() && super::x86::fits(q, hd, rows, scores.len()) {
+                    // SAFETY: the token proves AVX2/FMA/F16C; `fits` checked every length
+                    // the kernel reads.
+                    return unsafe { super::x86::$scores(q, hd, rows, scores) };
+                }
+                let _ = simd;
+                portable_scores(q, hd, rows, scores, tmp);
+            }
 
-    fn accumulate(w: &[f32], hd: usize, rows: &[&[Self]], acc: &mut [f32], tmp: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::usable(acc, hd, rows, w.len()) {
-            // SAFETY: as above.
-            return unsafe { super::x86::accumulate_f32(w, hd, rows, acc) };
+            fn accumulate(
+                w: &[f32],
+                hd: usize,
+                rows: &[&[Self]],
+                acc: &mut [f32],
+                tmp: &mut [f32],
+                simd: Option<Simd>,
+            ) {
+                #[cfg(target_arch = "x86_64")]
+                if simd.is_some() && super::x86::fits(acc, hd, rows, w.len()) {
+                    // SAFETY: as above.
+                    return unsafe { super::x86::$accumulate(w, hd, rows, acc) };
+                }
+                let _ = simd;
+                portable_accumulate(w, hd, rows, acc, tmp);
+            }
         }
-        portable_accumulate(w, hd, rows, acc, tmp);
-    }
+    };
 }
 
-impl AttendElem for f16 {
-    fn scores(q: &[f32], hd: usize, rows: &[&[Self]], scores: &mut [f32], tmp: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::usable(q, hd, rows, scores.len()) {
-            // SAFETY: `usable` checked the CPU features and every length the kernel reads.
-            return unsafe { super::x86::scores_f16(q, hd, rows, scores) };
-        }
-        portable_scores(q, hd, rows, scores, tmp);
-    }
-
-    fn accumulate(w: &[f32], hd: usize, rows: &[&[Self]], acc: &mut [f32], tmp: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::usable(acc, hd, rows, w.len()) {
-            // SAFETY: as above.
-            return unsafe { super::x86::accumulate_f16(w, hd, rows, acc) };
-        }
-        portable_accumulate(w, hd, rows, acc, tmp);
-    }
-}
+simd_rows!(f32, scores_f32, accumulate_f32);
+simd_rows!(f16, scores_f16, accumulate_f16);
 
 impl AttendElem for bf16 {}
 
@@ -286,7 +286,7 @@ pub(super) fn attend<T: AttendElem>(
                     for (r, &b) in rows.iter_mut().zip(&bases[..n]) {
                         *r = &kbuf[b + off..b + off + hd];
                     }
-                    T::scores(qk, hd, &rows[..n], scores, &mut s.tmp);
+                    T::scores(qk, hd, &rows[..n], scores, &mut s.tmp, simd);
                     let acc = &mut s.acc[k * group * hd..(k + 1) * group * hd];
                     for (g, sc) in scores.chunks_exact_mut(CHUNK).enumerate() {
                         let Ok(sc) = <&mut [f32; CHUNK]>::try_from(sc) else { continue };
@@ -307,7 +307,7 @@ pub(super) fn attend<T: AttendElem>(
                     for (r, &b) in rows.iter_mut().zip(&bases[..n]) {
                         *r = &vbuf[b + off..b + off + hd];
                     }
-                    T::accumulate(scores, hd, &rows[..n], acc, &mut s.tmp);
+                    T::accumulate(scores, hd, &rows[..n], acc, &mut s.tmp, simd);
                 }
                 std::mem::swap(&mut bases, &mut next);
                 (start, n) = (end, n_next);

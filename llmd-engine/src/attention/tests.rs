@@ -257,10 +257,10 @@ fn row_kernels_at(hd: usize) {
     let mut tmp = vec![0f32; hd];
     fn both<T: AttendElem>(q: &[f32], w: &[f32], hd: usize, rows: &[&[T]], tmp: &mut [f32]) -> f32 {
         let (mut s1, mut s2) = (vec![0f32; q.len() / hd * CHUNK], vec![0f32; q.len() / hd * CHUNK]);
-        T::scores(q, hd, rows, &mut s1, tmp);
+        T::scores(q, hd, rows, &mut s1, tmp, cpu::Simd::detect());
         cpu::portable_scores(q, hd, rows, &mut s2, tmp);
         let (mut a1, mut a2) = (vec![0.5f32; q.len()], vec![0.5f32; q.len()]);
-        T::accumulate(w, hd, rows, &mut a1, tmp);
+        T::accumulate(w, hd, rows, &mut a1, tmp, cpu::Simd::detect());
         cpu::portable_accumulate(w, hd, rows, &mut a2, tmp);
         let n = rows.len();
         let used = |s: &[f32]| s.chunks(CHUNK).flat_map(|c| c[..n].to_vec()).collect::<Vec<f32>>();

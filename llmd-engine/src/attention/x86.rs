@@ -13,17 +13,17 @@ use super::cpu::CHUNK;
 /// Query heads sharing one pass over a row (their accumulators stay in registers).
 const TILE: usize = 4;
 
-/// Whether the kernels may run: the CPU has AVX2, FMA and F16C, rows are `hd` wide
-/// with `hd` a multiple of 8, `heads` holds whole heads, and `scores` (or weights)
-/// has `CHUNK` entries per head for at most `CHUNK` rows.
-pub(super) fn usable<T>(heads: &[f32], hd: usize, rows: &[&[T]], scores_len: usize) -> bool {
+/// Whether the kernels' shapes hold (the CPU features are checked once per call, by
+/// `cpu::Simd`): rows are `hd` wide with `hd` a multiple of 8, `heads` holds whole
+/// heads, and `scores` (or weights) has `CHUNK` entries per head for at most `CHUNK`
+/// rows.
+pub(super) fn fits<T>(heads: &[f32], hd: usize, rows: &[&[T]], scores_len: usize) -> bool {
     hd > 0
         && hd.is_multiple_of(8)
         && heads.len().is_multiple_of(hd)
         && rows.len() <= CHUNK
         && scores_len >= heads.len() / hd * CHUNK
         && rows.iter().all(|r| r.len() == hd)
-        && has_features()
 }
 
 /// Whether the CPU has AVX2, FMA and F16C.
@@ -65,7 +65,7 @@ macro_rules! row_kernels {
         /// `scores[g * CHUNK + j] = q_g · rows[j]`.
         ///
         /// # Safety
-        /// The CPU has AVX2, FMA and F16C and [`usable`] holds for these arguments.
+        /// The CPU has AVX2, FMA and F16C and [`fits`] holds for these arguments.
         #[target_feature(enable = "avx2,fma,f16c")]
         pub(super) unsafe fn $scores(q: &[f32], hd: usize, rows: &[&[$t]], scores: &mut [f32]) {
             /// One tile of `G` heads (a constant, so the accumulators stay in registers).
@@ -114,7 +114,7 @@ macro_rules! row_kernels {
         /// `acc_g += Σ_j w[g * CHUNK + j] · rows[j]`.
         ///
         /// # Safety
-        /// The CPU has AVX2, FMA and F16C and [`usable`] holds for these arguments.
+        /// The CPU has AVX2, FMA and F16C and [`fits`] holds for these arguments.
         #[target_feature(enable = "avx2,fma,f16c")]
         pub(super) unsafe fn $accumulate(w: &[f32], hd: usize, rows: &[&[$t]], acc: &mut [f32]) {
             /// One tile of `G` heads over 16 lanes of the head dimension at a time (eight

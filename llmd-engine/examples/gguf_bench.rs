@@ -33,7 +33,7 @@ fn main() {
         // Prefill: one sequence's prompt in one step, after one untimed.
         let mut prefill = 0.0;
         for round in 0..2 {
-            let mut kv = PagedKvCache::new(c.num_hidden_layers, shape, KvDtype::F32).expect("a KV cache");
+            let mut kv = PagedKvCache::new(c.num_hidden_layers, shape, KvDtype::F16).expect("a KV cache");
             let table: Vec<u32> = (0..per_seq as u32).collect();
             let t = Instant::now();
             let seq = SeqInput { tokens: &prompt, start: 0, block_table: &table, logits: LogitsWanted::Last };
@@ -44,7 +44,7 @@ fn main() {
         }
         row += &format!(" {prefill:.0} tok/s |");
         for batch in [1usize, 8, 32] {
-            let mut kv = PagedKvCache::new(c.num_hidden_layers, shape, KvDtype::F32).expect("a KV cache");
+            let mut kv = PagedKvCache::new(c.num_hidden_layers, shape, KvDtype::F16).expect("a KV cache");
             let tables: Vec<Vec<u32>> =
                 (0..batch).map(|b| ((b * per_seq) as u32..((b + 1) * per_seq) as u32).collect()).collect();
             for t in &tables {

@@ -228,6 +228,21 @@ impl LlamaModel {
         attn: &dyn AttentionBackend,
     ) -> Result<Vec<Vec<f32>>> {
         self.check(seqs, cache)?;
+        // The step runs on one of rayon's threads: each of its parallel sections (about
+        // ten a layer) is then shared with the other workers directly, instead of this
+        // thread handing it to the pool and sleeping until it is done.
+        if rayon::current_thread_index().is_none() {
+            return rayon::join(|| self.forward_checked(seqs, cache, attn), || ()).0;
+        }
+        self.forward_checked(seqs, cache, attn)
+    }
+
+    fn forward_checked(
+        &self,
+        seqs: &[SeqInput<'_>],
+        cache: &mut PagedKvCache,
+        attn: &dyn AttentionBackend,
+    ) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);

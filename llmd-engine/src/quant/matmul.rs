@@ -3,17 +3,19 @@
 //! By default ([`Activations::Int8`]) the inputs of a Q4_0, Q4_1 or Q8_0 matmul are
 //! quantized as llama.cpp quantizes them (blocks of 32 to 8 bits: Q8_1 against Q4_1,
 //! Q8_0 against the others) and each block's products are summed as integers,
-//! llama.cpp's `ggml_vec_dot_*` arithmetic (AVX2 kernels in `x86.rs`). Otherwise, and
-//! with [`Activations::F32`], each weight row is dequantized into a small buffer (a row
-//! of an 8B-class model is at most 56 KiB as f32) and dotted with f32 inputs: the
-//! dequantized model's result to float rounding.
+//! llama.cpp's `ggml_vec_dot_*` arithmetic (AVX2 and AVX-512 VNNI kernels in `x86.rs`).
+//! Otherwise, and with [`Activations::F32`], each weight row is dequantized into a small
+//! buffer (a row of an 8B-class model is at most 56 KiB as f32) and dotted with f32
+//! inputs: the dequantized model's result to float rounding.
 //!
-//! Either way a batch reads each weight row once per call. Q4_0 and Q4_1 matrices
-//! multiplied with 8-bit inputs also keep their rows regrouped for the packed kernel
-//! (`packed.rs`, made on first use or by [`QMatrix::prepare`]): a second copy the size
-//! of the encoded one. Output rows are split across rayon's threads. The inner loops
-//! are written for the compiler to vectorize and compiled twice: for the baseline
-//! target and, on x86-64, for AVX2 with FMA, chosen at run time.
+//! Either way a batch reads each weight row once per call. Matrices multiplied with
+//! 8-bit inputs also keep their rows regrouped for the packed kernel (`packed.rs`, made
+//! on first use or by [`QMatrix::prepare`]): Q4_0 and Q4_1 eight rows at a time with
+//! AVX2, and Q8_0 too, sixteen at a time, with AVX-512 VNNI. It is a second copy the
+//! size of the encoded one. Output rows are split across rayon's threads, each task
+//! writing its rows' outputs straight into the result. The portable inner loops are
+//! written for the compiler to vectorize and compiled twice: for the baseline target
+//! and, on x86-64, for AVX2 with FMA, chosen at run time.
 
 use std::sync::OnceLock;
 
@@ -22,7 +24,7 @@ use rayon::prelude::*;
 
 use super::GgmlType;
 use super::blocks::dequantize_row;
-use super::packed::{Packed8, ROWS};
+use super::packed::Packed;
 use crate::error::{EngineError, Result};
 
 /// How a matmul over an encoded matrix treats its inputs.
@@ -46,9 +48,9 @@ pub struct QMatrix {
     cols: usize,
     data: Bytes,
     activations: Activations,
-    /// Q4_0/Q4_1 rows regrouped for the 8-bit AVX2 kernel, made once on first use
-    /// (`None` where that kernel does not apply).
-    packed: OnceLock<Option<Packed8>>,
+    /// Rows regrouped for the packed 8-bit kernel, made once on first use (`None`
+    /// where that kernel does not apply).
+    packed: OnceLock<Option<Packed>>,
 }
 
 impl QMatrix {
@@ -84,14 +86,16 @@ impl QMatrix {
     }
 
     /// The regrouped rows the packed 8-bit kernel reads, where it applies: 8-bit
-    /// inputs, Q4_0 or Q4_1 weights, and a CPU with AVX2, FMA and F16C.
-    fn packed(&self) -> Option<&Packed8> {
+    /// inputs, and weights in an encoding this CPU's kernel takes (Q4_0 and Q4_1 with
+    /// AVX2, FMA and F16C; Q8_0 too with AVX-512 VNNI).
+    fn packed(&self) -> Option<&Packed> {
         self.packed
             .get_or_init(|| {
-                let applies = self.activations == Activations::Int8
-                    && matches!(self.ty, GgmlType::Q4_0 | GgmlType::Q4_1)
-                    && packed_kernel().is_some();
-                applies.then(|| Packed8::pack(self.ty, self.rows, self.cols / 32, |r| self.row(r))).flatten()
+                let kernel = packed_kernel().filter(|k| k.takes(self.ty))?;
+                if self.activations != Activations::Int8 {
+                    return None;
+                }
+                Packed::pack(self.ty, kernel.lanes, self.rows, self.cols / 32, |r| self.row(r))
             })
             .as_ref()
     }
@@ -172,7 +176,8 @@ impl QMatrix {
             return;
         }
         if let (Some(p), Some(kernel)) = (self.packed(), packed_kernel()) {
-            return self.matmul_packed(p, kernel, x, m, y);
+            let q8 = quantize_rows(&x[..m * k], k, self.ty == GgmlType::Q4_1);
+            return packed_products(&[(self, p)], kernel, &q8, m, &mut [y]);
         }
         let dot = dot_fn();
         // Rows per task: enough tasks to balance the threads, few enough to amortize.
@@ -214,14 +219,6 @@ impl QMatrix {
 }
 
 impl QMatrix {
-    /// [`matmul`](Self::matmul) through the regrouped rows: tasks own groups of eight
-    /// weight rows, and each group's outputs for every input row come back as one
-    /// vector store.
-    fn matmul_packed(&self, p: &Packed8, kernel: PackedFn, x: &[f32], m: usize, y: &mut [f32]) {
-        let q8 = quantize_rows(&x[..m * self.cols], self.cols, self.ty == GgmlType::Q4_1);
-        packed_products(&[(self, p)], kernel, &q8, m, &mut [y]);
-    }
-
     /// `ys[i] = x · mats[i]ᵀ` for matrices sharing their input (a layer's query, key
     /// and value projections; its gate and up projections): where all take the packed
     /// kernel with the same encoding, the input is quantized once and all their rows
@@ -229,7 +226,7 @@ impl QMatrix {
     /// at batch 1 is much of a step's cost.
     pub fn matmul_many(mats: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
         assert_eq!(mats.len(), ys.len(), "qmatmul: one output per matrix");
-        let packed: Option<Vec<(&QMatrix, &Packed8)>> = mats.iter().map(|q| q.packed().map(|p| (*q, p))).collect();
+        let packed: Option<Vec<(&QMatrix, &Packed)>> = mats.iter().map(|q| q.packed().map(|p| (*q, p))).collect();
         let (Some(packed), Some(kernel)) = (packed, packed_kernel()) else {
             for (q, y) in mats.iter().zip(ys.iter_mut()) {
                 q.matmul(x, m, y);
@@ -251,46 +248,71 @@ impl QMatrix {
 }
 
 /// The packed products of several matrices with the same quantized input, in one
-/// parallel section: tasks of up to 64 groups of eight rows, from all the matrices.
+/// parallel section: tasks of up to 64 groups of rows, from all the matrices, each
+/// writing its groups' outputs straight into their columns of the result.
 fn packed_products(
-    mats: &[(&QMatrix, &Packed8)],
-    kernel: PackedFn,
+    mats: &[(&QMatrix, &Packed)],
+    kernel: PackedKernel,
     q8: &[Vec<Q8Block>],
     m: usize,
     ys: &mut [&mut [f32]],
 ) {
     let total: usize = mats.iter().map(|(_, p)| p.groups()).sum();
     let per = (total / (rayon::current_num_threads() * 8)).clamp(1, 64);
-    // Per matrix: [group][input row][8 outputs].
-    let mut ts: Vec<Vec<[f32; ROWS]>> = mats.iter().map(|(_, p)| vec![[0.0f32; ROWS]; p.groups() * m]).collect();
-    let mut tasks: Vec<(&Packed8, usize, &mut [[f32; ROWS]])> = Vec::with_capacity(total / per + mats.len());
-    for ((_, p), t) in mats.iter().zip(ts.iter_mut()) {
-        for (c, out) in t.chunks_mut(per * m).enumerate() {
-            tasks.push((p, c * per, out));
-        }
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::with_capacity(total / per + mats.len());
+    let mut outs = Vec::with_capacity(mats.len());
+    for (i, ((q, p), y)) in mats.iter().zip(ys.iter_mut()).enumerate() {
+        assert!(y.len() >= m * q.rows, "qmatmul: output smaller than {m} rows");
+        assert_eq!(p.lanes, kernel.lanes, "qmatmul: packed for another kernel");
+        outs.push(Columns(y.as_mut_ptr()));
+        tasks.extend((0..p.groups()).step_by(per).map(|g0| (i, g0, (g0 + per).min(p.groups()))));
     }
-    tasks.into_par_iter().for_each(|(p, g0, out)| {
-        let rec = Packed8::record(p.ty) * p.blocks;
-        for (gi, o) in out.chunks_mut(m).enumerate() {
-            let g = g0 + gi;
-            kernel(p.ty, &p.data[g * rec..(g + 1) * rec], q8, o);
+    let outs = &outs;
+    let lanes = kernel.lanes;
+    tasks.into_par_iter().for_each_init(Vec::new, |tile: &mut Vec<f32>, (i, g0, g1)| {
+        let ((q, p), y) = (&mats[i], &outs[i]);
+        let n = q.rows;
+        tile.resize(m * lanes, 0.0);
+        for g in g0..g1 {
+            (kernel.run)(p.ty, p.group(g), q8, tile);
+            let (c0, w) = (g * lanes, lanes.min(n - g * lanes));
+            // SAFETY: `y` holds m rows of n (asserted above) and outlives this section;
+            // the tasks' group ranges are disjoint, so each writes only its own
+            // columns c0..c0 + w of every row.
+            unsafe {
+                match (lanes, w) {
+                    (16, 16) => put_columns::<16>(tile, y.0, n, c0),
+                    (8, 8) => put_columns::<8>(tile, y.0, n, c0),
+                    _ => {
+                        for (r, t) in tile.chunks_exact(lanes).enumerate() {
+                            std::ptr::copy_nonoverlapping(t.as_ptr(), y.0.add(r * n + c0), w);
+                        }
+                    }
+                }
+            }
         }
     });
-    for (((q, _), t), y) in mats.iter().zip(&ts).zip(ys.iter_mut()) {
-        let n = q.rows;
-        assert!(y.len() >= m * n, "qmatmul: output smaller than {m} rows");
-        let scatter = |(i, row): (usize, &mut [f32])| {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = t[(j / ROWS) * m + i][j % ROWS];
-            }
-        };
-        if m < 4 {
-            y[..m * n].chunks_mut(n).enumerate().for_each(scatter);
-        } else {
-            y[..m * n].par_chunks_mut(n).enumerate().for_each(scatter);
-        }
+}
+
+/// Row `r` of `tile` (`L` wide) into columns `c0..c0 + L` of row `r` of `y` (`n`
+/// wide): fixed-size copies, where a variable length would call `memcpy` per row.
+///
+/// # Safety
+/// `y` must be valid for writes of `tile.len() / L` rows of `n`, and `c0 + L <= n`.
+#[inline(always)]
+unsafe fn put_columns<const L: usize>(tile: &[f32], y: *mut f32, n: usize, c0: usize) {
+    for (r, t) in tile.chunks_exact(L).enumerate() {
+        let t: &[f32; L] = t.try_into().expect("chunks_exact gives L");
+        // SAFETY: in bounds by the caller's promise; `[f32; L]` has f32's alignment.
+        unsafe { y.add(r * n + c0).cast::<[f32; L]>().write_unaligned(*t) };
     }
 }
+
+/// A result matrix the tasks of one parallel section fill, each in its own columns.
+struct Columns(*mut f32);
+// SAFETY: shared only within `packed_products`, whose tasks write disjoint elements.
+unsafe impl Send for Columns {}
+unsafe impl Sync for Columns {}
 
 /// Each row of `x` (`k` wide) quantized to 8 bits; in parallel only where there are
 /// enough rows to pay for the dispatch.
@@ -302,28 +324,61 @@ fn quantize_rows(x: &[f32], k: usize, with_sum: bool) -> Vec<Vec<Q8Block>> {
     }
 }
 
-type PackedFn = fn(GgmlType, &[u8], &[Vec<Q8Block>], &mut [[f32; ROWS]]);
+type PackedFn = fn(GgmlType, &[u8], &[Vec<Q8Block>], &mut [f32]);
 
-/// The packed 8-bit kernel, where the CPU runs it.
-fn packed_kernel() -> Option<PackedFn> {
-    static CHOSEN: OnceLock<Option<PackedFn>> = OnceLock::new();
-    *CHOSEN.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            return Some(packed_avx2 as PackedFn);
+/// A packed 8-bit kernel: `run(ty, group, inputs, out)` writes `lanes` outputs per
+/// input row into `out`.
+#[derive(Clone, Copy)]
+struct PackedKernel {
+    lanes: usize,
+    /// Whether it takes Q8_0 (Q4_0 and Q4_1 it always takes).
+    q8_0: bool,
+    run: PackedFn,
+}
+
+impl PackedKernel {
+    fn takes(&self, ty: GgmlType) -> bool {
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1) || (ty == GgmlType::Q8_0 && self.q8_0)
+    }
+}
+
+/// The packed 8-bit kernel this CPU runs best, where it runs one.
+fn packed_kernel() -> Option<PackedKernel> {
+    static CHOSEN: OnceLock<Option<PackedKernel>> = OnceLock::new();
+    *CHOSEN.get_or_init(|| packed_kernels().last().copied())
+}
+
+/// Every packed kernel this CPU runs, slowest first (the tests check each).
+fn packed_kernels() -> Vec<PackedKernel> {
+    #[allow(unused_mut)]
+    let mut kernels = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") && has!("f16c") {
+            kernels.push(PackedKernel { lanes: 8, q8_0: false, run: packed_avx2 });
         }
-        None
-    })
+        if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+            kernels.push(PackedKernel { lanes: 16, q8_0: true, run: packed_vnni });
+        }
+    }
+    kernels
 }
 
 #[cfg(target_arch = "x86_64")]
-fn packed_avx2(ty: GgmlType, recs: &[u8], xs: &[Vec<Q8Block>], out: &mut [[f32; ROWS]]) {
+fn packed_avx2(ty: GgmlType, recs: &[u8], xs: &[Vec<Q8Block>], out: &mut [f32]) {
     // SAFETY: chosen only after `is_x86_feature_detected!` found AVX2, FMA and F16C;
-    // `recs` is one group's whole records and each `xs` row has as many blocks.
+    // `recs` is one group's whole eight-lane records and each `xs` row has as many
+    // blocks; `out` has eight slots per input row (`packed_products`).
     unsafe { super::x86::packed_rows(ty, recs, xs, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn packed_vnni(ty: GgmlType, recs: &[u8], xs: &[Vec<Q8Block>], out: &mut [f32]) {
+    // SAFETY: chosen only after `is_x86_feature_detected!` found AVX-512 F, BW and
+    // VNNI; `recs` is one group's whole sixteen-lane records and each `xs` row has as
+    // many blocks; `out` has sixteen slots per input row.
+    unsafe { super::x86::packed_rows_vnni(ty, recs, xs, out) }
 }
 
 /// A block of 32 inputs quantized to 8 bits: `x ≈ d · q`; `s` is `d · Σq` (Q8_1's
@@ -337,23 +392,55 @@ pub(crate) struct Q8Block {
     pub(super) q: [i8; 32],
 }
 
+type QuantizeFn = fn(&[f32], bool) -> Vec<Q8Block>;
+
 /// llama.cpp's x86 `quantize_row_q8_0`/`q8_1`: per block, `d = max|x| / 127` (stored
 /// as f16), `q = x · 127 / max|x|` rounded to nearest even, and for Q8_1
 /// `s = f16(d · Σq)`.
 pub(crate) fn quantize_q8(x: &[f32], with_sum: bool) -> Vec<Q8Block> {
+    static CHOSEN: OnceLock<QuantizeFn> = OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
+            return quantize_q8_avx2;
+        }
+        quantize_q8_lanes
+    })(x, with_sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn quantize_q8_avx2(x: &[f32], with_sum: bool) -> Vec<Q8Block> {
+    let mut out = Vec::with_capacity(x.len().div_ceil(32));
+    for c in x.chunks(32) {
+        let mut v = [0.0f32; 32];
+        v[..c.len()].copy_from_slice(c);
+        // SAFETY: chosen only after `is_x86_feature_detected!` found AVX2 and F16C.
+        let (d, q, sum) = unsafe { super::x86::quantize_block(&v) };
+        out.push(q8_block(d, q, sum, with_sum));
+    }
+    out
+}
+
+/// A block from its quantized values: `d` and `s` rounded through f16 as llama.cpp
+/// stores them.
+#[inline(always)]
+fn q8_block(d: f32, q: [i8; 32], sum: i32, with_sum: bool) -> Q8Block {
+    let s = if with_sum { half::f16::from_f32(sum as f32 * d).to_f32() } else { 0.0 };
+    Q8Block { d: half::f16::from_f32(d).to_f32(), s, sum, q }
+}
+
+/// [`quantize_q8`] on any CPU.
+fn quantize_q8_lanes(x: &[f32], with_sum: bool) -> Vec<Q8Block> {
     x.chunks(32)
         .map(|c| {
             let amax = c.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
             // As llama.cpp's x86 kernels: `127 / max`, rounded to nearest even.
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let mut q = [0i8; 32];
             for (q, v) in q.iter_mut().zip(c) {
                 *q = round_to_i8(v * id);
             }
-            let sum: i32 = q.iter().map(|&v| i32::from(v)).sum();
-            let s = if with_sum { half::f16::from_f32(sum as f32 * d).to_f32() } else { 0.0 };
-            Q8Block { d: half::f16::from_f32(d).to_f32(), s, sum, q }
+            q8_block(amax / 127.0, q, q.iter().map(|&v| i32::from(v)).sum(), with_sum)
         })
         .collect()
 }
@@ -550,51 +637,48 @@ mod tests {
         }
     }
 
-    /// The regrouped (packed) kernel against the row-by-row portable one, for row
-    /// counts that leave a partial last group and batches that leave a partial tile.
+    /// Every packed kernel this CPU runs (AVX2's eight lanes, AVX-512 VNNI's sixteen)
+    /// against the row-by-row portable one, for each encoding it takes, row counts
+    /// that leave a partial last group and batches that leave partial tiles.
     #[test]
-    fn the_packed_kernel_agrees_with_the_row_kernel() {
-        if packed_kernel().is_none() {
+    fn the_packed_kernels_agree_with_the_row_kernel() {
+        let kernels = packed_kernels();
+        if kernels.is_empty() {
             eprintln!("skipped: this CPU lacks AVX2/FMA/F16C, so there is no packed kernel");
             return;
         }
-        let mut s = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
-            for rows in [1usize, 8, 13, 24] {
-                let (cols, bb) = (96usize, ty.block_bytes());
-                let mut w: Vec<u8> = (0..rows * cols / 32 * bb).map(|_| rnd() as u8).collect();
-                for b in w.chunks_exact_mut(bb) {
-                    b[..2].copy_from_slice(&half::f16::from_f32(0.01 + (rnd() % 100) as f32 * 1e-4).to_le_bytes());
-                    if ty == GgmlType::Q4_1 {
-                        b[2..4].copy_from_slice(&half::f16::from_f32(-0.05 + (rnd() % 10) as f32 * 1e-3).to_le_bytes());
+        for kernel in kernels {
+            for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0].into_iter().filter(|&t| kernel.takes(t)) {
+                for rows in [1usize, 8, 13, 24, 40] {
+                    let cols = 96;
+                    let q = random_matrix(ty, rows, cols, rows as u64 * 31 + ty as u64);
+                    let p = Packed::pack(ty, kernel.lanes, rows, cols / 32, |r| q.row(r)).unwrap();
+                    for m in [1usize, 3, 5, 8, 9, 17] {
+                        let x: Vec<f32> = (0..m * cols).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+                        let q8 = quantize_rows(&x, cols, ty == GgmlType::Q4_1);
+                        let mut y = vec![f32::NAN; m * rows];
+                        packed_products(&[(&q, &p)], kernel, &q8, m, &mut [&mut y]);
+                        assert!(close(&y, &reference(&q, &x, m)), "{} lanes, {ty:?}, rows={rows}, m={m}", kernel.lanes);
                     }
                 }
-                let q = QMatrix::new(ty, rows, cols, w.into()).unwrap().with_activations(Activations::Int8);
-                assert!(q.packed().is_some());
-                for m in [1usize, 3, 5, 9] {
-                    let x: Vec<f32> = (0..m * cols).map(|_| (rnd() % 2001) as f32 / 1000.0 - 1.0).collect();
-                    let mut y = vec![f32::NAN; m * rows];
-                    q.matmul(&x, m, &mut y);
-                    for i in 0..m {
-                        let xs = vec![quantize_q8(&x[i * cols..(i + 1) * cols], ty == GgmlType::Q4_1)];
-                        for j in 0..rows {
-                            let mut want = [0.0f32];
-                            block_dot_lanes(ty, q.row(j), &xs, &mut want);
-                            let got = y[i * rows + j];
-                            assert!(
-                                (got - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0),
-                                "{ty:?} rows={rows} m={m} ({i},{j}): {got} vs {}",
-                                want[0]
-                            );
-                        }
-                    }
-                }
+            }
+        }
+    }
+
+    /// The vectorized quantization equals the portable one, ties and zeros included.
+    #[test]
+    fn quantizing_agrees_with_the_portable_code() {
+        let mut x: Vec<f32> = (0..32 * 7 + 5).map(|i| ((i * 7919) % 2001) as f32 / 997.0 - 1.0).collect();
+        x[32..64].fill(0.0); // a zero block: scale 0
+        x[64] = 127.0; // q = x exactly, ties elsewhere at .5
+        for (i, v) in x[65..96].iter_mut().enumerate() {
+            *v = i as f32 - 15.5;
+        }
+        for with_sum in [false, true] {
+            let (a, b) = (quantize_q8(&x, with_sum), quantize_q8_lanes(&x, with_sum));
+            assert_eq!(a.len(), b.len());
+            for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+                assert_eq!((a.d, a.s, a.sum, a.q), (b.d, b.s, b.sum, b.q), "block {i}");
             }
         }
     }

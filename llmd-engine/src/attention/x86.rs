@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::simd::hsum;
+use crate::simd::{exp8, hsum};
 
 use half::f16;
 
@@ -184,29 +184,6 @@ macro_rules! row_kernels {
 
 row_kernels!(scores_f32, accumulate_f32, f32, load_f32);
 row_kernels!(scores_f16, accumulate_f16, f16, load_f16);
-
-/// `e^x` in eight lanes: [`super::cpu::exp`] with FMA.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn exp8(x: __m256) -> __m256 {
-    // max/min return their second operand when either is NaN: the constant goes first
-    // so a NaN score stays NaN, as in the portable `exp`.
-    let x = _mm256_min_ps(_mm256_set1_ps(88.0), _mm256_max_ps(_mm256_set1_ps(-87.0), x));
-    let round = _mm256_set1_ps(12_582_912.0);
-    let t = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), round);
-    let n = _mm256_sub_ps(t, round);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-    let mut p = _mm256_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-    }
-    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-        _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(round)),
-        _mm256_set1_epi32(127),
-    ));
-    _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
-}
 
 /// Lanes `i < n` of a 16-lane chunk, as masks.
 #[inline]

@@ -204,6 +204,22 @@ pub(crate) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// `gate[i] = silu(gate[i]) · up[i]` (SwiGLU), vectorized where the CPU allows: a
+/// libm `expf` per element was a few percent of a batched decode step.
+pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the features were just detected.
+        return unsafe { crate::simd::silu_mul(gate, up) };
+    }
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +236,23 @@ mod tests {
 
     fn bias(n: usize) -> Tensor {
         Tensor { shape: vec![n], data: (0..n).map(|i| i as f32 * 0.5 - 3.0).collect() }
+    }
+
+    /// The vectorized SwiGLU equals the scalar one to float rounding, over the
+    /// clamped range's edges and a ragged tail.
+    #[test]
+    fn silu_mul_matches_the_scalar_formula() {
+        let gate: Vec<f32> = (0..203).map(|i| (i as f32 - 101.0) * 0.37).collect();
+        let up: Vec<f32> = (0..203).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        let mut got = gate.clone();
+        silu_mul(&mut got, &up);
+        for ((g, u), y) in gate.iter().zip(&up).zip(&got) {
+            let want = f64::from(*g) / (1.0 + (-f64::from(*g)).exp()) * f64::from(*u);
+            assert!((f64::from(*y) - want).abs() <= 1e-6 * want.abs().max(1e-30) + 1e-30, "{g}: {y} vs {want}");
+        }
+        let mut nan = [f32::NAN; 9];
+        silu_mul(&mut nan, &[1.0; 9]);
+        assert!(nan.iter().all(|v| v.is_nan()));
     }
 
     /// `forward_many` equals `forward` on each layer, biases included: fused (all

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::config::ModelConfig;
-use super::layers::{Linear, rms_norm, silu};
+use super::layers::{Linear, rms_norm, silu_mul};
 use super::rope::Rope;
 use super::weights::Weights;
 use crate::attention::{AttentionBackend, AttentionInput, QueryPos};
@@ -308,8 +308,11 @@ impl LlamaModel {
 
             rms_norm(&x, &layer.post_norm, eps, &mut normed);
             Linear::forward_many(&[&layer.gate, &layer.up], &normed, t, &mut [&mut gate, &mut up]);
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = silu(*g) * u;
+            if t < 4 {
+                silu_mul(&mut gate, &up);
+            } else {
+                let n = c.intermediate_size;
+                gate.par_chunks_mut(n).zip(up.par_chunks(n)).for_each(|(g, u)| silu_mul(g, u));
             }
             layer.down.forward(&gate, t, &mut proj);
             for (a, b) in x.iter_mut().zip(&proj) {

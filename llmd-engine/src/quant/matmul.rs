@@ -410,15 +410,25 @@ pub(crate) fn quantize_q8(x: &[f32], with_sum: bool) -> Vec<Q8Block> {
 
 #[cfg(target_arch = "x86_64")]
 fn quantize_q8_avx2(x: &[f32], with_sum: bool) -> Vec<Q8Block> {
-    let mut out = Vec::with_capacity(x.len().div_ceil(32));
-    for c in x.chunks(32) {
-        let mut v = [0.0f32; 32];
-        v[..c.len()].copy_from_slice(c);
-        // SAFETY: chosen only after `is_x86_feature_detected!` found AVX2 and F16C.
-        let (d, q, sum) = unsafe { super::x86::quantize_block(&v) };
-        out.push(q8_block(d, q, sum, with_sum));
+    #[target_feature(enable = "avx2,f16c")]
+    fn inner(x: &[f32], with_sum: bool) -> Vec<Q8Block> {
+        let mut out = Vec::with_capacity(x.len().div_ceil(32));
+        let mut blocks = x.chunks_exact(32);
+        for c in blocks.by_ref() {
+            let c: &[f32; 32] = c.try_into().expect("chunks_exact gives 32");
+            // SAFETY: this function's features are the kernel's.
+            out.push(unsafe { super::x86::quantize_block(c, with_sum) });
+        }
+        if !blocks.remainder().is_empty() {
+            let mut v = [0.0f32; 32];
+            v[..blocks.remainder().len()].copy_from_slice(blocks.remainder());
+            // SAFETY: as above.
+            out.push(unsafe { super::x86::quantize_block(&v, with_sum) });
+        }
+        out
     }
-    out
+    // SAFETY: chosen only after `is_x86_feature_detected!` found AVX2 and F16C.
+    unsafe { inner(x, with_sum) }
 }
 
 /// A block from its quantized values: `d` and `s` rounded through f16 as llama.cpp

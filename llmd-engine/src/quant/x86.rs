@@ -25,13 +25,15 @@ fn f16_to_f32(b: &[u8]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(v))
 }
 
-/// One block of 32 inputs quantized as llama.cpp's AVX2 `quantize_row_q8_0`: `d =
-/// max|x| / 127`, `q = x · (127 / max|x|)` rounded to nearest even, and `Σq`.
+/// One block of 32 inputs quantized as llama.cpp's AVX2 `quantize_row_q8_0`/`q8_1`:
+/// `d = max|x| / 127`, `q = x · (127 / max|x|)` rounded to nearest even, `Σq`, and
+/// (`with_sum`) `s = d · Σq`, the scales rounded through f16 as llama.cpp stores them.
 ///
 /// # Safety
-/// The CPU must have AVX2.
-#[target_feature(enable = "avx2")]
-pub(crate) unsafe fn quantize_block(x: &[f32; 32]) -> (f32, [i8; 32], i32) {
+/// The CPU must have AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+pub(crate) unsafe fn quantize_block(x: &[f32; 32], with_sum: bool) -> Q8Block {
     // SAFETY (loads and store): `x` is 32 floats, `q` 32 bytes.
     let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) });
     let sign = _mm256_set1_ps(-0.0);
@@ -54,7 +56,11 @@ pub(crate) unsafe fn quantize_block(x: &[f32; 32]) -> (f32, [i8; 32], i32) {
     let packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     let mut q = [0i8; 32];
     unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), packed) };
-    (amax / 127.0, q, sum)
+    let d = amax / 127.0;
+    // d and d · Σq through f16 (round to nearest even) and back, in one conversion.
+    let ds = _mm_cvtph_ps(_mm_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(_mm_setr_ps(d, sum as f32 * d, 0.0, 0.0)));
+    let s = if with_sum { _mm_cvtss_f32(_mm_movehdup_ps(ds)) } else { 0.0 };
+    Q8Block { d: _mm_cvtss_f32(ds), s, sum, q }
 }
 
 /// One weight row `w` in `ty` against every quantized input row of `xs`: `out[i]` gets

@@ -14,6 +14,7 @@ pub mod tokenizer;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -65,7 +66,18 @@ pub struct GgufFile {
     tensors: Vec<TensorInfo>,
     /// The whole file; tensor data is sliced out of it without copying.
     bytes: Bytes,
+    /// The mapping behind `bytes`, where the file was mapped (not read into memory).
+    map: Option<Arc<memmap2::Mmap>>,
     data_start: u64,
+}
+
+/// A shared mapping as the owner of a [`Bytes`].
+struct Mapped(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// Reads little-endian values from a byte slice, every read bounds-checked.
@@ -124,8 +136,17 @@ impl GgufFile {
         // SAFETY: the map is read-only and private to this process. Another process
         // truncating the file underneath would fault on access, as it would for
         // llama.cpp; the file is a checkpoint nobody is expected to rewrite in place.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
-        Self::from_bytes(path, Bytes::from_owner(map))
+        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?);
+        let mut f = Self::from_bytes(path, Bytes::from_owner(Mapped(map.clone())))?;
+        f.map = Some(map);
+        Ok(f)
+    }
+
+    /// The file's memory mapping, where it was opened from disk: a loader hands it to
+    /// the matrices it builds, so pages it has copied elsewhere can be let go
+    /// ([`crate::quant::QMatrix::with_mapping`]).
+    pub fn mapping(&self) -> Option<&Arc<memmap2::Mmap>> {
+        self.map.as_ref()
     }
 
     /// Parses a GGUF image already in memory; `path` names it in errors.
@@ -212,7 +233,7 @@ impl GgufFile {
                 )));
             }
         }
-        Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors: infos, bytes, data_start })
+        Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors: infos, bytes, map: None, data_start })
     }
 
     /// The file this was read from.

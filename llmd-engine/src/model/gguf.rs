@@ -159,7 +159,7 @@ impl Loader<'_> {
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
         let t = self.info(name, rows, cols)?;
         QMatrix::new(t.ggml_type, rows, cols, self.f.data(t)?)
-            .map(|q| q.with_activations(self.activations))
+            .map(|q| q.with_activations(self.activations).with_mapping(self.f.mapping().cloned()))
             .map_err(|e| self.f.error(format!("tensor {name}: {e}")))
     }
 

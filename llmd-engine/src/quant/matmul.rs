@@ -17,7 +17,7 @@
 //! written for the compiler to vectorize and compiled twice: for the baseline target
 //! and, on x86-64, for AVX2 with FMA, chosen at run time.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use rayon::prelude::*;
@@ -51,6 +51,8 @@ pub struct QMatrix {
     /// Rows regrouped for the packed 8-bit kernel, made once on first use (`None`
     /// where that kernel does not apply).
     packed: OnceLock<Option<Packed>>,
+    /// The file mapping `data` is a view of, if any ([`QMatrix::with_mapping`]).
+    mapping: Option<Arc<memmap2::Mmap>>,
 }
 
 impl QMatrix {
@@ -66,7 +68,15 @@ impl QMatrix {
                 row as u128 * rows as u128
             )));
         }
-        Ok(QMatrix { ty, rows, cols, data, activations: Activations::default(), packed: OnceLock::new() })
+        Ok(QMatrix {
+            ty,
+            rows,
+            cols,
+            data,
+            activations: Activations::default(),
+            packed: OnceLock::new(),
+            mapping: None,
+        })
     }
 
     /// The same matrix, its matmul treating inputs as `a` says.
@@ -81,8 +91,44 @@ impl QMatrix {
     /// for the packed 8-bit kernel), so a loader pays for it instead of the first
     /// request. Only for matrices that will be multiplied: an embedding read by row
     /// never needs it.
+    ///
+    /// Where the matrix is a view of a file mapping ([`with_mapping`](Self::with_mapping))
+    /// and its rows were regrouped, the mapped pages are then let go: the kernel reads
+    /// only the regrouped copy, so the process holds about the file's size, not twice
+    /// it. The pages come back from the file if the encoded rows are read again.
     pub fn prepare(&self) {
-        let _ = self.packed();
+        if self.packed().is_some() {
+            self.release_mapped_pages();
+        }
+    }
+
+    /// The same matrix, its bytes known to be a view of `map` (a read-only file
+    /// mapping): [`prepare`](Self::prepare) may then drop their pages from memory.
+    pub fn with_mapping(mut self, map: Option<Arc<memmap2::Mmap>>) -> Self {
+        self.mapping = map;
+        self
+    }
+
+    /// Tells the kernel this matrix's whole pages of the mapping are not needed now
+    /// (`MADV_DONTNEED`; a hint, errors ignored).
+    fn release_mapped_pages(&self) {
+        #[cfg(not(unix))]
+        return;
+        #[cfg(unix)]
+        let Some(map) = &self.mapping else { return };
+        let (base, ptr) = (map.as_ptr() as usize, self.data.as_ptr() as usize);
+        if ptr < base || ptr + self.data.len() > base + map.len() {
+            return; // not a view of this mapping after all
+        }
+        const PAGE: usize = 4096;
+        let (start, end) = ((ptr - base).next_multiple_of(PAGE), (ptr - base + self.data.len()) / PAGE * PAGE);
+        if end > start {
+            // SAFETY: the mapping is read-only and private and nothing writes through it,
+            // so its pages hold nothing but the file's contents: dropped pages are read
+            // back from the file on the next access (they never read as zeros, which
+            // only happens to written private pages). The range is within the mapping.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
     }
 
     /// The regrouped rows the packed 8-bit kernel reads, where it applies: 8-bit
@@ -767,6 +813,42 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A matrix viewed from a file mapping gives the same products, and the same rows,
+    /// after `prepare` has let its mapped pages go (they are read back from the file).
+    #[test]
+    fn releasing_mapped_pages_keeps_the_matrix() {
+        let (rows, cols) = (64usize, 2048usize); // 64 × 2304 bytes: many whole pages
+        let q = random_matrix(GgmlType::Q4_0, rows, cols, 13).with_activations(Activations::Int8);
+        let path = std::env::temp_dir().join(format!("llmd-qmatrix-{}.bin", std::process::id()));
+        std::fs::write(&path, q.bytes()).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a private read-only map of a file only this test writes, before.
+        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.unwrap());
+        std::fs::remove_file(&path).unwrap();
+        let data = Bytes::from_owner(map.as_ref().to_vec()); // a heap copy, for the reference
+        let heap = QMatrix::new(GgmlType::Q4_0, rows, cols, data).unwrap().with_activations(Activations::Int8);
+        let owner = map.clone();
+        let view = Bytes::from_owner(OwnedMap(owner));
+        let mapped = QMatrix::new(GgmlType::Q4_0, rows, cols, view)
+            .unwrap()
+            .with_activations(Activations::Int8)
+            .with_mapping(Some(map));
+        mapped.prepare();
+        let x: Vec<f32> = (0..3 * cols).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+        let (mut a, mut b) = (vec![0.0; 3 * rows], vec![0.0; 3 * rows]);
+        heap.matmul(&x, 3, &mut a);
+        mapped.matmul(&x, 3, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(heap.to_f32(), mapped.to_f32(), "rows read back from the file");
+    }
+
+    struct OwnedMap(Arc<memmap2::Mmap>);
+    impl AsRef<[u8]> for OwnedMap {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
         }
     }
 

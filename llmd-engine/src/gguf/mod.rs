@@ -133,7 +133,7 @@ impl GgufFile {
     /// Opens and memory-maps `path`, reading its header, metadata and tensor directory.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
-        // SAFETY: the map is read-only and private to this process. Another process
+        // SAFETY: the map is read-only (PROT_READ; memmap2 maps it shared). Another process
         // truncating the file underneath would fault on access, as it would for
         // llama.cpp; the file is a checkpoint nobody is expected to rewrite in place.
         let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?);

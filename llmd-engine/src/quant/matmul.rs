@@ -95,7 +95,8 @@ impl QMatrix {
     /// Where the matrix is a view of a file mapping ([`with_mapping`](Self::with_mapping))
     /// and its rows were regrouped, the mapped pages are then let go: the kernel reads
     /// only the regrouped copy, so the process holds about the file's size, not twice
-    /// it. The pages come back from the file if the encoded rows are read again.
+    /// it. The pages come back from the file if the encoded rows are read again (a tied
+    /// embedding's rows, looked up per token, come back one page at a time).
     pub fn prepare(&self) {
         if self.packed().is_some() {
             self.release_mapped_pages();
@@ -104,6 +105,7 @@ impl QMatrix {
 
     /// The same matrix, its bytes known to be a view of `map` (a read-only file
     /// mapping): [`prepare`](Self::prepare) may then drop their pages from memory.
+    /// Elsewhere than Unix this is recorded and nothing is dropped.
     pub fn with_mapping(mut self, map: Option<Arc<memmap2::Mmap>>) -> Self {
         self.mapping = map;
         self
@@ -112,22 +114,24 @@ impl QMatrix {
     /// Tells the kernel this matrix's whole pages of the mapping are not needed now
     /// (`MADV_DONTNEED`; a hint, errors ignored).
     fn release_mapped_pages(&self) {
-        #[cfg(not(unix))]
-        return;
         #[cfg(unix)]
-        let Some(map) = &self.mapping else { return };
-        let (base, ptr) = (map.as_ptr() as usize, self.data.as_ptr() as usize);
-        if ptr < base || ptr + self.data.len() > base + map.len() {
-            return; // not a view of this mapping after all
-        }
-        const PAGE: usize = 4096;
-        let (start, end) = ((ptr - base).next_multiple_of(PAGE), (ptr - base + self.data.len()) / PAGE * PAGE);
-        if end > start {
-            // SAFETY: the mapping is read-only and private and nothing writes through it,
-            // so its pages hold nothing but the file's contents: dropped pages are read
-            // back from the file on the next access (they never read as zeros, which
-            // only happens to written private pages). The range is within the mapping.
-            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        {
+            let Some(map) = &self.mapping else { return };
+            let (base, ptr) = (map.as_ptr() as usize, self.data.as_ptr() as usize);
+            if ptr < base || ptr + self.data.len() > base + map.len() {
+                return; // not a view of this mapping after all
+            }
+            // Whole 64 KiB spans inside the matrix: page-aligned for any page size up to
+            // that, so no page shared with a neighbouring tensor is touched.
+            const ALIGN: usize = 64 << 10;
+            let (start, end) = ((ptr - base).next_multiple_of(ALIGN), (ptr - base + self.data.len()) / ALIGN * ALIGN);
+            if end > start {
+                // SAFETY: the mapping is read-only (PROT_READ), so none of its pages was
+                // ever written: a dropped page is read back from the file (or the page
+                // cache) on its next access, with the same contents. The range is
+                // within the mapping.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
         }
     }
 
@@ -709,7 +713,7 @@ mod tests {
                     let cols = 96;
                     let q = random_matrix(ty, rows, cols, rows as u64 * 31 + ty as u64);
                     let p = Packed::pack(ty, kernel.lanes, rows, cols / 32, |r| q.row(r)).unwrap();
-                    for m in [1usize, 3, 5, 8, 9, 17] {
+                    for m in [1usize, 2, 3, 4, 5, 7, 8, 9, 10, 15, 17] {
                         let x: Vec<f32> = (0..m * cols).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
                         let q8 = quantize_rows(&x, cols, ty == GgmlType::Q4_1);
                         let mut y = vec![f32::NAN; m * rows];
@@ -729,6 +733,13 @@ mod tests {
         x[64] = 127.0; // q = x exactly, ties elsewhere at .5
         for (i, v) in x[65..96].iter_mut().enumerate() {
             *v = i as f32 - 15.5;
+        }
+        // Garbage in (NaN, infinity) stays consistent: the sum is the stored bytes' sum.
+        let mut bad = x[..64].to_vec();
+        bad[3] = f32::NAN;
+        bad[40] = f32::INFINITY;
+        for b in quantize_q8(&bad, true) {
+            assert_eq!(b.sum, b.q.iter().map(|&v| i32::from(v)).sum::<i32>());
         }
         for with_sum in [false, true] {
             let (a, b) = (quantize_q8(&x, with_sum), quantize_q8_lanes(&x, with_sum));

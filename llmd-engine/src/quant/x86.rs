@@ -47,13 +47,15 @@ pub(crate) unsafe fn quantize_block(x: &[f32; 32], with_sum: bool) -> Q8Block {
     let i = v.map(|v| {
         _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v, id)))
     });
-    let total = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
-    let t = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256::<1>(total));
-    let t = _mm_add_epi32(t, _mm_shuffle_epi32::<0b01_00_11_10>(t));
-    let sum = _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32::<0b10_11_00_01>(t)));
     // The packs work within 128-bit halves; a final permute restores the order.
     let packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
     let packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    // Σq of the stored bytes (after saturation, so a NaN input cannot make it
+    // disagree with q): 1 × q in 16-bit pairs, then 32-bit lanes.
+    let total = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), packed), _mm256_set1_epi16(1));
+    let t = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256::<1>(total));
+    let t = _mm_add_epi32(t, _mm_shuffle_epi32::<0b01_00_11_10>(t));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32::<0b10_11_00_01>(t)));
     let mut q = [0i8; 32];
     unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), packed) };
     let d = amax / 127.0;

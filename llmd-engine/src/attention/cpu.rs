@@ -36,9 +36,15 @@ pub(super) trait AttendElem: KvElem {
 
 /// The SIMD row kernels for a type, where the token and the shapes allow them.
 macro_rules! simd_rows {
-    ($t:ty, $scores:ident, $accumulate:ident) => {
+    ($t:ty, $scores:ident, $accumulate:ident, $scores_wide:ident, $accumulate_wide:ident) => {
         impl AttendElem for $t {
             fn scores(q: &[f32], hd: usize, rows: &[&[Self]], scores: &mut [f32], tmp: &mut [f32], simd: Option<Simd>) {
+                #[cfg(target_arch = "x86_64")]
+                if simd.is_some_and(|s| s.wide) && super::x86::fits_wide(q, hd, rows, scores.len()) {
+                    // SAFETY: the token proves AVX-512 F; `fits_wide` checked every
+                    // length the kernel reads.
+                    return unsafe { super::x86::$scores_wide(q, hd, rows, scores) };
+                }
                 #[cfg(target_arch = "x86_64")]
                 if simd.is_some() && super::x86::fits(q, hd, rows, scores.len()) {
                     // SAFETY: the token proves AVX2/FMA/F16C; `fits` checked every length
@@ -58,6 +64,11 @@ macro_rules! simd_rows {
                 simd: Option<Simd>,
             ) {
                 #[cfg(target_arch = "x86_64")]
+                if simd.is_some_and(|s| s.wide) && super::x86::fits_wide(acc, hd, rows, w.len()) {
+                    // SAFETY: as above.
+                    return unsafe { super::x86::$accumulate_wide(w, hd, rows, acc) };
+                }
+                #[cfg(target_arch = "x86_64")]
                 if simd.is_some() && super::x86::fits(acc, hd, rows, w.len()) {
                     // SAFETY: as above.
                     return unsafe { super::x86::$accumulate(w, hd, rows, acc) };
@@ -69,8 +80,8 @@ macro_rules! simd_rows {
     };
 }
 
-simd_rows!(f32, scores_f32, accumulate_f32);
-simd_rows!(f16, scores_f16, accumulate_f16);
+simd_rows!(f32, scores_f32, accumulate_f32, scores_f32_wide, accumulate_f32_wide);
+simd_rows!(f16, scores_f16, accumulate_f16, scores_f16_wide, accumulate_f16_wide);
 
 impl AttendElem for bf16 {}
 
@@ -95,18 +106,27 @@ pub(super) fn portable_accumulate<T: KvElem>(w: &[f32], hd: usize, rows: &[&[T]]
     }
 }
 
-/// Proof that the CPU has AVX2, FMA and F16C: only [`Simd::detect`] makes one, so the
-/// softmax steps taking it can be safe functions.
+/// Proof that the CPU has AVX2, FMA and F16C (and, where `wide`, AVX-512 F): only
+/// [`Simd::detect`] makes one, so the softmax steps taking it can be safe functions.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Simd(());
+pub(super) struct Simd {
+    /// The sixteen-lane row kernels may run.
+    wide: bool,
+}
 
 impl Simd {
     pub(super) fn detect() -> Option<Simd> {
         #[cfg(target_arch = "x86_64")]
         if super::x86::has_features() {
-            return Some(Simd(()));
+            return Some(Simd { wide: super::x86::has_wide() });
         }
         None
+    }
+
+    /// The same token with the sixteen-lane kernels off (the tests compare both).
+    #[cfg(test)]
+    pub(super) fn narrow(self) -> Simd {
+        Simd { wide: false }
     }
 }
 

@@ -1,6 +1,9 @@
 //! AVX2/FMA row kernels for attention over f32 and f16 (F16C) key/value rows. Rows are
 //! widened in registers, eight lanes at a time; up to [`TILE`] query heads share each
-//! loaded row, and two rows are in flight at once so the FMA chains overlap.
+//! loaded row, and two rows are in flight at once so the FMA chains overlap. With
+//! AVX-512 and a head size that is a multiple of 16, the same kernels run sixteen lanes
+//! at a time (`*_wide`): half the instructions, and twice the arithmetic on CPUs with
+//! full-width units.
 
 use std::arch::x86_64::*;
 
@@ -24,6 +27,16 @@ pub(super) fn fits<T>(heads: &[f32], hd: usize, rows: &[&[T]], scores_len: usize
         && rows.len() <= CHUNK
         && scores_len >= heads.len() / hd * CHUNK
         && rows.iter().all(|r| r.len() == hd)
+}
+
+/// Whether the wide kernels' shapes hold: [`fits`], and `hd` a multiple of 16.
+pub(super) fn fits_wide<T>(heads: &[f32], hd: usize, rows: &[&[T]], scores_len: usize) -> bool {
+    hd.is_multiple_of(16) && fits(heads, hd, rows, scores_len)
+}
+
+/// Whether the CPU has AVX-512 F (for the wide kernels), besides [`has_features`].
+pub(super) fn has_wide() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
 }
 
 /// Whether the CPU has AVX2, FMA and F16C.
@@ -232,3 +245,143 @@ pub(super) unsafe fn exp_chunk(sc: &mut [f32; CHUNK], n: usize, max: f32) -> f32
         hsum(_mm256_add_ps(a, b))
     }
 }
+
+/// Sixteen f32 lanes from `p`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_f32_wide(p: *const f32) -> __m512 {
+    // SAFETY: the caller guarantees sixteen readable floats at `p`.
+    unsafe { _mm512_loadu_ps(p) }
+}
+
+/// Sixteen f16 values from `p`, widened.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_f16_wide(p: *const f16) -> __m512 {
+    // SAFETY: the caller guarantees sixteen readable halves (32 bytes) at `p`.
+    unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+}
+
+/// [`row_kernels`] sixteen lanes at a time, for `hd` a multiple of 16.
+macro_rules! row_kernels_wide {
+    ($scores:ident, $accumulate:ident, $t:ty, $load:ident) => {
+        /// `scores[g * CHUNK + j] = q_g · rows[j]`.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512 F and [`fits_wide`] holds for these arguments.
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn $scores(q: &[f32], hd: usize, rows: &[&[$t]], scores: &mut [f32]) {
+            #[inline]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn tile<const G: usize>(qt: &[f32], hd: usize, rows: &[&[$t]], scores: &mut [f32]) {
+                for j in (0..rows.len()).step_by(2) {
+                    let r0 = rows[j];
+                    // An odd last row is paired with itself; its second result is dropped.
+                    let r1 = rows.get(j + 1).copied().unwrap_or(r0);
+                    let mut a = [[_mm512_setzero_ps(); 2]; G];
+                    for d in (0..hd).step_by(16) {
+                        // SAFETY: every row is `hd` long and `qt` holds `G` heads of `hd`.
+                        let (k0, k1) = unsafe { ($load(r0.as_ptr().add(d)), $load(r1.as_ptr().add(d))) };
+                        for (t, at) in a.iter_mut().enumerate() {
+                            // SAFETY: `t < G` heads of `hd` floats, `d + 16 <= hd`.
+                            let qv = unsafe { _mm512_loadu_ps(qt.as_ptr().add(t * hd + d)) };
+                            at[0] = _mm512_fmadd_ps(qv, k0, at[0]);
+                            at[1] = _mm512_fmadd_ps(qv, k1, at[1]);
+                        }
+                    }
+                    for (t, at) in a.iter().enumerate() {
+                        scores[t * CHUNK + j] = _mm512_reduce_add_ps(at[0]);
+                        if j + 1 < rows.len() {
+                            scores[t * CHUNK + j + 1] = _mm512_reduce_add_ps(at[1]);
+                        }
+                    }
+                }
+            }
+            let group = q.len() / hd;
+            for g0 in (0..group).step_by(TILE) {
+                let gt = (group - g0).min(TILE);
+                let (qt, st) = (&q[g0 * hd..(g0 + gt) * hd], &mut scores[g0 * CHUNK..(g0 + gt) * CHUNK]);
+                // SAFETY: the tile holds `gt` heads and their score rows.
+                unsafe {
+                    match gt {
+                        4 => tile::<4>(qt, hd, rows, st),
+                        3 => tile::<3>(qt, hd, rows, st),
+                        2 => tile::<2>(qt, hd, rows, st),
+                        _ => tile::<1>(qt, hd, rows, st),
+                    }
+                }
+            }
+        }
+
+        /// `acc_g += Σ_j w[g * CHUNK + j] · rows[j]`.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512 F and [`fits_wide`] holds for these arguments.
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn $accumulate(w: &[f32], hd: usize, rows: &[&[$t]], acc: &mut [f32]) {
+            /// One tile of `G` heads over 32 lanes of the head dimension at a time
+            /// (16 where `hd` is an odd multiple of 16).
+            #[inline]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn tile<const G: usize>(w: &[f32], hd: usize, rows: &[&[$t]], acc: &mut [f32]) {
+                let mut d = 0;
+                while d + 32 <= hd {
+                    let mut a = [[_mm512_setzero_ps(); 2]; G];
+                    for (j, r) in rows.iter().enumerate() {
+                        // SAFETY: every row is `hd` long.
+                        let (v0, v1) = unsafe { ($load(r.as_ptr().add(d)), $load(r.as_ptr().add(d + 16))) };
+                        for (t, at) in a.iter_mut().enumerate() {
+                            let wt = _mm512_set1_ps(w[t * CHUNK + j]);
+                            at[0] = _mm512_fmadd_ps(wt, v0, at[0]);
+                            at[1] = _mm512_fmadd_ps(wt, v1, at[1]);
+                        }
+                    }
+                    for (t, at) in a.iter().enumerate() {
+                        let dst = &mut acc[t * hd + d..t * hd + d + 32];
+                        // SAFETY: `dst` is 32 floats.
+                        unsafe {
+                            let p = dst.as_mut_ptr();
+                            _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), at[0]));
+                            _mm512_storeu_ps(p.add(16), _mm512_add_ps(_mm512_loadu_ps(p.add(16)), at[1]));
+                        }
+                    }
+                    d += 32;
+                }
+                if d < hd {
+                    let mut a = [_mm512_setzero_ps(); G];
+                    for (j, r) in rows.iter().enumerate() {
+                        // SAFETY: as above; `hd - d` is 16.
+                        let v0 = unsafe { $load(r.as_ptr().add(d)) };
+                        for (t, at) in a.iter_mut().enumerate() {
+                            *at = _mm512_fmadd_ps(_mm512_set1_ps(w[t * CHUNK + j]), v0, *at);
+                        }
+                    }
+                    for (t, at) in a.iter().enumerate() {
+                        let dst = &mut acc[t * hd + d..t * hd + d + 16];
+                        // SAFETY: `dst` is sixteen floats.
+                        unsafe {
+                            _mm512_storeu_ps(dst.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(dst.as_ptr()), *at))
+                        };
+                    }
+                }
+            }
+            let group = acc.len() / hd;
+            for g0 in (0..group).step_by(TILE) {
+                let gt = (group - g0).min(TILE);
+                let (wt, at) = (&w[g0 * CHUNK..(g0 + gt) * CHUNK], &mut acc[g0 * hd..(g0 + gt) * hd]);
+                // SAFETY: the tile holds `gt` heads and their weight rows.
+                unsafe {
+                    match gt {
+                        4 => tile::<4>(wt, hd, rows, at),
+                        3 => tile::<3>(wt, hd, rows, at),
+                        2 => tile::<2>(wt, hd, rows, at),
+                        _ => tile::<1>(wt, hd, rows, at),
+                    }
+                }
+            }
+        }
+    };
+}
+
+row_kernels_wide!(scores_f32_wide, accumulate_f32_wide, f32, load_f32_wide);
+row_kernels_wide!(scores_f16_wide, accumulate_f16_wide, f16, load_f16_wide);

@@ -73,37 +73,56 @@ unsafe fn load_f16(p: *const f16) -> __m256 {
     unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
 }
 
+/// The scores and accumulate kernels for one element type and one vector width: `$w`
+/// lanes of `$v`, built from the given intrinsics under `$feat` (eight lanes with AVX2,
+/// sixteen with AVX-512 F). `$fits` names the shape check the caller must have made.
 macro_rules! row_kernels {
-    ($scores:ident, $accumulate:ident, $t:ty, $load:ident) => {
+    (avx2 $scores:ident, $accumulate:ident, $t:ty, $load:ident) => {
+        row_kernels!(
+            @impl $scores, $accumulate, $t, $load, "avx2,fma,f16c", "fits", 8, __m256, _mm256_setzero_ps,
+            _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_set1_ps, hsum
+        );
+    };
+    (avx512 $scores:ident, $accumulate:ident, $t:ty, $load:ident) => {
+        row_kernels!(
+            @impl $scores, $accumulate, $t, $load, "avx512f", "fits_wide", 16, __m512, _mm512_setzero_ps,
+            _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_set1_ps, _mm512_reduce_add_ps
+        );
+    };
+    (
+        @impl $scores:ident, $accumulate:ident, $t:ty, $load:ident, $feat:literal, $fits:literal,
+        $w:literal, $v:ty, $zero:ident, $loadu:ident, $storeu:ident, $fmadd:ident, $add:ident, $set1:ident,
+        $hsum:ident
+    ) => {
         /// `scores[g * CHUNK + j] = q_g · rows[j]`.
         ///
         /// # Safety
-        /// The CPU has AVX2, FMA and F16C and [`fits`] holds for these arguments.
-        #[target_feature(enable = "avx2,fma,f16c")]
+        #[doc = concat!("The CPU has ", $feat, " and [`", $fits, "`] holds for these arguments.")]
+        #[target_feature(enable = $feat)]
         pub(super) unsafe fn $scores(q: &[f32], hd: usize, rows: &[&[$t]], scores: &mut [f32]) {
             /// One tile of `G` heads (a constant, so the accumulators stay in registers).
             #[inline]
-            #[target_feature(enable = "avx2,fma,f16c")]
+            #[target_feature(enable = $feat)]
             unsafe fn tile<const G: usize>(qt: &[f32], hd: usize, rows: &[&[$t]], scores: &mut [f32]) {
                 for j in (0..rows.len()).step_by(2) {
                     let r0 = rows[j];
                     // An odd last row is paired with itself; its second result is dropped.
                     let r1 = rows.get(j + 1).copied().unwrap_or(r0);
-                    let mut a = [[_mm256_setzero_ps(); 2]; G];
-                    for d in (0..hd).step_by(8) {
+                    let mut a: [[$v; 2]; G] = [[$zero(); 2]; G];
+                    for d in (0..hd).step_by($w) {
                         // SAFETY: every row is `hd` long and `qt` holds `G` heads of `hd`.
                         let (k0, k1) = unsafe { ($load(r0.as_ptr().add(d)), $load(r1.as_ptr().add(d))) };
                         for (t, at) in a.iter_mut().enumerate() {
-                            // SAFETY: `t < G` heads of `hd` floats, `d + 8 <= hd`.
-                            let qv = unsafe { _mm256_loadu_ps(qt.as_ptr().add(t * hd + d)) };
-                            at[0] = _mm256_fmadd_ps(qv, k0, at[0]);
-                            at[1] = _mm256_fmadd_ps(qv, k1, at[1]);
+                            // SAFETY: `t < G` heads of `hd` floats, `d + $w <= hd`.
+                            let qv = unsafe { $loadu(qt.as_ptr().add(t * hd + d)) };
+                            at[0] = $fmadd(qv, k0, at[0]);
+                            at[1] = $fmadd(qv, k1, at[1]);
                         }
                     }
                     for (t, at) in a.iter().enumerate() {
-                        scores[t * CHUNK + j] = hsum(at[0]);
+                        scores[t * CHUNK + j] = $hsum(at[0]);
                         if j + 1 < rows.len() {
-                            scores[t * CHUNK + j + 1] = hsum(at[1]);
+                            scores[t * CHUNK + j + 1] = $hsum(at[1]);
                         }
                     }
                 }
@@ -127,53 +146,51 @@ macro_rules! row_kernels {
         /// `acc_g += Σ_j w[g * CHUNK + j] · rows[j]`.
         ///
         /// # Safety
-        /// The CPU has AVX2, FMA and F16C and [`fits`] holds for these arguments.
-        #[target_feature(enable = "avx2,fma,f16c")]
+        #[doc = concat!("The CPU has ", $feat, " and [`", $fits, "`] holds for these arguments.")]
+        #[target_feature(enable = $feat)]
         pub(super) unsafe fn $accumulate(w: &[f32], hd: usize, rows: &[&[$t]], acc: &mut [f32]) {
-            /// One tile of `G` heads over 16 lanes of the head dimension at a time (eight
-            /// where `hd` is an odd multiple of 8): each weight is broadcast once for
-            /// two vectors.
+            /// One tile of `G` heads over two vectors of the head dimension at a time
+            /// (one where `hd` is an odd multiple of the width): each weight is
+            /// broadcast once for two vectors.
             #[inline]
-            #[target_feature(enable = "avx2,fma,f16c")]
+            #[target_feature(enable = $feat)]
             unsafe fn tile<const G: usize>(w: &[f32], hd: usize, rows: &[&[$t]], acc: &mut [f32]) {
                 let mut d = 0;
-                while d + 16 <= hd {
-                    let mut a = [[_mm256_setzero_ps(); 2]; G];
+                while d + 2 * $w <= hd {
+                    let mut a: [[$v; 2]; G] = [[$zero(); 2]; G];
                     for (j, r) in rows.iter().enumerate() {
                         // SAFETY: every row is `hd` long.
-                        let (v0, v1) = unsafe { ($load(r.as_ptr().add(d)), $load(r.as_ptr().add(d + 8))) };
+                        let (v0, v1) = unsafe { ($load(r.as_ptr().add(d)), $load(r.as_ptr().add(d + $w))) };
                         for (t, at) in a.iter_mut().enumerate() {
-                            let wt = _mm256_set1_ps(w[t * CHUNK + j]);
-                            at[0] = _mm256_fmadd_ps(wt, v0, at[0]);
-                            at[1] = _mm256_fmadd_ps(wt, v1, at[1]);
+                            let wt = $set1(w[t * CHUNK + j]);
+                            at[0] = $fmadd(wt, v0, at[0]);
+                            at[1] = $fmadd(wt, v1, at[1]);
                         }
                     }
                     for (t, at) in a.iter().enumerate() {
-                        let dst = &mut acc[t * hd + d..t * hd + d + 16];
-                        // SAFETY: `dst` is sixteen floats.
+                        let dst = &mut acc[t * hd + d..t * hd + d + 2 * $w];
+                        // SAFETY: `dst` is two vectors of floats.
                         unsafe {
                             let p = dst.as_mut_ptr();
-                            _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), at[0]));
-                            _mm256_storeu_ps(p.add(8), _mm256_add_ps(_mm256_loadu_ps(p.add(8)), at[1]));
+                            $storeu(p, $add($loadu(p), at[0]));
+                            $storeu(p.add($w), $add($loadu(p.add($w)), at[1]));
                         }
                     }
-                    d += 16;
+                    d += 2 * $w;
                 }
                 if d < hd {
-                    let mut a = [_mm256_setzero_ps(); G];
+                    let mut a: [$v; G] = [$zero(); G];
                     for (j, r) in rows.iter().enumerate() {
-                        // SAFETY: as above; `hd - d` is 8.
+                        // SAFETY: as above; `hd - d` is one vector.
                         let v0 = unsafe { $load(r.as_ptr().add(d)) };
                         for (t, at) in a.iter_mut().enumerate() {
-                            *at = _mm256_fmadd_ps(_mm256_set1_ps(w[t * CHUNK + j]), v0, *at);
+                            *at = $fmadd($set1(w[t * CHUNK + j]), v0, *at);
                         }
                     }
                     for (t, at) in a.iter().enumerate() {
-                        let dst = &mut acc[t * hd + d..t * hd + d + 8];
-                        // SAFETY: `dst` is eight floats.
-                        unsafe {
-                            _mm256_storeu_ps(dst.as_mut_ptr(), _mm256_add_ps(_mm256_loadu_ps(dst.as_ptr()), *at))
-                        };
+                        let dst = &mut acc[t * hd + d..t * hd + d + $w];
+                        // SAFETY: `dst` is one vector of floats.
+                        unsafe { $storeu(dst.as_mut_ptr(), $add($loadu(dst.as_ptr()), *at)) };
                     }
                 }
             }
@@ -195,8 +212,10 @@ macro_rules! row_kernels {
     };
 }
 
-row_kernels!(scores_f32, accumulate_f32, f32, load_f32);
-row_kernels!(scores_f16, accumulate_f16, f16, load_f16);
+row_kernels!(avx2 scores_f32, accumulate_f32, f32, load_f32);
+row_kernels!(avx2 scores_f16, accumulate_f16, f16, load_f16);
+row_kernels!(avx512 scores_f32_wide, accumulate_f32_wide, f32, load_f32_wide);
+row_kernels!(avx512 scores_f16_wide, accumulate_f16_wide, f16, load_f16_wide);
 
 /// Lanes `i < n` of a 16-lane chunk, as masks.
 #[inline]
@@ -261,127 +280,3 @@ unsafe fn load_f16_wide(p: *const f16) -> __m512 {
     // SAFETY: the caller guarantees sixteen readable halves (32 bytes) at `p`.
     unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
 }
-
-/// [`row_kernels`] sixteen lanes at a time, for `hd` a multiple of 16.
-macro_rules! row_kernels_wide {
-    ($scores:ident, $accumulate:ident, $t:ty, $load:ident) => {
-        /// `scores[g * CHUNK + j] = q_g · rows[j]`.
-        ///
-        /// # Safety
-        /// The CPU has AVX-512 F and [`fits_wide`] holds for these arguments.
-        #[target_feature(enable = "avx512f")]
-        pub(super) unsafe fn $scores(q: &[f32], hd: usize, rows: &[&[$t]], scores: &mut [f32]) {
-            #[inline]
-            #[target_feature(enable = "avx512f")]
-            unsafe fn tile<const G: usize>(qt: &[f32], hd: usize, rows: &[&[$t]], scores: &mut [f32]) {
-                for j in (0..rows.len()).step_by(2) {
-                    let r0 = rows[j];
-                    // An odd last row is paired with itself; its second result is dropped.
-                    let r1 = rows.get(j + 1).copied().unwrap_or(r0);
-                    let mut a = [[_mm512_setzero_ps(); 2]; G];
-                    for d in (0..hd).step_by(16) {
-                        // SAFETY: every row is `hd` long and `qt` holds `G` heads of `hd`.
-                        let (k0, k1) = unsafe { ($load(r0.as_ptr().add(d)), $load(r1.as_ptr().add(d))) };
-                        for (t, at) in a.iter_mut().enumerate() {
-                            // SAFETY: `t < G` heads of `hd` floats, `d + 16 <= hd`.
-                            let qv = unsafe { _mm512_loadu_ps(qt.as_ptr().add(t * hd + d)) };
-                            at[0] = _mm512_fmadd_ps(qv, k0, at[0]);
-                            at[1] = _mm512_fmadd_ps(qv, k1, at[1]);
-                        }
-                    }
-                    for (t, at) in a.iter().enumerate() {
-                        scores[t * CHUNK + j] = _mm512_reduce_add_ps(at[0]);
-                        if j + 1 < rows.len() {
-                            scores[t * CHUNK + j + 1] = _mm512_reduce_add_ps(at[1]);
-                        }
-                    }
-                }
-            }
-            let group = q.len() / hd;
-            for g0 in (0..group).step_by(TILE) {
-                let gt = (group - g0).min(TILE);
-                let (qt, st) = (&q[g0 * hd..(g0 + gt) * hd], &mut scores[g0 * CHUNK..(g0 + gt) * CHUNK]);
-                // SAFETY: the tile holds `gt` heads and their score rows.
-                unsafe {
-                    match gt {
-                        4 => tile::<4>(qt, hd, rows, st),
-                        3 => tile::<3>(qt, hd, rows, st),
-                        2 => tile::<2>(qt, hd, rows, st),
-                        _ => tile::<1>(qt, hd, rows, st),
-                    }
-                }
-            }
-        }
-
-        /// `acc_g += Σ_j w[g * CHUNK + j] · rows[j]`.
-        ///
-        /// # Safety
-        /// The CPU has AVX-512 F and [`fits_wide`] holds for these arguments.
-        #[target_feature(enable = "avx512f")]
-        pub(super) unsafe fn $accumulate(w: &[f32], hd: usize, rows: &[&[$t]], acc: &mut [f32]) {
-            /// One tile of `G` heads over 32 lanes of the head dimension at a time
-            /// (16 where `hd` is an odd multiple of 16).
-            #[inline]
-            #[target_feature(enable = "avx512f")]
-            unsafe fn tile<const G: usize>(w: &[f32], hd: usize, rows: &[&[$t]], acc: &mut [f32]) {
-                let mut d = 0;
-                while d + 32 <= hd {
-                    let mut a = [[_mm512_setzero_ps(); 2]; G];
-                    for (j, r) in rows.iter().enumerate() {
-                        // SAFETY: every row is `hd` long.
-                        let (v0, v1) = unsafe { ($load(r.as_ptr().add(d)), $load(r.as_ptr().add(d + 16))) };
-                        for (t, at) in a.iter_mut().enumerate() {
-                            let wt = _mm512_set1_ps(w[t * CHUNK + j]);
-                            at[0] = _mm512_fmadd_ps(wt, v0, at[0]);
-                            at[1] = _mm512_fmadd_ps(wt, v1, at[1]);
-                        }
-                    }
-                    for (t, at) in a.iter().enumerate() {
-                        let dst = &mut acc[t * hd + d..t * hd + d + 32];
-                        // SAFETY: `dst` is 32 floats.
-                        unsafe {
-                            let p = dst.as_mut_ptr();
-                            _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), at[0]));
-                            _mm512_storeu_ps(p.add(16), _mm512_add_ps(_mm512_loadu_ps(p.add(16)), at[1]));
-                        }
-                    }
-                    d += 32;
-                }
-                if d < hd {
-                    let mut a = [_mm512_setzero_ps(); G];
-                    for (j, r) in rows.iter().enumerate() {
-                        // SAFETY: as above; `hd - d` is 16.
-                        let v0 = unsafe { $load(r.as_ptr().add(d)) };
-                        for (t, at) in a.iter_mut().enumerate() {
-                            *at = _mm512_fmadd_ps(_mm512_set1_ps(w[t * CHUNK + j]), v0, *at);
-                        }
-                    }
-                    for (t, at) in a.iter().enumerate() {
-                        let dst = &mut acc[t * hd + d..t * hd + d + 16];
-                        // SAFETY: `dst` is sixteen floats.
-                        unsafe {
-                            _mm512_storeu_ps(dst.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(dst.as_ptr()), *at))
-                        };
-                    }
-                }
-            }
-            let group = acc.len() / hd;
-            for g0 in (0..group).step_by(TILE) {
-                let gt = (group - g0).min(TILE);
-                let (wt, at) = (&w[g0 * CHUNK..(g0 + gt) * CHUNK], &mut acc[g0 * hd..(g0 + gt) * hd]);
-                // SAFETY: the tile holds `gt` heads and their weight rows.
-                unsafe {
-                    match gt {
-                        4 => tile::<4>(wt, hd, rows, at),
-                        3 => tile::<3>(wt, hd, rows, at),
-                        2 => tile::<2>(wt, hd, rows, at),
-                        _ => tile::<1>(wt, hd, rows, at),
-                    }
-                }
-            }
-        }
-    };
-}
-
-row_kernels_wide!(scores_f32_wide, accumulate_f32_wide, f32, load_f32_wide);
-row_kernels_wide!(scores_f16_wide, accumulate_f16_wide, f16, load_f16_wide);

@@ -197,8 +197,13 @@ impl GgufFile {
                 return Err(fail(format!("tensor {name} appears twice")));
             }
             let raw_type = c.u32(&format!("tensor {name} type")).map_err(fail)?;
-            let ggml_type = GgmlType::from_id(raw_type)
-                .ok_or_else(|| fail(format!("tensor {name}: ggml type {raw_type} is not supported")))?;
+            let ggml_type = GgmlType::from_id(raw_type).ok_or_else(|| {
+                let what = GgmlType::unsupported_name(raw_type).map_or(String::new(), |n| format!("{n}, "));
+                fail(format!(
+                    "tensor {name}: ggml type {what}{raw_type} is not supported (F32, F16, BF16, Q8_0, Q4_0, \
+                     Q4_1, Q4_K, Q5_K and Q6_K are)"
+                ))
+            })?;
             let offset = c.u64(&format!("tensor {name} offset")).map_err(fail)?;
             let elements = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
             let size = elements.and_then(|n| ggml_type.row_bytes(n)).ok_or_else(|| {

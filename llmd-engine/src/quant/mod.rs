@@ -56,6 +56,37 @@ impl GgmlType {
         })
     }
 
+    /// ggml's name for a type id this engine does not read (`None` for ids it reads or
+    /// that ggml never defined), for errors.
+    pub fn unsupported_name(id: u32) -> Option<&'static str> {
+        Some(match id {
+            6 => "Q5_0",
+            7 => "Q5_1",
+            9 => "Q8_1",
+            10 => "Q2_K",
+            11 => "Q3_K",
+            15 => "Q8_K",
+            16 => "IQ2_XXS",
+            17 => "IQ2_XS",
+            18 => "IQ3_XXS",
+            19 => "IQ1_S",
+            20 => "IQ4_NL",
+            21 => "IQ3_S",
+            22 => "IQ2_S",
+            23 => "IQ4_XS",
+            24 => "I8",
+            25 => "I16",
+            26 => "I32",
+            27 => "I64",
+            28 => "F64",
+            29 => "IQ1_M",
+            34 => "TQ1_0",
+            35 => "TQ2_0",
+            39 => "MXFP4",
+            _ => return None,
+        })
+    }
+
     /// ggml's numeric id.
     pub fn id(self) -> u32 {
         match self {

@@ -198,9 +198,10 @@ impl GgufFile {
             }
             let raw_type = c.u32(&format!("tensor {name} type")).map_err(fail)?;
             let ggml_type = GgmlType::from_id(raw_type).ok_or_else(|| {
-                let what = GgmlType::unsupported_name(raw_type).map_or(String::new(), |n| format!("{n}, "));
+                let what =
+                    GgmlType::unsupported_name(raw_type).map_or(raw_type.to_string(), |n| format!("{n} ({raw_type})"));
                 fail(format!(
-                    "tensor {name}: ggml type {what}{raw_type} is not supported (F32, F16, BF16, Q8_0, Q4_0, \
+                    "tensor {name}: ggml type {what} is not supported (F32, F16, BF16, Q8_0, Q4_0, \
                      Q4_1, Q4_K, Q5_K and Q6_K are)"
                 ))
             })?;

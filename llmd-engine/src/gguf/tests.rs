@@ -114,7 +114,7 @@ fn bad_files_get_errors_naming_the_file_and_cause() {
     let ty_at = 24 + 8 + 1 + 4 + 8;
     assert!(ty_at < at + 4);
     t[ty_at..ty_at + 4].copy_from_slice(&7u32.to_le_bytes());
-    assert!(err(t.clone()).contains("ggml type Q5_1, 7 is not supported"));
+    assert!(err(t.clone()).contains("ggml type Q5_1 (7) is not supported"));
     t[ty_at..ty_at + 4].copy_from_slice(&99u32.to_le_bytes());
     assert!(err(t).contains("ggml type 99 is not supported (F32, F16, BF16"));
     // A count that cannot fit the file.

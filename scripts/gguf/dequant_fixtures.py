@@ -25,9 +25,9 @@ def block(qtype):
     n, size = GGML_QUANT_SIZES[qtype]
     b = bytearray(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
     # Scales as finite halves: random bits could be NaN or infinity.
-    if qtype in (T.Q8_0, T.Q4_0):
+    if qtype in (T.Q8_0, T.Q4_0, T.Q5_0):
         b[0:2] = f16(rng.uniform(-0.1, 0.1))
-    elif qtype == T.Q4_1:
+    elif qtype in (T.Q4_1, T.Q5_1):
         b[0:2] = f16(rng.uniform(0.001, 0.1))
         b[2:4] = f16(rng.uniform(-1, 1))
     elif qtype in (T.Q4_K, T.Q5_K):
@@ -46,7 +46,8 @@ def block(qtype):
 
 
 cases = []
-for qtype in (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q4_K, T.Q5_K, T.Q6_K):
+# Q5_0 and Q5_1 last, so the earlier cases keep the random draws they were made with.
+for qtype in (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q4_K, T.Q5_K, T.Q6_K, T.Q5_0, T.Q5_1):
     n, _ = GGML_QUANT_SIZES[qtype]
     blocks = 3 if n > 1 else 40
     raw = b"".join(block(qtype) for _ in range(blocks))

@@ -202,7 +202,7 @@ impl GgufFile {
                     GgmlType::unsupported_name(raw_type).map_or(raw_type.to_string(), |n| format!("{n} ({raw_type})"));
                 fail(format!(
                     "tensor {name}: ggml type {what} is not supported (F32, F16, BF16, Q8_0, Q4_0, \
-                     Q4_1, Q4_K, Q5_K and Q6_K are)"
+                     Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K are)"
                 ))
             })?;
             let offset = c.u64(&format!("tensor {name} offset")).map_err(fail)?;

@@ -113,8 +113,8 @@ fn bad_files_get_errors_naming_the_file_and_cause() {
     // The type id sits before the 8-byte offset, after the 8-byte dim.
     let ty_at = 24 + 8 + 1 + 4 + 8;
     assert!(ty_at < at + 4);
-    t[ty_at..ty_at + 4].copy_from_slice(&7u32.to_le_bytes());
-    assert!(err(t.clone()).contains("ggml type Q5_1 (7) is not supported"));
+    t[ty_at..ty_at + 4].copy_from_slice(&10u32.to_le_bytes());
+    assert!(err(t.clone()).contains("ggml type Q2_K (10) is not supported"));
     t[ty_at..ty_at + 4].copy_from_slice(&99u32.to_le_bytes());
     assert!(err(t).contains("ggml type 99 is not supported (F32, F16, BF16"));
     // A count that cannot fit the file.
@@ -146,7 +146,7 @@ fn every_block_type_decodes_as_gguf_py_does() {
     let doc: serde_json::Value =
         serde_json::from_str(include_str!("../../tests/fixtures/gguf/dequant.json")).expect("fixture is JSON");
     let cases: Vec<Case> = serde_json::from_value(doc["cases"].clone()).expect("fixture cases");
-    assert_eq!(cases.len(), 9, "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K");
+    assert_eq!(cases.len(), 11, "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, Q5_0, Q5_1");
     for c in cases {
         let ty = GgmlType::from_id(c.id).unwrap_or_else(|| panic!("{} unsupported", c.name));
         let bytes: Vec<u8> =

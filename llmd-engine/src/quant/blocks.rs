@@ -45,6 +45,8 @@ pub fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
                     GgmlType::Q8_0 => q8_0(blk, o),
                     GgmlType::Q4_0 => q4_0(blk, o),
                     GgmlType::Q4_1 => q4_1(blk, o),
+                    GgmlType::Q5_0 => q5(blk, o, false),
+                    GgmlType::Q5_1 => q5(blk, o, true),
                     GgmlType::Q4K => q4_k(blk, o),
                     GgmlType::Q5K => q5_k(blk, o),
                     GgmlType::Q6K => q6_k(blk, o),
@@ -83,6 +85,25 @@ fn q4_1(b: &[u8], o: &mut [f32]) {
     for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[4..20]) {
         *l = f32::from(q & 0x0f) * d + m;
         *h = f32::from(q >> 4) * d + m;
+    }
+}
+
+/// Q5_0 `d: f16, qh: u32, qs: [u8; 16]` (`q · d` with `q − 16`) or, `with_min`, Q5_1
+/// `d: f16, m: f16, qh: u32, qs: [u8; 16]` (`q · d + m`). Value `j` of the low half is
+/// `qs[j] & 0xf` with bit `j` of `qh` as its fifth bit; value `j` of the high half is
+/// `qs[j] >> 4` with bit `j + 16`.
+#[inline]
+fn q5(b: &[u8], o: &mut [f32], with_min: bool) {
+    let d = f16_at(b, 0);
+    let (m, at) = if with_min { (f16_at(b, 2), 4) } else { (0.0, 2) };
+    let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let offset = if with_min { 0.0 } else { 16.0 };
+    let (lo, hi) = o.split_at_mut(16);
+    for (j, ((l, h), &q)) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[at + 4..at + 20]).enumerate() {
+        let q0 = u32::from(q & 0x0f) | ((qh >> j) & 1) << 4;
+        let q1 = u32::from(q >> 4) | ((qh >> (j + 16)) & 1) << 4;
+        *l = (q0 as f32 - offset) * d + m;
+        *h = (q1 as f32 - offset) * d + m;
     }
 }
 

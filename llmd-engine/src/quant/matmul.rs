@@ -1,8 +1,8 @@
 //! Matrices kept in their file encoding, and `y = x · Wᵀ` over them.
 //!
-//! By default ([`Activations::Int8`]) the inputs of a Q4_0, Q4_1 or Q8_0 matmul are
-//! quantized as llama.cpp quantizes them (blocks of 32 to 8 bits: Q8_1 against Q4_1,
-//! Q8_0 against the others) and each block's products are summed as integers,
+//! By default ([`Activations::Int8`]) the inputs of a Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 matmul are
+//! quantized as llama.cpp quantizes them (blocks of 32 to 8 bits: Q8_1 against Q4_1 and
+//! Q5_1, Q8_0 against the others) and each block's products are summed as integers,
 //! llama.cpp's `ggml_vec_dot_*` arithmetic (AVX2 and AVX-512 VNNI kernels in `x86.rs`).
 //! Otherwise, and with [`Activations::F32`], each weight row is dequantized into a small
 //! buffer (a row of an 8B-class model is at most 56 KiB as f32) and dotted with f32
@@ -233,9 +233,9 @@ impl QMatrix {
         // Rows per task: enough tasks to balance the threads, few enough to amortize.
         let per = (n / (rayon::current_num_threads() * 8)).clamp(4, 256);
         let int8 = self.activations == Activations::Int8
-            && matches!(self.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
-        let q8: Vec<Vec<Q8Block>> =
-            if int8 { quantize_rows(&x[..m * k], k, self.ty == GgmlType::Q4_1) } else { Vec::new() };
+            && matches!(self.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0);
+        let with_sum = matches!(self.ty, GgmlType::Q4_1 | GgmlType::Q5_1);
+        let q8: Vec<Vec<Q8Block>> = if int8 { quantize_rows(&x[..m * k], k, with_sum) } else { Vec::new() };
         let block_dot = block_dot_fn();
         let fill = |j0: usize, out: &mut [f32]| {
             if int8 {
@@ -520,7 +520,8 @@ fn f16_le(b: &[u8]) -> f32 {
 }
 
 /// One encoded weight row against every quantized input row, block by block as
-/// llama.cpp's `ggml_vec_dot_q4_0_q8_0`, `…q4_1_q8_1`, `…q8_0_q8_0`: `out[i]` gets
+/// llama.cpp's `ggml_vec_dot_q4_0_q8_0`, `…q4_1_q8_1`, `…q5_0_q8_0`, `…q5_1_q8_1`,
+/// `…q8_0_q8_0`: `out[i]` gets
 /// row `i`'s dot product. Each weight block is unpacked once for the whole batch.
 #[inline(always)]
 fn block_dot_lanes(ty: GgmlType, w: &[u8], xs: &[Vec<Q8Block>], out: &mut [f32]) {
@@ -543,6 +544,17 @@ fn block_dot_lanes(ty: GgmlType, w: &[u8], xs: &[Vec<Q8Block>], out: &mut [f32])
                     *h = (v >> 4) as i8 - bias;
                 }
                 (f16_le(b), if ty == GgmlType::Q4_1 { f16_le(&b[2..]) } else { 0.0 })
+            }
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                // As `blocks::q5`: the fifth bits in a 32-bit word after the scale(s).
+                let (at, bias) = if ty == GgmlType::Q5_0 { (2, 16) } else { (4, 0) };
+                let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+                let (lo, hi) = wq.split_at_mut(16);
+                for (j, ((l, h), &v)) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[at + 4..at + 20]).enumerate() {
+                    *l = ((v & 0x0f) | (((qh >> j) & 1) << 4) as u8) as i8 - bias;
+                    *h = ((v >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8) as i8 - bias;
+                }
+                (f16_le(b), if ty == GgmlType::Q5_1 { f16_le(&b[2..]) } else { 0.0 })
             }
             _ => unreachable!("only the 8-bit input path comes here"),
         };
@@ -583,6 +595,15 @@ fn block_dot_fn() -> BlockDotFn {
 
 #[cfg(target_arch = "x86_64")]
 fn block_dot_avx2(ty: GgmlType, w: &[u8], xs: &[Vec<Q8Block>], out: &mut [f32]) {
+    if matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1) {
+        // No hand-written kernel for them: the portable one, compiled for AVX2.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn lanes(ty: GgmlType, w: &[u8], xs: &[Vec<Q8Block>], out: &mut [f32]) {
+            block_dot_lanes(ty, w, xs, out)
+        }
+        // SAFETY: as below.
+        return unsafe { lanes(ty, w, xs, out) };
+    }
     // SAFETY: chosen only after `is_x86_feature_detected!` found AVX2, FMA and F16C;
     // `w` is one row of whole blocks, each `xs` row that row's quantized input (same
     // count), and only Q4_0, Q4_1 and Q8_0 take this path.
@@ -663,17 +684,17 @@ mod tests {
             s ^= s << 17;
             s
         };
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1] {
             let blocks = 18;
             let mut w: Vec<u8> = (0..blocks * ty.block_bytes()).map(|_| rnd() as u8).collect();
             for b in w.chunks_exact_mut(ty.block_bytes()) {
                 b[..2].copy_from_slice(&half::f16::from_f32(0.01 + (rnd() % 100) as f32 * 1e-4).to_le_bytes());
-                if ty == GgmlType::Q4_1 {
+                if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
                     b[2..4].copy_from_slice(&half::f16::from_f32(-0.05).to_le_bytes());
                 }
             }
             let x: Vec<f32> = (0..blocks * 32).map(|_| (rnd() % 2001) as f32 / 1000.0 - 1.0).collect();
-            let xs = vec![quantize_q8(&x, ty == GgmlType::Q4_1)];
+            let xs = vec![quantize_q8(&x, matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1))];
             let (mut portable, mut chosen) = ([0.0f32], [0.0f32]);
             block_dot_lanes(ty, &w, &xs, &mut portable);
             block_dot_fn()(ty, &w, &xs, &mut chosen);
@@ -763,7 +784,7 @@ mod tests {
         let mut w: Vec<u8> = (0..rows * cols / 32 * bb).map(|_| rnd() as u8).collect();
         for b in w.chunks_exact_mut(bb) {
             b[..2].copy_from_slice(&half::f16::from_f32(0.01 + (rnd() % 100) as f32 * 1e-4).to_le_bytes());
-            if ty == GgmlType::Q4_1 {
+            if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
                 b[2..4].copy_from_slice(&half::f16::from_f32(-0.05 + (rnd() % 10) as f32 * 1e-3).to_le_bytes());
             }
         }
@@ -860,6 +881,35 @@ mod tests {
     impl AsRef<[u8]> for OwnedMap {
         fn as_ref(&self) -> &[u8] {
             &self.0
+        }
+    }
+
+    /// Q5_0 and Q5_1 with 8-bit inputs (llama.cpp's `vec_dot_q5_*` arithmetic) equal the
+    /// dequantized matrix times the dequantized 8-bit inputs, at batch 1 and batched
+    /// (to float rounding, and for Q5_1 the f16 rounding of each block's `d · Σq`).
+    #[test]
+    fn q5_matmuls_take_8_bit_inputs() {
+        for ty in [GgmlType::Q5_0, GgmlType::Q5_1] {
+            let (rows, cols) = (13usize, 96usize);
+            let q = random_matrix(ty, rows, cols, 21).with_activations(Activations::Int8);
+            let w = q.to_f32();
+            for m in [1usize, 5] {
+                let x: Vec<f32> = (0..m * cols).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+                let mut y = vec![0.0; m * rows];
+                q.matmul(&x, m, &mut y);
+                for i in 0..m {
+                    let xq: Vec<f32> = quantize_q8(&x[i * cols..(i + 1) * cols], false)
+                        .iter()
+                        .flat_map(|b| b.q.map(|v| f32::from(v) * b.d))
+                        .collect();
+                    for j in 0..rows {
+                        let terms = (0..cols).map(|c| w[j * cols + c] * xq[c]);
+                        let (want, size) = terms.fold((0.0f32, 0.0f32), |(s, a), t| (s + t, a + t.abs()));
+                        let got = y[i * rows + j];
+                        assert!((got - want).abs() <= 1e-3 * size + 1e-5, "{ty:?} m={m} ({i},{j}): {got} vs {want}");
+                    }
+                }
+            }
         }
     }
 

@@ -1,5 +1,5 @@
 //! ggml's tensor encodings (F32, F16, BF16 and the block quantizations Q8_0, Q4_0,
-//! Q4_1, Q4_K, Q5_K, Q6_K): block layouts, dequantization of a row, and matrices that
+//! Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K): block layouts, dequantization of a row, and matrices that
 //! stay quantized in memory ([`QMatrix`]) with a matmul that dequantizes one row at a
 //! time.
 //!
@@ -31,6 +31,11 @@ pub enum GgmlType {
     Q4_0,
     /// Blocks of 32: f16 scale and minimum, 32 4-bit values.
     Q4_1,
+    /// Blocks of 32: an f16 scale and 32 5-bit values offset by 16 (the fifth bits in
+    /// one 32-bit word).
+    Q5_0,
+    /// Blocks of 32: f16 scale and minimum, 32 5-bit values.
+    Q5_1,
     /// Super-blocks of 256: 8 sub-blocks of 32 4-bit values with 6-bit scales and mins.
     Q4K,
     /// Super-blocks of 256: as Q4_K with a fifth bit per value.
@@ -47,6 +52,8 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
             12 => GgmlType::Q4K,
             13 => GgmlType::Q5K,
@@ -60,8 +67,6 @@ impl GgmlType {
     /// that ggml never defined), for errors.
     pub fn unsupported_name(id: u32) -> Option<&'static str> {
         Some(match id {
-            6 => "Q5_0",
-            7 => "Q5_1",
             9 => "Q8_1",
             10 => "Q2_K",
             11 => "Q3_K",
@@ -94,6 +99,8 @@ impl GgmlType {
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
             GgmlType::Q4K => 12,
             GgmlType::Q5K => 13,
@@ -106,7 +113,7 @@ impl GgmlType {
     pub fn block_elements(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => 32,
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => 32,
             GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
         }
     }
@@ -119,6 +126,8 @@ impl GgmlType {
             GgmlType::Q8_0 => 34,
             GgmlType::Q4_0 => 18,
             GgmlType::Q4_1 => 20,
+            GgmlType::Q5_0 => 22,
+            GgmlType::Q5_1 => 24,
             GgmlType::Q4K => 144,
             GgmlType::Q5K => 176,
             GgmlType::Q6K => 210,

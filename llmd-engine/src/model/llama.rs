@@ -17,6 +17,10 @@ use crate::kv::PagedKvCache;
 /// A token's RoPE cosines and sines.
 type CosSin = (Vec<f32>, Vec<f32>);
 
+/// Tokens per task in a step's per-token parallel loops (RoPE, SwiGLU): below this a
+/// parallel section costs more than the work, so a few tokens stay on one thread.
+const MIN_TOKENS: usize = 4;
+
 pub(super) struct Layer {
     pub(super) input_norm: Vec<f32>,
     pub(super) post_norm: Vec<f32>,
@@ -265,11 +269,12 @@ impl LlamaModel {
             }
         }
 
-        let rope: Vec<CosSin> = if t < 4 {
-            queries.iter().zip(&seq_len_of).map(|(qp, &len)| self.rope.cos_sin(qp.pos, len)).collect()
-        } else {
-            queries.par_iter().zip(seq_len_of.par_iter()).map(|(qp, &len)| self.rope.cos_sin(qp.pos, len)).collect()
-        };
+        let rope: Vec<CosSin> = queries
+            .par_iter()
+            .zip(seq_len_of.par_iter())
+            .with_min_len(MIN_TOKENS)
+            .map(|(qp, &len)| self.rope.cos_sin(qp.pos, len))
+            .collect();
         let mut x = vec![0f32; t * h];
         for (&tok, row) in seqs.iter().flat_map(|s| s.tokens).zip(x.chunks_exact_mut(h)) {
             self.embed.row_into(tok as usize, row);
@@ -288,16 +293,14 @@ impl LlamaModel {
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.input_norm, eps, &mut normed);
             Linear::forward_many(&[&layer.q, &layer.k, &layer.v], &normed, t, &mut [&mut q, &mut k, &mut v]);
-            let rotate = |((qt, kt), (cos, sin)): ((&mut [f32], &mut [f32]), &CosSin)| {
-                self.rope.apply(qt, nh, cos, sin);
-                self.rope.apply(kt, nkv, cos, sin);
-            };
-            // A parallel section costs more than rotating a few tokens.
-            if t < 4 {
-                q.chunks_mut(nh * hd).zip(k.chunks_mut(nkv * hd)).zip(&rope).for_each(rotate);
-            } else {
-                q.par_chunks_mut(nh * hd).zip(k.par_chunks_mut(nkv * hd)).zip(rope.par_iter()).for_each(rotate);
-            }
+            q.par_chunks_mut(nh * hd)
+                .zip(k.par_chunks_mut(nkv * hd))
+                .zip(rope.par_iter())
+                .with_min_len(MIN_TOKENS)
+                .for_each(|((qt, kt), (cos, sin))| {
+                    self.rope.apply(qt, nh, cos, sin);
+                    self.rope.apply(kt, nkv, cos, sin);
+                });
             attn.write_kv(&shape, cache.layer_mut(li), &slots, &k, &v);
             let input = AttentionInput { heads: nh, scale, q: &q, queries: &queries };
             attn.attend(&shape, cache.layer(li), &input, &mut attn_out);
@@ -308,12 +311,8 @@ impl LlamaModel {
 
             rms_norm(&x, &layer.post_norm, eps, &mut normed);
             Linear::forward_many(&[&layer.gate, &layer.up], &normed, t, &mut [&mut gate, &mut up]);
-            if t < 4 {
-                silu_mul(&mut gate, &up);
-            } else {
-                let n = c.intermediate_size;
-                gate.par_chunks_mut(n).zip(up.par_chunks(n)).for_each(|(g, u)| silu_mul(g, u));
-            }
+            let n = c.intermediate_size;
+            gate.par_chunks_mut(n).zip(up.par_chunks(n)).with_min_len(MIN_TOKENS).for_each(|(g, u)| silu_mul(g, u));
             layer.down.forward(&gate, t, &mut proj);
             for (a, b) in x.iter_mut().zip(&proj) {
                 *a += b;

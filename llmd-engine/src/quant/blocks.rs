@@ -89,22 +89,29 @@ fn q4_1(b: &[u8], o: &mut [f32]) {
 }
 
 /// Q5_0 `d: f16, qh: u32, qs: [u8; 16]` (`q · d` with `q − 16`) or, `with_min`, Q5_1
-/// `d: f16, m: f16, qh: u32, qs: [u8; 16]` (`q · d + m`). Value `j` of the low half is
-/// `qs[j] & 0xf` with bit `j` of `qh` as its fifth bit; value `j` of the high half is
-/// `qs[j] >> 4` with bit `j + 16`.
+/// `d: f16, m: f16, qh: u32, qs: [u8; 16]` (`q · d + m`).
 #[inline]
 fn q5(b: &[u8], o: &mut [f32], with_min: bool) {
     let d = f16_at(b, 0);
-    let (m, at) = if with_min { (f16_at(b, 2), 4) } else { (0.0, 2) };
-    let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    let offset = if with_min { 0.0 } else { 16.0 };
-    let (lo, hi) = o.split_at_mut(16);
-    for (j, ((l, h), &q)) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[at + 4..at + 20]).enumerate() {
-        let q0 = u32::from(q & 0x0f) | ((qh >> j) & 1) << 4;
-        let q1 = u32::from(q >> 4) | ((qh >> (j + 16)) & 1) << 4;
-        *l = (q0 as f32 - offset) * d + m;
-        *h = (q1 as f32 - offset) * d + m;
+    let (m, offset) = if with_min { (f16_at(b, 2), 0.0) } else { (0.0, 16.0) };
+    for (o, q) in o.iter_mut().zip(q5_values(b, with_min)) {
+        *o = (f32::from(q) - offset) * d + m;
     }
+}
+
+/// The 32 five-bit values (0..32) of a Q5_0 block, or (`with_min`) a Q5_1 block. Value
+/// `j` of the low half is `qs[j] & 0xf` with bit `j` of `qh` as its fifth bit; value
+/// `j` of the high half is `qs[j] >> 4` with bit `j + 16`.
+#[inline]
+pub(super) fn q5_values(b: &[u8], with_min: bool) -> [u8; 32] {
+    let at = if with_min { 4 } else { 2 };
+    let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let mut v = [0u8; 32];
+    for (j, &q) in b[at + 4..at + 20].iter().enumerate() {
+        v[j] = (q & 0x0f) | (((qh >> j) & 1) << 4) as u8;
+        v[j + 16] = (q >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
+    }
+    v
 }
 
 /// The 6-bit scale and min of sub-block `j` from K-quants' 12 packed bytes.

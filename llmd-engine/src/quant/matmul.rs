@@ -23,7 +23,7 @@ use bytes::Bytes;
 use rayon::prelude::*;
 
 use super::GgmlType;
-use super::blocks::dequantize_row;
+use super::blocks::{dequantize_row, q5_values};
 use super::packed::Packed;
 use crate::error::{EngineError, Result};
 
@@ -226,7 +226,7 @@ impl QMatrix {
             return;
         }
         if let (Some(p), Some(kernel)) = (self.packed(), packed_kernel()) {
-            let q8 = quantize_rows(&x[..m * k], k, self.ty == GgmlType::Q4_1);
+            let q8 = quantize_rows(&x[..m * k], k, with_sum(self.ty));
             return packed_products(&[(self, p)], kernel, &q8, m, &mut [y]);
         }
         let dot = dot_fn();
@@ -234,8 +234,7 @@ impl QMatrix {
         let per = (n / (rayon::current_num_threads() * 8)).clamp(4, 256);
         let int8 = self.activations == Activations::Int8
             && matches!(self.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0);
-        let with_sum = matches!(self.ty, GgmlType::Q4_1 | GgmlType::Q5_1);
-        let q8: Vec<Vec<Q8Block>> = if int8 { quantize_rows(&x[..m * k], k, with_sum) } else { Vec::new() };
+        let q8: Vec<Vec<Q8Block>> = if int8 { quantize_rows(&x[..m * k], k, with_sum(self.ty)) } else { Vec::new() };
         let block_dot = block_dot_fn();
         let fill = |j0: usize, out: &mut [f32]| {
             if int8 {
@@ -277,23 +276,21 @@ impl QMatrix {
     pub fn matmul_many(mats: &[&QMatrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
         assert_eq!(mats.len(), ys.len(), "qmatmul: one output per matrix");
         let packed: Option<Vec<(&QMatrix, &Packed)>> = mats.iter().map(|q| q.packed().map(|p| (*q, p))).collect();
-        let (Some(packed), Some(kernel)) = (packed, packed_kernel()) else {
-            for (q, y) in mats.iter().zip(ys.iter_mut()) {
-                q.matmul(x, m, y);
+        // One section where all are packed alike: the same encoding and input width.
+        let first = mats.first().copied().filter(|f| mats.iter().all(|q| (q.cols, q.ty) == (f.cols, f.ty)));
+        match (packed, packed_kernel(), first) {
+            (Some(packed), Some(kernel), Some(first)) if m > 0 => {
+                let k = first.cols;
+                assert!(x.len() >= m * k, "qmatmul: input smaller than {m} rows");
+                let q8 = quantize_rows(&x[..m * k], k, with_sum(first.ty));
+                packed_products(&packed, kernel, &q8, m, ys);
             }
-            return;
-        };
-        let Some(first) = mats.first() else { return };
-        let (k, ty) = (first.cols, first.ty);
-        if m == 0 || mats.iter().any(|q| q.cols != k || q.ty != ty) {
-            for (q, y) in mats.iter().zip(ys.iter_mut()) {
-                q.matmul(x, m, y);
+            _ => {
+                for (q, y) in mats.iter().zip(ys.iter_mut()) {
+                    q.matmul(x, m, y);
+                }
             }
-            return;
         }
-        assert!(x.len() >= m * k, "qmatmul: input smaller than {m} rows");
-        let q8 = quantize_rows(&x[..m * k], k, ty == GgmlType::Q4_1);
-        packed_products(&packed, kernel, &q8, m, ys);
     }
 }
 
@@ -364,14 +361,15 @@ struct Columns(*mut f32);
 unsafe impl Send for Columns {}
 unsafe impl Sync for Columns {}
 
-/// Each row of `x` (`k` wide) quantized to 8 bits; in parallel only where there are
-/// enough rows to pay for the dispatch.
+/// Whether inputs against `ty` carry Q8_1's `d · Σq` (weights with a minimum).
+fn with_sum(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1)
+}
+
+/// Each row of `x` (`k` wide) quantized to 8 bits; split across threads only in runs
+/// of at least four rows, enough to pay for the dispatch.
 fn quantize_rows(x: &[f32], k: usize, with_sum: bool) -> Vec<Vec<Q8Block>> {
-    if x.len() < 4 * k {
-        x.chunks(k).map(|row| quantize_q8(row, with_sum)).collect()
-    } else {
-        x.par_chunks(k).map(|row| quantize_q8(row, with_sum)).collect()
-    }
+    x.par_chunks(k).with_min_len(4).map(|row| quantize_q8(row, with_sum)).collect()
 }
 
 type PackedFn = fn(GgmlType, &[u8], &[Vec<Q8Block>], &mut [f32]);
@@ -546,15 +544,12 @@ fn block_dot_lanes(ty: GgmlType, w: &[u8], xs: &[Vec<Q8Block>], out: &mut [f32])
                 (f16_le(b), if ty == GgmlType::Q4_1 { f16_le(&b[2..]) } else { 0.0 })
             }
             GgmlType::Q5_0 | GgmlType::Q5_1 => {
-                // As `blocks::q5`: the fifth bits in a 32-bit word after the scale(s).
-                let (at, bias) = if ty == GgmlType::Q5_0 { (2, 16) } else { (4, 0) };
-                let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-                let (lo, hi) = wq.split_at_mut(16);
-                for (j, ((l, h), &v)) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[at + 4..at + 20]).enumerate() {
-                    *l = ((v & 0x0f) | (((qh >> j) & 1) << 4) as u8) as i8 - bias;
-                    *h = ((v >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8) as i8 - bias;
+                let with_min = ty == GgmlType::Q5_1;
+                let bias = if with_min { 0 } else { 16 };
+                for (o, v) in wq.iter_mut().zip(q5_values(b, with_min)) {
+                    *o = v as i8 - bias;
                 }
-                (f16_le(b), if ty == GgmlType::Q5_1 { f16_le(&b[2..]) } else { 0.0 })
+                (f16_le(b), if with_min { f16_le(&b[2..]) } else { 0.0 })
             }
             _ => unreachable!("only the 8-bit input path comes here"),
         };
@@ -694,7 +689,7 @@ mod tests {
                 }
             }
             let x: Vec<f32> = (0..blocks * 32).map(|_| (rnd() % 2001) as f32 / 1000.0 - 1.0).collect();
-            let xs = vec![quantize_q8(&x, matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1))];
+            let xs = vec![quantize_q8(&x, with_sum(ty))];
             let (mut portable, mut chosen) = ([0.0f32], [0.0f32]);
             block_dot_lanes(ty, &w, &xs, &mut portable);
             block_dot_fn()(ty, &w, &xs, &mut chosen);
@@ -736,7 +731,7 @@ mod tests {
                     let p = Packed::pack(ty, kernel.lanes, rows, cols / 32, |r| q.row(r)).unwrap();
                     for m in [1usize, 2, 3, 4, 5, 7, 8, 9, 10, 15, 17] {
                         let x: Vec<f32> = (0..m * cols).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
-                        let q8 = quantize_rows(&x, cols, ty == GgmlType::Q4_1);
+                        let q8 = quantize_rows(&x, cols, with_sum(ty));
                         let mut y = vec![f32::NAN; m * rows];
                         packed_products(&[(&q, &p)], kernel, &q8, m, &mut [&mut y]);
                         assert!(close(&y, &reference(&q, &x, m)), "{} lanes, {ty:?}, rows={rows}, m={m}", kernel.lanes);
@@ -796,7 +791,7 @@ mod tests {
         let (n, k) = (q.rows(), q.cols());
         let mut y = vec![0.0; m * n];
         for i in 0..m {
-            let xs = vec![quantize_q8(&x[i * k..(i + 1) * k], q.ggml_type() == GgmlType::Q4_1)];
+            let xs = vec![quantize_q8(&x[i * k..(i + 1) * k], with_sum(q.ggml_type()))];
             for j in 0..n {
                 let mut o = [0.0f32];
                 block_dot_lanes(q.ggml_type(), q.row(j), &xs, &mut o);

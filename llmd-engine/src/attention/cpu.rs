@@ -34,25 +34,46 @@ pub(super) trait AttendElem: KvElem {
     }
 }
 
+/// Which row kernels run for a call: the widest the token allows whose shape check
+/// ([`super::x86::fits_wide`], [`super::x86::fits`]) holds for these arguments.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+enum Kernels {
+    Portable,
+    Narrow,
+    Wide,
+}
+
+impl Kernels {
+    fn pick<T>(simd: Option<Simd>, heads: &[f32], hd: usize, rows: &[&[T]], scores_len: usize) -> Kernels {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(s) = simd {
+            if s.wide && super::x86::fits_wide(heads, hd, rows, scores_len) {
+                return Kernels::Wide;
+            }
+            if super::x86::fits(heads, hd, rows, scores_len) {
+                return Kernels::Narrow;
+            }
+        }
+        let _ = (simd, heads, hd, rows, scores_len);
+        Kernels::Portable
+    }
+}
+
 /// The SIMD row kernels for a type, where the token and the shapes allow them.
 macro_rules! simd_rows {
     ($t:ty, $scores:ident, $accumulate:ident, $scores_wide:ident, $accumulate_wide:ident) => {
         impl AttendElem for $t {
             fn scores(q: &[f32], hd: usize, rows: &[&[Self]], scores: &mut [f32], tmp: &mut [f32], simd: Option<Simd>) {
-                #[cfg(target_arch = "x86_64")]
-                if simd.is_some_and(|s| s.wide) && super::x86::fits_wide(q, hd, rows, scores.len()) {
-                    // SAFETY: the token proves AVX-512 F; `fits_wide` checked every
-                    // length the kernel reads.
-                    return unsafe { super::x86::$scores_wide(q, hd, rows, scores) };
+                // SAFETY (both kernels): `pick` returns them only with a token, which
+                // proves the CPU features, and after their shape check passed.
+                match Kernels::pick(simd, q, hd, rows, scores.len()) {
+                    #[cfg(target_arch = "x86_64")]
+                    Kernels::Wide => unsafe { super::x86::$scores_wide(q, hd, rows, scores) },
+                    #[cfg(target_arch = "x86_64")]
+                    Kernels::Narrow => unsafe { super::x86::$scores(q, hd, rows, scores) },
+                    _ => portable_scores(q, hd, rows, scores, tmp),
                 }
-                #[cfg(target_arch = "x86_64")]
-                if simd.is_some() && super::x86::fits(q, hd, rows, scores.len()) {
-                    // SAFETY: the token proves AVX2/FMA/F16C; `fits` checked every length
-                    // the kernel reads.
-                    return unsafe { super::x86::$scores(q, hd, rows, scores) };
-                }
-                let _ = simd;
-                portable_scores(q, hd, rows, scores, tmp);
             }
 
             fn accumulate(
@@ -63,18 +84,14 @@ macro_rules! simd_rows {
                 tmp: &mut [f32],
                 simd: Option<Simd>,
             ) {
-                #[cfg(target_arch = "x86_64")]
-                if simd.is_some_and(|s| s.wide) && super::x86::fits_wide(acc, hd, rows, w.len()) {
-                    // SAFETY: as above.
-                    return unsafe { super::x86::$accumulate_wide(w, hd, rows, acc) };
+                // SAFETY: as in `scores`.
+                match Kernels::pick(simd, acc, hd, rows, w.len()) {
+                    #[cfg(target_arch = "x86_64")]
+                    Kernels::Wide => unsafe { super::x86::$accumulate_wide(w, hd, rows, acc) },
+                    #[cfg(target_arch = "x86_64")]
+                    Kernels::Narrow => unsafe { super::x86::$accumulate(w, hd, rows, acc) },
+                    _ => portable_accumulate(w, hd, rows, acc, tmp),
                 }
-                #[cfg(target_arch = "x86_64")]
-                if simd.is_some() && super::x86::fits(acc, hd, rows, w.len()) {
-                    // SAFETY: as above.
-                    return unsafe { super::x86::$accumulate(w, hd, rows, acc) };
-                }
-                let _ = simd;
-                portable_accumulate(w, hd, rows, acc, tmp);
             }
         }
     };
